@@ -1,0 +1,8 @@
+//! Definitions shared by `libmemshadow.so` (the shim) and the `memshadow` inspector.
+//!
+//! Nothing here is interposed or touches the host process: it is layouts, names and
+//! encoders that both sides must agree on.
+
+pub mod control;
+pub mod paths;
+pub mod stats;

@@ -1,0 +1,381 @@
+//! The live statistics page: one shared-memory file per shimmed process.
+//!
+//! The shim maps the file read-write and updates it with relaxed atomics only, so a
+//! reader never slows or blocks the host. Readers (the inspector) read the file's bytes
+//! and decode them with [`StatsRecord::decode`]; they never write.
+//!
+//! Layout (little-endian, [`STATS_PAGE_SIZE`] bytes, offsets fixed by `#[repr(C)]`):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `MSHSTATS` |
+//! | 8 | 4 | layout version ([`STATS_LAYOUT_VERSION`]) |
+//! | 12 | 4 | state ([`ProcessState`]) |
+//! | 16 | 4 | pid |
+//! | 20 | 4 | uid |
+//! | 24 | 8 | process start time, clock ticks after boot (`/proc/PID/stat` field 22) |
+//! | 32 | 8 | run id: pid of the `memshadow run` that launched it, 0 if none |
+//! | 40 | 8 | creation time, milliseconds since the Unix epoch |
+//! | 48 | 8 | exit time, milliseconds since the Unix epoch, 0 while running |
+//! | 64 | 256 | command line, NUL-padded UTF-8 (truncated) |
+//! | 512 | 8 x 128 | counters, indexed by [`Counter`] |
+//! | 2048 | 64 x 64 | heap stripes ([`HeapStripe`]), summed by the reader |
+//!
+//! Allocation counters are striped: each host thread owns one 64-byte stripe and updates
+//! it with plain relaxed load/store (no locked instruction on the malloc path). Threads
+//! beyond the exclusive stripes share [`OVERFLOW_STRIPE`], which uses `fetch_add`.
+
+use core::mem::{offset_of, size_of};
+use core::sync::atomic::{AtomicU32, AtomicU64};
+
+/// First eight bytes of every stats page.
+pub const STATS_MAGIC: [u8; 8] = *b"MSHSTATS";
+/// Bumped whenever a field moves. Counters appended at unused indices keep the version.
+pub const STATS_LAYOUT_VERSION: u32 = 1;
+/// Size of the stats file in bytes.
+pub const STATS_PAGE_SIZE: usize = 8192;
+/// Capacity of the counter array; indices not yet assigned read as zero.
+pub const COUNTER_SLOTS: usize = 128;
+/// Number of heap stripes.
+pub const HEAP_STRIPES: usize = 64;
+/// The shared stripe used (with atomic read-modify-write) when no exclusive one is free.
+pub const OVERFLOW_STRIPE: usize = HEAP_STRIPES - 1;
+/// Bytes reserved for the command line.
+pub const COMMAND_BYTES: usize = 256;
+
+/// Lifecycle of the process that owns a stats page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ProcessState {
+    /// Page created, shim still starting.
+    Starting = 0,
+    /// Shim running and tracking.
+    Running = 1,
+    /// Process exited normally; the page was kept for the `memshadow run` that launched it.
+    Exited = 2,
+}
+
+impl ProcessState {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Self::Starting),
+            1 => Some(Self::Running),
+            2 => Some(Self::Exited),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Exited => "exited",
+        }
+    }
+}
+
+/// Global counters. The discriminant is the slot index; it never changes once assigned.
+/// The name is the key used in JSON and in the control protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Counter {
+    /// Writable private anonymous regions currently tracked.
+    TrackedRegions = 0,
+    /// Bytes in those regions.
+    TrackedBytes = 1,
+    /// Full re-scans of `/proc/self/maps`.
+    Rescans = 2,
+    /// Interposed mmap/mremap/brk/sbrk calls that added or moved tracked memory.
+    RegionMaps = 3,
+    /// Interposed munmap/mremap/brk/sbrk calls that removed tracked memory.
+    RegionUnmaps = 4,
+    /// Threads started through the interposed `pthread_create`.
+    ThreadsStarted = 5,
+    /// Regions the table could not hold (table full); tracked bytes undercount.
+    RegionOverflow = 6,
+}
+
+impl Counter {
+    /// Every assigned counter, in slot order.
+    pub const ALL: [Counter; 7] = [
+        Counter::TrackedRegions,
+        Counter::TrackedBytes,
+        Counter::Rescans,
+        Counter::RegionMaps,
+        Counter::RegionUnmaps,
+        Counter::ThreadsStarted,
+        Counter::RegionOverflow,
+    ];
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::TrackedRegions => "tracked_regions",
+            Counter::TrackedBytes => "tracked_bytes",
+            Counter::Rescans => "rescans",
+            Counter::RegionMaps => "region_maps",
+            Counter::RegionUnmaps => "region_unmaps",
+            Counter::ThreadsStarted => "threads_started",
+            Counter::RegionOverflow => "region_overflow",
+        }
+    }
+}
+
+/// One thread's allocation counters, a cache line of its own.
+#[repr(C, align(64))]
+pub struct HeapStripe {
+    /// Blocks handed out (malloc, calloc, realloc(NULL, n), the aligned allocators).
+    pub allocs: AtomicU64,
+    /// Blocks given back (free, realloc(p, 0)).
+    pub frees: AtomicU64,
+    /// Usable bytes handed out, including growth by realloc.
+    pub alloc_bytes: AtomicU64,
+    /// Usable bytes given back, including shrinking by realloc.
+    pub free_bytes: AtomicU64,
+    /// Thread id of the exclusive owner, 0 when free. Unused for the overflow stripe.
+    pub owner: AtomicU32,
+    _pad: [u8; 28],
+}
+
+/// The page as the shim maps it.
+#[repr(C, align(4096))]
+pub struct StatsPage {
+    pub magic: [u8; 8],
+    pub layout_version: AtomicU32,
+    pub state: AtomicU32,
+    pub pid: AtomicU32,
+    pub uid: AtomicU32,
+    pub start_time_ticks: AtomicU64,
+    pub run_id: AtomicU64,
+    pub created_unix_ms: AtomicU64,
+    pub exited_unix_ms: AtomicU64,
+    _pad0: [u8; 8],
+    pub command: [u8; COMMAND_BYTES],
+    _pad1: [u8; 512 - 64 - COMMAND_BYTES],
+    pub counters: [AtomicU64; COUNTER_SLOTS],
+    _pad2: [u8; 2048 - 512 - 8 * COUNTER_SLOTS],
+    pub stripes: [HeapStripe; HEAP_STRIPES],
+    _pad3: [u8; STATS_PAGE_SIZE - 2048 - 64 * HEAP_STRIPES],
+}
+
+const _: () = {
+    assert!(size_of::<HeapStripe>() == 64);
+    assert!(size_of::<StatsPage>() == STATS_PAGE_SIZE);
+    assert!(offset_of!(StatsPage, state) == 12);
+    assert!(offset_of!(StatsPage, start_time_ticks) == 24);
+    assert!(offset_of!(StatsPage, exited_unix_ms) == 48);
+    assert!(offset_of!(StatsPage, command) == 64);
+    assert!(offset_of!(StatsPage, counters) == 512);
+    assert!(offset_of!(StatsPage, stripes) == 2048);
+};
+
+impl StatsPage {
+    /// The counter slot for `c`.
+    pub fn counter(&self, c: Counter) -> &AtomicU64 {
+        &self.counters[c.index()]
+    }
+}
+
+/// Why a stats file could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Fewer bytes than a page (file still being created, or truncated).
+    Short(usize),
+    /// The first eight bytes are not [`STATS_MAGIC`].
+    BadMagic,
+    /// A layout this build does not know.
+    Version(u32),
+}
+
+impl core::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DecodeError::Short(n) => write!(f, "stats page is {n} bytes, expected {STATS_PAGE_SIZE}"),
+            DecodeError::BadMagic => write!(f, "not a memshadow stats page (bad magic)"),
+            DecodeError::Version(v) => write!(
+                f,
+                "stats page layout {v} is not supported (this memshadow reads layout {STATS_LAYOUT_VERSION})"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// A decoded copy of a stats page, stripes summed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsRecord {
+    pub state: Option<ProcessState>,
+    pub pid: u32,
+    pub uid: u32,
+    pub start_time_ticks: u64,
+    pub run_id: u64,
+    pub created_unix_ms: u64,
+    pub exited_unix_ms: u64,
+    pub command: String,
+    pub allocs: u64,
+    pub frees: u64,
+    pub alloc_bytes: u64,
+    pub free_bytes: u64,
+    /// Every counter slot, assigned or not.
+    pub counters: [u64; COUNTER_SLOTS],
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
+}
+
+impl StatsRecord {
+    /// Decodes the bytes of a stats file.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        if b.len() < STATS_PAGE_SIZE {
+            return Err(DecodeError::Short(b.len()));
+        }
+        if b[0..8] != STATS_MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let version = u32_at(b, offset_of!(StatsPage, layout_version));
+        if version != STATS_LAYOUT_VERSION {
+            return Err(DecodeError::Version(version));
+        }
+        let cmd_off = offset_of!(StatsPage, command);
+        let cmd = &b[cmd_off..cmd_off + COMMAND_BYTES];
+        let cmd_len = cmd.iter().position(|&c| c == 0).unwrap_or(COMMAND_BYTES);
+        let mut counters = [0u64; COUNTER_SLOTS];
+        let c_off = offset_of!(StatsPage, counters);
+        for (i, slot) in counters.iter_mut().enumerate() {
+            *slot = u64_at(b, c_off + 8 * i);
+        }
+        let (mut allocs, mut frees, mut alloc_bytes, mut free_bytes) = (0u64, 0u64, 0u64, 0u64);
+        let s_off = offset_of!(StatsPage, stripes);
+        for i in 0..HEAP_STRIPES {
+            let base = s_off + 64 * i;
+            allocs = allocs.wrapping_add(u64_at(b, base + offset_of!(HeapStripe, allocs)));
+            frees = frees.wrapping_add(u64_at(b, base + offset_of!(HeapStripe, frees)));
+            alloc_bytes =
+                alloc_bytes.wrapping_add(u64_at(b, base + offset_of!(HeapStripe, alloc_bytes)));
+            free_bytes =
+                free_bytes.wrapping_add(u64_at(b, base + offset_of!(HeapStripe, free_bytes)));
+        }
+        Ok(StatsRecord {
+            state: ProcessState::from_u32(u32_at(b, offset_of!(StatsPage, state))),
+            pid: u32_at(b, offset_of!(StatsPage, pid)),
+            uid: u32_at(b, offset_of!(StatsPage, uid)),
+            start_time_ticks: u64_at(b, offset_of!(StatsPage, start_time_ticks)),
+            run_id: u64_at(b, offset_of!(StatsPage, run_id)),
+            created_unix_ms: u64_at(b, offset_of!(StatsPage, created_unix_ms)),
+            exited_unix_ms: u64_at(b, offset_of!(StatsPage, exited_unix_ms)),
+            command: String::from_utf8_lossy(&cmd[..cmd_len]).into_owned(),
+            allocs,
+            frees,
+            alloc_bytes,
+            free_bytes,
+            counters,
+        })
+    }
+
+    /// Bytes allocated and not yet freed. Saturates at zero: a process may free blocks
+    /// that were allocated before the shim could count them.
+    pub fn live_bytes(&self) -> u64 {
+        self.alloc_bytes.saturating_sub(self.free_bytes)
+    }
+
+    pub fn counter(&self, c: Counter) -> u64 {
+        self.counters[c.index()]
+    }
+
+    /// Every statistic as `(key, value)`, in the order the CLI prints them. The keys are
+    /// the JSON keys scripts rely on.
+    pub fn fields(&self) -> Vec<(&'static str, u64)> {
+        let mut v = vec![
+            ("allocs", self.allocs),
+            ("frees", self.frees),
+            ("live_bytes", self.live_bytes()),
+        ];
+        v.extend(Counter::ALL.iter().map(|&c| (c.name(), self.counter(c))));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::sync::atomic::Ordering::Relaxed;
+
+    fn page_bytes(p: &StatsPage) -> Vec<u8> {
+        // SAFETY: StatsPage is plain old data made of integers and atomics with no
+        // padding that could be uninitialised (all padding is explicit byte arrays).
+        unsafe { core::slice::from_raw_parts(p as *const StatsPage as *const u8, STATS_PAGE_SIZE) }
+            .to_vec()
+    }
+
+    fn zeroed_page() -> Box<StatsPage> {
+        // SAFETY: every field of StatsPage is valid when all bits are zero.
+        unsafe { Box::new(core::mem::zeroed()) }
+    }
+
+    #[test]
+    fn decode_sums_stripes_and_reads_header() {
+        let mut p = zeroed_page();
+        p.magic = STATS_MAGIC;
+        p.layout_version.store(STATS_LAYOUT_VERSION, Relaxed);
+        p.state.store(ProcessState::Running as u32, Relaxed);
+        p.pid.store(4242, Relaxed);
+        p.command[..7].copy_from_slice(b"python3");
+        p.counter(Counter::TrackedBytes).store(1 << 20, Relaxed);
+        p.stripes[0].allocs.store(10, Relaxed);
+        p.stripes[5].allocs.store(7, Relaxed);
+        p.stripes[OVERFLOW_STRIPE].frees.store(3, Relaxed);
+        p.stripes[2].alloc_bytes.store(1000, Relaxed);
+        p.stripes[9].free_bytes.store(400, Relaxed);
+        let r = StatsRecord::decode(&page_bytes(&p)).unwrap();
+        assert_eq!(r.pid, 4242);
+        assert_eq!(r.state, Some(ProcessState::Running));
+        assert_eq!(r.command, "python3");
+        assert_eq!(r.allocs, 17);
+        assert_eq!(r.frees, 3);
+        assert_eq!(r.live_bytes(), 600);
+        assert_eq!(r.counter(Counter::TrackedBytes), 1 << 20);
+        let f = r.fields();
+        assert_eq!(f[0], ("allocs", 17));
+        assert!(f.contains(&("tracked_bytes", 1 << 20)));
+    }
+
+    #[test]
+    fn decode_rejects_bad_input() {
+        let mut p = zeroed_page();
+        assert_eq!(StatsRecord::decode(&[0u8; 10]), Err(DecodeError::Short(10)));
+        assert_eq!(StatsRecord::decode(&page_bytes(&p)), Err(DecodeError::BadMagic));
+        p.magic = STATS_MAGIC;
+        p.layout_version.store(99, Relaxed);
+        assert_eq!(StatsRecord::decode(&page_bytes(&p)), Err(DecodeError::Version(99)));
+    }
+
+    #[test]
+    fn live_bytes_saturates() {
+        let mut p = zeroed_page();
+        p.magic = STATS_MAGIC;
+        p.layout_version.store(STATS_LAYOUT_VERSION, Relaxed);
+        p.stripes[1].free_bytes.store(50, Relaxed);
+        assert_eq!(StatsRecord::decode(&page_bytes(&p)).unwrap().live_bytes(), 0);
+    }
+
+    #[test]
+    fn counter_names_are_unique_and_slots_in_range() {
+        let mut names: Vec<_> = Counter::ALL.iter().map(|c| c.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Counter::ALL.len());
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+            assert!(c.index() < COUNTER_SLOTS);
+        }
+    }
+}

@@ -177,6 +177,38 @@ impl StatsPage {
     pub fn counter(&self, c: Counter) -> &AtomicU64 {
         &self.counters[c.index()]
     }
+
+    /// Reads the page through its atomics (for the process that maps it; other readers
+    /// decode the file's bytes with [`StatsRecord::decode`]).
+    pub fn read(&self) -> StatsRecord {
+        use core::sync::atomic::Ordering::Relaxed;
+        let cmd_len = self.command.iter().position(|&c| c == 0).unwrap_or(COMMAND_BYTES);
+        let mut r = StatsRecord {
+            state: ProcessState::from_u32(self.state.load(Relaxed)),
+            pid: self.pid.load(Relaxed),
+            uid: self.uid.load(Relaxed),
+            start_time_ticks: self.start_time_ticks.load(Relaxed),
+            run_id: self.run_id.load(Relaxed),
+            created_unix_ms: self.created_unix_ms.load(Relaxed),
+            exited_unix_ms: self.exited_unix_ms.load(Relaxed),
+            command: String::from_utf8_lossy(&self.command[..cmd_len]).into_owned(),
+            allocs: 0,
+            frees: 0,
+            alloc_bytes: 0,
+            free_bytes: 0,
+            counters: [0; COUNTER_SLOTS],
+        };
+        for (slot, c) in r.counters.iter_mut().zip(&self.counters) {
+            *slot = c.load(Relaxed);
+        }
+        for s in &self.stripes {
+            r.allocs = r.allocs.wrapping_add(s.allocs.load(Relaxed));
+            r.frees = r.frees.wrapping_add(s.frees.load(Relaxed));
+            r.alloc_bytes = r.alloc_bytes.wrapping_add(s.alloc_bytes.load(Relaxed));
+            r.free_bytes = r.free_bytes.wrapping_add(s.free_bytes.load(Relaxed));
+        }
+        r
+    }
 }
 
 /// Why a stats file could not be decoded.
@@ -336,6 +368,7 @@ mod tests {
         p.stripes[2].alloc_bytes.store(1000, Relaxed);
         p.stripes[9].free_bytes.store(400, Relaxed);
         let r = StatsRecord::decode(&page_bytes(&p)).unwrap();
+        assert_eq!(r, p.read(), "decoding the bytes and reading the atomics agree");
         assert_eq!(r.pid, 4242);
         assert_eq!(r.state, Some(ProcessState::Running));
         assert_eq!(r.command, "python3");

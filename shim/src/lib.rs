@@ -1,1 +1,46 @@
-//! libmemshadow.so
+//! `libmemshadow.so`: preloaded into a host program, it interposes the allocator and the
+//! memory-mapping calls, keeps a table of the program's writable anonymous memory, and
+//! publishes live statistics (a shared-memory page) and a control socket.
+//!
+//! Module map (data flows top to bottom):
+//! - `interpose`: the exported C symbols, thin forwarders;
+//! - `heap`, `mapping`, `stacks`: what each interposed call does;
+//! - `forward`, `bootstrap`: reaching the real functions;
+//! - `regions`, `maps`: the table of tracked memory and the maps-file parser;
+//! - `stats`, `control`: what is published;
+//! - `runtime`, `config`: start-up, fork, exit, environment;
+//! - `arena`, `own`, `shim_thread`, `sync`, `sys`, `log`: the shim's own memory, threads
+//!   and primitives, never the host's.
+
+mod arena;
+mod bootstrap;
+mod config;
+mod control;
+mod forward;
+mod heap;
+mod interpose;
+mod log;
+mod mapping;
+mod maps;
+mod own;
+mod regions;
+mod runtime;
+mod shim_thread;
+mod stacks;
+mod stats;
+mod sync;
+mod sys;
+
+/// Every Rust allocation of the shim comes from its own arena, never the host's malloc.
+#[cfg_attr(not(test), global_allocator)]
+static ALLOCATOR: arena::ShimArena = arena::ShimArena::new();
+
+#[cfg(not(test))]
+#[used]
+#[link_section = ".init_array"]
+static ON_LOAD: extern "C" fn() = runtime::on_load;
+
+#[cfg(not(test))]
+#[used]
+#[link_section = ".fini_array"]
+static ON_UNLOAD: extern "C" fn() = runtime::on_unload;

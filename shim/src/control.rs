@@ -1,0 +1,180 @@
+//! The control socket: `DIR/PID.sock`, a unix stream socket (0600) served by a shim
+//! thread. Only a peer with the same uid, or root, is answered (SO_PEERCRED).
+//! Protocol in `memshadow_format::control`.
+//!
+//! Between requests the thread refreshes the region table about once a second when the
+//! process has allocated since the last refresh (glibc maps memory behind the shim's
+//! back; see `regions`).
+
+use crate::{regions, stats, sys};
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicI32, Ordering};
+use memshadow_format::control::{encode_error, encode_ok, CMD_PING, CMD_STATS, MAX_REQUEST};
+use memshadow_format::paths::MAX_SOCKET_PATH;
+use memshadow_format::stats::ProcessState;
+use std::os::fd::IntoRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+static LISTEN_FD: AtomicI32 = AtomicI32::new(-1);
+const REFRESH_MS: i32 = 1000;
+const PEER_TIMEOUT_S: libc::time_t = 2;
+
+/// Binds `DIR/PID.sock` and starts the thread that serves it. Returns the socket path.
+pub fn start(dir: &Path) -> Result<PathBuf, String> {
+    // SAFETY: getpid cannot fail.
+    let pid = unsafe { libc::getpid() } as u32;
+    let path = memshadow_format::paths::socket_path(dir, pid);
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(format!("socket path {} is longer than {MAX_SOCKET_PATH} bytes", path.display()));
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener =
+        UnixListener::bind(&path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+    let fd = listener.into_raw_fd();
+    LISTEN_FD.store(fd, Ordering::Release);
+    if let Err(e) = crate::shim_thread::spawn(serve, fd as usize as *mut c_void) {
+        stop_listening();
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(path)
+}
+
+/// Closes the listening socket (a forked child must not answer for its parent).
+pub fn stop_listening() {
+    let fd = LISTEN_FD.swap(-1, Ordering::AcqRel);
+    if fd >= 0 {
+        // SAFETY: the descriptor is the listening socket this module opened.
+        unsafe { libc::close(fd) };
+    }
+}
+
+extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
+    let fd = arg as usize as i32;
+    let mut last_activity = u64::MAX;
+    // Stop when the descriptor is no longer ours (closed after fork or at exit).
+    while LISTEN_FD.load(Ordering::Acquire) == fd {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: `pfd` is one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, REFRESH_MS) };
+        if n == 0 {
+            let page = stats::page().read();
+            let activity = page.allocs.wrapping_add(page.frees);
+            if activity != last_activity {
+                regions::rescan();
+                last_activity = activity;
+            }
+            continue;
+        }
+        if n < 0 || pfd.revents & libc::POLLIN == 0 {
+            continue;
+        }
+        // SAFETY: accepting on our listening socket; no address is requested.
+        let conn = unsafe {
+            libc::accept4(fd, core::ptr::null_mut(), core::ptr::null_mut(), libc::SOCK_CLOEXEC)
+        };
+        if conn >= 0 {
+            answer(conn);
+            // SAFETY: `conn` is the connection just accepted.
+            unsafe { libc::close(conn) };
+        }
+    }
+    core::ptr::null_mut()
+}
+
+/// The uid of the process at the other end of `conn`.
+fn peer_uid(conn: i32) -> Option<u32> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = core::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid out-pointers of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(conn, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+    };
+    (rc == 0).then_some(cred.uid)
+}
+
+fn set_timeouts(conn: i32) {
+    let tv = libc::timeval { tv_sec: PEER_TIMEOUT_S, tv_usec: 0 };
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: `tv` is a valid timeval of the size given.
+        unsafe {
+            libc::setsockopt(conn, libc::SOL_SOCKET, opt, (&tv as *const libc::timeval).cast(), core::mem::size_of::<libc::timeval>() as libc::socklen_t)
+        };
+    }
+}
+
+/// Reads one request line (without the newline), at most MAX_REQUEST bytes.
+fn read_request(conn: i32) -> Option<String> {
+    let mut buf = [0u8; MAX_REQUEST];
+    let mut len = 0;
+    while len < buf.len() {
+        // SAFETY: reading into the unused tail of `buf`.
+        let n = unsafe { libc::read(conn, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
+        if n <= 0 {
+            break;
+        }
+        len += n as usize;
+        if buf[..len].contains(&b'\n') {
+            break;
+        }
+    }
+    let line = buf[..len].split(|&b| b == b'\n').next()?;
+    Some(String::from_utf8_lossy(line).trim().to_string())
+}
+
+fn answer(conn: i32) {
+    set_timeouts(conn);
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let reply = match peer_uid(conn) {
+        Some(uid) if uid == me || uid == 0 => match read_request(conn) {
+            Some(req) => dispatch(&req),
+            None => encode_error("empty request"),
+        },
+        Some(uid) => encode_error(&format!(
+            "permission denied: uid {uid} may not inspect a process of uid {me}"
+        )),
+        None => encode_error("cannot identify the peer"),
+    };
+    let mut bytes = reply.as_bytes();
+    while !bytes.is_empty() {
+        // SAFETY: sending from a live byte slice; MSG_NOSIGNAL avoids SIGPIPE.
+        let n = unsafe { libc::send(conn, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
+        if n <= 0 {
+            if n < 0 && sys::errno() == libc::EINTR {
+                continue;
+            }
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+/// The reply to one request.
+pub fn dispatch(req: &str) -> String {
+    let cmd = req.split_ascii_whitespace().next().unwrap_or("");
+    match cmd {
+        CMD_PING => {
+            // SAFETY: getpid cannot fail.
+            let pid = unsafe { libc::getpid() };
+            encode_ok(&[("pid", pid.to_string())])
+        }
+        CMD_STATS => {
+            regions::rescan();
+            let r = stats::page().read();
+            let mut fields = vec![
+                ("pid", r.pid.to_string()),
+                ("command", r.command.clone()),
+                ("state", r.state.map_or("unknown", ProcessState::name).to_string()),
+            ];
+            fields.extend(r.fields().into_iter().map(|(k, v)| (k, v.to_string())));
+            encode_ok(&fields)
+        }
+        "" => encode_error("empty request"),
+        other => encode_error(&format!("unknown command {other:?} (known: {CMD_PING}, {CMD_STATS})")),
+    }
+}

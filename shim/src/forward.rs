@@ -1,0 +1,152 @@
+//! The real implementations behind the interposed symbols.
+//!
+//! They are found with `dlsym(RTLD_NEXT, ...)`, so a program that links another
+//! allocator (jemalloc, tcmalloc) keeps it. `dlsym` may itself call `calloc`/`malloc`
+//! before the lookup is done: while resolution is in progress, allocations are served
+//! from a small static [bootstrap pool](crate::bootstrap) that `free` recognises.
+
+use core::ffi::{c_char, c_int, c_void};
+use core::sync::atomic::{AtomicU8, Ordering};
+
+pub type MallocFn = unsafe extern "C" fn(usize) -> *mut c_void;
+pub type FreeFn = unsafe extern "C" fn(*mut c_void);
+pub type CallocFn = unsafe extern "C" fn(usize, usize) -> *mut c_void;
+pub type ReallocFn = unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void;
+pub type ReallocArrayFn = unsafe extern "C" fn(*mut c_void, usize, usize) -> *mut c_void;
+pub type PosixMemalignFn = unsafe extern "C" fn(*mut *mut c_void, usize, usize) -> c_int;
+pub type AlignedFn = unsafe extern "C" fn(usize, usize) -> *mut c_void;
+pub type UsableFn = unsafe extern "C" fn(*mut c_void) -> usize;
+pub type MmapFn = unsafe extern "C" fn(*mut c_void, usize, c_int, c_int, c_int, i64) -> *mut c_void;
+pub type MunmapFn = unsafe extern "C" fn(*mut c_void, usize) -> c_int;
+/// `mremap` is variadic; on x86-64 and aarch64 Linux the optional fifth argument travels
+/// in the same register as a fixed one, so it is declared with five fixed arguments.
+pub type MremapFn = unsafe extern "C" fn(*mut c_void, usize, usize, c_int, *mut c_void) -> *mut c_void;
+pub type BrkFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+pub type SbrkFn = unsafe extern "C" fn(isize) -> *mut c_void;
+pub type StartRoutine = extern "C" fn(*mut c_void) -> *mut c_void;
+pub type PthreadCreateFn = unsafe extern "C" fn(
+    *mut libc::pthread_t,
+    *const libc::pthread_attr_t,
+    StartRoutine,
+    *mut c_void,
+) -> c_int;
+
+/// The next definition of every interposed symbol. A function the C library lacks
+/// stays `None` and its interposed twin fails with ENOMEM/ENOSYS.
+pub struct RealFns {
+    pub malloc: MallocFn,
+    pub free: FreeFn,
+    pub calloc: CallocFn,
+    pub realloc: ReallocFn,
+    pub reallocarray: Option<ReallocArrayFn>,
+    pub posix_memalign: Option<PosixMemalignFn>,
+    pub aligned_alloc: Option<AlignedFn>,
+    pub memalign: Option<AlignedFn>,
+    pub valloc: Option<MallocFn>,
+    pub pvalloc: Option<MallocFn>,
+    pub malloc_usable_size: UsableFn,
+    pub mmap: MmapFn,
+    pub mmap64: MmapFn,
+    pub munmap: MunmapFn,
+    pub mremap: MremapFn,
+    pub brk: BrkFn,
+    pub sbrk: SbrkFn,
+    pub pthread_create: PthreadCreateFn,
+}
+
+const UNRESOLVED: u8 = 0;
+const RESOLVING: u8 = 1;
+const RESOLVED: u8 = 2;
+const FAILED: u8 = 3;
+
+static STATE: AtomicU8 = AtomicU8::new(UNRESOLVED);
+static mut REAL: Option<RealFns> = None;
+
+fn lookup(name: &[u8]) -> *mut c_void {
+    // SAFETY: `name` is a NUL-terminated literal; RTLD_NEXT searches the objects loaded
+    // after this one, which is what interposition forwards to.
+    unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr() as *const c_char) }
+}
+
+macro_rules! sym {
+    ($name:literal) => {{
+        let p = lookup(concat!($name, "\0").as_bytes());
+        // SAFETY: a non-null result of dlsym for this name is that C function, whose
+        // signature matches the alias (checked against glibc's declarations).
+        (!p.is_null()).then(|| unsafe { core::mem::transmute::<*mut c_void, _>(p) })
+    }};
+}
+
+fn resolve_all() -> Option<RealFns> {
+    Some(RealFns {
+        malloc: sym!("malloc")?,
+        free: sym!("free")?,
+        calloc: sym!("calloc")?,
+        realloc: sym!("realloc")?,
+        reallocarray: sym!("reallocarray"),
+        posix_memalign: sym!("posix_memalign"),
+        aligned_alloc: sym!("aligned_alloc"),
+        memalign: sym!("memalign"),
+        valloc: sym!("valloc"),
+        pvalloc: sym!("pvalloc"),
+        malloc_usable_size: sym!("malloc_usable_size")?,
+        mmap: sym!("mmap")?,
+        mmap64: sym!("mmap64").or(sym!("mmap"))?,
+        munmap: sym!("munmap")?,
+        mremap: sym!("mremap")?,
+        brk: sym!("brk")?,
+        sbrk: sym!("sbrk")?,
+        pthread_create: sym!("pthread_create")?,
+    })
+}
+
+/// The real functions, or `None` while they are being looked up (by this thread or
+/// another) or if the lookup failed. Callers fall back to the bootstrap pool or to raw
+/// syscalls.
+#[inline]
+pub fn real() -> Option<&'static RealFns> {
+    if STATE.load(Ordering::Acquire) == RESOLVED {
+        // SAFETY: REAL is written once, before STATE becomes RESOLVED (Release), and
+        // never again.
+        return unsafe { (*core::ptr::addr_of!(REAL)).as_ref() };
+    }
+    real_slow()
+}
+
+#[cold]
+fn real_slow() -> Option<&'static RealFns> {
+    if STATE
+        .compare_exchange(UNRESOLVED, RESOLVING, Ordering::Acquire, Ordering::Acquire)
+        .is_err()
+    {
+        return None;
+    }
+    match resolve_all() {
+        Some(fns) => {
+            // SAFETY: only the thread that won the CAS writes REAL, once, and nobody
+            // reads it until STATE is RESOLVED.
+            unsafe { *core::ptr::addr_of_mut!(REAL) = Some(fns) };
+            STATE.store(RESOLVED, Ordering::Release);
+            // SAFETY: as in `real`.
+            unsafe { (*core::ptr::addr_of!(REAL)).as_ref() }
+        }
+        None => {
+            STATE.store(FAILED, Ordering::Release);
+            None
+        }
+    }
+}
+
+/// Waits for the lookup to finish (another thread may be doing it). For callers that
+/// have no fallback, such as `pthread_create`.
+pub fn real_blocking() -> Option<&'static RealFns> {
+    loop {
+        if let Some(r) = real() {
+            return Some(r);
+        }
+        if STATE.load(Ordering::Acquire) == FAILED {
+            return None;
+        }
+        core::hint::spin_loop();
+    }
+}

@@ -1,0 +1,173 @@
+//! Start-up, fork and exit: the shim's life inside the host process.
+//!
+//! Set-up failures print one `memshadow:` line and leave the program running untracked:
+//! the interposed functions keep forwarding, nothing is published.
+
+use crate::config::{Config, TrackMode};
+use crate::log::{debug, error, info};
+use crate::stats::StatsFile;
+use crate::sync::SpinLock;
+use crate::{control, regions, stacks, stats, sys};
+use core::cell::Cell;
+use core::sync::atomic::{AtomicBool, Ordering};
+use memshadow_format::stats::ProcessState;
+use std::path::PathBuf;
+
+static TRACKING: AtomicBool = AtomicBool::new(false);
+
+struct Runtime {
+    config: Config,
+    stats: StatsFile,
+    socket: PathBuf,
+}
+
+static RUNTIME: SpinLock<Option<Runtime>> = SpinLock::new(None);
+
+/// Whether the shim is tracking this process (set-up succeeded).
+#[inline]
+pub fn tracking() -> bool {
+    TRACKING.load(Ordering::Acquire)
+}
+
+/// The run-time directory for `config`.
+fn run_dir(config: &Config) -> PathBuf {
+    // SAFETY: getuid cannot fail.
+    config.dir.clone().unwrap_or_else(|| memshadow_format::paths::default_dir(unsafe { libc::getuid() }))
+}
+
+/// Publishes this process: stats page, control socket. On failure nothing is left behind.
+fn publish(config: &Config) -> Result<Runtime, String> {
+    let dir = run_dir(config);
+    stats::ensure_private_dir(&dir)?;
+    let stats = stats::create(&dir, config.run_id)?;
+    match control::start(&dir) {
+        Ok(socket) => Ok(Runtime { config: config.clone(), stats, socket }),
+        Err(e) => {
+            stats::remove(&stats);
+            Err(e)
+        }
+    }
+}
+
+/// The constructor (`.init_array`): runs before the program's `main`.
+pub extern "C" fn on_load() {
+    let _blocked = sys::block_signals();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}; running untracked");
+            return;
+        }
+    };
+    crate::log::set_level(config.log);
+    if crate::forward::real().is_none() {
+        error!("cannot find the C library's allocator (dlsym failed); running untracked");
+        return;
+    }
+    crate::own::register_shim_object();
+    crate::own::register(crate::bootstrap::range());
+    stacks::init();
+    let rt = match publish(&config) {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("{e}; running untracked");
+            return;
+        }
+    };
+    regions::init(config.track == TrackMode::HeapAndStacks);
+    // SAFETY: the handlers are plain extern "C" functions that live as long as the
+    // process (the shim is never unloaded while the program runs).
+    unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+    let (n, bytes) = regions::with_table(|t| t.totals());
+    info!(
+        "tracking {n} regions, {bytes} bytes; stats in {}, control socket {}",
+        rt.stats.path.display(),
+        rt.socket.display()
+    );
+    *RUNTIME.lock() = Some(rt);
+    stats::set_state(ProcessState::Running);
+    TRACKING.store(true, Ordering::Release);
+}
+
+/// The destructor (`.fini_array`): runs at `exit()`, after the program's destructors.
+pub extern "C" fn on_unload() {
+    if !tracking() {
+        return;
+    }
+    let _blocked = sys::block_signals();
+    regions::rescan();
+    control::stop_listening();
+    stats::set_state(ProcessState::Exited);
+    if let Some(rt) = RUNTIME.lock().as_ref() {
+        let _ = std::fs::remove_file(&rt.socket);
+        if rt.config.run_id == 0 {
+            stats::remove(&rt.stats);
+        }
+        debug!("exit: stats {}", if rt.config.run_id == 0 { "removed" } else { "kept for memshadow run" });
+    }
+}
+
+thread_local! {
+    /// The forking thread's signal mask, saved by the prepare handler.
+    // SAFETY: sigset_t is plain data; all-zero is a valid (empty) set.
+    static FORK_MASK: Cell<libc::sigset_t> = const { Cell::new(unsafe { core::mem::zeroed() }) };
+}
+
+fn lock_all() {
+    regions::lock_for_fork();
+    stacks::lock_for_fork();
+    crate::own::lock_for_fork();
+    crate::ALLOCATOR.lock_for_fork();
+    RUNTIME.acquire();
+}
+
+fn unlock_all() {
+    RUNTIME.release();
+    crate::ALLOCATOR.unlock_after_fork();
+    crate::own::unlock_after_fork();
+    stacks::unlock_after_fork();
+    regions::unlock_after_fork();
+}
+
+/// Before fork: block signals and take every shim lock, so the child inherits
+/// consistent, unlocked state.
+extern "C" fn fork_prepare() {
+    let blocked = sys::block_signals();
+    FORK_MASK.with(|m| m.set(blocked.old_mask()));
+    core::mem::forget(blocked);
+    lock_all();
+}
+
+fn restore_mask() {
+    let old = FORK_MASK.with(|m| m.get());
+    // SAFETY: restores the mask saved in fork_prepare on this thread.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
+}
+
+extern "C" fn fork_parent() {
+    unlock_all();
+    restore_mask();
+}
+
+/// In the child: the parent's threads are gone. Publish a stats page and socket of its
+/// own (counts carried over from the parent) or, if that fails, run untracked.
+extern "C" fn fork_child() {
+    unlock_all();
+    if tracking() {
+        control::stop_listening();
+        let old = RUNTIME.lock().take();
+        if let Some(old) = old {
+            match publish(&old.config) {
+                Ok(rt) => {
+                    stats::set_state(ProcessState::Running);
+                    *RUNTIME.lock() = Some(rt);
+                }
+                Err(e) => {
+                    TRACKING.store(false, Ordering::Release);
+                    error!("forked child: {e}; the child runs untracked");
+                }
+            }
+        }
+    }
+    restore_mask();
+}

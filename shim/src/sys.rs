@@ -1,0 +1,152 @@
+//! Raw system calls used by the shim.
+//!
+//! The shim exports `mmap`, `munmap`, `mremap`, `brk` and `sbrk`, so calling the libc
+//! functions of those names from inside the shim would call the shim itself. Everything
+//! the shim maps for its own use goes through the raw syscalls below instead.
+
+use core::ffi::c_void;
+
+/// Maps `len` bytes of private anonymous read-write memory. `noreserve` asks the kernel
+/// not to account the whole range against overcommit (pages cost nothing until touched).
+pub fn map_anon(len: usize, noreserve: bool) -> Option<*mut u8> {
+    let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    if noreserve {
+        flags |= libc::MAP_NORESERVE;
+    }
+    // SAFETY: an anonymous mapping at a kernel-chosen address touches no existing memory.
+    let p = unsafe {
+        libc::syscall(
+            libc::SYS_mmap,
+            core::ptr::null_mut::<c_void>(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            -1i32,
+            0usize,
+        )
+    };
+    if p < 0 {
+        None
+    } else {
+        Some(p as *mut u8)
+    }
+}
+
+/// Maps `len` bytes of `fd` shared and read-write.
+pub fn map_shared_fd(fd: i32, len: usize) -> Option<*mut u8> {
+    // SAFETY: a new shared file mapping at a kernel-chosen address touches no existing memory.
+    let p = unsafe {
+        libc::syscall(
+            libc::SYS_mmap,
+            core::ptr::null_mut::<c_void>(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0usize,
+        )
+    };
+    if p < 0 {
+        None
+    } else {
+        Some(p as *mut u8)
+    }
+}
+
+/// Unmaps a range the shim mapped itself.
+///
+/// # Safety
+/// `[addr, addr+len)` must be a mapping of the shim's that nothing references any more.
+pub unsafe fn unmap(addr: *mut u8, len: usize) {
+    // SAFETY: the caller guarantees the range is the shim's own and unused.
+    unsafe { libc::syscall(libc::SYS_munmap, addr, len) };
+}
+
+/// Tells the kernel the pages of a range the shim owns may be dropped (they read as zero).
+///
+/// # Safety
+/// `[addr, addr+len)` must be the shim's own memory whose contents are no longer needed.
+pub unsafe fn discard(addr: *mut u8, len: usize) {
+    // SAFETY: the caller guarantees the range is the shim's own and its contents are dead.
+    unsafe { libc::syscall(libc::SYS_madvise, addr, len, libc::MADV_DONTNEED) };
+}
+
+/// The calling thread's kernel thread id.
+pub fn gettid() -> u32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+/// Whether thread `tid` of this process exists.
+pub fn thread_alive(tid: u32) -> bool {
+    // SAFETY: signal 0 performs only the existence and permission check.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid as i32, 0) };
+    r == 0 || errno() != libc::ESRCH
+}
+
+pub fn errno() -> i32 {
+    // SAFETY: __errno_location returns this thread's errno slot, always valid.
+    unsafe { *libc::__errno_location() }
+}
+
+pub fn set_errno(v: i32) {
+    // SAFETY: as above; writing errno is what the slot is for.
+    unsafe { *libc::__errno_location() = v };
+}
+
+/// Writes all of `bytes` to `fd`, retrying on EINTR and short writes; gives up on error.
+pub fn write_all(fd: i32, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: the pointer and length describe a live byte slice.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            if errno() == libc::EINTR {
+                continue;
+            }
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer for clock_gettime.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// A signal mask saved by [`block_signals`], restored on drop.
+pub struct SignalsBlocked {
+    old: libc::sigset_t,
+}
+
+/// Blocks every signal in the calling thread until the guard drops, so that a signal
+/// handler cannot re-enter a critical section of the shim on the same thread.
+pub fn block_signals() -> SignalsBlocked {
+    // SAFETY: sigset_t is plain data; sigfillset initialises it fully.
+    let mut all: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: both pointers are valid sigsets; pthread_sigmask only reads/writes them.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
+    SignalsBlocked { old }
+}
+
+impl SignalsBlocked {
+    /// The mask that was in force before the signals were blocked.
+    pub fn old_mask(&self) -> libc::sigset_t {
+        self.old
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved by block_signals.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, core::ptr::null_mut()) };
+    }
+}

@@ -38,7 +38,10 @@ enum Cmd {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("bench/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ has a parent")
+        .to_path_buf()
 }
 
 /// Compiles a workload from `bench/workloads/NAME.c` into `target/bench-workloads/NAME`.
@@ -46,7 +49,8 @@ fn build_workload(name: &str) -> Result<PathBuf, String> {
     let root = workspace_root();
     let src = root.join("bench/workloads").join(format!("{name}.c"));
     let out_dir = root.join("target/bench-workloads");
-    std::fs::create_dir_all(&out_dir).map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
     let out = out_dir.join(name);
     let status = Command::new("cc")
         .args(["-O2", "-pthread", "-Wall", "-Werror", "-o"])
@@ -67,7 +71,10 @@ fn median(v: &mut [Duration]) -> Duration {
 
 fn time_run(cmd: &mut Command) -> Result<Duration, String> {
     let t = Instant::now();
-    let st = cmd.stdout(Stdio::null()).status().map_err(|e| format!("cannot run workload: {e}"))?;
+    let st = cmd
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run workload: {e}"))?;
     if !st.success() {
         return Err(format!("workload failed: {st}"));
     }
@@ -77,7 +84,10 @@ fn time_run(cmd: &mut Command) -> Result<Duration, String> {
 fn overhead(runs: usize, threads: u32, steps: u64, lib: Option<PathBuf>) -> Result<(), String> {
     let lib = lib.unwrap_or_else(|| workspace_root().join("target/release/libmemshadow.so"));
     if !lib.exists() {
-        return Err(format!("{} not found: run `cargo build --release` first", lib.display()));
+        return Err(format!(
+            "{} not found: run `cargo build --release` first",
+            lib.display()
+        ));
     }
     let prog = build_workload("malloc_churn")?;
     let dir = std::env::temp_dir().join(format!("memshadow-bench-{}", std::process::id()));
@@ -87,7 +97,10 @@ fn overhead(runs: usize, threads: u32, steps: u64, lib: Option<PathBuf>) -> Resu
     for _ in 0..runs.max(1) {
         base.push(time_run(Command::new(&prog).args(&args))?);
         idle.push(time_run(
-            Command::new(&prog).args(&args).env("LD_PRELOAD", &lib).env("MEMSHADOW_DIR", &dir),
+            Command::new(&prog)
+                .args(&args)
+                .env("LD_PRELOAD", &lib)
+                .env("MEMSHADOW_DIR", &dir),
         )?);
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -110,7 +123,12 @@ fn overhead(runs: usize, threads: u32, steps: u64, lib: Option<PathBuf>) -> Resu
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Overhead { runs, threads, steps, lib } => overhead(runs, threads, steps, lib),
+        Cmd::Overhead {
+            runs,
+            threads,
+            steps,
+            lib,
+        } => overhead(runs, threads, steps, lib),
     };
     if let Err(e) = r {
         eprintln!("memshadow-bench: {e}");

@@ -64,9 +64,15 @@ pub fn decode_reply(reply: &str) -> Result<Vec<(String, String)>, ReplyError> {
     match lines.next() {
         Some("ok") => {}
         Some(l) if l.starts_with("error") => {
-            return Err(ReplyError::Refused(l.trim_start_matches("error").trim().to_string()))
+            return Err(ReplyError::Refused(
+                l.trim_start_matches("error").trim().to_string(),
+            ))
         }
-        Some(l) => return Err(ReplyError::Malformed(format!("unexpected first line {l:?}"))),
+        Some(l) => {
+            return Err(ReplyError::Malformed(format!(
+                "unexpected first line {l:?}"
+            )))
+        }
         None => return Err(ReplyError::Malformed("empty reply".into())),
     }
     let mut fields = Vec::new();
@@ -103,8 +109,14 @@ mod tests {
             decode_reply(&encode_error("unknown command \"x\"")),
             Err(ReplyError::Refused("unknown command \"x\"".into()))
         );
-        assert!(matches!(decode_reply("ok\npid 1\n"), Err(ReplyError::Malformed(_))));
+        assert!(matches!(
+            decode_reply("ok\npid 1\n"),
+            Err(ReplyError::Malformed(_))
+        ));
         assert!(matches!(decode_reply(""), Err(ReplyError::Malformed(_))));
-        assert!(matches!(decode_reply("hello\n"), Err(ReplyError::Malformed(_))));
+        assert!(matches!(
+            decode_reply("hello\n"),
+            Err(ReplyError::Malformed(_))
+        ));
     }
 }

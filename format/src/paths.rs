@@ -49,8 +49,14 @@ mod tests {
         assert_eq!(d, PathBuf::from("/dev/shm/memshadow-1000"));
         let s = stats_path(&d, 77);
         let k = socket_path(&d, 77);
-        assert_eq!(pid_of_file(s.file_name().unwrap().to_str().unwrap()), Some(77));
-        assert_eq!(pid_of_file(k.file_name().unwrap().to_str().unwrap()), Some(77));
+        assert_eq!(
+            pid_of_file(s.file_name().unwrap().to_str().unwrap()),
+            Some(77)
+        );
+        assert_eq!(
+            pid_of_file(k.file_name().unwrap().to_str().unwrap()),
+            Some(77)
+        );
         assert_eq!(pid_of_file("x.stats"), None);
         assert_eq!(pid_of_file(".stats"), None);
         assert_eq!(pid_of_file("12.txt"), None);

@@ -182,7 +182,11 @@ impl StatsPage {
     /// decode the file's bytes with [`StatsRecord::decode`]).
     pub fn read(&self) -> StatsRecord {
         use core::sync::atomic::Ordering::Relaxed;
-        let cmd_len = self.command.iter().position(|&c| c == 0).unwrap_or(COMMAND_BYTES);
+        let cmd_len = self
+            .command
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(COMMAND_BYTES);
         let mut r = StatsRecord {
             state: ProcessState::from_u32(self.state.load(Relaxed)),
             pid: self.pid.load(Relaxed),
@@ -368,7 +372,11 @@ mod tests {
         p.stripes[2].alloc_bytes.store(1000, Relaxed);
         p.stripes[9].free_bytes.store(400, Relaxed);
         let r = StatsRecord::decode(&page_bytes(&p)).unwrap();
-        assert_eq!(r, p.read(), "decoding the bytes and reading the atomics agree");
+        assert_eq!(
+            r,
+            p.read(),
+            "decoding the bytes and reading the atomics agree"
+        );
         assert_eq!(r.pid, 4242);
         assert_eq!(r.state, Some(ProcessState::Running));
         assert_eq!(r.command, "python3");
@@ -385,10 +393,16 @@ mod tests {
     fn decode_rejects_bad_input() {
         let mut p = zeroed_page();
         assert_eq!(StatsRecord::decode(&[0u8; 10]), Err(DecodeError::Short(10)));
-        assert_eq!(StatsRecord::decode(&page_bytes(&p)), Err(DecodeError::BadMagic));
+        assert_eq!(
+            StatsRecord::decode(&page_bytes(&p)),
+            Err(DecodeError::BadMagic)
+        );
         p.magic = STATS_MAGIC;
         p.layout_version.store(99, Relaxed);
-        assert_eq!(StatsRecord::decode(&page_bytes(&p)), Err(DecodeError::Version(99)));
+        assert_eq!(
+            StatsRecord::decode(&page_bytes(&p)),
+            Err(DecodeError::Version(99))
+        );
     }
 
     #[test]
@@ -397,7 +411,10 @@ mod tests {
         p.magic = STATS_MAGIC;
         p.layout_version.store(STATS_LAYOUT_VERSION, Relaxed);
         p.stripes[1].free_bytes.store(50, Relaxed);
-        assert_eq!(StatsRecord::decode(&page_bytes(&p)).unwrap().live_bytes(), 0);
+        assert_eq!(
+            StatsRecord::decode(&page_bytes(&p)).unwrap().live_bytes(),
+            0
+        );
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub struct ShimArena {
 
 impl ShimArena {
     pub const fn new() -> Self {
+        #[allow(clippy::declare_interior_mutable_const)] // a template for array init only
         const EMPTY: SpinLock<ClassList> = SpinLock::new(ClassList { head: null_mut() });
         ShimArena {
             base: AtomicUsize::new(0),
@@ -80,6 +81,7 @@ impl ShimArena {
     }
 
     /// The reserved range, once made.
+    #[cfg(test)]
     pub fn range(&self) -> Option<Range> {
         let b = self.base.load(Ordering::Acquire);
         (b != 0).then(|| Range::new(b, self.limit.load(Ordering::Relaxed)))
@@ -98,7 +100,10 @@ impl ShimArena {
                 Some(e) if e <= limit => e,
                 _ => return null_mut(),
             };
-            match self.bump.compare_exchange_weak(cur, end, Ordering::Relaxed, Ordering::Relaxed) {
+            match self
+                .bump
+                .compare_exchange_weak(cur, end, Ordering::Relaxed, Ordering::Relaxed)
+            {
                 Ok(_) => return start as *mut u8,
                 Err(now) => cur = now,
             }
@@ -128,7 +133,12 @@ impl ShimArena {
                 // SAFETY: each block lies inside the chunk just carved for this class.
                 let b = unsafe { chunk.add(i * size) } as *mut FreeBlock;
                 // SAFETY: `b` is aligned to at least 16 bytes and exclusively ours.
-                unsafe { b.write(FreeBlock { next: list.head, pages: 0 }) };
+                unsafe {
+                    b.write(FreeBlock {
+                        next: list.head,
+                        pages: 0,
+                    })
+                };
                 list.head = b;
             }
         }
@@ -168,7 +178,12 @@ impl ShimArena {
         let mut list = self.large.lock();
         let b = p as *mut FreeBlock;
         // SAFETY: the block is at least one page, page aligned, and exclusively ours.
-        unsafe { b.write(FreeBlock { next: list.head, pages }) };
+        unsafe {
+            b.write(FreeBlock {
+                next: list.head,
+                pages,
+            })
+        };
         list.head = b;
     }
 
@@ -213,7 +228,12 @@ unsafe impl GlobalAlloc for ShimArena {
                 let mut list = self.classes[c].lock();
                 let b = p as *mut FreeBlock;
                 // SAFETY: `p` came from this class, so it is aligned and large enough.
-                unsafe { b.write(FreeBlock { next: list.head, pages: 0 }) };
+                unsafe {
+                    b.write(FreeBlock {
+                        next: list.head,
+                        pages: 0,
+                    })
+                };
                 list.head = b;
             }
             None => self.dealloc_large(p, layout),
@@ -239,7 +259,14 @@ mod tests {
     fn blocks_are_aligned_disjoint_and_reused() {
         let a = ShimArena::new();
         let mut seen = Vec::new();
-        for (size, align) in [(1, 1), (24, 8), (100, 64), (4096, 4096), (5000, 8), (1 << 20, 4096)] {
+        for (size, align) in [
+            (1, 1),
+            (24, 8),
+            (100, 64),
+            (4096, 4096),
+            (5000, 8),
+            (1 << 20, 4096),
+        ] {
             let l = Layout::from_size_align(size, align).unwrap();
             // SAFETY: non-zero size layout.
             let p = unsafe { a.alloc(l) };
@@ -249,7 +276,7 @@ mod tests {
             unsafe { core::ptr::write_bytes(p, 0xab, size) };
             seen.push((p as usize, size, l));
         }
-        seen.sort();
+        seen.sort_by_key(|x| x.0);
         for w in seen.windows(2) {
             assert!(w[0].0 + w[0].1 <= w[1].0, "blocks overlap");
         }

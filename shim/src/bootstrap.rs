@@ -15,8 +15,8 @@ static mut POOL: Pool = Pool([0; POOL_BYTES]);
 static USED: AtomicUsize = AtomicUsize::new(0);
 
 fn base() -> usize {
-    // SAFETY: only the address is taken; no reference to the mutable static is formed.
-    unsafe { core::ptr::addr_of!(POOL) as usize }
+    // Only the address is taken; no reference to the mutable static is formed.
+    core::ptr::addr_of!(POOL) as usize
 }
 
 /// Whether `p` points into the pool.

@@ -38,7 +38,11 @@ pub struct ConfigError {
 
 impl core::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "invalid {}={:?} (expected {})", self.var, self.value, self.expected)
+        write!(
+            f,
+            "invalid {}={:?} (expected {})",
+            self.var, self.value, self.expected
+        )
     }
 }
 
@@ -46,7 +50,11 @@ impl Config {
     /// Parses the configuration with `get` looking variables up (the environment in the
     /// shim, a table in tests). The first bad value is the error.
     pub fn parse(get: impl Fn(&'static str) -> Option<String>) -> Result<Config, ConfigError> {
-        let bad = |var, value: &str, expected| ConfigError { var, value: value.to_string(), expected };
+        let bad = |var, value: &str, expected| ConfigError {
+            var,
+            value: value.to_string(),
+            expected,
+        };
         let track = match get("MEMSHADOW_TRACK").as_deref() {
             None | Some("heap") => TrackMode::Heap,
             Some("heap+stacks") => TrackMode::HeapAndStacks,
@@ -78,7 +86,13 @@ impl Config {
                 .parse::<u64>()
                 .map_err(|_| bad("MEMSHADOW_RUN_ID", &v, "the pid of a memshadow run"))?,
         };
-        Ok(Config { track, log, interval_ms, dir, run_id })
+        Ok(Config {
+            track,
+            log,
+            interval_ms,
+            dir,
+            run_id,
+        })
     }
 
     /// Reads the process environment.
@@ -92,7 +106,11 @@ mod tests {
     use super::*;
 
     fn parse(vars: &[(&'static str, &str)]) -> Result<Config, ConfigError> {
-        Config::parse(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+        Config::parse(|k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
     }
 
     #[test]

@@ -27,11 +27,14 @@ pub fn start(dir: &Path) -> Result<PathBuf, String> {
     let pid = unsafe { libc::getpid() } as u32;
     let path = memshadow_format::paths::socket_path(dir, pid);
     if path.as_os_str().len() > MAX_SOCKET_PATH {
-        return Err(format!("socket path {} is longer than {MAX_SOCKET_PATH} bytes", path.display()));
+        return Err(format!(
+            "socket path {} is longer than {MAX_SOCKET_PATH} bytes",
+            path.display()
+        ));
     }
     let _ = std::fs::remove_file(&path);
-    let listener =
-        UnixListener::bind(&path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(&path)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
     let fd = listener.into_raw_fd();
@@ -58,7 +61,11 @@ extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
     let mut last_activity = u64::MAX;
     // Stop when the descriptor is no longer ours (closed after fork or at exit).
     while LISTEN_FD.load(Ordering::Acquire) == fd {
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: `pfd` is one valid pollfd.
         let n = unsafe { libc::poll(&mut pfd, 1, REFRESH_MS) };
         if n == 0 {
@@ -75,7 +82,12 @@ extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
         }
         // SAFETY: accepting on our listening socket; no address is requested.
         let conn = unsafe {
-            libc::accept4(fd, core::ptr::null_mut(), core::ptr::null_mut(), libc::SOCK_CLOEXEC)
+            libc::accept4(
+                fd,
+                core::ptr::null_mut(),
+                core::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
         };
         if conn >= 0 {
             answer(conn);
@@ -88,21 +100,40 @@ extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
 
 /// The uid of the process at the other end of `conn`.
 fn peer_uid(conn: i32) -> Option<u32> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
     let mut len = core::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: `cred` and `len` are valid out-pointers of the sizes given.
     let rc = unsafe {
-        libc::getsockopt(conn, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+        libc::getsockopt(
+            conn,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
     };
     (rc == 0).then_some(cred.uid)
 }
 
 fn set_timeouts(conn: i32) {
-    let tv = libc::timeval { tv_sec: PEER_TIMEOUT_S, tv_usec: 0 };
+    let tv = libc::timeval {
+        tv_sec: PEER_TIMEOUT_S,
+        tv_usec: 0,
+    };
     for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
         // SAFETY: `tv` is a valid timeval of the size given.
         unsafe {
-            libc::setsockopt(conn, libc::SOL_SOCKET, opt, (&tv as *const libc::timeval).cast(), core::mem::size_of::<libc::timeval>() as libc::socklen_t)
+            libc::setsockopt(
+                conn,
+                libc::SOL_SOCKET,
+                opt,
+                (&tv as *const libc::timeval).cast(),
+                core::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
         };
     }
 }
@@ -169,12 +200,17 @@ pub fn dispatch(req: &str) -> String {
             let mut fields = vec![
                 ("pid", r.pid.to_string()),
                 ("command", r.command.clone()),
-                ("state", r.state.map_or("unknown", ProcessState::name).to_string()),
+                (
+                    "state",
+                    r.state.map_or("unknown", ProcessState::name).to_string(),
+                ),
             ];
             fields.extend(r.fields().into_iter().map(|(k, v)| (k, v.to_string())));
             encode_ok(&fields)
         }
         "" => encode_error("empty request"),
-        other => encode_error(&format!("unknown command {other:?} (known: {CMD_PING}, {CMD_STATS})")),
+        other => encode_error(&format!(
+            "unknown command {other:?} (known: {CMD_PING}, {CMD_STATS})"
+        )),
     }
 }

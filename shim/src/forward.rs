@@ -20,7 +20,8 @@ pub type MmapFn = unsafe extern "C" fn(*mut c_void, usize, c_int, c_int, c_int, 
 pub type MunmapFn = unsafe extern "C" fn(*mut c_void, usize) -> c_int;
 /// `mremap` is variadic; on x86-64 and aarch64 Linux the optional fifth argument travels
 /// in the same register as a fixed one, so it is declared with five fixed arguments.
-pub type MremapFn = unsafe extern "C" fn(*mut c_void, usize, usize, c_int, *mut c_void) -> *mut c_void;
+pub type MremapFn =
+    unsafe extern "C" fn(*mut c_void, usize, usize, c_int, *mut c_void) -> *mut c_void;
 pub type BrkFn = unsafe extern "C" fn(*mut c_void) -> c_int;
 pub type SbrkFn = unsafe extern "C" fn(isize) -> *mut c_void;
 pub type StartRoutine = extern "C" fn(*mut c_void) -> *mut c_void;
@@ -52,6 +53,41 @@ pub struct RealFns {
     pub brk: BrkFn,
     pub sbrk: SbrkFn,
     pub pthread_create: PthreadCreateFn,
+    /// The next `malloc` is glibc's own (it is `__libc_malloc`), so a block's usable size
+    /// can be read from its chunk header.
+    pub glibc_chunks: bool,
+}
+
+impl RealFns {
+    /// The usable size of a live block of the real allocator.
+    ///
+    /// glibc's `malloc_usable_size` also reads the *next* chunk's header to check that the
+    /// block is in use, a likely cache miss that cost a fifth of an allocation-heavy
+    /// program's time. For glibc's allocator the block's own size field (just below it,
+    /// on the line `free` is about to touch anyway) gives the same answer for a live
+    /// block: chunk size minus one header word, or minus two for an mmapped chunk.
+    ///
+    /// # Safety
+    /// `p` must be a live block returned by this allocator.
+    #[inline]
+    pub unsafe fn usable_size(&self, p: *mut c_void) -> usize {
+        if self.glibc_chunks {
+            const WORD: usize = core::mem::size_of::<usize>();
+            const IS_MMAPPED: usize = 0x2;
+            // SAFETY: every live glibc block is preceded by its chunk's size field.
+            let field = unsafe { (p as *const usize).sub(1).read() };
+            let chunk = field & !0x7;
+            chunk
+                - if field & IS_MMAPPED != 0 {
+                    2 * WORD
+                } else {
+                    WORD
+                }
+        } else {
+            // SAFETY: forwarded; the caller guarantees `p` is live.
+            unsafe { (self.malloc_usable_size)(p) }
+        }
+    }
 }
 
 const UNRESOLVED: u8 = 0;
@@ -78,8 +114,11 @@ macro_rules! sym {
 }
 
 fn resolve_all() -> Option<RealFns> {
+    let malloc: MallocFn = sym!("malloc")?;
+    let libc_malloc: Option<MallocFn> = sym!("__libc_malloc");
     Some(RealFns {
-        malloc: sym!("malloc")?,
+        glibc_chunks: libc_malloc.is_some_and(|m| m as usize == malloc as usize),
+        malloc,
         free: sym!("free")?,
         calloc: sym!("calloc")?,
         realloc: sym!("realloc")?,

@@ -21,7 +21,7 @@ fn page_size() -> usize {
 fn counted(p: *mut c_void, real: &forward::RealFns) -> *mut c_void {
     if !p.is_null() {
         // SAFETY: `p` is a live block just returned by the real allocator.
-        stats::on_alloc(unsafe { (real.malloc_usable_size)(p) });
+        stats::on_alloc(unsafe { real.usable_size(p) });
     }
     p
 }
@@ -54,7 +54,7 @@ pub unsafe fn free(p: *mut c_void) {
     }
     if let Some(r) = forward::real() {
         // SAFETY: `p` is a live block of the real allocator (bootstrap blocks returned above).
-        stats::on_free(unsafe { (r.malloc_usable_size)(p) });
+        stats::on_free(unsafe { r.usable_size(p) });
         // SAFETY: forwarded unchanged.
         unsafe { (r.free)(p) };
     }
@@ -98,7 +98,7 @@ unsafe fn realloc_from_bootstrap(p: *mut c_void, size: usize) -> *mut c_void {
 fn count_resize(r: &forward::RealFns, old_usable: usize, q: *mut c_void, zero_request: bool) {
     if !q.is_null() {
         // SAFETY: `q` is the live block realloc returned.
-        stats::on_resize(old_usable, unsafe { (r.malloc_usable_size)(q) });
+        stats::on_resize(old_usable, unsafe { r.usable_size(q) });
     } else if zero_request {
         stats::on_free(old_usable);
     }
@@ -115,9 +115,11 @@ pub unsafe fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         // SAFETY: `p` is a bootstrap block.
         return unsafe { realloc_from_bootstrap(p, size) };
     }
-    let Some(r) = forward::real() else { return core::ptr::null_mut() };
+    let Some(r) = forward::real() else {
+        return core::ptr::null_mut();
+    };
     // SAFETY: `p` is a live block of the real allocator.
-    let old = unsafe { (r.malloc_usable_size)(p) };
+    let old = unsafe { r.usable_size(p) };
     // SAFETY: forwarded unchanged.
     let q = unsafe { (r.realloc)(p, size) };
     count_resize(r, old, q, size == 0);
@@ -141,7 +143,7 @@ pub unsafe fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void
     }
     let r = forward::real().expect("checked above");
     // SAFETY: `p` is a live block of the real allocator.
-    let old = unsafe { (r.malloc_usable_size)(p) };
+    let old = unsafe { r.usable_size(p) };
     // SAFETY: forwarded unchanged.
     let q = unsafe { real_fn(p, n, size) };
     count_resize(r, old, q, total == 0);
@@ -153,7 +155,9 @@ pub unsafe fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void
 pub unsafe fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
     match forward::real() {
         Some(r) => {
-            let Some(f) = r.posix_memalign else { return libc::ENOMEM };
+            let Some(f) = r.posix_memalign else {
+                return libc::ENOMEM;
+            };
             // SAFETY: forwarded unchanged.
             let rc = unsafe { f(out, align, size) };
             if rc == 0 {
@@ -163,7 +167,7 @@ pub unsafe fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -
             rc
         }
         None => {
-            if !align.is_power_of_two() || align % PTR != 0 {
+            if !align.is_power_of_two() || !align.is_multiple_of(PTR) {
                 return libc::EINVAL;
             }
             let p = bootstrap::alloc(size, align);
@@ -215,7 +219,10 @@ pub unsafe fn memalign(align: usize, size: usize) -> *mut c_void {
 }
 
 /// Forwards `valloc`/`pvalloc`.
-unsafe fn page_aligned(pick: fn(&forward::RealFns) -> Option<forward::MallocFn>, size: usize) -> *mut c_void {
+unsafe fn page_aligned(
+    pick: fn(&forward::RealFns) -> Option<forward::MallocFn>,
+    size: usize,
+) -> *mut c_void {
     match forward::real() {
         Some(r) => match pick(r) {
             // SAFETY: forwarded unchanged.

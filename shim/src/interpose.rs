@@ -98,7 +98,14 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
 /// # Safety
 /// `mmap(2)`.
 #[cfg_attr(not(test), no_mangle)]
-pub unsafe extern "C" fn mmap(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, off: i64) -> *mut c_void {
+pub unsafe extern "C" fn mmap(
+    addr: *mut c_void,
+    len: usize,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: i64,
+) -> *mut c_void {
     // SAFETY: same contract.
     unsafe { mapping::mmap(addr, len, prot, flags, fd, off, false) }
 }
@@ -106,7 +113,14 @@ pub unsafe extern "C" fn mmap(addr: *mut c_void, len: usize, prot: c_int, flags:
 /// # Safety
 /// `mmap64(2)`.
 #[cfg_attr(not(test), no_mangle)]
-pub unsafe extern "C" fn mmap64(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, off: i64) -> *mut c_void {
+pub unsafe extern "C" fn mmap64(
+    addr: *mut c_void,
+    len: usize,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: i64,
+) -> *mut c_void {
     // SAFETY: same contract.
     unsafe { mapping::mmap(addr, len, prot, flags, fd, off, true) }
 }
@@ -126,7 +140,13 @@ pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
 /// # Safety
 /// `mremap(2)`.
 #[cfg_attr(not(test), no_mangle)]
-pub unsafe extern "C" fn mremap(old: *mut c_void, old_len: usize, new_len: usize, flags: c_int, new_addr: *mut c_void) -> *mut c_void {
+pub unsafe extern "C" fn mremap(
+    old: *mut c_void,
+    old_len: usize,
+    new_len: usize,
+    flags: c_int,
+    new_addr: *mut c_void,
+) -> *mut c_void {
     // SAFETY: same contract.
     unsafe { mapping::mremap(old, old_len, new_len, flags, new_addr) }
 }

@@ -12,6 +12,10 @@
 //! - `arena`, `own`, `shim_thread`, `sync`, `sys`, `log`: the shim's own memory, threads
 //!   and primitives, never the host's.
 
+// Unit tests do not register the constructor or export the symbols, so the code only
+// they reach is unused there.
+#![cfg_attr(test, allow(dead_code))]
+
 mod arena;
 mod bootstrap;
 mod config;

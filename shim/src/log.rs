@@ -45,7 +45,10 @@ pub fn emit(level: Level, args: core::fmt::Arguments<'_>) {
     if !enabled(level) {
         return;
     }
-    let mut line = LineBuf { buf: [0; 512], len: 0 };
+    let mut line = LineBuf {
+        buf: [0; 512],
+        len: 0,
+    };
     let _ = line.write_str("memshadow: ");
     let _ = line.write_fmt(args);
     line.buf[line.len] = b'\n';

@@ -54,12 +54,24 @@ fn after_map(p: *mut c_void, len: usize, prot: c_int, flags: c_int) {
 
 /// # Safety
 /// `mmap(2)`.
-pub unsafe fn mmap(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, off: i64, wide: bool) -> *mut c_void {
+pub unsafe fn mmap(
+    addr: *mut c_void,
+    len: usize,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: i64,
+    wide: bool,
+) -> *mut c_void {
     let p = match forward::real() {
         // SAFETY: forwarded unchanged.
-        Some(r) => unsafe { (if wide { r.mmap64 } else { r.mmap })(addr, len, prot, flags, fd, off) },
+        Some(r) => unsafe {
+            (if wide { r.mmap64 } else { r.mmap })(addr, len, prot, flags, fd, off)
+        },
         // SAFETY: the raw syscall takes the same arguments and fails the same way.
-        None => unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, off) as *mut c_void },
+        None => unsafe {
+            libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, off) as *mut c_void
+        },
     };
     after_map(p, len, prot, flags);
     p
@@ -87,12 +99,20 @@ pub unsafe fn munmap(addr: *mut c_void, len: usize) -> c_int {
 
 /// # Safety
 /// `mremap(2)`; `new_addr` is read only with `MREMAP_FIXED`.
-pub unsafe fn mremap(old: *mut c_void, old_len: usize, new_len: usize, flags: c_int, new_addr: *mut c_void) -> *mut c_void {
+pub unsafe fn mremap(
+    old: *mut c_void,
+    old_len: usize,
+    new_len: usize,
+    flags: c_int,
+    new_addr: *mut c_void,
+) -> *mut c_void {
     let p = match forward::real() {
         // SAFETY: forwarded unchanged.
         Some(r) => unsafe { (r.mremap)(old, old_len, new_len, flags, new_addr) },
         // SAFETY: the raw syscall takes the same arguments and fails the same way.
-        None => unsafe { libc::syscall(libc::SYS_mremap, old, old_len, new_len, flags, new_addr) as *mut c_void },
+        None => unsafe {
+            libc::syscall(libc::SYS_mremap, old, old_len, new_len, flags, new_addr) as *mut c_void
+        },
     };
     if p != libc::MAP_FAILED {
         let from = Range::new(old as usize, old as usize + page_align_up(old_len));

@@ -16,17 +16,6 @@ pub enum Kind {
     Stack,
 }
 
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Heap => "heap",
-            Kind::Bss => "bss",
-            Kind::Anon => "anon",
-            Kind::Stack => "stack",
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Region {
     pub range: Range,
@@ -113,16 +102,25 @@ fn split_stacks(r: Range, kind: Kind, stacks: &[Range], out: &mut dyn FnMut(Regi
         match next {
             None => {
                 if cursor < r.end {
-                    out(Region { range: Range::new(cursor, r.end), kind });
+                    out(Region {
+                        range: Range::new(cursor, r.end),
+                        kind,
+                    });
                 }
                 return;
             }
             Some(s) => {
                 if s.start > cursor {
-                    out(Region { range: Range::new(cursor, s.start), kind });
+                    out(Region {
+                        range: Range::new(cursor, s.start),
+                        kind,
+                    });
                 }
                 let end = s.end.min(r.end);
-                out(Region { range: Range::new(cursor.max(s.start), end), kind: Kind::Stack });
+                out(Region {
+                    range: Range::new(cursor.max(s.start), end),
+                    kind: Kind::Stack,
+                });
                 cursor = end;
             }
         }
@@ -150,7 +148,9 @@ garbage line
 
     fn collect(own: &[Range], stacks: &[Range]) -> Vec<(usize, usize, Kind)> {
         let mut v = Vec::new();
-        candidates(MAPS, own, stacks, &mut |r| v.push((r.range.start, r.range.end, r.kind)));
+        candidates(MAPS, own, stacks, &mut |r| {
+            v.push((r.range.start, r.range.end, r.kind))
+        });
         v
     }
 
@@ -174,7 +174,10 @@ garbage line
         let own = [Range::new(0x7f2000000000, 0x7f2000100000)];
         let stacks = [Range::new(0x7f2000180000, 0x7f20001c0000)];
         let v = collect(&own, &stacks);
-        let anon: Vec<_> = v.iter().filter(|r| r.0 >= 0x7f2000000000 && r.0 < 0x7f3000000000).collect();
+        let anon: Vec<_> = v
+            .iter()
+            .filter(|r| r.0 >= 0x7f2000000000 && r.0 < 0x7f3000000000)
+            .collect();
         assert_eq!(
             anon,
             vec![

@@ -38,7 +38,10 @@ struct OwnList {
     len: usize,
 }
 
-static OWN: SpinLock<OwnList> = SpinLock::new(OwnList { ranges: [Range::EMPTY; CAPACITY], len: 0 });
+static OWN: SpinLock<OwnList> = SpinLock::new(OwnList {
+    ranges: [Range::EMPTY; CAPACITY],
+    len: 0,
+});
 
 /// Records a range as the shim's own. Returns false if the list is full (the caller
 /// must then not use the memory for anything a tracked write could reach).
@@ -52,17 +55,6 @@ pub fn register(r: Range) -> bool {
     l.ranges[n] = r;
     l.len += 1;
     true
-}
-
-/// Forgets a range registered with [`register`].
-pub fn unregister(r: Range) {
-    let _s = crate::sys::block_signals();
-    let mut l = OWN.lock();
-    let n = l.len;
-    if let Some(i) = l.ranges[..n].iter().position(|x| *x == r) {
-        l.ranges[i] = l.ranges[n - 1];
-        l.len -= 1;
-    }
 }
 
 /// Copies the current list into `out`, returning how many ranges were written.
@@ -105,43 +97,32 @@ pub(crate) fn unlock_after_fork() {
     OWN.release();
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pieces(r: Range, own: &[Range]) -> Vec<(usize, usize)> {
-        let mut v = Vec::new();
-        subtract_own(r, own, &mut |p| v.push((p.start, p.end)));
-        v
-    }
-
-    #[test]
-    fn subtraction_cuts_holes() {
-        let own = [Range::new(20, 30), Range::new(50, 60), Range::new(0, 5)];
-        assert_eq!(pieces(Range::new(10, 70), &own), vec![(10, 20), (30, 50), (60, 70)]);
-        assert_eq!(pieces(Range::new(22, 28), &own), vec![]);
-        assert_eq!(pieces(Range::new(100, 200), &own), vec![(100, 200)]);
-        assert_eq!(pieces(Range::new(0, 25), &own), vec![(5, 20)]);
-    }
-}
-
 /// Registers the shim's own loaded segments (its .data and .bss, where the bootstrap
 /// pool, the static stats page and every lock live).
 pub fn register_shim_object() {
-    extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: usize, data: *mut core::ffi::c_void) -> i32 {
+    extern "C" fn visit(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut core::ffi::c_void,
+    ) -> i32 {
         let marker = data as usize;
         // SAFETY: the loader passes a valid dl_phdr_info whose phdr array has phnum entries.
         let info = unsafe { &*info };
         // SAFETY: as above.
-        let phdrs = unsafe { core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+        let phdrs =
+            unsafe { core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
         let base = info.dlpi_addr as usize;
         let page = 4096usize;
         let loads = || {
-            phdrs.iter().filter(|p| p.p_type == libc::PT_LOAD).map(move |p| {
-                let start = (base + p.p_vaddr as usize) & !(page - 1);
-                let end = (base + p.p_vaddr as usize + p.p_memsz as usize + page - 1) & !(page - 1);
-                Range::new(start, end)
-            })
+            phdrs
+                .iter()
+                .filter(|p| p.p_type == libc::PT_LOAD)
+                .map(move |p| {
+                    let start = (base + p.p_vaddr as usize) & !(page - 1);
+                    let end =
+                        (base + p.p_vaddr as usize + p.p_memsz as usize + page - 1) & !(page - 1);
+                    Range::new(start, end)
+                })
         };
         if !loads().any(|r| r.start <= marker && marker < r.end) {
             return 0;
@@ -155,4 +136,27 @@ pub fn register_shim_object() {
     let marker = &MARKER as *const u8 as *mut core::ffi::c_void;
     // SAFETY: the callback only reads the loader's program headers and returns.
     unsafe { libc::dl_iterate_phdr(Some(visit), marker) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces(r: Range, own: &[Range]) -> Vec<(usize, usize)> {
+        let mut v = Vec::new();
+        subtract_own(r, own, &mut |p| v.push((p.start, p.end)));
+        v
+    }
+
+    #[test]
+    fn subtraction_cuts_holes() {
+        let own = [Range::new(20, 30), Range::new(50, 60), Range::new(0, 5)];
+        assert_eq!(
+            pieces(Range::new(10, 70), &own),
+            vec![(10, 20), (30, 50), (60, 70)]
+        );
+        assert_eq!(pieces(Range::new(22, 28), &own), vec![]);
+        assert_eq!(pieces(Range::new(100, 200), &own), vec![(100, 200)]);
+        assert_eq!(pieces(Range::new(0, 25), &own), vec![(5, 20)]);
+    }
 }

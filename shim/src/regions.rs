@@ -56,7 +56,9 @@ impl RegionTable {
     fn account(&mut self, r: &Region, sign: i64) {
         if self.tracked(r.kind) {
             self.tracked_regions = self.tracked_regions.wrapping_add(sign as u64);
-            self.tracked_bytes = self.tracked_bytes.wrapping_add((sign * r.range.len() as i64) as u64);
+            self.tracked_bytes = self
+                .tracked_bytes
+                .wrapping_add((sign * r.range.len() as i64) as u64);
         }
     }
 
@@ -91,11 +93,23 @@ impl RegionTable {
             let right = Range::new(r.end.max(e.range.start), e.range.end);
             self.entries.remove(i);
             if !left.is_empty() {
-                self.push_at(i, Region { range: left, kind: e.kind });
+                self.push_at(
+                    i,
+                    Region {
+                        range: left,
+                        kind: e.kind,
+                    },
+                );
                 i += 1;
             }
             if !right.is_empty() {
-                self.push_at(i, Region { range: right, kind: e.kind });
+                self.push_at(
+                    i,
+                    Region {
+                        range: right,
+                        kind: e.kind,
+                    },
+                );
                 i += 1;
             }
         }
@@ -127,7 +141,11 @@ impl RegionTable {
             return;
         }
         let old_end = match self.kind_at(self.heap_start) {
-            Some(Kind::Heap) => self.entries[self.first_ending_after(self.heap_start)].range.end,
+            Some(Kind::Heap) => {
+                self.entries[self.first_ending_after(self.heap_start)]
+                    .range
+                    .end
+            }
             _ => self.heap_start,
         };
         if end < old_end {
@@ -157,6 +175,7 @@ impl RegionTable {
         (self.tracked_regions, self.tracked_bytes)
     }
 
+    #[cfg(test)]
     pub fn regions(&self) -> &[Region] {
         &self.entries
     }
@@ -253,7 +272,10 @@ mod tests {
     }
 
     fn shape(t: &RegionTable) -> Vec<(usize, usize, Kind)> {
-        t.regions().iter().map(|r| (r.range.start, r.range.end, r.kind)).collect()
+        t.regions()
+            .iter()
+            .map(|r| (r.range.start, r.range.end, r.kind))
+            .collect()
     }
 
     #[test]
@@ -267,7 +289,10 @@ mod tests {
         t.remove(Range::new(0x14000, 0x15000));
         assert_eq!(
             shape(&t)[..2],
-            [(0x10000, 0x14000, Kind::Anon), (0x15000, 0x20000, Kind::Anon)]
+            [
+                (0x10000, 0x14000, Kind::Anon),
+                (0x15000, 0x20000, Kind::Anon)
+            ]
         );
         assert_eq!(t.totals(), (3, 0x1f000));
         // A removal across two regions trims both.
@@ -275,7 +300,13 @@ mod tests {
         assert_eq!(t.totals(), (3, 0x1f000 - 0x1000 - 0x1000));
         // An insert over existing ones replaces them.
         t.insert(Range::new(0x10000, 0x40000), Kind::Anon);
-        assert_eq!(shape(&t), vec![(0x10000, 0x40000, Kind::Anon), (0x50000, 0x51000, Kind::Stack)]);
+        assert_eq!(
+            shape(&t),
+            vec![
+                (0x10000, 0x40000, Kind::Anon),
+                (0x50000, 0x51000, Kind::Stack)
+            ]
+        );
         assert_eq!(t.totals(), (1, 0x30000));
         assert_eq!(t.kind_at(0x50800), Some(Kind::Stack));
         assert_eq!(t.kind_at(0x48000), None);
@@ -299,7 +330,10 @@ mod tests {
     fn full_table_counts_overflow_instead_of_growing() {
         let mut t = table();
         for i in 0..20 {
-            t.insert(Range::new(0x100000 * (i + 1), 0x100000 * (i + 1) + 0x1000), Kind::Anon);
+            t.insert(
+                Range::new(0x100000 * (i + 1), 0x100000 * (i + 1) + 0x1000),
+                Kind::Anon,
+            );
         }
         assert_eq!(t.regions().len(), 16);
         assert_eq!(t.overflow, 4);
@@ -317,6 +351,9 @@ mod tests {
             let a = buf.as_ptr() as usize;
             found |= r.range.start <= a && a < r.range.end && r.kind != Kind::Stack;
         });
-        assert!(found, "an 8 MiB heap buffer is not among the candidate regions");
+        assert!(
+            found,
+            "an 8 MiB heap buffer is not among the candidate regions"
+        );
     }
 }

@@ -32,7 +32,10 @@ pub fn tracking() -> bool {
 /// The run-time directory for `config`.
 fn run_dir(config: &Config) -> PathBuf {
     // SAFETY: getuid cannot fail.
-    config.dir.clone().unwrap_or_else(|| memshadow_format::paths::default_dir(unsafe { libc::getuid() }))
+    config
+        .dir
+        .clone()
+        .unwrap_or_else(|| memshadow_format::paths::default_dir(unsafe { libc::getuid() }))
 }
 
 /// Publishes this process: stats page, control socket. On failure nothing is left behind.
@@ -41,7 +44,11 @@ fn publish(config: &Config) -> Result<Runtime, String> {
     stats::ensure_private_dir(&dir)?;
     let stats = stats::create(&dir, config.run_id)?;
     match control::start(&dir) {
-        Ok(socket) => Ok(Runtime { config: config.clone(), stats, socket }),
+        Ok(socket) => Ok(Runtime {
+            config: config.clone(),
+            stats,
+            socket,
+        }),
         Err(e) => {
             stats::remove(&stats);
             Err(e)
@@ -103,7 +110,14 @@ pub extern "C" fn on_unload() {
         if rt.config.run_id == 0 {
             stats::remove(&rt.stats);
         }
-        debug!("exit: stats {}", if rt.config.run_id == 0 { "removed" } else { "kept for memshadow run" });
+        debug!(
+            "exit: stats {}",
+            if rt.config.run_id == 0 {
+                "removed"
+            } else {
+                "kept for memshadow run"
+            }
+        );
     }
 }
 

@@ -12,8 +12,12 @@ use std::alloc::Layout;
 pub const STACK_BYTES: usize = 256 * 1024;
 
 /// Starts `entry(arg)` on a new shim thread.
-pub fn spawn(entry: extern "C" fn(*mut c_void) -> *mut c_void, arg: *mut c_void) -> Result<(), String> {
-    let real = crate::forward::real_blocking().ok_or("the C library's pthread_create was not found")?;
+pub fn spawn(
+    entry: extern "C" fn(*mut c_void) -> *mut c_void,
+    arg: *mut c_void,
+) -> Result<(), String> {
+    let real =
+        crate::forward::real_blocking().ok_or("the C library's pthread_create was not found")?;
     let layout = Layout::from_size_align(STACK_BYTES, 4096).expect("constant layout");
     // SAFETY: non-zero layout; the block is given to the thread for its whole life.
     let stack = unsafe { std::alloc::alloc(layout) };
@@ -36,7 +40,10 @@ pub fn spawn(entry: extern "C" fn(*mut c_void) -> *mut c_void, arg: *mut c_void)
     if rc != 0 {
         // SAFETY: the thread was not created, so the stack is unused.
         unsafe { std::alloc::dealloc(stack, layout) };
-        return Err(format!("pthread_create failed: {}", std::io::Error::from_raw_os_error(rc)));
+        return Err(format!(
+            "pthread_create failed: {}",
+            std::io::Error::from_raw_os_error(rc)
+        ));
     }
     Ok(())
 }

@@ -20,8 +20,10 @@ struct StackList {
     len: usize,
 }
 
-static STACKS: SpinLock<StackList> =
-    SpinLock::new(StackList { ranges: [Range::EMPTY; CAPACITY], len: 0 });
+static STACKS: SpinLock<StackList> = SpinLock::new(StackList {
+    ranges: [Range::EMPTY; CAPACITY],
+    len: 0,
+});
 static KEY: AtomicU32 = AtomicU32::new(0);
 static KEY_READY: AtomicBool = AtomicBool::new(false);
 
@@ -102,7 +104,9 @@ extern "C" fn thread_start(p: *mut c_void) -> *mut c_void {
         if KEY_READY.load(Ordering::Acquire) {
             // SAFETY: the key exists; the value is only an address handed back to
             // forget_stack, never dereferenced.
-            unsafe { libc::pthread_setspecific(KEY.load(Ordering::Relaxed), stack.start as *const c_void) };
+            unsafe {
+                libc::pthread_setspecific(KEY.load(Ordering::Relaxed), stack.start as *const c_void)
+            };
         }
     }
     crate::stats::add(Counter::ThreadsStarted, 1);

@@ -67,7 +67,9 @@ fn claim_stripe(page: &StatsPage) -> usize {
         let owner = s.owner.load(Relaxed);
         if owner != tid
             && !sys::thread_alive(owner)
-            && s.owner.compare_exchange(owner, tid, Relaxed, Relaxed).is_ok()
+            && s.owner
+                .compare_exchange(owner, tid, Relaxed, Relaxed)
+                .is_ok()
         {
             return i;
         }
@@ -116,10 +118,9 @@ pub fn add(c: Counter, n: u64) {
     page().counter(c).fetch_add(n, Relaxed);
 }
 
-/// The published stats file: its path (to remove at exit) and where it is mapped.
+/// The published stats file (its path, to remove at exit).
 pub struct StatsFile {
     pub path: PathBuf,
-    pub range: Range,
 }
 
 /// Why the stats page could not be created.
@@ -131,13 +132,21 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), SetupError> {
     let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| "NUL in MEMSHADOW_DIR")?;
     // SAFETY: `c` is a valid C string.
     if unsafe { libc::mkdir(c.as_ptr(), 0o700) } != 0 && sys::errno() != libc::EEXIST {
-        return Err(format!("cannot create {}: {}", dir.display(), std::io::Error::last_os_error()));
+        return Err(format!(
+            "cannot create {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: `st` is a valid out-pointer, `c` a valid C string.
     let mut st: libc::stat = unsafe { core::mem::zeroed() };
     // SAFETY: as above.
     if unsafe { libc::lstat(c.as_ptr(), &mut st) } != 0 {
-        return Err(format!("cannot stat {}: {}", dir.display(), std::io::Error::last_os_error()));
+        return Err(format!(
+            "cannot stat {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
@@ -145,7 +154,11 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), SetupError> {
         return Err(format!("{} is not a directory", dir.display()));
     }
     if st.st_uid != me {
-        return Err(format!("{} belongs to uid {}, not to us (uid {me})", dir.display(), st.st_uid));
+        return Err(format!(
+            "{} belongs to uid {}, not to us (uid {me})",
+            dir.display(),
+            st.st_uid
+        ));
     }
     if st.st_mode & 0o022 != 0 {
         return Err(format!("{} is writable by other users", dir.display()));
@@ -211,13 +224,21 @@ pub fn create(dir: &Path, run_id: u64) -> Result<StatsFile, SetupError> {
         libc::open(c.as_ptr(), flags, 0o600 as libc::c_uint)
     };
     if fd < 0 {
-        return Err(format!("cannot create {}: {}", path.display(), std::io::Error::last_os_error()));
+        return Err(format!(
+            "cannot create {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: `fd` is the file just opened; fchmod/ftruncate act on it only.
     let sized = unsafe {
         libc::fchmod(fd, 0o600) == 0 && libc::ftruncate(fd, STATS_PAGE_SIZE as libc::off_t) == 0
     };
-    let mapped = if sized { sys::map_shared_fd(fd, STATS_PAGE_SIZE) } else { None };
+    let mapped = if sized {
+        sys::map_shared_fd(fd, STATS_PAGE_SIZE)
+    } else {
+        None
+    };
     let err = std::io::Error::last_os_error();
     // SAFETY: the mapping (if any) keeps the file alive; the descriptor is ours to close.
     unsafe { libc::close(fd) };
@@ -253,7 +274,7 @@ pub fn create(dir: &Path, run_id: u64) -> Result<StatsFile, SetupError> {
     page.magic = STATS_MAGIC;
     PAGE.store(p as *mut StatsPage, Release);
     GENERATION.fetch_add(1, Relaxed);
-    Ok(StatsFile { path, range })
+    Ok(StatsFile { path })
 }
 
 fn page_snapshot_totals() -> (u64, u64, u64, u64) {

@@ -53,15 +53,6 @@ pub fn map_shared_fd(fd: i32, len: usize) -> Option<*mut u8> {
     }
 }
 
-/// Unmaps a range the shim mapped itself.
-///
-/// # Safety
-/// `[addr, addr+len)` must be a mapping of the shim's that nothing references any more.
-pub unsafe fn unmap(addr: *mut u8, len: usize) {
-    // SAFETY: the caller guarantees the range is the shim's own and unused.
-    unsafe { libc::syscall(libc::SYS_munmap, addr, len) };
-}
-
 /// Tells the kernel the pages of a range the shim owns may be dropped (they read as zero).
 ///
 /// # Safety
@@ -111,7 +102,10 @@ pub fn write_all(fd: i32, mut bytes: &[u8]) {
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid out-pointer for clock_gettime.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000

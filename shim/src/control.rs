@@ -6,9 +6,10 @@
 //! process has allocated since the last refresh (glibc maps memory behind the shim's
 //! back; see `regions`).
 
+use crate::log::info;
 use crate::{regions, stats, sys};
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicI32, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use memshadow_format::control::{encode_error, encode_ok, CMD_PING, CMD_STATS, MAX_REQUEST};
 use memshadow_format::paths::MAX_SOCKET_PATH;
 use memshadow_format::stats::ProcessState;
@@ -18,6 +19,10 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 static LISTEN_FD: AtomicI32 = AtomicI32::new(-1);
+/// (device, inode) of the listening socket, taken before the serving thread starts: the
+/// program may close the descriptor and reuse its number before that thread first runs.
+static LISTEN_DEV: AtomicU64 = AtomicU64::new(0);
+static LISTEN_INO: AtomicU64 = AtomicU64::new(0);
 const REFRESH_MS: i32 = 1000;
 const PEER_TIMEOUT_S: libc::time_t = 2;
 
@@ -38,6 +43,9 @@ pub fn start(dir: &Path) -> Result<PathBuf, String> {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
     let fd = listener.into_raw_fd();
+    let (dev, ino) = identity(fd).ok_or("cannot stat the control socket")?;
+    LISTEN_DEV.store(dev, Ordering::Relaxed);
+    LISTEN_INO.store(ino, Ordering::Relaxed);
     LISTEN_FD.store(fd, Ordering::Release);
     if let Err(e) = crate::shim_thread::spawn(serve, fd as usize as *mut c_void) {
         stop_listening();
@@ -56,10 +64,23 @@ pub fn stop_listening() {
     }
 }
 
+/// The (device, inode) of the file open on `fd`, if any.
+fn identity(fd: i32) -> Option<(u64, u64)> {
+    // SAFETY: all-zero is a valid stat buffer.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer; fstat on a closed descriptor just fails.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+}
+
 extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
     let fd = arg as usize as i32;
+    let ours = Some((
+        LISTEN_DEV.load(Ordering::Relaxed),
+        LISTEN_INO.load(Ordering::Relaxed),
+    ));
     let mut last_activity = u64::MAX;
-    // Stop when the descriptor is no longer ours (closed after fork or at exit).
+    // Stop when the descriptor is no longer ours: closed by the shim (after fork, at
+    // exit) or closed, and perhaps reused, by the program, as daemons do.
     while LISTEN_FD.load(Ordering::Acquire) == fd {
         let mut pfd = libc::pollfd {
             fd,
@@ -68,6 +89,17 @@ extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
         };
         // SAFETY: `pfd` is one valid pollfd.
         let n = unsafe { libc::poll(&mut pfd, 1, REFRESH_MS) };
+        let broken = n > 0 && pfd.revents & (libc::POLLNVAL | libc::POLLERR | libc::POLLHUP) != 0
+            || n < 0 && sys::errno() != libc::EINTR;
+        if (broken || n > 0) && identity(fd) != ours || broken {
+            if LISTEN_FD
+                .compare_exchange(fd, -1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                info!("the program closed the control socket; memshadow stats cannot reach it now");
+            }
+            break;
+        }
         if n == 0 {
             let page = stats::page().read();
             let activity = page.allocs.wrapping_add(page.frees);

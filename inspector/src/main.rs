@@ -1,1 +1,39 @@
-fn main() {}
+//! `memshadow`: run programs under libmemshadow.so, list them, read their statistics.
+
+mod cli;
+mod commands;
+mod control_client;
+mod demo;
+mod demo_workload;
+mod elf_check;
+mod error;
+mod launch;
+mod registry;
+mod report;
+
+use cli::Command;
+
+fn main() {
+    // Printing into a closed pipe (`memshadow ps | head`) should end us quietly.
+    // SAFETY: restores the default disposition before any thread exists; no handler runs.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    };
+    let result = match cli::parse().command {
+        None => demo::run(),
+        Some(Command::Run(args)) => commands::run(args),
+        Some(Command::Ps(args)) => commands::ps(args),
+        Some(Command::Stats(args)) => commands::stats(args),
+        Some(Command::DemoWorkload) => Ok(demo_workload::run()),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(failure) => {
+            eprintln!("memshadow: {}", failure.message);
+            std::process::exit(failure.code);
+        }
+    }
+}

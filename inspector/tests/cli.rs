@@ -1,0 +1,720 @@
+//! Tests of the `memshadow` command line, run against the release build:
+//! `cargo build --release --workspace && cargo test --release --workspace`.
+//!
+//! Every test uses its own `MEMSHADOW_DIR`, and every process it starts is killed if it
+//! outlives its time limit.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use wait_timeout::ChildExt;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn release_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release")
+}
+
+fn built(name: &str) -> PathBuf {
+    let path = release_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build first with `cargo build --release --workspace`",
+        path.display()
+    );
+    path
+}
+
+fn memshadow_bin() -> PathBuf {
+    built("memshadow")
+}
+
+fn shim_lib() -> PathBuf {
+    built("libmemshadow.so").canonicalize().unwrap()
+}
+
+/// A command for the memshadow binary with a clean environment and its own run-time dir.
+fn memshadow(dir: &Path) -> Command {
+    let mut c = Command::new(memshadow_bin());
+    clean_env(&mut c, dir);
+    c
+}
+
+fn clean_env(c: &mut Command, dir: &Path) {
+    c.env("MEMSHADOW_DIR", dir)
+        .env_remove("MEMSHADOW_LIB")
+        .env_remove("MEMSHADOW_RUN_ID")
+        .env_remove("LD_PRELOAD")
+        .stdin(Stdio::null());
+}
+
+/// What a finished process left.
+#[derive(Debug)]
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Finished {
+    fn stderr_line(&self) -> &str {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "expected one line on stderr: {self:#?}");
+        assert!(
+            lines[0].starts_with("memshadow: "),
+            "stderr does not start with \"memshadow: \": {self:#?}"
+        );
+        lines[0]
+    }
+}
+
+/// Kills `child` when dropped unless it has been reaped.
+struct Guard(Option<Child>);
+
+impl Guard {
+    fn spawn(c: &mut Command) -> Self {
+        Guard(Some(c.spawn().expect("spawn")))
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("child")
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.as_ref().expect("child").id()
+    }
+
+    /// Waits at most `limit`; kills the child and panics if it is still running then.
+    fn wait(mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.0.take().expect("child");
+        match child.wait_timeout(limit).expect("wait") {
+            Some(status) => status,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "process {} still running after {limit:?}; killed it",
+                    child.id()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `c` to completion within `limit`, capturing its output.
+fn finish(c: &mut Command, limit: Duration) -> Finished {
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut guard = Guard::spawn(c);
+    let out = guard.child().stdout.take().expect("stdout");
+    let err = guard.child().stderr.take().expect("stderr");
+    let read_all = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let (out, err) = (read_all(Box::new(out)), read_all(Box::new(err)));
+    let status = guard.wait(limit);
+    Finished {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+fn tempdir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("ms-cli")
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// Polls `cond` every 20 ms for at most `limit`.
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Starts `program` with the shim preloaded (as a shell would with LD_PRELOAD, without
+/// `memshadow run`) and waits for its control socket.
+fn spawn_shimmed(dir: &Path, program: &[&str]) -> Guard {
+    let mut c = Command::new(program[0]);
+    c.args(&program[1..]);
+    clean_env(&mut c, dir);
+    c.env("LD_PRELOAD", shim_lib())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let guard = Guard::spawn(&mut c);
+    let sock = dir.join(format!("{}.sock", guard.pid()));
+    assert!(
+        wait_until(Duration::from_secs(10), || sock.exists()),
+        "the shim did not publish {} for {program:?}",
+        sock.display()
+    );
+    guard
+}
+
+#[test]
+fn bad_arguments_fail_with_one_line() {
+    let dir = tempdir();
+    for args in [
+        &["--no-such-option"][..],
+        &["frobnicate"],
+        &["run"],
+        &["run", "--"],
+        &["stats"],
+        &["stats", "not-a-pid"],
+        &["stats", "1", "--watch", "0"],
+        &["stats", "1", "--watch", "-1"],
+        &["stats", "1", "--watch", "soon"],
+        &["ps", "extra"],
+    ] {
+        let f = finish(memshadow(dir.path()).args(args), LIMIT);
+        assert_eq!(f.status.code(), Some(2), "{args:?}: {f:#?}");
+        f.stderr_line();
+    }
+    let f = finish(
+        memshadow(dir.path()).args(["stats", "1", "--watch", "0"]),
+        LIMIT,
+    );
+    assert!(f.stderr.contains("more than 0 seconds"), "{f:#?}");
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    let dir = tempdir();
+    let top = finish(memshadow(dir.path()).arg("--help"), LIMIT);
+    assert!(top.status.success(), "{top:#?}");
+    assert!(
+        !top.stdout.contains("demo-workload"),
+        "hidden command shown: {top:#?}"
+    );
+    for sub in ["run", "ps", "stats"] {
+        assert!(top.stdout.contains(sub), "{top:#?}");
+        let f = finish(memshadow(dir.path()).args([sub, "--help"]), LIMIT);
+        assert!(f.status.success(), "{sub}: {f:#?}");
+        assert!(f.stdout.contains("Usage: memshadow"), "{sub}: {f:#?}");
+    }
+}
+
+#[test]
+fn stats_of_a_nonexistent_pid() {
+    let dir = tempdir();
+    let pid_max: u32 = fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = (2..pid_max)
+        .rev()
+        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
+    let f = finish(
+        memshadow(dir.path()).args(["stats", &pid.to_string()]),
+        LIMIT,
+    );
+    assert_eq!(f.status.code(), Some(1), "{f:#?}");
+    assert_eq!(
+        f.stderr_line(),
+        format!("memshadow: no process with pid {pid}")
+    );
+}
+
+#[test]
+fn stats_of_a_process_without_the_shim() {
+    let dir = tempdir();
+    let mut c = Command::new("sleep");
+    c.arg("5");
+    clean_env(&mut c, dir.path());
+    let sleeper = Guard::spawn(&mut c);
+    let pid = sleeper.pid();
+    let f = finish(
+        memshadow(dir.path()).args(["stats", &pid.to_string()]),
+        LIMIT,
+    );
+    assert_eq!(f.status.code(), Some(1), "{f:#?}");
+    assert_eq!(
+        f.stderr_line(),
+        format!("memshadow: process {pid} (sleep) is not running under memshadow")
+    );
+}
+
+#[test]
+fn run_rejects_a_statically_linked_program() {
+    let libc_a = Path::new("/usr/lib/x86_64-linux-gnu/libc.a");
+    assert!(
+        libc_a.exists(),
+        "{} is missing: install Debian's libc6-dev (apt-get install libc6-dev) to build the static test program",
+        libc_a.display()
+    );
+    let dir = tempdir();
+    let src = dir.path().join("static.c");
+    let exe = dir.path().join("static-prog");
+    fs::write(&src, "int main(void) { return 0; }\n").unwrap();
+    let cc = finish(
+        Command::new("gcc")
+            .arg("-static")
+            .arg("-o")
+            .arg(&exe)
+            .arg(&src),
+        Duration::from_secs(60),
+    );
+    assert!(cc.status.success(), "gcc -static failed: {cc:#?}");
+    let f = finish(memshadow(dir.path()).arg("run").arg("--").arg(&exe), LIMIT);
+    assert_eq!(f.status.code(), Some(2), "{f:#?}");
+    assert_eq!(
+        f.stderr_line(),
+        format!(
+            "memshadow: cannot be preloaded: {} is statically linked",
+            exe.display()
+        )
+    );
+}
+
+#[test]
+fn run_rejects_missing_and_non_executable_programs() {
+    let dir = tempdir();
+    let f = finish(
+        memshadow(dir.path()).args(["run", "--", "memshadow-no-such-program"]),
+        LIMIT,
+    );
+    assert_eq!(f.status.code(), Some(2), "{f:#?}");
+    assert!(f.stderr_line().contains("command not found"), "{f:#?}");
+    let data = dir.path().join("data.txt");
+    fs::write(&data, "hello\n").unwrap();
+    let f = finish(memshadow(dir.path()).arg("run").arg(&data), LIMIT);
+    assert_eq!(f.status.code(), Some(2), "{f:#?}");
+    assert!(f.stderr_line().contains("is not executable"), "{f:#?}");
+}
+
+#[test]
+fn run_reports_a_missing_library() {
+    let dir = tempdir();
+    let f = finish(
+        memshadow(dir.path()).args(["run", "--lib", "/no/such/libmemshadow.so", "--", "true"]),
+        LIMIT,
+    );
+    assert_eq!(f.status.code(), Some(1), "{f:#?}");
+    let line = f.stderr_line();
+    assert!(line.contains("/no/such/libmemshadow.so"), "{line}");
+    assert!(line.contains("cargo build --release"), "{line}");
+}
+
+#[test]
+fn run_passes_the_exit_code_through() {
+    let dir = tempdir();
+    let f = finish(
+        memshadow(dir.path()).args(["run", "--", "sh", "-c", "exit 7"]),
+        LIMIT,
+    );
+    assert_eq!(f.status.code(), Some(7), "{f:#?}");
+    assert!(f.stderr.contains("sh (pid "), "{f:#?}");
+    assert!(f.stderr.contains("exited 7 after"), "{f:#?}");
+    let q = finish(
+        memshadow(dir.path()).args(["run", "--quiet", "--", "sh", "-c", "exit 3"]),
+        LIMIT,
+    );
+    assert_eq!(q.status.code(), Some(3), "{q:#?}");
+    assert_eq!(q.stderr, "", "{q:#?}");
+}
+
+#[test]
+fn run_dies_of_the_signal_that_killed_the_program() {
+    let dir = tempdir();
+    let f = finish(
+        memshadow(dir.path()).args(["run", "--", "sh", "-c", "kill -TERM $$"]),
+        LIMIT,
+    );
+    assert_eq!(f.status.signal(), Some(libc::SIGTERM), "{f:#?}");
+    assert!(f.stderr.contains("was killed by SIGTERM"), "{f:#?}");
+}
+
+#[test]
+fn run_ignores_sigint_and_forwards_sigterm() {
+    let dir = tempdir();
+    let mut c = memshadow(dir.path());
+    c.args([
+        "run",
+        "--quiet",
+        "--",
+        "sh",
+        "-c",
+        "echo ready; exec sleep 30",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    let mut launcher = Guard::spawn(&mut c);
+    let mut ready = String::new();
+    BufReader::new(launcher.child().stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready, "ready\n");
+    let pid = launcher.pid() as libc::pid_t;
+    // SAFETY: kill has no memory-safety preconditions; pid is our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        launcher.child().try_wait().unwrap().is_none(),
+        "SIGINT (sent to the launcher only) ended the run"
+    );
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = launcher.wait(Duration::from_secs(10));
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+}
+
+#[test]
+fn run_prepends_to_an_existing_ld_preload() {
+    let dir = tempdir();
+    let f = finish(
+        memshadow(dir.path())
+            .env("LD_PRELOAD", "/some/existing.so")
+            .args(["run", "--quiet", "--", "sh", "-c", "echo \"$LD_PRELOAD\""]),
+        LIMIT,
+    );
+    assert!(f.status.success(), "{f:#?}");
+    assert_eq!(
+        f.stdout.trim_end(),
+        format!("{}:/some/existing.so", shim_lib().display()),
+        "{f:#?}"
+    );
+}
+
+#[test]
+fn run_says_when_the_shim_did_not_attach() {
+    let dir = tempdir();
+    let src = dir.path().join("empty.c");
+    let lib = dir.path().join("libempty.so");
+    fs::write(&src, "int memshadow_test_nothing;\n").unwrap();
+    let cc = finish(
+        Command::new("gcc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&lib)
+            .arg(&src),
+        Duration::from_secs(60),
+    );
+    assert!(cc.status.success(), "gcc failed: {cc:#?}");
+    let json = dir.path().join("stats.json");
+    let f = finish(
+        memshadow(dir.path())
+            .arg("run")
+            .arg("--lib")
+            .arg(&lib)
+            .arg("--stats-json")
+            .arg(&json)
+            .args(["--", "true"]),
+        LIMIT,
+    );
+    assert!(f.status.success(), "{f:#?}");
+    assert!(
+        f.stderr_line().contains("the shim did not attach"),
+        "{f:#?}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["shim_attached"], false, "{v}");
+    assert_eq!(v["exit_code"], 0, "{v}");
+    assert!(v["allocs"].is_null(), "{v}");
+    assert_eq!(v["processes"], serde_json::json!([]), "{v}");
+}
+
+#[test]
+fn run_writes_stats_json() {
+    let dir = tempdir();
+    let json = dir.path().join("stats.json");
+    let f = finish(
+        memshadow(dir.path())
+            .arg("run")
+            .arg("--stats-json")
+            .arg(&json)
+            .args(["--", "python3", "-c", "print(1)"]),
+        Duration::from_secs(60),
+    );
+    assert!(f.status.success(), "{f:#?}");
+    assert_eq!(f.stdout, "1\n", "{f:#?}");
+    let text = fs::read_to_string(&json).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for key in [
+        "pid",
+        "command",
+        "exit_code",
+        "signal",
+        "wall_s",
+        "shim_attached",
+        "allocs",
+        "frees",
+        "live_bytes",
+        "tracked_regions",
+        "tracked_bytes",
+        "processes",
+    ] {
+        assert!(v.get(key).is_some(), "no {key:?} in {text}");
+    }
+    assert_eq!(v["shim_attached"], true, "{text}");
+    assert_eq!(v["exit_code"], 0, "{text}");
+    assert!(v["signal"].is_null(), "{text}");
+    assert!(v["wall_s"].as_f64().unwrap() > 0.0, "{text}");
+    assert!(v["allocs"].as_u64().unwrap() > 0, "{text}");
+    assert!(v["tracked_bytes"].as_u64().unwrap() > 0, "{text}");
+    assert!(v["tracked_regions"].as_u64().unwrap() > 0, "{text}");
+    let processes = v["processes"].as_array().unwrap();
+    let main = processes
+        .iter()
+        .find(|p| p["pid"] == v["pid"])
+        .unwrap_or_else(|| panic!("main process missing from processes: {text}"));
+    assert_eq!(main["state"], "exited", "{text}");
+    assert_eq!(main["tracked_bytes"], v["tracked_bytes"], "{text}");
+    // The run collected every page it produced.
+    assert!(no_run_files(dir.path()), "files left in the run-time dir");
+}
+
+fn no_run_files(dir: &Path) -> bool {
+    fs::read_dir(dir).unwrap().flatten().all(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        !name.ends_with(".stats") && !name.ends_with(".sock")
+    })
+}
+
+#[test]
+fn run_collects_shimmed_descendants() {
+    let dir = tempdir();
+    let json = dir.path().join("stats.json");
+    let f = finish(
+        memshadow(dir.path())
+            .arg("run")
+            .arg("--stats-json")
+            .arg(&json)
+            .args(["--", "sh", "-c", "cat /dev/null | sort; true"]),
+        LIMIT,
+    );
+    assert!(f.status.success(), "{f:#?}");
+    assert!(f.stderr.contains("more shimmed process"), "{f:#?}");
+    let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+    let commands: Vec<&str> = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["command"].as_str().unwrap())
+        .collect();
+    assert!(commands.iter().any(|c| c.starts_with("cat")), "{v}");
+    assert!(commands.iter().any(|c| c.starts_with("sort")), "{v}");
+    assert!(no_run_files(dir.path()), "files left in the run-time dir");
+}
+
+/// Builds a stats page the way the shim lays it out (format/src/stats.rs).
+fn fake_page(pid: u32, state: u32, start_time_ticks: u64, run_id: u64, command: &str) -> Vec<u8> {
+    use memshadow_format::stats::{STATS_LAYOUT_VERSION, STATS_MAGIC, STATS_PAGE_SIZE};
+    let mut p = vec![0u8; STATS_PAGE_SIZE];
+    p[0..8].copy_from_slice(&STATS_MAGIC);
+    p[8..12].copy_from_slice(&STATS_LAYOUT_VERSION.to_le_bytes());
+    p[12..16].copy_from_slice(&state.to_le_bytes());
+    p[16..20].copy_from_slice(&pid.to_le_bytes());
+    // SAFETY: getuid has no preconditions and cannot fail.
+    p[20..24].copy_from_slice(&unsafe { libc::getuid() }.to_le_bytes());
+    p[24..32].copy_from_slice(&start_time_ticks.to_le_bytes());
+    p[32..40].copy_from_slice(&run_id.to_le_bytes());
+    p[64..64 + command.len()].copy_from_slice(command.as_bytes());
+    // counters[1] = tracked_bytes; stripe 0: allocs, frees, alloc_bytes, free_bytes.
+    p[512 + 8..512 + 16].copy_from_slice(&(3u64 << 20).to_le_bytes());
+    p[2048..2056].copy_from_slice(&5u64.to_le_bytes());
+    p[2064..2072].copy_from_slice(&4096u64.to_le_bytes());
+    p
+}
+
+fn start_time_of(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 1..];
+    after.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+fn dead_pid() -> u32 {
+    let mut c = Command::new("true");
+    let g = Guard::spawn(&mut c);
+    let pid = g.pid();
+    g.wait(LIMIT);
+    pid
+}
+
+#[test]
+fn ps_lists_live_pages_and_removes_leftovers() {
+    let dir = tempdir();
+    let d = dir.path();
+    let me = std::process::id();
+    let my_start = start_time_of(me);
+    let (running, exited) = (1, 2);
+    // A live process: this test (its page is fake, but its pid and start time are real).
+    fs::write(
+        d.join(format!("{me}.stats")),
+        fake_page(me, running, my_start, 0, "cli-test"),
+    )
+    .unwrap();
+    // A dead process, with its socket.
+    let dead = dead_pid();
+    fs::write(
+        d.join(format!("{dead}.stats")),
+        fake_page(dead, running, 1, 0, "dead"),
+    )
+    .unwrap();
+    fs::write(d.join(format!("{dead}.sock")), "").unwrap();
+    // A socket whose process is gone, without a page.
+    let dead2 = dead_pid();
+    fs::write(d.join(format!("{dead2}.sock")), "").unwrap();
+    // An exited process whose launcher (this test) is alive: kept for the launcher.
+    let dead3 = dead_pid();
+    fs::write(
+        d.join(format!("{dead3}.stats")),
+        fake_page(dead3, exited, 1, u64::from(me), "collected-later"),
+    )
+    .unwrap();
+
+    let f = finish(memshadow(d).args(["ps", "--json"]), LIMIT);
+    assert!(f.status.success(), "{f:#?}");
+    assert_eq!(
+        f.stderr_line(),
+        "memshadow: removed the leftover files of 2 dead processes"
+    );
+    let v: serde_json::Value = serde_json::from_str(&f.stdout).unwrap();
+    let list = v.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{v}");
+    assert_eq!(list[0]["pid"], me, "{v}");
+    assert_eq!(list[0]["command"], "cli-test", "{v}");
+    assert_eq!(list[0]["tracked_bytes"], 3 << 20, "{v}");
+    assert_eq!(list[0]["live_bytes"], 4096, "{v}");
+    assert_eq!(list[0]["allocs"], 5, "{v}");
+    assert!(!d.join(format!("{dead}.stats")).exists());
+    assert!(!d.join(format!("{dead}.sock")).exists());
+    assert!(!d.join(format!("{dead2}.sock")).exists());
+    assert!(d.join(format!("{dead3}.stats")).exists());
+
+    let text = finish(memshadow(d).arg("ps"), LIMIT);
+    assert!(text.status.success(), "{text:#?}");
+    assert_eq!(text.stderr, "", "{text:#?}");
+    let lines: Vec<&str> = text.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{text:#?}");
+    for column in ["PID", "COMMAND", "TRACKED", "LIVE", "ALLOCS"] {
+        assert!(lines[0].contains(column), "{text:#?}");
+    }
+    assert!(
+        lines[1].contains("cli-test") && lines[1].contains("3.0 MiB"),
+        "{text:#?}"
+    );
+
+    fs::remove_file(d.join(format!("{me}.stats"))).unwrap();
+    let empty = finish(memshadow(d).arg("ps"), LIMIT);
+    assert_eq!(empty.stdout, "no processes are running under memshadow\n");
+    let empty = finish(memshadow(d).args(["ps", "--json"]), LIMIT);
+    assert_eq!(empty.stdout.trim(), "[]");
+}
+
+#[test]
+fn ps_and_stats_see_a_shimmed_process() {
+    let dir = tempdir();
+    let sleeper = spawn_shimmed(dir.path(), &["sleep", "20"]);
+    let pid = sleeper.pid();
+    let ps = finish(memshadow(dir.path()).args(["ps", "--json"]), LIMIT);
+    let v: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap();
+    assert_eq!(v[0]["pid"], pid, "{ps:#?}");
+    let text = finish(
+        memshadow(dir.path()).args(["stats", &pid.to_string()]),
+        LIMIT,
+    );
+    assert!(text.status.success(), "{text:#?}");
+    assert!(text.stdout.contains("tracked_bytes"), "{text:#?}");
+    assert!(text.stdout.contains(" bytes)"), "{text:#?}");
+    let json = finish(
+        memshadow(dir.path()).args(["stats", "--json", &pid.to_string()]),
+        LIMIT,
+    );
+    assert!(json.status.success(), "{json:#?}");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["pid"], pid, "{v}");
+    assert!(v["command"].as_str().unwrap().starts_with("sleep"), "{v}");
+    assert!(v["tracked_bytes"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["allocs"].is_u64(), "{v}");
+}
+
+#[test]
+fn stats_watch_ends_when_the_process_exits() {
+    let dir = tempdir();
+    let sleeper = spawn_shimmed(dir.path(), &["sleep", "1.5"]);
+    let pid = sleeper.pid();
+    let f = finish(
+        memshadow(dir.path()).args(["stats", "--json", "--watch", "0.2", &pid.to_string()]),
+        LIMIT,
+    );
+    assert!(f.status.success(), "{f:#?}");
+    assert!(f.stderr_line().contains("exited"), "{f:#?}");
+    let objects: Vec<serde_json::Value> = f
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(objects.len() >= 2, "{f:#?}");
+    assert!(objects.iter().all(|o| o["pid"] == pid), "{f:#?}");
+    drop(sleeper);
+}
+
+#[test]
+fn stats_refuses_another_users_process() {
+    let dir = tempdir();
+    if !is_root() {
+        // Without root we cannot start a process as someone else; init is not ours.
+        let f = finish(memshadow(dir.path()).args(["stats", "1"]), LIMIT);
+        assert_eq!(f.status.code(), Some(1), "{f:#?}");
+        assert!(f.stderr_line().contains("belongs to uid"), "{f:#?}");
+        return;
+    }
+    let sleeper = spawn_shimmed(dir.path(), &["sleep", "20"]);
+    let pid = sleeper.pid();
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(memshadow_bin())
+        .args(["stats", &pid.to_string()]);
+    clean_env(&mut c, dir.path());
+    let f = finish(&mut c, LIMIT);
+    assert_eq!(f.status.code(), Some(1), "{f:#?}");
+    assert_eq!(
+        f.stderr_line(),
+        format!(
+            "memshadow: process {pid} belongs to uid 0; you can only inspect your own processes"
+        )
+    );
+}
+
+#[test]
+fn demo_runs_the_workload_under_the_shim() {
+    let dir = tempdir();
+    let f = finish(&mut memshadow(dir.path()), Duration::from_secs(60));
+    assert!(f.status.success(), "{f:#?}");
+    assert!(f.stdout.contains("workload: phase 1/4"), "{f:#?}");
+    assert!(f.stdout.contains("memshadow ["), "no live line: {f:#?}");
+    assert!(f.stdout.contains("What the numbers show"), "{f:#?}");
+    assert!(f.stdout.contains("memshadow run -- "), "{f:#?}");
+    assert!(no_run_files(dir.path()), "files left in the run-time dir");
+}

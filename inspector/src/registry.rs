@@ -101,12 +101,28 @@ pub fn pid_running(pid: u32) -> bool {
     ProcInfo::read(pid).is_ok_and(|p| !p.is_zombie())
 }
 
-/// Whether the process a page describes is still running: same pid, same start time
-/// (not a reused pid), not a zombie, and its shim has not marked it exited.
+/// Whether the process a page describes is still running under the shim: same pid, same
+/// start time (not a reused pid), not a zombie, its shim has not marked it exited, and it
+/// still maps its stats page (a process that exec'd a program without the shim keeps
+/// its pid and start time but has dropped the mapping).
 pub fn page_process_running(rec: &StatsRecord) -> bool {
     rec.state != Some(ProcessState::Exited)
         && ProcInfo::read(rec.pid)
             .is_ok_and(|p| !p.is_zombie() && p.start_time_ticks == rec.start_time_ticks)
+        && maps_stats_page(rec.pid)
+}
+
+/// Whether `/proc/PID/maps` shows the process's stats page mapped. When the maps file
+/// cannot be read (another user's process), the start-time check has to do.
+fn maps_stats_page(pid: u32) -> bool {
+    let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return true;
+    };
+    let name = format!("/{pid}.stats");
+    maps.lines().any(|l| {
+        let l = l.trim_end().trim_end_matches(" (deleted)");
+        l.ends_with(&name)
+    })
 }
 
 /// Why a stats file could not be read.
@@ -256,6 +272,12 @@ mod tests {
         assert_eq!(p.comm, "a) b (c)");
         assert_eq!(p.state, 'S');
         assert_eq!(p.start_time_ticks, 22);
+    }
+
+    #[test]
+    fn a_process_without_the_page_mapped_is_not_shimmed() {
+        // This test process maps no stats page, so it does not count as shimmed.
+        assert!(!maps_stats_page(std::process::id()));
     }
 
     #[test]

@@ -21,9 +21,10 @@
 //! | 512 | 8 x 128 | counters, indexed by [`Counter`] |
 //! | 2048 | 64 x 64 | heap stripes ([`HeapStripe`]), summed by the reader |
 //!
-//! Allocation counters are striped: each host thread owns one 64-byte stripe and updates
-//! it with plain relaxed load/store (no locked instruction on the malloc path). Threads
-//! beyond the exclusive stripes share [`OVERFLOW_STRIPE`], which uses `fetch_add`.
+//! Allocation counters are striped: each host thread owns one 64-byte stripe, found by
+//! its thread pointer, and updates it with plain relaxed load/store (no locked
+//! instruction on the malloc path). Threads beyond the exclusive stripes share
+//! [`OVERFLOW_STRIPE`], which uses `fetch_add`.
 
 use core::mem::{offset_of, size_of};
 use core::sync::atomic::{AtomicU32, AtomicU64};
@@ -135,9 +136,11 @@ pub struct HeapStripe {
     pub alloc_bytes: AtomicU64,
     /// Usable bytes given back, including shrinking by realloc.
     pub free_bytes: AtomicU64,
-    /// Thread id of the exclusive owner, 0 when free. Unused for the overflow stripe.
-    pub owner: AtomicU32,
-    _pad: [u8; 28],
+    /// The owning thread's thread pointer (its TCB address): 0 never owned, 1 released
+    /// by an exited thread. A thread pointer belongs to one live thread at a time, so a
+    /// stripe is never written by two threads at once. Unused for the overflow stripe.
+    pub owner_key: AtomicU64,
+    _pad: [u8; 24],
 }
 
 /// The page as the shim maps it.

@@ -55,8 +55,10 @@ pub fn snapshot() -> Vec<Range> {
     l.ranges[..l.len].to_vec()
 }
 
+/// The pthread key destructor, run as a thread started by the host exits.
 extern "C" fn forget_stack(start: *mut c_void) {
     unregister_starting_at(start as usize);
+    crate::stats::release_stripe();
 }
 
 /// Creates the pthread key whose destructor forgets a thread's stack at exit.

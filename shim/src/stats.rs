@@ -7,8 +7,7 @@
 
 use crate::own::Range;
 use crate::sys;
-use core::cell::Cell;
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering::*};
 use memshadow_format::stats::{
     Counter, HeapStripe, ProcessState, StatsPage, COMMAND_BYTES, HEAP_STRIPES, OVERFLOW_STRIPE,
     STATS_LAYOUT_VERSION, STATS_MAGIC, STATS_PAGE_SIZE,
@@ -20,13 +19,6 @@ use std::path::{Path, PathBuf};
 // SAFETY: every field of StatsPage is an integer, atomic or byte array: all-zero is valid.
 static EARLY: StatsPage = unsafe { core::mem::zeroed() };
 static PAGE: AtomicPtr<StatsPage> = AtomicPtr::new(core::ptr::null_mut());
-/// Bumped whenever a new page is published, so threads re-claim a stripe in it.
-static GENERATION: AtomicU32 = AtomicU32::new(1);
-
-thread_local! {
-    /// `(generation << 8) | (stripe + 1)`, 0 before the first claim.
-    static STRIPE: Cell<u32> = const { Cell::new(0) };
-}
 
 /// The current page: the file once created, the static one before.
 #[inline]
@@ -40,41 +32,111 @@ pub fn page() -> &'static StatsPage {
     }
 }
 
-#[inline]
-fn my_stripe(page: &'static StatsPage) -> (&'static HeapStripe, bool) {
-    let gen = GENERATION.load(Relaxed);
-    let v = STRIPE.with(|s| s.get());
-    let idx = if v >> 8 == gen && v & 0xff != 0 {
-        (v & 0xff) as usize - 1
-    } else {
-        let i = claim_stripe(page);
-        STRIPE.with(|s| s.set((gen << 8) | (i as u32 + 1)));
-        i
-    };
-    (&page.stripes[idx], idx != OVERFLOW_STRIPE)
+/// A value that tells the calling thread from every other live thread: its thread
+/// pointer, read from the register the ABI keeps it in. This needs no TLS access (a
+/// `__tls_get_addr` call from a shared library, which glibc may even serve with malloc).
+#[inline(always)]
+fn thread_key() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let tp: u64;
+        // SAFETY: on x86-64 Linux %fs:0 holds the thread control block's own address
+        // (required by the ABI for TLS); reading it has no side effects.
+        unsafe {
+            core::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly, preserves_flags))
+        };
+        tp
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let tp: u64;
+        // SAFETY: tpidr_el0 holds the thread pointer; reading it has no side effects.
+        unsafe {
+            core::arch::asm!("mrs {}, tpidr_el0", out(reg) tp, options(nomem, nostack, preserves_flags))
+        };
+        tp
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        // SAFETY: pthread_self has no preconditions.
+        unsafe { libc::pthread_self() as u64 }
+    }
 }
 
-/// Finds a stripe no live thread owns; the shared overflow stripe if there is none.
+const EXCLUSIVE: usize = OVERFLOW_STRIPE;
+/// `owner_key` of a stripe never owned; it ends a probe sequence.
+const NEVER_OWNED: u64 = 0;
+/// `owner_key` of a stripe released by an exited thread; it may be claimed again.
+const RELEASED: u64 = 1;
+
+fn home_stripe(key: u64) -> usize {
+    (((key >> 6).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % EXCLUSIVE as u64) as usize
+}
+
+/// The calling thread's stripe and whether it is exclusive (else the shared overflow).
+/// Stripes form an open-addressing table keyed by thread pointer: the fast path is one
+/// load of the owner word, on the cache line the counts are then written to.
+#[inline]
+fn my_stripe(page: &'static StatsPage) -> (&'static HeapStripe, bool) {
+    let key = thread_key();
+    let s = &page.stripes[home_stripe(key)];
+    if s.owner_key.load(Relaxed) == key {
+        return (s, true);
+    }
+    find_or_claim_stripe(page, key)
+}
+
 #[cold]
-fn claim_stripe(page: &StatsPage) -> usize {
-    let tid = sys::gettid();
-    for (i, s) in page.stripes[..OVERFLOW_STRIPE].iter().enumerate() {
-        if s.owner.compare_exchange(0, tid, Relaxed, Relaxed).is_ok() {
-            return i;
+fn find_or_claim_stripe(page: &'static StatsPage, key: u64) -> (&'static HeapStripe, bool) {
+    let home = home_stripe(key);
+    loop {
+        // Probe from the home slot until our key or a never-owned slot; remember the
+        // first claimable slot on the way.
+        let mut claimable = None;
+        for i in 0..EXCLUSIVE {
+            let idx = (home + i) % EXCLUSIVE;
+            match page.stripes[idx].owner_key.load(Relaxed) {
+                k if k == key => return (&page.stripes[idx], true),
+                RELEASED => {
+                    claimable.get_or_insert((idx, RELEASED));
+                }
+                NEVER_OWNED => {
+                    claimable.get_or_insert((idx, NEVER_OWNED));
+                    break;
+                }
+                _ => {}
+            }
         }
-    }
-    for (i, s) in page.stripes[..OVERFLOW_STRIPE].iter().enumerate() {
-        let owner = s.owner.load(Relaxed);
-        if owner != tid
-            && !sys::thread_alive(owner)
-            && s.owner
-                .compare_exchange(owner, tid, Relaxed, Relaxed)
-                .is_ok()
+        let Some((idx, old)) = claimable else {
+            return (&page.stripes[OVERFLOW_STRIPE], false);
+        };
+        let s = &page.stripes[idx];
+        if s.owner_key
+            .compare_exchange(old, key, Relaxed, Relaxed)
+            .is_ok()
         {
-            return i;
+            return (s, true);
+        }
+        // Another thread took that slot first: probe again.
+    }
+}
+
+/// Gives up the calling thread's stripe (at thread exit). Its counts stay: they are sums.
+pub fn release_stripe() {
+    let key = thread_key();
+    let page = page();
+    let home = home_stripe(key);
+    for i in 0..EXCLUSIVE {
+        let s = &page.stripes[(home + i) % EXCLUSIVE];
+        match s.owner_key.load(Relaxed) {
+            k if k == key => {
+                s.owner_key.store(RELEASED, Relaxed);
+                return;
+            }
+            NEVER_OWNED => return,
+            _ => {}
         }
     }
-    OVERFLOW_STRIPE
 }
 
 #[inline]
@@ -273,7 +335,6 @@ pub fn create(dir: &Path, run_id: u64) -> Result<StatsFile, SetupError> {
     }
     page.magic = STATS_MAGIC;
     PAGE.store(p as *mut StatsPage, Release);
-    GENERATION.fetch_add(1, Relaxed);
     Ok(StatsFile { path })
 }
 
@@ -308,8 +369,12 @@ pub fn remove(f: &StatsFile) {
 mod tests {
     use super::*;
 
+    /// Tests that count into the shared static page run one at a time.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn exclusive_stripes_count_per_thread() {
+        let _g = SERIAL.lock().unwrap();
         // Counts land in EARLY (no file in unit tests); sum before and after.
         let before = page().read();
         let hs: Vec<_> = (0..8)
@@ -330,6 +395,45 @@ mod tests {
         assert_eq!(after.allocs - before.allocs, 8000);
         assert_eq!(after.frees - before.frees, 8000);
         assert_eq!(after.alloc_bytes - before.alloc_bytes, 8 * (32_000 + 200));
+    }
+
+    #[test]
+    fn more_threads_than_stripes_share_the_overflow_exactly() {
+        let _g = SERIAL.lock().unwrap();
+        let before = page().read();
+        let n = 2 * HEAP_STRIPES;
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+        let hs: Vec<_> = (0..n)
+            .map(|_| {
+                let b = barrier.clone();
+                std::thread::spawn(move || {
+                    b.wait(); // all alive at once: no stripe can be taken over
+                    for _ in 0..500 {
+                        on_alloc(8);
+                    }
+                    let (s, exclusive) = my_stripe(page());
+                    b.wait();
+                    (s as *const HeapStripe as usize, exclusive)
+                })
+            })
+            .collect();
+        let got: Vec<_> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+        let after = page().read();
+        assert_eq!(after.allocs - before.allocs, (n * 500) as u64);
+        assert_eq!(after.alloc_bytes - before.alloc_bytes, (n * 500 * 8) as u64);
+        let mut exclusive: Vec<_> = got.iter().filter(|g| g.1).map(|g| g.0).collect();
+        let shared = got.len() - exclusive.len();
+        exclusive.sort();
+        exclusive.dedup();
+        assert_eq!(
+            exclusive.len() + shared,
+            n,
+            "two live threads share an exclusive stripe"
+        );
+        assert!(
+            shared >= n - EXCLUSIVE,
+            "{shared} threads on the overflow stripe"
+        );
     }
 
     #[test]

@@ -68,13 +68,6 @@ pub fn gettid() -> u32 {
     unsafe { libc::syscall(libc::SYS_gettid) as u32 }
 }
 
-/// Whether thread `tid` of this process exists.
-pub fn thread_alive(tid: u32) -> bool {
-    // SAFETY: signal 0 performs only the existence and permission check.
-    let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid as i32, 0) };
-    r == 0 || errno() != libc::ESRCH
-}
-
 pub fn errno() -> i32 {
     // SAFETY: __errno_location returns this thread's errno slot, always valid.
     unsafe { *libc::__errno_location() }

@@ -1,0 +1,205 @@
+//! The C programs of `c-tests/`, run natively, under the shim (`LD_PRELOAD`) and through
+//! `memshadow run`: the shim must not change what they print or how they exit, and it
+//! must attach and see their memory.
+//!
+//! Needs `cargo build --release --workspace` first (for `target/release/libmemshadow.so`)
+//! and a C compiler (`cc`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_native_ok, assert_same_behaviour, c_program, Prog};
+
+/// Runs `c-tests/NAME.c` natively (expecting exit `code` and no FAIL line), under the
+/// shim (expecting identical stdout, stderr and exit status), and through
+/// `memshadow run --stats-json` (expecting the same stdout and exit status, and a JSON
+/// record showing the shim attached, counted allocations and tracked memory).
+/// Returns the stats run for program-specific checks.
+fn check_program(name: &str, code: i32, timeout: Duration) -> common::StatsRun {
+    let prog = Prog::new(c_program(name)).timeout(timeout);
+    let native = prog.run_native();
+    assert_native_ok(name, &native, code);
+
+    let shimmed = prog.run_shimmed();
+    assert_same_behaviour(name, &native, &shimmed, true);
+
+    let stats = prog.run_memshadow();
+    assert_same_behaviour(
+        &format!("{name} (through memshadow run)"),
+        &native,
+        &stats.output,
+        false,
+    );
+    stats.assert_attached(&native, true);
+    stats
+}
+
+const T: Duration = common::DEFAULT_TIMEOUT;
+
+#[test]
+fn alloc_api() {
+    check_program("alloc_api", 0, T);
+}
+
+#[test]
+fn large_mmap() {
+    check_program("large_mmap", 0, T);
+}
+
+#[test]
+fn realloc_churn() {
+    // Exits 3 on success: exit codes must pass through unchanged.
+    check_program("realloc_churn", 3, T);
+}
+
+#[test]
+fn threads_alloc() {
+    let stats = check_program("threads_alloc", 0, T);
+    // 16 workers, one on a malloc'd stack and two idle ones: 19 threads made 192000
+    // allocations between them.
+    assert!(
+        stats.u64("allocs") >= 192_000,
+        "threads_alloc made at least 192000 allocations, the shim counted {}",
+        stats.u64("allocs")
+    );
+}
+
+#[test]
+fn fork_child() {
+    check_program("fork_child", 0, T);
+}
+
+#[test]
+fn fork_exec() {
+    // Exits 5 on success.
+    let stats = check_program("fork_exec", 5, T);
+    // It execs /bin/echo four times, sh five times and itself three times, all with
+    // LD_PRELOAD inherited: each of those is a shimmed process of the run.
+    let procs = stats.processes();
+    let mut pids: Vec<u64> = procs
+        .iter()
+        .filter_map(|p| p.get("pid").and_then(serde_json::Value::as_u64))
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    assert!(
+        pids.len() >= 4,
+        "fork_exec starts at least 12 dynamically linked programs under LD_PRELOAD, but `processes` lists {} distinct pids: {}",
+        pids.len(),
+        serde_json::to_string_pretty(&stats.json).unwrap_or_default()
+    );
+}
+
+#[test]
+fn signal_alloc() {
+    check_program("signal_alloc", 0, T);
+}
+
+#[test]
+fn dlopen_lib() {
+    check_program("dlopen_lib", 0, T);
+}
+
+#[test]
+fn big_heap() {
+    let stats = check_program("big_heap", 0, Duration::from_secs(180));
+    // 1 GiB was live at the peak; at exit most of it is freed, so only check the
+    // allocation count: 896 big blocks plus about 65000 small ones.
+    assert!(
+        stats.u64("allocs") >= 60_000,
+        "big_heap made more than 60000 allocations, the shim counted {}",
+        stats.u64("allocs")
+    );
+}
+
+/// A bad configuration value makes the shim say so in exactly one `memshadow:` line on
+/// stderr and run the program untracked, with its output and exit status unchanged.
+#[test]
+fn bad_configuration_is_reported_once_and_changes_nothing() {
+    let prog = Prog::new(c_program("alloc_api"));
+    let native = prog.run_native();
+    assert_native_ok("alloc_api", &native, 0);
+    let native_stderr = String::from_utf8_lossy(&native.stderr).into_owned();
+
+    for (var, value) in [
+        ("MEMSHADOW_TRACK", "bogus"),
+        ("MEMSHADOW_LOG", "loud"),
+        ("MEMSHADOW_INTERVAL_MS", "abc"),
+    ] {
+        let shimmed = prog.run_shimmed_with(&[(var, value)]);
+        let what = format!("alloc_api with {var}={value}");
+        let stderr = String::from_utf8_lossy(&shimmed.stderr).into_owned();
+        let (ours, rest): (Vec<&str>, Vec<&str>) =
+            stderr.lines().partition(|l| l.starts_with("memshadow:"));
+        assert_eq!(
+            ours.len(),
+            1,
+            "{what}: expected exactly one stderr line starting `memshadow:`, got:\n{stderr}"
+        );
+        assert!(
+            ours[0].contains(var),
+            "{what}: the complaint should name {var}: {:?}",
+            ours[0]
+        );
+        assert_eq!(
+            rest,
+            native_stderr.lines().collect::<Vec<_>>(),
+            "{what}: stderr apart from the memshadow line differs from the native run's"
+        );
+        assert_eq!(
+            shimmed.status.code(),
+            native.status.code(),
+            "{what}: exit status changed:\n{stderr}"
+        );
+        assert!(
+            shimmed.stdout == native.stdout,
+            "{what}: stdout differs: {}",
+            common::first_difference(&native.stdout, &shimmed.stdout)
+        );
+    }
+}
+
+/// The harness itself: a program that outlives its time limit is killed together with
+/// everything it started, and the panic names the command.
+#[test]
+fn harness_timeout_kills_the_process_group() {
+    let dir = common::temp_dir("timeout");
+    let pid_file = dir.path().join("pid");
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("sleep 30 & echo $! > \"$1\"; wait")
+        .arg("sh")
+        .arg(&pid_file);
+    let started = std::time::Instant::now();
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        common::run_with_timeout(&mut cmd, Duration::from_secs(1))
+    }))
+    .expect_err("run_with_timeout should panic on expiry");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.contains("timed out") && msg.contains("sleep 30"),
+        "unexpected panic message: {msg}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "took too long");
+    let pid = std::fs::read_to_string(&pid_file).expect("the background pid was written");
+    let stat = format!("/proc/{}/stat", pid.trim());
+    // Killed: gone, or a zombie until its new parent reaps it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::fs::read_to_string(&stat) {
+            Err(_) => break,
+            Ok(s)
+                if s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z')) =>
+            {
+                break
+            }
+            Ok(s) if std::time::Instant::now() > deadline => {
+                panic!("the background sleep survived the timeout: {s}")
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}

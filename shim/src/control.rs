@@ -91,7 +91,7 @@ extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
         let n = unsafe { libc::poll(&mut pfd, 1, REFRESH_MS) };
         let broken = n > 0 && pfd.revents & (libc::POLLNVAL | libc::POLLERR | libc::POLLHUP) != 0
             || n < 0 && sys::errno() != libc::EINTR;
-        if (broken || n > 0) && identity(fd) != ours || broken {
+        if broken || n > 0 && identity(fd) != ours {
             if LISTEN_FD
                 .compare_exchange(fd, -1, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()

@@ -62,12 +62,6 @@ pub unsafe fn discard(addr: *mut u8, len: usize) {
     unsafe { libc::syscall(libc::SYS_madvise, addr, len, libc::MADV_DONTNEED) };
 }
 
-/// The calling thread's kernel thread id.
-pub fn gettid() -> u32 {
-    // SAFETY: gettid has no arguments and cannot fail.
-    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
-}
-
 pub fn errno() -> i32 {
     // SAFETY: __errno_location returns this thread's errno slot, always valid.
     unsafe { *libc::__errno_location() }

@@ -266,18 +266,17 @@ fn stats_of_a_process_without_the_shim() {
     );
 }
 
-#[test]
-fn run_rejects_a_statically_linked_program() {
+/// Builds a statically linked program from C source `code` in `dir`.
+fn build_static(dir: &Path, name: &str, code: &str) -> PathBuf {
     let libc_a = Path::new("/usr/lib/x86_64-linux-gnu/libc.a");
     assert!(
         libc_a.exists(),
         "{} is missing: install Debian's libc6-dev (apt-get install libc6-dev) to build the static test program",
         libc_a.display()
     );
-    let dir = tempdir();
-    let src = dir.path().join("static.c");
-    let exe = dir.path().join("static-prog");
-    fs::write(&src, "int main(void) { return 0; }\n").unwrap();
+    let src = dir.join(format!("{name}.c"));
+    let exe = dir.join(name);
+    fs::write(&src, code).unwrap();
     let cc = finish(
         Command::new("gcc")
             .arg("-static")
@@ -287,6 +286,13 @@ fn run_rejects_a_statically_linked_program() {
         Duration::from_secs(60),
     );
     assert!(cc.status.success(), "gcc -static failed: {cc:#?}");
+    exe
+}
+
+#[test]
+fn run_rejects_a_statically_linked_program() {
+    let dir = tempdir();
+    let exe = build_static(dir.path(), "static-prog", "int main(void) { return 0; }\n");
     let f = finish(memshadow(dir.path()).arg("run").arg("--").arg(&exe), LIMIT);
     assert_eq!(f.status.code(), Some(2), "{f:#?}");
     assert_eq!(
@@ -528,6 +534,41 @@ fn run_collects_shimmed_descendants() {
 }
 
 /// Builds a stats page the way the shim lays it out (format/src/stats.rs).
+/// A file mapped into this process until dropped, as a shimmed process maps its page.
+struct MappedFile {
+    addr: *mut libc::c_void,
+    len: usize,
+}
+
+impl MappedFile {
+    fn new(path: &Path) -> MappedFile {
+        use std::os::fd::AsRawFd;
+        let f = fs::File::open(path).unwrap();
+        let len = f.metadata().unwrap().len() as usize;
+        // SAFETY: a new read-only shared mapping of a file we opened; nothing else is
+        // touched, and Drop unmaps exactly this range.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED, "mmap {}", path.display());
+        MappedFile { addr, len }
+    }
+}
+
+impl Drop for MappedFile {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the mapping made in `new`, which nothing references any more.
+        unsafe { libc::munmap(self.addr, self.len) };
+    }
+}
+
 fn fake_page(pid: u32, state: u32, start_time_ticks: u64, run_id: u64, command: &str) -> Vec<u8> {
     use memshadow_format::stats::{STATS_LAYOUT_VERSION, STATS_MAGIC, STATS_PAGE_SIZE};
     let mut p = vec![0u8; STATS_PAGE_SIZE];
@@ -568,12 +609,11 @@ fn ps_lists_live_pages_and_removes_leftovers() {
     let me = std::process::id();
     let my_start = start_time_of(me);
     let (running, exited) = (1, 2);
-    // A live process: this test (its page is fake, but its pid and start time are real).
-    fs::write(
-        d.join(format!("{me}.stats")),
-        fake_page(me, running, my_start, 0, "cli-test"),
-    )
-    .unwrap();
+    // A live process: this test (its page is fake, but its pid and start time are real,
+    // and it maps the page as a shimmed process does).
+    let live_page = d.join(format!("{me}.stats"));
+    fs::write(&live_page, fake_page(me, running, my_start, 0, "cli-test")).unwrap();
+    let _mapped = MappedFile::new(&live_page);
     // A dead process, with its socket.
     let dead = dead_pid();
     fs::write(
@@ -630,6 +670,43 @@ fn ps_lists_live_pages_and_removes_leftovers() {
     assert_eq!(empty.stdout, "no processes are running under memshadow\n");
     let empty = finish(memshadow(d).args(["ps", "--json"]), LIMIT);
     assert_eq!(empty.stdout.trim(), "[]");
+}
+
+#[test]
+fn ps_drops_a_process_that_execd_a_program_without_the_shim() {
+    // Same pid and start time after exec, but the new program has no shim: its old
+    // page and socket must not make it look shimmed.
+    let dir = tempdir();
+    let sleeper = build_static(
+        dir.path(),
+        "static-sleep",
+        "#include <unistd.h>\nint main(void) { sleep(20); return 0; }\n",
+    );
+    let script = format!("sleep 0.5; exec {}", sleeper.display());
+    let guard = spawn_shimmed(dir.path(), &["/bin/sh", "-c", &script]);
+    let pid = guard.pid();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "static-sleep")
+        }),
+        "the shell did not exec the static program"
+    );
+    let ps = finish(memshadow(dir.path()).args(["ps", "--json"]), LIMIT);
+    assert_eq!(ps.stdout.trim(), "[]", "{ps:#?}");
+    assert!(
+        !dir.path().join(format!("{pid}.stats")).exists(),
+        "ps left the stale page of {pid}"
+    );
+    let st = finish(
+        memshadow(dir.path()).args(["stats", &pid.to_string()]),
+        LIMIT,
+    );
+    assert_eq!(st.status.code(), Some(1), "{st:#?}");
+    assert_eq!(
+        st.stderr_line(),
+        format!("memshadow: process {pid} (static-sleep) is not running under memshadow")
+    );
 }
 
 #[test]

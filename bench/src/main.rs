@@ -1,9 +1,10 @@
 //! `memshadow-bench`: measures memshadow against the same workload without the shim.
 //!
-//! `cargo run --release -p memshadow-bench -- overhead` runs an allocation-heavy
-//! multi-threaded C workload (`bench/workloads/malloc_churn.c`) alternately without the
-//! shim (`baseline`) and under it with tracking on and no snapshots (`idle`), so that
-//! machine drift hits both alike, and reports the ratio of median wall times.
+//! `cargo run --release -p memshadow-bench -- overhead` runs allocation-heavy workloads
+//! (a multi-threaded C program, `bench/workloads/malloc_churn.c`, and sqlite3 bulk
+//! inserts) alternately without the shim (`baseline`) and under it with tracking on and
+//! no snapshots (`idle`), so that machine drift hits both alike, and reports the ratios
+//! of median wall and CPU times.
 
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,14 @@ use std::time::{Duration, Instant};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Workload {
+    /// bench/workloads/malloc_churn.c: malloc, write 64 bytes, free a cold block, in threads.
+    Churn,
+    /// sqlite3 running bench/workloads/sqlite_inserts.sql on a fresh database file.
+    Sqlite,
 }
 
 #[derive(Subcommand)]
@@ -34,6 +43,9 @@ enum Cmd {
         /// The shim to preload (default: target/release/libmemshadow.so).
         #[arg(long)]
         lib: Option<PathBuf>,
+        /// Workloads to measure: `churn` (the C program) and `sqlite` (sqlite3 bulk inserts).
+        #[arg(long, value_delimiter = ',', default_value = "churn,sqlite")]
+        workload: Vec<Workload>,
     },
 }
 
@@ -69,7 +81,24 @@ fn median(v: &mut [Duration]) -> Duration {
     v[v.len() / 2]
 }
 
-fn time_run(cmd: &mut Command) -> Result<Duration, String> {
+/// CPU time (user + system) used by all waited-for children so far.
+fn children_cpu() -> Duration {
+    // SAFETY: all-zero is a valid rusage; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Wall time and CPU time of one run.
+struct Timing {
+    wall: Duration,
+    cpu: Duration,
+}
+
+fn time_run(cmd: &mut Command) -> Result<Timing, String> {
+    let cpu0 = children_cpu();
     let t = Instant::now();
     let st = cmd
         .stdout(Stdio::null())
@@ -78,10 +107,67 @@ fn time_run(cmd: &mut Command) -> Result<Duration, String> {
     if !st.success() {
         return Err(format!("workload failed: {st}"));
     }
-    Ok(t.elapsed())
+    Ok(Timing {
+        wall: t.elapsed(),
+        cpu: children_cpu() - cpu0,
+    })
 }
 
-fn overhead(runs: usize, threads: u32, steps: u64, lib: Option<PathBuf>) -> Result<(), String> {
+/// A workload ready to run: how to build its command, what it does per run.
+struct Prepared {
+    title: String,
+    calls: Option<u64>,
+    make: Box<dyn Fn() -> Command>,
+}
+
+fn prepare(w: Workload, threads: u32, steps: u64, scratch: &Path) -> Result<Prepared, String> {
+    match w {
+        Workload::Churn => {
+            let prog = build_workload("malloc_churn")?;
+            let args = [threads.to_string(), steps.to_string()];
+            Ok(Prepared {
+                title: format!("malloc_churn {threads} threads x {steps} steps"),
+                calls: Some(2 * threads as u64 * steps),
+                make: Box::new(move || {
+                    let mut c = Command::new(&prog);
+                    c.args(&args);
+                    c
+                }),
+            })
+        }
+        Workload::Sqlite => {
+            let sql = workspace_root().join("bench/workloads/sqlite_inserts.sql");
+            let db = scratch.join("bench.db");
+            Command::new("sqlite3")
+                .arg("-version")
+                .stdout(Stdio::null())
+                .status()
+                .map_err(|e| format!("cannot run sqlite3 (apt-get install sqlite3): {e}"))?;
+            Ok(Prepared {
+                title: "sqlite3 < bench/workloads/sqlite_inserts.sql (400k rows, index, aggregate)"
+                    .into(),
+                calls: None,
+                make: Box::new(move || {
+                    let _ = std::fs::remove_file(&db);
+                    let mut c = Command::new("sh");
+                    c.arg("-c")
+                        .arg("exec sqlite3 \"$0\" < \"$1\"")
+                        .arg(&db)
+                        .arg(&sql);
+                    c
+                }),
+            })
+        }
+    }
+}
+
+fn overhead(
+    runs: usize,
+    threads: u32,
+    steps: u64,
+    lib: Option<PathBuf>,
+    workloads: &[Workload],
+) -> Result<(), String> {
     let lib = lib.unwrap_or_else(|| workspace_root().join("target/release/libmemshadow.so"));
     if !lib.exists() {
         return Err(format!(
@@ -89,34 +175,62 @@ fn overhead(runs: usize, threads: u32, steps: u64, lib: Option<PathBuf>) -> Resu
             lib.display()
         ));
     }
-    let prog = build_workload("malloc_churn")?;
     let dir = std::env::temp_dir().join(format!("memshadow-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let (mut base, mut idle) = (Vec::new(), Vec::new());
-    let args = [threads.to_string(), steps.to_string()];
-    for _ in 0..runs.max(1) {
-        base.push(time_run(Command::new(&prog).args(&args))?);
-        idle.push(time_run(
-            Command::new(&prog)
-                .args(&args)
-                .env("LD_PRELOAD", &lib)
-                .env("MEMSHADOW_DIR", &dir),
-        )?);
+    let wl: Vec<String> = workloads
+        .iter()
+        .map(|w| format!("{w:?}").to_lowercase())
+        .collect();
+    println!(
+        "command: cargo run --release -p memshadow-bench -- overhead --runs {runs} --threads {threads} --steps {steps} --workload {}",
+        wl.join(",")
+    );
+    println!("{runs} interleaved pairs per workload (order alternates), medians\n");
+    println!("| workload | mode | median wall | median CPU (user+sys) | wall ratio | CPU ratio |");
+    println!("|---|---|---|---|---|---|");
+    for &w in workloads {
+        let p = prepare(w, threads, steps, &dir)?;
+        let (mut base, mut idle) = (Vec::new(), Vec::new());
+        for i in 0..runs.max(1) {
+            for shim in if i % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            } {
+                let mut c = (p.make)();
+                if shim {
+                    c.env("LD_PRELOAD", &lib).env("MEMSHADOW_DIR", &dir);
+                    idle.push(time_run(&mut c)?);
+                } else {
+                    base.push(time_run(&mut c)?);
+                }
+            }
+        }
+        let medians = |v: &[Timing]| {
+            let mut wall: Vec<_> = v.iter().map(|t| t.wall).collect();
+            let mut cpu: Vec<_> = v.iter().map(|t| t.cpu).collect();
+            (median(&mut wall), median(&mut cpu))
+        };
+        let (bw, bc) = medians(&base);
+        let (iw, ic) = medians(&idle);
+        for (mode, wall, cpu) in [("baseline", bw, bc), ("idle", iw, ic)] {
+            println!(
+                "| {} | {mode} | {:.3} s | {:.3} s | {:.3} | {:.3} |",
+                p.title,
+                wall.as_secs_f64(),
+                cpu.as_secs_f64(),
+                wall.as_secs_f64() / bw.as_secs_f64(),
+                cpu.as_secs_f64() / bc.as_secs_f64()
+            );
+        }
+        if let Some(calls) = p.calls {
+            println!(
+                "|  | idle - baseline CPU per malloc/free call | | {:.1} ns | | |",
+                (ic.as_secs_f64() - bc.as_secs_f64()) * 1e9 / calls as f64
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let (mb, mi) = (median(&mut base), median(&mut idle));
-    let ops = 2 * threads as u64 * steps;
-    println!("workload: malloc_churn {threads} threads x {steps} steps ({ops} malloc+free calls), {runs} interleaved pairs\n");
-    println!("| mode | median wall | ns per call | ratio to baseline |");
-    println!("|---|---|---|---|");
-    for (name, m) in [("baseline", mb), ("idle", mi)] {
-        println!(
-            "| {name} | {:.3} s | {:.1} | {:.3} |",
-            m.as_secs_f64(),
-            m.as_nanos() as f64 / ops as f64,
-            m.as_secs_f64() / mb.as_secs_f64()
-        );
-    }
     Ok(())
 }
 
@@ -128,7 +242,8 @@ fn main() {
             threads,
             steps,
             lib,
-        } => overhead(runs, threads, steps, lib),
+            workload,
+        } => overhead(runs, threads, steps, lib, &workload),
     };
     if let Err(e) = r {
         eprintln!("memshadow-bench: {e}");

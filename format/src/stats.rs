@@ -19,7 +19,7 @@
 //! | 48 | 8 | exit time, milliseconds since the Unix epoch, 0 while running |
 //! | 64 | 256 | command line, NUL-padded UTF-8 (truncated) |
 //! | 512 | 8 x 128 | counters, indexed by [`Counter`] |
-//! | 2048 | 64 x 64 | heap stripes ([`HeapStripe`]), summed by the reader |
+//! | 2048 | 65 x 64 | heap stripes ([`HeapStripe`]): 64 exclusive, then the overflow one; summed by the reader |
 //!
 //! Allocation counters are striped: each host thread owns one 64-byte stripe, found by
 //! its thread pointer, and updates it with plain relaxed load/store (no locked
@@ -37,10 +37,12 @@ pub const STATS_LAYOUT_VERSION: u32 = 1;
 pub const STATS_PAGE_SIZE: usize = 8192;
 /// Capacity of the counter array; indices not yet assigned read as zero.
 pub const COUNTER_SLOTS: usize = 128;
-/// Number of heap stripes.
-pub const HEAP_STRIPES: usize = 64;
+/// Number of heap stripes: a power of two of exclusive ones, then the overflow stripe.
+pub const HEAP_STRIPES: usize = EXCLUSIVE_STRIPES + 1;
+/// Stripes a thread can own alone (a power of two, so the home slot is a mask away).
+pub const EXCLUSIVE_STRIPES: usize = 64;
 /// The shared stripe used (with atomic read-modify-write) when no exclusive one is free.
-pub const OVERFLOW_STRIPE: usize = HEAP_STRIPES - 1;
+pub const OVERFLOW_STRIPE: usize = EXCLUSIVE_STRIPES;
 /// Bytes reserved for the command line.
 pub const COMMAND_BYTES: usize = 256;
 

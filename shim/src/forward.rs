@@ -6,7 +6,7 @@
 //! from a small static [bootstrap pool](crate::bootstrap) that `free` recognises.
 
 use core::ffi::{c_char, c_int, c_void};
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 pub type MallocFn = unsafe extern "C" fn(usize) -> *mut c_void;
 pub type FreeFn = unsafe extern "C" fn(*mut c_void);
@@ -92,11 +92,12 @@ impl RealFns {
 
 const UNRESOLVED: u8 = 0;
 const RESOLVING: u8 = 1;
-const RESOLVED: u8 = 2;
 const FAILED: u8 = 3;
 
 static STATE: AtomicU8 = AtomicU8::new(UNRESOLVED);
-static mut REAL: Option<RealFns> = None;
+/// The resolved functions; null until the lookup has finished. One load on the hot path.
+static REAL: AtomicPtr<RealFns> = AtomicPtr::new(core::ptr::null_mut());
+static mut STORAGE: Option<RealFns> = None;
 
 fn lookup(name: &[u8]) -> *mut c_void {
     // SAFETY: `name` is a NUL-terminated literal; RTLD_NEXT searches the objects loaded
@@ -144,12 +145,12 @@ fn resolve_all() -> Option<RealFns> {
 /// syscalls.
 #[inline]
 pub fn real() -> Option<&'static RealFns> {
-    if STATE.load(Ordering::Acquire) == RESOLVED {
-        // SAFETY: REAL is written once, before STATE becomes RESOLVED (Release), and
-        // never again.
-        return unsafe { (*core::ptr::addr_of!(REAL)).as_ref() };
+    let p = REAL.load(Ordering::Acquire);
+    if p.is_null() {
+        return real_slow();
     }
-    real_slow()
+    // SAFETY: REAL is set once, to STORAGE after it was written (Release), never changed.
+    Some(unsafe { &*p })
 }
 
 #[cold]
@@ -158,16 +159,20 @@ fn real_slow() -> Option<&'static RealFns> {
         .compare_exchange(UNRESOLVED, RESOLVING, Ordering::Acquire, Ordering::Acquire)
         .is_err()
     {
-        return None;
+        // Being resolved (re-entered from dlsym, or by another thread), failed, or
+        // resolved by another thread since the first load.
+        let p = REAL.load(Ordering::Acquire);
+        // SAFETY: as in `real`.
+        return (!p.is_null()).then(|| unsafe { &*p });
     }
     match resolve_all() {
         Some(fns) => {
-            // SAFETY: only the thread that won the CAS writes REAL, once, and nobody
-            // reads it until STATE is RESOLVED.
-            unsafe { *core::ptr::addr_of_mut!(REAL) = Some(fns) };
-            STATE.store(RESOLVED, Ordering::Release);
-            // SAFETY: as in `real`.
-            unsafe { (*core::ptr::addr_of!(REAL)).as_ref() }
+            // SAFETY: only the thread that won the CAS writes STORAGE, once, before
+            // publishing it through REAL; nobody reads it before that.
+            let p = unsafe { (*core::ptr::addr_of_mut!(STORAGE)).insert(fns) as *mut RealFns };
+            REAL.store(p, Ordering::Release);
+            // SAFETY: just written, never changed again.
+            Some(unsafe { &*p })
         }
         None => {
             STATE.store(FAILED, Ordering::Release);

@@ -18,18 +18,15 @@ use std::path::{Path, PathBuf};
 
 // SAFETY: every field of StatsPage is an integer, atomic or byte array: all-zero is valid.
 static EARLY: StatsPage = unsafe { core::mem::zeroed() };
-static PAGE: AtomicPtr<StatsPage> = AtomicPtr::new(core::ptr::null_mut());
+/// The current page: the static one until the file is created.
+static PAGE: AtomicPtr<StatsPage> = AtomicPtr::new(&EARLY as *const StatsPage as *mut StatsPage);
 
-/// The current page: the file once created, the static one before.
+/// The current page.
 #[inline]
 pub fn page() -> &'static StatsPage {
-    let p = PAGE.load(Acquire);
-    if p.is_null() {
-        &EARLY
-    } else {
-        // SAFETY: a published page is a live shared mapping that is never unmapped.
-        unsafe { &*p }
-    }
+    // SAFETY: PAGE points either to EARLY or to a published page, a live shared mapping
+    // that is never unmapped; both are only accessed through atomics.
+    unsafe { &*PAGE.load(Acquire) }
 }
 
 /// A value that tells the calling thread from every other live thread: its thread
@@ -63,14 +60,15 @@ fn thread_key() -> u64 {
     }
 }
 
-const EXCLUSIVE: usize = OVERFLOW_STRIPE;
+const EXCLUSIVE: usize = memshadow_format::stats::EXCLUSIVE_STRIPES;
+const _: () = assert!(EXCLUSIVE.is_power_of_two());
 /// `owner_key` of a stripe never owned; it ends a probe sequence.
 const NEVER_OWNED: u64 = 0;
 /// `owner_key` of a stripe released by an exited thread; it may be claimed again.
 const RELEASED: u64 = 1;
 
 fn home_stripe(key: u64) -> usize {
-    (((key >> 6).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % EXCLUSIVE as u64) as usize
+    ((key >> 6).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & (EXCLUSIVE - 1)
 }
 
 /// The calling thread's stripe and whether it is exclusive (else the shared overflow).
@@ -94,7 +92,7 @@ fn find_or_claim_stripe(page: &'static StatsPage, key: u64) -> (&'static HeapStr
         // first claimable slot on the way.
         let mut claimable = None;
         for i in 0..EXCLUSIVE {
-            let idx = (home + i) % EXCLUSIVE;
+            let idx = (home + i) & (EXCLUSIVE - 1);
             match page.stripes[idx].owner_key.load(Relaxed) {
                 k if k == key => return (&page.stripes[idx], true),
                 RELEASED => {
@@ -127,7 +125,7 @@ pub fn release_stripe() {
     let page = page();
     let home = home_stripe(key);
     for i in 0..EXCLUSIVE {
-        let s = &page.stripes[(home + i) % EXCLUSIVE];
+        let s = &page.stripes[(home + i) & (EXCLUSIVE - 1)];
         match s.owner_key.load(Relaxed) {
             k if k == key => {
                 s.owner_key.store(RELEASED, Relaxed);

@@ -10,7 +10,7 @@
 //! Locks here are taken only on the shim's own threads or with signals blocked
 //! (constructor, fork handlers, destructor), never on the host's hot path.
 
-use crate::own::Range;
+use crate::range::Range;
 use crate::sync::SpinLock;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;

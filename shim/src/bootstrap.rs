@@ -60,8 +60,8 @@ pub unsafe fn size_of(p: *const u8) -> usize {
 }
 
 /// The pool's address range, which the shim never tracks.
-pub fn range() -> crate::own::Range {
-    crate::own::Range::new(base(), base() + POOL_BYTES)
+pub fn range() -> crate::range::Range {
+    crate::range::Range::new(base(), base() + POOL_BYTES)
 }
 
 #[cfg(test)]

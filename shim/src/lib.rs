@@ -9,8 +9,8 @@
 //! - `regions`, `maps`: the table of tracked memory and the maps-file parser;
 //! - `stats`, `control`: what is published;
 //! - `runtime`, `config`: start-up, fork, exit, environment;
-//! - `arena`, `own`, `shim_thread`, `sync`, `sys`, `log`: the shim's own memory, threads
-//!   and primitives, never the host's.
+//! - `arena`, `own`, `range`, `shim_thread`, `sync`, `sys`, `log`: the shim's own memory,
+//!   threads and primitives, never the host's.
 
 // Unit tests do not register the constructor or export the symbols, so the code only
 // they reach is unused there.
@@ -27,6 +27,7 @@ mod log;
 mod mapping;
 mod maps;
 mod own;
+mod range;
 mod regions;
 mod runtime;
 mod shim_thread;

@@ -5,7 +5,7 @@
 //! changes its result or errno.
 
 use crate::maps::Kind;
-use crate::own::Range;
+use crate::range::Range;
 use crate::{forward, regions, runtime, stats, sys};
 use core::ffi::{c_int, c_void};
 use memshadow_format::stats::Counter;

@@ -6,7 +6,7 @@
 //! file-backed one ends is that object's .bss, anything else is anonymous memory
 //! (malloc arenas, large allocations, the program's own mmaps).
 
-use crate::own::Range;
+use crate::range::Range;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -80,7 +80,7 @@ pub fn candidates(text: &str, own: &[Range], stacks: &[Range], out: &mut dyn FnM
             _ if follows_file => Kind::Bss,
             _ => Kind::Anon,
         };
-        crate::own::subtract_own(l.range, own, &mut |piece| {
+        crate::range::subtract(l.range, own, &mut |piece| {
             split_stacks(piece, kind, stacks, out);
         });
     }

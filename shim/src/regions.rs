@@ -10,7 +10,7 @@
 //! allocate; they take its lock with signals blocked.
 
 use crate::maps::{Kind, Region};
-use crate::own::Range;
+use crate::range::Range;
 use crate::stats;
 use crate::sync::SpinLock;
 use memshadow_format::stats::Counter;
@@ -231,14 +231,13 @@ fn read_maps() -> String {
 /// while the file was being read, reads again (up to three times) so that a fresh
 /// munmap is not undone by an older listing.
 pub fn rescan() {
-    let mut own = crate::own::empty_snapshot();
     for _ in 0..3 {
         let seq = with_table(|t| t.seq);
-        let n = crate::own::snapshot(&mut own);
+        let own = crate::own::ranges();
         let stacks = crate::stacks::snapshot();
         let text = read_maps();
         let mut fresh = Vec::with_capacity(256);
-        crate::maps::candidates(&text, &own[..n], &stacks, &mut |r| fresh.push(r));
+        crate::maps::candidates(&text, &own, &stacks, &mut |r| fresh.push(r));
         let done = with_table(|t| {
             if t.seq != seq {
                 return false;
@@ -344,10 +343,8 @@ mod tests {
     fn rescan_of_this_process_finds_the_heap_memory_we_touch() {
         // A real scan of the test process: a large anonymous buffer we hold must appear.
         let buf = vec![1u8; 8 << 20];
-        let mut own = crate::own::empty_snapshot();
-        let n = crate::own::snapshot(&mut own);
         let mut found = false;
-        crate::maps::candidates(&read_maps(), &own[..n], &[], &mut |r| {
+        crate::maps::candidates(&read_maps(), &crate::own::ranges(), &[], &mut |r| {
             let a = buf.as_ptr() as usize;
             found |= r.range.start <= a && a < r.range.end && r.kind != Kind::Stack;
         });

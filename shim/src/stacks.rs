@@ -7,52 +7,26 @@
 //! `pthread_exit`). Rescans classify memory inside a recorded stack as a stack.
 
 use crate::forward::{self, StartRoutine};
-use crate::own::Range;
-use crate::sync::SpinLock;
+use crate::range::{Range, RangeList};
 use core::ffi::{c_int, c_void};
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use memshadow_format::stats::Counter;
 
-const CAPACITY: usize = 4096;
-
-struct StackList {
-    ranges: [Range; CAPACITY],
-    len: usize,
-}
-
-static STACKS: SpinLock<StackList> = SpinLock::new(StackList {
-    ranges: [Range::EMPTY; CAPACITY],
-    len: 0,
-});
+static STACKS: RangeList<4096> = RangeList::new();
 static KEY: AtomicU32 = AtomicU32::new(0);
 static KEY_READY: AtomicBool = AtomicBool::new(false);
 
 fn register(r: Range) {
-    let _s = crate::sys::block_signals();
-    let mut l = STACKS.lock();
-    let n = l.len;
-    if l.ranges[..n].contains(&r) || n == CAPACITY {
-        return;
-    }
-    l.ranges[n] = r;
-    l.len += 1;
+    STACKS.insert(r);
 }
 
 fn unregister_starting_at(start: usize) {
-    let _s = crate::sys::block_signals();
-    let mut l = STACKS.lock();
-    let n = l.len;
-    if let Some(i) = l.ranges[..n].iter().position(|x| x.start == start) {
-        l.ranges[i] = l.ranges[n - 1];
-        l.len -= 1;
-    }
+    STACKS.remove_first(|r| r.start == start);
 }
 
 /// The recorded stacks (allocates from the shim's arena: not for interposed paths).
 pub fn snapshot() -> Vec<Range> {
-    let _s = crate::sys::block_signals();
-    let l = STACKS.lock();
-    l.ranges[..l.len].to_vec()
+    STACKS.to_vec()
 }
 
 /// The pthread key destructor, run as a thread started by the host exits.
@@ -153,9 +127,9 @@ pub unsafe fn create(
 }
 
 pub(crate) fn lock_for_fork() {
-    STACKS.acquire();
+    STACKS.lock_for_fork();
 }
 
 pub(crate) fn unlock_after_fork() {
-    STACKS.release();
+    STACKS.unlock_after_fork();
 }

@@ -5,7 +5,7 @@
 //! On the malloc path each thread updates a stripe of its own with plain relaxed
 //! load/store: no lock, no locked instruction, no syscall.
 
-use crate::own::Range;
+use crate::range::Range;
 use crate::sys;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering::*};
 use memshadow_format::stats::{

@@ -6,14 +6,9 @@
 
 use core::ffi::c_void;
 
-/// Maps `len` bytes of private anonymous read-write memory. `noreserve` asks the kernel
-/// not to account the whole range against overcommit (pages cost nothing until touched).
-pub fn map_anon(len: usize, noreserve: bool) -> Option<*mut u8> {
-    let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
-    if noreserve {
-        flags |= libc::MAP_NORESERVE;
-    }
-    // SAFETY: an anonymous mapping at a kernel-chosen address touches no existing memory.
+/// Maps `len` bytes read-write with the raw syscall: `fd` -1 for anonymous memory.
+fn map(len: usize, flags: i32, fd: i32) -> Option<*mut u8> {
+    // SAFETY: a new mapping at a kernel-chosen address touches no existing memory.
     let p = unsafe {
         libc::syscall(
             libc::SYS_mmap,
@@ -21,36 +16,23 @@ pub fn map_anon(len: usize, noreserve: bool) -> Option<*mut u8> {
             len,
             libc::PROT_READ | libc::PROT_WRITE,
             flags,
-            -1i32,
-            0usize,
-        )
-    };
-    if p < 0 {
-        None
-    } else {
-        Some(p as *mut u8)
-    }
-}
-
-/// Maps `len` bytes of `fd` shared and read-write.
-pub fn map_shared_fd(fd: i32, len: usize) -> Option<*mut u8> {
-    // SAFETY: a new shared file mapping at a kernel-chosen address touches no existing memory.
-    let p = unsafe {
-        libc::syscall(
-            libc::SYS_mmap,
-            core::ptr::null_mut::<c_void>(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
             fd,
             0usize,
         )
     };
-    if p < 0 {
-        None
-    } else {
-        Some(p as *mut u8)
-    }
+    (p >= 0).then_some(p as *mut u8)
+}
+
+/// Maps `len` bytes of private anonymous read-write memory. `noreserve` asks the kernel
+/// not to account the whole range against overcommit (pages cost nothing until touched).
+pub fn map_anon(len: usize, noreserve: bool) -> Option<*mut u8> {
+    let noreserve = if noreserve { libc::MAP_NORESERVE } else { 0 };
+    map(len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | noreserve, -1)
+}
+
+/// Maps `len` bytes of `fd` shared and read-write.
+pub fn map_shared_fd(fd: i32, len: usize) -> Option<*mut u8> {
+    map(len, libc::MAP_SHARED, fd)
 }
 
 /// Tells the kernel the pages of a range the shim owns may be dropped (they read as zero).

@@ -1,0 +1,137 @@
+//! Address ranges, and the small fixed-capacity locked lists of them the shim keeps
+//! (its own memory, the host's thread stacks). The lists never allocate, so they can be
+//! updated from interposed calls; they are changed with signals blocked.
+
+use crate::sync::SpinLock;
+
+/// A half-open address range `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Range {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Range {
+    pub const EMPTY: Range = Range { start: 0, end: 0 };
+
+    pub fn new(start: usize, end: usize) -> Range {
+        Range { start, end }
+    }
+
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+
+    pub fn overlaps(&self, o: &Range) -> bool {
+        self.start < o.end && o.start < self.end
+    }
+}
+
+/// A locked list of at most `N` ranges.
+pub struct RangeList<const N: usize> {
+    inner: SpinLock<Ranges<N>>,
+}
+
+struct Ranges<const N: usize> {
+    ranges: [Range; N],
+    len: usize,
+}
+
+impl<const N: usize> RangeList<N> {
+    pub const fn new() -> Self {
+        RangeList {
+            inner: SpinLock::new(Ranges {
+                ranges: [Range::EMPTY; N],
+                len: 0,
+            }),
+        }
+    }
+
+    /// Adds `r` unless it is already there. False if the list is full.
+    pub fn insert(&self, r: Range) -> bool {
+        let _s = crate::sys::block_signals();
+        let mut l = self.inner.lock();
+        let n = l.len;
+        if l.ranges[..n].contains(&r) {
+            return true;
+        }
+        if n == N {
+            return false;
+        }
+        l.ranges[n] = r;
+        l.len += 1;
+        true
+    }
+
+    /// Removes the first range that `pred` selects.
+    pub fn remove_first(&self, pred: impl Fn(&Range) -> bool) {
+        let _s = crate::sys::block_signals();
+        let mut l = self.inner.lock();
+        let n = l.len;
+        if let Some(i) = l.ranges[..n].iter().position(pred) {
+            l.ranges[i] = l.ranges[n - 1];
+            l.len -= 1;
+        }
+    }
+
+    /// A copy of the list (allocates from the shim's arena: not for interposed paths).
+    pub fn to_vec(&self) -> Vec<Range> {
+        let _s = crate::sys::block_signals();
+        let l = self.inner.lock();
+        l.ranges[..l.len].to_vec()
+    }
+
+    pub fn lock_for_fork(&self) {
+        self.inner.acquire();
+    }
+
+    pub fn unlock_after_fork(&self) {
+        self.inner.release();
+    }
+}
+
+/// Calls `keep` for each part of `r` outside every range of `holes`, in address order.
+pub fn subtract(r: Range, holes: &[Range], keep: &mut dyn FnMut(Range)) {
+    // `holes` is small: find the first one that cuts `r`, recurse on the pieces.
+    for o in holes {
+        if o.overlaps(&r) {
+            let left = Range::new(r.start, o.start.max(r.start));
+            let right = Range::new(o.end.min(r.end), r.end);
+            if !left.is_empty() {
+                subtract(left, holes, keep);
+            }
+            if !right.is_empty() {
+                subtract(right, holes, keep);
+            }
+            return;
+        }
+    }
+    keep(r);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces(r: Range, own: &[Range]) -> Vec<(usize, usize)> {
+        let mut v = Vec::new();
+        subtract(r, own, &mut |p| v.push((p.start, p.end)));
+        v
+    }
+
+    #[test]
+    fn subtraction_cuts_holes() {
+        let own = [Range::new(20, 30), Range::new(50, 60), Range::new(0, 5)];
+        assert_eq!(
+            pieces(Range::new(10, 70), &own),
+            vec![(10, 20), (30, 50), (60, 70)]
+        );
+        assert_eq!(pieces(Range::new(22, 28), &own), vec![]);
+        assert_eq!(pieces(Range::new(100, 200), &own), vec![(100, 200)]);
+        assert_eq!(pieces(Range::new(0, 25), &own), vec![(5, 20)]);
+    }
+}

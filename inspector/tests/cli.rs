@@ -4,162 +4,27 @@
 //! Every test uses its own `MEMSHADOW_DIR`, and every process it starts is killed if it
 //! outlives its time limit.
 
+mod common;
+
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tempfile::TempDir;
-use wait_timeout::ChildExt;
+use common::{
+    clean_env, clean_env_in, finish, is_root, memshadow_bin, shim_lib, temp_dir, wait_until, Guard,
+};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn release_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release")
-}
-
-fn built(name: &str) -> PathBuf {
-    let path = release_dir().join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build first with `cargo build --release --workspace`",
-        path.display()
-    );
-    path
-}
-
-fn memshadow_bin() -> PathBuf {
-    built("memshadow")
-}
-
-fn shim_lib() -> PathBuf {
-    built("libmemshadow.so").canonicalize().unwrap()
-}
 
 /// A command for the memshadow binary with a clean environment and its own run-time dir.
 fn memshadow(dir: &Path) -> Command {
     let mut c = Command::new(memshadow_bin());
-    clean_env(&mut c, dir);
+    clean_env_in(&mut c, dir);
     c
-}
-
-fn clean_env(c: &mut Command, dir: &Path) {
-    c.env("MEMSHADOW_DIR", dir)
-        .env_remove("MEMSHADOW_LIB")
-        .env_remove("MEMSHADOW_RUN_ID")
-        .env_remove("LD_PRELOAD")
-        .stdin(Stdio::null());
-}
-
-/// What a finished process left.
-#[derive(Debug)]
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Finished {
-    fn stderr_line(&self) -> &str {
-        let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "expected one line on stderr: {self:#?}");
-        assert!(
-            lines[0].starts_with("memshadow: "),
-            "stderr does not start with \"memshadow: \": {self:#?}"
-        );
-        lines[0]
-    }
-}
-
-/// Kills `child` when dropped unless it has been reaped.
-struct Guard(Option<Child>);
-
-impl Guard {
-    fn spawn(c: &mut Command) -> Self {
-        Guard(Some(c.spawn().expect("spawn")))
-    }
-
-    fn child(&mut self) -> &mut Child {
-        self.0.as_mut().expect("child")
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.as_ref().expect("child").id()
-    }
-
-    /// Waits at most `limit`; kills the child and panics if it is still running then.
-    fn wait(mut self, limit: Duration) -> ExitStatus {
-        let mut child = self.0.take().expect("child");
-        match child.wait_timeout(limit).expect("wait") {
-            Some(status) => status,
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "process {} still running after {limit:?}; killed it",
-                    child.id()
-                );
-            }
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Runs `c` to completion within `limit`, capturing its output.
-fn finish(c: &mut Command, limit: Duration) -> Finished {
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut guard = Guard::spawn(c);
-    let out = guard.child().stdout.take().expect("stdout");
-    let err = guard.child().stderr.take().expect("stderr");
-    let read_all = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let (out, err) = (read_all(Box::new(out)), read_all(Box::new(err)));
-    let status = guard.wait(limit);
-    Finished {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
-}
-
-fn tempdir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("ms-cli")
-        .tempdir()
-        .expect("tempdir")
-}
-
-/// Polls `cond` every 20 ms for at most `limit`.
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    cond()
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// Starts `program` with the shim preloaded (as a shell would with LD_PRELOAD, without
@@ -167,11 +32,11 @@ fn is_root() -> bool {
 fn spawn_shimmed(dir: &Path, program: &[&str]) -> Guard {
     let mut c = Command::new(program[0]);
     c.args(&program[1..]);
-    clean_env(&mut c, dir);
+    clean_env_in(&mut c, dir);
     c.env("LD_PRELOAD", shim_lib())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    let guard = Guard::spawn(&mut c);
+    let guard = Guard::spawn(&mut c, LIMIT);
     let sock = dir.join(format!("{}.sock", guard.pid()));
     assert!(
         wait_until(Duration::from_secs(10), || sock.exists()),
@@ -183,7 +48,7 @@ fn spawn_shimmed(dir: &Path, program: &[&str]) -> Guard {
 
 #[test]
 fn bad_arguments_fail_with_one_line() {
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     for args in [
         &["--no-such-option"][..],
         &["frobnicate"],
@@ -209,7 +74,7 @@ fn bad_arguments_fail_with_one_line() {
 
 #[test]
 fn every_subcommand_has_help() {
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     let top = finish(memshadow(dir.path()).arg("--help"), LIMIT);
     assert!(top.status.success(), "{top:#?}");
     assert!(
@@ -226,7 +91,7 @@ fn every_subcommand_has_help() {
 
 #[test]
 fn stats_of_a_nonexistent_pid() {
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     let pid_max: u32 = fs::read_to_string("/proc/sys/kernel/pid_max")
         .unwrap()
         .trim()
@@ -249,11 +114,11 @@ fn stats_of_a_nonexistent_pid() {
 
 #[test]
 fn stats_of_a_process_without_the_shim() {
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     let mut c = Command::new("sleep");
     c.arg("5");
-    clean_env(&mut c, dir.path());
-    let sleeper = Guard::spawn(&mut c);
+    clean_env_in(&mut c, dir.path());
+    let sleeper = Guard::spawn(&mut c, LIMIT);
     let pid = sleeper.pid();
     let f = finish(
         memshadow(dir.path()).args(["stats", &pid.to_string()]),
@@ -277,12 +142,10 @@ fn build_static(dir: &Path, name: &str, code: &str) -> PathBuf {
     let src = dir.join(format!("{name}.c"));
     let exe = dir.join(name);
     fs::write(&src, code).unwrap();
+    let mut gcc = Command::new("gcc");
+    clean_env(&mut gcc);
     let cc = finish(
-        Command::new("gcc")
-            .arg("-static")
-            .arg("-o")
-            .arg(&exe)
-            .arg(&src),
+        gcc.arg("-static").arg("-o").arg(&exe).arg(&src),
         Duration::from_secs(60),
     );
     assert!(cc.status.success(), "gcc -static failed: {cc:#?}");
@@ -291,7 +154,7 @@ fn build_static(dir: &Path, name: &str, code: &str) -> PathBuf {
 
 #[test]
 fn run_rejects_a_statically_linked_program() {
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     let exe = build_static(dir.path(), "static-prog", "int main(void) { return 0; }\n");
     let f = finish(memshadow(dir.path()).arg("run").arg("--").arg(&exe), LIMIT);
     assert_eq!(f.status.code(), Some(2), "{f:#?}");
@@ -306,7 +169,7 @@ fn run_rejects_a_statically_linked_program() {
 
 #[test]
 fn run_rejects_missing_and_non_executable_programs() {
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     let f = finish(
         memshadow(dir.path()).args(["run", "--", "memshadow-no-such-program"]),
         LIMIT,
@@ -322,7 +185,7 @@ fn run_rejects_missing_and_non_executable_programs() {
 
 #[test]
 fn run_reports_a_missing_library() {
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     let f = finish(
         memshadow(dir.path()).args(["run", "--lib", "/no/such/libmemshadow.so", "--", "true"]),
         LIMIT,
@@ -335,7 +198,7 @@ fn run_reports_a_missing_library() {
 
 #[test]
 fn run_passes_the_exit_code_through() {
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     let f = finish(
         memshadow(dir.path()).args(["run", "--", "sh", "-c", "exit 7"]),
         LIMIT,
@@ -353,7 +216,7 @@ fn run_passes_the_exit_code_through() {
 
 #[test]
 fn run_dies_of_the_signal_that_killed_the_program() {
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     let f = finish(
         memshadow(dir.path()).args(["run", "--", "sh", "-c", "kill -TERM $$"]),
         LIMIT,
@@ -364,7 +227,7 @@ fn run_dies_of_the_signal_that_killed_the_program() {
 
 #[test]
 fn run_ignores_sigint_and_forwards_sigterm() {
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     let mut c = memshadow(dir.path());
     c.args([
         "run",
@@ -376,7 +239,7 @@ fn run_ignores_sigint_and_forwards_sigterm() {
     ])
     .stdout(Stdio::piped())
     .stderr(Stdio::null());
-    let mut launcher = Guard::spawn(&mut c);
+    let mut launcher = Guard::spawn(&mut c, LIMIT);
     let mut ready = String::new();
     BufReader::new(launcher.child().stdout.take().unwrap())
         .read_line(&mut ready)
@@ -398,7 +261,7 @@ fn run_ignores_sigint_and_forwards_sigterm() {
 
 #[test]
 fn run_prepends_to_an_existing_ld_preload() {
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     let f = finish(
         memshadow(dir.path())
             .env("LD_PRELOAD", "/some/existing.so")
@@ -415,15 +278,14 @@ fn run_prepends_to_an_existing_ld_preload() {
 
 #[test]
 fn run_says_when_the_shim_did_not_attach() {
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     let src = dir.path().join("empty.c");
     let lib = dir.path().join("libempty.so");
     fs::write(&src, "int memshadow_test_nothing;\n").unwrap();
+    let mut gcc = Command::new("gcc");
+    clean_env(&mut gcc);
     let cc = finish(
-        Command::new("gcc")
-            .args(["-shared", "-fPIC", "-o"])
-            .arg(&lib)
-            .arg(&src),
+        gcc.args(["-shared", "-fPIC", "-o"]).arg(&lib).arg(&src),
         Duration::from_secs(60),
     );
     assert!(cc.status.success(), "gcc failed: {cc:#?}");
@@ -452,7 +314,7 @@ fn run_says_when_the_shim_did_not_attach() {
 
 #[test]
 fn run_writes_stats_json() {
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     let json = dir.path().join("stats.json");
     let f = finish(
         memshadow(dir.path())
@@ -509,7 +371,7 @@ fn no_run_files(dir: &Path) -> bool {
 
 #[test]
 fn run_collects_shimmed_descendants() {
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     let json = dir.path().join("stats.json");
     let f = finish(
         memshadow(dir.path())
@@ -533,7 +395,6 @@ fn run_collects_shimmed_descendants() {
     assert!(no_run_files(dir.path()), "files left in the run-time dir");
 }
 
-/// Builds a stats page the way the shim lays it out (format/src/stats.rs).
 /// A file mapped into this process until dropped, as a shimmed process maps its page.
 struct MappedFile {
     addr: *mut libc::c_void,
@@ -569,6 +430,7 @@ impl Drop for MappedFile {
     }
 }
 
+/// Builds a stats page the way the shim lays it out (format/src/stats.rs).
 fn fake_page(pid: u32, state: u32, start_time_ticks: u64, run_id: u64, command: &str) -> Vec<u8> {
     use memshadow_format::stats::{STATS_LAYOUT_VERSION, STATS_MAGIC, STATS_PAGE_SIZE};
     let mut p = vec![0u8; STATS_PAGE_SIZE];
@@ -596,7 +458,8 @@ fn start_time_of(pid: u32) -> u64 {
 
 fn dead_pid() -> u32 {
     let mut c = Command::new("true");
-    let g = Guard::spawn(&mut c);
+    clean_env(&mut c);
+    let g = Guard::spawn(&mut c, LIMIT);
     let pid = g.pid();
     g.wait(LIMIT);
     pid
@@ -604,7 +467,7 @@ fn dead_pid() -> u32 {
 
 #[test]
 fn ps_lists_live_pages_and_removes_leftovers() {
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     let d = dir.path();
     let me = std::process::id();
     let my_start = start_time_of(me);
@@ -676,7 +539,7 @@ fn ps_lists_live_pages_and_removes_leftovers() {
 fn ps_drops_a_process_that_execd_a_program_without_the_shim() {
     // Same pid and start time after exec, but the new program has no shim: its old
     // page and socket must not make it look shimmed.
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     let sleeper = build_static(
         dir.path(),
         "static-sleep",
@@ -711,7 +574,7 @@ fn ps_drops_a_process_that_execd_a_program_without_the_shim() {
 
 #[test]
 fn ps_and_stats_see_a_shimmed_process() {
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     let sleeper = spawn_shimmed(dir.path(), &["sleep", "20"]);
     let pid = sleeper.pid();
     let ps = finish(memshadow(dir.path()).args(["ps", "--json"]), LIMIT);
@@ -738,7 +601,7 @@ fn ps_and_stats_see_a_shimmed_process() {
 
 #[test]
 fn stats_watch_ends_when_the_process_exits() {
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     let sleeper = spawn_shimmed(dir.path(), &["sleep", "1.5"]);
     let pid = sleeper.pid();
     let f = finish(
@@ -759,7 +622,7 @@ fn stats_watch_ends_when_the_process_exits() {
 
 #[test]
 fn stats_refuses_another_users_process() {
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     if !is_root() {
         // Without root we cannot start a process as someone else; init is not ours.
         let f = finish(memshadow(dir.path()).args(["stats", "1"]), LIMIT);
@@ -773,7 +636,7 @@ fn stats_refuses_another_users_process() {
     c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(memshadow_bin())
         .args(["stats", &pid.to_string()]);
-    clean_env(&mut c, dir.path());
+    clean_env_in(&mut c, dir.path());
     let f = finish(&mut c, LIMIT);
     assert_eq!(f.status.code(), Some(1), "{f:#?}");
     assert_eq!(
@@ -786,7 +649,7 @@ fn stats_refuses_another_users_process() {
 
 #[test]
 fn demo_runs_the_workload_under_the_shim() {
-    let dir = tempdir();
+    let dir = temp_dir("cli");
     let f = finish(&mut memshadow(dir.path()), Duration::from_secs(60));
     assert!(f.status.success(), "{f:#?}");
     assert!(f.stdout.contains("workload: phase 1/4"), "{f:#?}");

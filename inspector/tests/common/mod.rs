@@ -1,10 +1,16 @@
-//! Helpers shared by the integration tests that run programs natively and under the shim.
+//! Helpers shared by the integration tests (`cli.rs`, `c_programs.rs`,
+//! `real_programs.rs`): locating the build, running programs natively, under the shim
+//! and through `memshadow`, and comparing what they did.
 //!
-//! Every program a test starts goes through [`run_with_timeout`] (or [`Prog`], which uses
-//! it): the program runs in a process group of its own, and when the time is up the whole
-//! group is killed and the test panics naming the command.
+//! Every program a test starts has a time limit and runs in a process group of its own:
+//! [`run_with_timeout`] (and [`finish`] and [`Prog`], which use it) kills the whole group
+//! when the time is up and panics naming the command; a background program started with
+//! [`Guard::spawn`] has its group killed when the guard is dropped (also when the test
+//! panics) or, by a watchdog thread, when its time limit passes first.
 
-// Each test binary uses its own subset of these helpers.
+// `mod common;` compiles this file into each test binary separately, and each uses only
+// a subset of these helpers: without this, every binary warns about the ones it does not
+// use.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -12,9 +18,10 @@ use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
-use std::sync::Mutex;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -63,12 +70,14 @@ pub fn memshadow_bin() -> PathBuf {
     bin
 }
 
-/// `target/release/libmemshadow.so`.
+/// `target/release/libmemshadow.so`, canonicalized (as `memshadow run` names the
+/// library it finds beside itself).
 pub fn shim_lib() -> PathBuf {
     let lib = target_dir().join("release").join("libmemshadow.so");
     assert!(lib.is_file(), "{} is missing: {BUILD_FIRST}", lib.display());
     warn_if_stale(&lib);
-    lib
+    lib.canonicalize()
+        .unwrap_or_else(|e| panic!("cannot canonicalize {}: {e}", lib.display()))
 }
 
 /// Says so (once) when the library is older than the shim's sources: the tests would
@@ -272,7 +281,7 @@ fn run_inner(cmd: &mut Command, input: Option<Vec<u8>>, timeout: Duration) -> Ou
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let pgid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
+    let pgid = pgid_of(&child);
 
     if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
         // A program that exits without reading its input closes the pipe: not an error.
@@ -376,6 +385,170 @@ pub fn clean_env(cmd: &mut Command) {
         }
     }
     cmd.env("LC_ALL", "C");
+}
+
+/// [`clean_env`] plus `MEMSHADOW_DIR=dir`: the command sees only the run-time
+/// directory of its own test.
+pub fn clean_env_in(cmd: &mut Command, dir: &Path) {
+    clean_env(cmd);
+    cmd.env("MEMSHADOW_DIR", dir);
+}
+
+/// What a finished program left, as text (for readable `{:#?}` in assertion messages).
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The one line `memshadow` prints on stderr when it fails, which starts with
+    /// "memshadow: "; panics when stderr is anything else.
+    pub fn stderr_line(&self) -> &str {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "expected one line on stderr: {self:#?}");
+        assert!(
+            lines[0].starts_with("memshadow: "),
+            "stderr does not start with \"memshadow: \": {self:#?}"
+        );
+        lines[0]
+    }
+}
+
+impl From<Output> for Finished {
+    fn from(o: Output) -> Self {
+        Finished {
+            status: o.status,
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// [`run_with_timeout`] with the output as text.
+pub fn finish(cmd: &mut Command, limit: Duration) -> Finished {
+    run_with_timeout(cmd, limit).into()
+}
+
+/// The process group a child started with `process_group(0)` leads.
+fn pgid_of(child: &Child) -> Pid {
+    Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"))
+}
+
+/// A program running in the background while a test talks to it.
+///
+/// It runs in a process group of its own, with standard input from `/dev/null`. Its
+/// group is killed with SIGKILL when the guard is dropped unless [`Guard::wait`] reaped
+/// it, and by a watchdog thread when the time limit given to [`Guard::spawn`] passes
+/// first (which also unblocks a test stuck reading the program's output).
+pub struct Guard {
+    child: Option<Child>,
+    what: String,
+    limit: Duration,
+    /// Dropping it (with the guard) stops the watchdog.
+    disarm: mpsc::Sender<()>,
+    /// Set by the watchdog when it killed the group.
+    expired: Arc<AtomicBool>,
+}
+
+impl Guard {
+    /// Starts `cmd`, to be killed after `limit` at the latest.
+    pub fn spawn(cmd: &mut Command, limit: Duration) -> Self {
+        let what = format!("{cmd:?}");
+        cmd.stdin(Stdio::null()).process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let pgid = pgid_of(&child);
+        let (disarm, disarmed) = mpsc::channel::<()>();
+        let expired = Arc::new(AtomicBool::new(false));
+        let (flag, name) = (Arc::clone(&expired), what.clone());
+        thread::spawn(move || {
+            if let Err(RecvTimeoutError::Timeout) = disarmed.recv_timeout(limit) {
+                flag.store(true, Ordering::SeqCst);
+                let _ = killpg(pgid, Signal::SIGKILL);
+                eprintln!(
+                    "timed out after {:.0} s, killed its process group: {name}",
+                    limit.as_secs_f64()
+                );
+            }
+        });
+        Guard {
+            child: Some(child),
+            what,
+            limit,
+            disarm,
+            expired,
+        }
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("the child has not been reaped")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .expect("the child has not been reaped")
+            .id()
+    }
+
+    /// Waits at most `limit` (and at most the guard's own limit) for the program to
+    /// exit. When it has not, kills its process group and panics naming the command.
+    pub fn wait(mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("the child has not been reaped");
+        let status = child.wait_timeout(limit);
+        let _ = self.disarm.send(());
+        match status {
+            Ok(Some(status)) if !self.expired.load(Ordering::SeqCst) => status,
+            Ok(Some(_)) => panic!(
+                "timed out after {:.0} s, killed its process group: {}",
+                self.limit.as_secs_f64(),
+                self.what
+            ),
+            Ok(None) => {
+                let _ = killpg(pgid_of(&child), Signal::SIGKILL);
+                let _ = child.wait();
+                panic!(
+                    "timed out after {:.0} s, killed its process group: {}",
+                    limit.as_secs_f64(),
+                    self.what
+                );
+            }
+            Err(e) => {
+                let _ = killpg(pgid_of(&child), Signal::SIGKILL);
+                let _ = child.wait();
+                panic!("cannot wait for {}: {e}", self.what);
+            }
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = killpg(pgid_of(&child), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms for at most `limit`.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// True when the tests run as root.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
 }
 
 /// A program with its arguments, environment and working directory, to be run natively,

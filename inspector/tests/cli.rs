@@ -15,7 +15,8 @@ use std::thread;
 use std::time::Duration;
 
 use common::{
-    clean_env, clean_env_in, finish, is_root, memshadow_bin, shim_lib, temp_dir, wait_until, Guard,
+    c_program, clean_env, clean_env_in, finish, is_root, memshadow_bin, shim_lib, temp_dir,
+    wait_until, Guard,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -570,6 +571,50 @@ fn ps_drops_a_process_that_execd_a_program_without_the_shim() {
         st.stderr_line(),
         format!("memshadow: process {pid} (static-sleep) is not running under memshadow")
     );
+}
+
+/// `tracked_regions` and `tracked_bytes` of a live process, via `memshadow stats --json`.
+fn tracked(dir: &Path, pid: u32) -> (u64, u64) {
+    let f = finish(
+        memshadow(dir).args(["stats", "--json", &pid.to_string()]),
+        LIMIT,
+    );
+    assert!(f.status.success(), "{f:#?}");
+    let v: serde_json::Value = serde_json::from_str(&f.stdout).unwrap();
+    (
+        v["tracked_regions"].as_u64().unwrap(),
+        v["tracked_bytes"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn thread_stacks_are_tracked_only_with_heap_plus_stacks() {
+    let prog = c_program("stack_threads");
+    let threads = 8u64;
+    let mut seen = Vec::new();
+    for mode in ["heap", "heap+stacks"] {
+        let dir = temp_dir("cli");
+        let mut c = Command::new(&prog);
+        c.arg(threads.to_string());
+        clean_env_in(&mut c, dir.path());
+        c.env("LD_PRELOAD", shim_lib())
+            .env("MEMSHADOW_TRACK", mode)
+            .stdout(Stdio::piped());
+        let mut guard = Guard::spawn(&mut c, LIMIT);
+        let mut line = String::new();
+        BufReader::new(guard.child().stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "ready\n", "stack_threads under {mode}");
+        seen.push((mode, tracked(dir.path(), guard.pid())));
+        let pid = nix::unistd::Pid::from_raw(guard.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).unwrap(); // threads finish
+        assert!(guard.wait(LIMIT).success(), "stack_threads under {mode}");
+    }
+    let (heap, stacks) = (seen[0].1, seen[1].1);
+    // Each thread has a 1 MiB stack; the main thread's stack comes on top.
+    assert!(stacks.0 >= heap.0 + threads, "{seen:?}");
+    assert!(stacks.1 >= heap.1 + threads * (1 << 20), "{seen:?}");
 }
 
 #[test]

@@ -265,6 +265,14 @@ pub struct StatsRecord {
     pub counters: [u64; COUNTER_SLOTS],
 }
 
+/// The statistic keys, in the order the CLI prints them: the heap totals, then every
+/// counter. They are the JSON keys scripts rely on.
+pub fn field_names() -> impl Iterator<Item = &'static str> {
+    ["allocs", "frees", "live_bytes"]
+        .into_iter()
+        .chain(Counter::ALL.iter().map(|c| c.name()))
+}
+
 fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
 }
@@ -332,16 +340,13 @@ impl StatsRecord {
         self.counters[c.index()]
     }
 
-    /// Every statistic as `(key, value)`, in the order the CLI prints them. The keys are
-    /// the JSON keys scripts rely on.
+    /// Every statistic as `(key, value)`, keys as [`field_names`] lists them.
     pub fn fields(&self) -> Vec<(&'static str, u64)> {
-        let mut v = vec![
-            ("allocs", self.allocs),
-            ("frees", self.frees),
-            ("live_bytes", self.live_bytes()),
-        ];
-        v.extend(Counter::ALL.iter().map(|&c| (c.name(), self.counter(c))));
-        v
+        let heap = [self.allocs, self.frees, self.live_bytes()];
+        let counters = Counter::ALL.iter().map(|&c| self.counter(c));
+        field_names()
+            .zip(heap.into_iter().chain(counters))
+            .collect()
     }
 }
 

@@ -96,11 +96,41 @@ pub enum Counter {
     ThreadsStarted = 5,
     /// Regions the table could not hold (table full); tracked bytes undercount.
     RegionOverflow = 6,
+    /// Snapshots taken (protect passes completed).
+    Epochs = 7,
+    /// Write faults on protected pages handled by the fault thread.
+    Traps = 8,
+    /// Pages write-protected by protect passes, summed over passes.
+    PagesProtected = 9,
+    /// Pages copied into shadows (trap, fault-around and reads).
+    PagesCopied = 10,
+    /// Faults that arrived during a protect pass and were held until it ended.
+    HeldFaults = 11,
+    /// Bytes of shadow slots in use.
+    ShadowBytes = 12,
+    /// Versions that can still be read.
+    VersionsRetained = 13,
+    /// Snapshots abandoned because the shadow budget ran out.
+    IncompleteSnapshots = 14,
+    /// Duration of the last protect pass, microseconds.
+    ProtectPassUsLast = 15,
+    /// Longest protect pass, microseconds.
+    ProtectPassUsMax = 16,
+    /// Median time from a trap's message to its page being writable, microseconds.
+    TrapUsP50 = 17,
+    /// 99th percentile of the same.
+    TrapUsP99 = 18,
+    /// Longest trap.
+    TrapUsMax = 19,
+    /// The newest snapshot version (0 before the first).
+    Version = 20,
+    /// The oldest version that can still be read.
+    OldestVersion = 21,
 }
 
 impl Counter {
     /// Every assigned counter, in slot order.
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 22] = [
         Counter::TrackedRegions,
         Counter::TrackedBytes,
         Counter::Rescans,
@@ -108,6 +138,21 @@ impl Counter {
         Counter::RegionUnmaps,
         Counter::ThreadsStarted,
         Counter::RegionOverflow,
+        Counter::Epochs,
+        Counter::Traps,
+        Counter::PagesProtected,
+        Counter::PagesCopied,
+        Counter::HeldFaults,
+        Counter::ShadowBytes,
+        Counter::VersionsRetained,
+        Counter::IncompleteSnapshots,
+        Counter::ProtectPassUsLast,
+        Counter::ProtectPassUsMax,
+        Counter::TrapUsP50,
+        Counter::TrapUsP99,
+        Counter::TrapUsMax,
+        Counter::Version,
+        Counter::OldestVersion,
     ];
 
     pub const fn index(self) -> usize {
@@ -123,6 +168,21 @@ impl Counter {
             Counter::RegionUnmaps => "region_unmaps",
             Counter::ThreadsStarted => "threads_started",
             Counter::RegionOverflow => "region_overflow",
+            Counter::Epochs => "epochs",
+            Counter::Traps => "traps",
+            Counter::PagesProtected => "pages_protected",
+            Counter::PagesCopied => "pages_copied",
+            Counter::HeldFaults => "held_faults",
+            Counter::ShadowBytes => "shadow_bytes",
+            Counter::VersionsRetained => "versions_retained",
+            Counter::IncompleteSnapshots => "incomplete_snapshots",
+            Counter::ProtectPassUsLast => "protect_pass_us_last",
+            Counter::ProtectPassUsMax => "protect_pass_us_max",
+            Counter::TrapUsP50 => "trap_us_p50",
+            Counter::TrapUsP99 => "trap_us_p99",
+            Counter::TrapUsMax => "trap_us_max",
+            Counter::Version => "version",
+            Counter::OldestVersion => "oldest_version",
         }
     }
 }

@@ -7,6 +7,9 @@
 //! | `MEMSHADOW_INTERVAL_MS` | automatic snapshot period in ms, 0 = on demand only | `0` |
 //! | `MEMSHADOW_DIR` | directory for the stats page and control socket | `/dev/shm/memshadow-UID` |
 //! | `MEMSHADOW_RUN_ID` | set by `memshadow run`: keep the stats page at exit for it | unset |
+//! | `MEMSHADOW_FAULT_AROUND` | pages copied and unprotected per trap (1 = just the page) | `16` |
+//! | `MEMSHADOW_MAX_VERSIONS` | snapshot versions kept readable, >= 1 | `4` |
+//! | `MEMSHADOW_SHADOW_BUDGET_MB` | memory for shadow copies, MiB, >= 1 | `1024` |
 
 use crate::log::Level;
 use std::path::PathBuf;
@@ -26,6 +29,9 @@ pub struct Config {
     pub interval_ms: u64,
     pub dir: Option<PathBuf>,
     pub run_id: u64,
+    pub fault_around: usize,
+    pub max_versions: usize,
+    pub shadow_budget_mb: usize,
 }
 
 /// A variable whose value does not parse.
@@ -86,12 +92,38 @@ impl Config {
                 .parse::<u64>()
                 .map_err(|_| bad("MEMSHADOW_RUN_ID", &v, "the pid of a memshadow run"))?,
         };
+        let number =
+            |var: &'static str, default: usize, min: usize, max: usize, expected| match get(var) {
+                None => Ok(default),
+                Some(v) => match v.trim().parse::<usize>() {
+                    Ok(n) if (min..=max).contains(&n) => Ok(n),
+                    _ => Err(bad(var, &v, expected)),
+                },
+            };
+        let fault_around = number(
+            "MEMSHADOW_FAULT_AROUND",
+            16,
+            1,
+            512,
+            "pages per trap, 1 to 512",
+        )?;
+        let max_versions = number("MEMSHADOW_MAX_VERSIONS", 4, 1, 1024, "versions, 1 to 1024")?;
+        let shadow_budget_mb = number(
+            "MEMSHADOW_SHADOW_BUDGET_MB",
+            1024,
+            1,
+            1 << 20,
+            "MiB, 1 or more",
+        )?;
         Ok(Config {
             track,
             log,
             interval_ms,
             dir,
             run_id,
+            fault_around,
+            max_versions,
+            shadow_budget_mb,
         })
     }
 
@@ -121,6 +153,10 @@ mod tests {
         assert_eq!(c.interval_ms, 0);
         assert_eq!(c.dir, None);
         assert_eq!(c.run_id, 0);
+        assert_eq!(
+            (c.fault_around, c.max_versions, c.shadow_budget_mb),
+            (16, 4, 1024)
+        );
     }
 
     #[test]
@@ -131,6 +167,9 @@ mod tests {
             ("MEMSHADOW_INTERVAL_MS", "250"),
             ("MEMSHADOW_DIR", "/tmp/x"),
             ("MEMSHADOW_RUN_ID", "77"),
+            ("MEMSHADOW_FAULT_AROUND", "64"),
+            ("MEMSHADOW_MAX_VERSIONS", "8"),
+            ("MEMSHADOW_SHADOW_BUDGET_MB", "16"),
         ])
         .unwrap();
         assert_eq!(c.track, TrackMode::HeapAndStacks);
@@ -138,6 +177,10 @@ mod tests {
         assert_eq!(c.interval_ms, 250);
         assert_eq!(c.dir, Some(PathBuf::from("/tmp/x")));
         assert_eq!(c.run_id, 77);
+        assert_eq!(
+            (c.fault_around, c.max_versions, c.shadow_budget_mb),
+            (64, 8, 16)
+        );
     }
 
     #[test]
@@ -149,6 +192,9 @@ mod tests {
             ("MEMSHADOW_INTERVAL_MS", "10ms"),
             ("MEMSHADOW_DIR", "relative/dir"),
             ("MEMSHADOW_RUN_ID", "x"),
+            ("MEMSHADOW_FAULT_AROUND", "0"),
+            ("MEMSHADOW_MAX_VERSIONS", "many"),
+            ("MEMSHADOW_SHADOW_BUDGET_MB", "0"),
         ] {
             let e = parse(&[(k, v)]).unwrap_err();
             assert_eq!(e.var, k);

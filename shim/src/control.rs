@@ -196,14 +196,15 @@ fn answer(conn: i32) {
     let reply = match peer_uid(conn) {
         Some(uid) if uid == me || uid == 0 => match read_request(conn) {
             Some(req) => dispatch(&req),
-            None => encode_error("empty request"),
+            None => encode_error("empty request").into_bytes(),
         },
         Some(uid) => encode_error(&format!(
             "permission denied: uid {uid} may not inspect a process of uid {me}"
-        )),
-        None => encode_error("cannot identify the peer"),
+        ))
+        .into_bytes(),
+        None => encode_error("cannot identify the peer").into_bytes(),
     };
-    let mut bytes = reply.as_bytes();
+    let mut bytes = &reply[..];
     while !bytes.is_empty() {
         // SAFETY: sending from a live byte slice; MSG_NOSIGNAL avoids SIGPIPE.
         let n = unsafe { libc::send(conn, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
@@ -217,14 +218,19 @@ fn answer(conn: i32) {
     }
 }
 
-/// The reply to one request.
-pub fn dispatch(req: &str) -> String {
-    let cmd = req.split_ascii_whitespace().next().unwrap_or("");
+/// Longest `read` request, bytes.
+const MAX_READ: usize = 1 << 20;
+
+/// The reply to one request (a `read` reply carries raw bytes after its header).
+pub fn dispatch(req: &str) -> Vec<u8> {
+    let mut words = req.split_ascii_whitespace();
+    let cmd = words.next().unwrap_or("");
+    let args: Vec<&str> = words.collect();
     match cmd {
         CMD_PING => {
             // SAFETY: getpid cannot fail.
             let pid = unsafe { libc::getpid() };
-            encode_ok(&[("pid", pid.to_string())])
+            encode_ok(&[("pid", pid.to_string())]).into_bytes()
         }
         CMD_STATS => {
             regions::rescan();
@@ -238,11 +244,46 @@ pub fn dispatch(req: &str) -> String {
                 ),
             ];
             fields.extend(r.fields().into_iter().map(|(k, v)| (k, v.to_string())));
-            encode_ok(&fields)
+            encode_ok(&fields).into_bytes()
         }
-        "" => encode_error("empty request"),
+        "snapshot" => match crate::epoch::snapshot() {
+            Ok(v) => encode_ok(&[("version", v.to_string())]).into_bytes(),
+            Err(e) => encode_error(&e).into_bytes(),
+        },
+        "read" => read_reply(&args),
+        "" => encode_error("empty request").into_bytes(),
         other => encode_error(&format!(
-            "unknown command {other:?} (known: {CMD_PING}, {CMD_STATS})"
-        )),
+            "unknown command {other:?} (known: {CMD_PING}, {CMD_STATS}, snapshot, read)"
+        ))
+        .into_bytes(),
+    }
+}
+
+/// `read V ADDR LEN`: the header, then exactly LEN bytes.
+fn read_reply(args: &[&str]) -> Vec<u8> {
+    let parsed = match args {
+        [v, a, l] => v
+            .parse::<u64>()
+            .ok()
+            .zip(a.parse::<usize>().ok())
+            .zip(l.parse::<usize>().ok()),
+        _ => None,
+    };
+    let Some(((v, addr), len)) = parsed else {
+        return encode_error("usage: read VERSION ADDR LEN (decimal numbers)").into_bytes();
+    };
+    if len > MAX_READ {
+        return encode_error(&format!("LEN {len} is larger than {MAX_READ}")).into_bytes();
+    }
+    if addr.checked_add(len).is_none() {
+        return encode_error("ADDR + LEN overflows").into_bytes();
+    }
+    let header = encode_ok(&[("version", v.to_string()), ("bytes", len.to_string())]);
+    let mut out = Vec::with_capacity(header.len() + len);
+    out.extend_from_slice(header.as_bytes());
+    out.resize(header.len() + len, 0);
+    match crate::readback::read(v, addr, &mut out[header.len()..]) {
+        Ok(()) => out,
+        Err(e) => encode_error(&e.to_string()).into_bytes(),
     }
 }

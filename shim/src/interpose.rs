@@ -179,3 +179,13 @@ pub unsafe extern "C" fn pthread_create(
     // SAFETY: same contract.
     unsafe { stacks::create(thread, attr, start, arg) }
 }
+
+/// The opt-in C API (see `c-tests/include/memshadow.h`): takes a snapshot from the
+/// calling thread and returns its version, or -1 with errno set.
+///
+/// # Safety
+/// Callable from any thread outside signal handlers.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn memshadow_snapshot_v1() -> i64 {
+    crate::epoch::snapshot_for_api()
+}

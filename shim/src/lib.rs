@@ -8,6 +8,9 @@
 //! - `forward`, `bootstrap`: reaching the real functions;
 //! - `regions`, `maps`: the table of tracked memory and the maps-file parser;
 //! - `stats`, `control`: what is published;
+//! - `engine`, `epoch`, `fault`, `shadow`, `readback`, `uffd`: snapshots (started by the
+//!   first snapshot request): protect passes, the fault path, shadow copies, reading a
+//!   version back, the userfaultfd interface;
 //! - `runtime`, `config`: start-up, fork, exit, environment;
 //! - `arena`, `own`, `range`, `shim_thread`, `sync`, `sys`, `log`: the shim's own memory,
 //!   threads and primitives, never the host's.
@@ -20,6 +23,9 @@ mod arena;
 mod bootstrap;
 mod config;
 mod control;
+mod engine;
+mod epoch;
+mod fault;
 mod forward;
 mod heap;
 mod interpose;
@@ -28,13 +34,16 @@ mod mapping;
 mod maps;
 mod own;
 mod range;
+mod readback;
 mod regions;
 mod runtime;
+mod shadow;
 mod shim_thread;
 mod stacks;
 mod stats;
 mod sync;
 mod sys;
+mod uffd;
 
 /// Every Rust allocation of the shim comes from its own arena, never the host's malloc.
 #[cfg_attr(not(test), global_allocator)]

@@ -171,6 +171,18 @@ impl RegionTable {
         }
     }
 
+    /// The tracked memory as address-ordered ranges, adjacent regions merged.
+    pub fn tracked_ranges(&self) -> Vec<Range> {
+        let mut out: Vec<Range> = Vec::with_capacity(self.entries.len());
+        for e in self.entries.iter().filter(|e| self.tracked(e.kind)) {
+            match out.last_mut() {
+                Some(last) if last.end == e.range.start => last.end = e.range.end,
+                _ => out.push(e.range),
+            }
+        }
+        out
+    }
+
     pub fn totals(&self) -> (u64, u64) {
         (self.tracked_regions, self.tracked_bytes)
     }
@@ -284,6 +296,13 @@ mod tests {
         t.insert(Range::new(0x30000, 0x40000), Kind::Anon);
         t.insert(Range::new(0x50000, 0x51000), Kind::Stack);
         assert_eq!(t.totals(), (2, 0x20000));
+        t.insert(Range::new(0x20000, 0x21000), Kind::Bss);
+        assert_eq!(
+            t.tracked_ranges(),
+            vec![Range::new(0x10000, 0x21000), Range::new(0x30000, 0x40000)],
+            "adjacent regions merge, stacks are left out"
+        );
+        t.remove(Range::new(0x20000, 0x21000));
         // A hole in the middle of the first region splits it.
         t.remove(Range::new(0x14000, 0x15000));
         assert_eq!(

@@ -23,6 +23,12 @@ struct Runtime {
 
 static RUNTIME: SpinLock<Option<Runtime>> = SpinLock::new(None);
 
+/// The configuration, once the shim has started tracking.
+pub fn config() -> Option<Config> {
+    let _s = sys::block_signals();
+    RUNTIME.lock().as_ref().map(|rt| rt.config.clone())
+}
+
 /// Whether the shim is tracking this process (set-up succeeded).
 #[inline]
 pub fn tracking() -> bool {
@@ -94,6 +100,17 @@ pub extern "C" fn on_load() {
     *RUNTIME.lock() = Some(rt);
     stats::set_state(ProcessState::Running);
     TRACKING.store(true, Ordering::Release);
+    start_interval_snapshots(&config);
+}
+
+/// Starts the periodic snapshot thread when `MEMSHADOW_INTERVAL_MS` asks for one.
+fn start_interval_snapshots(config: &Config) {
+    if config.interval_ms > 0 {
+        let arg = config.interval_ms as usize as *mut core::ffi::c_void;
+        if let Err(e) = crate::shim_thread::spawn(crate::epoch::interval_thread, arg) {
+            error!("cannot start periodic snapshots: {e}");
+        }
+    }
 }
 
 /// The destructor (`.fini_array`): runs at `exit()`, after the program's destructors.
@@ -167,6 +184,7 @@ extern "C" fn fork_parent() {
 /// own (counts carried over from the parent) or, if that fails, run untracked.
 extern "C" fn fork_child() {
     unlock_all();
+    crate::engine::forget_after_fork();
     if tracking() {
         control::stop_listening();
         let old = RUNTIME.lock().take();
@@ -175,6 +193,7 @@ extern "C" fn fork_child() {
                 Ok(rt) => {
                     stats::set_state(ProcessState::Running);
                     *RUNTIME.lock() = Some(rt);
+                    start_interval_snapshots(&old.config);
                 }
                 Err(e) => {
                     TRACKING.store(false, Ordering::Release);

@@ -1,0 +1,209 @@
+//! The snapshot engine's shared state, started lazily by the first snapshot request.
+//!
+//! Until a snapshot is asked for (API call, `memshadow snapshot`, or
+//! `MEMSHADOW_INTERVAL_MS`), nothing is registered with userfaultfd and the program pays
+//! only the interposition cost.
+//!
+//! Lock rules (the fault thread must never wait on a host thread):
+//! - [`with`] takes the engine lock. Only shim threads and host threads inside the shim
+//!   with signals blocked take it, and nothing allocates or takes another shim lock while
+//!   holding it (a forking host thread holds the arena and region locks, and may fault
+//!   on tracked memory while it does).
+//! - Tracked pages are copied with `process_vm_readv` on our own pid, so a page the host
+//!   unmaps meanwhile gives EFAULT instead of crashing the host.
+
+use crate::config::Config;
+use crate::range::Range;
+use crate::shadow::{ShadowPool, PAGE};
+use crate::sync::SpinLock;
+use crate::uffd::Uffd;
+use crate::{stats, sys};
+use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use memshadow_format::stats::Counter;
+
+/// A range registered with userfaultfd and the first version whose snapshot holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrackedRange {
+    pub range: Range,
+    pub since: u64,
+}
+
+/// Most faults held during one protect pass (each blocked thread holds at most one).
+pub const HELD_CAPACITY: usize = 4096;
+
+pub struct Engine {
+    pub pool: ShadowPool,
+    /// The newest snapshot version; 0 before the first.
+    pub version: u64,
+    /// A protect pass is running: write faults are held until it ends.
+    pub pass_running: bool,
+    /// Faults held during the running pass (preallocated, never grows).
+    pub held: Vec<usize>,
+    /// What the newest snapshot covers, sorted by address.
+    pub tracked: Vec<TrackedRange>,
+    /// The newest snapshot could not be completed (shadow budget exhausted).
+    pub incomplete: bool,
+    pub fault_around: usize,
+    /// Trap latency histogram: bucket i counts traps of [2^i, 2^(i+1)) ns.
+    trap_ns: [u64; 40],
+    trap_max_ns: u64,
+}
+
+impl Engine {
+    /// The tracked range holding `page` at version `v`, if any.
+    pub fn tracked_at(&self, page: usize, v: u64) -> Option<&TrackedRange> {
+        let i = self.tracked.partition_point(|t| t.range.end <= page);
+        self.tracked
+            .get(i)
+            .filter(|t| t.range.start <= page && t.since <= v)
+    }
+
+    /// Records one trap's latency and publishes the percentiles.
+    pub fn record_trap(&mut self, ns: u64) {
+        let b = (63 - ns.max(1).leading_zeros()) as usize;
+        self.trap_ns[b.min(self.trap_ns.len() - 1)] += 1;
+        self.trap_max_ns = self.trap_max_ns.max(ns);
+        let total: u64 = self.trap_ns.iter().sum();
+        let pct = |p: u64| {
+            let want = (total * p).div_ceil(100);
+            let mut seen = 0;
+            for (i, n) in self.trap_ns.iter().enumerate() {
+                seen += n;
+                if seen >= want {
+                    // The bucket's upper bound (never above the longest trap), in us.
+                    return (2u64 << i).min(self.trap_max_ns) / 1000;
+                }
+            }
+            0
+        };
+        stats::set(Counter::Traps, total);
+        stats::set(Counter::TrapUsP50, pct(50));
+        stats::set(Counter::TrapUsP99, pct(99));
+        stats::set(Counter::TrapUsMax, self.trap_max_ns / 1000);
+    }
+
+    /// Publishes the pool and version counters.
+    pub fn publish(&self) {
+        stats::set(Counter::ShadowBytes, self.pool.used() as u64 * PAGE as u64);
+        stats::set(Counter::VersionsRetained, self.pool.versions_retained());
+        stats::set(Counter::Version, self.version);
+        stats::set(
+            Counter::OldestVersion,
+            self.pool.retained().map_or(0, |r| r.0),
+        );
+    }
+}
+
+static ENGINE: SpinLock<Option<Engine>> = SpinLock::new(None);
+static STARTED: AtomicBool = AtomicBool::new(false);
+static UFFD_FD: AtomicI32 = AtomicI32::new(-1);
+static START: SpinLock<()> = SpinLock::new(());
+
+/// Runs `f` with the engine lock held (signals blocked), or returns `None` before the
+/// engine has started.
+pub fn with<R>(f: impl FnOnce(&mut Engine) -> R) -> Option<R> {
+    if !STARTED.load(Ordering::Acquire) {
+        return None;
+    }
+    let _s = sys::block_signals();
+    let mut g = ENGINE.lock();
+    g.as_mut().map(f)
+}
+
+pub fn started() -> bool {
+    STARTED.load(Ordering::Acquire)
+}
+
+/// The userfaultfd descriptor (ioctls on it are thread-safe).
+pub fn uffd_fd() -> i32 {
+    UFFD_FD.load(Ordering::Acquire)
+}
+
+/// Starts the engine: opens userfaultfd, reserves the shadow budget, starts the fault
+/// thread. Idempotent; the error says why snapshots cannot be taken.
+pub fn ensure_started(config: &Config) -> Result<(), String> {
+    if started() {
+        return Ok(());
+    }
+    let _g = START.lock();
+    if started() {
+        return Ok(());
+    }
+    let uffd = Uffd::open(crate::uffd::WANTED)
+        .map_err(|e| format!("userfaultfd is not available: {e}"))?;
+    let budget = config.shadow_budget_mb << 20;
+    let mem = sys::map_anon(budget, true).ok_or_else(|| {
+        format!(
+            "cannot reserve a {} MiB shadow budget",
+            config.shadow_budget_mb
+        )
+    })?;
+    let mem = Range::new(mem as usize, mem as usize + budget);
+    crate::own::register(mem);
+    let engine = Engine {
+        pool: ShadowPool::new(mem, config.max_versions),
+        version: 0,
+        pass_running: false,
+        held: Vec::with_capacity(HELD_CAPACITY),
+        tracked: Vec::new(),
+        incomplete: false,
+        fault_around: config.fault_around,
+        trap_ns: [0; 40],
+        trap_max_ns: 0,
+    };
+    {
+        let _s = sys::block_signals();
+        *ENGINE.lock() = Some(engine);
+    }
+    let fd = uffd.fd();
+    // The descriptor lives as long as the process: the fault thread owns it.
+    core::mem::forget(uffd);
+    UFFD_FD.store(fd, Ordering::Release);
+    STARTED.store(true, Ordering::Release);
+    crate::shim_thread::spawn(crate::fault::serve, fd as usize as *mut core::ffi::c_void)?;
+    Ok(())
+}
+
+/// Copies `len` bytes of this process's memory at `src` into `dst`; returns how many
+/// bytes were copied (fewer when part of the source is unmapped).
+pub fn copy_tracked(src: usize, dst: *mut u8, len: usize) -> usize {
+    let local = libc::iovec {
+        iov_base: dst.cast(),
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: src as *mut _,
+        iov_len: len,
+    };
+    // SAFETY: `dst` is `len` writable bytes of the shim's own memory; the kernel reads
+    // the source through our own address space and fails cleanly where it is unmapped.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    n.max(0) as usize
+}
+
+/// Monotonic nanoseconds.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// In a forked child: the parent's engine (its descriptor, threads and shadows) is not
+/// the child's. The child starts without one; a snapshot request starts a fresh engine.
+pub fn forget_after_fork() {
+    STARTED.store(false, Ordering::Release);
+    let fd = UFFD_FD.swap(-1, Ordering::AcqRel);
+    if fd >= 0 {
+        // SAFETY: the inherited descriptor is the parent's; ioctls on it would change the
+        // parent's protection. Closing our copy leaves the parent's open.
+        unsafe { libc::close(fd) };
+    }
+    ENGINE.release();
+    START.release();
+    // The parent's engine memory stays mapped in the child, unused.
+    core::mem::forget(ENGINE.lock().take());
+}

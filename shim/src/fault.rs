@@ -1,0 +1,129 @@
+//! The fault path: the thread that reads userfaultfd messages and resolves write faults.
+//!
+//! On the first write to a protected page in an epoch: copy the page's pre-image (its
+//! contents at the newest snapshot) into a shadow slot stamped with that version, copy
+//! up to `fault_around - 1` following still-protected pages of the same range the same
+//! way, then remove the protection from the whole run with one ioctl, which wakes the
+//! writer. Faults that arrive during a protect pass are held for the pass to resolve.
+//!
+//! This thread runs on its own stack with every signal blocked, allocates nothing, and
+//! touches tracked memory only through `process_vm_readv`.
+
+use crate::engine::{self, Engine};
+use crate::range::Range;
+use crate::shadow::PAGE;
+use crate::stats;
+use crate::uffd::{Event, Uffd};
+use core::ffi::c_void;
+use memshadow_format::stats::Counter;
+
+/// The fault thread's body; `arg` is the userfaultfd descriptor.
+pub extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
+    let fd = arg as usize as i32;
+    // SAFETY: the engine opened this descriptor and keeps it open; ManuallyDrop keeps
+    // this view from closing it.
+    let u = core::mem::ManuallyDrop::new(unsafe { Uffd::from_raw(fd) });
+    let mut events = [Event::Unknown(0); 32];
+    while engine::uffd_fd() == fd {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, 1000) };
+        if n <= 0 {
+            continue;
+        }
+        let got = u.read_events(&mut events);
+        for ev in &events[..got] {
+            handle(*ev);
+        }
+    }
+    core::ptr::null_mut()
+}
+
+fn handle(ev: Event) {
+    match ev {
+        Event::WriteFault { addr, .. } => {
+            let t0 = engine::now_ns();
+            engine::with(|e| {
+                if e.pass_running && e.held.len() < e.held.capacity() {
+                    e.held.push(addr);
+                    stats::add(Counter::HeldFaults, 1);
+                } else {
+                    resolve(e, addr);
+                    e.record_trap(engine::now_ns() - t0);
+                }
+            });
+        }
+        Event::Unmap(r) | Event::Remove(r) => {
+            // Held faults in a range that is going away must not be copied later.
+            engine::with(|e| e.held.retain(|&a| !(r.start <= a && a < r.end)));
+        }
+        Event::Remap { .. } | Event::OtherFault { .. } | Event::Unknown(_) => {}
+    }
+}
+
+/// Resolves a write fault at `addr` in the newest epoch: shadow then unprotect.
+pub fn resolve(e: &mut Engine, addr: usize) {
+    let page = addr & !(PAGE - 1);
+    // SAFETY: the engine's descriptor stays open; the view is not dropped.
+    let u = core::mem::ManuallyDrop::new(unsafe { Uffd::from_raw(engine::uffd_fd()) });
+    let v = e.version;
+    let mut end = page + PAGE;
+    if !e.incomplete {
+        let limit = e.tracked_at(page, v).map_or(page + PAGE, |t| {
+            t.range.end.min(page + e.fault_around * PAGE)
+        });
+        let mut p = page;
+        while p < limit {
+            if e.pool.has(p, v) {
+                // Already copied (by a read, or an earlier trap): nothing more to save.
+                if p == page {
+                    p += PAGE;
+                    continue;
+                }
+                break;
+            }
+            match e.pool.alloc(p) {
+                Ok(slot) => {
+                    let got = engine::copy_tracked(p, e.pool.slot_ptr(slot), PAGE);
+                    if got < PAGE {
+                        // Unmapped under us: nothing to keep, nothing to unprotect further.
+                        // SAFETY: the slot is PAGE bytes of the pool; zero the rest.
+                        unsafe {
+                            core::ptr::write_bytes(e.pool.slot_ptr(slot).add(got), 0, PAGE - got)
+                        };
+                        break;
+                    }
+                    stats::add(Counter::PagesCopied, 1);
+                }
+                Err(_) => {
+                    give_up_epoch(e, &u);
+                    break;
+                }
+            }
+            p += PAGE;
+        }
+        end = end.max(p);
+    }
+    let _ = u.write_protect(Range::new(page, end), false);
+    e.publish();
+}
+
+/// The shadow budget ran out with only the newest version left: that snapshot cannot be
+/// completed. Drop every version, unprotect everything, count it, and let the program
+/// run on; the next snapshot starts afresh.
+fn give_up_epoch(e: &mut Engine, u: &Uffd) {
+    e.pool.clear();
+    e.incomplete = true;
+    for t in &e.tracked {
+        let _ = u.write_protect(t.range, false);
+    }
+    stats::add(Counter::IncompleteSnapshots, 1);
+    crate::log::error!(
+        "shadow budget exhausted: snapshot {} is incomplete and no version is readable (raise MEMSHADOW_SHADOW_BUDGET_MB)",
+        e.version
+    );
+}

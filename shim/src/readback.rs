@@ -1,0 +1,132 @@
+//! Reading memory as it was at a version.
+//!
+//! Per page, under the engine lock: the slot [`ShadowPool::find`] names, else the live
+//! page. A page with no shadow at or after the version has not been unprotected since
+//! the newest snapshot (every unprotect follows a copy), so no write can land while the
+//! engine lock keeps the fault thread from unprotecting it: the live copy is exact.
+
+use crate::engine;
+use crate::shadow::PAGE;
+
+/// Why a read was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadError {
+    NoEngine,
+    NotTaken {
+        version: u64,
+        newest: u64,
+    },
+    NotRetained {
+        version: u64,
+        retained: Option<(u64, u64)>,
+    },
+    Incomplete(u64),
+    NotTracked {
+        page: usize,
+        version: u64,
+    },
+    Gone {
+        page: usize,
+        version: u64,
+    },
+}
+
+impl core::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            ReadError::NoEngine => write!(f, "no snapshot has been taken in this process"),
+            ReadError::NotTaken { version, newest } => {
+                write!(
+                    f,
+                    "version {version} has not been taken yet (newest is {newest})"
+                )
+            }
+            ReadError::NotRetained {
+                version,
+                retained: Some((a, b)),
+            } => {
+                write!(
+                    f,
+                    "version {version} is no longer retained (retained: {a} to {b})"
+                )
+            }
+            ReadError::NotRetained {
+                version,
+                retained: None,
+            } => {
+                write!(f, "version {version} is no longer retained (no version is)")
+            }
+            ReadError::Incomplete(v) => {
+                write!(f, "snapshot {v} is incomplete: the shadow budget ran out")
+            }
+            ReadError::NotTracked { page, version } => {
+                write!(f, "{page:#x} was not tracked memory at version {version}")
+            }
+            ReadError::Gone { page, version } => write!(
+                f,
+                "{page:#x} was unmapped after version {version} and its contents were not kept"
+            ),
+        }
+    }
+}
+
+/// Pages read per engine-lock hold, so a large read never stalls faults for long.
+const PAGES_PER_LOCK: usize = 16;
+
+/// Fills `out` with the memory at `addr` as it was at version `v`.
+pub fn read(v: u64, addr: usize, out: &mut [u8]) -> Result<(), ReadError> {
+    let mut done = 0;
+    while done < out.len() {
+        let r = engine::with(|e| {
+            let newest = e.version;
+            if v == 0 || v > newest || (v == newest && e.pass_running) {
+                return Err(ReadError::NotTaken {
+                    version: v,
+                    newest: newest - e.pass_running as u64,
+                });
+            }
+            if e.incomplete && v == newest {
+                return Err(ReadError::Incomplete(v));
+            }
+            match e.pool.retained() {
+                Some((oldest, _)) if v >= oldest => {}
+                retained => {
+                    return Err(ReadError::NotRetained {
+                        version: v,
+                        retained,
+                    })
+                }
+            }
+            for _ in 0..PAGES_PER_LOCK {
+                if done == out.len() {
+                    break;
+                }
+                let at = addr + done;
+                let page = at & !(PAGE - 1);
+                let n = (page + PAGE - at).min(out.len() - done);
+                if e.tracked_at(page, v).is_none() {
+                    return Err(ReadError::NotTracked { page, version: v });
+                }
+                let dst = &mut out[done..done + n];
+                match e.pool.find(page, v) {
+                    Some(slot) => {
+                        // SAFETY: the slot is PAGE bytes of the pool, read under the lock
+                        // that keeps it from being reused.
+                        let src =
+                            unsafe { core::slice::from_raw_parts(e.pool.slot_ptr(slot), PAGE) };
+                        dst.copy_from_slice(&src[at - page..at - page + n]);
+                    }
+                    None => {
+                        if engine::copy_tracked(at, dst.as_mut_ptr(), n) < n {
+                            return Err(ReadError::Gone { page, version: v });
+                        }
+                    }
+                }
+                done += n;
+            }
+            Ok(())
+        });
+        r.ok_or(ReadError::NoEngine)??;
+    }
+    Ok(())
+}

@@ -181,6 +181,33 @@ pub fn copy_tracked(src: usize, dst: *mut u8, len: usize) -> usize {
     n.max(0) as usize
 }
 
+/// Copies the contiguous run of pages at `src` into the given slots (one page each) with
+/// one syscall; returns how many whole pages were copied (fewer when the run is cut
+/// short by an unmapped page).
+pub fn copy_tracked_pages(src: usize, slots: &[*mut u8]) -> usize {
+    const MAX: usize = 512;
+    let n = slots.len().min(MAX);
+    let mut local = [libc::iovec {
+        iov_base: core::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX];
+    for (l, &s) in local.iter_mut().zip(&slots[..n]) {
+        *l = libc::iovec {
+            iov_base: s.cast(),
+            iov_len: PAGE,
+        };
+    }
+    let remote = libc::iovec {
+        iov_base: src as *mut _,
+        iov_len: n * PAGE,
+    };
+    // SAFETY: every local iovec is one page of the shim's own pool; the kernel reads the
+    // source through our own address space and stops cleanly where it is unmapped.
+    let got =
+        unsafe { libc::process_vm_readv(libc::getpid(), local.as_ptr(), n as _, &remote, 1, 0) };
+    got.max(0) as usize / PAGE
+}
+
 /// Monotonic nanoseconds.
 pub fn now_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -17,6 +17,9 @@ use crate::uffd::{Event, Uffd};
 use core::ffi::c_void;
 use memshadow_format::stats::Counter;
 
+/// Most pages saved and unprotected per trap (the MEMSHADOW_FAULT_AROUND maximum).
+const MAX_RUN: usize = 512;
+
 /// The fault thread's body; `arg` is the userfaultfd descriptor.
 pub extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
     let fd = arg as usize as i32;
@@ -73,40 +76,42 @@ pub fn resolve(e: &mut Engine, addr: usize) {
     let v = e.version;
     let mut end = page + PAGE;
     if !e.incomplete {
+        // The run to save: this page (unless already saved) and the following pages of
+        // the same range up to the fault-around limit, stopping at one already saved
+        // (it is unprotected already) or at the end of the range.
         let limit = e.tracked_at(page, v).map_or(page + PAGE, |t| {
             t.range.end.min(page + e.fault_around * PAGE)
         });
-        let mut p = page;
-        while p < limit {
-            if e.pool.has(p, v) {
-                // Already copied (by a read, or an earlier trap): nothing more to save.
-                if p == page {
-                    p += PAGE;
-                    continue;
-                }
-                break;
-            }
+        let first = if e.pool.has(page, v) {
+            page + PAGE
+        } else {
+            page
+        };
+        let mut slots = [core::ptr::null_mut::<u8>(); MAX_RUN];
+        let mut n = 0;
+        let mut p = first;
+        while p < limit && n < MAX_RUN && !e.pool.has(p, v) {
             match e.pool.alloc(p) {
-                Ok(slot) => {
-                    let got = engine::copy_tracked(p, e.pool.slot_ptr(slot), PAGE);
-                    if got < PAGE {
-                        // Unmapped under us: nothing to keep, nothing to unprotect further.
-                        // SAFETY: the slot is PAGE bytes of the pool; zero the rest.
-                        unsafe {
-                            core::ptr::write_bytes(e.pool.slot_ptr(slot).add(got), 0, PAGE - got)
-                        };
-                        break;
-                    }
-                    stats::add(Counter::PagesCopied, 1);
-                }
+                Ok(slot) => slots[n] = e.pool.slot_ptr(slot),
                 Err(_) => {
                     give_up_epoch(e, &u);
                     break;
                 }
             }
+            n += 1;
             p += PAGE;
         }
-        end = end.max(p);
+        if !e.incomplete && n > 0 {
+            let copied = engine::copy_tracked_pages(first, &slots[..n]);
+            for &s in &slots[copied..n] {
+                // Unmapped under us: nothing to keep. Zero the slots rather than leave
+                // another page's old contents in them.
+                // SAFETY: each slot is PAGE bytes of the pool.
+                unsafe { core::ptr::write_bytes(s, 0, PAGE) };
+            }
+            stats::add(Counter::PagesCopied, copied as u64);
+            end = end.max(first + copied * PAGE);
+        }
     }
     let _ = u.write_protect(Range::new(page, end), false);
     e.publish();

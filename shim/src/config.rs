@@ -7,7 +7,7 @@
 //! | `MEMSHADOW_INTERVAL_MS` | automatic snapshot period in ms, 0 = on demand only | `0` |
 //! | `MEMSHADOW_DIR` | directory for the stats page and control socket | `/dev/shm/memshadow-UID` |
 //! | `MEMSHADOW_RUN_ID` | set by `memshadow run`: keep the stats page at exit for it | unset |
-//! | `MEMSHADOW_FAULT_AROUND` | pages copied and unprotected per trap (1 = just the page) | `16` |
+//! | `MEMSHADOW_FAULT_AROUND` | pages copied and unprotected per trap (1 = just the page) | `64` |
 //! | `MEMSHADOW_MAX_VERSIONS` | snapshot versions kept readable, >= 1 | `4` |
 //! | `MEMSHADOW_SHADOW_BUDGET_MB` | memory for shadow copies, MiB, >= 1 | `1024` |
 
@@ -102,7 +102,7 @@ impl Config {
             };
         let fault_around = number(
             "MEMSHADOW_FAULT_AROUND",
-            16,
+            64,
             1,
             512,
             "pages per trap, 1 to 512",
@@ -155,7 +155,7 @@ mod tests {
         assert_eq!(c.run_id, 0);
         assert_eq!(
             (c.fault_around, c.max_versions, c.shadow_budget_mb),
-            (16, 4, 1024)
+            (64, 4, 1024)
         );
     }
 
@@ -167,7 +167,7 @@ mod tests {
             ("MEMSHADOW_INTERVAL_MS", "250"),
             ("MEMSHADOW_DIR", "/tmp/x"),
             ("MEMSHADOW_RUN_ID", "77"),
-            ("MEMSHADOW_FAULT_AROUND", "64"),
+            ("MEMSHADOW_FAULT_AROUND", "16"),
             ("MEMSHADOW_MAX_VERSIONS", "8"),
             ("MEMSHADOW_SHADOW_BUDGET_MB", "16"),
         ])
@@ -179,7 +179,7 @@ mod tests {
         assert_eq!(c.run_id, 77);
         assert_eq!(
             (c.fault_around, c.max_versions, c.shadow_budget_mb),
-            (64, 8, 16)
+            (16, 8, 16)
         );
     }
 

@@ -30,6 +30,8 @@ pub struct TrackedRange {
 
 /// Most faults held during one protect pass (each blocked thread holds at most one).
 pub const HELD_CAPACITY: usize = 4096;
+/// Most unprotects waiting to be retried (see [`Engine::retry`]).
+pub const RETRY_CAPACITY: usize = 4096;
 
 pub struct Engine {
     pub pool: ShadowPool,
@@ -43,6 +45,9 @@ pub struct Engine {
     pub tracked: Vec<TrackedRange>,
     /// The newest snapshot could not be completed (shadow budget exhausted).
     pub incomplete: bool,
+    /// Ranges to unprotect (and so wake) that the kernel refused with EAGAIN because an
+    /// event was queued; the fault thread retries them after reading events.
+    pub retry: Vec<Range>,
     pub fault_around: usize,
     /// Trap latency histogram: bucket i counts traps of [2^i, 2^(i+1)) ns.
     trap_ns: [u64; 40],
@@ -80,6 +85,29 @@ impl Engine {
         stats::set(Counter::TrapUsP50, pct(50));
         stats::set(Counter::TrapUsP99, pct(99));
         stats::set(Counter::TrapUsMax, self.trap_max_ns / 1000);
+    }
+
+    /// Unprotects `r` (waking its faulters), or queues it for the fault thread when the
+    /// kernel says an event must be read first.
+    pub fn unprotect(&mut self, u: &Uffd, r: Range) {
+        if let Err(e) = u.write_protect(r, false) {
+            if e.is_again() && self.retry.len() < self.retry.capacity() {
+                self.retry.push(r);
+            }
+        }
+    }
+
+    /// Retries the queued unprotects; keeps those the kernel still refuses.
+    pub fn retry_unprotects(&mut self, u: &Uffd) {
+        let mut i = 0;
+        while i < self.retry.len() {
+            match u.write_protect(self.retry[i], false) {
+                Err(e) if e.is_again() => i += 1,
+                _ => {
+                    self.retry.swap_remove(i);
+                }
+            }
+        }
     }
 
     /// Publishes the pool and version counters.
@@ -147,6 +175,7 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
         held: Vec::with_capacity(HELD_CAPACITY),
         tracked: Vec::new(),
         incomplete: false,
+        retry: Vec::with_capacity(RETRY_CAPACITY),
         fault_around: config.fault_around,
         trap_ns: [0; 40],
         trap_max_ns: 0,

@@ -62,6 +62,23 @@ fn uffd() -> core::mem::ManuallyDrop<Uffd> {
     core::mem::ManuallyDrop::new(unsafe { Uffd::from_raw(engine::uffd_fd()) })
 }
 
+/// Write-protects `r`. While an UNMAP/REMOVE/REMAP event is queued the kernel answers
+/// EAGAIN until the fault thread has read it: yield and try again. False if the range
+/// cannot be protected (unmapped meanwhile).
+fn protect_retrying(u: &Uffd, r: Range) -> bool {
+    for _ in 0..100_000 {
+        match u.write_protect(r, true) {
+            Ok(()) => return true,
+            // SAFETY: sched_yield has no arguments and no memory effects.
+            Err(e) if e.is_again() => unsafe {
+                libc::sched_yield();
+            },
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
 /// Takes a snapshot: runs a protect pass and returns its version once it has ended.
 pub fn snapshot() -> Result<u64, String> {
     let _blocked = sys::block_signals();
@@ -100,7 +117,7 @@ pub fn snapshot() -> Result<u64, String> {
         let mut start = r.start;
         while start < r.end {
             let end = (start + PROTECT_CHUNK).min(r.end);
-            if u.write_protect(Range::new(start, end), true).is_ok() {
+            if protect_retrying(&u, Range::new(start, end)) {
                 pages += ((end - start) / 4096) as u64;
             }
             start = end;

@@ -28,25 +28,27 @@ pub extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
     let u = core::mem::ManuallyDrop::new(unsafe { Uffd::from_raw(fd) });
     let mut events = [Event::Unknown(0); 32];
     while engine::uffd_fd() == fd {
+        let waiting = engine::with(|e| !e.retry.is_empty()).unwrap_or(false);
         let mut pfd = libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
         };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, 1000) };
-        if n <= 0 {
-            continue;
+        // SAFETY: one valid pollfd. With unprotects waiting, poll briefly and retry.
+        let n = unsafe { libc::poll(&mut pfd, 1, if waiting { 1 } else { 1000 }) };
+        if n > 0 {
+            let got = u.read_events(&mut events);
+            for ev in &events[..got] {
+                handle(*ev, &u);
+            }
         }
-        let got = u.read_events(&mut events);
-        for ev in &events[..got] {
-            handle(*ev);
-        }
+        // Events read: the kernel accepts the unprotects it refused while they were queued.
+        engine::with(|e| e.retry_unprotects(&u));
     }
     core::ptr::null_mut()
 }
 
-fn handle(ev: Event) {
+fn handle(ev: Event, u: &Uffd) {
     match ev {
         Event::WriteFault { addr, .. } => {
             let t0 = engine::now_ns();
@@ -61,8 +63,18 @@ fn handle(ev: Event) {
             });
         }
         Event::Unmap(r) | Event::Remove(r) => {
-            // Held faults in a range that is going away must not be copied later.
-            engine::with(|e| e.held.retain(|&a| !(r.start <= a && a < r.end)));
+            // A held fault in a range that is going away must not be copied later; wake
+            // its thread now (it retries: a zapped page is no longer protected, an
+            // unmapped one faults as it would without the shim).
+            engine::with(|e| {
+                e.held.retain(|&a| {
+                    let inside = r.start <= a && a < r.end;
+                    if inside {
+                        let _ = u.wake(Range::new(a & !(PAGE - 1), (a & !(PAGE - 1)) + PAGE));
+                    }
+                    !inside
+                })
+            });
         }
         Event::Remap { .. } | Event::OtherFault { .. } | Event::Unknown(_) => {}
     }
@@ -113,7 +125,7 @@ pub fn resolve(e: &mut Engine, addr: usize) {
             end = end.max(first + copied * PAGE);
         }
     }
-    let _ = u.write_protect(Range::new(page, end), false);
+    e.unprotect(&u, Range::new(page, end));
     e.publish();
 }
 
@@ -123,8 +135,9 @@ pub fn resolve(e: &mut Engine, addr: usize) {
 fn give_up_epoch(e: &mut Engine, u: &Uffd) {
     e.pool.clear();
     e.incomplete = true;
-    for t in &e.tracked {
-        let _ = u.write_protect(t.range, false);
+    for i in 0..e.tracked.len() {
+        let r = e.tracked[i].range;
+        e.unprotect(u, r);
     }
     stats::add(Counter::IncompleteSnapshots, 1);
     crate::log::error!(

@@ -18,6 +18,7 @@ const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
 
 const UFFDIO_API: u64 = ioc(IOC_READ | IOC_WRITE, 0x3f, 24);
 const UFFDIO_REGISTER: u64 = ioc(IOC_READ | IOC_WRITE, 0x00, 32);
+const UFFDIO_WAKE: u64 = ioc(IOC_READ, 0x02, 16);
 const UFFDIO_WRITEPROTECT: u64 = ioc(IOC_READ | IOC_WRITE, 0x06, 24);
 /// `/dev/userfaultfd`'s ioctl that returns a new descriptor (Linux 6.1).
 const USERFAULTFD_IOC_NEW: u64 = 0xaa << 8; // _IO(0xaa, 0x00)
@@ -96,6 +97,13 @@ pub enum Event {
 pub struct UffdError {
     pub what: &'static str,
     pub errno: i32,
+}
+
+impl UffdError {
+    /// The kernel asks to read pending events first (`mmap_changing`).
+    pub fn is_again(&self) -> bool {
+        self.errno == libc::EAGAIN
+    }
 }
 
 impl core::fmt::Display for UffdError {
@@ -215,7 +223,8 @@ impl Uffd {
     }
 
     /// Write-protects `r` (`protect`) or removes the protection, which also wakes the
-    /// threads waiting on faults in `r`.
+    /// threads waiting on faults in `r`. Fails with EAGAIN while an UNMAP, REMOVE or REMAP
+    /// event is queued and not yet read: the caller must read events and try again.
     pub fn write_protect(&self, r: Range, protect: bool) -> Result<(), UffdError> {
         let mut wp = UffdioWriteprotect {
             range: UffdioRange {
@@ -228,6 +237,20 @@ impl Uffd {
             Ok(())
         } else {
             fail("UFFDIO_WRITEPROTECT")
+        }
+    }
+
+    /// Wakes the threads waiting on faults in `r` without changing protection (they
+    /// retry their access).
+    pub fn wake(&self, r: Range) -> Result<(), UffdError> {
+        let mut range = UffdioRange {
+            start: r.start as u64,
+            len: r.len() as u64,
+        };
+        if ioctl(self.fd, UFFDIO_WAKE, &mut range) {
+            Ok(())
+        } else {
+            fail("UFFDIO_WAKE")
         }
     }
 
@@ -306,6 +329,7 @@ mod tests {
         assert_eq!(UFFDIO_API, 0xc018_aa3f);
         assert_eq!(UFFDIO_REGISTER, 0xc020_aa00);
         assert_eq!(UFFDIO_WRITEPROTECT, 0xc018_aa06);
+        assert_eq!(UFFDIO_WAKE, 0x8010_aa02);
         assert_eq!(core::mem::size_of::<RawMsg>(), 32);
     }
 

@@ -89,10 +89,24 @@ impl Engine {
 
     /// Unprotects `r` (waking its faulters), or queues it for the fault thread when the
     /// kernel says an event must be read first.
+    ///
+    /// A run can fail as a whole when part of it stopped being registered memory since
+    /// the last pass (glibc grows and shrinks its arenas with mprotect and mmap): then
+    /// the faulting page alone is unprotected, and failing that its waiters are woken
+    /// to retry, so no thread is ever left blocked.
     pub fn unprotect(&mut self, u: &Uffd, r: Range) {
-        if let Err(e) = u.write_protect(r, false) {
-            if e.is_again() && self.retry.len() < self.retry.capacity() {
-                self.retry.push(r);
+        match u.write_protect(r, false) {
+            Ok(()) => {}
+            Err(e) if e.is_again() => {
+                if self.retry.len() < self.retry.capacity() {
+                    self.retry.push(r);
+                } else {
+                    let _ = u.wake(r);
+                }
+            }
+            Err(_) if r.len() > PAGE => self.unprotect(u, Range::new(r.start, r.start + PAGE)),
+            Err(_) => {
+                let _ = u.wake(r);
             }
         }
     }

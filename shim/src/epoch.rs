@@ -98,19 +98,23 @@ pub fn snapshot() -> Result<u64, String> {
             Err(e) => crate::log::debug!("not tracking {:#x}..{:#x}: {e}", r.start, r.end),
         }
     }
+    // Everything that allocates happens before the version opens. Once faults are held,
+    // a forking host thread may be among the held, holding the arena lock (atfork): the
+    // pass must then need nothing but ioctls and the engine lock until it has released
+    // the held faults.
     let mut held = Vec::with_capacity(engine::HELD_CAPACITY);
-
-    // Open the new version: from here on write faults are held.
-    let v = engine::with(|e| {
-        e.version += 1;
-        e.pass_running = true;
-        e.incomplete = false;
-        e.pool.begin_version(e.version);
-        e.version
-    })
-    .ok_or("the engine stopped")?;
+    let v = engine::with(|e| e.version + 1).ok_or("the engine stopped")?;
     let tracked = carry_since(&last_tracked, &ranges, v);
     *last_tracked = tracked.clone();
+    let mut tracked = Some(tracked);
+
+    // Open the new version: from here on write faults are held.
+    engine::with(|e| {
+        e.version = v;
+        e.pass_running = true;
+        e.incomplete = false;
+        e.pool.begin_version(v);
+    });
 
     let mut pages = 0u64;
     for r in &ranges {
@@ -124,18 +128,19 @@ pub fn snapshot() -> Result<u64, String> {
         }
     }
 
-    // The pass is over: this is the snapshot's instant.
-    let mut tracked = Some(tracked);
+    // The pass is over: this is the snapshot's instant. Release the held faults before
+    // anything is freed (freeing takes the arena lock).
     engine::with(|e| {
         e.pass_running = false;
         core::mem::swap(&mut e.tracked, tracked.as_mut().expect("set above"));
         core::mem::swap(&mut e.held, &mut held);
         e.publish();
     });
-    drop(tracked); // the previous list, freed outside the engine lock
     for &addr in &held {
         engine::with(|e| crate::fault::resolve(e, addr));
     }
+    drop(tracked); // the previous list
+    drop(held);
 
     let us = (engine::now_ns() - started) / 1000;
     stats::add(Counter::Epochs, 1);

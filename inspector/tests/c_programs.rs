@@ -24,6 +24,12 @@ fn check_program(name: &str, code: i32, timeout: Duration) -> common::StatsRun {
     let shimmed = prog.run_shimmed();
     assert_same_behaviour(name, &native, &shimmed, true);
 
+    // With a snapshot every 10 ms the program must still behave identically: every
+    // write after a snapshot traps, held faults, fork, threads and munmap all go through
+    // the snapshot engine.
+    let periodic = prog.clone().env("MEMSHADOW_INTERVAL_MS", "10").run_shimmed();
+    assert_same_behaviour(&format!("{name} (10 ms snapshots)"), &native, &periodic, true);
+
     let stats = prog.run_memshadow();
     assert_same_behaviour(
         &format!("{name} (through memshadow run)"),
@@ -36,6 +42,25 @@ fn check_program(name: &str, code: i32, timeout: Duration) -> common::StatsRun {
 }
 
 const T: Duration = common::DEFAULT_TIMEOUT;
+
+#[test]
+fn periodic_snapshots_trap_and_keep_versions() {
+    // big_heap writes 1 GiB over about a second: with 10 ms snapshots its stats show
+    // epochs, traps and copied pages, and nothing incomplete.
+    let prog = Prog::new(c_program("big_heap"))
+        .timeout(T)
+        .env("MEMSHADOW_INTERVAL_MS", "10");
+    let native = prog.run_native();
+    assert_native_ok("big_heap", &native, 0);
+    let stats = prog.run_memshadow();
+    assert_same_behaviour("big_heap (10 ms snapshots)", &native, &stats.output, false);
+    stats.assert_attached(&native, true);
+    for key in ["epochs", "traps", "pages_copied", "pages_protected"] {
+        assert!(stats.u64(key) > 0, "{key} is 0 with 10 ms snapshots: {}", stats.json);
+    }
+    assert_eq!(stats.u64("incomplete_snapshots"), 0, "{}", stats.json);
+    assert!(stats.u64("versions_retained") >= 1, "{}", stats.json);
+}
 
 #[test]
 fn alloc_api() {

@@ -27,8 +27,16 @@ fn check_program(name: &str, code: i32, timeout: Duration) -> common::StatsRun {
     // With a snapshot every 10 ms the program must still behave identically: every
     // write after a snapshot traps, held faults, fork, threads and munmap all go through
     // the snapshot engine.
-    let periodic = prog.clone().env("MEMSHADOW_INTERVAL_MS", "10").run_shimmed();
-    assert_same_behaviour(&format!("{name} (10 ms snapshots)"), &native, &periodic, true);
+    let periodic = prog
+        .clone()
+        .env("MEMSHADOW_INTERVAL_MS", "10")
+        .run_shimmed();
+    assert_same_behaviour(
+        &format!("{name} (10 ms snapshots)"),
+        &native,
+        &periodic,
+        true,
+    );
 
     let stats = prog.run_memshadow();
     assert_same_behaviour(
@@ -56,7 +64,11 @@ fn periodic_snapshots_trap_and_keep_versions() {
     assert_same_behaviour("big_heap (10 ms snapshots)", &native, &stats.output, false);
     stats.assert_attached(&native, true);
     for key in ["epochs", "traps", "pages_copied", "pages_protected"] {
-        assert!(stats.u64(key) > 0, "{key} is 0 with 10 ms snapshots: {}", stats.json);
+        assert!(
+            stats.u64(key) > 0,
+            "{key} is 0 with 10 ms snapshots: {}",
+            stats.json
+        );
     }
     assert_eq!(stats.u64("incomplete_snapshots"), 0, "{}", stats.json);
     assert!(stats.u64("versions_retained") >= 1, "{}", stats.json);

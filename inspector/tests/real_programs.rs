@@ -31,7 +31,37 @@ fn compare(what: &str, prog: &Prog, compare_stderr: bool) -> Output {
         false,
     );
     stats.assert_attached(&native, false);
+    let periodic = prog
+        .clone()
+        .env("MEMSHADOW_INTERVAL_MS", "10")
+        .run_memshadow();
+    assert_same_behaviour(
+        &format!("{what} (10 ms snapshots)"),
+        &native,
+        &periodic.output,
+        false,
+    );
+    assert_snapshots_taken(what, &periodic);
     native
+}
+
+/// Under `MEMSHADOW_INTERVAL_MS=10` the run's processes took snapshots and trapped
+/// writes (summed over every shimmed process of the run), and none was incomplete.
+fn assert_snapshots_taken(what: &str, run: &common::StatsRun) {
+    let sum = |key: &str| -> u64 {
+        run.processes()
+            .iter()
+            .map(|p| p[key].as_u64().unwrap_or(0))
+            .sum()
+    };
+    for key in ["epochs", "traps"] {
+        assert!(
+            sum(key) > 0,
+            "{what}: no {key} with 10 ms snapshots: {}",
+            run.json
+        );
+    }
+    assert_eq!(sum("incomplete_snapshots"), 0, "{what}: {}", run.json);
 }
 
 const PYTHON_SCRIPT: &str = r#"
@@ -164,6 +194,11 @@ fn sqlite3() {
         let out = match mode {
             "native" => prog.run_native(),
             "shimmed" => prog.run_shimmed(),
+            "periodic" => {
+                let stats = prog.env("MEMSHADOW_INTERVAL_MS", "10").run_memshadow();
+                assert_snapshots_taken("sqlite3", &stats);
+                stats.output
+            }
             _ => {
                 let stats = prog.run_memshadow();
                 stats.assert_attached(&stats.output, false);
@@ -178,6 +213,8 @@ fn sqlite3() {
     assert_same_behaviour("sqlite3", &native, &shimmed, true);
     let (through, _d3) = run("memshadow");
     assert_same_behaviour("sqlite3 (through memshadow run)", &native, &through, false);
+    let (periodic, _d4) = run("periodic");
+    assert_same_behaviour("sqlite3 (10 ms snapshots)", &native, &periodic, false);
     assert!(
         String::from_utf8_lossy(&native.stdout).contains("\nok\n"),
         "integrity_check did not say ok:\n{}",
@@ -229,7 +266,8 @@ fn gcc_in(gcc: &Path, dir: &Path) -> Prog {
 #[test]
 fn gcc() {
     let gcc = require_tool("gcc", "gcc");
-    let (d1, d2, d3) = (
+    let (d1, d2, d3, d4) = (
+        common::temp_dir("gcc"),
         common::temp_dir("gcc"),
         common::temp_dir("gcc"),
         common::temp_dir("gcc"),
@@ -246,9 +284,19 @@ fn gcc() {
         false,
     );
     stats.assert_attached(&native, false);
+    let periodic = gcc_in(&gcc, d4.path())
+        .env("MEMSHADOW_INTERVAL_MS", "10")
+        .run_memshadow();
+    assert_same_behaviour(
+        "gcc compiling hello.c (10 ms snapshots)",
+        &native,
+        &periodic.output,
+        false,
+    );
+    assert_snapshots_taken("gcc", &periodic);
 
     // What the compilers produced: the same program, printing the same.
-    let built: Vec<PathBuf> = [&d1, &d2, &d3]
+    let built: Vec<PathBuf> = [&d1, &d2, &d3, &d4]
         .iter()
         .map(|d| d.path().join("prog"))
         .collect();

@@ -12,6 +12,7 @@ use crate::range::Range;
 use crate::sync::SpinLock;
 use crate::uffd::Uffd;
 use crate::{regions, stats, sys};
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use memshadow_format::stats::Counter;
 
 /// Pages write-protected per ioctl: large enough to be cheap, small enough that a fault
@@ -147,50 +148,164 @@ pub fn snapshot() -> Result<u64, String> {
     stats::add(Counter::PagesProtected, pages);
     stats::set(Counter::ProtectPassUsLast, us);
     let max = stats::page().counter(Counter::ProtectPassUsMax);
-    max.fetch_max(us, core::sync::atomic::Ordering::Relaxed);
+    max.fetch_max(us, Ordering::Relaxed);
     Ok(v)
 }
 
-static API_ERROR_SAID: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// Requests to the epoch thread. A protect pass must never run on a host thread: a
+/// host thread's own writes during the pass (errno, in its TLS, which is tracked memory)
+/// would be held until the pass ends, by itself. Host threads (the C API) post a request
+/// and wait on these futex words, which live in the shim's own memory.
+static REQUESTED: AtomicU32 = AtomicU32::new(0);
+static ANSWERED: AtomicU32 = AtomicU32::new(0);
+static ANSWER: AtomicI64 = AtomicI64::new(0);
+/// Period of automatic snapshots in ms (0: only on request).
+static INTERVAL_MS: AtomicU64 = AtomicU64::new(0);
+static THREAD_STARTED: AtomicBool = AtomicBool::new(false);
+static THREAD_START: SpinLock<()> = SpinLock::new(());
+/// Host threads asking at the same time take turns.
+static API: SpinLock<()> = SpinLock::new(());
+static API_ERROR_SAID: AtomicBool = AtomicBool::new(false);
 
-/// `memshadow_snapshot_v1()`: a snapshot from the calling thread. The version, or -1 with
-/// errno ENOSYS (and one `memshadow:` line, the first time) when none can be taken.
-pub fn snapshot_for_api() -> i64 {
-    let e = sys::errno();
-    match snapshot() {
-        Ok(v) => {
-            sys::set_errno(e);
-            v as i64
-        }
-        Err(msg) => {
-            if !API_ERROR_SAID.swap(true, core::sync::atomic::Ordering::Relaxed) {
-                crate::log::error!("memshadow_snapshot: {msg}");
-            }
-            sys::set_errno(libc::ENOSYS);
-            -1
-        }
-    }
+fn futex_wait(word: &AtomicU32, expected: u32, timeout_ms: u64) {
+    let ts = libc::timespec {
+        tv_sec: (timeout_ms / 1000) as libc::time_t,
+        tv_nsec: ((timeout_ms % 1000) * 1_000_000) as libc::c_long,
+    };
+    let tp = if timeout_ms == 0 {
+        core::ptr::null()
+    } else {
+        &ts as *const libc::timespec
+    };
+    // SAFETY: `word` is a live u32 in the shim's memory; FUTEX_WAIT only reads it and
+    // sleeps; the timeout pointer is null or a valid timespec.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            tp,
+        )
+    };
 }
 
-/// The thread behind `MEMSHADOW_INTERVAL_MS`: a snapshot every `arg` milliseconds.
-pub extern "C" fn interval_thread(arg: *mut core::ffi::c_void) -> *mut core::ffi::c_void {
-    let ms = arg as usize as u64;
-    let ts = libc::timespec {
-        tv_sec: (ms / 1000) as libc::time_t,
-        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: waking waiters of a live u32 in the shim's memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        )
     };
+}
+
+/// Starts the epoch thread (once per process; again in a forked child).
+pub fn start_thread(interval_ms: u64) -> Result<(), String> {
+    INTERVAL_MS.store(interval_ms, Ordering::Relaxed);
+    if THREAD_STARTED.load(Ordering::Acquire) {
+        futex_wake(&REQUESTED); // pick up a new interval
+        return Ok(());
+    }
+    let _s = sys::block_signals();
+    let _g = THREAD_START.lock();
+    if THREAD_STARTED.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    crate::shim_thread::spawn(epoch_thread, core::ptr::null_mut())?;
+    THREAD_STARTED.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// In a forked child: the epoch thread is the parent's.
+pub fn forget_after_fork() {
+    THREAD_STARTED.store(false, Ordering::Release);
+    THREAD_START.release();
+    API.release();
+}
+
+/// The epoch thread: a snapshot on every request, and every `MEMSHADOW_INTERVAL_MS`.
+extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void {
+    // Requests not yet answered are pending, including one posted before this thread
+    // first ran.
+    let mut seen = ANSWERED.load(Ordering::Acquire);
+    let mut last = engine::now_ns();
     loop {
-        // SAFETY: `ts` is a valid timespec; interruptions just shorten one period.
-        unsafe { libc::nanosleep(&ts, core::ptr::null_mut()) };
+        let interval = INTERVAL_MS.load(Ordering::Relaxed);
+        let wait = if interval == 0 {
+            0
+        } else {
+            (last + interval * 1_000_000).saturating_sub(engine::now_ns()) / 1_000_000
+        };
+        if interval == 0 || wait > 0 {
+            futex_wait(&REQUESTED, seen, wait.max(interval.min(1)));
+        }
         if !crate::runtime::tracking() {
             break;
         }
-        if let Err(e) = snapshot() {
+        let now = REQUESTED.load(Ordering::Acquire);
+        let due = interval > 0 && engine::now_ns() >= last + interval * 1_000_000;
+        if now == seen && !due {
+            continue;
+        }
+        last = engine::now_ns();
+        let result = snapshot();
+        if now != seen {
+            let answer = match &result {
+                Ok(v) => *v as i64,
+                Err(msg) => {
+                    if !API_ERROR_SAID.swap(true, Ordering::Relaxed) {
+                        crate::log::error!("memshadow_snapshot: {msg}");
+                    }
+                    -1
+                }
+            };
+            ANSWER.store(answer, Ordering::Relaxed);
+            seen = now;
+            ANSWERED.store(now, Ordering::Release);
+            futex_wake(&ANSWERED);
+        } else if let Err(e) = result {
             crate::log::error!("periodic snapshots stopped: {e}");
-            break;
+            INTERVAL_MS.store(0, Ordering::Relaxed);
         }
     }
     core::ptr::null_mut()
+}
+
+/// `memshadow_snapshot_v1()`: asks the epoch thread for a snapshot and waits for it. The
+/// version, or -1 with errno ENOSYS (and one `memshadow:` line, the first time) when none
+/// can be taken. errno is otherwise left as it was.
+pub fn snapshot_for_api() -> i64 {
+    let saved = sys::errno();
+    let interval = crate::runtime::config().map(|c| c.interval_ms);
+    let started = match interval {
+        Some(ms) => start_thread(ms),
+        None => Err("memshadow is not tracking this process".to_string()),
+    };
+    if let Err(msg) = started {
+        if !API_ERROR_SAID.swap(true, Ordering::Relaxed) {
+            crate::log::error!("memshadow_snapshot: {msg}");
+        }
+        sys::set_errno(libc::ENOSYS);
+        return -1;
+    }
+    let v = {
+        let _s = sys::block_signals();
+        let _turn = API.lock();
+        let ticket = REQUESTED.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+        futex_wake(&REQUESTED);
+        loop {
+            let done = ANSWERED.load(Ordering::Acquire);
+            if done == ticket {
+                break ANSWER.load(Ordering::Relaxed);
+            }
+            futex_wait(&ANSWERED, done, 0);
+        }
+    };
+    sys::set_errno(if v < 0 { libc::ENOSYS } else { saved });
+    v
 }
 
 #[cfg(test)]

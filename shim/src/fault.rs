@@ -17,6 +17,8 @@ use crate::uffd::{Event, Uffd};
 use core::ffi::c_void;
 use memshadow_format::stats::Counter;
 
+static BUDGET_SAID: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
 /// Most pages saved and unprotected per trap (the MEMSHADOW_FAULT_AROUND maximum).
 const MAX_RUN: usize = 512;
 
@@ -140,8 +142,11 @@ fn give_up_epoch(e: &mut Engine, u: &Uffd) {
         e.unprotect(u, r);
     }
     stats::add(Counter::IncompleteSnapshots, 1);
-    crate::log::error!(
-        "shadow budget exhausted: snapshot {} is incomplete and no version is readable (raise MEMSHADOW_SHADOW_BUDGET_MB)",
-        e.version
-    );
+    // Said once: the program's stderr gets one line, the count keeps the rest.
+    if !BUDGET_SAID.swap(true, core::sync::atomic::Ordering::Relaxed) {
+        crate::log::error!(
+            "shadow budget exhausted: snapshot {} is incomplete and no version is readable; incomplete_snapshots counts the rest (raise MEMSHADOW_SHADOW_BUDGET_MB)",
+            e.version
+        );
+    }
 }

@@ -103,11 +103,11 @@ pub extern "C" fn on_load() {
     start_interval_snapshots(&config);
 }
 
-/// Starts the periodic snapshot thread when `MEMSHADOW_INTERVAL_MS` asks for one.
+/// Starts the epoch thread when `MEMSHADOW_INTERVAL_MS` asks for periodic snapshots (it
+/// is otherwise started by the first API request).
 fn start_interval_snapshots(config: &Config) {
     if config.interval_ms > 0 {
-        let arg = config.interval_ms as usize as *mut core::ffi::c_void;
-        if let Err(e) = crate::shim_thread::spawn(crate::epoch::interval_thread, arg) {
+        if let Err(e) = crate::epoch::start_thread(config.interval_ms) {
             error!("cannot start periodic snapshots: {e}");
         }
     }
@@ -185,6 +185,7 @@ extern "C" fn fork_parent() {
 extern "C" fn fork_child() {
     unlock_all();
     crate::engine::forget_after_fork();
+    crate::epoch::forget_after_fork();
     if tracking() {
         control::stop_listening();
         let old = RUNTIME.lock().take();

@@ -75,6 +75,39 @@ fn periodic_snapshots_trap_and_keep_versions() {
 }
 
 #[test]
+fn shadow_budget_exhaustion_is_counted_and_changes_nothing() {
+    // A 1 MiB shadow budget cannot hold big_heap's writes between 10 ms snapshots: the
+    // snapshots are abandoned (counted), the program's output is unchanged, and the shim
+    // says so in one stderr line.
+    let prog = Prog::new(c_program("big_heap"))
+        .timeout(T)
+        .env("MEMSHADOW_INTERVAL_MS", "10")
+        .env("MEMSHADOW_SHADOW_BUDGET_MB", "1");
+    let native = prog.run_native();
+    assert_native_ok("big_heap", &native, 0);
+    let shimmed = prog.run_shimmed();
+    assert_eq!(shimmed.status, native.status, "exit status changed");
+    assert_eq!(shimmed.stdout, native.stdout, "stdout changed");
+    let stderr = String::from_utf8_lossy(&shimmed.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one memshadow line on stderr, got:\n{stderr}"
+    );
+    assert!(
+        lines[0].starts_with("memshadow: shadow budget exhausted"),
+        "{stderr}"
+    );
+    let stats = prog.run_memshadow();
+    assert!(
+        stats.u64("incomplete_snapshots") > 0,
+        "no incomplete snapshot counted: {}",
+        stats.json
+    );
+}
+
+#[test]
 fn alloc_api() {
     check_program("alloc_api", 0, T);
 }

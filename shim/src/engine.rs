@@ -32,6 +32,8 @@ pub struct TrackedRange {
 pub const HELD_CAPACITY: usize = 4096;
 /// Most unprotects waiting to be retried (see [`Engine::retry`]).
 pub const RETRY_CAPACITY: usize = 4096;
+/// Most ranges remembered as lost (see [`Engine::lost`]).
+pub const LOST_CAPACITY: usize = 1024;
 
 pub struct Engine {
     pub pool: ShadowPool,
@@ -48,6 +50,11 @@ pub struct Engine {
     /// Ranges to unprotect (and so wake) that the kernel refused with EAGAIN because an
     /// event was queued; the fault thread retries them after reading events.
     pub retry: Vec<Range>,
+    /// Ranges unmapped or zapped during an epoch, with that epoch's version: pages there
+    /// without a shadow no longer hold what older versions saw. When the list is full,
+    /// `lost_all_since` takes over for every page.
+    pub lost: Vec<(Range, u64)>,
+    pub lost_all_since: Option<u64>,
     pub fault_around: usize,
     /// Trap latency histogram: bucket i counts traps of [2^i, 2^(i+1)) ns.
     trap_ns: [u64; 40],
@@ -85,6 +92,35 @@ impl Engine {
         stats::set(Counter::TrapUsP50, pct(50));
         stats::set(Counter::TrapUsP99, pct(99));
         stats::set(Counter::TrapUsMax, self.trap_max_ns / 1000);
+    }
+
+    /// Records that `r` was unmapped or zapped in the current epoch.
+    pub fn mark_lost(&mut self, r: Range) {
+        let v = self.version;
+        if self.lost.len() < self.lost.capacity() {
+            self.lost.push((r, v));
+        } else if self.lost_all_since.is_none() {
+            self.lost_all_since = Some(v);
+        }
+    }
+
+    /// Whether the live contents of `page` may differ from what version `v` saw because
+    /// it was unmapped or zapped after snapshot `v`.
+    pub fn lost_since(&self, page: usize, v: u64) -> bool {
+        self.lost_all_since.is_some_and(|l| l >= v)
+            || self
+                .lost
+                .iter()
+                .any(|&(r, l)| l >= v && r.start <= page && page < r.end)
+    }
+
+    /// Forgets losses that no retained version can see (called as versions go).
+    pub fn prune_lost(&mut self) {
+        let oldest = self.pool.retained().map_or(u64::MAX, |r| r.0);
+        self.lost.retain(|&(_, l)| l >= oldest);
+        if self.lost_all_since.is_some_and(|l| l < oldest) {
+            self.lost_all_since = None;
+        }
     }
 
     /// Unprotects `r` (waking its faulters), or queues it for the fault thread when the
@@ -190,6 +226,8 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
         tracked: Vec::new(),
         incomplete: false,
         retry: Vec::with_capacity(RETRY_CAPACITY),
+        lost: Vec::with_capacity(LOST_CAPACITY),
+        lost_all_since: None,
         fault_around: config.fault_around,
         trap_ns: [0; 40],
         trap_max_ns: 0,

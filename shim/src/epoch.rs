@@ -115,6 +115,7 @@ pub fn snapshot() -> Result<u64, String> {
         e.pass_running = true;
         e.incomplete = false;
         e.pool.begin_version(v);
+        e.prune_lost();
     });
 
     let mut pages = 0u64;

@@ -69,6 +69,9 @@ fn handle(ev: Event, u: &Uffd) {
             // its thread now (it retries: a zapped page is no longer protected, an
             // unmapped one faults as it would without the shim).
             engine::with(|e| {
+                if e.version > 0 {
+                    e.mark_lost(r);
+                }
                 e.held.retain(|&a| {
                     let inside = r.start <= a && a < r.end;
                     if inside {

@@ -64,7 +64,7 @@ impl core::fmt::Display for ReadError {
             }
             ReadError::Gone { page, version } => write!(
                 f,
-                "{page:#x} was unmapped after version {version} and its contents were not kept"
+                "{page:#x} was unmapped or discarded after version {version} and its contents were not kept"
             ),
         }
     }
@@ -117,7 +117,9 @@ pub fn read(v: u64, addr: usize, out: &mut [u8]) -> Result<(), ReadError> {
                         dst.copy_from_slice(&src[at - page..at - page + n]);
                     }
                     None => {
-                        if engine::copy_tracked(at, dst.as_mut_ptr(), n) < n {
+                        if e.lost_since(page, v)
+                            || engine::copy_tracked(at, dst.as_mut_ptr(), n) < n
+                        {
                             return Err(ReadError::Gone { page, version: v });
                         }
                     }

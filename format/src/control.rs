@@ -12,10 +12,33 @@
 //!
 //! or a single line `error MESSAGE`. Keys never contain spaces; values never contain
 //! newlines (the server replaces them with spaces).
+//!
+//! Commands (arguments are decimal):
+//!
+//! | request | reply fields | |
+//! |---|---|---|
+//! | `ping` | `pid` | |
+//! | `stats` | `pid`, `command`, `state`, then every statistic | |
+//! | `snapshot` | `version` | sent after the protect pass has ended |
+//! | `read V ADDR LEN` | `version`, `bytes` | then exactly `bytes` raw bytes, then EOF |
+//!
+//! `read` is the one reply with a binary body: after `end\n` come the `LEN` bytes of the
+//! process's memory at `ADDR` as it was at version `V`, and the server closes the
+//! connection. `LEN` is at most [`MAX_READ`]; a client reads more in several requests,
+//! one connection each. A refused `read` (version no longer retained or not taken yet,
+//! range not tracked at that version, snapshot incomplete) is a single `error` line with
+//! no body.
 
 /// Commands the shim answers.
 pub const CMD_PING: &str = "ping";
 pub const CMD_STATS: &str = "stats";
+/// Takes a snapshot; the reply's `version` field names it.
+pub const CMD_SNAPSHOT: &str = "snapshot";
+/// Reads memory at a version: `read V ADDR LEN`.
+pub const CMD_READ: &str = "read";
+
+/// Most bytes one `read` request may ask for (1 MiB).
+pub const MAX_READ: usize = 1 << 20;
 
 /// Longest request line the server reads, newline included.
 pub const MAX_REQUEST: usize = 256;
@@ -36,6 +59,72 @@ pub fn encode_ok<K: AsRef<str>, V: AsRef<str>>(fields: &[(K, V)]) -> String {
 /// Renders an error reply.
 pub fn encode_error(message: &str) -> String {
     format!("error {}\n", message.replace('\n', " "))
+}
+
+/// The arguments of a `read` request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadRequest {
+    /// The snapshot version to read.
+    pub version: u64,
+    /// First byte.
+    pub addr: u64,
+    /// Number of bytes, at most [`MAX_READ`].
+    pub len: usize,
+}
+
+impl ReadRequest {
+    /// The request line, without its newline: `read V ADDR LEN`.
+    pub fn encode(&self) -> String {
+        format!("{CMD_READ} {} {} {}", self.version, self.addr, self.len)
+    }
+
+    /// Parses the arguments that follow the word `read` (e.g. `"3 140737 4096"`).
+    /// The message of an error is meant for an `error` reply.
+    pub fn parse(args: &str) -> Result<Self, String> {
+        let words: Vec<&str> = args.split_ascii_whitespace().collect();
+        let [v, a, l] = words[..] else {
+            return Err(format!(
+                "usage: {CMD_READ} VERSION ADDR LEN (decimal), got {} argument(s)",
+                words.len()
+            ));
+        };
+        let num = |what: &str, s: &str| {
+            s.parse::<u64>()
+                .map_err(|_| format!("{CMD_READ}: {what} {s:?} is not a decimal number"))
+        };
+        let (version, addr, len) = (num("VERSION", v)?, num("ADDR", a)?, num("LEN", l)?);
+        if len > MAX_READ as u64 {
+            return Err(format!(
+                "{CMD_READ}: LEN {len} is more than {MAX_READ} bytes; split the read"
+            ));
+        }
+        if addr.checked_add(len).is_none() {
+            return Err(format!(
+                "{CMD_READ}: ADDR {addr:#x} + LEN {len} is past the end of the address space"
+            ));
+        }
+        Ok(ReadRequest {
+            version,
+            addr,
+            len: len as usize,
+        })
+    }
+
+    /// The header the server sends before the `len` bytes of a successful read.
+    pub fn encode_ok_header(&self) -> String {
+        encode_ok(&[
+            ("version", self.version.to_string()),
+            ("bytes", self.len.to_string()),
+        ])
+    }
+}
+
+/// The value of `key` in decoded reply fields.
+pub fn field<'a>(fields: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 /// Why a reply could not be used.
@@ -101,6 +190,28 @@ mod tests {
                 ("command".to_string(), "sh -c echo hi".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn read_requests_round_trip() {
+        let r = ReadRequest {
+            version: 3,
+            addr: 0x7f00_0000_1000,
+            len: 4096,
+        };
+        assert_eq!(r.encode(), "read 3 139637976731648 4096");
+        let args = r.encode();
+        assert_eq!(ReadRequest::parse(args.trim_start_matches("read")), Ok(r));
+        let header = r.encode_ok_header();
+        assert_eq!(header, "ok\nversion 3\nbytes 4096\nend\n");
+        let f = decode_reply(&header).unwrap();
+        assert_eq!(field(&f, "bytes"), Some("4096"));
+        assert_eq!(field(&f, "nothing"), None);
+        assert!(ReadRequest::parse("1 2").is_err());
+        assert!(ReadRequest::parse("1 0x10 2").is_err());
+        assert!(ReadRequest::parse(&format!("1 0 {}", MAX_READ + 1)).is_err());
+        assert!(ReadRequest::parse(&format!("1 0 {MAX_READ}")).is_ok());
+        assert!(ReadRequest::parse(&format!("1 {} 2", u64::MAX)).is_err());
     }
 
     #[test]

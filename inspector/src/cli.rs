@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-/// Run programs under libmemshadow.so and read their live memory statistics.
+/// Run programs under libmemshadow.so, read their live memory statistics, and take
+/// snapshots of their memory and read them back.
 ///
 /// Run without arguments for a short demonstration.
 #[derive(Debug, Parser)]
@@ -27,6 +28,18 @@ pub enum Command {
     Ps(PsArgs),
     /// Show the live statistics of one process running under memshadow.
     Stats(StatsArgs),
+    /// Take a snapshot of a process's memory and print its version number.
+    ///
+    /// Prints the version once the snapshot has been taken. The process keeps running;
+    /// only its most recent versions stay readable (MEMSHADOW_MAX_VERSIONS, default 4).
+    Snapshot(SnapshotArgs),
+    /// Write a process's memory as it was at a snapshot version.
+    ///
+    /// Writes exactly LEN bytes starting at ADDR, raw, to standard output (never to a
+    /// terminal) or to FILE. Fails, and leaves no FILE, when the version is no longer
+    /// retained or not taken yet, or when part of the range was not tracked at that
+    /// version.
+    Read(ReadArgs),
     /// The workload the demo runs under the shim (internal).
     #[command(hide = true)]
     DemoWorkload,
@@ -77,6 +90,30 @@ pub struct StatsArgs {
     pub watch: Option<Duration>,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct SnapshotArgs {
+    /// The process to snapshot.
+    pub pid: u32,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReadArgs {
+    /// The process to read.
+    pub pid: u32,
+    /// The snapshot version to read (as printed by `memshadow snapshot`).
+    #[arg(long = "version", value_name = "V", value_parser = parse_version)]
+    pub at_version: u64,
+    /// First address: hexadecimal with 0x, or decimal.
+    #[arg(value_name = "ADDR", value_parser = parse_addr)]
+    pub addr: u64,
+    /// Number of bytes: decimal, or hexadecimal with 0x.
+    #[arg(value_name = "LEN", value_parser = parse_len)]
+    pub len: u64,
+    /// Write to FILE instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
 /// Parses the command line. Help and version go to stdout as usual; any other error is
 /// reported on one line, like every other memshadow error, with exit code 2.
 pub fn parse() -> Cli {
@@ -121,6 +158,43 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// A non-negative integer: decimal, or hexadecimal with `0x`.
+fn parse_number(s: &str) -> Option<u64> {
+    let t = s.trim();
+    match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            u64::from_str_radix(hex, 16).ok()
+        }
+        Some(_) => None,
+        None if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => t.parse().ok(),
+        None => None,
+    }
+}
+
+fn parse_addr(s: &str) -> Result<u64, String> {
+    parse_number(s).ok_or_else(|| {
+        format!("{s:?} is not an address (hexadecimal with 0x, or decimal, below 2^64)")
+    })
+}
+
+fn parse_len(s: &str) -> Result<u64, String> {
+    match parse_number(s) {
+        Some(0) => Err("the length must be at least 1 byte".into()),
+        Some(n) => Ok(n),
+        None => Err(format!(
+            "{s:?} is not a length in bytes (decimal, or hexadecimal with 0x)"
+        )),
+    }
+}
+
+fn parse_version(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(0) => Err("versions start at 1".into()),
+        Ok(v) => Ok(v),
+        Err(_) => Err(format!("{s:?} is not a version number")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +213,58 @@ mod tests {
         assert!(parse_interval("nan").is_err());
         assert!(parse_interval("inf").is_err());
         assert!(parse_interval("x").is_err());
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_addr("0x7f00a000"), Ok(0x7f00_a000));
+        assert_eq!(parse_addr("0X10"), Ok(16));
+        assert_eq!(parse_addr("4096"), Ok(4096));
+        assert_eq!(parse_addr("0"), Ok(0));
+        assert_eq!(parse_addr("0xffffffffffffffff"), Ok(u64::MAX));
+        for bad in [
+            "",
+            "0x",
+            "x10",
+            "-1",
+            "1e3",
+            "0x10000000000000000",
+            "12k",
+            "0x1g",
+        ] {
+            assert!(parse_addr(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_len("4096"), Ok(4096));
+        assert_eq!(parse_len("0x1000"), Ok(4096));
+        assert!(parse_len("0").is_err());
+        assert!(parse_len("0x0").is_err());
+        assert!(parse_len("4k").is_err());
+        assert_eq!(parse_version("3"), Ok(3));
+        assert!(parse_version("0").is_err());
+        assert!(parse_version("0x3").is_err());
+    }
+
+    #[test]
+    fn read_arguments() {
+        let cli = Cli::try_parse_from([
+            "memshadow",
+            "read",
+            "12",
+            "--version",
+            "3",
+            "0x1000",
+            "8192",
+            "--out",
+            "f",
+        ])
+        .unwrap();
+        let Some(Command::Read(r)) = cli.command else {
+            panic!("not read")
+        };
+        assert_eq!((r.pid, r.at_version, r.addr, r.len), (12, 3, 0x1000, 8192));
+        assert_eq!(r.out, Some(PathBuf::from("f")));
+        assert!(Cli::try_parse_from(["memshadow", "read", "12", "0x1000", "8"]).is_err());
+        assert!(Cli::try_parse_from(["memshadow", "--version"]).is_err_and(|e| !e.use_stderr()));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The `run`, `ps` and `stats` subcommands.
+//! The `run`, `ps` and `stats` subcommands, and [`Target`], the shimmed process that
+//! `stats`, `snapshot` and `read` talk to.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -62,17 +63,17 @@ pub fn ps(args: PsArgs) -> Result<i32> {
 }
 
 /// A shimmed process found by pid.
-struct Target {
-    pid: u32,
-    comm: String,
+pub struct Target {
+    pub pid: u32,
+    pub comm: String,
     start_time_ticks: u64,
     uid: u32,
-    socket: PathBuf,
+    pub socket: PathBuf,
 }
 
 impl Target {
     /// Finds the stats page of `pid` and checks that we may talk to it.
-    fn find(pid: u32) -> Result<Self> {
+    pub fn find(pid: u32) -> Result<Self> {
         let info = ProcInfo::read(pid).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Failure::runtime(format!("no process with pid {pid}")),
             _ => Failure::runtime(format!("cannot read /proc/{pid}: {e}")),
@@ -123,7 +124,7 @@ impl Target {
     }
 
     /// Whether the process has exited (or its pid now names another process).
-    fn gone(&self) -> bool {
+    pub fn gone(&self) -> bool {
         ProcInfo::read(self.pid).map_or(true, |p| {
             p.is_zombie() || p.start_time_ticks != self.start_time_ticks
         })
@@ -133,12 +134,16 @@ impl Target {
         control_client::stats(&self.socket)
     }
 
-    /// The one-line message for a failed query.
-    fn explain(&self, e: ControlError) -> Failure {
+    /// The one-line message for a failed request.
+    pub fn explain(&self, e: ControlError) -> Failure {
         let (pid, comm) = (self.pid, &self.comm);
         match e {
             ControlError::Denied => foreign(pid, Some(self.uid)),
-            ControlError::NotListening(_) if self.gone() => {
+            ControlError::NotListening(_)
+            | ControlError::Io(_)
+            | ControlError::Reply(ReplyError::Malformed(_))
+                if self.gone() =>
+            {
                 Failure::runtime(format!("process {pid} ({comm}) has exited"))
             }
             ControlError::NotListening(e) => Failure::runtime(format!(

@@ -1,4 +1,5 @@
-//! `memshadow`: run programs under libmemshadow.so, list them, read their statistics.
+//! `memshadow`: run programs under libmemshadow.so, list them, read their statistics,
+//! take snapshots of their memory and read it back.
 
 mod cli;
 mod commands;
@@ -10,6 +11,7 @@ mod error;
 mod launch;
 mod registry;
 mod report;
+mod snapshots;
 
 use cli::Command;
 
@@ -27,6 +29,8 @@ fn main() {
         Some(Command::Run(args)) => commands::run(args),
         Some(Command::Ps(args)) => commands::ps(args),
         Some(Command::Stats(args)) => commands::stats(args),
+        Some(Command::Snapshot(args)) => snapshots::snapshot(args),
+        Some(Command::Read(args)) => snapshots::read(args),
         Some(Command::DemoWorkload) => Ok(demo_workload::run()),
     };
     match result {

@@ -43,6 +43,30 @@ fn is_byte_count(key: &str) -> bool {
     key.ends_with("_bytes")
 }
 
+/// Durations in microseconds: `protect_pass_us_last`, `trap_us_p99`, ...
+fn is_microseconds(key: &str) -> bool {
+    key.ends_with("_us") || key.contains("_us_")
+}
+
+/// Identifiers, shown without thousands separators.
+fn is_identifier(key: &str) -> bool {
+    matches!(key, "pid" | "version" | "oldest_version")
+}
+
+/// `850` -> `850 us`, `1234` -> `1.2 ms`, `2500000` -> `2.5 s`.
+pub fn human_us(n: u64) -> String {
+    let (value, unit) = match n {
+        0..=999 => return format!("{n} us"),
+        1_000..=999_999 => (n as f64 / 1e3, "ms"),
+        _ => (n as f64 / 1e6, "s"),
+    };
+    if value < 10.0 {
+        format!("{value:.1} {unit}")
+    } else {
+        format!("{value:.0} {unit}")
+    }
+}
+
 /// One process as a JSON object: identity, then every statistic.
 pub fn process_json(rec: &StatsRecord) -> Map<String, Value> {
     let mut m = Map::new();
@@ -108,7 +132,11 @@ pub fn stats_text(fields: &[(String, String)]) -> String {
     for (k, v) in fields {
         let shown = match v.parse::<u64>() {
             Ok(n) if is_byte_count(k) => format!("{} ({} bytes)", human_bytes(n), thousands(n)),
-            Ok(n) if k != "pid" => thousands(n),
+            Ok(n) if is_microseconds(k) && n >= 1000 => {
+                format!("{} ({} us)", human_us(n), thousands(n))
+            }
+            Ok(n) if is_microseconds(k) => human_us(n),
+            Ok(n) if !is_identifier(k) => thousands(n),
             _ => v.clone(),
         };
         let _ = writeln!(out, "{k:<width$}  {shown}");
@@ -270,6 +298,11 @@ mod tests {
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(64 << 20), "64 MiB");
         assert_eq!(human_bytes(u64::MAX), "16 EiB");
+        assert_eq!(human_us(0), "0 us");
+        assert_eq!(human_us(999), "999 us");
+        assert_eq!(human_us(1234), "1.2 ms");
+        assert_eq!(human_us(45_000), "45 ms");
+        assert_eq!(human_us(2_500_000), "2.5 s");
     }
 
     #[test]
@@ -279,17 +312,28 @@ mod tests {
             ("command", "sleep 10"),
             ("allocs", "12345"),
             ("live_bytes", "2048"),
+            ("epochs", "1500"),
+            ("protect_pass_us_max", "1234"),
+            ("trap_us_p50", "17"),
+            ("version", "1500"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let text = stats_text(&f);
-        assert!(text.contains("pid         12\n"), "{text}");
-        assert!(text.contains("allocs      12,345\n"), "{text}");
+        assert!(text.contains("pid                  12\n"), "{text}");
+        assert!(text.contains("allocs               12,345\n"), "{text}");
         assert!(
-            text.contains("live_bytes  2.0 KiB (2,048 bytes)\n"),
+            text.contains("live_bytes           2.0 KiB (2,048 bytes)\n"),
             "{text}"
         );
+        assert!(text.contains("epochs               1,500\n"), "{text}");
+        assert!(
+            text.contains("protect_pass_us_max  1.2 ms (1,234 us)\n"),
+            "{text}"
+        );
+        assert!(text.contains("trap_us_p50          17 us\n"), "{text}");
+        assert!(text.contains("version              1500\n"), "{text}");
         let j = stats_json(&f);
         assert_eq!(j["pid"], 12);
         assert_eq!(j["command"], "sleep 10");

@@ -1,0 +1,1062 @@
+//! Snapshots: `memshadow snapshot` and `memshadow read`, the C API of
+//! `c-tests/include/memshadow.h`, byte-exact contents (`c-tests/snap_exact.c`) and
+//! consistency under concurrent writers (`c-tests/snap_consistency.c`).
+//!
+//! Needs `cargo build --release --workspace` first and a C compiler (`cc`). Every test
+//! uses its own `MEMSHADOW_DIR`, and every process it starts has a time limit.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use memshadow_format::control::{self, ReadRequest, MAX_READ};
+use memshadow_format::paths;
+
+use common::{
+    c_program, clean_env, clean_env_in, finish, is_root, memshadow_bin, run_with_timeout, shim_lib,
+    temp_dir, wait_until, Finished, Guard,
+};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A command for the memshadow binary with a clean environment and its own run-time dir.
+fn memshadow(dir: &Path) -> Command {
+    let mut c = Command::new(memshadow_bin());
+    clean_env_in(&mut c, dir);
+    c
+}
+
+/// FNV-1a, 64 bits (as `tu_fnv` in `c-tests/testutil.h`).
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn send_sigusr1(pid: u32) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits in i32"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).expect("send SIGUSR1");
+}
+
+// ---------------------------------------------------------------------------------------
+// The control protocol, spoken directly (no process per request)
+// ---------------------------------------------------------------------------------------
+
+/// The fields of a reply, and the connection positioned at its body.
+type Reply = (Vec<(String, String)>, BufReader<UnixStream>);
+
+/// A client of one process's control socket: one connection per request.
+struct Control {
+    socket: PathBuf,
+}
+
+impl Control {
+    fn new(dir: &Path, pid: u32) -> Control {
+        Control {
+            socket: paths::socket_path(dir, pid),
+        }
+    }
+
+    /// Sends `line` and reads the reply's header (up to `end`, or its `error` line).
+    /// Returns the fields and the connection, positioned at the body.
+    fn exchange(&self, line: &str) -> Result<Reply, String> {
+        let mut s = UnixStream::connect(&self.socket)
+            .map_err(|e| format!("connect {}: {e}", self.socket.display()))?;
+        s.set_read_timeout(Some(LIMIT))
+            .and_then(|()| s.set_write_timeout(Some(LIMIT)))
+            .and_then(|()| s.write_all(format!("{line}\n").as_bytes()))
+            .map_err(|e| format!("send {line:?}: {e}"))?;
+        let mut r = BufReader::new(s);
+        let mut header = String::new();
+        loop {
+            let before = header.len();
+            let n = r
+                .read_line(&mut header)
+                .map_err(|e| format!("reply to {line:?}: {e}"))?;
+            let last = &header[before..];
+            if n == 0 || last == "end\n" || (before == 0 && last.starts_with("error")) {
+                break;
+            }
+            if header.len() > 64 * 1024 {
+                return Err(format!("reply to {line:?}: header longer than 64 KiB"));
+            }
+        }
+        let fields =
+            control::decode_reply(&header).map_err(|e| format!("reply to {line:?}: {e}"))?;
+        Ok((fields, r))
+    }
+
+    /// `snapshot`: the new version.
+    fn snapshot(&self) -> Result<u64, String> {
+        let (fields, _) = self.exchange(control::CMD_SNAPSHOT)?;
+        control::field(&fields, "version")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("no version in the snapshot reply: {fields:?}"))
+    }
+
+    /// `read V ADDR LEN`: exactly LEN bytes, then EOF.
+    fn read(&self, version: u64, addr: u64, len: usize) -> Result<Vec<u8>, String> {
+        assert!(len <= MAX_READ);
+        let req = ReadRequest { version, addr, len };
+        let (fields, mut body) = self.exchange(&req.encode())?;
+        let expect = [("version", version.to_string()), ("bytes", len.to_string())];
+        for (k, v) in &expect {
+            if control::field(&fields, k) != Some(v.as_str()) {
+                return Err(format!("reply to {:?} has {fields:?}", req.encode()));
+            }
+        }
+        let mut bytes = Vec::with_capacity(len + 1);
+        body.read_to_end(&mut bytes)
+            .map_err(|e| format!("body of {:?}: {e}", req.encode()))?;
+        if bytes.len() != len {
+            return Err(format!(
+                "{:?}: {} bytes before EOF, expected {len}",
+                req.encode(),
+                bytes.len()
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Programs under the shim
+// ---------------------------------------------------------------------------------------
+
+/// A program running under the shim (`LD_PRELOAD`) that printed `ready`.
+struct Running {
+    guard: Guard,
+    /// The lines it printed before `ready`.
+    lines: Vec<String>,
+    /// Its further lines, read by a thread of their own (closed at EOF).
+    rest: mpsc::Receiver<String>,
+}
+
+impl Running {
+    /// Starts `program` with the shim preloaded and `MEMSHADOW_DIR=dir`, and reads its
+    /// output up to the line `ready`, which must come within `ready_within`. The
+    /// program is killed after `limit` at the latest.
+    fn start(
+        program: &Path,
+        args: &[&str],
+        dir: &Path,
+        env: &[(&str, &str)],
+        ready_within: Duration,
+        limit: Duration,
+    ) -> Running {
+        let mut c = Command::new(program);
+        c.args(args);
+        clean_env_in(&mut c, dir);
+        c.env("LD_PRELOAD", shim_lib())
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut guard = Guard::spawn(&mut c, limit);
+        let stdout = BufReader::new(guard.child().stdout.take().expect("stdout is piped"));
+        let (tx, rest) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + ready_within;
+        let mut lines = Vec::new();
+        loop {
+            match rest.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line == "ready" => break,
+                Ok(line) => lines.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "{} printed no \"ready\" within {:.0} s (killed); its threads were waiting in:\n{}\nits output so far:\n{}",
+                    program.display(),
+                    ready_within.as_secs_f64(),
+                    thread_states(guard.pid()),
+                    lines.join("\n")
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = guard.wait(Duration::from_secs(5));
+                    panic!(
+                        "{} ended ({}) before printing \"ready\"; its output:\n{}",
+                        program.display(),
+                        common::describe_status(status),
+                        lines.join("\n")
+                    );
+                }
+            }
+        }
+        assert!(
+            !lines.iter().any(|l| l.starts_with("FAIL")),
+            "{} failed its own checks:\n{}",
+            program.display(),
+            lines.join("\n")
+        );
+        Running { guard, lines, rest }
+    }
+
+    fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    /// The next line the program prints, which must come within `within`; `what` names
+    /// it for the message when it does not.
+    fn next_line(&self, within: Duration, what: &str) -> String {
+        match self.rest.recv_timeout(within) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                "no {what} within {:.0} s (the program is killed); its threads were waiting in:\n{}",
+                within.as_secs_f64(),
+                thread_states(self.pid())
+            ),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the program closed its output before printing {what}")
+            }
+        }
+    }
+
+    /// Sends SIGUSR1, expects exit 0 within `limit`, returns what it printed after
+    /// `ready`.
+    fn stop(self, limit: Duration) -> String {
+        send_sigusr1(self.pid());
+        let status = self.guard.wait(limit);
+        // The pipe is closed: the reader thread has seen EOF or soon will.
+        let mut rest = String::new();
+        while let Ok(line) = self.rest.recv_timeout(Duration::from_secs(5)) {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        assert!(
+            status.success(),
+            "the program exited with {} after SIGUSR1; it printed:\n{rest}",
+            common::describe_status(status)
+        );
+        rest
+    }
+}
+
+/// Where each thread of `pid` waits in the kernel, one line per thread: its `wchan`,
+/// and its kernel stack when readable (root), innermost first. For a program that
+/// stopped making progress.
+fn thread_states(pid: u32) -> String {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("  (process {pid} is gone)");
+    };
+    let mut out = Vec::new();
+    for t in tasks.flatten() {
+        let p = t.path();
+        let read = |f: &str| fs::read_to_string(p.join(f)).unwrap_or_default();
+        // "[<0>] handle_userfault+0x366/0x840" -> "handle_userfault"
+        let stack: Vec<String> = read("stack")
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .map(|f| f.split('+').next().unwrap_or(f).to_string())
+            .collect();
+        out.push(format!(
+            "  thread {} ({}): {}{}",
+            t.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("wchan").trim(),
+            if stack.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", stack.join(" < "))
+            }
+        ));
+    }
+    out.sort();
+    out.join("\n")
+}
+
+// ---------------------------------------------------------------------------------------
+// The command line, without snapshots
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn bad_snapshot_and_read_arguments_fail_with_one_line() {
+    let dir = temp_dir("snap");
+    for args in [
+        &["snapshot"][..],
+        &["snapshot", "abc"],
+        &["snapshot", "1", "2"],
+        &["read", "1", "0x1000", "8"],
+        &["read", "1", "--version", "0", "0x1000", "8"],
+        &["read", "1", "--version", "x", "0x1000", "8"],
+        &["read", "1", "--version", "1", "1000x", "8"],
+        &["read", "1", "--version", "1", "0x", "8"],
+        &["read", "1", "--version", "1", "-5", "8"],
+        &["read", "1", "--version", "1", "0x1000", "0"],
+        &["read", "1", "--version", "1", "0x1000", "8k"],
+        &["read", "1", "--version", "1", "0x1000"],
+        &["read", "1", "--version", "1", "0xffffffffffffffff", "2"],
+    ] {
+        let f = finish(memshadow(dir.path()).args(args), LIMIT);
+        assert_eq!(f.status.code(), Some(2), "{args:?}: {f:#?}");
+        f.stderr_line();
+        assert_eq!(f.stdout, "", "{args:?}: {f:#?}");
+    }
+    let f = finish(
+        memshadow(dir.path()).args(["read", "1", "--version", "1", "0x10", "0"]),
+        LIMIT,
+    );
+    assert!(f.stderr_line().contains("at least 1 byte"), "{f:#?}");
+    let f = finish(
+        memshadow(dir.path()).args(["read", "1", "--version", "1", "0xffffffffffffffff", "2"]),
+        LIMIT,
+    );
+    assert!(
+        f.stderr_line()
+            .contains("past the end of the address space"),
+        "{f:#?}"
+    );
+}
+
+#[test]
+fn snapshot_and_read_have_help() {
+    let dir = temp_dir("snap");
+    let top = finish(memshadow(dir.path()).arg("--help"), LIMIT);
+    for sub in ["snapshot", "read"] {
+        assert!(top.stdout.contains(sub), "{top:#?}");
+        let f = finish(memshadow(dir.path()).args([sub, "--help"]), LIMIT);
+        assert!(f.status.success(), "{sub}: {f:#?}");
+        assert!(f.stdout.contains("Usage: memshadow"), "{sub}: {f:#?}");
+    }
+}
+
+fn unused_pid() -> u32 {
+    let pid_max: u32 = fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (2..pid_max)
+        .rev()
+        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+        .unwrap()
+}
+
+#[test]
+fn snapshot_and_read_name_processes_they_cannot_use() {
+    let dir = temp_dir("snap");
+    let pid = unused_pid().to_string();
+    let read = |pid: &str| -> Vec<String> {
+        ["read", pid, "--version", "1", "0x1000", "8"]
+            .map(String::from)
+            .to_vec()
+    };
+    for args in [vec!["snapshot".to_string(), pid.clone()], read(&pid)] {
+        let f = finish(memshadow(dir.path()).args(&args), LIMIT);
+        assert_eq!(f.status.code(), Some(1), "{args:?}: {f:#?}");
+        assert_eq!(
+            f.stderr_line(),
+            format!("memshadow: no process with pid {pid}")
+        );
+    }
+
+    let mut c = Command::new("sleep");
+    c.arg("20");
+    clean_env_in(&mut c, dir.path());
+    let sleeper = Guard::spawn(&mut c, LIMIT);
+    let pid = sleeper.pid().to_string();
+    for args in [vec!["snapshot".to_string(), pid.clone()], read(&pid)] {
+        let f = finish(memshadow(dir.path()).args(&args), LIMIT);
+        assert_eq!(f.status.code(), Some(1), "{args:?}: {f:#?}");
+        assert_eq!(
+            f.stderr_line(),
+            format!("memshadow: process {pid} (sleep) is not running under memshadow")
+        );
+    }
+}
+
+#[test]
+fn snapshot_and_read_refuse_another_users_process() {
+    let dir = temp_dir("snap");
+    if !is_root() {
+        // Without root we cannot start a process as someone else; init is not ours.
+        let f = finish(memshadow(dir.path()).args(["snapshot", "1"]), LIMIT);
+        assert_eq!(f.status.code(), Some(1), "{f:#?}");
+        assert!(f.stderr_line().contains("belongs to uid"), "{f:#?}");
+        return;
+    }
+    let mut c = Command::new("sleep");
+    c.arg("20");
+    clean_env_in(&mut c, dir.path());
+    c.env("LD_PRELOAD", shim_lib());
+    let sleeper = Guard::spawn(&mut c, LIMIT);
+    let pid = sleeper.pid();
+    let sock = paths::socket_path(dir.path(), pid);
+    assert!(
+        wait_until(Duration::from_secs(10), || sock.exists()),
+        "the shim did not publish {}",
+        sock.display()
+    );
+    let pid = pid.to_string();
+    for args in [
+        vec!["snapshot", pid.as_str()],
+        vec!["read", pid.as_str(), "--version", "1", "0x1000", "8"],
+    ] {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(memshadow_bin())
+            .args(&args);
+        clean_env_in(&mut c, dir.path());
+        let f = finish(&mut c, LIMIT);
+        assert_eq!(f.status.code(), Some(1), "{args:?}: {f:#?}");
+        assert_eq!(
+            f.stderr_line(),
+            format!(
+                "memshadow: process {pid} belongs to uid 0; you can only inspect your own processes"
+            )
+        );
+    }
+}
+
+/// Without the shim, memshadow_snapshot() fails with ENOSYS and the program says so.
+#[test]
+fn snap_exact_without_the_shim_gets_enosys() {
+    let prog = c_program("snap_exact");
+    let dir = temp_dir("native");
+    let mut c = Command::new(&prog);
+    clean_env_in(&mut c, dir.path());
+    let f: Finished = run_with_timeout(&mut c, LIMIT).into();
+    assert_eq!(f.status.code(), Some(1), "{f:#?}");
+    assert_eq!(f.stdout, "snapshot failed: ENOSYS\n", "{f:#?}");
+    assert_eq!(f.stderr, "", "{f:#?}");
+}
+
+/// snap_consistency runs without the shim: prints its chains, runs until SIGUSR1.
+#[test]
+fn snap_consistency_runs_without_the_shim() {
+    let prog = c_program("snap_consistency");
+    let dir = temp_dir("native");
+    let mut c = Command::new(&prog);
+    clean_env(&mut c);
+    c.env("MEMSHADOW_DIR", dir.path()).stdout(Stdio::piped());
+    let mut guard = Guard::spawn(&mut c, LIMIT);
+    let mut out = BufReader::new(guard.child().stdout.take().unwrap());
+    let mut lines = Vec::new();
+    loop {
+        let mut l = String::new();
+        assert!(out.read_line(&mut l).unwrap() > 0, "no ready: {lines:?}");
+        if l == "ready\n" {
+            break;
+        }
+        lines.push(l.trim_end().to_string());
+    }
+    let chains = parse_chains(&lines);
+    assert_eq!(chains.len(), 4, "{lines:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    send_sigusr1(guard.pid());
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(guard.wait(LIMIT).success(), "{rest}");
+    assert!(rest.ends_with("stopped by SIGUSR1\n"), "{rest}");
+    for t in 0..4 {
+        let rounds: u64 = rest
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("rounds {t} ")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no rounds line for thread {t}: {rest}"));
+        assert!(rounds > 0, "thread {t} did not run: {rest}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Byte-exact contents
+// ---------------------------------------------------------------------------------------
+
+/// One line of snap_exact: a buffer's checksum at a version (or live, `None`).
+#[derive(Debug, Clone)]
+struct Record {
+    version: Option<u64>,
+    name: String,
+    addr: u64,
+    len: u64,
+    sum: u64,
+}
+
+fn parse_records(lines: &[String]) -> Vec<Record> {
+    let parse = |l: &str| -> Option<Record> {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let [version, name, addr, len, sum] = w[..] else {
+            return None;
+        };
+        Some(Record {
+            version: match version {
+                "live" => None,
+                v => Some(v.parse().ok()?),
+            },
+            name: name.to_string(),
+            addr: u64::from_str_radix(addr.strip_prefix("0x")?, 16).ok()?,
+            len: len.parse().ok()?,
+            sum: u64::from_str_radix(sum, 16).ok()?,
+        })
+    };
+    lines
+        .iter()
+        .map(|l| parse(l).unwrap_or_else(|| panic!("unexpected line from snap_exact: {l:?}")))
+        .collect()
+}
+
+/// `memshadow read PID --version V ADDR LEN --out FILE`.
+fn read_to_file(dir: &Path, pid: u32, version: u64, addr: &str, len: u64, out: &Path) -> Finished {
+    finish(
+        memshadow(dir)
+            .args(["read", &pid.to_string(), "--version", &version.to_string()])
+            .args([addr, &len.to_string(), "--out"])
+            .arg(out),
+        LIMIT,
+    )
+}
+
+/// Which record (version, or live) has checksum `sum` for buffer `name`: a hint for
+/// mismatches (a read that returned another version's bytes).
+fn who_has(records: &[Record], name: &str, sum: u64) -> String {
+    let owners: Vec<String> = records
+        .iter()
+        .filter(|r| r.name == name && r.sum == sum)
+        .map(|r| {
+            r.version
+                .map_or("live".to_string(), |v| format!("version {v}"))
+        })
+        .collect();
+    if owners.is_empty() {
+        "no recorded state".to_string()
+    } else {
+        owners.join(", ")
+    }
+}
+
+/// Reads every buffer of snap_exact at `version` with `memshadow read --out` and
+/// compares its checksum with `want` (the program's records for that version).
+fn check_version(dir: &Path, pid: u32, all: &[Record], version: u64, want: &[&Record]) {
+    for r in want {
+        let out = dir.join(format!("v{version}-{}", r.name));
+        let f = read_to_file(dir, pid, version, &format!("{:#x}", r.addr), r.len, &out);
+        assert!(
+            f.status.success() && f.stdout.is_empty() && f.stderr.is_empty(),
+            "reading {r:?} at version {version}: {f:#?}"
+        );
+        let bytes = fs::read(&out).unwrap();
+        assert_eq!(
+            bytes.len() as u64,
+            r.len,
+            "length of {r:?} at version {version}"
+        );
+        let got = fnv1a64(&bytes);
+        assert!(
+            got == r.sum,
+            "{} ({:#x}, {} bytes) at version {version}: checksum {got:016x}, expected {:016x}; the bytes read match {}",
+            r.name,
+            r.addr,
+            r.len,
+            r.sum,
+            who_has(all, &r.name, got)
+        );
+    }
+}
+
+#[test]
+fn snapshots_read_back_byte_exact() {
+    let prog = c_program("snap_exact");
+    let dir = temp_dir("snap");
+    let d = dir.path();
+    // MEMSHADOW_MAX_VERSIONS is left at its default, 4.
+    const RETAINED: usize = 4;
+    let running = Running::start(
+        &prog,
+        &[],
+        d,
+        &[],
+        Duration::from_secs(20),
+        Duration::from_secs(120),
+    );
+    let pid = running.pid();
+    let records = parse_records(&running.lines);
+
+    let mut versions: Vec<u64> = records.iter().filter_map(|r| r.version).collect();
+    versions.dedup();
+    assert_eq!(versions.len(), 6, "six snapshots: {records:#?}");
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]) && versions[0] >= 1,
+        "versions must start at 1 or more and increase: {versions:?}"
+    );
+    let newest = *versions.last().unwrap();
+    let (evicted, retained) = versions.split_at(versions.len() - RETAINED);
+    let at =
+        |v: Option<u64>| -> Vec<&Record> { records.iter().filter(|r| r.version == v).collect() };
+
+    // The retained versions read back byte for byte, through --out.
+    for &v in retained {
+        check_version(d, pid, &records, v, &at(Some(v)));
+    }
+
+    // Evicted versions are refused, naming the versions still retained; no file is left.
+    for &v in evicted {
+        let r = at(Some(v))[0];
+        let out = d.join(format!("evicted-{v}"));
+        let f = read_to_file(d, pid, v, &format!("{:#x}", r.addr), r.len, &out);
+        assert_eq!(f.status.code(), Some(1), "version {v}: {f:#?}");
+        assert!(f.stderr_line().contains("retained"), "version {v}: {f:#?}");
+        assert!(!out.exists(), "a refused read left {}", out.display());
+        assert_eq!(f.stdout, "", "{f:#?}");
+    }
+
+    // To standard output, with a decimal address.
+    let heap = at(Some(newest))
+        .into_iter()
+        .find(|r| r.name == "heap")
+        .expect("a heap record");
+    let mut c = memshadow(d);
+    c.args(["read", &pid.to_string(), "--version", &newest.to_string()])
+        .args([heap.addr.to_string(), heap.len.to_string()]);
+    let o = run_with_timeout(&mut c, LIMIT);
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "read to stdout: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.stdout.len() as u64, heap.len);
+    assert_eq!(
+        fnv1a64(&o.stdout),
+        heap.sum,
+        "heap at {newest} through stdout"
+    );
+
+    // An unaligned range across chunk boundaries equals the same bytes of the whole read.
+    let mmap = at(Some(newest))
+        .into_iter()
+        .find(|r| r.name == "mmap")
+        .expect("an mmap record");
+    let whole = fs::read(d.join(format!("v{newest}-mmap"))).unwrap();
+    let (skip, len) = (100u64, 2 * MAX_READ as u64 + 5);
+    let part = d.join("part");
+    let f = read_to_file(
+        d,
+        pid,
+        newest,
+        &format!("{:#x}", mmap.addr + skip),
+        len,
+        &part,
+    );
+    assert!(f.status.success(), "{f:#?}");
+    assert!(
+        fs::read(&part).unwrap() == whole[skip as usize..(skip + len) as usize],
+        "an unaligned read of {len} bytes at mmap+{skip} differs from the whole read"
+    );
+
+    // A read that fails part-way (the mmap buffer is followed by an inaccessible page):
+    // the error says where it stopped, and the partial file is removed.
+    let partial = d.join("partial");
+    let guard_page = mmap.addr + mmap.len;
+    let f = read_to_file(
+        d,
+        pid,
+        newest,
+        &format!("{:#x}", guard_page - MAX_READ as u64),
+        MAX_READ as u64 + 4096,
+        &partial,
+    );
+    assert_eq!(f.status.code(), Some(1), "{f:#?}");
+    let line = f.stderr_line();
+    assert!(line.contains(&format!("{guard_page:#x}")), "{f:#?}");
+    assert!(
+        line.contains(&format!(
+            "(after {MAX_READ} of {} bytes; removed {})",
+            MAX_READ + 4096,
+            partial.display()
+        )),
+        "{f:#?}"
+    );
+    assert!(!partial.exists(), "the partial file was left behind");
+
+    // Memory that was never tracked, and a version not taken yet.
+    let f = read_to_file(d, pid, newest, "0x1000", 4096, &d.join("low"));
+    assert_eq!(f.status.code(), Some(1), "{f:#?}");
+    assert!(f.stderr_line().contains("0x1000"), "{f:#?}");
+    let f = read_to_file(
+        d,
+        pid,
+        newest + 100,
+        &format!("{:#x}", heap.addr),
+        8,
+        &d.join("future"),
+    );
+    assert_eq!(f.status.code(), Some(1), "{f:#?}");
+    f.stderr_line();
+
+    // A snapshot from outside: the next version, holding the live state the program
+    // wrote after its last snapshot.
+    let f = finish(memshadow(d).args(["snapshot", &pid.to_string()]), LIMIT);
+    assert!(f.status.success() && f.stderr.is_empty(), "{f:#?}");
+    let external: u64 = f
+        .stdout
+        .strip_suffix('\n')
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("snapshot printed {:?}, not a version", f.stdout));
+    assert!(
+        external > newest,
+        "external snapshot {external} <= {newest}"
+    );
+    check_version(d, pid, &records, external, &at(None));
+    // It evicted the oldest retained version.
+    let f = read_to_file(d, pid, retained[0], "0x1000", 8, &d.join("gone"));
+    assert!(f.stderr_line().contains("retained"), "{f:#?}");
+
+    let json = finish(
+        memshadow(d).args(["stats", "--json", &pid.to_string()]),
+        LIMIT,
+    );
+    assert!(json.status.success(), "{json:#?}");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let num = |k: &str| {
+        v[k].as_u64()
+            .unwrap_or_else(|| panic!("no {k} in stats: {v}"))
+    };
+    assert!(num("epochs") >= external, "{v}");
+    assert_eq!(num("version"), external, "{v}");
+    assert_eq!(num("versions_retained"), RETAINED as u64, "{v}");
+    assert_eq!(num("oldest_version"), external + 1 - RETAINED as u64, "{v}");
+    assert_eq!(num("incomplete_snapshots"), 0, "{v}");
+    assert!(num("pages_protected") > 0 && num("traps") > 0, "{v}");
+    let text = finish(memshadow(d).args(["stats", &pid.to_string()]), LIMIT);
+    for key in [
+        "epochs",
+        "shadow_bytes",
+        "protect_pass_us_max",
+        "trap_us_p99",
+    ] {
+        assert!(
+            text.stdout.lines().any(|l| l.starts_with(key)),
+            "{key} missing: {text:#?}"
+        );
+    }
+
+    let rest = running.stop(LIMIT);
+    assert_eq!(rest, "", "snap_exact printed after ready");
+}
+
+/// A program that does nothing: a snapshot of its heap equals its memory, read through
+/// /proc/PID/mem.
+#[test]
+fn external_snapshot_of_an_idle_program_matches_its_memory() {
+    let dir = temp_dir("snap");
+    let d = dir.path();
+    let mut c = Command::new("sleep");
+    c.arg("20");
+    clean_env_in(&mut c, d);
+    c.env("LD_PRELOAD", shim_lib());
+    let sleeper = Guard::spawn(&mut c, LIMIT);
+    let pid = sleeper.pid();
+    let sock = paths::socket_path(d, pid);
+    assert!(
+        wait_until(Duration::from_secs(10), || sock.exists()),
+        "the shim did not publish {}",
+        sock.display()
+    );
+    let f = finish(memshadow(d).args(["snapshot", &pid.to_string()]), LIMIT);
+    assert!(f.status.success(), "{f:#?}");
+    let version: u64 = f.stdout.trim().parse().expect("a version");
+    assert!(version >= 1, "{f:#?}");
+
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let heap = maps
+        .lines()
+        .find(|l| l.ends_with("[heap]"))
+        .unwrap_or_else(|| panic!("sleep has no [heap]:\n{maps}"));
+    let (start, end) = heap
+        .split_whitespace()
+        .next()
+        .and_then(|r| r.split_once('-'))
+        .map(|(a, b)| {
+            (
+                u64::from_str_radix(a, 16).unwrap(),
+                u64::from_str_radix(b, 16).unwrap(),
+            )
+        })
+        .unwrap();
+    let out = d.join("heap");
+    let f = read_to_file(d, pid, version, &format!("{start:#x}"), end - start, &out);
+    assert!(f.status.success(), "{f:#?}");
+    let snap = fs::read(&out).unwrap();
+    let mem = fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut live = vec![0u8; (end - start) as usize];
+    mem.read_exact_at(&mut live, start).unwrap();
+    let first = snap.iter().zip(&live).position(|(a, b)| a != b);
+    assert!(
+        first.is_none(),
+        "the snapshot of sleep's heap ({start:#x}-{end:#x}) differs from its memory at offset {first:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Consistency under concurrent writers
+// ---------------------------------------------------------------------------------------
+
+fn parse_chains(lines: &[String]) -> Vec<Vec<u64>> {
+    let mut chains = Vec::new();
+    for (t, l) in lines.iter().enumerate() {
+        let rest = l
+            .strip_prefix(&format!("chain {t} "))
+            .unwrap_or_else(|| panic!("unexpected line from snap_consistency: {l:?}"));
+        let pages: Vec<u64> = rest
+            .split_whitespace()
+            .map(|a| {
+                a.strip_prefix("0x")
+                    .and_then(|h| u64::from_str_radix(h, 16).ok())
+                    .unwrap_or_else(|| panic!("bad address {a:?} in {l:?}"))
+            })
+            .collect();
+        assert_eq!(pages.len(), 64, "{l:?}");
+        assert!(pages.iter().all(|p| p % 4096 == 0), "{l:?}");
+        chains.push(pages);
+    }
+    chains
+}
+
+/// The reads that fetch every chain word (8 bytes at each page address): nearby words
+/// share one request (gaps up to 64 KiB, at most [`MAX_READ`] per request).
+fn read_plan(chains: &[Vec<u64>]) -> Vec<(u64, usize)> {
+    let mut words: Vec<u64> = chains.iter().flatten().copied().collect();
+    words.sort_unstable();
+    let mut plan: Vec<(u64, usize)> = Vec::new();
+    for w in words {
+        match plan.last_mut() {
+            Some((start, len))
+                if w + 8 - *start <= MAX_READ as u64 && w <= *start + *len as u64 + (64 << 10) =>
+            {
+                *len = (w + 8 - *start) as usize;
+            }
+            _ => plan.push((w, 8)),
+        }
+    }
+    plan
+}
+
+/// What is wrong with one chain's values in a snapshot, if anything: along the chain
+/// they must not increase, and the first minus the last is at most 1.
+fn chain_fault(values: &[u64]) -> Option<String> {
+    if let Some(i) = values.windows(2).position(|w| w[1] > w[0]) {
+        return Some(format!(
+            "increases at position {}: {} then {}",
+            i + 1,
+            values[i],
+            values[i + 1]
+        ));
+    }
+    let (first, last) = (values[0], values[values.len() - 1]);
+    (first - last > 1).then(|| format!("spans {last}..{first}"))
+}
+
+#[test]
+fn chain_faults() {
+    assert_eq!(chain_fault(&[5, 5, 4, 4]), None);
+    assert_eq!(chain_fault(&[5, 5, 5]), None);
+    assert!(chain_fault(&[4, 5, 5])
+        .unwrap()
+        .contains("increases at position 1"));
+    assert!(chain_fault(&[6, 5, 4]).unwrap().contains("spans 4..6"));
+}
+
+#[test]
+fn read_plan_covers_every_word_in_few_requests() {
+    let chains = vec![vec![0x10000, 0x12000, 0x400000], vec![0x11000, 0x2000000]];
+    assert_eq!(
+        read_plan(&chains),
+        vec![(0x10000, 0x2008), (0x400000, 8), (0x2000000, 8)]
+    );
+    let far = vec![vec![0, 0x20000]];
+    assert_eq!(read_plan(&far), vec![(0, 8), (0x20000, 8)]);
+}
+
+#[test]
+fn snapshots_are_consistent_under_concurrent_writers() {
+    const SNAPSHOTS: usize = 1200;
+    // The whole test stays under 120 s: the loop's budget, then the program's own
+    // limit (it stops by itself) and the guard's.
+    const BUDGET: Duration = Duration::from_secs(95);
+    let prog = c_program("snap_consistency");
+    let dir = temp_dir("snap");
+    let running = Running::start(
+        &prog,
+        &["110"],
+        dir.path(),
+        &[("MEMSHADOW_MAX_VERSIONS", "4")],
+        Duration::from_secs(10),
+        Duration::from_secs(115),
+    );
+    let chains = parse_chains(&running.lines);
+    assert_eq!(chains.len(), 4);
+    let ctl = Control::new(dir.path(), running.pid());
+    let plan = read_plan(&chains);
+
+    let started = Instant::now();
+    let mut torn: Vec<String> = Vec::new();
+    let mut torn_snapshots = 0usize;
+    let mut went_back: Vec<String> = Vec::new();
+    let mut mid_round = 0usize;
+    let mut prev: Option<(u64, Vec<Vec<u64>>)> = None;
+    let mut first_max = 0;
+    for n in 0..SNAPSHOTS {
+        assert!(
+            started.elapsed() < BUDGET,
+            "too slow: {n} of {SNAPSHOTS} snapshots (each read back with {} requests) in {:.0} s; {torn_snapshots} torn so far",
+            plan.len(),
+            started.elapsed().as_secs_f64()
+        );
+        let v = ctl
+            .snapshot()
+            .unwrap_or_else(|e| panic!("snapshot {n}: {e}"));
+        let values = chain_values(&ctl, &plan, &chains, v);
+        let mut this_torn = false;
+        for (t, vals) in values.iter().enumerate() {
+            if let Some(why) = chain_fault(vals) {
+                this_torn = true;
+                if torn.len() < 5 {
+                    torn.push(format!("version {v}, chain {t}: {why}: {vals:?}"));
+                }
+            }
+            if vals[0] != vals[vals.len() - 1] {
+                mid_round += 1;
+            }
+        }
+        torn_snapshots += usize::from(this_torn);
+        if let Some((pv, pvals)) = &prev {
+            assert!(v > *pv, "version {v} after {pv}");
+            for (t, (now, before)) in values.iter().zip(pvals).enumerate() {
+                if let Some(i) = now.iter().zip(before).position(|(a, b)| a < b) {
+                    if went_back.len() < 5 {
+                        went_back.push(format!(
+                            "chain {t} page {i}: {} at version {pv}, {} at version {v}",
+                            before[i], now[i]
+                        ));
+                    }
+                }
+            }
+        } else {
+            first_max = values.iter().flatten().copied().max().unwrap_or(0);
+        }
+        prev = Some((v, values));
+    }
+    let elapsed = started.elapsed();
+    let rest = running.stop(Duration::from_secs(10));
+    assert!(rest.ends_with("stopped by SIGUSR1\n"), "{rest}");
+    let (_, last) = prev.expect("at least one snapshot");
+    let last_max = last.iter().flatten().copied().max().unwrap_or(0);
+    eprintln!(
+        "{SNAPSHOTS} snapshots in {:.1} s ({} reads each); {mid_round} chain images caught mid-round; rounds {first_max}..{last_max}",
+        elapsed.as_secs_f64(),
+        plan.len()
+    );
+    assert!(
+        torn_snapshots == 0,
+        "{torn_snapshots} of {SNAPSHOTS} snapshots torn (a chain no real state had); first ones:\n{}",
+        torn.join("\n")
+    );
+    assert!(
+        went_back.is_empty(),
+        "values went backwards from one version to the next:\n{}",
+        went_back.join("\n")
+    );
+    assert!(
+        last_max > first_max,
+        "the writers made no progress during the test ({first_max}..{last_max}): the test proves nothing"
+    );
+}
+
+/// Reads every chain word at `version` with the requests of `plan`.
+fn chain_values(
+    ctl: &Control,
+    plan: &[(u64, usize)],
+    chains: &[Vec<u64>],
+    version: u64,
+) -> Vec<Vec<u64>> {
+    let blocks: Vec<(u64, Vec<u8>)> = plan
+        .iter()
+        .map(|&(start, len)| {
+            let bytes = ctl
+                .read(version, start, len)
+                .unwrap_or_else(|e| panic!("version {version}: {e}"));
+            (start, bytes)
+        })
+        .collect();
+    let word = |a: u64| -> u64 {
+        let (start, bytes) = blocks
+            .iter()
+            .find(|(s, b)| *s <= a && a + 8 <= s + b.len() as u64)
+            .expect("the plan covers every word");
+        let off = (a - start) as usize;
+        u64::from_le_bytes(bytes[off..off + 8].try_into().expect("8 bytes"))
+    };
+    chains
+        .iter()
+        .map(|pages| pages.iter().map(|&a| word(a)).collect())
+        .collect()
+}
+
+/// Snapshots taken by the program itself (memshadow_snapshot()) while its writers run:
+/// the calling thread is preempted during protect passes (4 writers, fewer cores), which
+/// must not stall it, and the versions still retained are consistent states.
+#[test]
+fn snapshots_from_inside_a_busy_program() {
+    const SELF: u64 = 1000;
+    const RETAINED: u64 = 4;
+    let prog = c_program("snap_consistency");
+    let dir = temp_dir("snap");
+    let running = Running::start(
+        &prog,
+        &["100", &SELF.to_string()],
+        dir.path(),
+        &[("MEMSHADOW_MAX_VERSIONS", "4")],
+        Duration::from_secs(10),
+        Duration::from_secs(110),
+    );
+    let chains = parse_chains(&running.lines);
+    let line = running.next_line(
+        Duration::from_secs(60),
+        &format!("\"self {SELF} VERSION\" after {SELF} snapshots"),
+    );
+    let last: u64 = line
+        .strip_prefix(&format!("self {SELF} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected line from snap_consistency: {line:?}"));
+    assert!(last >= SELF, "{SELF} snapshots, last version {last}");
+
+    let ctl = Control::new(dir.path(), running.pid());
+    let plan = read_plan(&chains);
+    let mut prev: Option<Vec<Vec<u64>>> = None;
+    for v in last + 1 - RETAINED..=last {
+        let values = chain_values(&ctl, &plan, &chains, v);
+        for (t, vals) in values.iter().enumerate() {
+            if let Some(why) = chain_fault(vals) {
+                panic!("version {v} is torn: chain {t} {why}: {vals:?}");
+            }
+        }
+        if let Some(before) = &prev {
+            for (t, (now, was)) in values.iter().zip(before).enumerate() {
+                assert!(
+                    now.iter().zip(was).all(|(a, b)| a >= b),
+                    "chain {t} went backwards from version {} to {v}",
+                    v - 1
+                );
+            }
+        }
+        prev = Some(values);
+    }
+    let json = finish(
+        memshadow(dir.path()).args(["stats", "--json", &running.pid().to_string()]),
+        LIMIT,
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&json.stdout).unwrap_or_else(|e| panic!("{e}: {json:#?}"));
+    assert!(stats["epochs"].as_u64().unwrap_or(0) >= SELF, "{stats}");
+    let rest = running.stop(Duration::from_secs(10));
+    assert!(rest.ends_with("stopped by SIGUSR1\n"), "{rest}");
+}

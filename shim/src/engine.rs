@@ -197,6 +197,13 @@ pub fn uffd_fd() -> i32 {
     UFFD_FD.load(Ordering::Acquire)
 }
 
+/// A view of the engine's descriptor for ioctls.
+pub fn uffd() -> core::mem::ManuallyDrop<Uffd> {
+    // SAFETY: once opened, the descriptor stays open for the life of the process
+    // (ensure_started forgets its owner); a forked child stops using it before closing.
+    unsafe { Uffd::borrowed(uffd_fd()) }
+}
+
 /// Starts the engine: opens userfaultfd, reserves the shadow budget, starts the fault
 /// thread. Idempotent; the error says why snapshots cannot be taken.
 pub fn ensure_started(config: &Config) -> Result<(), String> {

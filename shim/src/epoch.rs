@@ -56,13 +56,6 @@ pub fn carry_since(old: &[TrackedRange], new: &[Range], v: u64) -> Vec<TrackedRa
     out
 }
 
-/// A borrowed view of the engine's descriptor for ioctls.
-fn uffd() -> core::mem::ManuallyDrop<Uffd> {
-    // SAFETY: the descriptor stays open for the life of the process (engine::ensure_started
-    // never closes it); ManuallyDrop keeps this view from closing it.
-    core::mem::ManuallyDrop::new(unsafe { Uffd::from_raw(engine::uffd_fd()) })
-}
-
 /// Write-protects `r`. While an UNMAP/REMOVE/REMAP event is queued the kernel answers
 /// EAGAIN until the fault thread has read it: yield and try again. False if the range
 /// cannot be protected (unmapped meanwhile).
@@ -90,7 +83,7 @@ pub fn snapshot() -> Result<u64, String> {
 
     regions::rescan();
     let wanted = regions::with_table(|t| t.tracked_ranges());
-    let u = uffd();
+    let u = engine::uffd();
     let mut ranges = Vec::with_capacity(wanted.len());
     for r in wanted {
         match u.register(r) {

@@ -25,9 +25,7 @@ const MAX_RUN: usize = 512;
 /// The fault thread's body; `arg` is the userfaultfd descriptor.
 pub extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
     let fd = arg as usize as i32;
-    // SAFETY: the engine opened this descriptor and keeps it open; ManuallyDrop keeps
-    // this view from closing it.
-    let u = core::mem::ManuallyDrop::new(unsafe { Uffd::from_raw(fd) });
+    let u = engine::uffd();
     let mut events = [Event::Unknown(0); 32];
     while engine::uffd_fd() == fd {
         let waiting = engine::with(|e| !e.retry.is_empty()).unwrap_or(false);
@@ -88,8 +86,7 @@ fn handle(ev: Event, u: &Uffd) {
 /// Resolves a write fault at `addr` in the newest epoch: shadow then unprotect.
 pub fn resolve(e: &mut Engine, addr: usize) {
     let page = addr & !(PAGE - 1);
-    // SAFETY: the engine's descriptor stays open; the view is not dropped.
-    let u = core::mem::ManuallyDrop::new(unsafe { Uffd::from_raw(engine::uffd_fd()) });
+    let u = engine::uffd();
     let v = e.version;
     let mut end = page + PAGE;
     if !e.incomplete {

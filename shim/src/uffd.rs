@@ -185,15 +185,16 @@ impl Uffd {
         Ok(u)
     }
 
-    /// Wraps a descriptor opened by [`Uffd::open`].
+    /// A view of a descriptor opened by [`Uffd::open`] and kept open by its owner; the
+    /// view never closes it.
     ///
     /// # Safety
-    /// `fd` must be an open userfaultfd descriptor; the result closes it when dropped.
-    pub unsafe fn from_raw(fd: i32) -> Uffd {
-        Uffd {
+    /// `fd` must stay an open userfaultfd descriptor while the view is used.
+    pub unsafe fn borrowed(fd: i32) -> core::mem::ManuallyDrop<Uffd> {
+        core::mem::ManuallyDrop::new(Uffd {
             fd,
             features: WANTED,
-        }
+        })
     }
 
     pub fn fd(&self) -> i32 {

@@ -13,7 +13,9 @@
 //!   unmaps meanwhile gives EFAULT instead of crashing the host.
 
 use crate::config::Config;
+use crate::fault_window::FaultWindow;
 use crate::range::Range;
+use crate::reprotect::Reprotect;
 use crate::shadow::{ShadowPool, PAGE};
 use crate::sync::SpinLock;
 use crate::uffd::Uffd;
@@ -34,6 +36,10 @@ pub const HELD_CAPACITY: usize = 4096;
 pub const RETRY_CAPACITY: usize = 4096;
 /// Most ranges remembered as lost (see [`Engine::lost`]).
 pub const LOST_CAPACITY: usize = 1024;
+/// Most unprotected runs and kernel-reported changes remembered between two passes
+/// (beyond them the next pass protects everything).
+pub const UNPROTECTED_CAPACITY: usize = 32768;
+pub const CHANGED_CAPACITY: usize = 4096;
 
 pub struct Engine {
     pub pool: ShadowPool,
@@ -55,7 +61,10 @@ pub struct Engine {
     /// `lost_all_since` takes over for every page.
     pub lost: Vec<(Range, u64)>,
     pub lost_all_since: Option<u64>,
-    pub fault_around: usize,
+    /// How many pages a trap saves (see `fault_window`).
+    pub fault_window: FaultWindow,
+    /// What the next protect pass must protect again.
+    pub reprotect: Reprotect,
     /// Trap latency histogram: bucket i counts traps of [2^i, 2^(i+1)) ns.
     trap_ns: [u64; 40],
     trap_max_ns: u64,
@@ -131,6 +140,7 @@ impl Engine {
     /// the faulting page alone is unprotected, and failing that its waiters are woken
     /// to retry, so no thread is ever left blocked.
     pub fn unprotect(&mut self, u: &Uffd, r: Range) {
+        self.reprotect.note_unprotected(r);
         match u.write_protect(r, false) {
             Ok(()) => {}
             Err(e) if e.is_again() => {
@@ -145,6 +155,17 @@ impl Engine {
                 let _ = u.wake(r);
             }
         }
+    }
+
+    /// At a new version, the queued unprotects must not happen: their pages were saved
+    /// for the previous version only. Their threads are woken instead, fault again and
+    /// are held like any other until the pass ends (UFFDIO_WAKE does not wait for
+    /// queued events).
+    pub fn wake_instead_of_retrying(&mut self, u: &Uffd) {
+        for &r in &self.retry {
+            let _ = u.wake(r);
+        }
+        self.retry.clear();
     }
 
     /// Retries the queued unprotects; keeps those the kernel still refuses.
@@ -235,7 +256,8 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
         retry: Vec::with_capacity(RETRY_CAPACITY),
         lost: Vec::with_capacity(LOST_CAPACITY),
         lost_all_since: None,
-        fault_around: config.fault_around,
+        fault_window: FaultWindow::new(config.fault_around),
+        reprotect: Reprotect::with_capacity(UNPROTECTED_CAPACITY, CHANGED_CAPACITY),
         trap_ns: [0; 40],
         trap_max_ns: 0,
     };

@@ -2,13 +2,17 @@
 //!
 //! A pass re-scans the regions, registers every tracked range with userfaultfd
 //! (registering an already registered range is a no-op), opens version `v+1` and
-//! write-protects everything. Write faults that arrive while the pass runs are held (not
+//! write-protects what is not protected already: what the fault path unprotected since
+//! the last pass, what is new, and what the kernel reported unmapped, zapped or moved
+//! (see `reprotect`). Every other tracked page still carries the protection of an
+//! earlier pass, so its first write traps all the same. Write faults that arrive while the pass runs are held (not
 //! resolved) until it ends: resolving one early would let its thread go on to write a
 //! page the pass has not protected yet, and the snapshot would be a state that never
 //! existed. Held this way, the snapshot is the memory at the end of the pass.
 
 use crate::engine::{self, TrackedRange};
 use crate::range::Range;
+use crate::reprotect::{self, PassWork};
 use crate::sync::SpinLock;
 use crate::uffd::Uffd;
 use crate::{regions, stats, sys};
@@ -73,6 +77,31 @@ fn protect_retrying(u: &Uffd, r: Range) -> bool {
     false
 }
 
+/// Scans started so far: the number of the newest, for [`Reprotect::take`]
+/// (crate::reprotect::Reprotect::take).
+static SCANS: AtomicU64 = AtomicU64::new(0);
+
+/// The number of the newest scan started.
+pub fn scan_number() -> u64 {
+    SCANS.load(Ordering::Acquire)
+}
+
+/// Write-protects the parts of `r` inside `registered`, in chunks; returns the pages.
+fn protect_within(u: &Uffd, registered: &[Range], r: Range) -> u64 {
+    let mut pages = 0u64;
+    reprotect::within(registered, r, &mut |part| {
+        let mut start = part.start;
+        while start < part.end {
+            let end = (start + PROTECT_CHUNK).min(part.end);
+            if protect_retrying(u, Range::new(start, end)) {
+                pages += ((end - start) / 4096) as u64;
+            }
+            start = end;
+        }
+    });
+    pages
+}
+
 /// Takes a snapshot: runs a protect pass and returns its version once it has ended.
 pub fn snapshot() -> Result<u64, String> {
     let _blocked = sys::block_signals();
@@ -81,6 +110,7 @@ pub fn snapshot() -> Result<u64, String> {
     engine::ensure_started(&config)?;
     let started = engine::now_ns();
 
+    let scan = SCANS.fetch_add(1, Ordering::AcqRel) + 1;
     regions::rescan();
     let wanted = regions::with_table(|t| t.tracked_ranges());
     let u = engine::uffd();
@@ -97,7 +127,9 @@ pub fn snapshot() -> Result<u64, String> {
     // pass must then need nothing but ioctls and the engine lock until it has released
     // the held faults.
     let mut held = Vec::with_capacity(engine::HELD_CAPACITY);
-    let v = engine::with(|e| e.version + 1).ok_or("the engine stopped")?;
+    let (v, (unprotected_cap, changed_cap)) =
+        engine::with(|e| (e.version + 1, e.reprotect.capacities())).ok_or("the engine stopped")?;
+    let mut work = PassWork::with_capacity(unprotected_cap, changed_cap);
     let tracked = carry_since(&last_tracked, &ranges, v);
     *last_tracked = tracked.clone();
     let mut tracked = Some(tracked);
@@ -109,17 +141,25 @@ pub fn snapshot() -> Result<u64, String> {
         e.incomplete = false;
         e.pool.begin_version(v);
         e.prune_lost();
+        e.reprotect.take(scan, &mut work);
+        e.wake_instead_of_retrying(&u);
     });
 
+    // Protect again what lost its protection since the last pass, and what is new.
     let mut pages = 0u64;
-    for r in &ranges {
-        let mut start = r.start;
-        while start < r.end {
-            let end = (start + PROTECT_CHUNK).min(r.end);
-            if protect_retrying(&u, Range::new(start, end)) {
-                pages += ((end - start) / 4096) as u64;
+    if work.all {
+        for &r in &ranges {
+            pages += protect_within(&u, &ranges, r);
+        }
+    } else {
+        work.unprotected.sort_unstable_by_key(|r| r.start);
+        for &r in work.unprotected.iter().chain(&work.changed) {
+            pages += protect_within(&u, &ranges, r);
+        }
+        for t in tracked.as_ref().expect("set above") {
+            if t.since == v {
+                pages += protect_within(&u, &ranges, t.range);
             }
-            start = end;
         }
     }
 
@@ -136,6 +176,7 @@ pub fn snapshot() -> Result<u64, String> {
     }
     drop(tracked); // the previous list
     drop(held);
+    drop(work);
 
     let us = (engine::now_ns() - started) / 1000;
     stats::add(Counter::Epochs, 1);
@@ -221,31 +262,45 @@ pub fn forget_after_fork() {
 }
 
 /// The epoch thread: a snapshot on every request, and every `MEMSHADOW_INTERVAL_MS`.
+///
+/// A periodic pass starts `MEMSHADOW_INTERVAL_MS` after the previous one started, but
+/// never sooner after it ended than it lasted: when passes take longer than the period,
+/// the program still runs unhindered at least half of the time.
 extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void {
     // Requests not yet answered are pending, including one posted before this thread
     // first ran.
     let mut seen = ANSWERED.load(Ordering::Acquire);
-    let mut last = engine::now_ns();
+    let mut next_due = engine::now_ns();
+    let mut due_interval = 0;
     loop {
         let interval = INTERVAL_MS.load(Ordering::Relaxed);
-        let wait = if interval == 0 {
+        if interval != due_interval {
+            // A new period (or the first): count it from now.
+            next_due = engine::now_ns() + interval * 1_000_000;
+            due_interval = interval;
+        }
+        let wait_ms = if interval == 0 {
             0
         } else {
-            (last + interval * 1_000_000).saturating_sub(engine::now_ns()) / 1_000_000
+            next_due
+                .saturating_sub(engine::now_ns())
+                .div_ceil(1_000_000)
         };
-        if interval == 0 || wait > 0 {
-            futex_wait(&REQUESTED, seen, wait.max(interval.min(1)));
+        if interval == 0 || wait_ms > 0 {
+            futex_wait(&REQUESTED, seen, wait_ms);
         }
         if !crate::runtime::tracking() {
             break;
         }
         let now = REQUESTED.load(Ordering::Acquire);
-        let due = interval > 0 && engine::now_ns() >= last + interval * 1_000_000;
+        let due = interval > 0 && engine::now_ns() >= next_due;
         if now == seen && !due {
             continue;
         }
-        last = engine::now_ns();
+        let started = engine::now_ns();
         let result = snapshot();
+        let ended = engine::now_ns();
+        next_due = (started + interval * 1_000_000).max(ended + (ended - started));
         if now != seen {
             let answer = match &result {
                 Ok(v) => *v as i64,

@@ -2,8 +2,8 @@
 //!
 //! On the first write to a protected page in an epoch: copy the page's pre-image (its
 //! contents at the newest snapshot) into a shadow slot stamped with that version, copy
-//! up to `fault_around - 1` following still-protected pages of the same range the same
-//! way, then remove the protection from the whole run with one ioctl, which wakes the
+//! the following still-protected pages of the same range the same way, as many as the
+//! adaptive window allows (see `fault_window`), then remove the protection from the whole run with one ioctl, which wakes the
 //! writer. Faults that arrive during a protect pass are held for the pass to resolve.
 //!
 //! This thread runs on its own stack with every signal blocked, allocates nothing, and
@@ -66,7 +66,9 @@ fn handle(ev: Event, u: &Uffd) {
             // A held fault in a range that is going away must not be copied later; wake
             // its thread now (it retries: a zapped page is no longer protected, an
             // unmapped one faults as it would without the shim).
+            let scan = crate::epoch::scan_number();
             engine::with(|e| {
+                e.reprotect.note_changed(r, scan);
                 if e.version > 0 {
                     e.mark_lost(r);
                 }
@@ -79,7 +81,20 @@ fn handle(ev: Event, u: &Uffd) {
                 })
             });
         }
-        Event::Remap { .. } | Event::OtherFault { .. } | Event::Unknown(_) => {}
+        Event::Remap { from, to, len } => {
+            // The pages moved with their protection state; the new address is protected
+            // again by the next passes, and the old one is gone.
+            let scan = crate::epoch::scan_number();
+            let len = (len + PAGE - 1) & !(PAGE - 1);
+            engine::with(|e| {
+                e.reprotect.note_changed(Range::new(to, to + len), scan);
+                e.reprotect.note_changed(Range::new(from, from + len), scan);
+                if e.version > 0 {
+                    e.mark_lost(Range::new(from, from + len));
+                }
+            });
+        }
+        Event::OtherFault { .. } | Event::Unknown(_) => {}
     }
 }
 
@@ -93,9 +108,10 @@ pub fn resolve(e: &mut Engine, addr: usize) {
         // The run to save: this page (unless already saved) and the following pages of
         // the same range up to the fault-around limit, stopping at one already saved
         // (it is unprotected already) or at the end of the range.
-        let limit = e.tracked_at(page, v).map_or(page + PAGE, |t| {
-            t.range.end.min(page + e.fault_around * PAGE)
-        });
+        let window = e.fault_window.window_for(page);
+        let limit = e
+            .tracked_at(page, v)
+            .map_or(page + PAGE, |t| t.range.end.min(page + window * PAGE));
         let first = if e.pool.has(page, v) {
             page + PAGE
         } else {
@@ -126,6 +142,7 @@ pub fn resolve(e: &mut Engine, addr: usize) {
             stats::add(Counter::PagesCopied, copied as u64);
             end = end.max(first + copied * PAGE);
         }
+        e.fault_window.ran(end);
     }
     e.unprotect(&u, Range::new(page, end));
     e.publish();
@@ -137,6 +154,7 @@ pub fn resolve(e: &mut Engine, addr: usize) {
 fn give_up_epoch(e: &mut Engine, u: &Uffd) {
     e.pool.clear();
     e.incomplete = true;
+    e.reprotect.note_all();
     for i in 0..e.tracked.len() {
         let r = e.tracked[i].range;
         e.unprotect(u, r);

@@ -8,7 +8,7 @@
 //! - `forward`, `bootstrap`: reaching the real functions;
 //! - `regions`, `maps`: the table of tracked memory and the maps-file parser;
 //! - `stats`, `control`: what is published;
-//! - `engine`, `epoch`, `fault`, `shadow`, `readback`, `uffd`: snapshots (started by the
+//! - `engine`, `epoch`, `reprotect`, `fault`, `fault_window`, `shadow`, `readback`, `uffd`: snapshots (started by the
 //!   first snapshot request): protect passes, the fault path, shadow copies, reading a
 //!   version back, the userfaultfd interface;
 //! - `runtime`, `config`: start-up, fork, exit, environment;
@@ -26,6 +26,7 @@ mod control;
 mod engine;
 mod epoch;
 mod fault;
+mod fault_window;
 mod forward;
 mod heap;
 mod interpose;
@@ -36,6 +37,7 @@ mod own;
 mod range;
 mod readback;
 mod regions;
+mod reprotect;
 mod runtime;
 mod shadow;
 mod shim_thread;

@@ -21,6 +21,7 @@
 //! | `stats` | `pid`, `command`, `state`, then every statistic | |
 //! | `snapshot` | `version` | sent after the protect pass has ended |
 //! | `read V ADDR LEN` | `version`, `bytes` | then exactly `bytes` raw bytes, then EOF |
+//! | `regions V` | `version`, `page_size`, `regions N`, then N lines `region ADDR LEN` | the memory tracked at version `V`, by address |
 //!
 //! `read` is the one reply with a binary body: after `end\n` come the `LEN` bytes of the
 //! process's memory at `ADDR` as it was at version `V`, and the server closes the
@@ -28,6 +29,14 @@
 //! one connection each. A refused `read` (version no longer retained or not taken yet,
 //! range not tracked at that version, snapshot incomplete) is a single `error` line with
 //! no body.
+//!
+//! `regions V` names every range that version `V` holds (what `read V` can read, save
+//! pages unmapped or discarded since and not kept): one `region ADDR LEN` field each,
+//! in increasing address order, none overlapping, `LEN` at least 1, after a `regions`
+//! field that counts them. It is refused like `read` (not taken yet, no longer
+//! retained, incomplete, no snapshot taken). An image of the version is these ranges read
+//! with `read V` (see [`crate::image`]); a version evicted meanwhile makes those reads
+//! fail, never return another version's bytes.
 
 /// Commands the shim answers.
 pub const CMD_PING: &str = "ping";
@@ -36,6 +45,8 @@ pub const CMD_STATS: &str = "stats";
 pub const CMD_SNAPSHOT: &str = "snapshot";
 /// Reads memory at a version: `read V ADDR LEN`.
 pub const CMD_READ: &str = "read";
+/// Lists the ranges a version holds: `regions V`.
+pub const CMD_REGIONS: &str = "regions";
 
 /// Most bytes one `read` request may ask for (1 MiB).
 pub const MAX_READ: usize = 1 << 20;
@@ -116,6 +127,109 @@ impl ReadRequest {
             ("version", self.version.to_string()),
             ("bytes", self.len.to_string()),
         ])
+    }
+}
+
+/// The arguments of a `regions` request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionsRequest {
+    /// The snapshot version.
+    pub version: u64,
+}
+
+impl RegionsRequest {
+    /// The request line, without its newline: `regions V`.
+    pub fn encode(&self) -> String {
+        format!("{CMD_REGIONS} {}", self.version)
+    }
+
+    /// Parses the arguments that follow the word `regions` (e.g. `"3"`). The message of
+    /// an error is meant for an `error` reply.
+    pub fn parse(args: &str) -> Result<Self, String> {
+        let words: Vec<&str> = args.split_ascii_whitespace().collect();
+        let [v] = words[..] else {
+            return Err(format!(
+                "usage: {CMD_REGIONS} VERSION (decimal), got {} argument(s)",
+                words.len()
+            ));
+        };
+        let version = v
+            .parse::<u64>()
+            .map_err(|_| format!("{CMD_REGIONS}: VERSION {v:?} is not a decimal number"))?;
+        Ok(RegionsRequest { version })
+    }
+}
+
+/// The reply to `regions V`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionsReply {
+    /// The version the ranges belong to.
+    pub version: u64,
+    /// The process's page size (the granularity of snapshots), bytes.
+    pub page_size: u64,
+    /// (first address, length) of each range, in address order.
+    pub regions: Vec<(u64, u64)>,
+}
+
+impl RegionsReply {
+    /// The whole reply.
+    pub fn encode(&self) -> String {
+        let mut fields = Vec::with_capacity(self.regions.len() + 3);
+        fields.push(("version", self.version.to_string()));
+        fields.push(("page_size", self.page_size.to_string()));
+        fields.push(("regions", self.regions.len().to_string()));
+        for (start, len) in &self.regions {
+            fields.push(("region", format!("{start} {len}")));
+        }
+        encode_ok(&fields)
+    }
+
+    /// Decodes the fields of a reply, checking that the ranges are what the protocol
+    /// promises (counted, ordered, disjoint, not empty).
+    pub fn decode(fields: &[(String, String)]) -> Result<Self, ReplyError> {
+        let bad = |m: String| ReplyError::Malformed(format!("{CMD_REGIONS} reply: {m}"));
+        let number = |key: &str| -> Result<u64, ReplyError> {
+            let v = field(fields, key).ok_or_else(|| bad(format!("no {key} field")))?;
+            v.parse()
+                .map_err(|_| bad(format!("{key} {v:?} is not a decimal number")))
+        };
+        let (version, page_size, count) =
+            (number("version")?, number("page_size")?, number("regions")?);
+        let mut regions: Vec<(u64, u64)> = Vec::new();
+        for (k, v) in fields {
+            if k != "region" {
+                continue;
+            }
+            let parsed = v
+                .split_once(' ')
+                .and_then(|(a, l)| Some((a.parse::<u64>().ok()?, l.parse::<u64>().ok()?)));
+            let Some((start, len)) = parsed else {
+                return Err(bad(format!("region {v:?} is not ADDR LEN")));
+            };
+            if len == 0 || start.checked_add(len).is_none() {
+                return Err(bad(format!("region {v:?} has an impossible extent")));
+            }
+            if let Some(&(ps, pl)) = regions.last() {
+                if start < ps + pl {
+                    return Err(bad(format!(
+                        "region {start:#x} starts before the end of the previous one ({:#x})",
+                        ps + pl
+                    )));
+                }
+            }
+            regions.push((start, len));
+        }
+        if regions.len() as u64 != count {
+            return Err(bad(format!(
+                "{} region field(s), but regions says {count}",
+                regions.len()
+            )));
+        }
+        Ok(RegionsReply {
+            version,
+            page_size,
+            regions,
+        })
     }
 }
 
@@ -212,6 +326,57 @@ mod tests {
         assert!(ReadRequest::parse(&format!("1 0 {}", MAX_READ + 1)).is_err());
         assert!(ReadRequest::parse(&format!("1 0 {MAX_READ}")).is_ok());
         assert!(ReadRequest::parse(&format!("1 {} 2", u64::MAX)).is_err());
+    }
+
+    #[test]
+    fn regions_round_trip() {
+        let req = RegionsRequest { version: 5 };
+        assert_eq!(req.encode(), "regions 5");
+        assert_eq!(
+            RegionsRequest::parse(req.encode().trim_start_matches(CMD_REGIONS)),
+            Ok(req)
+        );
+        assert!(RegionsRequest::parse("").is_err());
+        assert!(RegionsRequest::parse("1 2").is_err());
+        assert!(RegionsRequest::parse("0x3").is_err());
+
+        let reply = RegionsReply {
+            version: 5,
+            page_size: 4096,
+            regions: vec![(0x1000, 0x3000), (0x4000, 0x1000), (0x7f00_0000_0000, 4096)],
+        };
+        let text = reply.encode();
+        assert!(
+            text.starts_with("ok\nversion 5\npage_size 4096\nregions 3\nregion 4096 12288\n"),
+            "{text}"
+        );
+        let fields = decode_reply(&text).unwrap();
+        assert_eq!(RegionsReply::decode(&fields), Ok(reply));
+        let empty = RegionsReply {
+            version: 1,
+            page_size: 4096,
+            regions: vec![],
+        };
+        assert_eq!(
+            RegionsReply::decode(&decode_reply(&empty.encode()).unwrap()),
+            Ok(empty)
+        );
+
+        for bad in [
+            "ok\nversion 5\npage_size 4096\nregions 2\nregion 4096 4096\nend\n",
+            "ok\nversion 5\npage_size 4096\nregions 1\nregion 4096\nend\n",
+            "ok\nversion 5\npage_size 4096\nregions 1\nregion 4096 0\nend\n",
+            "ok\nversion 5\npage_size 4096\nregions 2\nregion 8192 4096\nregion 4096 4096\nend\n",
+            "ok\nversion 5\npage_size 4096\nregions 2\nregion 4096 8192\nregion 8192 4096\nend\n",
+            "ok\nversion 5\nregions 0\nend\n",
+            "ok\nversion x\npage_size 4096\nregions 0\nend\n",
+        ] {
+            let fields = decode_reply(bad).unwrap();
+            assert!(
+                matches!(RegionsReply::decode(&fields), Err(ReplyError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

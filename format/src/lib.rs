@@ -4,5 +4,6 @@
 //! encoders that both sides must agree on.
 
 pub mod control;
+pub mod image;
 pub mod paths;
 pub mod stats;

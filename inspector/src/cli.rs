@@ -40,6 +40,13 @@ pub enum Command {
     /// retained or not taken yet, or when part of the range was not tracked at that
     /// version.
     Read(ReadArgs),
+    /// Write every region of a process's memory as it was at a snapshot version to FILE.
+    ///
+    /// FILE (created 0600) holds the regions with their addresses, in the format of
+    /// memshadow_format::image. It is written as the memory is read, never held whole in
+    /// memory. Fails, and leaves no FILE, when the version is no longer retained or not
+    /// taken yet, also when it goes while the image is being written.
+    Image(ImageArgs),
     /// The workload the demo runs under the shim (internal).
     #[command(hide = true)]
     DemoWorkload,
@@ -112,6 +119,18 @@ pub struct ReadArgs {
     /// Write to FILE instead of standard output.
     #[arg(long, short, value_name = "FILE")]
     pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImageArgs {
+    /// The process to read.
+    pub pid: u32,
+    /// The snapshot version to write (as printed by `memshadow snapshot`).
+    #[arg(long = "version", value_name = "V", value_parser = parse_version)]
+    pub at_version: u64,
+    /// The image file to write.
+    #[arg(long, short, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 /// Parses the command line. Help and version go to stdout as usual; any other error is
@@ -265,6 +284,26 @@ mod tests {
         assert_eq!(r.out, Some(PathBuf::from("f")));
         assert!(Cli::try_parse_from(["memshadow", "read", "12", "0x1000", "8"]).is_err());
         assert!(Cli::try_parse_from(["memshadow", "--version"]).is_err_and(|e| !e.use_stderr()));
+    }
+
+    #[test]
+    fn image_arguments() {
+        let cli =
+            Cli::try_parse_from(["memshadow", "image", "12", "--version", "3", "--out", "img"])
+                .unwrap();
+        let Some(Command::Image(a)) = cli.command else {
+            panic!("not image")
+        };
+        assert_eq!((a.pid, a.at_version), (12, 3));
+        assert_eq!(a.out, PathBuf::from("img"));
+        for bad in [
+            &["memshadow", "image", "12", "--version", "3"][..],
+            &["memshadow", "image", "12", "--out", "img"],
+            &["memshadow", "image", "12", "--version", "0", "--out", "img"],
+            &["memshadow", "image", "--version", "1", "--out", "img"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -77,6 +77,21 @@ pub fn snapshot(socket: &Path) -> Result<u64, ControlError> {
     }
 }
 
+/// The ranges `version` holds, in address order, and the process's page size.
+pub fn regions(socket: &Path, version: u64) -> Result<control::RegionsReply, ControlError> {
+    let req = control::RegionsRequest { version };
+    let fields = request(socket, &req.encode())?;
+    let reply = control::RegionsReply::decode(&fields).map_err(ControlError::Reply)?;
+    if reply.version != version {
+        return Err(malformed(format!(
+            "the reply to {:?} is about version {}",
+            req.encode(),
+            reply.version
+        )));
+    }
+    Ok(reply)
+}
+
 /// Longest header (the lines before the body) a `read` reply may have.
 const MAX_HEADER: usize = 64 * 1024;
 
@@ -239,6 +254,41 @@ mod tests {
         match snapshot(&dir.sock()) {
             Err(ControlError::Reply(ReplyError::Refused(m))) => {
                 assert_eq!(m, "userfaultfd is not available: EPERM")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn regions_are_decoded_and_checked() {
+        let reply = control::RegionsReply {
+            version: 4,
+            page_size: 4096,
+            regions: vec![(0x1000, 0x2000), (0x10000, 0x1000)],
+        };
+        let (dir, server) = serve_once("regions", reply.encode().into_bytes());
+        assert_eq!(regions(&dir.sock(), 4).unwrap(), reply);
+        assert_eq!(server.join().unwrap(), "regions 4\n");
+        // Another version than asked for, overlapping ranges, a refusal.
+        let (dir, _server) = serve_once("regions-v", reply.encode().into_bytes());
+        assert!(matches!(
+            regions(&dir.sock(), 5),
+            Err(ControlError::Reply(ReplyError::Malformed(_)))
+        ));
+        let overlapping =
+            b"ok\nversion 4\npage_size 4096\nregions 2\nregion 4096 8192\nregion 8192 4096\nend\n";
+        let (dir, _server) = serve_once("regions-o", overlapping.to_vec());
+        assert!(matches!(
+            regions(&dir.sock(), 4),
+            Err(ControlError::Reply(ReplyError::Malformed(_)))
+        ));
+        let (dir, _server) = serve_once(
+            "regions-e",
+            b"error version 4 has not been taken yet (newest is 2)\n".to_vec(),
+        );
+        match regions(&dir.sock(), 4) {
+            Err(ControlError::Reply(ReplyError::Refused(m))) => {
+                assert!(m.contains("not been taken"))
             }
             other => panic!("{other:?}"),
         }

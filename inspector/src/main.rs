@@ -31,6 +31,7 @@ fn main() {
         Some(Command::Stats(args)) => commands::stats(args),
         Some(Command::Snapshot(args)) => snapshots::snapshot(args),
         Some(Command::Read(args)) => snapshots::read(args),
+        Some(Command::Image(args)) => snapshots::image(args),
         Some(Command::DemoWorkload) => Ok(demo_workload::run()),
     };
     match result {

@@ -1,4 +1,4 @@
-//! Snapshots: `memshadow snapshot` and `memshadow read`, the C API of
+//! Snapshots: `memshadow snapshot`, `memshadow read` and `memshadow image`, the C API of
 //! `c-tests/include/memshadow.h`, byte-exact contents (`c-tests/snap_exact.c`) and
 //! consistency under concurrent writers (`c-tests/snap_consistency.c`).
 //!
@@ -9,14 +9,16 @@ mod common;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use memshadow_format::control::{self, ReadRequest, MAX_READ};
+use memshadow_format::image::{ImageError, ImageHeader, ImageReader, HEADER_SIZE, RECORD_SIZE};
 use memshadow_format::paths;
 
 use common::{
@@ -296,6 +298,12 @@ fn bad_snapshot_and_read_arguments_fail_with_one_line() {
         &["read", "1", "--version", "1", "0x1000", "8k"],
         &["read", "1", "--version", "1", "0x1000"],
         &["read", "1", "--version", "1", "0xffffffffffffffff", "2"],
+        &["image", "1", "--version", "1"],
+        &["image", "1", "--out", "f"],
+        &["image", "--version", "1", "--out", "f"],
+        &["image", "1", "--version", "0", "--out", "f"],
+        &["image", "x", "--version", "1", "--out", "f"],
+        &["image", "1", "--version", "1", "--out", "f", "extra"],
     ] {
         let f = finish(memshadow(dir.path()).args(args), LIMIT);
         assert_eq!(f.status.code(), Some(2), "{args:?}: {f:#?}");
@@ -319,10 +327,10 @@ fn bad_snapshot_and_read_arguments_fail_with_one_line() {
 }
 
 #[test]
-fn snapshot_and_read_have_help() {
+fn snapshot_read_and_image_have_help() {
     let dir = temp_dir("snap");
     let top = finish(memshadow(dir.path()).arg("--help"), LIMIT);
-    for sub in ["snapshot", "read"] {
+    for sub in ["snapshot", "read", "image"] {
         assert!(top.stdout.contains(sub), "{top:#?}");
         let f = finish(memshadow(dir.path()).args([sub, "--help"]), LIMIT);
         assert!(f.status.success(), "{sub}: {f:#?}");
@@ -346,18 +354,36 @@ fn unused_pid() -> u32 {
 fn snapshot_and_read_name_processes_they_cannot_use() {
     let dir = temp_dir("snap");
     let pid = unused_pid().to_string();
+    let out = dir.path().join("image");
     let read = |pid: &str| -> Vec<String> {
         ["read", pid, "--version", "1", "0x1000", "8"]
             .map(String::from)
             .to_vec()
     };
-    for args in [vec!["snapshot".to_string(), pid.clone()], read(&pid)] {
+    let image = |pid: &str| -> Vec<String> {
+        [
+            "image",
+            pid,
+            "--version",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    for args in [
+        vec!["snapshot".to_string(), pid.clone()],
+        read(&pid),
+        image(&pid),
+    ] {
         let f = finish(memshadow(dir.path()).args(&args), LIMIT);
         assert_eq!(f.status.code(), Some(1), "{args:?}: {f:#?}");
         assert_eq!(
             f.stderr_line(),
             format!("memshadow: no process with pid {pid}")
         );
+        assert!(!out.exists(), "{args:?} left {}", out.display());
     }
 
     let mut c = Command::new("sleep");
@@ -365,13 +391,18 @@ fn snapshot_and_read_name_processes_they_cannot_use() {
     clean_env_in(&mut c, dir.path());
     let sleeper = Guard::spawn(&mut c, LIMIT);
     let pid = sleeper.pid().to_string();
-    for args in [vec!["snapshot".to_string(), pid.clone()], read(&pid)] {
+    for args in [
+        vec!["snapshot".to_string(), pid.clone()],
+        read(&pid),
+        image(&pid),
+    ] {
         let f = finish(memshadow(dir.path()).args(&args), LIMIT);
         assert_eq!(f.status.code(), Some(1), "{args:?}: {f:#?}");
         assert_eq!(
             f.stderr_line(),
             format!("memshadow: process {pid} (sleep) is not running under memshadow")
         );
+        assert!(!out.exists(), "{args:?} left {}", out.display());
     }
 }
 
@@ -398,9 +429,19 @@ fn snapshot_and_read_refuse_another_users_process() {
         sock.display()
     );
     let pid = pid.to_string();
+    // In the test's directory (0700, root's): memshadow must refuse before opening it.
+    let out = dir.path().join("image");
     for args in [
         vec!["snapshot", pid.as_str()],
         vec!["read", pid.as_str(), "--version", "1", "0x1000", "8"],
+        vec![
+            "image",
+            pid.as_str(),
+            "--version",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
     ] {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -794,6 +835,497 @@ fn external_snapshot_of_an_idle_program_matches_its_memory() {
         first.is_none(),
         "the snapshot of sleep's heap ({start:#x}-{end:#x}) differs from its memory at offset {first:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Images
+// ---------------------------------------------------------------------------------------
+
+/// `memshadow image PID --version V --out FILE`.
+fn image_cmd(dir: &Path, pid: u32, version: u64, out: &Path) -> Command {
+    let mut c = memshadow(dir);
+    c.args(["image", &pid.to_string(), "--version", &version.to_string()])
+        .arg("--out")
+        .arg(out);
+    c
+}
+
+fn image_to_file(dir: &Path, pid: u32, version: u64, out: &Path) -> Finished {
+    finish(&mut image_cmd(dir, pid, version, out), LIMIT)
+}
+
+/// Runs `memshadow image` and checks that it succeeded the way it says it does: nothing
+/// on stdout, one summary line on stderr naming the version, the regions and the file.
+fn write_image(dir: &Path, pid: u32, version: u64, out: &Path) {
+    let f = image_to_file(dir, pid, version, out);
+    assert!(f.status.success(), "image of version {version}: {f:#?}");
+    assert_eq!(f.stdout, "", "{f:#?}");
+    let line = f.stderr_line();
+    assert!(
+        line.starts_with(&format!(
+            "memshadow: wrote version {version} of process {pid} ("
+        )) && line.contains(" region(s), ")
+            && line.ends_with(&format!(", to {}", out.display())),
+        "{f:#?}"
+    );
+}
+
+/// A parsed image: its header and regions (address, bytes).
+struct Image {
+    header: ImageHeader,
+    regions: Vec<(u64, Vec<u8>)>,
+}
+
+impl Image {
+    /// Reads a whole image file (the tests' images are a few MiB); it must be complete.
+    fn read(path: &Path) -> Image {
+        let file = fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut r = ImageReader::new(BufReader::new(file))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let header = *r.header();
+        let mut regions = Vec::new();
+        while let Some(region) = r
+            .next_region()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        {
+            let mut bytes = Vec::with_capacity(region.len as usize);
+            r.read_to_end(&mut bytes)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(bytes.len() as u64, region.len);
+            regions.push((region.start, bytes));
+        }
+        Image { header, regions }
+    }
+
+    /// The region holding `[addr, addr + len)` whole: (its start, its bytes).
+    fn region_of(&self, addr: u64, len: u64) -> Option<(u64, &[u8])> {
+        self.regions
+            .iter()
+            .find(|(start, b)| *start <= addr && addr + len <= start + b.len() as u64)
+            .map(|(start, b)| (*start, &b[..]))
+    }
+
+    /// The bytes at `[addr, addr + len)`, which must lie in one region.
+    fn bytes(&self, addr: u64, len: u64) -> &[u8] {
+        let (start, b) = self.region_of(addr, len).unwrap_or_else(|| {
+            panic!(
+                "{addr:#x}+{len} is not inside one region of the image: {:x?}",
+                self.extents()
+            )
+        });
+        &b[(addr - start) as usize..(addr - start + len) as usize]
+    }
+
+    fn extents(&self) -> Vec<(u64, u64)> {
+        self.regions
+            .iter()
+            .map(|(s, b)| (*s, s + b.len() as u64))
+            .collect()
+    }
+
+    fn total(&self) -> u64 {
+        self.regions.iter().map(|(_, b)| b.len() as u64).sum()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Images of every retained version of snap_exact hold each buffer exactly as the
+/// program wrote it at that version (also versions it overwrote since), nothing of the
+/// untracked page after its mmap buffer, and a header naming the process and version.
+/// Evicted and future versions are refused without leaving a file; a write that fails
+/// part-way removes the partial file.
+#[test]
+fn images_hold_each_version_as_the_program_wrote_it() {
+    let prog = c_program("snap_exact");
+    let dir = temp_dir("image");
+    let d = dir.path();
+    const RETAINED: usize = 4;
+    let running = Running::start(
+        &prog,
+        &[],
+        d,
+        &[],
+        Duration::from_secs(20),
+        Duration::from_secs(120),
+    );
+    let pid = running.pid();
+    let records = parse_records(&running.lines);
+    let mut versions: Vec<u64> = records.iter().filter_map(|r| r.version).collect();
+    versions.dedup();
+    assert_eq!(versions.len(), 6, "six snapshots: {records:#?}");
+    let newest = *versions.last().unwrap();
+    let (evicted, retained) = versions.split_at(versions.len() - RETAINED);
+    let at =
+        |v: Option<u64>| -> Vec<&Record> { records.iter().filter(|r| r.version == v).collect() };
+
+    // The oldest retained version was overwritten by the rounds after it: its image can
+    // only match from the saved pre-images.
+    let changed = at(Some(retained[0]))
+        .iter()
+        .filter(|r| at(None).iter().any(|l| l.name == r.name && l.sum != r.sum))
+        .count();
+    assert_eq!(
+        changed,
+        at(Some(retained[0])).len(),
+        "every buffer changed after version {}",
+        retained[0]
+    );
+
+    // An existing file is replaced, and made private.
+    let out = d.join("image");
+    fs::write(&out, "old contents").unwrap();
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o644)).unwrap();
+    for &v in retained {
+        let before = now_ms();
+        write_image(d, pid, v, &out);
+        let after = now_ms();
+        assert_eq!(
+            fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "mode of the image"
+        );
+        let image = Image::read(&out);
+        let h = image.header;
+        assert_eq!((h.pid, h.version, h.page_size), (pid, v, 4096), "{h:?}");
+        assert!(
+            before <= h.time_ms && h.time_ms <= after,
+            "time written {} not within {before}..{after}",
+            h.time_ms
+        );
+        for (start, bytes) in &image.regions {
+            assert!(
+                start % 4096 == 0 && bytes.len() % 4096 == 0,
+                "region {start:#x}+{} is not page-aligned",
+                bytes.len()
+            );
+        }
+        for r in at(Some(v)) {
+            let got = fnv1a64(image.bytes(r.addr, r.len));
+            assert!(
+                got == r.sum,
+                "{} ({:#x}, {} bytes) in the image of version {v}: checksum {got:016x}, expected {:016x}; the bytes match {}",
+                r.name,
+                r.addr,
+                r.len,
+                r.sum,
+                who_has(&records, &r.name, got)
+            );
+        }
+        // The inaccessible guard page after the mmap buffer is not tracked: the region
+        // holding the buffer ends right before it.
+        let mmap = at(Some(v))
+            .into_iter()
+            .find(|r| r.name == "mmap")
+            .expect("an mmap record");
+        let (start, bytes) = image.region_of(mmap.addr, mmap.len).unwrap();
+        assert_eq!(
+            start + bytes.len() as u64,
+            mmap.addr + mmap.len,
+            "the region holding the mmap buffer runs past it: {:x?}",
+            image.extents()
+        );
+        // Streamed, yet sized exactly: header, records, bytes, nothing else.
+        assert_eq!(
+            fs::metadata(&out).unwrap().len(),
+            (HEADER_SIZE + RECORD_SIZE * (image.regions.len() + 1)) as u64 + image.total()
+        );
+    }
+
+    // Versions no longer retained, and one not taken yet: one line, exit 1, no file.
+    let refused = |v: u64, why: &str| {
+        let out = d.join(format!("refused-{v}"));
+        let f = image_to_file(d, pid, v, &out);
+        assert_eq!(f.status.code(), Some(1), "version {v}: {f:#?}");
+        assert_eq!(f.stdout, "", "{f:#?}");
+        let line = f.stderr_line();
+        assert!(line.contains(why), "version {v}: {f:#?}");
+        assert!(!out.exists(), "a refused image left {}", out.display());
+    };
+    for &v in evicted {
+        refused(
+            v,
+            &format!(
+                "version {v} is no longer retained (retained: {} to {newest})",
+                retained[0]
+            ),
+        );
+    }
+    refused(
+        newest + 1,
+        &format!(
+            "version {} has not been taken yet (newest is {newest})",
+            newest + 1
+        ),
+    );
+
+    // Writing fails part-way (the file may not grow past 1 MiB): the error says where,
+    // and the partial file is removed.
+    let partial = d.join("partial");
+    let mut c = image_cmd(d, pid, newest, &partial);
+    // SAFETY: the closure runs in the child between fork and exec and makes only
+    // async-signal-safe calls (setrlimit, signal) on values it owns.
+    unsafe {
+        c.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 1 << 20,
+                rlim_max: 1 << 20,
+            };
+            // SIGXFSZ ignored: a write past the limit fails with EFBIG instead.
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0
+                || libc::signal(libc::SIGXFSZ, libc::SIG_IGN) == libc::SIG_ERR
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let f = finish(&mut c, LIMIT);
+    assert_eq!(f.status.code(), Some(1), "{f:#?}");
+    let line = f.stderr_line();
+    assert!(
+        line.starts_with(&format!("memshadow: cannot write {}: ", partial.display()))
+            && line.contains(" (in region ")
+            && line.ends_with(&format!("; removed {})", partial.display())),
+        "{f:#?}"
+    );
+    assert!(!partial.exists(), "the partial image was left behind");
+
+    let rest = running.stop(LIMIT);
+    assert_eq!(rest, "", "snap_exact printed after ready");
+}
+
+/// A program that does nothing: before any snapshot an image is refused; after one,
+/// every region of the image equals the program's memory (read through /proc/PID/mem),
+/// and lies in a private writable mapping of the program.
+#[test]
+fn image_of_an_idle_program_equals_its_memory() {
+    let dir = temp_dir("image");
+    let d = dir.path();
+    let mut c = Command::new("sleep");
+    c.arg("20");
+    clean_env_in(&mut c, d);
+    c.env("LD_PRELOAD", shim_lib());
+    let sleeper = Guard::spawn(&mut c, LIMIT);
+    let pid = sleeper.pid();
+    let sock = paths::socket_path(d, pid);
+    assert!(
+        wait_until(Duration::from_secs(10), || sock.exists()),
+        "the shim did not publish {}",
+        sock.display()
+    );
+    let out = d.join("image");
+    let f = image_to_file(d, pid, 1, &out);
+    assert_eq!(f.status.code(), Some(1), "{f:#?}");
+    assert_eq!(
+        f.stderr_line(),
+        format!(
+            "memshadow: process {pid} (sleep) refused the request: no snapshot has been taken in this process"
+        )
+    );
+    assert!(!out.exists());
+
+    let f = finish(memshadow(d).args(["snapshot", &pid.to_string()]), LIMIT);
+    assert!(f.status.success(), "{f:#?}");
+    let version: u64 = f.stdout.trim().parse().expect("a version");
+    write_image(d, pid, version, &out);
+    let image = Image::read(&out);
+    assert_eq!((image.header.pid, image.header.version), (pid, version));
+    assert!(!image.regions.is_empty(), "an image without regions");
+
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let writable: Vec<(u64, u64)> = maps
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (range, perms) = (w.next()?, w.next()?);
+            if !perms.starts_with("rw") || !perms.ends_with('p') {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            ))
+        })
+        .collect();
+    let mem = fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    for (start, bytes) in &image.regions {
+        let end = start + bytes.len() as u64;
+        // Adjacent mappings may make one region.
+        let mut at = *start;
+        while at < end {
+            let Some(&(_, e)) = writable.iter().find(|&&(s, e)| s <= at && at < e) else {
+                panic!("{at:#x} (in region {start:#x}-{end:#x}) is not in a private writable mapping:\n{maps}");
+            };
+            at = e.min(end);
+        }
+        let mut live = vec![0u8; bytes.len()];
+        mem.read_exact_at(&mut live, *start).unwrap();
+        let first = bytes.iter().zip(&live).position(|(a, b)| a != b);
+        assert!(
+            first.is_none(),
+            "region {start:#x}-{end:#x} of the image differs from sleep's memory at offset {first:?}"
+        );
+    }
+}
+
+/// Images taken while 4 writer threads run are consistent states (every chain of
+/// snap_consistency reads r, ..., r, r-1, ..., r-1), and later versions never go back.
+#[test]
+fn images_are_consistent_under_concurrent_writers() {
+    const IMAGES: usize = 8;
+    let prog = c_program("snap_consistency");
+    let dir = temp_dir("image");
+    let d = dir.path();
+    let running = Running::start(
+        &prog,
+        &["60"],
+        d,
+        &[],
+        Duration::from_secs(10),
+        Duration::from_secs(90),
+    );
+    let pid = running.pid();
+    let chains = parse_chains(&running.lines);
+    let ctl = Control::new(d, pid);
+    let mut prev: Option<(u64, Vec<Vec<u64>>)> = None;
+    let mut first_max = 0;
+    for n in 0..IMAGES {
+        let v = ctl
+            .snapshot()
+            .unwrap_or_else(|e| panic!("snapshot {n}: {e}"));
+        let out = d.join(format!("image-{v}"));
+        write_image(d, pid, v, &out);
+        let image = Image::read(&out);
+        fs::remove_file(&out).unwrap();
+        let values: Vec<Vec<u64>> = chains
+            .iter()
+            .map(|pages| {
+                pages
+                    .iter()
+                    .map(|&a| u64::from_le_bytes(image.bytes(a, 8).try_into().unwrap()))
+                    .collect()
+            })
+            .collect();
+        for (t, vals) in values.iter().enumerate() {
+            if let Some(why) = chain_fault(vals) {
+                panic!("the image of version {v} is torn: chain {t} {why}: {vals:?}");
+            }
+        }
+        match &prev {
+            Some((pv, before)) => {
+                for (t, (now, was)) in values.iter().zip(before).enumerate() {
+                    assert!(
+                        now.iter().zip(was).all(|(a, b)| a >= b),
+                        "chain {t} went backwards from version {pv} to {v}"
+                    );
+                }
+            }
+            None => first_max = values.iter().flatten().copied().max().unwrap_or(0),
+        }
+        prev = Some((v, values));
+    }
+    let rest = running.stop(Duration::from_secs(10));
+    assert!(rest.ends_with("stopped by SIGUSR1\n"), "{rest}");
+    let last_max = prev
+        .map(|(_, vals)| vals.iter().flatten().copied().max().unwrap_or(0))
+        .unwrap_or(0);
+    assert!(
+        last_max > first_max,
+        "the writers made no progress during the test ({first_max}..{last_max}): the test proves nothing"
+    );
+}
+
+/// A version evicted while its image is being written: the image is written into a
+/// pipe the test stops reading, so `memshadow image` is held part-way while snapshots
+/// evict the version. Its next read is refused: one line saying so and where it stopped,
+/// exit 1; the reader sees a stream without its end record (truncated), and the pipe,
+/// not a regular file, is left in place.
+#[test]
+fn image_of_a_version_evicted_mid_stream_fails_cleanly() {
+    let prog = c_program("snap_consistency");
+    let dir = temp_dir("image");
+    let d = dir.path();
+    const RETAINED: u64 = 4;
+    let running = Running::start(
+        &prog,
+        &["60"],
+        d,
+        &[("MEMSHADOW_MAX_VERSIONS", "4")],
+        Duration::from_secs(10),
+        Duration::from_secs(90),
+    );
+    let pid = running.pid();
+    let ctl = Control::new(d, pid);
+    let v = ctl.snapshot().expect("a snapshot");
+
+    let fifo = d.join("image.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let mut cmd = image_cmd(d, pid, v, &fifo);
+    let cli = std::thread::spawn(move || finish(&mut cmd, LIMIT));
+    // Opening a pipe waits for its writer: on a thread, so that a memshadow that never
+    // opens it cannot hang the test.
+    let (tx, rx) = mpsc::channel();
+    let opening = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(fs::File::open(&opening));
+    });
+    let Ok(Ok(pipe)) = rx.recv_timeout(LIMIT) else {
+        // Unblock the opener, then say what memshadow did.
+        let _ = fs::OpenOptions::new().write(true).open(&fifo);
+        panic!("memshadow image never opened its output: {:#?}", cli.join());
+    };
+    let mut reader = ImageReader::new(pipe).expect("the header");
+    assert_eq!(reader.header().version, v);
+    let first = reader.next_region().expect("a region").expect("a region");
+    let mut some = [0u8; 4096];
+    let n = reader
+        .read_bytes(&mut some)
+        .expect("bytes of the first region");
+    assert!(n > 0, "{first:?}");
+
+    // memshadow now waits for the pipe (it is never more than the pipe, its buffer and
+    // one chunk ahead of the reader); the tracked memory is far larger than that.
+    for _ in 0..RETAINED {
+        ctl.snapshot().expect("a snapshot");
+    }
+    let refused = ctl.read(v, first.start, 8).unwrap_err();
+    assert!(refused.contains("no longer retained"), "{refused}");
+
+    // Read on: the stream ends without its end record.
+    let outcome = loop {
+        match reader.next_region() {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(outcome, Err(ImageError::Truncated(_))),
+        "the reader got {outcome:?}"
+    );
+    let f = cli.join().expect("the memshadow thread");
+    assert_eq!(f.status.code(), Some(1), "{f:#?}");
+    assert_eq!(f.stdout, "", "{f:#?}");
+    let line = f.stderr_line();
+    assert!(
+        line.starts_with(&format!("memshadow: process {pid} ("))
+            && line.contains(&format!(
+                ") refused the request: version {v} is no longer retained (retained: {} to {}) (in region ",
+                v + 1,
+                v + RETAINED
+            ))
+            && !line.contains("removed"),
+        "{f:#?}"
+    );
+    assert!(fifo.exists(), "the pipe was removed");
+    let rest = running.stop(Duration::from_secs(10));
+    assert!(rest.ends_with("stopped by SIGUSR1\n"), "{rest}");
 }
 
 // ---------------------------------------------------------------------------------------

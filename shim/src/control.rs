@@ -10,7 +10,10 @@ use crate::log::info;
 use crate::{regions, stats, sys};
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use memshadow_format::control::{encode_error, encode_ok, CMD_PING, CMD_STATS, MAX_REQUEST};
+use memshadow_format::control::{
+    encode_error, encode_ok, RegionsReply, RegionsRequest, CMD_PING, CMD_READ, CMD_REGIONS,
+    CMD_SNAPSHOT, CMD_STATS, MAX_REQUEST,
+};
 use memshadow_format::paths::MAX_SOCKET_PATH;
 use memshadow_format::stats::ProcessState;
 use std::os::fd::IntoRawFd;
@@ -251,11 +254,33 @@ pub fn dispatch(req: &str) -> Vec<u8> {
             Err(e) => encode_error(&e).into_bytes(),
         },
         "read" => read_reply(&args),
+        CMD_REGIONS => regions_reply(&args),
         "" => encode_error("empty request").into_bytes(),
         other => encode_error(&format!(
-            "unknown command {other:?} (known: {CMD_PING}, {CMD_STATS}, snapshot, read)"
+            "unknown command {other:?} (known: {CMD_PING}, {CMD_STATS}, {CMD_SNAPSHOT}, {CMD_READ}, {CMD_REGIONS})"
         ))
         .into_bytes(),
+    }
+}
+
+/// `regions V`: the ranges version V holds.
+fn regions_reply(args: &[&str]) -> Vec<u8> {
+    let req = match RegionsRequest::parse(&args.join(" ")) {
+        Ok(r) => r,
+        Err(e) => return encode_error(&e).into_bytes(),
+    };
+    match crate::readback::regions_at(req.version) {
+        Ok(ranges) => RegionsReply {
+            version: req.version,
+            page_size: crate::shadow::PAGE as u64,
+            regions: ranges
+                .iter()
+                .map(|r| (r.start as u64, r.len() as u64))
+                .collect(),
+        }
+        .encode()
+        .into_bytes(),
+        Err(e) => encode_error(&e.to_string()).into_bytes(),
     }
 }
 

@@ -5,7 +5,8 @@
 //! the newest snapshot (every unprotect follows a copy), so no write can land while the
 //! engine lock keeps the fault thread from unprotecting it: the live copy is exact.
 
-use crate::engine;
+use crate::engine::{self, Engine};
+use crate::range::Range;
 use crate::shadow::PAGE;
 
 /// Why a read was refused.
@@ -73,30 +74,68 @@ impl core::fmt::Display for ReadError {
 /// Pages read per engine-lock hold, so a large read never stalls faults for long.
 const PAGES_PER_LOCK: usize = 16;
 
+/// Whether version `v` can be read now (called under the engine lock).
+fn readable(e: &Engine, v: u64) -> Result<(), ReadError> {
+    let newest = e.version;
+    if v == 0 || v > newest || (v == newest && e.pass_running) {
+        return Err(ReadError::NotTaken {
+            version: v,
+            newest: newest - e.pass_running as u64,
+        });
+    }
+    if e.incomplete && v == newest {
+        return Err(ReadError::Incomplete(v));
+    }
+    match e.pool.retained() {
+        Some((oldest, _)) if v >= oldest => Ok(()),
+        retained => Err(ReadError::NotRetained {
+            version: v,
+            retained,
+        }),
+    }
+}
+
+/// The ranges version `v` holds, in address order, adjacent ones merged: the tracked
+/// ranges it was taken with that are still tracked (a range that stopped being tracked
+/// since is gone from the list, and `read` refuses it too).
+pub fn regions_at(v: u64) -> Result<Vec<Range>, ReadError> {
+    // Nothing may allocate under the engine lock: the list is sized outside it, and
+    // sized again if a protect pass grew the tracked list in between.
+    let mut capacity = 0;
+    loop {
+        let mut out: Vec<Range> = Vec::with_capacity(capacity);
+        let need = engine::with(|e| {
+            readable(e, v)?;
+            let held = e.tracked.iter().filter(|t| t.since <= v);
+            let n = held.clone().count();
+            if n > out.capacity() {
+                return Ok(Some(n));
+            }
+            for t in held {
+                // Parts of one mapping tracked since different versions sit side by
+                // side: one range for the reader.
+                match out.last_mut() {
+                    Some(last) if last.end == t.range.start => last.end = t.range.end,
+                    _ => out.push(t.range),
+                }
+            }
+            Ok(None)
+        })
+        .ok_or(ReadError::NoEngine)??;
+        match need {
+            None => return Ok(out),
+            // A little more, in case the list grows again meanwhile.
+            Some(n) => capacity = n + n / 8 + 16,
+        }
+    }
+}
+
 /// Fills `out` with the memory at `addr` as it was at version `v`.
 pub fn read(v: u64, addr: usize, out: &mut [u8]) -> Result<(), ReadError> {
     let mut done = 0;
     while done < out.len() {
         let r = engine::with(|e| {
-            let newest = e.version;
-            if v == 0 || v > newest || (v == newest && e.pass_running) {
-                return Err(ReadError::NotTaken {
-                    version: v,
-                    newest: newest - e.pass_running as u64,
-                });
-            }
-            if e.incomplete && v == newest {
-                return Err(ReadError::Incomplete(v));
-            }
-            match e.pool.retained() {
-                Some((oldest, _)) if v >= oldest => {}
-                retained => {
-                    return Err(ReadError::NotRetained {
-                        version: v,
-                        retained,
-                    })
-                }
-            }
+            readable(e, v)?;
             for _ in 0..PAGES_PER_LOCK {
                 if done == out.len() {
                     break;

@@ -126,11 +126,14 @@ pub enum Counter {
     Version = 20,
     /// The oldest version that can still be read.
     OldestVersion = 21,
+    /// Pages saved into shadows just before the program discarded them (munmap,
+    /// madvise, free of a large block, a shrinking brk or mremap, malloc_trim).
+    PagesPreserved = 22,
 }
 
 impl Counter {
     /// Every assigned counter, in slot order.
-    pub const ALL: [Counter; 22] = [
+    pub const ALL: [Counter; 23] = [
         Counter::TrackedRegions,
         Counter::TrackedBytes,
         Counter::Rescans,
@@ -153,6 +156,7 @@ impl Counter {
         Counter::TrapUsMax,
         Counter::Version,
         Counter::OldestVersion,
+        Counter::PagesPreserved,
     ];
 
     pub const fn index(self) -> usize {
@@ -183,6 +187,7 @@ impl Counter {
             Counter::TrapUsMax => "trap_us_max",
             Counter::Version => "version",
             Counter::OldestVersion => "oldest_version",
+            Counter::PagesPreserved => "pages_preserved",
         }
     }
 }

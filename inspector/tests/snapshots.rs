@@ -1592,3 +1592,80 @@ fn snapshots_from_inside_a_busy_program() {
     let rest = running.stop(Duration::from_secs(10));
     assert!(rest.ends_with("stopped by SIGUSR1\n"), "{rest}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Freed memory
+// ---------------------------------------------------------------------------------------
+
+/// Memory freed, unmapped, discarded, trimmed or moved after a snapshot still reads as
+/// it was at that snapshot (`c-tests/snap_freed.c`): the shim saves the pages retained
+/// versions need before each discard reaches the kernel. Images of those versions hold
+/// the freed ranges too. A child forked during an epoch checks its own memory (and takes
+/// a snapshot of its own); the parent's version from before the fork is unchanged.
+#[test]
+fn freed_memory_reads_as_it_was() {
+    let prog = c_program("snap_freed");
+    let dir = temp_dir("freed");
+    let d = dir.path();
+    let running = Running::start(
+        &prog,
+        &[],
+        d,
+        // Every version of the run stays readable.
+        &[("MEMSHADOW_MAX_VERSIONS", "32")],
+        Duration::from_secs(30),
+        Duration::from_secs(120),
+    );
+    let pid = running.pid();
+    let records = parse_records(&running.lines);
+    let names: Vec<&str> = records.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "realloc_mmapped",
+            "realloc_small",
+            "large_free",
+            "trimmed",
+            "unmapped",
+            "madvised",
+            "madvised_after",
+            "remapped",
+            "remapped_after",
+            "forked"
+        ],
+        "{records:#?}"
+    );
+    for r in &records {
+        let v = r.version.expect("every record names a version");
+        check_version(d, pid, &records, v, &[r]);
+    }
+
+    // The pages kept before discards are counted.
+    let o = run_with_timeout(
+        memshadow(d).args(["stats", &pid.to_string(), "--json"]),
+        LIMIT,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let preserved = stats["pages_preserved"].as_u64().unwrap_or(0);
+    assert!(
+        preserved >= 256,
+        "at least the 2 MiB of large_free had to be kept before free(), pages_preserved is {preserved}: {stats}"
+    );
+
+    // An image of the version before the large free holds the freed block as it was.
+    let large = records.iter().find(|r| r.name == "large_free").unwrap();
+    let out = d.join("image-large");
+    write_image(d, pid, large.version.unwrap(), &out);
+    let image = Image::read(&out);
+    let got = fnv1a64(image.bytes(large.addr, large.len));
+    assert_eq!(
+        got,
+        large.sum,
+        "the image of version {} holds the freed 2 MiB block as it was",
+        large.version.unwrap()
+    );
+
+    let rest = running.stop(Duration::from_secs(10));
+    assert_eq!(rest, "", "snap_freed printed after ready");
+}

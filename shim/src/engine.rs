@@ -20,7 +20,7 @@ use crate::shadow::{ShadowPool, PAGE};
 use crate::sync::SpinLock;
 use crate::uffd::Uffd;
 use crate::{stats, sys};
-use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use memshadow_format::stats::Counter;
 
 /// A range registered with userfaultfd and the first version whose snapshot holds it.
@@ -30,12 +30,31 @@ pub struct TrackedRange {
     pub since: u64,
 }
 
+/// A range an older snapshot held that the newest one does not (unmapped, or no
+/// longer writable anonymous memory): tracked at versions `since` up to, not
+/// including, `until`. Only shadows can tell what it held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetiredRange {
+    pub range: Range,
+    pub since: u64,
+    pub until: u64,
+}
+
+/// How version `v` holds a page (see [`Engine::holding`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holding {
+    /// Tracked by the newest snapshot: its shadow, else the live page.
+    Tracked,
+    /// Tracked then, not any more: its shadow only.
+    Retired,
+}
+
 /// Most faults held during one protect pass (each blocked thread holds at most one).
 pub const HELD_CAPACITY: usize = 4096;
 /// Most unprotects waiting to be retried (see [`Engine::retry`]).
 pub const RETRY_CAPACITY: usize = 4096;
 /// Most ranges remembered as lost (see [`Engine::lost`]).
-pub const LOST_CAPACITY: usize = 1024;
+pub const LOST_CAPACITY: usize = 4096;
 /// Most unprotected runs and kernel-reported changes remembered between two passes
 /// (beyond them the next pass protects everything).
 pub const UNPROTECTED_CAPACITY: usize = 32768;
@@ -51,6 +70,8 @@ pub struct Engine {
     pub held: Vec<usize>,
     /// What the newest snapshot covers, sorted by address.
     pub tracked: Vec<TrackedRange>,
+    /// What retained older snapshots covered and the newest does not.
+    pub retired: Vec<RetiredRange>,
     /// The newest snapshot could not be completed (shadow budget exhausted).
     pub incomplete: bool,
     /// Ranges to unprotect (and so wake) that the kernel refused with EAGAIN because an
@@ -79,6 +100,17 @@ impl Engine {
             .filter(|t| t.range.start <= page && t.since <= v)
     }
 
+    /// Whether and how version `v` holds `page`.
+    pub fn holding(&self, page: usize, v: u64) -> Option<Holding> {
+        if self.tracked_at(page, v).is_some() {
+            return Some(Holding::Tracked);
+        }
+        self.retired
+            .iter()
+            .any(|r| r.since <= v && v < r.until && r.range.start <= page && page < r.range.end)
+            .then_some(Holding::Retired)
+    }
+
     /// Records one trap's latency and publishes the percentiles.
     pub fn record_trap(&mut self, ns: u64) {
         let b = (63 - ns.max(1).leading_zeros()) as usize;
@@ -103,9 +135,45 @@ impl Engine {
         stats::set(Counter::TrapUsMax, self.trap_max_ns / 1000);
     }
 
-    /// Records that `r` was unmapped or zapped in the current epoch.
+    /// Records that `r` was unmapped or zapped in the current epoch: its pages tracked
+    /// at the newest version and not saved in it no longer hold what that version (and
+    /// older ones without a shadow of their own) saw.
     pub fn mark_lost(&mut self, r: Range) {
         let v = self.version;
+        if v == 0 {
+            return;
+        }
+        let mut p = r.start & !(PAGE - 1);
+        while p < r.end {
+            let Some(t) = self.tracked_at_or_after(p).copied() else {
+                return;
+            };
+            if t.range.start >= r.end {
+                return;
+            }
+            p = p.max(t.range.start);
+            let end = t.range.end.min(r.end);
+            while p < end {
+                if self.pool.has(p, v) {
+                    p += PAGE;
+                    continue;
+                }
+                let first = p;
+                while p < end && !self.pool.has(p, v) {
+                    p += PAGE;
+                }
+                self.push_lost(Range::new(first, p), v);
+            }
+        }
+    }
+
+    fn push_lost(&mut self, r: Range, v: u64) {
+        if let Some((last, lv)) = self.lost.last_mut() {
+            if *lv == v && last.end == r.start {
+                last.end = r.end;
+                return;
+            }
+        }
         if self.lost.len() < self.lost.capacity() {
             self.lost.push((r, v));
         } else if self.lost_all_since.is_none() {
@@ -113,14 +181,44 @@ impl Engine {
         }
     }
 
+    /// The first tracked range that ends after `page`.
+    pub fn tracked_at_or_after(&self, page: usize) -> Option<&TrackedRange> {
+        let i = self.tracked.partition_point(|t| t.range.end <= page);
+        self.tracked.get(i)
+    }
+
+    /// Starts or ends a protect pass, and publishes it (see [`stamp`]).
+    pub fn set_pass_running(&mut self, running: bool) {
+        self.pass_running = running;
+        STAMP.store(self.version * 2 + running as u64, Ordering::Release);
+    }
+
     /// Whether the live contents of `page` may differ from what version `v` saw because
     /// it was unmapped or zapped after snapshot `v`.
+    ///
+    /// Losses are recorded in version order, so the ones at or after `v` are the end of
+    /// the list.
     pub fn lost_since(&self, page: usize, v: u64) -> bool {
         self.lost_all_since.is_some_and(|l| l >= v)
             || self
                 .lost
                 .iter()
-                .any(|&(r, l)| l >= v && r.start <= page && page < r.end)
+                .rev()
+                .take_while(|&&(_, l)| l >= v)
+                .any(|&(r, _)| r.start <= page && page < r.end)
+    }
+
+    /// Whether `page` was unmapped or zapped in an epoch from `v` up to, not including,
+    /// `until`: then a shadow stamped `until` does not show it as version `v` saw it (a
+    /// zap changes a page without a write fault, so "not written since" does not hold).
+    pub fn lost_between(&self, page: usize, v: u64, until: u64) -> bool {
+        self.lost_all_since.is_some_and(|l| v <= l && l < until)
+            || self
+                .lost
+                .iter()
+                .rev()
+                .take_while(|&&(_, l)| l >= v)
+                .any(|&(r, l)| l < until && r.start <= page && page < r.end)
     }
 
     /// Forgets losses that no retained version can see (called as versions go).
@@ -194,6 +292,14 @@ impl Engine {
 }
 
 static ENGINE: SpinLock<Option<Engine>> = SpinLock::new(None);
+/// Twice the newest version, plus one while a protect pass runs: read without the lock.
+static STAMP: AtomicU64 = AtomicU64::new(0);
+
+/// The engine's stamp: twice the newest version, plus one while a pass runs. Host
+/// threads read it to learn whether a version opened since they last looked.
+pub fn stamp() -> u64 {
+    STAMP.load(Ordering::Acquire)
+}
 static STARTED: AtomicBool = AtomicBool::new(false);
 static UFFD_FD: AtomicI32 = AtomicI32::new(-1);
 static START: SpinLock<()> = SpinLock::new(());
@@ -237,6 +343,12 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
     }
     let uffd = Uffd::open(crate::uffd::WANTED)
         .map_err(|e| format!("userfaultfd is not available: {e}"))?;
+    crate::preserve::init()?;
+    // glibc's free trims the heap with its own __sbrk/__madvise, which no interposer
+    // sees and whose pages retained versions may still need: from now on it does not
+    // (malloc_trim, interposed, still does).
+    // SAFETY: mallopt only sets a malloc parameter.
+    unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) };
     let budget = config.shadow_budget_mb << 20;
     let mem = sys::map_anon(budget, true).ok_or_else(|| {
         format!(
@@ -252,6 +364,7 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
         pass_running: false,
         held: Vec::with_capacity(HELD_CAPACITY),
         tracked: Vec::new(),
+        retired: Vec::new(),
         incomplete: false,
         retry: Vec::with_capacity(RETRY_CAPACITY),
         lost: Vec::with_capacity(LOST_CAPACITY),
@@ -333,6 +446,8 @@ pub fn now_ns() -> u64 {
 /// the child's. The child starts without one; a snapshot request starts a fresh engine.
 pub fn forget_after_fork() {
     STARTED.store(false, Ordering::Release);
+    STAMP.store(0, Ordering::Release);
+    crate::preserve::forget_after_fork();
     let fd = UFFD_FD.swap(-1, Ordering::AcqRel);
     if fd >= 0 {
         // SAFETY: the inherited descriptor is the parent's; ioctls on it would change the

@@ -10,7 +10,7 @@
 //! page the pass has not protected yet, and the snapshot would be a state that never
 //! existed. Held this way, the snapshot is the memory at the end of the pass.
 
-use crate::engine::{self, TrackedRange};
+use crate::engine::{self, RetiredRange, TrackedRange};
 use crate::range::Range;
 use crate::reprotect::{self, PassWork};
 use crate::sync::SpinLock;
@@ -23,10 +23,47 @@ use memshadow_format::stats::Counter;
 /// in a protected part is not held behind a long ioctl.
 const PROTECT_CHUNK: usize = 512 * 4096;
 
-/// Passes run one at a time. The lock holds the tracked list of the last pass (the
-/// engine holds the same list for readers; the pass builds the next one from this copy
-/// without the engine lock).
-static PASS: SpinLock<Vec<TrackedRange>> = SpinLock::new(Vec::new());
+/// What the last pass left: the tracked and retired lists (the engine holds the same
+/// lists for readers; the next pass builds its own from this copy without the engine
+/// lock).
+struct PassState {
+    tracked: Vec<TrackedRange>,
+    retired: Vec<RetiredRange>,
+}
+
+/// Passes run one at a time, holding this lock.
+static PASS: SpinLock<PassState> = SpinLock::new(PassState {
+    tracked: Vec::new(),
+    retired: Vec::new(),
+});
+
+/// The parts of `old` that `new` no longer holds, retired at version `v` (tracked from
+/// their `since` up to `v`). Both lists are sorted and free of overlaps.
+pub fn retire(old: &[TrackedRange], new: &[Range], v: u64) -> Vec<RetiredRange> {
+    let mut out = Vec::new();
+    for t in old {
+        let mut cursor = t.range.start;
+        let first = new.partition_point(|r| r.end <= t.range.start);
+        for r in new[first..].iter().take_while(|r| r.start < t.range.end) {
+            if r.start > cursor {
+                out.push(RetiredRange {
+                    range: Range::new(cursor, r.start),
+                    since: t.since,
+                    until: v,
+                });
+            }
+            cursor = cursor.max(r.end);
+        }
+        if cursor < t.range.end {
+            out.push(RetiredRange {
+                range: Range::new(cursor, t.range.end),
+                since: t.since,
+                until: v,
+            });
+        }
+    }
+    out
+}
 
 /// Which parts of `new` were tracked before (keep their `since`) and which are new
 /// (tracked since `v`). Both lists are sorted and free of overlaps.
@@ -105,10 +142,11 @@ fn protect_within(u: &Uffd, registered: &[Range], r: Range) -> u64 {
 /// Takes a snapshot: runs a protect pass and returns its version once it has ended.
 pub fn snapshot() -> Result<u64, String> {
     let _blocked = sys::block_signals();
-    let mut last_tracked = PASS.lock();
+    let mut last = PASS.lock();
     let config = crate::runtime::config().ok_or("memshadow is not tracking this process")?;
     engine::ensure_started(&config)?;
     let started = engine::now_ns();
+    crate::preserve::wait_for_saves();
 
     let scan = SCANS.fetch_add(1, Ordering::AcqRel) + 1;
     regions::rescan();
@@ -127,17 +165,30 @@ pub fn snapshot() -> Result<u64, String> {
     // pass must then need nothing but ioctls and the engine lock until it has released
     // the held faults.
     let mut held = Vec::with_capacity(engine::HELD_CAPACITY);
-    let (v, (unprotected_cap, changed_cap)) =
-        engine::with(|e| (e.version + 1, e.reprotect.capacities())).ok_or("the engine stopped")?;
+    let (v, (unprotected_cap, changed_cap), oldest) = engine::with(|e| {
+        let oldest = e.pool.retained().map_or(e.version + 1, |r| r.0);
+        (e.version + 1, e.reprotect.capacities(), oldest)
+    })
+    .ok_or("the engine stopped")?;
     let mut work = PassWork::with_capacity(unprotected_cap, changed_cap);
-    let tracked = carry_since(&last_tracked, &ranges, v);
-    *last_tracked = tracked.clone();
+    let tracked = carry_since(&last.tracked, &ranges, v);
+    // Retired ranges stay while a retained version may need them.
+    let mut retired: Vec<RetiredRange> = last
+        .retired
+        .iter()
+        .filter(|r| r.until > oldest)
+        .copied()
+        .collect();
+    retired.extend(retire(&last.tracked, &ranges, v));
+    last.tracked = tracked.clone();
+    last.retired = retired.clone();
     let mut tracked = Some(tracked);
+    let mut retired = Some(retired);
 
     // Open the new version: from here on write faults are held.
     engine::with(|e| {
         e.version = v;
-        e.pass_running = true;
+        e.set_pass_running(true);
         e.incomplete = false;
         e.pool.begin_version(v);
         e.prune_lost();
@@ -166,15 +217,17 @@ pub fn snapshot() -> Result<u64, String> {
     // The pass is over: this is the snapshot's instant. Release the held faults before
     // anything is freed (freeing takes the arena lock).
     engine::with(|e| {
-        e.pass_running = false;
+        e.set_pass_running(false);
         core::mem::swap(&mut e.tracked, tracked.as_mut().expect("set above"));
+        core::mem::swap(&mut e.retired, retired.as_mut().expect("set above"));
         core::mem::swap(&mut e.held, &mut held);
         e.publish();
     });
     for &addr in &held {
         engine::with(|e| crate::fault::resolve(e, addr));
     }
-    drop(tracked); // the previous list
+    drop(tracked); // the previous lists
+    drop(retired);
     drop(held);
     drop(work);
 
@@ -202,46 +255,11 @@ static THREAD_START: SpinLock<()> = SpinLock::new(());
 static API: SpinLock<()> = SpinLock::new(());
 static API_ERROR_SAID: AtomicBool = AtomicBool::new(false);
 
-fn futex_wait(word: &AtomicU32, expected: u32, timeout_ms: u64) {
-    let ts = libc::timespec {
-        tv_sec: (timeout_ms / 1000) as libc::time_t,
-        tv_nsec: ((timeout_ms % 1000) * 1_000_000) as libc::c_long,
-    };
-    let tp = if timeout_ms == 0 {
-        core::ptr::null()
-    } else {
-        &ts as *const libc::timespec
-    };
-    // SAFETY: `word` is a live u32 in the shim's memory; FUTEX_WAIT only reads it and
-    // sleeps; the timeout pointer is null or a valid timespec.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            tp,
-        )
-    };
-}
-
-fn futex_wake(word: &AtomicU32) {
-    // SAFETY: waking waiters of a live u32 in the shim's memory.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            i32::MAX,
-        )
-    };
-}
-
 /// Starts the epoch thread (once per process; again in a forked child).
 pub fn start_thread(interval_ms: u64) -> Result<(), String> {
     INTERVAL_MS.store(interval_ms, Ordering::Relaxed);
     if THREAD_STARTED.load(Ordering::Acquire) {
-        futex_wake(&REQUESTED); // pick up a new interval
+        sys::futex_wake(&REQUESTED); // pick up a new interval
         return Ok(());
     }
     let _s = sys::block_signals();
@@ -287,7 +305,7 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
                 .div_ceil(1_000_000)
         };
         if interval == 0 || wait_ms > 0 {
-            futex_wait(&REQUESTED, seen, wait_ms);
+            sys::futex_wait(&REQUESTED, seen, wait_ms);
         }
         if !crate::runtime::tracking() {
             break;
@@ -314,7 +332,7 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
             ANSWER.store(answer, Ordering::Relaxed);
             seen = now;
             ANSWERED.store(now, Ordering::Release);
-            futex_wake(&ANSWERED);
+            sys::futex_wake(&ANSWERED);
         } else if let Err(e) = result {
             crate::log::error!("periodic snapshots stopped: {e}");
             INTERVAL_MS.store(0, Ordering::Relaxed);
@@ -344,13 +362,13 @@ pub fn snapshot_for_api() -> i64 {
         let _s = sys::block_signals();
         let _turn = API.lock();
         let ticket = REQUESTED.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
-        futex_wake(&REQUESTED);
+        sys::futex_wake(&REQUESTED);
         loop {
             let done = ANSWERED.load(Ordering::Acquire);
             if done == ticket {
                 break ANSWER.load(Ordering::Relaxed);
             }
-            futex_wait(&ANSWERED, done, 0);
+            sys::futex_wait(&ANSWERED, done, 0);
         }
     };
     sys::set_errno(if v < 0 { libc::ENOSYS } else { saved });
@@ -366,6 +384,30 @@ mod tests {
             range: Range::new(a, b),
             since,
         }
+    }
+
+    #[test]
+    fn parts_no_longer_tracked_are_retired() {
+        let old = [
+            t(0x1000, 0x5000, 1),
+            t(0x8000, 0x9000, 2),
+            t(0xa000, 0xb000, 3),
+        ];
+        let new = [Range::new(0x2000, 0x3000), Range::new(0xa000, 0xc000)];
+        let r = |a, b, since| RetiredRange {
+            range: Range::new(a, b),
+            since,
+            until: 4,
+        };
+        assert_eq!(
+            retire(&old, &new, 4),
+            vec![
+                r(0x1000, 0x2000, 1),
+                r(0x3000, 0x5000, 1),
+                r(0x8000, 0x9000, 2)
+            ]
+        );
+        assert_eq!(retire(&old, &[Range::new(0, 0x10000)], 4), vec![]);
     }
 
     #[test]

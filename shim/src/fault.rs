@@ -22,30 +22,51 @@ static BUDGET_SAID: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicB
 /// Most pages saved and unprotected per trap (the MEMSHADOW_FAULT_AROUND maximum).
 const MAX_RUN: usize = 512;
 
-/// The fault thread's body; `arg` is the userfaultfd descriptor.
+/// The fault thread's body; `arg` is the userfaultfd descriptor. It also serves the
+/// host threads' requests to save pages before they discard them (see `preserve`).
 pub extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
     let fd = arg as usize as i32;
+    let kick = crate::preserve::kick_fd();
     let u = engine::uffd();
-    let mut events = [Event::Unknown(0); 32];
     while engine::uffd_fd() == fd {
         let waiting = engine::with(|e| !e.retry.is_empty()).unwrap_or(false);
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd. With unprotects waiting, poll briefly and retry.
-        let n = unsafe { libc::poll(&mut pfd, 1, if waiting { 1 } else { 1000 }) };
-        if n > 0 {
-            let got = u.read_events(&mut events);
-            for ev in &events[..got] {
-                handle(*ev, &u);
-            }
+        let mut pfd = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: kick,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds (a negative fd is ignored). With unprotects
+        // waiting, poll briefly and retry.
+        unsafe { libc::poll(pfd.as_mut_ptr(), 2, if waiting { 1 } else { 1000 }) };
+        read_events(&u);
+        if pfd[1].revents != 0 {
+            crate::preserve::serve(&mut || read_events(&u));
         }
-        // Events read: the kernel accepts the unprotects it refused while they were queued.
-        engine::with(|e| e.retry_unprotects(&u));
     }
     core::ptr::null_mut()
+}
+
+/// Reads and handles the events queued now (without waiting), then retries the
+/// unprotects the kernel refused while they were queued.
+fn read_events(u: &Uffd) {
+    let mut events = [Event::Unknown(0); 32];
+    loop {
+        let got = u.read_events(&mut events);
+        for ev in &events[..got] {
+            handle(*ev, u);
+        }
+        if got < events.len() {
+            break;
+        }
+    }
+    engine::with(|e| e.retry_unprotects(u));
 }
 
 fn handle(ev: Event, u: &Uffd) {
@@ -151,7 +172,7 @@ pub fn resolve(e: &mut Engine, addr: usize) {
 /// The shadow budget ran out with only the newest version left: that snapshot cannot be
 /// completed. Drop every version, unprotect everything, count it, and let the program
 /// run on; the next snapshot starts afresh.
-fn give_up_epoch(e: &mut Engine, u: &Uffd) {
+pub fn give_up_epoch(e: &mut Engine, u: &Uffd) {
     e.pool.clear();
     e.incomplete = true;
     e.reprotect.note_all();

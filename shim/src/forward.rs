@@ -23,6 +23,8 @@ pub type MunmapFn = unsafe extern "C" fn(*mut c_void, usize) -> c_int;
 pub type MremapFn =
     unsafe extern "C" fn(*mut c_void, usize, usize, c_int, *mut c_void) -> *mut c_void;
 pub type BrkFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+pub type MadviseFn = unsafe extern "C" fn(*mut c_void, usize, c_int) -> c_int;
+pub type MallocTrimFn = unsafe extern "C" fn(usize) -> c_int;
 pub type SbrkFn = unsafe extern "C" fn(isize) -> *mut c_void;
 pub type StartRoutine = extern "C" fn(*mut c_void) -> *mut c_void;
 pub type PthreadCreateFn = unsafe extern "C" fn(
@@ -52,6 +54,8 @@ pub struct RealFns {
     pub mremap: MremapFn,
     pub brk: BrkFn,
     pub sbrk: SbrkFn,
+    pub madvise: MadviseFn,
+    pub malloc_trim: Option<MallocTrimFn>,
     pub pthread_create: PthreadCreateFn,
     /// The next `malloc` is glibc's own (it is `__libc_malloc`), so a block's usable size
     /// can be read from its chunk header.
@@ -87,6 +91,33 @@ impl RealFns {
             // SAFETY: forwarded; the caller guarantees `p` is live.
             unsafe { (self.malloc_usable_size)(p) }
         }
+    }
+}
+
+impl RealFns {
+    /// The pages of `p`'s chunk when glibc mmapped it (its `free` unmaps them with its
+    /// own `__munmap`), else `None`.
+    ///
+    /// # Safety
+    /// `p` must be a live block returned by this allocator.
+    pub unsafe fn mmapped_chunk(&self, p: *mut c_void) -> Option<crate::range::Range> {
+        const WORD: usize = core::mem::size_of::<usize>();
+        const IS_MMAPPED: usize = 0x2;
+        if !self.glibc_chunks {
+            return None;
+        }
+        // SAFETY: every live glibc block is preceded by its chunk's size field, and an
+        // mmapped chunk's prev_size field (one word lower) holds the distance from the
+        // mapping's start to the chunk.
+        let (size, lead) = unsafe {
+            let size = (p as *const usize).sub(1).read();
+            if size & IS_MMAPPED == 0 {
+                return None;
+            }
+            (size & !0x7, (p as *const usize).sub(2).read())
+        };
+        let chunk = p as usize - 2 * WORD;
+        Some(crate::range::Range::new(chunk - lead, chunk + size))
     }
 }
 
@@ -136,6 +167,8 @@ fn resolve_all() -> Option<RealFns> {
         mremap: sym!("mremap")?,
         brk: sym!("brk")?,
         sbrk: sym!("sbrk")?,
+        madvise: sym!("madvise")?,
+        malloc_trim: sym!("malloc_trim"),
         pthread_create: sym!("pthread_create")?,
     })
 }

@@ -4,7 +4,7 @@
 //! the stats page. Before the real functions are known (while `dlsym` runs) blocks come
 //! from the bootstrap pool. Nothing here takes a lock or makes a syscall.
 
-use crate::{bootstrap, forward, stats, sys};
+use crate::{bootstrap, forward, preserve, stats, sys};
 use core::ffi::{c_int, c_void};
 
 const PTR: usize = core::mem::size_of::<*mut c_void>();
@@ -55,8 +55,13 @@ pub unsafe fn free(p: *mut c_void) {
     if let Some(r) = forward::real() {
         // SAFETY: `p` is a live block of the real allocator (bootstrap blocks returned above).
         stats::on_free(unsafe { r.usable_size(p) });
-        // SAFETY: forwarded unchanged.
-        unsafe { (r.free)(p) };
+        // SAFETY: as above.
+        match unsafe { leaving_chunk(r, p) } {
+            // SAFETY: forwarded unchanged.
+            Some(chunk) => preserve::around_discard(chunk, || unsafe { (r.free)(p) }),
+            // SAFETY: forwarded unchanged.
+            None => unsafe { (r.free)(p) },
+        }
     }
 }
 
@@ -120,10 +125,56 @@ pub unsafe fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
     };
     // SAFETY: `p` is a live block of the real allocator.
     let old = unsafe { r.usable_size(p) };
+    // SAFETY: as above.
+    let chunk = unsafe { leaving_chunk(r, p) };
     // SAFETY: forwarded unchanged.
-    let q = unsafe { (r.realloc)(p, size) };
+    let forward = || unsafe { (r.realloc)(p, size) };
+    let q = match chunk {
+        Some(chunk) => preserve::around_discard(chunk, forward),
+        None => forward(),
+    };
     count_resize(r, old, q, size == 0);
     q
+}
+
+/// The pages of `p`'s chunk if glibc mmapped it and snapshots are being taken: freeing
+/// or resizing it unmaps or moves them behind the interposer's back (`__munmap`,
+/// `__mremap`), so they are saved first (see `preserve`).
+///
+/// # Safety
+/// `p` must be a live block of the real allocator.
+#[inline]
+unsafe fn leaving_chunk(r: &forward::RealFns, p: *mut c_void) -> Option<crate::range::Range> {
+    if !crate::engine::started() {
+        return None;
+    }
+    // SAFETY: the caller's contract.
+    unsafe { r.mmapped_chunk(p) }
+}
+
+/// # Safety
+/// `malloc_trim(3)`.
+pub unsafe fn malloc_trim(pad: usize) -> c_int {
+    let Some(trim) = forward::real().and_then(|r| r.malloc_trim) else {
+        return 0;
+    };
+    if !crate::engine::started() {
+        // SAFETY: forwarded unchanged.
+        return unsafe { trim(pad) };
+    }
+    // glibc trims with its own __madvise: save what retained versions need of every
+    // heap it may trim first (the brk heap and the arena heaps).
+    let heaps = crate::regions::malloc_heaps();
+    let mut saved = [None; crate::regions::MAX_MALLOC_HEAPS];
+    for (s, &h) in saved.iter_mut().zip(heaps.iter()) {
+        *s = preserve::before_discard(h);
+    }
+    // SAFETY: forwarded unchanged.
+    let rc = unsafe { trim(pad) };
+    for (&s, &h) in saved.iter().zip(heaps.iter()) {
+        preserve::after_discard(h, s);
+    }
+    rc
 }
 
 /// # Safety
@@ -144,8 +195,14 @@ pub unsafe fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void
     let r = forward::real().expect("checked above");
     // SAFETY: `p` is a live block of the real allocator.
     let old = unsafe { r.usable_size(p) };
+    // SAFETY: as above.
+    let chunk = unsafe { leaving_chunk(r, p) };
     // SAFETY: forwarded unchanged.
-    let q = unsafe { real_fn(p, n, size) };
+    let forward = || unsafe { real_fn(p, n, size) };
+    let q = match chunk {
+        Some(chunk) => preserve::around_discard(chunk, forward),
+        None => forward(),
+    };
     count_resize(r, old, q, total == 0);
     q
 }

@@ -96,6 +96,22 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
 }
 
 /// # Safety
+/// `malloc_trim(3)`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn malloc_trim(pad: usize) -> c_int {
+    // SAFETY: same contract.
+    unsafe { heap::malloc_trim(pad) }
+}
+
+/// # Safety
+/// `madvise(2)`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int {
+    // SAFETY: same contract.
+    unsafe { mapping::madvise(addr, len, advice) }
+}
+
+/// # Safety
 /// `mmap(2)`.
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn mmap(

@@ -8,7 +8,7 @@
 //! - `forward`, `bootstrap`: reaching the real functions;
 //! - `regions`, `maps`: the table of tracked memory and the maps-file parser;
 //! - `stats`, `control`: what is published;
-//! - `engine`, `epoch`, `reprotect`, `fault`, `fault_window`, `shadow`, `readback`, `uffd`: snapshots (started by the
+//! - `engine`, `epoch`, `reprotect`, `preserve`, `fault`, `fault_window`, `shadow`, `readback`, `uffd`: snapshots (started by the
 //!   first snapshot request): protect passes, the fault path, shadow copies, reading a
 //!   version back, the userfaultfd interface;
 //! - `runtime`, `config`: start-up, fork, exit, environment;
@@ -34,6 +34,7 @@ mod log;
 mod mapping;
 mod maps;
 mod own;
+mod preserve;
 mod range;
 mod readback;
 mod regions;

@@ -6,7 +6,7 @@
 
 use crate::maps::Kind;
 use crate::range::Range;
-use crate::{forward, regions, runtime, stats, sys};
+use crate::{forward, preserve, regions, runtime, stats, sys};
 use core::ffi::{c_int, c_void};
 use memshadow_format::stats::Counter;
 
@@ -80,14 +80,17 @@ pub unsafe fn mmap(
 /// # Safety
 /// `munmap(2)`.
 pub unsafe fn munmap(addr: *mut c_void, len: usize) -> c_int {
-    let rc = match forward::real() {
+    let r = Range::new(
+        addr as usize,
+        (addr as usize).saturating_add(page_align_up(len)),
+    );
+    let rc = preserve::around_discard(r, || match forward::real() {
         // SAFETY: forwarded unchanged.
-        Some(r) => unsafe { (r.munmap)(addr, len) },
+        Some(f) => unsafe { (f.munmap)(addr, len) },
         // SAFETY: the raw syscall takes the same arguments and fails the same way.
         None => unsafe { libc::syscall(libc::SYS_munmap, addr, len) as c_int },
-    };
+    });
     if rc == 0 {
-        let r = Range::new(addr as usize, addr as usize + page_align_up(len));
         bookkeep(|| {
             if regions::with_table(|t| t.remove(r)) {
                 stats::add(Counter::RegionUnmaps, 1);
@@ -106,14 +109,26 @@ pub unsafe fn mremap(
     flags: c_int,
     new_addr: *mut c_void,
 ) -> *mut c_void {
-    let p = match forward::real() {
+    // What may leave `old`'s addresses: all of it if the mapping may move, else the
+    // tail it shrinks by.
+    let start = old as usize;
+    let old_end = start.saturating_add(page_align_up(old_len));
+    let leaving = if flags & (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) != 0 {
+        Range::new(start, old_end)
+    } else {
+        Range::new(
+            start.saturating_add(page_align_up(new_len)).min(old_end),
+            old_end,
+        )
+    };
+    let p = preserve::around_discard(leaving, || match forward::real() {
         // SAFETY: forwarded unchanged.
         Some(r) => unsafe { (r.mremap)(old, old_len, new_len, flags, new_addr) },
         // SAFETY: the raw syscall takes the same arguments and fails the same way.
         None => unsafe {
             libc::syscall(libc::SYS_mremap, old, old_len, new_len, flags, new_addr) as *mut c_void
         },
-    };
+    });
     if p != libc::MAP_FAILED {
         let from = Range::new(old as usize, old as usize + page_align_up(old_len));
         let to = Range::new(p as usize, p as usize + page_align_up(new_len));
@@ -143,8 +158,11 @@ pub unsafe fn brk(addr: *mut c_void) -> c_int {
         sys::set_errno(libc::ENOMEM);
         return -1;
     };
+    // SAFETY: sbrk(0) only reads the current break.
+    let current = unsafe { (r.sbrk)(0) } as usize;
+    let shrink = Range::new((addr as usize).min(current), current);
     // SAFETY: forwarded unchanged.
-    let rc = unsafe { (r.brk)(addr) };
+    let rc = preserve::around_discard(shrink, || unsafe { (r.brk)(addr) });
     if rc == 0 {
         bookkeep(|| regions::with_table(|t| t.set_heap_end(addr as usize)));
     }
@@ -158,11 +176,48 @@ pub unsafe fn sbrk(incr: isize) -> *mut c_void {
         sys::set_errno(libc::ENOMEM);
         return usize::MAX as *mut c_void;
     };
+    let shrink = if incr < 0 {
+        // SAFETY: sbrk(0) only reads the current break.
+        let current = unsafe { (r.sbrk)(0) } as usize;
+        Range::new(current.saturating_sub(incr.unsigned_abs()), current)
+    } else {
+        Range::EMPTY
+    };
     // SAFETY: forwarded unchanged.
-    let old = unsafe { (r.sbrk)(incr) };
+    let old = preserve::around_discard(shrink, || unsafe { (r.sbrk)(incr) });
     if old as usize != usize::MAX && incr != 0 {
         let end = (old as usize).wrapping_add_signed(incr);
         bookkeep(|| regions::with_table(|t| t.set_heap_end(end)));
     }
     old
+}
+
+/// Whether `advice` throws the pages' contents away.
+fn discards(advice: c_int) -> bool {
+    matches!(
+        advice,
+        libc::MADV_DONTNEED | libc::MADV_FREE | libc::MADV_REMOVE | MADV_DONTNEED_LOCKED
+    )
+}
+
+/// `MADV_DONTNEED_LOCKED` (Linux 5.18), missing from older headers.
+const MADV_DONTNEED_LOCKED: c_int = 24;
+
+/// # Safety
+/// `madvise(2)`.
+pub unsafe fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int {
+    let r = if discards(advice) {
+        Range::new(
+            addr as usize,
+            (addr as usize).saturating_add(page_align_up(len)),
+        )
+    } else {
+        Range::EMPTY
+    };
+    preserve::around_discard(r, || match forward::real() {
+        // SAFETY: forwarded unchanged.
+        Some(f) => unsafe { (f.madvise)(addr, len, advice) },
+        // SAFETY: the raw syscall takes the same arguments and fails the same way.
+        None => unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice) as c_int },
+    })
 }

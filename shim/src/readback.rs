@@ -4,8 +4,16 @@
 //! page. A page with no shadow at or after the version has not been unprotected since
 //! the newest snapshot (every unprotect follows a copy), so no write can land while the
 //! engine lock keeps the fault thread from unprotecting it: the live copy is exact.
+//!
+//! Two things break "not written since, so a newer shadow or the live page shows it":
+//! a zap (it changes a page without a write fault) and an unmap. So a page lost
+//! between the version and its newer shadow, or lost since the version with no shadow,
+//! or in a range the newest snapshot no longer tracks with no shadow, is refused
+//! (`Gone`), never answered with another version's bytes. The interposed discards save
+//! pages first (see `preserve`), so this is left for glibc's internal discards and
+//! races.
 
-use crate::engine::{self, Engine};
+use crate::engine::{self, Engine, Holding};
 use crate::range::Range;
 use crate::shadow::PAGE;
 
@@ -95,9 +103,9 @@ fn readable(e: &Engine, v: u64) -> Result<(), ReadError> {
     }
 }
 
-/// The ranges version `v` holds, in address order, adjacent ones merged: the tracked
-/// ranges it was taken with that are still tracked (a range that stopped being tracked
-/// since is gone from the list, and `read` refuses it too).
+/// The ranges version `v` holds, in address order, adjacent ones merged: those the
+/// newest snapshot still tracks and those retired since (unmapped memory whose pages
+/// were kept).
 pub fn regions_at(v: u64) -> Result<Vec<Range>, ReadError> {
     // Nothing may allocate under the engine lock: the list is sized outside it, and
     // sized again if a protect pass grew the tracked list in between.
@@ -106,19 +114,27 @@ pub fn regions_at(v: u64) -> Result<Vec<Range>, ReadError> {
         let mut out: Vec<Range> = Vec::with_capacity(capacity);
         let need = engine::with(|e| {
             readable(e, v)?;
-            let held = e.tracked.iter().filter(|t| t.since <= v);
-            let n = held.clone().count();
+            let tracked = e.tracked.iter().filter(|t| t.since <= v).map(|t| t.range);
+            let retired = e
+                .retired
+                .iter()
+                .filter(|r| r.since <= v && v < r.until)
+                .map(|r| r.range);
+            let n = tracked.clone().count() + retired.clone().count();
             if n > out.capacity() {
                 return Ok(Some(n));
             }
-            for t in held {
-                // Parts of one mapping tracked since different versions sit side by
-                // side: one range for the reader.
-                match out.last_mut() {
-                    Some(last) if last.end == t.range.start => last.end = t.range.end,
-                    _ => out.push(t.range),
+            out.extend(tracked.chain(retired));
+            out.sort_unstable_by_key(|r| r.start);
+            // Parts of one mapping tracked since different versions sit side by side:
+            // one range for the reader.
+            out.dedup_by(|next, prev| {
+                let adjacent = prev.end == next.start;
+                if adjacent {
+                    prev.end = next.end;
                 }
-            }
+                adjacent
+            });
             Ok(None)
         })
         .ok_or(ReadError::NoEngine)??;
@@ -143,11 +159,17 @@ pub fn read(v: u64, addr: usize, out: &mut [u8]) -> Result<(), ReadError> {
                 let at = addr + done;
                 let page = at & !(PAGE - 1);
                 let n = (page + PAGE - at).min(out.len() - done);
-                if e.tracked_at(page, v).is_none() {
+                let Some(holding) = e.holding(page, v) else {
                     return Err(ReadError::NotTracked { page, version: v });
-                }
+                };
                 let dst = &mut out[done..done + n];
                 match e.pool.find(page, v) {
+                    Some(slot)
+                        if e.pool.stamp_of(slot) > v
+                            && e.lost_between(page, v, e.pool.stamp_of(slot)) =>
+                    {
+                        return Err(ReadError::Gone { page, version: v });
+                    }
                     Some(slot) => {
                         // SAFETY: the slot is PAGE bytes of the pool, read under the lock
                         // that keeps it from being reused.
@@ -156,7 +178,10 @@ pub fn read(v: u64, addr: usize, out: &mut [u8]) -> Result<(), ReadError> {
                         dst.copy_from_slice(&src[at - page..at - page + n]);
                     }
                     None => {
-                        if e.lost_since(page, v)
+                        // The live page holds version `v` only where the newest
+                        // snapshot still tracks it and nothing discarded it since.
+                        if holding == Holding::Retired
+                            || e.lost_since(page, v)
                             || engine::copy_tracked(at, dst.as_mut_ptr(), n) < n
                         {
                             return Err(ReadError::Gone { page, version: v });

@@ -171,6 +171,24 @@ impl RegionTable {
         }
     }
 
+    /// The heaps glibc's malloc_trim may trim: the brk heap, and anonymous regions that
+    /// start on a 64 MiB boundary (glibc aligns its arena heaps to HEAP_MAX_SIZE).
+    pub fn malloc_heaps(&self) -> MallocHeaps {
+        const ARENA_ALIGN: usize = 64 << 20;
+        let mut out = MallocHeaps {
+            ranges: [Range::EMPTY; MAX_MALLOC_HEAPS],
+            len: 0,
+        };
+        let heaps = self.entries.iter().filter(|e| {
+            e.kind == Kind::Heap || (e.kind == Kind::Anon && e.range.start % ARENA_ALIGN == 0)
+        });
+        for e in heaps.take(MAX_MALLOC_HEAPS) {
+            out.ranges[out.len] = e.range;
+            out.len += 1;
+        }
+        out
+    }
+
     /// The tracked memory as address-ordered ranges, adjacent regions merged.
     pub fn tracked_ranges(&self) -> Vec<Range> {
         let mut out: Vec<Range> = Vec::with_capacity(self.entries.len());
@@ -209,6 +227,26 @@ static TABLE: SpinLock<RegionTable> = SpinLock::new(RegionTable::new());
 
 /// Runs `f` on the table with signals blocked and the lock held, then publishes the
 /// totals to the stats page.
+/// Most heaps [`malloc_heaps`] lists.
+pub const MAX_MALLOC_HEAPS: usize = 64;
+
+/// A fixed list of ranges (no allocation on the host's paths).
+pub struct MallocHeaps {
+    ranges: [Range; MAX_MALLOC_HEAPS],
+    len: usize,
+}
+
+impl MallocHeaps {
+    pub fn iter(&self) -> core::slice::Iter<'_, Range> {
+        self.ranges[..self.len].iter()
+    }
+}
+
+/// The heaps glibc's malloc_trim may trim (see [`RegionTable::malloc_heaps`]).
+pub fn malloc_heaps() -> MallocHeaps {
+    with_table(|t| t.malloc_heaps())
+}
+
 pub fn with_table<R>(f: impl FnOnce(&mut RegionTable) -> R) -> R {
     let _s = crate::sys::block_signals();
     let mut t = TABLE.lock();

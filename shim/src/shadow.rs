@@ -252,6 +252,11 @@ impl ShadowPool {
         best
     }
 
+    /// The version `slot` is stamped with.
+    pub fn stamp_of(&self, slot: u32) -> u64 {
+        self.version_of[slot as usize]
+    }
+
     /// Whether `page` has a shadow stamped exactly `v`.
     pub fn has(&self, page: usize, v: u64) -> bool {
         let s = self.index.get(page);

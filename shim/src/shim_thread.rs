@@ -6,10 +6,48 @@
 //! and started with the real `pthread_create` (not the interposed one).
 
 use core::ffi::c_void;
+use core::sync::atomic::{AtomicU64, Ordering};
 use std::alloc::Layout;
 
 /// Bytes of stack each shim thread gets.
 pub const STACK_BYTES: usize = 256 * 1024;
+
+/// Thread keys (see `stats::thread_key`) of the running shim threads; 0 is free.
+static RUNNING: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+
+/// Whether the calling thread is one of the shim's own.
+pub fn is_current() -> bool {
+    let me = crate::stats::thread_key();
+    RUNNING.iter().any(|k| k.load(Ordering::Acquire) == me)
+}
+
+/// In a forked child the parent's shim threads do not exist (their keys may be reused).
+pub fn forget_after_fork() {
+    for k in &RUNNING {
+        k.store(0, Ordering::Release);
+    }
+}
+
+struct Start {
+    entry: extern "C" fn(*mut c_void) -> *mut c_void,
+    arg: *mut c_void,
+}
+
+/// Every shim thread starts here: it records itself, then runs its body.
+extern "C" fn trampoline(start: *mut c_void) -> *mut c_void {
+    // SAFETY: `spawn` passes a leaked Box<Start>, taken back once, here.
+    let start = unsafe { Box::from_raw(start.cast::<Start>()) };
+    let me = crate::stats::thread_key();
+    let slot = RUNNING.iter().find(|k| {
+        k.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    });
+    let out = (start.entry)(start.arg);
+    if let Some(k) = slot {
+        k.store(0, Ordering::Release);
+    }
+    out
+}
 
 /// Starts `entry(arg)` on a new shim thread.
 pub fn spawn(
@@ -24,6 +62,7 @@ pub fn spawn(
     if stack.is_null() {
         return Err("no memory for a thread stack".into());
     }
+    let start = Box::into_raw(Box::new(Start { entry, arg })).cast::<c_void>();
     let _blocked = crate::sys::block_signals();
     // SAFETY: `attr` is initialised before use and destroyed after; the stack is
     // STACK_BYTES of memory owned by the new thread from here on.
@@ -33,13 +72,17 @@ pub fn spawn(
         libc::pthread_attr_setstack(&mut attr, stack.cast(), STACK_BYTES);
         libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
         let mut tid: libc::pthread_t = 0;
-        let rc = (real.pthread_create)(&mut tid, &attr, entry, arg);
+        let rc = (real.pthread_create)(&mut tid, &attr, trampoline, start);
         libc::pthread_attr_destroy(&mut attr);
         rc
     };
     if rc != 0 {
-        // SAFETY: the thread was not created, so the stack is unused.
-        unsafe { std::alloc::dealloc(stack, layout) };
+        // SAFETY: the thread was not created, so the stack and the start record are
+        // unused.
+        unsafe {
+            std::alloc::dealloc(stack, layout);
+            drop(Box::from_raw(start.cast::<Start>()));
+        }
         return Err(format!(
             "pthread_create failed: {}",
             std::io::Error::from_raw_os_error(rc)

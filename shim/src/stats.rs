@@ -33,7 +33,7 @@ pub fn page() -> &'static StatsPage {
 /// pointer, read from the register the ABI keeps it in. This needs no TLS access (a
 /// `__tls_get_addr` call from a shared library, which glibc may even serve with malloc).
 #[inline(always)]
-fn thread_key() -> u64 {
+pub fn thread_key() -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
         let tp: u64;

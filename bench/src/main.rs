@@ -5,11 +5,37 @@
 //! inserts) alternately without the shim (`baseline`) and under it with tracking on and
 //! no snapshots (`idle`), so that machine drift hits both alike, and reports the ratios
 //! of median wall and CPU times.
+//!
+//! `cargo run --release -p memshadow-bench -- snapshot-costs [--runs N] [--mib M]`
+//! measures what snapshots cost, with `bench/workloads/snapshot_costs.c` run under the
+//! shim (it asks for snapshots through the C API, `c-tests/include/memshadow.h`) and
+//! timing itself with `CLOCK_MONOTONIC`; each figure is a median over N runs (default 3,
+//! about two minutes on the 2-core project machine), next to its min-max spread and its
+//! ratio to a baseline measured in the same run:
+//!
+//! - protect pass: the first snapshot after touching M MiB (default 1024) in one malloc
+//!   block, with the engine already started and with its start-up included, and the
+//!   shim's own `protect_pass_us_last`, against the parent's pause in `fork()` of the same
+//!   process with the same memory;
+//! - a second snapshot right after the first, nothing written in between (only what lost
+//!   its protection is protected again), against the same `fork()`;
+//! - trap cost: one byte written to each page of 256 MiB after a snapshot, in page order
+//!   and in a shuffled order, with `MEMSHADOW_FAULT_AROUND` 1, 16 and 64, per page, against
+//!   the same writes without a snapshot;
+//! - slowdown of a write-heavy program (sweeps adding to every 8th word of 256 MiB, about
+//!   a second natively) under the shim without snapshots and with
+//!   `MEMSHADOW_INTERVAL_MS=100`, against the program run without the shim.
+//!
+//! Every child process (compiler, workloads) is killed if it outlives its time limit.
+
+mod snapshot_costs;
 
 use clap::{Parser, Subcommand};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use wait_timeout::ChildExt;
 
 #[derive(Parser)]
 #[command(about = "Benchmarks memshadow against no shim, in one run")]
@@ -47,6 +73,24 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_value = "churn,sqlite")]
         workload: Vec<Workload>,
     },
+    /// Costs of snapshots: protect pass against fork(), a second pass with nothing
+    /// written, trap cost per page, and the slowdown of a write-heavy program at 10 Hz.
+    SnapshotCosts {
+        /// Runs of every measurement; the table shows medians.
+        #[arg(long, default_value_t = 3, value_parser = at_least_one())]
+        runs: usize,
+        /// MiB touched before the protect pass and fork() are timed.
+        #[arg(long, default_value_t = 1024, value_parser = at_least_one())]
+        mib: usize,
+        /// The shim to preload (default: target/release/libmemshadow.so).
+        #[arg(long)]
+        lib: Option<PathBuf>,
+    },
+}
+
+/// A clap parser for counts of 1 or more.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 fn workspace_root() -> PathBuf {
@@ -54,6 +98,59 @@ fn workspace_root() -> PathBuf {
         .parent()
         .expect("bench/ has a parent")
         .to_path_buf()
+}
+
+/// The shim to preload: `lib`, or the workspace's release build; it must exist.
+fn shim_lib(lib: Option<PathBuf>) -> Result<PathBuf, String> {
+    let lib = lib.unwrap_or_else(|| workspace_root().join("target/release/libmemshadow.so"));
+    if lib.exists() {
+        Ok(lib)
+    } else {
+        Err(format!(
+            "{} not found: run `cargo build --release --workspace` first",
+            lib.display()
+        ))
+    }
+}
+
+/// Runs `cmd` to the end with its stdout captured (stderr passes through) and returns
+/// that output; the process is killed if it runs longer than `limit`. Fails unless it
+/// exits with status 0.
+fn run_limited(cmd: &mut Command, limit: Duration) -> Result<String, String> {
+    let name = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {name}: {e}"))?;
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).map(|_| out)
+    });
+    let waited = child.wait_timeout(limit);
+    let status = match waited {
+        Ok(Some(status)) => status,
+        Ok(None) | Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(match waited {
+                Err(e) => format!("waiting for {name}: {e} (killed it)"),
+                _ => format!("{name} did not finish in {} s: killed", limit.as_secs()),
+            });
+        }
+    };
+    let out = reader
+        .join()
+        .expect("the reader thread does not panic")
+        .map_err(|e| format!("reading the output of {name}: {e}"))?;
+    if !status.success() {
+        return Err(format!("{name} failed: {status}"));
+    }
+    Ok(out)
 }
 
 /// Compiles a workload from `bench/workloads/NAME.c` into `target/bench-workloads/NAME`.
@@ -64,15 +161,22 @@ fn build_workload(name: &str) -> Result<PathBuf, String> {
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
     let out = out_dir.join(name);
-    let status = Command::new("cc")
-        .args(["-O2", "-pthread", "-Wall", "-Werror", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .map_err(|e| format!("cannot run cc (install gcc): {e}"))?;
-    if !status.success() {
-        return Err(format!("cc failed on {}", src.display()));
-    }
+    run_limited(
+        Command::new("cc")
+            .args(["-O2", "-pthread", "-Wall", "-Werror", "-I"])
+            .arg(root.join("c-tests/include"))
+            .arg("-o")
+            .arg(&out)
+            .arg(&src),
+        Duration::from_secs(120),
+    )
+    .map_err(|e| {
+        if e.starts_with("cannot run") {
+            format!("{e} (install gcc)")
+        } else {
+            e
+        }
+    })?;
     Ok(out)
 }
 
@@ -100,13 +204,7 @@ struct Timing {
 fn time_run(cmd: &mut Command) -> Result<Timing, String> {
     let cpu0 = children_cpu();
     let t = Instant::now();
-    let st = cmd
-        .stdout(Stdio::null())
-        .status()
-        .map_err(|e| format!("cannot run workload: {e}"))?;
-    if !st.success() {
-        return Err(format!("workload failed: {st}"));
-    }
+    run_limited(cmd, Duration::from_secs(600))?;
     Ok(Timing {
         wall: t.elapsed(),
         cpu: children_cpu() - cpu0,
@@ -168,13 +266,7 @@ fn overhead(
     lib: Option<PathBuf>,
     workloads: &[Workload],
 ) -> Result<(), String> {
-    let lib = lib.unwrap_or_else(|| workspace_root().join("target/release/libmemshadow.so"));
-    if !lib.exists() {
-        return Err(format!(
-            "{} not found: run `cargo build --release` first",
-            lib.display()
-        ));
-    }
+    let lib = shim_lib(lib)?;
     let dir = std::env::temp_dir().join(format!("memshadow-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let wl: Vec<String> = workloads
@@ -244,9 +336,27 @@ fn main() {
             lib,
             workload,
         } => overhead(runs, threads, steps, lib, &workload),
+        Cmd::SnapshotCosts { runs, mib, lib } => snapshot_costs::run(runs, mib, lib),
     };
     if let Err(e) = r {
         eprintln!("memshadow-bench: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_limited_returns_stdout_and_kills_on_expiry() {
+        let out = run_limited(Command::new("echo").arg("key 1"), Duration::from_secs(10));
+        assert_eq!(out.unwrap(), "key 1\n");
+        assert!(run_limited(&mut Command::new("false"), Duration::from_secs(10)).is_err());
+        let t = Instant::now();
+        let err =
+            run_limited(Command::new("sleep").arg("30"), Duration::from_millis(200)).unwrap_err();
+        assert!(err.contains("killed"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(10));
     }
 }

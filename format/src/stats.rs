@@ -129,11 +129,15 @@ pub enum Counter {
     /// Pages saved into shadows just before the program discarded them (munmap,
     /// madvise, free of a large block, a shrinking brk or mremap, malloc_trim).
     PagesPreserved = 22,
+    /// The most bytes of shadow slots in use at once.
+    ShadowPeakBytes = 23,
+    /// CPU time of the shim's own threads (fault, epoch, control), microseconds.
+    ShimCpuUs = 24,
 }
 
 impl Counter {
     /// Every assigned counter, in slot order.
-    pub const ALL: [Counter; 23] = [
+    pub const ALL: [Counter; 25] = [
         Counter::TrackedRegions,
         Counter::TrackedBytes,
         Counter::Rescans,
@@ -157,6 +161,8 @@ impl Counter {
         Counter::Version,
         Counter::OldestVersion,
         Counter::PagesPreserved,
+        Counter::ShadowPeakBytes,
+        Counter::ShimCpuUs,
     ];
 
     pub const fn index(self) -> usize {
@@ -188,6 +194,8 @@ impl Counter {
             Counter::Version => "version",
             Counter::OldestVersion => "oldest_version",
             Counter::PagesPreserved => "pages_preserved",
+            Counter::ShadowPeakBytes => "shadow_peak_bytes",
+            Counter::ShimCpuUs => "shim_cpu_us",
         }
     }
 }

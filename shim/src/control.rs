@@ -82,9 +82,11 @@ extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
         LISTEN_INO.load(Ordering::Relaxed),
     ));
     let mut last_activity = u64::MAX;
+    let mut cpu = 0;
     // Stop when the descriptor is no longer ours: closed by the shim (after fork, at
     // exit) or closed, and perhaps reused, by the program, as daemons do.
     while LISTEN_FD.load(Ordering::Acquire) == fd {
+        crate::shim_thread::account_cpu(&mut cpu);
         let mut pfd = libc::pollfd {
             fd,
             events: libc::POLLIN,

@@ -281,7 +281,11 @@ impl Engine {
 
     /// Publishes the pool and version counters.
     pub fn publish(&self) {
-        stats::set(Counter::ShadowBytes, self.pool.used() as u64 * PAGE as u64);
+        let bytes = self.pool.used() as u64 * PAGE as u64;
+        stats::set(Counter::ShadowBytes, bytes);
+        stats::page()
+            .counter(Counter::ShadowPeakBytes)
+            .fetch_max(bytes, Ordering::Relaxed);
         stats::set(Counter::VersionsRetained, self.pool.versions_retained());
         stats::set(Counter::Version, self.version);
         stats::set(

@@ -290,7 +290,9 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
     let mut seen = ANSWERED.load(Ordering::Acquire);
     let mut next_due = engine::now_ns();
     let mut due_interval = 0;
+    let mut cpu = 0;
     loop {
+        crate::shim_thread::account_cpu(&mut cpu);
         let interval = INTERVAL_MS.load(Ordering::Relaxed);
         if interval != due_interval {
             // A new period (or the first): count it from now.

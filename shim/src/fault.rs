@@ -28,7 +28,9 @@ pub extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
     let fd = arg as usize as i32;
     let kick = crate::preserve::kick_fd();
     let u = engine::uffd();
+    let mut cpu = 0;
     while engine::uffd_fd() == fd {
+        crate::shim_thread::account_cpu(&mut cpu);
         let waiting = engine::with(|e| !e.retry.is_empty()).unwrap_or(false);
         let mut pfd = [
             libc::pollfd {

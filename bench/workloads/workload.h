@@ -1,0 +1,504 @@
+/* Shared code of the memshadow-bench workloads (bench/workloads/NAME.c): the command
+ * line, the timed loop of operation batches, batch latencies, the fork()-based
+ * snapshots that emulate Redis BGSAVE, and the report.
+ *
+ * Protocol (memshadow-bench relies on it exactly):
+ *   NAME --mib M --seconds S [--threads N] [--fork-every-ms T] [--seed X]
+ *   Bad arguments: one line on stderr starting with "NAME:" and exit 2.
+ *   The workload allocates and initialises its M MiB of data, then runs operations for
+ *   S seconds in batches of a fixed number of operations. The clock
+ *   (clock_gettime(CLOCK_MONOTONIC)) is read once per batch, at its end; a batch's
+ *   latency is the time from the end of the previous batch of the same thread to its
+ *   own end, so whatever happens between two batches (a fork() pause, reaping a child,
+ *   being descheduled) lands in the latency of the next one.
+ *   --fork-every-ms T (T > 0): between batches of thread 0, when T ms have passed since
+ *   the last fork and no child is alive, fork(); the child reads every byte of the
+ *   workload's data (copying it into a 1 MiB buffer, as a serializer would) and writes
+ *   it to /dev/null in 1 MiB chunks, then _exit(0). The parent's fork() call is timed.
+ *   Output on stdout, nothing else:
+ *     ops N / seconds X / ops_per_sec X / batch_ops N / batch_us_p50 X /
+ *     batch_us_p99 X / batch_us_max X / forks N / fork_pause_us_max X / checksum HEX
+ *   Exit 0. Runtime failures (allocation, fork, threads): "NAME: ..." on stderr, exit 1.
+ *
+ * A workload: parse with wl_parse(), allocate and initialise, register its data for the
+ * fork child with wl_add_region() (or wl_set_dumper() for data that is not a few flat
+ * regions), call wl_run() with a batch function, compute a checksum from its data and
+ * call wl_report().
+ */
+#ifndef MEMSHADOW_BENCH_WORKLOAD_H
+#define MEMSHADOW_BENCH_WORKLOAD_H
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define WL_FN static __attribute__((unused))
+#define WL_MiB (1024ULL * 1024ULL)
+#define WL_CHUNK (1024UL * 1024UL)
+#define WL_MAX_THREADS 256
+#define WL_MAX_REGIONS 64
+
+struct wl_opts {
+    uint64_t mib;           /* --mib, required, >= 1 */
+    double seconds;         /* --seconds, required, > 0 */
+    int threads;            /* --threads, >= 1 */
+    uint64_t fork_every_ms; /* --fork-every-ms, 0 = never */
+    uint64_t seed;          /* --seed */
+};
+
+static const char *wl_name = "workload";
+
+WL_FN void wl_usage_error(const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s: %s (usage: %s --mib M --seconds S [--threads N] "
+                    "[--fork-every-ms T] [--seed X])\n", wl_name, msg, wl_name);
+    exit(2);
+}
+
+WL_FN void wl_die(const char *what)
+{
+    fprintf(stderr, "%s: %s: %s\n", wl_name, what, strerror(errno));
+    exit(1);
+}
+
+/* ---- random numbers ---- */
+
+WL_FN inline uint64_t wl_splitmix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* xorshift64*: state must not be 0 (wl_rng_seed sees to it). */
+WL_FN inline uint64_t wl_rand(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545f4914f6cdd1dULL;
+}
+
+WL_FN inline uint64_t wl_rng_seed(uint64_t seed, uint64_t stream)
+{
+    uint64_t s = wl_splitmix64(seed ^ wl_splitmix64(stream + 1));
+    return s ? s : 0x9e3779b97f4a7c15ULL;
+}
+
+/* A uniform value in [0, n) from 64 random bits (multiply-high, no division). */
+WL_FN inline uint64_t wl_below(uint64_t r, uint64_t n)
+{
+    return (uint64_t)(((unsigned __int128)r * n) >> 64);
+}
+
+/* ---- command line ---- */
+
+static uint64_t wl_parse_u64(const char *opt, const char *s, uint64_t min, uint64_t max)
+{
+    char *end;
+    if (*s == '-' || *s == '\0') wl_usage_error("%s: not a number: '%s'", opt, s);
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 0);
+    if (errno || *end) wl_usage_error("%s: not a number: '%s'", opt, s);
+    if (v < min || v > max)
+        wl_usage_error("%s: %llu out of range [%llu, %llu]", opt, v,
+                       (unsigned long long)min, (unsigned long long)max);
+    return v;
+}
+
+/* max_threads 1: a single-threaded workload, which accepts only --threads 1. */
+WL_FN struct wl_opts wl_parse(int argc, char **argv, const char *name, int default_threads,
+                              int max_threads)
+{
+    static const struct option longopts[] = {
+        {"mib", required_argument, 0, 'm'},
+        {"seconds", required_argument, 0, 's'},
+        {"threads", required_argument, 0, 't'},
+        {"fork-every-ms", required_argument, 0, 'f'},
+        {"seed", required_argument, 0, 'r'},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    struct wl_opts o = {0, 0.0, default_threads, 0, 0x6d656d736861646fULL};
+    int have_mib = 0, have_seconds = 0;
+    wl_name = name;
+    opterr = 0;
+    for (;;) {
+        int c = getopt_long(argc, argv, "", longopts, NULL);
+        if (c == -1) break;
+        switch (c) {
+        case 'm':
+            o.mib = wl_parse_u64("--mib", optarg, 1, 1ULL << 24);
+            have_mib = 1;
+            break;
+        case 's': {
+            char *end;
+            errno = 0;
+            o.seconds = strtod(optarg, &end);
+            if (errno || *end || end == optarg || !(o.seconds > 0.0) || o.seconds > 1e6)
+                wl_usage_error("--seconds: not a positive number of seconds: '%s'", optarg);
+            have_seconds = 1;
+            break;
+        }
+        case 't':
+            o.threads = (int)wl_parse_u64("--threads", optarg, 1, WL_MAX_THREADS);
+            if (o.threads > max_threads)
+                wl_usage_error("--threads: %d, but this workload runs %d thread%s at most",
+                               o.threads, max_threads, max_threads == 1 ? "" : "s");
+            break;
+        case 'f':
+            o.fork_every_ms = wl_parse_u64("--fork-every-ms", optarg, 0, 1ULL << 40);
+            break;
+        case 'r':
+            o.seed = wl_parse_u64("--seed", optarg, 0, UINT64_MAX);
+            break;
+        case 'h':
+            wl_usage_error("help");
+            break;
+        default:
+            if (optopt)
+                wl_usage_error("bad option or missing value: --%s",
+                               optopt == 'm' ? "mib" : optopt == 's' ? "seconds"
+                               : optopt == 't' ? "threads" : optopt == 'f' ? "fork-every-ms"
+                               : optopt == 'r' ? "seed" : "?");
+            wl_usage_error("unknown option: '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc) wl_usage_error("unexpected argument: '%s'", argv[optind]);
+    if (!have_mib) wl_usage_error("--mib is required");
+    if (!have_seconds) wl_usage_error("--seconds is required");
+    return o;
+}
+
+/* ---- memory ---- */
+
+/* malloc, aligned to a cache line, failing loudly. */
+WL_FN void *wl_alloc(size_t bytes)
+{
+    void *p = NULL;
+    int err = posix_memalign(&p, 64, bytes);
+    if (err) {
+        errno = err;
+        wl_die("allocating the data");
+    }
+    return p;
+}
+
+/* ---- what the fork child reads ---- */
+
+struct wl_region {
+    const void *p;
+    size_t len;
+};
+
+static struct wl_region wl_regions[WL_MAX_REGIONS];
+static int wl_nregions;
+static void (*wl_dumper)(void *ctx);
+static void *wl_dumper_ctx;
+
+/* The child's staging buffer and /dev/null (child side only). */
+static unsigned char *wl_stage;
+static size_t wl_stage_used;
+static int wl_null_fd = -1;
+
+WL_FN void wl_add_region(const void *p, size_t len)
+{
+    if (wl_nregions == WL_MAX_REGIONS) {
+        fprintf(stderr, "%s: too many regions\n", wl_name);
+        exit(1);
+    }
+    wl_regions[wl_nregions].p = p;
+    wl_regions[wl_nregions].len = len;
+    wl_nregions++;
+}
+
+/* For data that is not a few flat regions: fn runs in the fork child and hands every
+ * byte of the data to wl_dump_bytes(). */
+WL_FN void wl_set_dumper(void (*fn)(void *ctx), void *ctx)
+{
+    wl_dumper = fn;
+    wl_dumper_ctx = ctx;
+}
+
+static void wl_stage_flush(void)
+{
+    size_t off = 0;
+    while (off < wl_stage_used) {
+        ssize_t n = write(wl_null_fd, wl_stage + off, wl_stage_used - off);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            _exit(3);
+        }
+        off += (size_t)n;
+    }
+    wl_stage_used = 0;
+}
+
+/* Child side: copy bytes into the 1 MiB staging buffer, writing it out when full. */
+WL_FN void wl_dump_bytes(const void *p, size_t len)
+{
+    const unsigned char *src = p;
+    while (len) {
+        size_t room = WL_CHUNK - wl_stage_used;
+        size_t n = len < room ? len : room;
+        memcpy(wl_stage + wl_stage_used, src, n);
+        wl_stage_used += n;
+        src += n;
+        len -= n;
+        if (wl_stage_used == WL_CHUNK) wl_stage_flush();
+    }
+}
+
+static void wl_child(void)
+{
+    wl_stage = mmap(NULL, WL_CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                    -1, 0);
+    if (wl_stage == MAP_FAILED) _exit(4);
+    wl_stage_used = 0;
+    if (wl_dumper) {
+        wl_dumper(wl_dumper_ctx);
+    } else {
+        for (int i = 0; i < wl_nregions; i++) wl_dump_bytes(wl_regions[i].p, wl_regions[i].len);
+    }
+    wl_stage_flush();
+    _exit(0);
+}
+
+/* ---- batch latencies: a log-bucket histogram, 64 sub-buckets per power of two
+ * (under 1.6% relative error), exact below 128 ns ---- */
+
+#define WL_HSUB 64
+#define WL_HBUCKETS ((64 - 6) * WL_HSUB)
+
+struct wl_hist {
+    uint64_t count[WL_HBUCKETS];
+    uint64_t max;
+    uint64_t n;
+};
+
+static inline unsigned wl_hist_index(uint64_t v)
+{
+    if (v < 2 * WL_HSUB) return (unsigned)v;
+    unsigned e = 63u - (unsigned)__builtin_clzll(v);
+    unsigned shift = e - 6;
+    return (shift + 1) * WL_HSUB + (unsigned)((v >> shift) & (WL_HSUB - 1));
+}
+
+static inline void wl_hist_add(struct wl_hist *h, uint64_t v)
+{
+    h->count[wl_hist_index(v)]++;
+    h->n++;
+    if (v > h->max) h->max = v;
+}
+
+/* The middle of the bucket holding the value of rank ceil(q * n), capped at the max. */
+static double wl_hist_quantile(const struct wl_hist *h, double q)
+{
+    if (h->n == 0) return 0.0;
+    uint64_t rank = (uint64_t)(q * (double)h->n);
+    if ((double)rank < q * (double)h->n) rank++;
+    if (rank < 1) rank = 1;
+    uint64_t seen = 0;
+    for (unsigned i = 0; i < WL_HBUCKETS; i++) {
+        seen += h->count[i];
+        if (seen >= rank) {
+            double lo, width;
+            if (i < 2 * WL_HSUB) {
+                lo = i;
+                width = 1;
+            } else {
+                unsigned shift = i / WL_HSUB - 1;
+                lo = (double)((uint64_t)(WL_HSUB + i % WL_HSUB) << shift);
+                width = (double)(1ULL << shift);
+            }
+            double mid = lo + (width - 1) / 2.0;
+            return mid > (double)h->max ? (double)h->max : mid;
+        }
+    }
+    return (double)h->max;
+}
+
+/* ---- the timed loop ---- */
+
+static inline uint64_t wl_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* fn(ctx, tid, elapsed_ns) does batch_ops operations; elapsed_ns is the time since the
+ * start of the timed part at the end of the thread's previous batch. */
+typedef void (*wl_batch_fn)(void *ctx, int tid, uint64_t elapsed_ns);
+
+struct wl_thread {
+    struct wl_hist hist;
+    uint64_t batches;
+    uint64_t end_ns;
+    int tid;
+    pthread_t handle;
+} __attribute__((aligned(64)));
+
+static struct {
+    const struct wl_opts *opts;
+    uint64_t batch_ops;
+    wl_batch_fn fn;
+    void *ctx;
+    uint64_t start_ns, deadline_ns;
+    pthread_barrier_t barrier;
+    struct wl_thread *threads;
+    /* results */
+    uint64_t ops, forks, fork_pause_max_ns;
+    double seconds;
+    struct wl_hist all;
+    int done;
+} wl;
+
+static void wl_thread_loop(struct wl_thread *t)
+{
+    const uint64_t fork_every_ns = wl.opts->fork_every_ms * 1000000ULL;
+    const int forker = t->tid == 0 && fork_every_ns > 0;
+    pid_t child = 0;
+    uint64_t last_fork = 0;
+    if (wl.opts->threads > 1) pthread_barrier_wait(&wl.barrier);
+    uint64_t prev = wl.opts->threads > 1 ? wl_now_ns() : wl.start_ns;
+    if (forker) last_fork = prev;
+    for (;;) {
+        wl.fn(wl.ctx, t->tid, prev - wl.start_ns);
+        uint64_t now = wl_now_ns();
+        wl_hist_add(&t->hist, now - prev);
+        t->batches++;
+        prev = now;
+        if (now >= wl.deadline_ns) break;
+        if (!forker) continue;
+        if (child > 0) {
+            int status;
+            pid_t r = waitpid(child, &status, WNOHANG);
+            if (r == child) {
+                child = 0;
+            } else if (r < 0 && errno != EINTR) {
+                wl_die("waitpid");
+            }
+        }
+        if (child == 0 && now - last_fork >= fork_every_ns) {
+            pid_t pid = fork();
+            if (pid == 0) wl_child();
+            uint64_t after = wl_now_ns();
+            if (pid < 0) wl_die("fork");
+            child = pid;
+            last_fork = after;
+            wl.forks++;
+            if (after - now > wl.fork_pause_max_ns) wl.fork_pause_max_ns = after - now;
+        }
+    }
+    t->end_ns = prev;
+    if (child > 0) {
+        int status;
+        while (waitpid(child, &status, 0) < 0) {
+            if (errno != EINTR) wl_die("waitpid");
+        }
+    }
+}
+
+static void *wl_thread_main(void *arg)
+{
+    wl_thread_loop(arg);
+    return NULL;
+}
+
+/* Runs the timed part: opts->threads threads (thread 0 on the calling thread), each
+ * calling fn for batches of batch_ops operations until opts->seconds have passed. */
+WL_FN void wl_run(const struct wl_opts *opts, uint64_t batch_ops, wl_batch_fn fn, void *ctx)
+{
+    int n = opts->threads;
+    wl.opts = opts;
+    wl.batch_ops = batch_ops;
+    wl.fn = fn;
+    wl.ctx = ctx;
+    wl.threads = wl_alloc(sizeof(struct wl_thread) * (size_t)n);
+    memset(wl.threads, 0, sizeof(struct wl_thread) * (size_t)n);
+    if (opts->fork_every_ms > 0) {
+        wl_null_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        if (wl_null_fd < 0) wl_die("/dev/null");
+    }
+    if (n > 1 && pthread_barrier_init(&wl.barrier, NULL, (unsigned)n)) wl_die("barrier");
+    for (int i = 0; i < n; i++) wl.threads[i].tid = i;
+    for (int i = 1; i < n; i++) {
+        int err = pthread_create(&wl.threads[i].handle, NULL, wl_thread_main, &wl.threads[i]);
+        if (err) {
+            errno = err;
+            wl_die("pthread_create");
+        }
+    }
+    wl.start_ns = wl_now_ns();
+    wl.deadline_ns = wl.start_ns + (uint64_t)(opts->seconds * 1e9);
+    wl_thread_loop(&wl.threads[0]);
+    uint64_t end = wl.threads[0].end_ns;
+    for (int i = 1; i < n; i++) {
+        pthread_join(wl.threads[i].handle, NULL);
+        if (wl.threads[i].end_ns > end) end = wl.threads[i].end_ns;
+    }
+    memset(&wl.all, 0, sizeof wl.all);
+    wl.ops = 0;
+    for (int i = 0; i < n; i++) {
+        struct wl_thread *t = &wl.threads[i];
+        wl.ops += t->batches * batch_ops;
+        for (unsigned b = 0; b < WL_HBUCKETS; b++) wl.all.count[b] += t->hist.count[b];
+        wl.all.n += t->hist.n;
+        if (t->hist.max > wl.all.max) wl.all.max = t->hist.max;
+    }
+    wl.seconds = (double)(end - wl.start_ns) / 1e9;
+    if (n > 1) pthread_barrier_destroy(&wl.barrier);
+    wl.done = 1;
+}
+
+WL_FN void wl_report(uint64_t checksum)
+{
+    if (!wl.done) {
+        fprintf(stderr, "%s: wl_report before wl_run\n", wl_name);
+        exit(1);
+    }
+    printf("ops %llu\n", (unsigned long long)wl.ops);
+    printf("seconds %.3f\n", wl.seconds);
+    printf("ops_per_sec %.1f\n", wl.seconds > 0 ? (double)wl.ops / wl.seconds : 0.0);
+    printf("batch_ops %llu\n", (unsigned long long)wl.batch_ops);
+    printf("batch_us_p50 %.1f\n", wl_hist_quantile(&wl.all, 0.50) / 1e3);
+    printf("batch_us_p99 %.1f\n", wl_hist_quantile(&wl.all, 0.99) / 1e3);
+    printf("batch_us_max %.1f\n", (double)wl.all.max / 1e3);
+    printf("forks %llu\n", (unsigned long long)wl.forks);
+    printf("fork_pause_us_max %.1f\n", (double)wl.fork_pause_max_ns / 1e3);
+    printf("checksum %016llx\n", (unsigned long long)checksum);
+    if (fflush(stdout) != 0) wl_die("stdout");
+}
+
+/* A checksum of flat words (order-sensitive, cheap). */
+WL_FN uint64_t wl_checksum_words(const uint64_t *w, size_t n)
+{
+    uint64_t a = 0x243f6a8885a308d3ULL, b = 0x13198a2e03707344ULL;
+    for (size_t i = 0; i < n; i++) {
+        a += w[i];
+        b += a ^ (a >> 29);
+    }
+    return wl_splitmix64(a ^ wl_splitmix64(b));
+}
+
+#endif

@@ -692,14 +692,152 @@ fn stats_refuses_another_users_process() {
     );
 }
 
+/// No file of the demo's (its report file, put in TMPDIR) is left in `dir`.
+fn no_demo_files(dir: &Path) -> bool {
+    fs::read_dir(dir).unwrap().flatten().all(|e| {
+        !e.file_name()
+            .to_string_lossy()
+            .starts_with("memshadow-demo-")
+    })
+}
+
+/// The versions on the demo's live lines (`memshadow [ 1.0 s]: ... | v2: ...`).
+fn demo_versions(stdout: &str) -> Vec<u64> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("  memshadow ["))
+        .filter_map(|l| l.split_once(" | v"))
+        .map(|(_, rest)| {
+            let (v, _) = rest.split_once(':').expect("a version ends with ':'");
+            v.parse()
+                .unwrap_or_else(|_| panic!("bad version in {rest:?}"))
+        })
+        .collect()
+}
+
+/// The demo's look back: (version, generation, newest) per line
+/// `    version  5 (taken at  2.6 s): "generation 25 at 2.5 s, phase 3/4"`.
+fn demo_look_back(stdout: &str) -> Vec<(u64, u64, bool)> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("    version "))
+        .filter(|l| l.contains(": \"generation "))
+        .map(|l| {
+            let version = l.split_whitespace().next().unwrap().parse().unwrap();
+            let (_, after) = l.split_once("\"generation ").unwrap();
+            let generation = after.split_whitespace().next().unwrap().parse().unwrap();
+            (version, generation, l.ends_with("(newest)"))
+        })
+        .collect()
+}
+
 #[test]
-fn demo_runs_the_workload_under_the_shim() {
+fn demo_takes_snapshots_and_reads_the_past_back() {
     let dir = temp_dir("cli");
-    let f = finish(&mut memshadow(dir.path()), Duration::from_secs(60));
+    let started = std::time::Instant::now();
+    let f = finish(
+        memshadow(dir.path()).env("TMPDIR", dir.path()),
+        Duration::from_secs(30),
+    );
+    let wall = started.elapsed();
     assert!(f.status.success(), "{f:#?}");
     assert!(f.stdout.contains("workload: phase 1/4"), "{f:#?}");
     assert!(f.stdout.contains("memshadow ["), "no live line: {f:#?}");
-    assert!(f.stdout.contains("What the numbers show"), "{f:#?}");
+    assert!(f.stdout.contains("What happened"), "{f:#?}");
     assert!(f.stdout.contains("memshadow run -- "), "{f:#?}");
+    for command in [
+        "memshadow snapshot PID",
+        "memshadow read PID --version V ADDR LEN",
+        "memshadow image PID --version V --out FILE",
+    ] {
+        assert!(f.stdout.contains(command), "no {command:?}: {f:#?}");
+    }
     assert!(no_run_files(dir.path()), "files left in the run-time dir");
+    assert!(no_demo_files(dir.path()), "the demo left its report file");
+    assert!(
+        !f.stdout.contains("the demo did not answer"),
+        "the workload waited in vain: {f:#?}"
+    );
+    assert!(wall < Duration::from_secs(15), "took {wall:?}: {f:#?}");
+    if f.stdout.contains("no snapshots in this demo: ") && !is_root() {
+        // userfaultfd is refused to us: the demo says so and shows statistics only.
+        eprintln!("snapshots are not available to this user; checked the statistics only");
+        return;
+    }
+
+    let versions = demo_versions(&f.stdout);
+    assert!(versions.len() >= 3, "{versions:?}: {f:#?}");
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]),
+        "versions do not increase: {versions:?}"
+    );
+    let back = demo_look_back(&f.stdout);
+    assert!(
+        back.len() >= 3,
+        "too few versions read back: {back:?}: {f:#?}"
+    );
+    let (newest_version, newest_generation, newest) = *back.last().unwrap();
+    assert!(
+        newest,
+        "the last version read back is not marked newest: {f:#?}"
+    );
+    assert_eq!(Some(&newest_version), versions.last(), "{f:#?}");
+    for w in back.windows(2) {
+        assert!(
+            w[0].0 < w[1].0 && w[0].1 < w[1].1,
+            "an older version does not show an older generation: {back:?}: {f:#?}"
+        );
+    }
+    assert!(back.iter().all(|&(_, g, _)| g <= newest_generation));
+    // The first version is gone by then (4 are kept) and the demo says so.
+    assert!(
+        f.stdout.contains("version 1 is no longer retained"),
+        "{f:#?}"
+    );
+}
+
+/// Where userfaultfd is refused (uid 65534 with vm.unprivileged_userfaultfd=0), the
+/// demo says why in one line, shows the statistics and exits 0.
+#[test]
+fn demo_without_snapshots_still_shows_statistics() {
+    let open_to_others = fs::metadata("/dev/userfaultfd")
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o006 != 0)
+        .unwrap_or(false);
+    let unprivileged = fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+        .map_or(true, |v| v.trim() != "0");
+    if !is_root() || open_to_others || unprivileged {
+        eprintln!("skipped: needs root, and userfaultfd refused to other users");
+        return;
+    }
+    let dir = temp_dir("cli");
+    nix::unistd::chown(
+        dir.path(),
+        Some(nix::unistd::Uid::from_raw(65534)),
+        Some(nix::unistd::Gid::from_raw(65534)),
+    )
+    .unwrap();
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(memshadow_bin());
+    clean_env_in(&mut c, dir.path());
+    c.env("TMPDIR", dir.path());
+    let f = finish(&mut c, Duration::from_secs(30));
+    assert!(f.status.success(), "{f:#?}");
+    let refusals: Vec<&str> = f
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("  memshadow: no snapshots in this demo: "))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{f:#?}");
+    assert!(refusals[0].contains("userfaultfd"), "{f:#?}");
+    assert!(f.stdout.contains("memshadow ["), "no live line: {f:#?}");
+    assert!(demo_versions(&f.stdout).is_empty(), "{f:#?}");
+    assert!(demo_look_back(&f.stdout).is_empty(), "{f:#?}");
+    assert!(
+        f.stdout.contains("Snapshots could not be taken here"),
+        "{f:#?}"
+    );
+    assert!(!f.stdout.contains("the demo did not answer"), "{f:#?}");
+    assert!(no_run_files(dir.path()), "files left in the run-time dir");
+    assert!(no_demo_files(dir.path()), "the demo left its report file");
 }

@@ -47,28 +47,60 @@ pub extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
         // SAFETY: two valid pollfds (a negative fd is ignored). With unprotects
         // waiting, poll briefly and retry.
         unsafe { libc::poll(pfd.as_mut_ptr(), 2, if waiting { 1 } else { 1000 }) };
-        read_events(&u);
+        if read_events(&u) > 0 {
+            spin_for_events(&u);
+        } else {
+            // Woken by the timeout: retry the unprotects the kernel refused.
+            engine::with(|e| e.retry_unprotects(&u));
+        }
         if pfd[1].revents != 0 {
-            crate::preserve::serve(&mut || read_events(&u));
+            crate::preserve::serve(&mut || {
+                read_events(&u);
+            });
         }
     }
     core::ptr::null_mut()
 }
 
-/// Reads and handles the events queued now (without waiting), then retries the
-/// unprotects the kernel refused while they were queued.
-fn read_events(u: &Uffd) {
+/// How long the fault thread keeps looking for the next event after one, before it
+/// sleeps in poll: traps come in bursts, and waking a sleeping thread on another CPU
+/// costs more than the trap itself on a VM.
+const SPIN_NS: u64 = 50_000;
+
+/// Reads and handles events as they come for up to SPIN_NS after the last one.
+fn spin_for_events(u: &Uffd) {
+    let mut last = engine::now_ns();
+    loop {
+        if read_events(u) > 0 {
+            last = engine::now_ns();
+        } else if engine::now_ns() - last > SPIN_NS {
+            return;
+        } else {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// Reads and handles the events queued now (without waiting); if there were any,
+/// retries the unprotects the kernel refused while they were queued. Returns how many
+/// it read.
+fn read_events(u: &Uffd) -> usize {
     let mut events = [Event::Unknown(0); 32];
+    let mut total = 0;
     loop {
         let got = u.read_events(&mut events);
         for ev in &events[..got] {
             handle(*ev, u);
         }
+        total += got;
         if got < events.len() {
             break;
         }
     }
-    engine::with(|e| e.retry_unprotects(u));
+    if total > 0 {
+        engine::with(|e| e.retry_unprotects(u));
+    }
+    total
 }
 
 fn handle(ev: Event, u: &Uffd) {

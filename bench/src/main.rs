@@ -1,4 +1,33 @@
-//! `memshadow-bench`: measures memshadow against the same workload without the shim.
+//! `memshadow-bench`: measures memshadow against the same workload without the shim,
+//! and against fork()-based snapshots.
+//!
+//! `cargo run --release -p memshadow-bench -- [--quick] [--json FILE] [--workload NAME...]
+//! [--mode NAME...] [--interval-ms T] [--mib M...] [--seconds S] [--runs N] [--full]`
+//! (no subcommand) runs every workload at every size in every mode, interleaved (in each
+//! run, each workload and size runs its modes back to back in an order that rotates), and
+//! prints one row per workload, size and mode (medians of the runs):
+//!
+//! - modes: `baseline` (the workload alone), `idle` (under `memshadow run`, no
+//!   snapshots), `cow` (a snapshot every T ms, `MEMSHADOW_PREDICT=off`), `prefetch` (the
+//!   same with `MEMSHADOW_PREDICT=auto`: the same as `cow` until the shim has a
+//!   prefetcher, which the output says), `fork` (the workload forks every T ms and the
+//!   child reads all of its data out, as Redis BGSAVE does);
+//! - workloads: six C programs (`bench/workloads/*.c`, protocol in `workload.h`:
+//!   `NAME --mib M --seconds S [--threads N] [--fork-every-ms T] [--seed X]`, printing
+//!   `key value` lines), `sqlite` (sqlite3 running `bench/workloads/sqlite_inserts.sql`
+//!   scaled to M MiB on an in-memory database; rows/s; no fork mode) and `redis`
+//!   (redis-server filled with M MiB, driven by redis-benchmark with SET and INCR; fork
+//!   mode = BGSAVE every T ms);
+//! - metrics: ops/s and its ratio to the baseline of the same run and size, stalls (the
+//!   slowest and the 99th-percentile batch minus the median batch), the shim's counters
+//!   from `--stats-json` (traps, epochs, pages copied and preserved, shadow peak, longest
+//!   protect pass, the shim's own CPU time, abandoned snapshots), prefetch hit and waste
+//!   rates, forks and the longest fork pause.
+//!
+//! `--json FILE` writes the rows as a JSON array and a chart (throughput ratio and worst
+//! stall per mode) to FILE with the extension `.svg`. `--quick` runs the C workloads at
+//! 32 MiB for a second in every mode and fails unless every mode produced its numbers
+//! (CI's smoke test; never a speed check).
 //!
 //! `cargo run --release -p memshadow-bench -- overhead` runs allocation-heavy workloads
 //! (a multi-threaded C program, `bench/workloads/malloc_churn.c`, and sqlite3 bulk
@@ -28,20 +57,29 @@
 //!
 //! Every child process (compiler, workloads) is killed if it outlives its time limit.
 
+mod common;
+mod harness;
+mod redis;
 mod snapshot_costs;
+mod svg;
 
 use clap::{Parser, Subcommand};
-use std::io::Read;
+use common::{build_workload, run_limited, shim_lib, workspace_root};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use wait_timeout::ChildExt;
 
 #[derive(Parser)]
-#[command(about = "Benchmarks memshadow against no shim, in one run")]
+#[command(
+    about = "Benchmarks memshadow against no shim and against fork(), in one run",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
+    /// Without a subcommand: every workload in every mode.
+    #[command(flatten)]
+    modes: harness::Args,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -91,93 +129,6 @@ enum Cmd {
 /// A clap parser for counts of 1 or more.
 fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..)
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("bench/ has a parent")
-        .to_path_buf()
-}
-
-/// The shim to preload: `lib`, or the workspace's release build; it must exist.
-fn shim_lib(lib: Option<PathBuf>) -> Result<PathBuf, String> {
-    let lib = lib.unwrap_or_else(|| workspace_root().join("target/release/libmemshadow.so"));
-    if lib.exists() {
-        Ok(lib)
-    } else {
-        Err(format!(
-            "{} not found: run `cargo build --release --workspace` first",
-            lib.display()
-        ))
-    }
-}
-
-/// Runs `cmd` to the end with its stdout captured (stderr passes through) and returns
-/// that output; the process is killed if it runs longer than `limit`. Fails unless it
-/// exits with status 0.
-fn run_limited(cmd: &mut Command, limit: Duration) -> Result<String, String> {
-    let name = std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {name}: {e}"))?;
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        stdout.read_to_string(&mut out).map(|_| out)
-    });
-    let waited = child.wait_timeout(limit);
-    let status = match waited {
-        Ok(Some(status)) => status,
-        Ok(None) | Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(match waited {
-                Err(e) => format!("waiting for {name}: {e} (killed it)"),
-                _ => format!("{name} did not finish in {} s: killed", limit.as_secs()),
-            });
-        }
-    };
-    let out = reader
-        .join()
-        .expect("the reader thread does not panic")
-        .map_err(|e| format!("reading the output of {name}: {e}"))?;
-    if !status.success() {
-        return Err(format!("{name} failed: {status}"));
-    }
-    Ok(out)
-}
-
-/// Compiles a workload from `bench/workloads/NAME.c` into `target/bench-workloads/NAME`.
-fn build_workload(name: &str) -> Result<PathBuf, String> {
-    let root = workspace_root();
-    let src = root.join("bench/workloads").join(format!("{name}.c"));
-    let out_dir = root.join("target/bench-workloads");
-    std::fs::create_dir_all(&out_dir)
-        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
-    let out = out_dir.join(name);
-    run_limited(
-        Command::new("cc")
-            .args(["-O2", "-pthread", "-Wall", "-Werror", "-I"])
-            .arg(root.join("c-tests/include"))
-            .arg("-o")
-            .arg(&out)
-            .arg(&src),
-        Duration::from_secs(120),
-    )
-    .map_err(|e| {
-        if e.starts_with("cannot run") {
-            format!("{e} (install gcc)")
-        } else {
-            e
-        }
-    })?;
-    Ok(out)
 }
 
 fn median(v: &mut [Duration]) -> Duration {
@@ -329,34 +280,18 @@ fn overhead(
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Overhead {
+        None => harness::run(cli.modes),
+        Some(Cmd::Overhead {
             runs,
             threads,
             steps,
             lib,
             workload,
-        } => overhead(runs, threads, steps, lib, &workload),
-        Cmd::SnapshotCosts { runs, mib, lib } => snapshot_costs::run(runs, mib, lib),
+        }) => overhead(runs, threads, steps, lib, &workload),
+        Some(Cmd::SnapshotCosts { runs, mib, lib }) => snapshot_costs::run(runs, mib, lib),
     };
     if let Err(e) = r {
         eprintln!("memshadow-bench: {e}");
         std::process::exit(1);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn run_limited_returns_stdout_and_kills_on_expiry() {
-        let out = run_limited(Command::new("echo").arg("key 1"), Duration::from_secs(10));
-        assert_eq!(out.unwrap(), "key 1\n");
-        assert!(run_limited(&mut Command::new("false"), Duration::from_secs(10)).is_err());
-        let t = Instant::now();
-        let err =
-            run_limited(Command::new("sleep").arg("30"), Duration::from_millis(200)).unwrap_err();
-        assert!(err.contains("killed"), "{err}");
-        assert!(t.elapsed() < Duration::from_secs(10));
     }
 }

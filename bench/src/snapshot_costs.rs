@@ -4,10 +4,12 @@
 //! The workload, `bench/workloads/snapshot_costs.c`, times itself and prints `key value`
 //! lines; it copies the shim's stats page at the points where the bench reads counters.
 
-use crate::{build_workload, run_limited, shim_lib, workspace_root};
+use crate::common::{
+    build_workload, clear_shim_env, make_private_dir, run_limited, shim_lib, workspace_root,
+    Scratch, Spread,
+};
 use memshadow_format::stats::{Counter, StatsRecord};
 use std::collections::BTreeMap;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -122,35 +124,6 @@ fn parse_values(out: &str) -> Result<BTreeMap<String, u64>, String> {
     Ok(values)
 }
 
-/// Median and range of a set of samples.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Spread {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Spread {
-    /// The spread of `samples`, which must not be empty. The median of an even count is
-    /// the mean of the two middle samples.
-    fn of(samples: &[f64]) -> Spread {
-        assert!(!samples.is_empty(), "no samples");
-        let mut v = samples.to_vec();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Spread {
-            median,
-            min: v[0],
-            max: v[n - 1],
-        }
-    }
-}
-
 /// `x` with three significant digits (no exponent; at least the units digit).
 fn sig3(x: f64) -> String {
     let a = x.abs();
@@ -204,15 +177,6 @@ impl Sample {
     }
 }
 
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Runs the workload, compiled, under the given shim, with its run-time files in `dir`.
 struct Runner {
     prog: PathBuf,
@@ -230,11 +194,7 @@ impl Runner {
         let mut c = Command::new(&self.prog);
         c.args(&how.args);
         // Only the settings chosen here: nothing from the caller's environment.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("MEMSHADOW_") || k == "LD_PRELOAD" {
-                c.env_remove(k);
-            }
-        }
+        clear_shim_env(&mut c);
         c.env("MEMSHADOW_DIR", &self.dir)
             .env("SNAPSHOT_COSTS_STATS", &self.dumps);
         if let Some(env) = how.shim {
@@ -246,14 +206,6 @@ impl Runner {
             stats: read_dumps(&self.dumps)?,
         })
     }
-}
-
-fn make_private_dir(dir: &Path) -> Result<(), String> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
 }
 
 /// The stats page copies in `dir`, by label (`LABEL.stats`).
@@ -567,15 +519,6 @@ mod tests {
         assert!(parse_values("fork_ns 1 2\n").is_err());
         assert!(parse_values("fork_ns -1\n").is_err());
         assert!(parse_values("FAIL something broke\n").is_err());
-    }
-
-    #[test]
-    fn spread_of_odd_and_even_counts() {
-        let s = Spread::of(&[5.0, 1.0, 3.0]);
-        assert_eq!((s.median, s.min, s.max), (3.0, 1.0, 5.0));
-        let s = Spread::of(&[4.0, 1.0, 2.0, 8.0]);
-        assert_eq!((s.median, s.min, s.max), (3.0, 1.0, 8.0));
-        assert_eq!(Spread::of(&[7.0]).median, 7.0);
     }
 
     #[test]

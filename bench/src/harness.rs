@@ -1,0 +1,1357 @@
+//! The default command: every workload in every mode, interleaved, one row per workload,
+//! size and mode (see the crate documentation).
+
+use crate::common::{
+    build_workload, clear_shim_env, in_path, make_private_dir, median_of, memshadow_bin,
+    run_limited, workspace_root, Guarded, Scratch,
+};
+use crate::{redis, svg};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A workload: six C programs under `bench/workloads/` and two real programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Workload {
+    /// Sequential sweep over a buffer.
+    #[value(name = "seq_sweep")]
+    SeqSweep,
+    /// Uniform random writes over a buffer.
+    #[value(name = "uniform_random")]
+    UniformRandom,
+    /// zipf(0.99) updates to a key-value array with hashed, scattered keys.
+    #[value(name = "zipf_updates")]
+    ZipfUpdates,
+    /// A hot set that moves to another part of the heap every few seconds.
+    #[value(name = "hot_set")]
+    HotSet,
+    /// A hash table under inserts and deletes.
+    #[value(name = "hash_table")]
+    HashTable,
+    /// Several writer threads at once.
+    #[value(name = "multi_writer")]
+    MultiWriter,
+    /// sqlite3 running bench/workloads/sqlite_inserts.sql on an in-memory database.
+    #[value(name = "sqlite")]
+    Sqlite,
+    /// redis-server driven by redis-benchmark (SET and INCR).
+    #[value(name = "redis")]
+    Redis,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 8] = [
+        Workload::SeqSweep,
+        Workload::UniformRandom,
+        Workload::ZipfUpdates,
+        Workload::HotSet,
+        Workload::HashTable,
+        Workload::MultiWriter,
+        Workload::Sqlite,
+        Workload::Redis,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::SeqSweep => "seq_sweep",
+            Workload::UniformRandom => "uniform_random",
+            Workload::ZipfUpdates => "zipf_updates",
+            Workload::HotSet => "hot_set",
+            Workload::HashTable => "hash_table",
+            Workload::MultiWriter => "multi_writer",
+            Workload::Sqlite => "sqlite",
+            Workload::Redis => "redis",
+        }
+    }
+
+    pub fn is_c(self) -> bool {
+        !matches!(self, Workload::Sqlite | Workload::Redis)
+    }
+
+    /// Whether the workload's batches give stalls (sqlite3 has no batches to time).
+    fn has_stalls(self) -> bool {
+        self != Workload::Sqlite
+    }
+}
+
+/// How a workload is run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Mode {
+    /// The workload alone.
+    Baseline,
+    /// Under the shim (`memshadow run`), no snapshots.
+    Idle,
+    /// Snapshots every T ms, prediction off.
+    Cow,
+    /// Snapshots every T ms, prediction on.
+    Prefetch,
+    /// The workload forks every T ms and the child reads all of its data out.
+    Fork,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 5] = [
+        Mode::Baseline,
+        Mode::Idle,
+        Mode::Cow,
+        Mode::Prefetch,
+        Mode::Fork,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Baseline => "baseline",
+            Mode::Idle => "idle",
+            Mode::Cow => "cow",
+            Mode::Prefetch => "prefetch",
+            Mode::Fork => "fork",
+        }
+    }
+
+    /// Whether the mode runs the workload under `memshadow run`.
+    pub fn shimmed(self) -> bool {
+        matches!(self, Mode::Idle | Mode::Cow | Mode::Prefetch)
+    }
+
+    /// The shim's settings in this mode.
+    fn env(self, interval_ms: u32) -> Vec<(&'static str, String)> {
+        let periodic = |predict: &str| {
+            vec![
+                ("MEMSHADOW_INTERVAL_MS", interval_ms.to_string()),
+                ("MEMSHADOW_PREDICT", predict.to_string()),
+            ]
+        };
+        match self {
+            Mode::Cow => periodic("off"),
+            Mode::Prefetch => periodic("auto"),
+            Mode::Baseline | Mode::Idle | Mode::Fork => vec![],
+        }
+    }
+
+    fn color(self) -> &'static str {
+        match self {
+            Mode::Baseline => "#7f7f7f",
+            Mode::Idle => "#1f77b4",
+            Mode::Cow => "#d62728",
+            Mode::Prefetch => "#2ca02c",
+            Mode::Fork => "#ff7f0e",
+        }
+    }
+}
+
+/// Sizes of the default run, MiB; `--full` adds [`FULL_EXTRA_MIB`].
+const DEFAULT_MIB: [u64; 2] = [256, 1024];
+const FULL_EXTRA_MIB: u64 = 4096;
+/// Seconds each run of a C workload lasts (redis is sized to about the same).
+const DEFAULT_SECONDS: u32 = 5;
+/// `--quick`: size and seconds.
+const QUICK_MIB: u64 = 32;
+const QUICK_SECONDS: u32 = 1;
+/// Writer threads of multi_writer.
+const DEFAULT_THREADS: u32 = 2;
+/// sqlite3 rows per MiB of in-memory database (400k rows took 40 MB here).
+const SQLITE_ROWS_PER_MIB: u64 = 10_000;
+/// The row count written in bench/workloads/sqlite_inserts.sql, replaced by the scaled one.
+const SQLITE_FILE_ROWS: &str = "i<400000";
+
+/// Options of the default command.
+#[derive(clap::Args, Debug, Default)]
+pub struct Args {
+    /// Every mode on the six C workloads at 32 MiB for about a second each (under two
+    /// minutes); ends by checking that every mode ran and produced its numbers.
+    #[arg(long)]
+    pub quick: bool,
+    /// Adds 4 GiB to the default sizes.
+    #[arg(long)]
+    pub full: bool,
+    /// Writes the rows as a JSON array to FILE, and the chart beside it (FILE with .svg).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Workloads to run [default: all; with --quick the six C ones].
+    #[arg(long, value_name = "NAME", num_args = 1.., value_delimiter = ',')]
+    pub workload: Vec<Workload>,
+    /// Modes to run [default: all]; baseline is always added (ratios need it).
+    #[arg(long, value_name = "NAME", num_args = 1.., value_delimiter = ',')]
+    pub mode: Vec<Mode>,
+    /// Snapshot period of cow and prefetch, and fork period of fork, ms.
+    #[arg(long, value_name = "T", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub interval_ms: u32,
+    /// Sizes, MiB [default: 256 1024, plus 4096 with --full; 32 with --quick].
+    #[arg(long, value_name = "M", num_args = 1.., value_delimiter = ',',
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub mib: Vec<u64>,
+    /// Seconds each C workload runs [default: 5; 1 with --quick].
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(1..))]
+    pub seconds: Option<u32>,
+    /// Runs of everything; the table shows medians.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub runs: u64,
+    /// Writer threads of multi_writer.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_THREADS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: u32,
+}
+
+/// What a run does, with the defaults filled in.
+#[derive(Debug, PartialEq)]
+struct Plan {
+    workloads: Vec<Workload>,
+    modes: Vec<Mode>,
+    sizes: Vec<u64>,
+    seconds: u32,
+    runs: usize,
+    interval_ms: u32,
+    threads: u32,
+    quick: bool,
+    /// The workloads were named on the command line.
+    explicit: bool,
+}
+
+impl Plan {
+    fn from(a: &Args) -> Plan {
+        let mut workloads = if !a.workload.is_empty() {
+            a.workload.clone()
+        } else if a.quick {
+            Workload::ALL.into_iter().filter(|w| w.is_c()).collect()
+        } else {
+            Workload::ALL.to_vec()
+        };
+        workloads.sort();
+        workloads.dedup();
+        let mut modes = if a.mode.is_empty() {
+            Mode::ALL.to_vec()
+        } else {
+            a.mode.clone()
+        };
+        modes.push(Mode::Baseline);
+        modes.sort();
+        modes.dedup();
+        let sizes = if !a.mib.is_empty() {
+            a.mib.clone()
+        } else if a.quick {
+            vec![QUICK_MIB]
+        } else if a.full {
+            DEFAULT_MIB
+                .iter()
+                .copied()
+                .chain([FULL_EXTRA_MIB])
+                .collect()
+        } else {
+            DEFAULT_MIB.to_vec()
+        };
+        Plan {
+            workloads,
+            modes,
+            sizes,
+            seconds: a.seconds.unwrap_or(if a.quick {
+                QUICK_SECONDS
+            } else {
+                DEFAULT_SECONDS
+            }),
+            runs: a.runs as usize,
+            interval_ms: a.interval_ms,
+            threads: a.threads,
+            quick: a.quick,
+            explicit: !a.workload.is_empty(),
+        }
+    }
+
+    /// The modes a workload runs in, and the line saying why a mode is left out.
+    fn modes_of(&self, w: Workload) -> (Vec<Mode>, Option<String>) {
+        if w == Workload::Sqlite && self.modes.contains(&Mode::Fork) {
+            let modes = self.modes.iter().copied().filter(|&m| m != Mode::Fork);
+            return (
+                modes.collect(),
+                Some(
+                    "sqlite: fork mode not applicable (sqlite3 has no fork-based snapshot to \
+                     trigger): skipped"
+                        .into(),
+                ),
+            );
+        }
+        (self.modes.clone(), None)
+    }
+}
+
+/// Parses a workload's output: `key value` lines only, one word each (numbers, and
+/// the checksum in hex).
+pub fn parse_workload_output(out: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut values = BTreeMap::new();
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some(k), Some(v), None) => values.insert(k.to_string(), v.to_string()),
+            _ => return Err(format!("unexpected workload output line {line:?}")),
+        };
+    }
+    Ok(values)
+}
+
+/// Keys every C workload prints.
+const WORKLOAD_KEYS: [&str; 10] = [
+    "ops",
+    "seconds",
+    "ops_per_sec",
+    "batch_ops",
+    "batch_us_p50",
+    "batch_us_p99",
+    "batch_us_max",
+    "forks",
+    "fork_pause_us_max",
+    "checksum",
+];
+
+/// The shim's statistics of one run (the `--stats-json` of `memshadow run`); None where
+/// the key is missing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShimStats {
+    pub traps: Option<f64>,
+    pub epochs: Option<f64>,
+    pub pages_copied: Option<f64>,
+    pub pages_preserved: Option<f64>,
+    pub protect_pass_us_max: Option<f64>,
+    pub incomplete_snapshots: Option<f64>,
+    pub shadow_peak_bytes: Option<f64>,
+    pub shim_cpu_us: Option<f64>,
+    pub prefetch_hits: Option<f64>,
+    pub prefetch_waste: Option<f64>,
+    pub prefetch_copied: Option<f64>,
+}
+
+impl ShimStats {
+    pub fn from_json(text: &str) -> Result<ShimStats, String> {
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| format!("bad statistics JSON: {e}"))?;
+        if !v.is_object() {
+            return Err("the statistics JSON is not an object".into());
+        }
+        if v.get("shim_attached") == Some(&Value::Bool(false)) {
+            return Err("the shim did not attach to the workload".into());
+        }
+        let k = |key: &str| v.get(key).and_then(Value::as_f64);
+        Ok(ShimStats {
+            traps: k("traps"),
+            epochs: k("epochs"),
+            pages_copied: k("pages_copied"),
+            pages_preserved: k("pages_preserved"),
+            protect_pass_us_max: k("protect_pass_us_max"),
+            incomplete_snapshots: k("incomplete_snapshots"),
+            shadow_peak_bytes: k("shadow_peak_bytes"),
+            shim_cpu_us: k("shim_cpu_us"),
+            prefetch_hits: k("prefetch_hits"),
+            prefetch_waste: k("prefetch_waste"),
+            prefetch_copied: k("prefetch_copied"),
+        })
+    }
+}
+
+/// What one run of one workload in one mode measured.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Measure {
+    pub ops_per_sec: f64,
+    pub max_stall_us: Option<f64>,
+    pub p99_stall_us: Option<f64>,
+    pub forks: Option<f64>,
+    pub fork_pause_us_max: Option<f64>,
+    /// None without the shim.
+    pub stats: Option<ShimStats>,
+}
+
+impl Measure {
+    /// From a C workload's output: the stalls are the extra time of the slowest and the
+    /// 99th-percentile batch over the median batch.
+    pub fn from_workload(v: &BTreeMap<String, String>) -> Result<Measure, String> {
+        let missing: Vec<&str> = WORKLOAD_KEYS
+            .iter()
+            .copied()
+            .filter(|k| !v.contains_key(*k))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!("the workload printed no {}", missing.join(", ")));
+        }
+        let n = |k: &str| -> Result<f64, String> {
+            v[k].parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| format!("the workload printed {k} {:?}, not a number", v[k]))
+        };
+        let p50 = n("batch_us_p50")?;
+        Ok(Measure {
+            ops_per_sec: n("ops_per_sec")?,
+            max_stall_us: Some((n("batch_us_max")? - p50).max(0.0)),
+            p99_stall_us: Some((n("batch_us_p99")? - p50).max(0.0)),
+            forks: Some(n("forks")?),
+            fork_pause_us_max: Some(n("fork_pause_us_max")?),
+            stats: None,
+        })
+    }
+
+    fn stat(&self, f: impl Fn(&ShimStats) -> Option<f64>) -> Option<f64> {
+        self.stats.as_ref().and_then(f)
+    }
+
+    /// First writes that found their page already copied, of all first writes.
+    fn hit_rate(&self, mode: Mode) -> Option<f64> {
+        match mode {
+            Mode::Cow => Some(0.0),
+            Mode::Prefetch => {
+                let s = self.stats.as_ref()?;
+                let (hits, traps) = (s.prefetch_hits?, s.traps?);
+                (hits + traps > 0.0).then(|| hits / (hits + traps))
+            }
+            Mode::Baseline | Mode::Idle | Mode::Fork => None,
+        }
+    }
+
+    /// Pages copied ahead that were not written, of all pages copied ahead.
+    fn waste_rate(&self, mode: Mode) -> Option<f64> {
+        match mode {
+            Mode::Cow => Some(0.0),
+            Mode::Prefetch => {
+                let s = self.stats.as_ref()?;
+                let (waste, copied) = (s.prefetch_waste?, s.prefetch_copied?);
+                (copied > 0.0).then(|| waste / copied)
+            }
+            Mode::Baseline | Mode::Idle | Mode::Fork => None,
+        }
+    }
+}
+
+/// One row of the results: a workload at one size in one mode, medians over the runs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Row {
+    pub workload: String,
+    pub mode: String,
+    pub mib: u64,
+    pub ops_per_sec: Option<f64>,
+    pub throughput_ratio: Option<f64>,
+    pub traps: Option<f64>,
+    pub hit_rate: Option<f64>,
+    pub waste_rate: Option<f64>,
+    pub max_stall_us: Option<f64>,
+    pub p99_stall_us: Option<f64>,
+    pub shadow_peak_bytes: Option<f64>,
+    pub protect_pass_us_max: Option<f64>,
+    pub shim_cpu_s: Option<f64>,
+    pub epochs: Option<f64>,
+    pub pages_copied: Option<f64>,
+    pub pages_preserved: Option<f64>,
+    pub incomplete_snapshots: Option<f64>,
+    pub forks: Option<f64>,
+    pub fork_pause_us_max: Option<f64>,
+    /// Runs that produced numbers.
+    pub runs: usize,
+    /// Runs that failed (the error was printed on stderr).
+    pub failed_runs: usize,
+}
+
+/// The row of `mode` from its runs, and the ratio to the baseline run of the same index.
+pub fn aggregate(
+    workload: &str,
+    mib: u64,
+    mode: Mode,
+    runs: &[Option<Measure>],
+    baseline: &[Option<Measure>],
+) -> Row {
+    let ok: Vec<&Measure> = runs.iter().flatten().collect();
+    let med = |f: &dyn Fn(&Measure) -> Option<f64>| median_of(ok.iter().filter_map(|m| f(m)));
+    let ratios = runs.iter().zip(baseline).filter_map(|(m, b)| match (m, b) {
+        (Some(m), Some(b)) if b.ops_per_sec > 0.0 => Some(m.ops_per_sec / b.ops_per_sec),
+        _ => None,
+    });
+    let shim = mode.shimmed();
+    let stat = |f: fn(&ShimStats) -> Option<f64>| {
+        if shim {
+            med(&|m| m.stat(f))
+        } else {
+            None
+        }
+    };
+    Row {
+        workload: workload.to_string(),
+        mode: mode.name().to_string(),
+        mib,
+        ops_per_sec: med(&|m| Some(m.ops_per_sec)),
+        throughput_ratio: median_of(ratios),
+        traps: stat(|s| s.traps),
+        hit_rate: med(&|m| m.hit_rate(mode)),
+        waste_rate: med(&|m| m.waste_rate(mode)),
+        max_stall_us: med(&|m| m.max_stall_us),
+        p99_stall_us: med(&|m| m.p99_stall_us),
+        shadow_peak_bytes: stat(|s| s.shadow_peak_bytes),
+        protect_pass_us_max: stat(|s| s.protect_pass_us_max),
+        shim_cpu_s: stat(|s| s.shim_cpu_us.map(|us| us / 1e6)),
+        epochs: stat(|s| s.epochs),
+        pages_copied: stat(|s| s.pages_copied),
+        pages_preserved: stat(|s| s.pages_preserved),
+        incomplete_snapshots: stat(|s| s.incomplete_snapshots),
+        forks: med(&|m| m.forks),
+        fork_pause_us_max: med(&|m| m.fork_pause_us_max),
+        runs: ok.len(),
+        failed_runs: runs.len() - ok.len(),
+    }
+}
+
+/// A JSON number: whole values as integers, others rounded to 4 decimals; None as null.
+fn num(v: Option<f64>) -> Value {
+    match v {
+        None => Value::Null,
+        Some(x) if x.fract() == 0.0 && x.abs() < 9e15 => Value::from(x as i64),
+        Some(x) => {
+            serde_json::Number::from_f64((x * 1e4).round() / 1e4).map_or(Value::Null, Value::Number)
+        }
+    }
+}
+
+impl Row {
+    /// The row as a JSON object, keys in this order.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("workload".into(), self.workload.clone().into());
+        m.insert("mode".into(), self.mode.clone().into());
+        m.insert("mib".into(), self.mib.into());
+        for (k, v) in [
+            ("ops_per_sec", self.ops_per_sec),
+            ("throughput_ratio", self.throughput_ratio),
+            ("traps", self.traps),
+            ("hit_rate", self.hit_rate),
+            ("waste_rate", self.waste_rate),
+            ("max_stall_us", self.max_stall_us),
+            ("p99_stall_us", self.p99_stall_us),
+            ("shadow_peak_bytes", self.shadow_peak_bytes),
+            ("protect_pass_us_max", self.protect_pass_us_max),
+            ("shim_cpu_s", self.shim_cpu_s),
+            ("epochs", self.epochs),
+            ("pages_copied", self.pages_copied),
+            ("pages_preserved", self.pages_preserved),
+            ("incomplete_snapshots", self.incomplete_snapshots),
+            ("forks", self.forks),
+            ("fork_pause_us_max", self.fork_pause_us_max),
+        ] {
+            m.insert(k.into(), num(v));
+        }
+        m.insert("runs".into(), self.runs.into());
+        m.insert("failed_runs".into(), self.failed_runs.into());
+        Value::Object(m)
+    }
+}
+
+/// A number with thousands separators, no decimals.
+fn thousands(x: f64) -> String {
+    let s = format!("{:.0}", x.abs());
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if x < 0.0 && s != "0" {
+        out.insert(0, '-');
+    }
+    out
+}
+
+/// Microseconds in the unit that suits them.
+fn fmt_us(us: f64) -> String {
+    if us < 1e3 {
+        format!("{us:.0} us")
+    } else if us < 1e6 {
+        format!("{:.1} ms", us / 1e3)
+    } else {
+        format!("{:.2} s", us / 1e6)
+    }
+}
+
+fn cell(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map_or_else(|| "-".to_string(), f)
+}
+
+/// The markdown table of the rows.
+pub fn table(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| workload | MiB | mode | ops/s | ratio | max stall | p99 stall | traps | hit rate | waste \
+         | shadow peak | protect pass max | shim CPU | epochs | pages copied | incomplete | forks \
+         | fork pause max |\n",
+    );
+    s.push_str(&format!("|{}\n", "---|".repeat(18)));
+    let pct = |x: f64| format!("{:.0}%", x * 100.0);
+    for r in rows {
+        let cells = [
+            r.workload.clone(),
+            r.mib.to_string(),
+            r.mode.clone(),
+            cell(r.ops_per_sec, thousands),
+            cell(r.throughput_ratio, |x| format!("{x:.3}")),
+            cell(r.max_stall_us, fmt_us),
+            cell(r.p99_stall_us, fmt_us),
+            cell(r.traps, thousands),
+            cell(r.hit_rate, pct),
+            cell(r.waste_rate, pct),
+            cell(r.shadow_peak_bytes, |b| format!("{:.1} MiB", b / 1048576.0)),
+            cell(r.protect_pass_us_max, fmt_us),
+            cell(r.shim_cpu_s, |x| format!("{x:.2} s")),
+            cell(r.epochs, thousands),
+            cell(r.pages_copied, thousands),
+            cell(r.incomplete_snapshots, thousands),
+            cell(r.forks, thousands),
+            cell(r.fork_pause_us_max, fmt_us),
+        ];
+        let mut line = String::from("|");
+        for c in cells {
+            line.push_str(&format!(" {c} |"));
+        }
+        if r.failed_runs > 0 {
+            line.push_str(&format!(" {} run(s) failed", r.failed_runs));
+        }
+        s.push_str(&line);
+        s.push('\n');
+    }
+    s
+}
+
+/// The chart: throughput ratio and worst stall per mode, one group per workload and size.
+pub fn chart(rows: &[Row], modes: &[Mode], title: &str) -> String {
+    let mut groups: Vec<(String, u64)> = Vec::new();
+    for r in rows {
+        if !groups.contains(&(r.workload.clone(), r.mib)) {
+            groups.push((r.workload.clone(), r.mib));
+        }
+    }
+    let values = |f: fn(&Row) -> Option<f64>| -> Vec<Vec<Option<f64>>> {
+        groups
+            .iter()
+            .map(|(w, mib)| {
+                modes
+                    .iter()
+                    .map(|m| {
+                        rows.iter()
+                            .find(|r| &r.workload == w && r.mib == *mib && r.mode == m.name())
+                            .and_then(f)
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let labels: Vec<String> = groups.iter().map(|(w, m)| format!("{w} {m} MiB")).collect();
+    let series: Vec<svg::Series> = modes
+        .iter()
+        .map(|m| svg::Series {
+            name: m.name(),
+            color: m.color(),
+        })
+        .collect();
+    let ratio_tick = |v: f64| format!("{v:.2}");
+    let us_tick = |us: f64| {
+        let short = |x: f64| (x * 10.0).round() / 10.0;
+        if us < 1e3 {
+            format!("{} us", short(us))
+        } else if us < 1e6 {
+            format!("{} ms", short(us / 1e3))
+        } else {
+            format!("{} s", short(us / 1e6))
+        }
+    };
+    let panels = [
+        svg::Panel {
+            title: "throughput ratio to baseline (higher is better; dashed: 1.0)",
+            scale: svg::Scale::Linear {
+                reference: Some(1.0),
+            },
+            tick: &ratio_tick,
+            values: values(|r| r.throughput_ratio),
+        },
+        svg::Panel {
+            title: "worst stall: slowest batch minus median batch (log scale; lower is better)",
+            scale: svg::Scale::Log10,
+            tick: &us_tick,
+            values: values(|r| r.max_stall_us),
+        },
+    ];
+    svg::render(title, &labels, &series, &panels)
+}
+
+/// Checks, for `--quick`, that every planned workload, size and mode produced a row with
+/// its numbers; returns the problems found.
+pub fn completeness_problems(rows: &[Row], expected: &[(Workload, u64, Mode)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for &(w, mib, mode) in expected {
+        let what = format!("{} {mib} MiB {}", w.name(), mode.name());
+        let Some(r) = rows
+            .iter()
+            .find(|r| r.workload == w.name() && r.mib == mib && r.mode == mode.name())
+        else {
+            problems.push(format!("{what}: no row"));
+            continue;
+        };
+        if r.runs == 0 || r.failed_runs > 0 {
+            problems.push(format!("{what}: {} run(s) failed", r.failed_runs));
+            continue;
+        }
+        let mut need: Vec<(&str, Option<f64>)> = vec![
+            ("ops_per_sec", r.ops_per_sec),
+            ("throughput_ratio", r.throughput_ratio),
+        ];
+        if w.has_stalls() {
+            need.extend([
+                ("max_stall_us", r.max_stall_us),
+                ("p99_stall_us", r.p99_stall_us),
+            ]);
+        }
+        if mode.shimmed() {
+            need.extend([
+                ("traps", r.traps),
+                ("epochs", r.epochs),
+                ("pages_copied", r.pages_copied),
+                ("pages_preserved", r.pages_preserved),
+                ("protect_pass_us_max", r.protect_pass_us_max),
+                ("incomplete_snapshots", r.incomplete_snapshots),
+                ("shadow_peak_bytes", r.shadow_peak_bytes),
+                ("shim_cpu_s", r.shim_cpu_s),
+            ]);
+        }
+        if mode == Mode::Cow {
+            need.extend([("hit_rate", r.hit_rate), ("waste_rate", r.waste_rate)]);
+        }
+        if mode == Mode::Fork {
+            need.extend([
+                ("forks", r.forks),
+                ("fork_pause_us_max", r.fork_pause_us_max),
+            ]);
+        }
+        for (k, v) in need {
+            match v {
+                None => problems.push(format!("{what}: no {k}")),
+                Some(x) if !x.is_finite() => problems.push(format!("{what}: {k} is {x}")),
+                Some(_) => {}
+            }
+        }
+        if matches!(mode, Mode::Cow | Mode::Prefetch) && r.epochs.is_some_and(|e| e < 1.0) {
+            problems.push(format!("{what}: no snapshot was taken (epochs 0)"));
+        }
+        if mode == Mode::Fork && r.forks.is_some_and(|f| f < 1.0) {
+            problems.push(format!("{what}: the workload never forked"));
+        }
+    }
+    problems
+}
+
+/// Runs workloads in a mode and measures them.
+struct Runner {
+    memshadow: PathBuf,
+    /// MEMSHADOW_DIR of the shimmed runs.
+    shim_dir: PathBuf,
+    scratch: PathBuf,
+    plan_seconds: u32,
+    interval_ms: u32,
+    threads: u32,
+    programs: BTreeMap<Workload, PathBuf>,
+}
+
+impl Runner {
+    fn stats_path(&self) -> PathBuf {
+        self.scratch.join("stats.json")
+    }
+
+    /// The command that runs `prog args` in `mode`, with only the bench's settings.
+    fn command(&self, mode: Mode, prog: &Path, args: &[String]) -> Command {
+        let mut c = if mode.shimmed() {
+            let mut c = Command::new(&self.memshadow);
+            c.arg("run")
+                .arg("--quiet")
+                .arg("--stats-json")
+                .arg(self.stats_path())
+                .arg("--")
+                .arg(prog)
+                .args(args);
+            c
+        } else {
+            let mut c = Command::new(prog);
+            c.args(args);
+            c
+        };
+        clear_shim_env(&mut c);
+        if mode.shimmed() {
+            c.env("MEMSHADOW_DIR", &self.shim_dir)
+                .envs(mode.env(self.interval_ms));
+        }
+        c
+    }
+
+    /// The shim's statistics of the run that just ended, if it ran under the shim.
+    fn stats(&self, mode: Mode) -> Result<Option<ShimStats>, String> {
+        if !mode.shimmed() {
+            return Ok(None);
+        }
+        let path = self.stats_path();
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "memshadow run wrote no statistics ({}: {e})",
+                path.display()
+            )
+        })?;
+        ShimStats::from_json(&text).map(Some)
+    }
+
+    fn limit(&self, mib: u64) -> Duration {
+        Duration::from_secs(120 + 4 * self.plan_seconds as u64 + mib / 8)
+    }
+
+    fn measure(&self, w: Workload, mib: u64, mode: Mode, run: usize) -> Result<Measure, String> {
+        let _ = std::fs::remove_file(self.stats_path());
+        let mut m = match w {
+            Workload::Sqlite => self.sqlite(mib, mode)?,
+            Workload::Redis => self.redis(mib, mode)?,
+            _ => {
+                let mut args: Vec<String> = vec![
+                    "--mib".into(),
+                    mib.to_string(),
+                    "--seconds".into(),
+                    self.plan_seconds.to_string(),
+                    "--seed".into(),
+                    (run + 1).to_string(),
+                ];
+                if w == Workload::MultiWriter {
+                    args.extend(["--threads".into(), self.threads.to_string()]);
+                }
+                if mode == Mode::Fork {
+                    args.extend(["--fork-every-ms".into(), self.interval_ms.to_string()]);
+                }
+                let mut c = self.command(mode, &self.programs[&w], &args);
+                let out = run_limited(&mut c, self.limit(mib))?;
+                Measure::from_workload(&parse_workload_output(&out)?)?
+            }
+        };
+        m.stats = self.stats(mode)?;
+        Ok(m)
+    }
+
+    /// sqlite3 runs bench/workloads/sqlite_inserts.sql with its row count scaled to
+    /// about `mib` MiB, on an in-memory database (so the data is heap the shim tracks);
+    /// rows per second of the whole script.
+    fn sqlite(&self, mib: u64, mode: Mode) -> Result<Measure, String> {
+        let rows = mib * SQLITE_ROWS_PER_MIB;
+        let sql = self.scratch.join(format!("sqlite_{mib}.sql"));
+        if !sql.exists() {
+            let src = workspace_root().join("bench/workloads/sqlite_inserts.sql");
+            let text = std::fs::read_to_string(&src)
+                .map_err(|e| format!("cannot read {}: {e}", src.display()))?;
+            if !text.contains(SQLITE_FILE_ROWS) {
+                return Err(format!(
+                    "{} no longer says {SQLITE_FILE_ROWS}: cannot scale it",
+                    src.display()
+                ));
+            }
+            let text = text.replace(SQLITE_FILE_ROWS, &format!("i<{rows}"));
+            std::fs::write(&sql, text).map_err(|e| format!("{}: {e}", sql.display()))?;
+        }
+        let stdin =
+            std::fs::File::open(&sql).map_err(|e| format!("cannot open {}: {e}", sql.display()))?;
+        let mut c = self.command(mode, Path::new("sqlite3"), &[":memory:".to_string()]);
+        c.stdin(stdin);
+        let t = Instant::now();
+        run_limited(&mut c, self.limit(mib) * 2)?;
+        Ok(Measure {
+            ops_per_sec: rows as f64 / t.elapsed().as_secs_f64(),
+            ..Measure::default()
+        })
+    }
+
+    fn redis(&self, mib: u64, mode: Mode) -> Result<Measure, String> {
+        let dir = self.scratch.join("redis");
+        let _ = std::fs::remove_dir_all(&dir);
+        make_private_dir(&dir)?;
+        let port = redis::free_port()?;
+        let mut c = self.command(
+            mode,
+            Path::new("redis-server"),
+            &redis::server_args(port, &dir),
+        );
+        c.stdout(Stdio::null());
+        let mut server = Guarded::spawn(&mut c)?;
+        let fork = (mode == Mode::Fork).then_some(self.interval_ms);
+        let o = redis::drive(&mut server, port, &dir, mib, self.plan_seconds, fork)?;
+        server.wait_limited("redis-server", Duration::from_secs(60))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(Measure {
+            ops_per_sec: o.ops_per_sec,
+            max_stall_us: o.max_stall_us,
+            p99_stall_us: o.p99_stall_us,
+            forks: o.forks,
+            fork_pause_us_max: o.fork_pause_us_max,
+            stats: None,
+        })
+    }
+}
+
+/// The default command.
+pub fn run(args: Args) -> Result<(), String> {
+    let started = Instant::now();
+    let plan = Plan::from(&args);
+    let command = std::iter::once("cargo run --release -p memshadow-bench --".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut notes: Vec<String> = Vec::new();
+    if !args.mode.is_empty() && !args.mode.contains(&Mode::Baseline) {
+        notes.push("baseline added: throughput ratios need it".into());
+    }
+
+    // What can run here.
+    let mut workloads = Vec::new();
+    for &w in &plan.workloads {
+        let missing = match w {
+            Workload::Redis if !redis::installed() => Some(redis::INSTALL),
+            Workload::Sqlite if !in_path("sqlite3") => Some("apt-get install sqlite3"),
+            _ => None,
+        };
+        match missing {
+            Some(install) if plan.explicit => {
+                return Err(format!("{}: not installed: {install}", w.name()))
+            }
+            Some(install) => notes.push(format!(
+                "{}: skipped, not installed here: {install}",
+                w.name()
+            )),
+            None => workloads.push(w),
+        }
+    }
+    let memshadow = memshadow_bin()?;
+    let scratch = Scratch::new()?;
+    let shim_dir = scratch.0.join("shim");
+    make_private_dir(&shim_dir)?;
+    let mut programs = BTreeMap::new();
+    for &w in workloads.iter().filter(|w| w.is_c()) {
+        programs.insert(w, build_workload(w.name())?);
+    }
+    let runner = Runner {
+        memshadow,
+        shim_dir,
+        scratch: scratch.0.clone(),
+        plan_seconds: plan.seconds,
+        interval_ms: plan.interval_ms,
+        threads: plan.threads,
+        programs,
+    };
+
+    // Interleaved: in each run, each workload and size runs its modes back to back, in
+    // an order that rotates from one group to the next.
+    type Key = (Workload, u64, Mode);
+    let mut results: BTreeMap<Key, Vec<Option<Measure>>> = BTreeMap::new();
+    let mut failures = Vec::new();
+    let mut expected = Vec::new();
+    let mut rotation = 0;
+    for &w in &workloads {
+        let (modes, note) = plan.modes_of(w);
+        notes.extend(note);
+        for &mib in &plan.sizes {
+            expected.extend(modes.iter().map(|&m| (w, mib, m)));
+        }
+    }
+    for run in 0..plan.runs {
+        for &w in &workloads {
+            let (modes, _) = plan.modes_of(w);
+            for &mib in &plan.sizes {
+                let mut order = modes.clone();
+                order.rotate_left(rotation % modes.len());
+                rotation += 1;
+                for &mode in &order {
+                    eprintln!(
+                        "memshadow-bench: run {}/{}: {} {mib} MiB {} ({:.0} s so far)",
+                        run + 1,
+                        plan.runs,
+                        w.name(),
+                        mode.name(),
+                        started.elapsed().as_secs_f64()
+                    );
+                    let m = runner.measure(w, mib, mode, run).map_err(|e| {
+                        let line = format!(
+                            "run {}: {} {mib} MiB {}: {e}",
+                            run + 1,
+                            w.name(),
+                            mode.name()
+                        );
+                        eprintln!("memshadow-bench: {line}");
+                        failures.push(line);
+                    });
+                    results.entry((w, mib, mode)).or_default().push(m.ok());
+                }
+            }
+        }
+    }
+
+    let mut rows = Vec::new();
+    let none = vec![None; plan.runs];
+    for &w in &workloads {
+        for &mib in &plan.sizes {
+            let base = results.get(&(w, mib, Mode::Baseline)).unwrap_or(&none);
+            for &mode in &plan.modes {
+                if let Some(runs) = results.get(&(w, mib, mode)) {
+                    rows.push(aggregate(w.name(), mib, mode, runs, base));
+                }
+            }
+        }
+    }
+    if plan.modes.contains(&Mode::Prefetch) {
+        let prefetcher = results
+            .iter()
+            .filter(|((_, _, m), _)| *m == Mode::Prefetch)
+            .flat_map(|(_, v)| v.iter().flatten())
+            .any(|m| m.stat(|s| s.prefetch_hits).is_some());
+        if !prefetcher {
+            notes.push(
+                "prefetch: this shim has no prefetcher yet (its statistics have no \
+                 prefetch_hits), so prefetch ran as cow with MEMSHADOW_PREDICT=auto set: \
+                 the same thing measured twice; hit_rate and waste_rate are null"
+                    .into(),
+            );
+        }
+    }
+
+    println!("command: {command}");
+    println!(
+        "{} run(s), medians; {} s per C workload run; snapshots (cow, prefetch) and forks \
+         (fork) every {} ms; multi_writer with {} threads; ratios to the baseline of the \
+         same run and size; stalls: slowest (max) and 99th-percentile batch minus the \
+         median batch (redis: request latencies from redis-benchmark)\n",
+        plan.runs, plan.seconds, plan.interval_ms, plan.threads
+    );
+    print!("{}", table(&rows));
+    for n in &notes {
+        println!("\nnote: {n}");
+    }
+    if let Some(json) = &args.json {
+        let array = Value::Array(rows.iter().map(Row::to_json).collect());
+        let text = serde_json::to_string_pretty(&array).expect("rows serialise");
+        if let Some(parent) = json.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        std::fs::write(json, text + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", json.display()))?;
+        let svg_path = json.with_extension("svg");
+        let title = format!(
+            "memshadow-bench: {} run(s), snapshots or forks every {} ms",
+            plan.runs, plan.interval_ms
+        );
+        std::fs::write(&svg_path, chart(&rows, &plan.modes, &title))
+            .map_err(|e| format!("cannot write {}: {e}", svg_path.display()))?;
+        println!("\nwrote {} and {}", json.display(), svg_path.display());
+    }
+    println!("\ntook {:.0} s", started.elapsed().as_secs_f64());
+
+    if plan.quick {
+        let problems = completeness_problems(&rows, &expected);
+        if !problems.is_empty() {
+            for p in &problems {
+                eprintln!("memshadow-bench: quick check: {p}");
+            }
+            return Err(format!(
+                "quick check failed: {} problem(s) in {} workload/mode rows (above)",
+                problems.len(),
+                expected.len()
+            ));
+        }
+        println!(
+            "quick check: all {} workload/size/mode rows ran and produced their numbers",
+            expected.len()
+        );
+    } else if !failures.is_empty() {
+        return Err(format!(
+            "{} run(s) failed: {}",
+            failures.len(),
+            failures.join("; ")
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUT: &str = "ops 1000\nseconds 1.000\nops_per_sec 1000.0\nbatch_ops 10\n\
+                       batch_us_p50 100\nbatch_us_p99 250\nbatch_us_max 90\nforks 3\n\
+                       fork_pause_us_max 1200\nchecksum 0849b3ab7f78d4e0\n";
+
+    #[test]
+    fn parses_workload_output() {
+        let v = parse_workload_output(OUT).unwrap();
+        assert_eq!(v["ops_per_sec"], "1000.0");
+        assert_eq!(v["checksum"], "0849b3ab7f78d4e0");
+        let m = Measure::from_workload(&v).unwrap();
+        assert_eq!(m.ops_per_sec, 1000.0);
+        assert_eq!(m.p99_stall_us, Some(150.0));
+        // A max below the median (rounding) is no stall, not a negative one.
+        assert_eq!(m.max_stall_us, Some(0.0));
+        assert_eq!(m.forks, Some(3.0));
+        assert_eq!(m.fork_pause_us_max, Some(1200.0));
+        assert!(parse_workload_output("ops\n").is_err());
+        assert!(parse_workload_output("ops 1 2\n").is_err());
+        let bad = |k: &str, v: &str| {
+            let mut m = parse_workload_output(OUT).unwrap();
+            m.insert(k.to_string(), v.to_string());
+            Measure::from_workload(&m)
+        };
+        assert!(bad("ops_per_sec", "x").is_err());
+        assert!(bad("batch_us_max", "nan").is_err());
+        assert!(bad("checksum", "x").is_ok());
+        let short = parse_workload_output("ops 1\nops_per_sec 2\n").unwrap();
+        let err = Measure::from_workload(&short).unwrap_err();
+        assert!(err.contains("seconds") && err.contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn parses_stats_json() {
+        let s = ShimStats::from_json(
+            r#"{"pid": 1, "command": "x", "shim_attached": true, "traps": 12, "epochs": 3,
+                "pages_copied": 400, "pages_preserved": 0, "protect_pass_us_max": 2500,
+                "incomplete_snapshots": 0, "shadow_peak_bytes": 1048576,
+                "shim_cpu_us": 250000, "processes": []}"#,
+        )
+        .unwrap();
+        assert_eq!(s.traps, Some(12.0));
+        assert_eq!(s.shim_cpu_us, Some(250000.0));
+        assert_eq!(s.prefetch_hits, None);
+        // Keys a shim does not publish (yet) are None; null values too.
+        let s = ShimStats::from_json(r#"{"traps": null, "epochs": 1}"#).unwrap();
+        assert_eq!(
+            (s.traps, s.epochs, s.shadow_peak_bytes),
+            (None, Some(1.0), None)
+        );
+        assert!(ShimStats::from_json(r#"{"shim_attached": false}"#).is_err());
+        assert!(ShimStats::from_json("[1]").is_err());
+        assert!(ShimStats::from_json("{").is_err());
+    }
+
+    fn measure(ops: f64, stats: Option<ShimStats>) -> Option<Measure> {
+        Some(Measure {
+            ops_per_sec: ops,
+            max_stall_us: Some(ops / 10.0),
+            p99_stall_us: Some(1.0),
+            forks: Some(0.0),
+            fork_pause_us_max: Some(0.0),
+            stats,
+        })
+    }
+
+    #[test]
+    fn ratios_are_per_run_then_median() {
+        let base = [
+            measure(100.0, None),
+            measure(200.0, None),
+            measure(400.0, None),
+        ];
+        let stats = |traps: f64| {
+            Some(ShimStats {
+                traps: Some(traps),
+                shim_cpu_us: Some(1_500_000.0),
+                ..ShimStats::default()
+            })
+        };
+        let cow = [
+            measure(50.0, stats(10.0)),
+            measure(180.0, stats(30.0)),
+            measure(100.0, stats(20.0)),
+        ];
+        let r = aggregate("seq_sweep", 256, Mode::Cow, &cow, &base);
+        // Ratios 0.5, 0.9, 0.25: median 0.5 (not 100/200, the ratio of the medians).
+        assert_eq!(r.throughput_ratio, Some(0.5));
+        assert_eq!(r.ops_per_sec, Some(100.0));
+        assert_eq!(r.traps, Some(20.0));
+        assert_eq!(r.shim_cpu_s, Some(1.5));
+        assert_eq!((r.hit_rate, r.waste_rate), (Some(0.0), Some(0.0)));
+        assert_eq!((r.runs, r.failed_runs), (3, 0));
+        let b = aggregate("seq_sweep", 256, Mode::Baseline, &base, &base);
+        assert_eq!(b.throughput_ratio, Some(1.0));
+        assert_eq!((b.traps, b.hit_rate, b.shim_cpu_s), (None, None, None));
+        // A failed run is left out of the medians and counted.
+        let cow = [None, measure(100.0, stats(1.0)), None];
+        let r = aggregate("seq_sweep", 256, Mode::Cow, &cow, &base);
+        assert_eq!(r.throughput_ratio, Some(0.5));
+        assert_eq!((r.runs, r.failed_runs), (1, 2));
+        let r = aggregate("seq_sweep", 256, Mode::Cow, &[None], &[None]);
+        assert_eq!((r.ops_per_sec, r.throughput_ratio), (None, None));
+    }
+
+    #[test]
+    fn prefetch_rates() {
+        let s = ShimStats {
+            traps: Some(30.0),
+            prefetch_hits: Some(90.0),
+            prefetch_waste: Some(10.0),
+            prefetch_copied: Some(100.0),
+            ..ShimStats::default()
+        };
+        let m = measure(1.0, Some(s)).unwrap();
+        assert_eq!(m.hit_rate(Mode::Prefetch), Some(0.75));
+        assert_eq!(m.waste_rate(Mode::Prefetch), Some(0.1));
+        assert_eq!(m.hit_rate(Mode::Fork), None);
+        let none = measure(1.0, Some(ShimStats::default())).unwrap();
+        assert_eq!(none.hit_rate(Mode::Prefetch), None);
+        assert_eq!(none.waste_rate(Mode::Prefetch), None);
+    }
+
+    #[test]
+    fn json_row_has_the_keys() {
+        let base = [measure(100.0, None)];
+        let cow = [measure(
+            25.0,
+            Some(ShimStats {
+                traps: Some(7.0),
+                ..ShimStats::default()
+            }),
+        )];
+        let v = aggregate("zipf_updates", 1024, Mode::Cow, &cow, &base).to_json();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "workload",
+                "mode",
+                "mib",
+                "ops_per_sec",
+                "throughput_ratio",
+                "traps",
+                "hit_rate",
+                "waste_rate",
+                "max_stall_us",
+                "p99_stall_us",
+                "shadow_peak_bytes",
+                "protect_pass_us_max",
+                "shim_cpu_s",
+                "epochs",
+                "pages_copied",
+                "pages_preserved",
+                "incomplete_snapshots",
+                "forks",
+                "fork_pause_us_max",
+                "runs",
+                "failed_runs"
+            ]
+        );
+        assert_eq!(v["workload"], "zipf_updates");
+        assert_eq!(v["mode"], "cow");
+        assert_eq!(v["mib"], 1024);
+        assert_eq!(v["throughput_ratio"], 0.25);
+        assert_eq!(v["traps"], 7);
+        assert_eq!(v["ops_per_sec"], 25);
+        assert!(v["shadow_peak_bytes"].is_null());
+        assert_eq!(num(Some(1.0 / 3.0)), serde_json::json!(0.3333));
+        assert_eq!(num(Some(f64::NAN)), Value::Null);
+    }
+
+    #[test]
+    fn table_and_chart_render_every_row() {
+        let base = [measure(100.0, None)];
+        let rows: Vec<Row> = Mode::ALL
+            .iter()
+            .map(|&m| aggregate("seq_sweep", 32, m, &[measure(50.0, None)], &base))
+            .collect();
+        let t = table(&rows);
+        assert_eq!(t.lines().count(), 2 + Mode::ALL.len());
+        assert!(
+            t.contains("| seq_sweep | 32 | cow | 50 | 0.500 | 5 us | 1 us |"),
+            "{t}"
+        );
+        let svg = chart(&rows, &Mode::ALL, "t");
+        roxmltree::Document::parse(&svg).expect("well-formed");
+        assert_eq!(thousands(1234567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(fmt_us(999.0), "999 us");
+        assert_eq!(fmt_us(45_300.0), "45.3 ms");
+        assert_eq!(fmt_us(2_500_000.0), "2.50 s");
+    }
+
+    #[test]
+    fn plan_defaults() {
+        let p = Plan::from(&Args {
+            quick: true,
+            interval_ms: 100,
+            runs: 1,
+            threads: 2,
+            ..Args::default()
+        });
+        assert_eq!(p.workloads.len(), 6);
+        assert!(p.workloads.iter().all(|w| w.is_c()));
+        assert_eq!(p.modes, Mode::ALL);
+        assert_eq!(
+            (p.sizes.clone(), p.seconds),
+            (vec![QUICK_MIB], QUICK_SECONDS)
+        );
+        let p = Plan::from(&Args {
+            full: true,
+            mode: vec![Mode::Fork, Mode::Cow],
+            interval_ms: 100,
+            runs: 1,
+            threads: 2,
+            ..Args::default()
+        });
+        assert_eq!(p.workloads, Workload::ALL);
+        assert_eq!(p.modes, [Mode::Baseline, Mode::Cow, Mode::Fork]);
+        assert_eq!(p.sizes, [256, 1024, 4096]);
+        let (modes, note) = p.modes_of(Workload::Sqlite);
+        assert_eq!(modes, [Mode::Baseline, Mode::Cow]);
+        assert!(note.unwrap().contains("not applicable"));
+        assert_eq!(p.modes_of(Workload::Redis).0, p.modes);
+    }
+
+    #[test]
+    fn completeness() {
+        let base = [measure(100.0, None)];
+        let full = Some(ShimStats {
+            traps: Some(1.0),
+            epochs: Some(5.0),
+            pages_copied: Some(1.0),
+            pages_preserved: Some(0.0),
+            protect_pass_us_max: Some(1.0),
+            incomplete_snapshots: Some(0.0),
+            shadow_peak_bytes: Some(4096.0),
+            shim_cpu_us: Some(1.0),
+            ..ShimStats::default()
+        });
+        let mut fork = measure(90.0, None);
+        fork.as_mut().unwrap().forks = Some(4.0);
+        let rows = vec![
+            aggregate("seq_sweep", 32, Mode::Baseline, &base, &base),
+            aggregate(
+                "seq_sweep",
+                32,
+                Mode::Cow,
+                &[measure(50.0, full.clone())],
+                &base,
+            ),
+            aggregate("seq_sweep", 32, Mode::Fork, &[fork], &base),
+            aggregate(
+                "seq_sweep",
+                32,
+                Mode::Idle,
+                &[measure(50.0, Some(ShimStats::default()))],
+                &base,
+            ),
+            aggregate("seq_sweep", 32, Mode::Prefetch, &[None], &base),
+        ];
+        let expect = |m| (Workload::SeqSweep, 32, m);
+        let ok = [
+            expect(Mode::Baseline),
+            expect(Mode::Cow),
+            expect(Mode::Fork),
+        ];
+        assert_eq!(completeness_problems(&rows, &ok), Vec::<String>::new());
+        let p = completeness_problems(&rows, &[expect(Mode::Idle)]);
+        assert!(p.iter().any(|l| l.contains("no traps")), "{p:?}");
+        assert!(p.iter().any(|l| l.contains("no shim_cpu_s")), "{p:?}");
+        let p = completeness_problems(&rows, &[expect(Mode::Prefetch)]);
+        assert_eq!(p, ["seq_sweep 32 MiB prefetch: 1 run(s) failed"]);
+        let p = completeness_problems(&rows, &[(Workload::HotSet, 32, Mode::Cow)]);
+        assert_eq!(p, ["hot_set 32 MiB cow: no row"]);
+        let mut no_epochs = rows[1].clone();
+        no_epochs.epochs = Some(0.0);
+        let p = completeness_problems(&[no_epochs], &[expect(Mode::Cow)]);
+        assert!(p[0].contains("no snapshot"), "{p:?}");
+    }
+}

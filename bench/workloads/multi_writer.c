@@ -9,7 +9,7 @@
  * (protocol and output: workload.h) */
 #include "workload.h"
 
-#define BATCH_OPS 65536
+#define BATCH_OPS 131072
 #define DEFAULT_THREADS 4
 
 struct per_thread {

@@ -5,7 +5,7 @@
  * (protocol and output: workload.h) */
 #include "workload.h"
 
-#define BATCH_OPS 65536 /* 4 MiB of the buffer per batch */
+#define BATCH_OPS 131072 /* 8 MiB of the buffer per batch */
 #define STRIDE 8        /* words: one per cache line */
 
 static struct {

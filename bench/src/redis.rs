@@ -177,14 +177,20 @@ impl Client {
     }
 
     /// SETs `key:%012d` (redis-benchmark's keys) for every index below `keys`, to values
-    /// of [`VALUE_BYTES`] varied bytes, pipelined.
-    pub fn fill(&mut self, keys: u64) -> io::Result<()> {
+    /// of [`VALUE_BYTES`] varied bytes, pipelined; fails if not done by `deadline`.
+    pub fn fill(&mut self, keys: u64, deadline: Instant) -> io::Result<()> {
         const BATCH: u64 = 1000;
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut value = vec![0u8; VALUE_BYTES as usize];
         let mut out = Vec::new();
         let mut start = 0;
         while start < keys {
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("filling the server: {start} of {keys} keys when time ran out"),
+                ));
+            }
             let end = (start + BATCH).min(keys);
             out.clear();
             for i in start..end {
@@ -346,7 +352,8 @@ pub fn drive(
     };
     let io = |e: io::Error| format!("redis on port {port}: {e}");
     let keys = keys_for(mib);
-    c.fill(keys).map_err(io)?;
+    let deadline = Instant::now() + Duration::from_secs(120 + mib / 4);
+    c.fill(keys, deadline).map_err(io)?;
     let used_memory = info_u64(&c.info("memory").map_err(io)?, "used_memory").unwrap_or(0);
     let forks_before = info_u64(&c.info("stats").map_err(io)?, "total_forks").unwrap_or(0);
 

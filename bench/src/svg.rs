@@ -4,25 +4,27 @@
 //! Written by hand rather than with a plotting crate: the chart is a few dozen `<rect>`,
 //! `<line>` and `<text>` elements, and `plotters` (even with only its SVG backend) brings
 //! several crates and a font stack to draw the same thing, with less control over the
-//! log-scale stall axis and the "n/a" marks this chart needs.
+//! log-scale axes (ratios from 0.0001 to 1, stalls from microseconds to seconds) and
+//! the "n/a" marks this chart needs.
 
 use std::fmt::Write;
 
-/// How a panel's vertical axis maps values.
+/// How a panel's vertical axis maps values: decades, the lowest below the smallest
+/// positive value (a value of 0 is drawn as an empty bar); `reference` draws a dashed
+/// line at that value (1.0 for ratios).
 #[derive(Clone, Copy, Debug)]
 pub enum Scale {
-    /// From 0; `reference` draws a dashed line at that value (1.0 for ratios).
-    Linear { reference: Option<f64> },
-    /// Decades; values at or below the lowest decade are drawn as empty bars.
-    Log10,
+    Log10 { reference: Option<f64> },
 }
 
 /// One panel: a title, a scale, a value per group and series (None: not measured).
 pub struct Panel<'a> {
     pub title: &'a str,
     pub scale: Scale,
-    /// Formats a tick value.
+    /// Formats a tick value (a power of ten).
     pub tick: &'a dyn Fn(f64) -> String,
+    /// Formats a bar's value, for its tooltip.
+    pub value: &'a dyn Fn(f64) -> String,
     /// `values[group][series]`.
     pub values: Vec<Vec<Option<f64>>>,
 }
@@ -56,26 +58,6 @@ pub fn escape(s: &str) -> String {
         }
     }
     out
-}
-
-/// Ticks of a linear axis from 0 to at least `max`: steps of 1, 2 or 5 times a power
-/// of ten, about five of them. Returns (ticks, top of the axis).
-fn linear_ticks(max: f64) -> (Vec<f64>, f64) {
-    let max = if max.is_finite() && max > 0.0 {
-        max
-    } else {
-        1.0
-    };
-    let raw = max / 5.0;
-    let pow = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0]
-        .iter()
-        .map(|m| m * pow)
-        .find(|&s| s >= raw)
-        .unwrap_or(10.0 * pow);
-    let n = (max / step).ceil() as usize;
-    let ticks = (0..=n).map(|i| i as f64 * step).collect();
-    (ticks, n as f64 * step)
 }
 
 /// Decades of a log axis covering the positive values: (lowest, highest) exponents.
@@ -142,29 +124,16 @@ pub fn render(title: &str, groups: &[String], series: &[Series], panels: &[Panel
         );
         let all = panel.values.iter().flatten().flatten().copied();
         // Where a value goes: its height above the axis, in pixels.
-        let (ticks, to_px): (Vec<f64>, Box<dyn Fn(f64) -> f64>) = match panel.scale {
-            Scale::Linear { reference } => {
-                let max = all.chain(reference).fold(0.0, f64::max);
-                let (ticks, top_v) = linear_ticks(max * 1.05);
-                (
-                    ticks,
-                    Box::new(move |v: f64| (v.max(0.0) / top_v * PLOT).min(PLOT)),
-                )
-            }
-            Scale::Log10 => {
-                let (lo, hi) = log_range(all);
-                let ticks = (lo..=hi).map(|e| 10f64.powi(e)).collect();
-                let span = (hi - lo) as f64;
-                (
-                    ticks,
-                    Box::new(move |v: f64| {
-                        if v > 0.0 {
-                            ((v.log10() - lo as f64) / span * PLOT).clamp(0.0, PLOT)
-                        } else {
-                            0.0
-                        }
-                    }),
-                )
+        let Scale::Log10 { reference } = panel.scale;
+        let (lo, hi) = log_range(all.chain(reference));
+        let ticks: Vec<f64> = (lo..=hi).map(|e| 10f64.powi(e)).collect();
+        let span = (hi - lo) as f64;
+        // Where a value goes: its height above the axis, in pixels.
+        let to_px = |v: f64| {
+            if v > 0.0 {
+                ((v.log10() - lo as f64) / span * PLOT).clamp(0.0, PLOT)
+            } else {
+                0.0
             }
         };
         for t in &ticks {
@@ -178,7 +147,7 @@ pub fn render(title: &str, groups: &[String], series: &[Series], panels: &[Panel
                 escape(&(panel.tick)(*t))
             );
         }
-        if let Scale::Linear { reference: Some(r) } = panel.scale {
+        if let Some(r) = reference {
             let y = base - to_px(r);
             let _ = writeln!(
                 s,
@@ -212,7 +181,7 @@ pub fn render(title: &str, groups: &[String], series: &[Series], panels: &[Panel
                             escape(se.color),
                             escape(name),
                             escape(se.name),
-                            escape(&(panel.tick)(v))
+                            escape(&(panel.value)(v))
                         );
                     }
                     None => {
@@ -262,16 +231,18 @@ mod tests {
         ];
         let ratio = Panel {
             title: "throughput ratio to baseline",
-            scale: Scale::Linear {
+            scale: Scale::Log10 {
                 reference: Some(1.0),
             },
             tick: &|v| format!("{v:.1}"),
+            value: &|v| format!("{v:.3}"),
             values: vec![vec![Some(1.0), Some(0.4)], vec![Some(1.0), None]],
         };
         let stall = Panel {
             title: "worst stall",
-            scale: Scale::Log10,
+            scale: Scale::Log10 { reference: None },
             tick: &us,
+            value: &us,
             values: vec![vec![Some(12.0), Some(45_000.0)], vec![Some(0.0), None]],
         };
         render("memshadow <bench>", &groups, &series, &[ratio, stall])
@@ -320,11 +291,6 @@ mod tests {
 
     #[test]
     fn ticks() {
-        assert_eq!(linear_ticks(1.05), (vec![0.0, 0.5, 1.0, 1.5], 1.5));
-        let (t, top) = linear_ticks(7.0);
-        assert_eq!(top, 8.0);
-        assert_eq!(t.len(), 5);
-        assert_eq!(linear_ticks(0.0).1, 1.0);
         assert_eq!(log_range([12.0, 45_000.0].into_iter()), (1, 5));
         assert_eq!(log_range([0.0].into_iter()), (0, 1));
         assert_eq!(log_range([100.0].into_iter()), (2, 3));

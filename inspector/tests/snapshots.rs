@@ -1669,3 +1669,28 @@ fn freed_memory_reads_as_it_was() {
     let rest = running.stop(Duration::from_secs(10));
     assert_eq!(rest, "", "snap_freed printed after ready");
 }
+
+/// Children forked while the parent's protect passes run (a snapshot every millisecond)
+/// start a snapshot engine of their own and take snapshots; neither they nor the parent
+/// see their memory change (`c-tests/fork_snapshots.c`). A child that inherited a lock
+/// of a pass in progress would hang here.
+#[test]
+fn forks_during_protect_passes() {
+    let prog = common::Prog::new(c_program("fork_snapshots")).timeout(Duration::from_secs(120));
+    let native = prog.run_native();
+    assert_eq!(
+        String::from_utf8_lossy(&native.stdout),
+        "fork_snapshots: 200 children, 0 took a snapshot, parent ok\n",
+        "natively: {native:?}"
+    );
+    let shimmed = prog.clone().env("MEMSHADOW_INTERVAL_MS", "1").run_shimmed();
+    assert!(
+        shimmed.status.success(),
+        "under the shim: {}",
+        String::from_utf8_lossy(&shimmed.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&shimmed.stdout),
+        "fork_snapshots: 200 children, 200 took a snapshot, parent ok\n"
+    );
+}

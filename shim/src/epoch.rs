@@ -97,21 +97,35 @@ pub fn carry_since(old: &[TrackedRange], new: &[Range], v: u64) -> Vec<TrackedRa
     out
 }
 
+/// How long a pass keeps retrying write-protection the kernel refuses with EAGAIN.
+const EAGAIN_LIMIT_NS: u64 = 1_000_000_000;
+
+/// How a range's write-protection went.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protected {
+    Yes,
+    /// Not registered any more (unmapped meanwhile): nothing to protect.
+    Gone,
+    /// The kernel kept answering EAGAIN past the pass's deadline.
+    Refused,
+}
+
 /// Write-protects `r`. While an UNMAP/REMOVE/REMAP event is queued the kernel answers
-/// EAGAIN until the fault thread has read it: yield and try again. False if the range
-/// cannot be protected (unmapped meanwhile).
-fn protect_retrying(u: &Uffd, r: Range) -> bool {
-    for _ in 0..100_000 {
+/// EAGAIN until the fault thread has read it: yield and try again, until `deadline`.
+fn protect_retrying(u: &Uffd, r: Range, deadline: u64) -> Protected {
+    loop {
         match u.write_protect(r, true) {
-            Ok(()) => return true,
-            // SAFETY: sched_yield has no arguments and no memory effects.
-            Err(e) if e.is_again() => unsafe {
-                libc::sched_yield();
-            },
-            Err(_) => return false,
+            Ok(()) => return Protected::Yes,
+            Err(e) if e.is_again() => {
+                if engine::now_ns() > deadline {
+                    return Protected::Refused;
+                }
+                // SAFETY: sched_yield has no arguments and no memory effects.
+                unsafe { libc::sched_yield() };
+            }
+            Err(_) => return Protected::Gone,
         }
     }
-    false
 }
 
 /// Scans started so far: the number of the newest, for [`Reprotect::take`]
@@ -124,14 +138,22 @@ pub fn scan_number() -> u64 {
 }
 
 /// Write-protects the parts of `r` inside `registered`, in chunks; returns the pages.
-fn protect_within(u: &Uffd, registered: &[Range], r: Range) -> u64 {
+fn protect_within(
+    u: &Uffd,
+    registered: &[Range],
+    r: Range,
+    deadline: u64,
+    refused: &mut bool,
+) -> u64 {
     let mut pages = 0u64;
     reprotect::within(registered, r, &mut |part| {
         let mut start = part.start;
-        while start < part.end {
+        while start < part.end && !*refused {
             let end = (start + PROTECT_CHUNK).min(part.end);
-            if protect_retrying(u, Range::new(start, end)) {
-                pages += ((end - start) / 4096) as u64;
+            match protect_retrying(u, Range::new(start, end), deadline) {
+                Protected::Yes => pages += ((end - start) / 4096) as u64,
+                Protected::Gone => {}
+                Protected::Refused => *refused = true,
             }
             start = end;
         }
@@ -185,31 +207,47 @@ pub fn snapshot() -> Result<u64, String> {
     let mut tracked = Some(tracked);
     let mut retired = Some(retired);
 
-    // Open the new version: from here on write faults are held.
-    engine::with(|e| {
-        e.version = v;
-        e.set_pass_running(true);
-        e.incomplete = false;
-        e.pool.begin_version(v);
-        e.prune_lost();
-        e.reprotect.take(scan, &mut work);
-        e.wake_instead_of_retrying(&u);
-    });
+    // Open the new version: from here on write faults are held. Not while the fault
+    // thread holds events it has read but not yet handled: the kernel lets a discarding
+    // thread go on as soon as its event is read, so such an event belongs before this
+    // version (its range must be in this pass's work, its losses counted before it).
+    loop {
+        let opened = engine::with(|e| {
+            if crate::fault::events_in_hand() {
+                return false;
+            }
+            e.version = v;
+            e.set_pass_running(true);
+            e.incomplete = false;
+            e.pool.begin_version(v);
+            e.prune_lost();
+            e.reprotect.take(scan, &mut work);
+            e.wake_instead_of_retrying(&u);
+            true
+        });
+        if opened != Some(false) {
+            break;
+        }
+        // SAFETY: sched_yield has no arguments and no memory effects.
+        unsafe { libc::sched_yield() };
+    }
 
     // Protect again what lost its protection since the last pass, and what is new.
     let mut pages = 0u64;
+    let deadline = engine::now_ns() + EAGAIN_LIMIT_NS;
+    let mut refused = false;
     if work.all {
         for &r in &ranges {
-            pages += protect_within(&u, &ranges, r);
+            pages += protect_within(&u, &ranges, r, deadline, &mut refused);
         }
     } else {
         work.unprotected.sort_unstable_by_key(|r| r.start);
         for &r in work.unprotected.iter().chain(&work.changed) {
-            pages += protect_within(&u, &ranges, r);
+            pages += protect_within(&u, &ranges, r, deadline, &mut refused);
         }
         for t in tracked.as_ref().expect("set above") {
             if t.since == v {
-                pages += protect_within(&u, &ranges, t.range);
+                pages += protect_within(&u, &ranges, t.range, deadline, &mut refused);
             }
         }
     }
@@ -221,6 +259,11 @@ pub fn snapshot() -> Result<u64, String> {
         core::mem::swap(&mut e.tracked, tracked.as_mut().expect("set above"));
         core::mem::swap(&mut e.retired, retired.as_mut().expect("set above"));
         core::mem::swap(&mut e.held, &mut held);
+        if refused {
+            // Part of the memory could not be protected: this snapshot would not be a
+            // state that existed. Abandon it, as when the shadow budget runs out.
+            crate::fault::abandon_epoch(e, &u);
+        }
         e.publish();
     });
     for &addr in &held {
@@ -237,6 +280,12 @@ pub fn snapshot() -> Result<u64, String> {
     stats::set(Counter::ProtectPassUsLast, us);
     let max = stats::page().counter(Counter::ProtectPassUsMax);
     max.fetch_max(us, Ordering::Relaxed);
+    if refused {
+        return Err(format!(
+            "the kernel kept refusing to write-protect memory (EAGAIN) for {} ms; snapshot {v} is incomplete",
+            EAGAIN_LIMIT_NS / 1_000_000
+        ));
+    }
     Ok(v)
 }
 
@@ -254,6 +303,7 @@ static THREAD_START: SpinLock<()> = SpinLock::new(());
 /// Host threads asking at the same time take turns.
 static API: SpinLock<()> = SpinLock::new(());
 static API_ERROR_SAID: AtomicBool = AtomicBool::new(false);
+static PERIODIC_ERROR_SAID: AtomicBool = AtomicBool::new(false);
 
 /// Starts the epoch thread (once per process; again in a forked child).
 pub fn start_thread(interval_ms: u64) -> Result<(), String> {
@@ -273,10 +323,23 @@ pub fn start_thread(interval_ms: u64) -> Result<(), String> {
 }
 
 /// In a forked child: the epoch thread is the parent's.
+///
+/// The parent's epoch thread may have been in a pass when the child was forked: its
+/// lock is released and its lists (the parent's, possibly half-changed) are forgotten,
+/// not freed; the child's first pass starts from nothing, like its fresh engine.
 pub fn forget_after_fork() {
     THREAD_STARTED.store(false, Ordering::Release);
     THREAD_START.release();
     API.release();
+    PASS.release();
+    let mut pass = PASS.lock();
+    core::mem::forget(core::mem::replace(
+        &mut *pass,
+        PassState {
+            tracked: Vec::new(),
+            retired: Vec::new(),
+        },
+    ));
 }
 
 /// The epoch thread: a snapshot on every request, and every `MEMSHADOW_INTERVAL_MS`.
@@ -336,8 +399,15 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
             ANSWERED.store(now, Ordering::Release);
             sys::futex_wake(&ANSWERED);
         } else if let Err(e) = result {
-            crate::log::error!("periodic snapshots stopped: {e}");
-            INTERVAL_MS.store(0, Ordering::Relaxed);
+            if engine::started() {
+                // This snapshot was abandoned (counted); the next one starts afresh.
+                if !PERIODIC_ERROR_SAID.swap(true, Ordering::Relaxed) {
+                    crate::log::error!("periodic snapshot: {e}");
+                }
+            } else {
+                crate::log::error!("periodic snapshots stopped: {e}");
+                INTERVAL_MS.store(0, Ordering::Relaxed);
+            }
         }
     }
     core::ptr::null_mut()

@@ -15,6 +15,7 @@ use crate::shadow::PAGE;
 use crate::stats;
 use crate::uffd::{Event, Uffd};
 use core::ffi::c_void;
+use core::sync::atomic::{AtomicBool, Ordering};
 use memshadow_format::stats::Counter;
 
 static BUDGET_SAID: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
@@ -81,10 +82,51 @@ fn spin_for_events(u: &Uffd) {
     }
 }
 
+/// Set while the fault thread holds events it has read and not yet handled (see
+/// [`events_in_hand`]).
+static IN_HAND: AtomicBool = AtomicBool::new(false);
+
+/// Whether the fault thread has read events it has not handled yet. The kernel lets a
+/// thread that discards memory go on once its event is read, so a protect pass must
+/// not open a version in between: it waits (see `epoch::snapshot`).
+pub fn events_in_hand() -> bool {
+    IN_HAND.load(Ordering::SeqCst)
+}
+
+/// In a forked child: the parent's fault thread may have been holding events when the
+/// child was forked; the child's own fault thread starts with none.
+pub fn forget_after_fork() {
+    IN_HAND.store(false, Ordering::SeqCst);
+}
+
+/// Whether an event is queued now.
+fn ready(u: &Uffd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: u.fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; a zero timeout never sleeps.
+    unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
+}
+
 /// Reads and handles the events queued now (without waiting); if there were any,
 /// retries the unprotects the kernel refused while they were queued. Returns how many
 /// it read.
 fn read_events(u: &Uffd) -> usize {
+    if !ready(u) {
+        return 0;
+    }
+    IN_HAND.store(true, Ordering::SeqCst);
+    let total = read_and_handle(u);
+    IN_HAND.store(false, Ordering::SeqCst);
+    if total > 0 {
+        engine::with(|e| e.retry_unprotects(u));
+    }
+    total
+}
+
+fn read_and_handle(u: &Uffd) -> usize {
     let mut events = [Event::Unknown(0); 32];
     let mut total = 0;
     loop {
@@ -96,9 +138,6 @@ fn read_events(u: &Uffd) -> usize {
         if got < events.len() {
             break;
         }
-    }
-    if total > 0 {
-        engine::with(|e| e.retry_unprotects(u));
     }
     total
 }
@@ -207,6 +246,19 @@ pub fn resolve(e: &mut Engine, addr: usize) {
 /// completed. Drop every version, unprotect everything, count it, and let the program
 /// run on; the next snapshot starts afresh.
 pub fn give_up_epoch(e: &mut Engine, u: &Uffd) {
+    abandon_epoch(e, u);
+    // Said once: the program's stderr gets one line, the count keeps the rest.
+    if !BUDGET_SAID.swap(true, core::sync::atomic::Ordering::Relaxed) {
+        crate::log::error!(
+            "shadow budget exhausted: snapshot {} is incomplete and no version is readable; incomplete_snapshots counts the rest (raise MEMSHADOW_SHADOW_BUDGET_MB)",
+            e.version
+        );
+    }
+}
+
+/// Marks the newest snapshot incomplete: every version is dropped, everything is
+/// unprotected (the next pass protects everything again), and it is counted.
+pub fn abandon_epoch(e: &mut Engine, u: &Uffd) {
     e.pool.clear();
     e.incomplete = true;
     e.reprotect.note_all();
@@ -215,11 +267,4 @@ pub fn give_up_epoch(e: &mut Engine, u: &Uffd) {
         e.unprotect(u, r);
     }
     stats::add(Counter::IncompleteSnapshots, 1);
-    // Said once: the program's stderr gets one line, the count keeps the rest.
-    if !BUDGET_SAID.swap(true, core::sync::atomic::Ordering::Relaxed) {
-        crate::log::error!(
-            "shadow budget exhausted: snapshot {} is incomplete and no version is readable; incomplete_snapshots counts the rest (raise MEMSHADOW_SHADOW_BUDGET_MB)",
-            e.version
-        );
-    }
 }

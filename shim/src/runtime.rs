@@ -185,6 +185,7 @@ extern "C" fn fork_parent() {
 extern "C" fn fork_child() {
     unlock_all();
     crate::shim_thread::forget_after_fork();
+    crate::fault::forget_after_fork();
     crate::engine::forget_after_fork();
     crate::epoch::forget_after_fork();
     if tracking() {

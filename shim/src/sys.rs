@@ -82,35 +82,47 @@ pub fn unix_ms() -> u64 {
 
 /// A signal mask saved by [`block_signals`], restored on drop.
 pub struct SignalsBlocked {
-    old: libc::sigset_t,
+    /// None on a shim thread, which runs with every signal blocked anyway.
+    old: Option<libc::sigset_t>,
+}
+
+fn full_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigfillset initialises it fully.
+    let mut all: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: a valid sigset.
+    unsafe { libc::sigfillset(&mut all) };
+    all
 }
 
 /// Blocks every signal in the calling thread until the guard drops, so that a signal
-/// handler cannot re-enter a critical section of the shim on the same thread.
+/// handler cannot re-enter a critical section of the shim on the same thread. Free on
+/// the shim's own threads (their signals are always blocked; the fault thread takes
+/// the engine lock several times per trap).
 pub fn block_signals() -> SignalsBlocked {
-    // SAFETY: sigset_t is plain data; sigfillset initialises it fully.
-    let mut all: libc::sigset_t = unsafe { core::mem::zeroed() };
-    // SAFETY: as above.
+    if crate::shim_thread::is_current() {
+        return SignalsBlocked { old: None };
+    }
+    let all = full_set();
+    // SAFETY: sigset_t is plain data; pthread_sigmask fills it.
     let mut old: libc::sigset_t = unsafe { core::mem::zeroed() };
     // SAFETY: both pointers are valid sigsets; pthread_sigmask only reads/writes them.
-    unsafe {
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-    }
-    SignalsBlocked { old }
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old) };
+    SignalsBlocked { old: Some(old) }
 }
 
 impl SignalsBlocked {
     /// The mask that was in force before the signals were blocked.
     pub fn old_mask(&self) -> libc::sigset_t {
-        self.old
+        self.old.unwrap_or_else(full_set)
     }
 }
 
 impl Drop for SignalsBlocked {
     fn drop(&mut self) {
-        // SAFETY: restores the mask saved by block_signals.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, core::ptr::null_mut()) };
+        if let Some(old) = &self.old {
+            // SAFETY: restores the mask saved by block_signals.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, core::ptr::null_mut()) };
+        }
     }
 }
 

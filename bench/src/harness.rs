@@ -1286,7 +1286,10 @@ mod tests {
         let svg = chart(&rows, &Mode::ALL, "t");
         roxmltree::Document::parse(&svg).expect("well-formed");
         // Ratio ticks at 0.1 and 1; bars tell their value.
-        assert!(svg.contains(">0.1</text>") && svg.contains(">1</text>"), "{svg}");
+        assert!(
+            svg.contains(">0.1</text>") && svg.contains(">1</text>"),
+            "{svg}"
+        );
         assert!(svg.contains("seq_sweep 32 MiB cow: 0.500</title>"), "{svg}");
         assert_eq!(thousands(1234567.4), "1,234,567");
         assert_eq!(thousands(999.0), "999");

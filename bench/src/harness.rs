@@ -149,6 +149,8 @@ const DEFAULT_SECONDS: u32 = 5;
 /// `--quick`: size and seconds.
 const QUICK_MIB: u64 = 32;
 const QUICK_SECONDS: u32 = 1;
+/// Rows with fewer timed batches than this get a note: their percentiles rest on little.
+const FEW_BATCHES: f64 = 100.0;
 /// Writer threads of multi_writer.
 const DEFAULT_THREADS: u32 = 2;
 /// sqlite3 rows per MiB of in-memory database (400k rows took 40 MB here).
@@ -357,6 +359,8 @@ pub struct Measure {
     pub p99_stall_us: Option<f64>,
     pub forks: Option<f64>,
     pub fork_pause_us_max: Option<f64>,
+    /// Batches timed (C workloads: ops / batch_ops), from which the stalls come.
+    pub batches: Option<f64>,
     /// None without the shim.
     pub stats: Option<ShimStats>,
 }
@@ -386,6 +390,7 @@ impl Measure {
             p99_stall_us: Some((n("batch_us_p99")? - p50).max(0.0)),
             forks: Some(n("forks")?),
             fork_pause_us_max: Some(n("fork_pause_us_max")?),
+            batches: Some((n("ops")? / n("batch_ops")?.max(1.0)).floor()),
             stats: None,
         })
     }
@@ -443,6 +448,8 @@ pub struct Row {
     pub incomplete_snapshots: Option<f64>,
     pub forks: Option<f64>,
     pub fork_pause_us_max: Option<f64>,
+    /// Batches the stalls come from (C workloads).
+    pub batches: Option<f64>,
     /// Runs that produced numbers.
     pub runs: usize,
     /// Runs that failed (the error was printed on stderr).
@@ -491,6 +498,7 @@ pub fn aggregate(
         incomplete_snapshots: stat(|s| s.incomplete_snapshots),
         forks: med(&|m| m.forks),
         fork_pause_us_max: med(&|m| m.fork_pause_us_max),
+        batches: med(&|m| m.batches),
         runs: ok.len(),
         failed_runs: runs.len() - ok.len(),
     }
@@ -531,6 +539,7 @@ impl Row {
             ("incomplete_snapshots", self.incomplete_snapshots),
             ("forks", self.forks),
             ("fork_pause_us_max", self.fork_pause_us_max),
+            ("batches", self.batches),
         ] {
             m.insert(k.into(), num(v));
         }
@@ -900,6 +909,7 @@ impl Runner {
             p99_stall_us: o.p99_stall_us,
             forks: o.forks,
             fork_pause_us_max: o.fork_pause_us_max,
+            batches: None,
             stats: None,
         })
     }
@@ -1029,6 +1039,19 @@ pub fn run(args: Args) -> Result<(), String> {
         }
     }
 
+    let few: Vec<String> = rows
+        .iter()
+        .filter(|r| r.batches.is_some_and(|b| b < FEW_BATCHES))
+        .map(|r| format!("{} {} MiB {}", r.workload, r.mib, r.mode))
+        .collect();
+    if !few.is_empty() {
+        notes.push(format!(
+            "fewer than {FEW_BATCHES} batches were timed in {}: their stall percentiles \
+             rest on few samples",
+            few.join(", ")
+        ));
+    }
+
     println!("command: {command}");
     println!(
         "{} run(s), medians; {} s per C workload run; snapshots (cow, prefetch) and forks \
@@ -1115,6 +1138,7 @@ mod tests {
         assert_eq!(m.max_stall_us, Some(0.0));
         assert_eq!(m.forks, Some(3.0));
         assert_eq!(m.fork_pause_us_max, Some(1200.0));
+        assert_eq!(m.batches, Some(100.0));
         assert!(parse_workload_output("ops\n").is_err());
         assert!(parse_workload_output("ops 1 2\n").is_err());
         let bad = |k: &str, v: &str| {
@@ -1160,6 +1184,7 @@ mod tests {
             p99_stall_us: Some(1.0),
             forks: Some(0.0),
             fork_pause_us_max: Some(0.0),
+            batches: Some(500.0),
             stats,
         })
     }
@@ -1255,6 +1280,7 @@ mod tests {
                 "incomplete_snapshots",
                 "forks",
                 "fork_pause_us_max",
+                "batches",
                 "runs",
                 "failed_runs"
             ]

@@ -816,9 +816,14 @@ fn demo_without_snapshots_still_shows_statistics() {
         Some(nix::unistd::Gid::from_raw(65534)),
     )
     .unwrap();
+    // The build may sit where uid 65534 cannot look (a clone in a 0700 directory): run
+    // copies of memshadow and the shim, side by side in the directory it owns.
+    let bin = dir.path().join("memshadow");
+    fs::copy(memshadow_bin(), &bin).unwrap();
+    fs::copy(common::shim_lib(), dir.path().join("libmemshadow.so")).unwrap();
     let mut c = Command::new("setpriv");
     c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(memshadow_bin());
+        .arg(&bin);
     clean_env_in(&mut c, dir.path());
     c.env("TMPDIR", dir.path());
     let f = finish(&mut c, Duration::from_secs(30));

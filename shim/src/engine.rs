@@ -49,6 +49,9 @@ pub enum Holding {
     Retired,
 }
 
+/// Most pages saved in one run (the MEMSHADOW_FAULT_AROUND maximum).
+pub const MAX_RUN: usize = 512;
+
 /// Most faults held during one protect pass (each blocked thread holds at most one).
 pub const HELD_CAPACITY: usize = 4096;
 /// Most unprotects waiting to be retried (see [`Engine::retry`]).
@@ -94,10 +97,46 @@ pub struct Engine {
 impl Engine {
     /// The tracked range holding `page` at version `v`, if any.
     pub fn tracked_at(&self, page: usize, v: u64) -> Option<&TrackedRange> {
-        let i = self.tracked.partition_point(|t| t.range.end <= page);
-        self.tracked
-            .get(i)
+        self.tracked_at_or_after(page)
             .filter(|t| t.range.start <= page && t.since <= v)
+    }
+
+    /// Saves the pages from `first` on into shadows stamped with the newest version, as
+    /// a first write would: at most `max` pages (up to [`MAX_RUN`]), below `end`, up to
+    /// the first page `stop` names (already saved, or lost). Slots of pages unmapped
+    /// under us are zeroed, never left with another page's bytes. Returns the pages
+    /// taken and the pages copied, or `None` when the shadow budget ran out (the
+    /// snapshot is then given up).
+    pub fn save_run(
+        &mut self,
+        first: usize,
+        end: usize,
+        max: usize,
+        stop: impl Fn(&Engine, usize) -> bool,
+    ) -> Option<(usize, usize)> {
+        let mut slots = [core::ptr::null_mut::<u8>(); MAX_RUN];
+        let mut n = 0;
+        let mut p = first;
+        while p < end && n < max.min(MAX_RUN) && !stop(self, p) {
+            match self.pool.alloc(p) {
+                Ok(slot) => slots[n] = self.pool.slot_ptr(slot),
+                Err(_) => {
+                    crate::fault::give_up_epoch(self, &uffd());
+                    return None;
+                }
+            }
+            n += 1;
+            p += PAGE;
+        }
+        if n == 0 {
+            return Some((0, 0));
+        }
+        let copied = copy_tracked_pages(first, &slots[..n]);
+        for &s in &slots[copied..n] {
+            // SAFETY: each slot is PAGE bytes of the pool.
+            unsafe { core::ptr::write_bytes(s, 0, PAGE) };
+        }
+        Some((n, copied))
     }
 
     /// Whether and how version `v` holds `page`.
@@ -199,13 +238,7 @@ impl Engine {
     /// Losses are recorded in version order, so the ones at or after `v` are the end of
     /// the list.
     pub fn lost_since(&self, page: usize, v: u64) -> bool {
-        self.lost_all_since.is_some_and(|l| l >= v)
-            || self
-                .lost
-                .iter()
-                .rev()
-                .take_while(|&&(_, l)| l >= v)
-                .any(|&(r, _)| r.start <= page && page < r.end)
+        self.lost_between(page, v, u64::MAX)
     }
 
     /// Whether `page` was unmapped or zapped in an epoch from `v` up to, not including,

@@ -9,7 +9,7 @@
 //! This thread runs on its own stack with every signal blocked, allocates nothing, and
 //! touches tracked memory only through `process_vm_readv`.
 
-use crate::engine::{self, Engine};
+use crate::engine::{self, Engine, MAX_RUN};
 use crate::range::Range;
 use crate::shadow::PAGE;
 use crate::stats;
@@ -18,10 +18,7 @@ use core::ffi::c_void;
 use core::sync::atomic::{AtomicBool, Ordering};
 use memshadow_format::stats::Counter;
 
-static BUDGET_SAID: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
-/// Most pages saved and unprotected per trap (the MEMSHADOW_FAULT_AROUND maximum).
-const MAX_RUN: usize = 512;
+static BUDGET_SAID: AtomicBool = AtomicBool::new(false);
 
 /// The fault thread's body; `arg` is the userfaultfd descriptor. It also serves the
 /// host threads' requests to save pages before they discard them (see `preserve`).
@@ -211,28 +208,7 @@ pub fn resolve(e: &mut Engine, addr: usize) {
         } else {
             page
         };
-        let mut slots = [core::ptr::null_mut::<u8>(); MAX_RUN];
-        let mut n = 0;
-        let mut p = first;
-        while p < limit && n < MAX_RUN && !e.pool.has(p, v) {
-            match e.pool.alloc(p) {
-                Ok(slot) => slots[n] = e.pool.slot_ptr(slot),
-                Err(_) => {
-                    give_up_epoch(e, &u);
-                    break;
-                }
-            }
-            n += 1;
-            p += PAGE;
-        }
-        if !e.incomplete && n > 0 {
-            let copied = engine::copy_tracked_pages(first, &slots[..n]);
-            for &s in &slots[copied..n] {
-                // Unmapped under us: nothing to keep. Zero the slots rather than leave
-                // another page's old contents in them.
-                // SAFETY: each slot is PAGE bytes of the pool.
-                unsafe { core::ptr::write_bytes(s, 0, PAGE) };
-            }
+        if let Some((_, copied)) = e.save_run(first, limit, MAX_RUN, |e, p| e.pool.has(p, v)) {
             stats::add(Counter::PagesCopied, copied as u64);
             end = end.max(first + copied * PAGE);
         }
@@ -248,7 +224,7 @@ pub fn resolve(e: &mut Engine, addr: usize) {
 pub fn give_up_epoch(e: &mut Engine, u: &Uffd) {
     abandon_epoch(e, u);
     // Said once: the program's stderr gets one line, the count keeps the rest.
-    if !BUDGET_SAID.swap(true, core::sync::atomic::Ordering::Relaxed) {
+    if !BUDGET_SAID.swap(true, Ordering::Relaxed) {
         crate::log::error!(
             "shadow budget exhausted: snapshot {} is incomplete and no version is readable; incomplete_snapshots counts the rest (raise MEMSHADOW_SHADOW_BUDGET_MB)",
             e.version

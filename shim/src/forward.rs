@@ -34,6 +34,10 @@ pub type PthreadCreateFn = unsafe extern "C" fn(
     *mut c_void,
 ) -> c_int;
 
+/// A glibc chunk header word, and the size field's bit for a chunk mmapped on its own.
+const WORD: usize = core::mem::size_of::<usize>();
+const IS_MMAPPED: usize = 0x2;
+
 /// The next definition of every interposed symbol. A function the C library lacks
 /// stays `None` and its interposed twin fails with ENOMEM/ENOSYS.
 pub struct RealFns {
@@ -76,8 +80,6 @@ impl RealFns {
     #[inline]
     pub unsafe fn usable_size(&self, p: *mut c_void) -> usize {
         if self.glibc_chunks {
-            const WORD: usize = core::mem::size_of::<usize>();
-            const IS_MMAPPED: usize = 0x2;
             // SAFETY: every live glibc block is preceded by its chunk's size field.
             let field = unsafe { (p as *const usize).sub(1).read() };
             let chunk = field & !0x7;
@@ -101,8 +103,6 @@ impl RealFns {
     /// # Safety
     /// `p` must be a live block returned by this allocator.
     pub unsafe fn mmapped_chunk(&self, p: *mut c_void) -> Option<crate::range::Range> {
-        const WORD: usize = core::mem::size_of::<usize>();
-        const IS_MMAPPED: usize = 0x2;
         if !self.glibc_chunks {
             return None;
         }

@@ -272,37 +272,20 @@ fn save_some(e: &mut Engine, r: Range) -> Option<usize> {
             p = run_end;
             continue;
         }
-        // A run of pages to save, at most `budget` long.
-        let mut slots = [core::ptr::null_mut::<u8>(); PAGES_PER_HOLD];
+        // Runs of pages to save, at most `budget` pages in all.
+        let stop = |e: &Engine, q: usize| e.pool.has(q, v) || e.lost_since(q, v);
         while p < run_end && budget > 0 {
-            if e.pool.has(p, v) || e.lost_since(p, v) {
+            if stop(e, p) {
                 p += PAGE;
                 budget -= 1;
                 continue;
             }
-            let first = p;
-            let mut n = 0;
-            while p < run_end && n < budget && !e.pool.has(p, v) && !e.lost_since(p, v) {
-                match e.pool.alloc(p) {
-                    Ok(slot) => slots[n] = e.pool.slot_ptr(slot),
-                    Err(_) => {
-                        crate::fault::give_up_epoch(e, &engine::uffd());
-                        return None;
-                    }
-                }
-                n += 1;
-                p += PAGE;
-            }
-            let copied = engine::copy_tracked_pages(first, &slots[..n]);
-            for &s in &slots[copied..n] {
-                // Unmapped already: nothing to keep; never leave stale bytes in a slot.
-                // SAFETY: each slot is PAGE bytes of the pool.
-                unsafe { core::ptr::write_bytes(s, 0, PAGE) };
-            }
+            let (n, copied) = e.save_run(p, run_end, budget, stop)?;
             crate::stats::add(
                 memshadow_format::stats::Counter::PagesPreserved,
                 copied as u64,
             );
+            p += n * PAGE;
             budget -= n;
         }
     }

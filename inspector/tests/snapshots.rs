@@ -604,24 +604,21 @@ fn check_version(dir: &Path, pid: u32, all: &[Record], version: u64, want: &[&Re
     }
 }
 
-#[test]
-fn snapshots_read_back_byte_exact() {
-    let prog = c_program("snap_exact");
-    let dir = temp_dir("snap");
-    let d = dir.path();
-    // MEMSHADOW_MAX_VERSIONS is left at its default, 4.
-    const RETAINED: usize = 4;
+/// Versions snap_exact keeps readable: MEMSHADOW_MAX_VERSIONS is left at its default.
+const RETAINED: usize = 4;
+
+/// Starts snap_exact under the shim in `dir` and waits for its records: the program,
+/// its records and its six snapshot versions (increasing, from 1 or more).
+fn start_snap_exact(dir: &Path) -> (Running, Vec<Record>, Vec<u64>) {
     let running = Running::start(
-        &prog,
+        &c_program("snap_exact"),
         &[],
-        d,
+        dir,
         &[],
         Duration::from_secs(20),
         Duration::from_secs(120),
     );
-    let pid = running.pid();
     let records = parse_records(&running.lines);
-
     let mut versions: Vec<u64> = records.iter().filter_map(|r| r.version).collect();
     versions.dedup();
     assert_eq!(versions.len(), 6, "six snapshots: {records:#?}");
@@ -629,6 +626,15 @@ fn snapshots_read_back_byte_exact() {
         versions.windows(2).all(|w| w[0] < w[1]) && versions[0] >= 1,
         "versions must start at 1 or more and increase: {versions:?}"
     );
+    (running, records, versions)
+}
+
+#[test]
+fn snapshots_read_back_byte_exact() {
+    let dir = temp_dir("snap");
+    let d = dir.path();
+    let (running, records, versions) = start_snap_exact(d);
+    let pid = running.pid();
     let newest = *versions.last().unwrap();
     let (evicted, retained) = versions.split_at(versions.len() - RETAINED);
     let at =
@@ -942,23 +948,10 @@ fn now_ms() -> u64 {
 /// part-way removes the partial file.
 #[test]
 fn images_hold_each_version_as_the_program_wrote_it() {
-    let prog = c_program("snap_exact");
     let dir = temp_dir("image");
     let d = dir.path();
-    const RETAINED: usize = 4;
-    let running = Running::start(
-        &prog,
-        &[],
-        d,
-        &[],
-        Duration::from_secs(20),
-        Duration::from_secs(120),
-    );
+    let (running, records, versions) = start_snap_exact(d);
     let pid = running.pid();
-    let records = parse_records(&running.lines);
-    let mut versions: Vec<u64> = records.iter().filter_map(|r| r.version).collect();
-    versions.dedup();
-    assert_eq!(versions.len(), 6, "six snapshots: {records:#?}");
     let newest = *versions.last().unwrap();
     let (evicted, retained) = versions.split_at(versions.len() - RETAINED);
     let at =

@@ -41,8 +41,7 @@ int main(int argc, char **argv)
     size_t bytes = o.mib * WL_MiB;
     s.nwords = bytes / sizeof(uint64_t);
     s.part_words = s.nwords / PARTS;
-    s.buf = wl_alloc(bytes);
-    for (size_t i = 0; i < s.nwords; i++) s.buf[i] = wl_splitmix64(o.seed + i);
+    s.buf = wl_word_buffer(bytes, o.seed);
     s.first_part = wl_splitmix64(o.seed ^ 0x686f74ULL) % PARTS;
     s.rng = wl_rng_seed(o.seed, 0);
     wl_add_region(s.buf, bytes);

@@ -50,8 +50,7 @@ int main(int argc, char **argv)
     size_t slice_words = (s.nwords - s.shared_words) / (size_t)o.threads;
     if (slice_words == 0) wl_usage_error("--mib %llu is too small for %d threads",
                                          (unsigned long long)o.mib, o.threads);
-    s.buf = wl_alloc(bytes);
-    for (size_t i = 0; i < s.nwords; i++) s.buf[i] = wl_splitmix64(o.seed + i);
+    s.buf = wl_word_buffer(bytes, o.seed);
     s.shared = s.buf;
     s.t = wl_alloc(sizeof(struct per_thread) * (size_t)o.threads);
     for (int i = 0; i < o.threads; i++) {

@@ -39,8 +39,7 @@ int main(int argc, char **argv)
     struct wl_opts o = wl_parse(argc, argv, "seq_sweep", 1, 1);
     size_t bytes = o.mib * WL_MiB;
     s.nwords = bytes / sizeof(uint64_t);
-    s.buf = wl_alloc(bytes);
-    for (size_t i = 0; i < s.nwords; i++) s.buf[i] = wl_splitmix64(o.seed + i);
+    s.buf = wl_word_buffer(bytes, o.seed);
     wl_add_region(s.buf, bytes);
     wl_run(&o, BATCH_OPS, batch, NULL);
     wl_report(wl_checksum_words(s.buf, s.nwords));

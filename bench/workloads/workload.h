@@ -203,6 +203,15 @@ WL_FN void *wl_alloc(size_t bytes)
     return p;
 }
 
+/* A buffer of `bytes` (a multiple of 8) filled with 64-bit words derived from `seed`,
+ * every page touched before the timed part. */
+WL_FN uint64_t *wl_word_buffer(size_t bytes, uint64_t seed)
+{
+    uint64_t *buf = wl_alloc(bytes);
+    for (size_t i = 0; i < bytes / sizeof(uint64_t); i++) buf[i] = wl_splitmix64(seed + i);
+    return buf;
+}
+
 /* ---- what the fork child reads ---- */
 
 struct wl_region {

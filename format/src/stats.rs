@@ -131,13 +131,38 @@ pub enum Counter {
     PagesPreserved = 22,
     /// The most bytes of shadow slots in use at once.
     ShadowPeakBytes = 23,
-    /// CPU time of the shim's own threads (fault, epoch, control), microseconds.
+    /// CPU time of the shim's own threads (fault, epoch, control, prefetch), microseconds.
     ShimCpuUs = 24,
+    /// Pages the prefetcher copied into shadows ahead of their first write.
+    PrefetchCopied = 25,
+    /// Prefetched pages written in their epoch: first writes that found their page
+    /// already copied and unprotected (found by comparing at the next snapshot).
+    PrefetchHits = 26,
+    /// Prefetched pages not written in their epoch.
+    PrefetchWaste = 27,
+    /// Traps on pages the prefetcher had queued but not yet copied.
+    PrefetchLate = 28,
+    /// Fault notes the fault thread could not hand to the prefetcher (queue full).
+    QueueDropped = 29,
+    /// CPU time of the prefetch thread, microseconds (`prefetch_cpu_s` in JSON).
+    PrefetchCpuUs = 30,
+    /// How many pages the prefetcher may copy per epoch now (its adaptive budget).
+    PrefetchBudget = 31,
+    /// Hits and waste of the pages each predictor proposed (a page two predictors
+    /// proposed counts for both).
+    HistoryHits = 32,
+    HistoryWaste = 33,
+    StrideHits = 34,
+    StrideWaste = 35,
+    MarkovHits = 36,
+    MarkovWaste = 37,
+    ScoreHits = 38,
+    ScoreWaste = 39,
 }
 
 impl Counter {
     /// Every assigned counter, in slot order.
-    pub const ALL: [Counter; 25] = [
+    pub const ALL: [Counter; 40] = [
         Counter::TrackedRegions,
         Counter::TrackedBytes,
         Counter::Rescans,
@@ -163,6 +188,21 @@ impl Counter {
         Counter::PagesPreserved,
         Counter::ShadowPeakBytes,
         Counter::ShimCpuUs,
+        Counter::PrefetchCopied,
+        Counter::PrefetchHits,
+        Counter::PrefetchWaste,
+        Counter::PrefetchLate,
+        Counter::QueueDropped,
+        Counter::PrefetchCpuUs,
+        Counter::PrefetchBudget,
+        Counter::HistoryHits,
+        Counter::HistoryWaste,
+        Counter::StrideHits,
+        Counter::StrideWaste,
+        Counter::MarkovHits,
+        Counter::MarkovWaste,
+        Counter::ScoreHits,
+        Counter::ScoreWaste,
     ];
 
     pub const fn index(self) -> usize {
@@ -196,6 +236,21 @@ impl Counter {
             Counter::PagesPreserved => "pages_preserved",
             Counter::ShadowPeakBytes => "shadow_peak_bytes",
             Counter::ShimCpuUs => "shim_cpu_us",
+            Counter::PrefetchCopied => "prefetch_copied",
+            Counter::PrefetchHits => "prefetch_hits",
+            Counter::PrefetchWaste => "prefetch_waste",
+            Counter::PrefetchLate => "prefetch_late",
+            Counter::QueueDropped => "queue_dropped",
+            Counter::PrefetchCpuUs => "prefetch_cpu_us",
+            Counter::PrefetchBudget => "prefetch_budget",
+            Counter::HistoryHits => "history_hits",
+            Counter::HistoryWaste => "history_waste",
+            Counter::StrideHits => "stride_hits",
+            Counter::StrideWaste => "stride_waste",
+            Counter::MarkovHits => "markov_hits",
+            Counter::MarkovWaste => "markov_waste",
+            Counter::ScoreHits => "score_hits",
+            Counter::ScoreWaste => "score_waste",
         }
     }
 }

@@ -34,6 +34,7 @@ mod log;
 mod mapping;
 mod maps;
 mod own;
+mod predict;
 mod preserve;
 mod range;
 mod readback;

@@ -28,7 +28,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
     };
     let outcome = launch.run(None)?;
     if !args.quiet {
-        eprintln!("memshadow: {}", report::run_summary(&outcome));
+        for line in report::run_summary(&outcome) {
+            eprintln!("memshadow: {line}");
+        }
     }
     if let (Some(mut file), Some(path)) = (json_out, &args.stats_json) {
         serde_json::to_writer_pretty(&mut file, &report::run_json(&outcome))

@@ -58,7 +58,10 @@ pub fn run() -> Result<i32> {
     let mut tick = |pid: u32, elapsed: Duration| demo.tick(pid, elapsed);
     let outcome = launch.run(Some((POLL_EVERY, &mut tick)))?;
     std::env::remove_var(REPORT_ENV);
-    println!("\nmemshadow: {}", report::run_summary(&outcome));
+    println!();
+    for line in report::run_summary(&outcome) {
+        println!("memshadow: {line}");
+    }
     let Some(rec) = &outcome.main else {
         return Err(Failure::runtime(
             "the shim did not attach to the demo workload, so there is nothing to show (if it said why, that is above)",

@@ -67,6 +67,25 @@ pub fn human_us(n: u64) -> String {
     }
 }
 
+/// The JSON key of the prefetch thread's CPU time in seconds, which scripts read beside
+/// the counter `prefetch_cpu_us`.
+const PREFETCH_CPU_S: &str = "prefetch_cpu_s";
+
+/// Inserts one statistic into a JSON object, and after `prefetch_cpu_us` its value in
+/// seconds as `prefetch_cpu_s` (a float; null where the microseconds are not a number,
+/// as when a run has no statistics). Every JSON output of statistics goes through here.
+fn insert_stat(m: &mut Map<String, Value>, key: &str, value: Value) {
+    let seconds = (key == Counter::PrefetchCpuUs.name()).then(|| {
+        value
+            .as_u64()
+            .map_or(Value::Null, |us| json!(us as f64 / 1e6))
+    });
+    m.insert(key.into(), value);
+    if let Some(seconds) = seconds {
+        m.insert(PREFETCH_CPU_S.into(), seconds);
+    }
+}
+
 /// One process as a JSON object: identity, then every statistic.
 pub fn process_json(rec: &StatsRecord) -> Map<String, Value> {
     let mut m = Map::new();
@@ -78,7 +97,7 @@ pub fn process_json(rec: &StatsRecord) -> Map<String, Value> {
     m.insert("created_unix_ms".into(), rec.created_unix_ms.into());
     m.insert("exited_unix_ms".into(), rec.exited_unix_ms.into());
     for (k, v) in rec.fields() {
-        m.insert(k.into(), v.into());
+        insert_stat(&mut m, k, v.into());
     }
     m
 }
@@ -146,16 +165,14 @@ pub fn stats_text(fields: &[(String, String)]) -> String {
 
 /// A `stats` reply as one JSON object; numeric values become JSON numbers.
 pub fn stats_json(fields: &[(String, String)]) -> Value {
-    let map = fields
-        .iter()
-        .map(|(k, v)| {
-            let value = match v.parse::<u64>() {
-                Ok(n) if k != "command" => Value::from(n),
-                _ => Value::from(v.clone()),
-            };
-            (k.clone(), value)
-        })
-        .collect::<Map<_, _>>();
+    let mut map = Map::new();
+    for (k, v) in fields {
+        let value = match v.parse::<u64>() {
+            Ok(n) if k != "command" => Value::from(n),
+            _ => Value::from(v.clone()),
+        };
+        insert_stat(&mut map, k, value);
+    }
     Value::Object(map)
 }
 
@@ -219,8 +236,37 @@ fn how_it_ended(o: &RunOutcome) -> String {
     }
 }
 
-/// The one-line summary printed when a run ends, without the `memshadow: ` prefix.
-pub fn run_summary(o: &RunOutcome) -> String {
+/// A share as a percentage with one decimal, `n/a` when there is nothing to share.
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        "n/a".to_string()
+    } else {
+        format!("{:.1}%", part as f64 * 100.0 / whole as f64)
+    }
+}
+
+/// What the prefetcher did, if it copied anything: pages copied ahead, hit rate (first
+/// writes that found their page already copied, of all first writes: hits and traps)
+/// and waste (pages copied ahead and not written, of all pages copied ahead).
+fn prefetch_line(rec: &StatsRecord) -> Option<String> {
+    let copied = rec.counter(Counter::PrefetchCopied);
+    if copied == 0 {
+        return None;
+    }
+    let hits = rec.counter(Counter::PrefetchHits);
+    let traps = rec.counter(Counter::Traps);
+    Some(format!(
+        "prefetched {} pages; hit rate {}, waste {}",
+        thousands(copied),
+        percent(hits, hits.saturating_add(traps)),
+        percent(rec.counter(Counter::PrefetchWaste), copied)
+    ))
+}
+
+/// The summary printed when a run ends, one line per item, each without the
+/// `memshadow: ` prefix: how the run ended with its main counters, then, if the
+/// prefetcher copied pages, what it achieved.
+pub fn run_summary(o: &RunOutcome) -> Vec<String> {
     let mut s = format!(
         "{} (pid {}) {} after {:.2} s; ",
         o.name,
@@ -241,7 +287,9 @@ pub fn run_summary(o: &RunOutcome) -> String {
             let _ = write!(s, "; {n} more shimmed processes");
         }
     }
-    s
+    std::iter::once(s)
+        .chain(o.main.as_ref().and_then(prefetch_line))
+        .collect()
 }
 
 /// The `--stats-json` object of a run.
@@ -264,12 +312,12 @@ pub fn run_json(o: &RunOutcome) -> Value {
     match &o.main {
         Some(rec) => {
             for (k, v) in rec.fields() {
-                m.insert(k.into(), v.into());
+                insert_stat(&mut m, k, v.into());
             }
         }
         None => {
             for k in memshadow_format::stats::field_names() {
-                m.insert(k.into(), Value::Null);
+                insert_stat(&mut m, k, Value::Null);
             }
         }
     }
@@ -316,6 +364,7 @@ mod tests {
             ("protect_pass_us_max", "1234"),
             ("trap_us_p50", "17"),
             ("version", "1500"),
+            ("prefetch_cpu_us", "2500000"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -334,9 +383,119 @@ mod tests {
         );
         assert!(text.contains("trap_us_p50          17 us\n"), "{text}");
         assert!(text.contains("version              1500\n"), "{text}");
+        assert!(
+            text.contains("prefetch_cpu_us      2.5 s (2,500,000 us)\n"),
+            "{text}"
+        );
         let j = stats_json(&f);
         assert_eq!(j["pid"], 12);
         assert_eq!(j["command"], "sleep 10");
         assert_eq!(j["live_bytes"], 2048);
+        assert_eq!(j["prefetch_cpu_us"], 2_500_000);
+        assert_eq!(j["prefetch_cpu_s"], 2.5);
+        let keys: Vec<&str> = j.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys[keys.len() - 2..],
+            ["prefetch_cpu_us", "prefetch_cpu_s"]
+        );
+    }
+
+    fn record() -> StatsRecord {
+        StatsRecord {
+            state: Some(memshadow_format::stats::ProcessState::Exited),
+            pid: 77,
+            uid: 1000,
+            start_time_ticks: 1,
+            run_id: 5,
+            created_unix_ms: 0,
+            exited_unix_ms: 0,
+            command: "prog --x".into(),
+            allocs: 10,
+            frees: 4,
+            alloc_bytes: 4096,
+            free_bytes: 1024,
+            counters: [0; memshadow_format::stats::COUNTER_SLOTS],
+        }
+    }
+
+    fn outcome(main: Option<StatsRecord>) -> RunOutcome {
+        RunOutcome {
+            name: "prog".into(),
+            command_line: "prog --x".into(),
+            pid: 77,
+            status: std::process::ExitStatus::from_raw(0),
+            wall: std::time::Duration::from_millis(1500),
+            main,
+            others: vec![],
+        }
+    }
+
+    #[test]
+    fn prefetch_cpu_seconds_in_every_json() {
+        let mut rec = record();
+        rec.counters[Counter::PrefetchCpuUs.index()] = 1_234_567;
+        let p = process_json(&rec);
+        assert_eq!(p["prefetch_cpu_us"], 1_234_567);
+        assert_eq!(p["prefetch_cpu_s"], 1.234567);
+        let keys: Vec<&String> = p.keys().collect();
+        let at = keys.iter().position(|k| *k == "prefetch_cpu_us").unwrap();
+        assert_eq!(keys[at + 1], "prefetch_cpu_s", "next to the microseconds");
+
+        let run = run_json(&outcome(Some(rec.clone())));
+        assert_eq!(run["prefetch_cpu_us"], 1_234_567);
+        assert_eq!(run["prefetch_cpu_s"], 1.234567);
+        assert_eq!(run["processes"][0]["prefetch_cpu_s"], 1.234567);
+        // A float even when whole, so scripts always read the same type.
+        rec.counters[Counter::PrefetchCpuUs.index()] = 0;
+        let zero = run_json(&outcome(Some(rec)));
+        assert!(zero["prefetch_cpu_s"].is_f64(), "{zero}");
+        assert_eq!(zero["prefetch_cpu_s"], 0.0);
+
+        // Without a stats page every statistic is null, the seconds too.
+        let none = run_json(&outcome(None));
+        assert!(none["prefetch_cpu_us"].is_null(), "{none}");
+        assert!(none["prefetch_cpu_s"].is_null(), "{none}");
+        assert_eq!(
+            none.as_object().unwrap().len(),
+            run.as_object().unwrap().len(),
+            "the same keys with and without statistics"
+        );
+
+        // A `stats` reply without the counter (an older shim) gets no seconds either.
+        let j = stats_json(&[("pid".to_string(), "3".to_string())]);
+        assert!(j.get("prefetch_cpu_s").is_none(), "{j}");
+    }
+
+    #[test]
+    fn run_summary_adds_a_prefetch_line() {
+        let mut rec = record();
+        rec.counters[Counter::Traps.index()] = 100;
+        let lines = run_summary(&outcome(Some(rec.clone())));
+        assert_eq!(
+            lines.len(),
+            1,
+            "no prefetch line without prefetching: {lines:?}"
+        );
+        assert!(
+            lines[0].starts_with("prog (pid 77) exited 0 after 1.50 s; 10 allocs"),
+            "{lines:?}"
+        );
+        rec.counters[Counter::PrefetchCopied.index()] = 4000;
+        rec.counters[Counter::PrefetchHits.index()] = 300;
+        rec.counters[Counter::PrefetchWaste.index()] = 1000;
+        let lines = run_summary(&outcome(Some(rec.clone())));
+        assert_eq!(
+            lines[1], "prefetched 4,000 pages; hit rate 75.0%, waste 25.0%",
+            "{lines:?}"
+        );
+        // No first writes at all: no hit rate to give.
+        rec.counters[Counter::PrefetchHits.index()] = 0;
+        rec.counters[Counter::Traps.index()] = 0;
+        let lines = run_summary(&outcome(Some(rec)));
+        assert_eq!(
+            lines[1],
+            "prefetched 4,000 pages; hit rate n/a, waste 25.0%"
+        );
+        assert_eq!(run_summary(&outcome(None)).len(), 1);
     }
 }

@@ -310,6 +310,7 @@ fn run_says_when_the_shim_did_not_attach() {
     assert_eq!(v["shim_attached"], false, "{v}");
     assert_eq!(v["exit_code"], 0, "{v}");
     assert!(v["allocs"].is_null(), "{v}");
+    assert!(v["prefetch_cpu_s"].is_null(), "{v}");
     assert_eq!(v["processes"], serde_json::json!([]), "{v}");
 }
 
@@ -341,10 +342,14 @@ fn run_writes_stats_json() {
         "live_bytes",
         "tracked_regions",
         "tracked_bytes",
+        "prefetch_cpu_us",
+        "prefetch_cpu_s",
         "processes",
     ] {
         assert!(v.get(key).is_some(), "no {key:?} in {text}");
     }
+    // The prefetch thread's CPU time also in seconds, a float, for scripts.
+    assert!(v["prefetch_cpu_s"].is_f64(), "{text}");
     assert_eq!(v["shim_attached"], true, "{text}");
     assert_eq!(v["exit_code"], 0, "{text}");
     assert!(v["signal"].is_null(), "{text}");
@@ -359,6 +364,7 @@ fn run_writes_stats_json() {
         .unwrap_or_else(|| panic!("main process missing from processes: {text}"));
     assert_eq!(main["state"], "exited", "{text}");
     assert_eq!(main["tracked_bytes"], v["tracked_bytes"], "{text}");
+    assert_eq!(main["prefetch_cpu_s"], v["prefetch_cpu_s"], "{text}");
     // The run collected every page it produced.
     assert!(no_run_files(dir.path()), "files left in the run-time dir");
 }
@@ -642,6 +648,7 @@ fn ps_and_stats_see_a_shimmed_process() {
     assert!(v["command"].as_str().unwrap().starts_with("sleep"), "{v}");
     assert!(v["tracked_bytes"].as_u64().unwrap() > 0, "{v}");
     assert!(v["allocs"].is_u64(), "{v}");
+    assert!(v["prefetch_cpu_s"].is_f64(), "{v}");
 }
 
 #[test]

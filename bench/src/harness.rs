@@ -115,8 +115,8 @@ impl Mode {
         matches!(self, Mode::Idle | Mode::Cow | Mode::Prefetch)
     }
 
-    /// The shim's settings in this mode.
-    fn env(self, interval_ms: u32) -> Vec<(&'static str, String)> {
+    /// The shim's settings in this mode; `predict` is the predictor of `prefetch`.
+    fn env(self, interval_ms: u32, predict: Predict) -> Vec<(&'static str, String)> {
         let periodic = |predict: &str| {
             vec![
                 ("MEMSHADOW_INTERVAL_MS", interval_ms.to_string()),
@@ -125,7 +125,7 @@ impl Mode {
         };
         match self {
             Mode::Cow => periodic("off"),
-            Mode::Prefetch => periodic("auto"),
+            Mode::Prefetch => periodic(predict.name()),
             Mode::Baseline | Mode::Idle | Mode::Fork => vec![],
         }
     }
@@ -137,6 +137,34 @@ impl Mode {
             Mode::Cow => "#d62728",
             Mode::Prefetch => "#2ca02c",
             Mode::Fork => "#ff7f0e",
+        }
+    }
+}
+
+/// The predictor the `prefetch` mode runs with (`MEMSHADOW_PREDICT`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Predict {
+    /// All four predictors, each weighted by the hit rate it has earned.
+    #[default]
+    Auto,
+    /// Pages written in recent epochs, weighted by how often.
+    History,
+    /// Runs and strides in each thread's fault stream.
+    Stride,
+    /// A bounded successor table over page deltas.
+    Markov,
+    /// Per-segment priority from access rate, change rate and recency.
+    Score,
+}
+
+impl Predict {
+    pub fn name(self) -> &'static str {
+        match self {
+            Predict::Auto => "auto",
+            Predict::History => "history",
+            Predict::Stride => "stride",
+            Predict::Markov => "markov",
+            Predict::Score => "score",
         }
     }
 }
@@ -196,6 +224,9 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_THREADS,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: u32,
+    /// The predictor of the prefetch mode (its MEMSHADOW_PREDICT).
+    #[arg(long, value_name = "NAME", value_enum, default_value_t = Predict::Auto)]
+    pub predict: Predict,
 }
 
 /// What a run does, with the defaults filled in.
@@ -208,6 +239,7 @@ struct Plan {
     runs: usize,
     interval_ms: u32,
     threads: u32,
+    predict: Predict,
     quick: bool,
     /// The workloads were named on the command line.
     explicit: bool,
@@ -257,9 +289,26 @@ impl Plan {
             runs: a.runs as usize,
             interval_ms: a.interval_ms,
             threads: a.threads,
+            predict: a.predict,
             quick: a.quick,
             explicit: !a.workload.is_empty(),
         }
+    }
+
+    /// The line under the command in the report: what every row is measured with.
+    fn header(&self) -> String {
+        let predict = if self.modes.contains(&Mode::Prefetch) {
+            format!("; prefetch with MEMSHADOW_PREDICT={}", self.predict.name())
+        } else {
+            String::new()
+        };
+        format!(
+            "{} run(s), medians; {} s per C workload run; snapshots (cow, prefetch) and forks \
+             (fork) every {} ms{predict}; multi_writer with {} threads; ratios to the \
+             baseline of the same run and size; stalls: slowest (max) and 99th-percentile \
+             batch minus the median batch (redis: request latencies from redis-benchmark)",
+            self.runs, self.seconds, self.interval_ms, self.threads
+        )
     }
 
     /// The modes a workload runs in, and the line saying why a mode is left out.
@@ -322,6 +371,8 @@ pub struct ShimStats {
     pub prefetch_hits: Option<f64>,
     pub prefetch_waste: Option<f64>,
     pub prefetch_copied: Option<f64>,
+    pub prefetch_late: Option<f64>,
+    pub prefetch_cpu_us: Option<f64>,
 }
 
 impl ShimStats {
@@ -347,6 +398,8 @@ impl ShimStats {
             prefetch_hits: k("prefetch_hits"),
             prefetch_waste: k("prefetch_waste"),
             prefetch_copied: k("prefetch_copied"),
+            prefetch_late: k("prefetch_late"),
+            prefetch_cpu_us: k("prefetch_cpu_us"),
         })
     }
 }
@@ -437,11 +490,15 @@ pub struct Row {
     pub traps: Option<f64>,
     pub hit_rate: Option<f64>,
     pub waste_rate: Option<f64>,
+    /// Traps on pages the prefetcher had queued but not copied yet.
+    pub prefetch_late: Option<f64>,
     pub max_stall_us: Option<f64>,
     pub p99_stall_us: Option<f64>,
     pub shadow_peak_bytes: Option<f64>,
     pub protect_pass_us_max: Option<f64>,
     pub shim_cpu_s: Option<f64>,
+    /// CPU time of the prefetch thread (part of shim_cpu_s).
+    pub prefetch_cpu_s: Option<f64>,
     pub epochs: Option<f64>,
     pub pages_copied: Option<f64>,
     pub pages_preserved: Option<f64>,
@@ -487,11 +544,13 @@ pub fn aggregate(
         traps: stat(|s| s.traps),
         hit_rate: med(&|m| m.hit_rate(mode)),
         waste_rate: med(&|m| m.waste_rate(mode)),
+        prefetch_late: stat(|s| s.prefetch_late),
         max_stall_us: med(&|m| m.max_stall_us),
         p99_stall_us: med(&|m| m.p99_stall_us),
         shadow_peak_bytes: stat(|s| s.shadow_peak_bytes),
         protect_pass_us_max: stat(|s| s.protect_pass_us_max),
         shim_cpu_s: stat(|s| s.shim_cpu_us.map(|us| us / 1e6)),
+        prefetch_cpu_s: stat(|s| s.prefetch_cpu_us.map(|us| us / 1e6)),
         epochs: stat(|s| s.epochs),
         pages_copied: stat(|s| s.pages_copied),
         pages_preserved: stat(|s| s.pages_preserved),
@@ -528,11 +587,13 @@ impl Row {
             ("traps", self.traps),
             ("hit_rate", self.hit_rate),
             ("waste_rate", self.waste_rate),
+            ("prefetch_late", self.prefetch_late),
             ("max_stall_us", self.max_stall_us),
             ("p99_stall_us", self.p99_stall_us),
             ("shadow_peak_bytes", self.shadow_peak_bytes),
             ("protect_pass_us_max", self.protect_pass_us_max),
             ("shim_cpu_s", self.shim_cpu_s),
+            ("prefetch_cpu_s", self.prefetch_cpu_s),
             ("epochs", self.epochs),
             ("pages_copied", self.pages_copied),
             ("pages_preserved", self.pages_preserved),
@@ -775,6 +836,7 @@ struct Runner {
     plan_seconds: u32,
     interval_ms: u32,
     threads: u32,
+    predict: Predict,
     programs: BTreeMap<Workload, PathBuf>,
 }
 
@@ -803,7 +865,7 @@ impl Runner {
         clear_shim_env(&mut c);
         if mode.shimmed() {
             c.env("MEMSHADOW_DIR", &self.shim_dir)
-                .envs(mode.env(self.interval_ms));
+                .envs(mode.env(self.interval_ms, self.predict));
         }
         c
     }
@@ -962,6 +1024,7 @@ pub fn run(args: Args) -> Result<(), String> {
         plan_seconds: plan.seconds,
         interval_ms: plan.interval_ms,
         threads: plan.threads,
+        predict: plan.predict,
         programs,
     };
 
@@ -1030,12 +1093,12 @@ pub fn run(args: Args) -> Result<(), String> {
             .flat_map(|(_, v)| v.iter().flatten())
             .any(|m| m.stat(|s| s.prefetch_hits).is_some());
         if !prefetcher {
-            notes.push(
+            notes.push(format!(
                 "prefetch: this shim has no prefetcher yet (its statistics have no \
-                 prefetch_hits), so prefetch ran as cow with MEMSHADOW_PREDICT=auto set: \
-                 the same thing measured twice; hit_rate and waste_rate are null"
-                    .into(),
-            );
+                 prefetch_hits), so prefetch ran as cow with MEMSHADOW_PREDICT={} set: \
+                 the same thing measured twice; hit_rate and waste_rate are null",
+                plan.predict.name()
+            ));
         }
     }
 
@@ -1053,13 +1116,7 @@ pub fn run(args: Args) -> Result<(), String> {
     }
 
     println!("command: {command}");
-    println!(
-        "{} run(s), medians; {} s per C workload run; snapshots (cow, prefetch) and forks \
-         (fork) every {} ms; multi_writer with {} threads; ratios to the baseline of the \
-         same run and size; stalls: slowest (max) and 99th-percentile batch minus the \
-         median batch (redis: request latencies from redis-benchmark)\n",
-        plan.runs, plan.seconds, plan.interval_ms, plan.threads
-    );
+    println!("{}\n", plan.header());
     print!("{}", table(&rows));
     for n in &notes {
         println!("\nnote: {n}");
@@ -1074,10 +1131,13 @@ pub fn run(args: Args) -> Result<(), String> {
         std::fs::write(json, text + "\n")
             .map_err(|e| format!("cannot write {}: {e}", json.display()))?;
         let svg_path = json.with_extension("svg");
-        let title = format!(
+        let mut title = format!(
             "memshadow-bench: {} run(s), snapshots or forks every {} ms",
             plan.runs, plan.interval_ms
         );
+        if plan.modes.contains(&Mode::Prefetch) {
+            title.push_str(&format!(", prefetch with {}", plan.predict.name()));
+        }
         std::fs::write(&svg_path, chart(&rows, &plan.modes, &title))
             .map_err(|e| format!("cannot write {}: {e}", svg_path.display()))?;
         println!("\nwrote {} and {}", json.display(), svg_path.display());
@@ -1166,6 +1226,21 @@ mod tests {
         assert_eq!(s.traps, Some(12.0));
         assert_eq!(s.shim_cpu_us, Some(250000.0));
         assert_eq!(s.prefetch_hits, None);
+        assert_eq!((s.prefetch_late, s.prefetch_cpu_us), (None, None));
+        let s = ShimStats::from_json(
+            r#"{"shim_attached": true, "traps": 30, "prefetch_copied": 100,
+                "prefetch_hits": 90, "prefetch_waste": 10, "prefetch_late": 4,
+                "prefetch_cpu_us": 125000, "prefetch_cpu_s": 0.125}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.prefetch_copied, s.prefetch_hits, s.prefetch_waste),
+            (Some(100.0), Some(90.0), Some(10.0))
+        );
+        assert_eq!(
+            (s.prefetch_late, s.prefetch_cpu_us),
+            (Some(4.0), Some(125000.0))
+        );
         // Keys a shim does not publish (yet) are None; null values too.
         let s = ShimStats::from_json(r#"{"traps": null, "epochs": 1}"#).unwrap();
         assert_eq!(
@@ -1247,6 +1322,96 @@ mod tests {
     }
 
     #[test]
+    fn prefetch_row_from_the_new_counters() {
+        let base = [measure(100.0, None), measure(100.0, None)];
+        let stats = |hits: f64, late: f64, cpu_us: f64| {
+            Some(ShimStats {
+                traps: Some(100.0),
+                prefetch_copied: Some(400.0),
+                prefetch_hits: Some(hits),
+                prefetch_waste: Some(hits / 3.0),
+                prefetch_late: Some(late),
+                prefetch_cpu_us: Some(cpu_us),
+                shim_cpu_us: Some(2_000_000.0),
+                ..ShimStats::default()
+            })
+        };
+        let runs = [
+            measure(80.0, stats(300.0, 4.0, 250_000.0)),
+            measure(90.0, stats(300.0, 6.0, 350_000.0)),
+        ];
+        let r = aggregate("hot_set", 256, Mode::Prefetch, &runs, &base);
+        // hits / (hits + traps) and waste / copied.
+        assert_eq!(r.hit_rate, Some(0.75));
+        assert_eq!(r.waste_rate, Some(0.25));
+        // Medians of two runs: the mean of the two.
+        assert_eq!(r.prefetch_late, Some(5.0));
+        assert_eq!(r.prefetch_cpu_s, Some(0.3));
+        let v = r.to_json();
+        assert_eq!(v["prefetch_late"], 5);
+        assert_eq!(v["prefetch_cpu_s"], 0.3);
+        // Without the shim there is no prefetching to count.
+        let b = aggregate("hot_set", 256, Mode::Baseline, &base, &base);
+        assert_eq!((b.prefetch_late, b.prefetch_cpu_s), (None, None));
+        assert!(b.to_json()["prefetch_cpu_s"].is_null());
+    }
+
+    #[test]
+    fn predict_option() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let parse = |extra: &[&str]| {
+            <Cli as clap::Parser>::try_parse_from(["bench"].iter().chain(extra)).map(|c| c.args)
+        };
+        assert_eq!(parse(&[]).unwrap().predict, Predict::Auto);
+        for (name, p) in [
+            ("auto", Predict::Auto),
+            ("history", Predict::History),
+            ("stride", Predict::Stride),
+            ("markov", Predict::Markov),
+            ("score", Predict::Score),
+        ] {
+            assert_eq!(parse(&["--predict", name]).unwrap().predict, p);
+            assert_eq!(p.name(), name);
+        }
+        // off is what cow runs with: not a predictor for prefetch.
+        assert!(parse(&["--predict", "off"]).is_err());
+        assert!(parse(&["--predict", "magic"]).is_err());
+
+        let env = |mode: Mode, p| {
+            mode.env(50, p)
+                .into_iter()
+                .find(|(k, _)| *k == "MEMSHADOW_PREDICT")
+                .map(|(_, v)| v)
+        };
+        assert_eq!(
+            env(Mode::Prefetch, Predict::Markov).as_deref(),
+            Some("markov")
+        );
+        assert_eq!(env(Mode::Prefetch, Predict::Auto).as_deref(), Some("auto"));
+        assert_eq!(env(Mode::Cow, Predict::Markov).as_deref(), Some("off"));
+        assert_eq!(env(Mode::Idle, Predict::Markov), None);
+
+        let plan = Plan::from(&parse(&["--quick", "--predict", "stride"]).unwrap());
+        assert_eq!(plan.predict, Predict::Stride);
+        let h = plan.header();
+        assert!(h.contains("prefetch with MEMSHADOW_PREDICT=stride"), "{h}");
+        assert!(
+            h.starts_with("1 run(s), medians; 1 s per C workload run;"),
+            "{h}"
+        );
+        let plan = Plan::from(&parse(&["--mode", "cow", "--predict", "stride"]).unwrap());
+        assert!(
+            !plan.header().contains("MEMSHADOW_PREDICT"),
+            "{}",
+            plan.header()
+        );
+    }
+
+    #[test]
     fn json_row_has_the_keys() {
         let base = [measure(100.0, None)];
         let cow = [measure(
@@ -1269,11 +1434,13 @@ mod tests {
                 "traps",
                 "hit_rate",
                 "waste_rate",
+                "prefetch_late",
                 "max_stall_us",
                 "p99_stall_us",
                 "shadow_peak_bytes",
                 "protect_pass_us_max",
                 "shim_cpu_s",
+                "prefetch_cpu_s",
                 "epochs",
                 "pages_copied",
                 "pages_preserved",

@@ -2,15 +2,16 @@
 //! and against fork()-based snapshots.
 //!
 //! `cargo run --release -p memshadow-bench -- [--quick] [--json FILE] [--workload NAME...]
-//! [--mode NAME...] [--interval-ms T] [--mib M...] [--seconds S] [--runs N] [--full]`
-//! (no subcommand) runs every workload at every size in every mode, interleaved (in each
+//! [--mode NAME...] [--interval-ms T] [--mib M...] [--seconds S] [--runs N] [--full]
+//! [--predict NAME]` (no subcommand) runs every workload at every size in every mode, interleaved (in each
 //! run, each workload and size runs its modes back to back in an order that rotates), and
 //! prints one row per workload, size and mode (medians of the runs):
 //!
 //! - modes: `baseline` (the workload alone), `idle` (under `memshadow run`, no
 //!   snapshots), `cow` (a snapshot every T ms, `MEMSHADOW_PREDICT=off`), `prefetch` (the
-//!   same with `MEMSHADOW_PREDICT=auto`: the same as `cow` until the shim has a
-//!   prefetcher, which the output says), `fork` (the workload forks every T ms and the
+//!   same with `MEMSHADOW_PREDICT=NAME`, `--predict NAME`: `auto` (default), `history`,
+//!   `stride`, `markov` or `score`, named in the report's header; the same as `cow` with
+//!   a shim that has no prefetcher, which the output says), `fork` (the workload forks every T ms and the
 //!   child reads all of its data out, as Redis BGSAVE does);
 //! - workloads: six C programs (`bench/workloads/*.c`, protocol in `workload.h`:
 //!   `NAME --mib M --seconds S [--threads N] [--fork-every-ms T] [--seed X]`, printing
@@ -21,8 +22,11 @@
 //! - metrics: ops/s and its ratio to the baseline of the same run and size, stalls (the
 //!   slowest and the 99th-percentile batch minus the median batch), the shim's counters
 //!   from `--stats-json` (traps, epochs, pages copied and preserved, shadow peak, longest
-//!   protect pass, the shim's own CPU time, abandoned snapshots), prefetch hit and waste
-//!   rates, forks and the longest fork pause.
+//!   protect pass, the shim's own CPU time, abandoned snapshots), prefetch hit rate
+//!   (`prefetch_hits / (prefetch_hits + traps)`) and waste rate (`prefetch_waste /
+//!   prefetch_copied`), and in the JSON rows also `prefetch_late` (traps on pages queued
+//!   for prefetch but not copied yet) and `prefetch_cpu_s` (the prefetch thread's CPU
+//!   time), forks and the longest fork pause.
 //!
 //! `--json FILE` writes the rows as a JSON array and a chart (throughput ratio and worst
 //! stall per mode) to FILE with the extension `.svg`. `--quick` runs the C workloads at

@@ -10,8 +10,14 @@
 //! | `MEMSHADOW_FAULT_AROUND` | pages copied and unprotected per trap (1 = just the page) | `64` |
 //! | `MEMSHADOW_MAX_VERSIONS` | snapshot versions kept readable, >= 1 | `4` |
 //! | `MEMSHADOW_SHADOW_BUDGET_MB` | memory for shadow copies, MiB, >= 1 | `1024` |
+//! | `MEMSHADOW_PREDICT` | `auto`, `history`, `stride`, `markov`, `score`, `off` | `auto` |
+//! | `MEMSHADOW_CONFIDENCE` | least predicted write probability prefetched, 0 to 1 | `0.2` |
+//! | `MEMSHADOW_PREFETCH_CPU` | share of one core the prefetch thread may use, (0, 1] | `0.5` |
+//! | `MEMSHADOW_SEGMENT_KB` | `score`'s segment, 4 to 1024 KiB, a power of two | `64` |
+//! | `MEMSHADOW_SCORE_ALPHA`, `_BETA`, `_GAMMA` | `score`'s weights, >= 0 | `1`, `1`, `0.5` |
 
 use crate::log::Level;
+use crate::predict::{Choice, Kind, Params};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,7 +28,7 @@ pub enum TrackMode {
     HeapAndStacks,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub track: TrackMode,
     pub log: Level,
@@ -32,6 +38,10 @@ pub struct Config {
     pub fault_around: usize,
     pub max_versions: usize,
     pub shadow_budget_mb: usize,
+    pub predict: Choice,
+    pub confidence: f32,
+    pub prefetch_cpu: f32,
+    pub predict_params: Params,
 }
 
 /// A variable whose value does not parse.
@@ -115,6 +125,61 @@ impl Config {
             1 << 20,
             "MiB, 1 or more",
         )?;
+        let predict = match get("MEMSHADOW_PREDICT").as_deref() {
+            None | Some("auto") => Choice::Auto,
+            Some("off") => Choice::Off,
+            Some(v) => match Kind::ALL.iter().find(|k| k.name() == v) {
+                Some(&k) => Choice::Only(k),
+                None => {
+                    return Err(bad(
+                        "MEMSHADOW_PREDICT",
+                        v,
+                        "auto, history, stride, markov, score or off",
+                    ))
+                }
+            },
+        };
+        let fraction = |var: &'static str, default: f32, zero_ok: bool, expected| match get(var) {
+            None => Ok(default),
+            Some(v) => match v.trim().parse::<f32>() {
+                Ok(x) if x <= 1.0 && (x > 0.0 || (zero_ok && x == 0.0)) => Ok(x),
+                _ => Err(bad(var, &v, expected)),
+            },
+        };
+        let confidence = fraction("MEMSHADOW_CONFIDENCE", 0.2, true, "a probability, 0 to 1")?;
+        let prefetch_cpu = fraction(
+            "MEMSHADOW_PREFETCH_CPU",
+            0.5,
+            false,
+            "a share of one core, above 0 and at most 1",
+        )?;
+        let segment_kb = number(
+            "MEMSHADOW_SEGMENT_KB",
+            64,
+            4,
+            1024,
+            "KiB, a power of two from 4 to 1024",
+        )?;
+        if !segment_kb.is_power_of_two() {
+            return Err(bad(
+                "MEMSHADOW_SEGMENT_KB",
+                &segment_kb.to_string(),
+                "KiB, a power of two from 4 to 1024",
+            ));
+        }
+        let weight = |var: &'static str, default: f32| match get(var) {
+            None => Ok(default),
+            Some(v) => match v.trim().parse::<f32>() {
+                Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+                _ => Err(bad(var, &v, "a weight, 0 or more")),
+            },
+        };
+        let predict_params = Params {
+            segment_pages: segment_kb / 4,
+            alpha: weight("MEMSHADOW_SCORE_ALPHA", 1.0)?,
+            beta: weight("MEMSHADOW_SCORE_BETA", 1.0)?,
+            gamma: weight("MEMSHADOW_SCORE_GAMMA", 0.5)?,
+        };
         Ok(Config {
             track,
             log,
@@ -124,6 +189,10 @@ impl Config {
             fault_around,
             max_versions,
             shadow_budget_mb,
+            predict,
+            confidence,
+            prefetch_cpu,
+            predict_params,
         })
     }
 
@@ -157,6 +226,9 @@ mod tests {
             (c.fault_around, c.max_versions, c.shadow_budget_mb),
             (64, 4, 1024)
         );
+        assert_eq!(c.predict, Choice::Auto);
+        assert_eq!((c.confidence, c.prefetch_cpu), (0.2, 0.5));
+        assert_eq!(c.predict_params, Params::default());
     }
 
     #[test]
@@ -170,6 +242,13 @@ mod tests {
             ("MEMSHADOW_FAULT_AROUND", "16"),
             ("MEMSHADOW_MAX_VERSIONS", "8"),
             ("MEMSHADOW_SHADOW_BUDGET_MB", "16"),
+            ("MEMSHADOW_PREDICT", "markov"),
+            ("MEMSHADOW_CONFIDENCE", "0"),
+            ("MEMSHADOW_PREFETCH_CPU", "1"),
+            ("MEMSHADOW_SEGMENT_KB", "1024"),
+            ("MEMSHADOW_SCORE_ALPHA", "2"),
+            ("MEMSHADOW_SCORE_BETA", "0"),
+            ("MEMSHADOW_SCORE_GAMMA", "0.25"),
         ])
         .unwrap();
         assert_eq!(c.track, TrackMode::HeapAndStacks);
@@ -181,6 +260,19 @@ mod tests {
             (c.fault_around, c.max_versions, c.shadow_budget_mb),
             (16, 8, 16)
         );
+        assert_eq!(c.predict, Choice::Only(Kind::Markov));
+        assert_eq!((c.confidence, c.prefetch_cpu), (0.0, 1.0));
+        assert_eq!(
+            c.predict_params,
+            Params {
+                segment_pages: 256,
+                alpha: 2.0,
+                beta: 0.0,
+                gamma: 0.25
+            }
+        );
+        let off = parse(&[("MEMSHADOW_PREDICT", "off")]).unwrap();
+        assert_eq!(off.predict, Choice::Off);
     }
 
     #[test]
@@ -195,6 +287,15 @@ mod tests {
             ("MEMSHADOW_FAULT_AROUND", "0"),
             ("MEMSHADOW_MAX_VERSIONS", "many"),
             ("MEMSHADOW_SHADOW_BUDGET_MB", "0"),
+            ("MEMSHADOW_PREDICT", "oracle"),
+            ("MEMSHADOW_CONFIDENCE", "1.5"),
+            ("MEMSHADOW_CONFIDENCE", "high"),
+            ("MEMSHADOW_PREFETCH_CPU", "0"),
+            ("MEMSHADOW_PREFETCH_CPU", "2"),
+            ("MEMSHADOW_SEGMENT_KB", "48"),
+            ("MEMSHADOW_SEGMENT_KB", "2048"),
+            ("MEMSHADOW_SCORE_ALPHA", "-1"),
+            ("MEMSHADOW_SCORE_GAMMA", "nan"),
         ] {
             let e = parse(&[(k, v)]).unwrap_err();
             assert_eq!(e.var, k);

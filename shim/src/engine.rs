@@ -89,6 +89,8 @@ pub struct Engine {
     pub fault_window: FaultWindow,
     /// What the next protect pass must protect again.
     pub reprotect: Reprotect,
+    /// What the prefetcher has queued for the newest version (for its late count).
+    pub queued: crate::prefetch::Queued,
     /// Trap latency histogram: bucket i counts traps of [2^i, 2^(i+1)) ns.
     trap_ns: [u64; 40],
     trap_max_ns: u64,
@@ -408,6 +410,7 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
         lost_all_since: None,
         fault_window: FaultWindow::new(config.fault_around),
         reprotect: Reprotect::with_capacity(UNPROTECTED_CAPACITY, CHANGED_CAPACITY),
+        queued: crate::prefetch::Queued::new(),
         trap_ns: [0; 40],
         trap_max_ns: 0,
     };
@@ -421,6 +424,10 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
     UFFD_FD.store(fd, Ordering::Release);
     STARTED.store(true, Ordering::Release);
     crate::shim_thread::spawn(crate::fault::serve, fd as usize as *mut core::ffi::c_void)?;
+    if let Err(e) = crate::prefetch::start(config) {
+        // Snapshots work without it, by plain copy-on-write.
+        crate::log::error!("no prefetching: {e}");
+    }
     Ok(())
 }
 
@@ -485,6 +492,7 @@ pub fn forget_after_fork() {
     STARTED.store(false, Ordering::Release);
     STAMP.store(0, Ordering::Release);
     crate::preserve::forget_after_fork();
+    crate::prefetch::forget_after_fork();
     let fd = UFFD_FD.swap(-1, Ordering::AcqRel);
     if fd >= 0 {
         // SAFETY: the inherited descriptor is the parent's; ioctls on it would change the

@@ -269,6 +269,7 @@ pub fn snapshot() -> Result<u64, String> {
     for &addr in &held {
         engine::with(|e| crate::fault::resolve(e, addr));
     }
+    crate::prefetch::epoch_opened();
     drop(tracked); // the previous lists
     drop(retired);
     drop(held);

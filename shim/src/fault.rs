@@ -15,7 +15,7 @@ use crate::shadow::PAGE;
 use crate::stats;
 use crate::uffd::{Event, Uffd};
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use memshadow_format::stats::Counter;
 
 static BUDGET_SAID: AtomicBool = AtomicBool::new(false);
@@ -82,6 +82,15 @@ fn spin_for_events(u: &Uffd) {
 /// Set while the fault thread holds events it has read and not yet handled (see
 /// [`events_in_hand`]).
 static IN_HAND: AtomicBool = AtomicBool::new(false);
+/// Reads of events started so far (see [`event_reads`]).
+static READS: AtomicU64 = AtomicU64::new(0);
+
+/// How many reads of events have started: a copy made outside the fault thread while
+/// this stayed the same and no events were in hand raced no discard (the kernel zaps
+/// a range only once its event is read).
+pub fn event_reads() -> u64 {
+    READS.load(Ordering::SeqCst)
+}
 
 /// Whether the fault thread has read events it has not handled yet. The kernel lets a
 /// thread that discards memory go on once its event is read, so a protect pass must
@@ -115,6 +124,7 @@ fn read_events(u: &Uffd) -> usize {
         return 0;
     }
     IN_HAND.store(true, Ordering::SeqCst);
+    READS.fetch_add(1, Ordering::SeqCst);
     let total = read_and_handle(u);
     IN_HAND.store(false, Ordering::SeqCst);
     if total > 0 {
@@ -128,7 +138,13 @@ fn read_and_handle(u: &Uffd) -> usize {
     let mut total = 0;
     loop {
         let got = u.read_events(&mut events);
-        for ev in &events[..got] {
+        // Discards first: their senders go on (and zap) as soon as the batch is read,
+        // so a fault handled before them could copy a page already zapped and stamp
+        // it with the version (see `Engine::mark_lost`).
+        for ev in events[..got].iter().filter(|ev| !is_fault(ev)) {
+            handle(*ev, u);
+        }
+        for ev in events[..got].iter().filter(|ev| is_fault(ev)) {
             handle(*ev, u);
         }
         total += got;
@@ -139,19 +155,30 @@ fn read_and_handle(u: &Uffd) -> usize {
     total
 }
 
+fn is_fault(ev: &Event) -> bool {
+    matches!(ev, Event::WriteFault { .. } | Event::OtherFault { .. })
+}
+
 fn handle(ev: Event, u: &Uffd) {
     match ev {
-        Event::WriteFault { addr, .. } => {
+        Event::WriteFault { addr, tid } => {
             let t0 = engine::now_ns();
-            engine::with(|e| {
+            let version = engine::with(|e| {
                 if e.pass_running && e.held.len() < e.held.capacity() {
                     e.held.push(addr);
                     stats::add(Counter::HeldFaults, 1);
                 } else {
+                    if e.queued.holds(addr & !(PAGE - 1), e.version) {
+                        stats::add(Counter::PrefetchLate, 1);
+                    }
                     resolve(e, addr);
                     e.record_trap(engine::now_ns() - t0);
                 }
+                e.version
             });
+            if let Some(v) = version {
+                crate::prefetch::note_fault(addr, tid, v);
+            }
         }
         Event::Unmap(r) | Event::Remove(r) => {
             // A held fault in a range that is going away must not be copied later; wake
@@ -203,12 +230,15 @@ pub fn resolve(e: &mut Engine, addr: usize) {
         let limit = e
             .tracked_at(page, v)
             .map_or(page + PAGE, |t| t.range.end.min(page + window * PAGE));
-        let first = if e.pool.has(page, v) {
+        let first = if e.pool.has(page, v) || e.lost_since(page, v) {
             page + PAGE
         } else {
             page
         };
-        if let Some((_, copied)) = e.save_run(first, limit, MAX_RUN, |e, p| e.pool.has(p, v)) {
+        // A page zapped in this epoch lost its protection without a fault: what is there
+        // now is not the snapshot's, so it is never saved as it (see `readback`).
+        let stop = |e: &Engine, p: usize| e.pool.has(p, v) || e.lost_since(p, v);
+        if let Some((_, copied)) = e.save_run(first, limit, MAX_RUN, stop) {
             stats::add(Counter::PagesCopied, copied as u64);
             end = end.max(first + copied * PAGE);
         }

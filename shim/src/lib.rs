@@ -11,6 +11,8 @@
 //! - `engine`, `epoch`, `reprotect`, `preserve`, `fault`, `fault_window`, `shadow`, `readback`, `uffd`: snapshots (started by the
 //!   first snapshot request): protect passes, the fault path, shadow copies, reading a
 //!   version back, the userfaultfd interface;
+//! - `prefetch`, `predict`: the thread that copies pages ahead of their first write, and
+//!   the predictors that choose them;
 //! - `runtime`, `config`: start-up, fork, exit, environment;
 //! - `arena`, `own`, `range`, `shim_thread`, `sync`, `sys`, `log`: the shim's own memory,
 //!   threads and primitives, never the host's.
@@ -35,6 +37,7 @@ mod mapping;
 mod maps;
 mod own;
 mod predict;
+mod prefetch;
 mod preserve;
 mod range;
 mod readback;

@@ -291,6 +291,32 @@ impl ShadowPool {
         Ok(s)
     }
 
+    /// Slots free now, without evicting a version.
+    pub fn free_slots(&self) -> u32 {
+        self.free_count
+    }
+
+    /// Takes back `slot`, which must be the latest slot [`alloc`](Self::alloc) returned
+    /// with nothing allocated since (undoes in the reverse order of allocation).
+    pub fn undo_alloc(&mut self, slot: u32) {
+        let i = slot as usize;
+        let page = self.page_of[i];
+        debug_assert_eq!(self.index.get(page), slot);
+        match self.older[i] {
+            NONE => self.index.remove(page),
+            older => self.index.set(page, older),
+        }
+        let next = self.next_same[i];
+        let e = self.newest_entry_mut();
+        debug_assert_eq!(e.head, slot);
+        e.head = next;
+        e.count -= 1;
+        self.next_same[i] = NONE;
+        self.older[i] = self.free_head;
+        self.free_head = slot;
+        self.free_count += 1;
+    }
+
     /// Versions retained now.
     pub fn versions_retained(&self) -> u64 {
         self.len as u64
@@ -331,6 +357,36 @@ mod tests {
         assert_eq!(p.find(a, 4), None, "not written since 4: the live page");
         assert_eq!(p.find(0x20000, 1), None);
         assert!(p.has(a, 3) && !p.has(a, 1) && !p.has(a, 4));
+    }
+
+    #[test]
+    fn undone_allocations_leave_the_pool_as_it_was() {
+        let (mut p, _m) = pool(8, 4);
+        let a = 0x10000;
+        p.begin_version(1);
+        let s1 = p.alloc(a).unwrap();
+        p.begin_version(2);
+        let keep = p.alloc(0x20000).unwrap();
+        let s2 = p.alloc(a).unwrap();
+        let s3 = p.alloc(0x30000).unwrap();
+        assert_eq!(p.used(), 4);
+        p.undo_alloc(s3);
+        p.undo_alloc(s2);
+        assert_eq!((p.used(), p.free_slots()), (2, 6));
+        assert!(!p.has(a, 2) && !p.has(0x30000, 2) && p.has(0x20000, 2));
+        assert_eq!(
+            p.find(a, 1),
+            Some(s1),
+            "the older shadow is the page's again"
+        );
+        // Freed slots are reused; the version keeps what was not undone.
+        assert_eq!(p.find(0x20000, 2), Some(keep));
+        let again = p.alloc(0x40000).unwrap();
+        assert!(again == s2 || again == s3);
+        p.begin_version(3);
+        p.evict_oldest();
+        p.evict_oldest();
+        assert_eq!(p.used(), 0);
     }
 
     #[test]

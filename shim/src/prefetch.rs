@@ -1,0 +1,680 @@
+//! The prefetch thread: copies the pages the program is about to write into shadows
+//! before the write, so the program does not trap on them.
+//!
+//! At each epoch start (a protect pass has ended) it
+//! 1. audits the pages it prefetched in the epoch that ended: a page whose shadow
+//!    differs from what the new snapshot holds was written (a hit), the others were not
+//!    (waste); the counts go to the statistics and, per predictor, back to the
+//!    predictor, and set the next budget;
+//! 2. asks the predictor (`predict`, chosen by `MEMSHADOW_PREDICT`) for a plan, keeps
+//!    the guesses at or above `MEMSHADOW_CONFIDENCE` up to its budget of pages, and
+//!    publishes them (address order) so the fault path can count late traps;
+//! 3. copies them, nearest the program's last write first: per run, under the engine
+//!    lock, while the pages are still protected, it saves them into shadow slots
+//!    stamped with the version (the same [`Engine::save_run`] a trap uses), then
+//!    unprotects the run with one ioctl.
+//!
+//! During the epoch the fault thread hands it every trap through a bounded lock-free
+//! queue (overflow is dropped and counted, never waited for); the predictor's guesses
+//! from them are copied before the rest of the plan.
+//!
+//! Why a prefetched version is exact: a page is copied only while it is tracked at the
+//! newest version, protected (no shadow stamped with that version yet, not zapped in
+//! it) and no pass is running, under the lock that keeps the fault thread from
+//! unprotecting it, so the copy is the page as the snapshot saw it, and a page saved
+//! by either thread is skipped by the other (copied once). One race remains: the fault
+//! thread reads discard events without the engine lock, and the kernel zaps the range
+//! as soon as the event is read. So the copy happens only when no event is in hand,
+//! and is taken back (slots returned, page left protected) if a read of events started
+//! while it ran ([`crate::fault::event_reads`]).
+//!
+//! Its cost is bounded: by its budget of pages per epoch, which follows the accuracy
+//! it measures (doubling while at least 3 in 4 prefetched pages are written, halving
+//! below 1 in 2, down to [`MIN_BUDGET`]); by `MEMSHADOW_PREFETCH_CPU`, the share of one
+//! core it may use (it sleeps when ahead of it); and by the shadow budget (it never
+//! evicts a version and leaves a quarter of the slots to traps).
+
+use crate::config::Config;
+use crate::engine::{self, Engine};
+use crate::predict::{self, FaultNote, Feedback, Guess, Kind, PageNo, Predictor, KINDS};
+use crate::range::Range;
+use crate::shadow::PAGE;
+use crate::{stats, sys};
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use crossbeam_queue::ArrayQueue;
+use memshadow_format::stats::Counter;
+
+/// Fault notes waiting for the prefetch thread; beyond this many they are dropped.
+const QUEUE_CAPACITY: usize = 8192;
+/// Most planned runs published for the fault path's late count.
+pub const QUEUED_CAPACITY: usize = 16384;
+/// Most urgent runs (guesses from this epoch's traps) remembered for the late count.
+const URGENT_CAPACITY: usize = 64;
+/// Pages copied per engine-lock hold: a trap waits at most this long for the lock.
+const PAGES_PER_HOLD: usize = 32;
+/// Pages audited per engine-lock hold.
+const AUDIT_PER_HOLD: usize = 16;
+/// The budget never falls below this many pages per epoch, so a predictor that found
+/// nothing to do can still show it has learnt something.
+pub const MIN_BUDGET: usize = 64;
+/// The first epoch's budget.
+const FIRST_BUDGET: usize = 4096;
+/// The share of the free shadow slots the prefetcher leaves to traps.
+const SLOT_RESERVE_DIVISOR: u32 = 4;
+/// How long the thread sleeps when it has nothing to do (it is woken by traps and by
+/// new versions before that).
+const IDLE_MS: u64 = 20;
+/// Most trap pages remembered per epoch as written.
+const TRAPPED_CAPACITY: usize = 1 << 20;
+
+/// A trap as the fault thread hands it over: the note and the version it was in.
+#[derive(Clone, Copy)]
+struct Handed {
+    note: FaultNote,
+    version: u64,
+}
+
+static QUEUE: AtomicPtr<ArrayQueue<Handed>> = AtomicPtr::new(core::ptr::null_mut());
+/// Futex word the thread sleeps on; bumped to wake it.
+static WAKE: AtomicU32 = AtomicU32::new(0);
+static SLEEPING: AtomicBool = AtomicBool::new(false);
+/// Set while the predictor's answers to traps have been worth acting on at once: then
+/// every trap wakes the thread; otherwise only a fuller queue does (a wake-up is a
+/// syscall on the fault path).
+static EAGER: AtomicBool = AtomicBool::new(true);
+/// Notes that wake the thread when it is not eager.
+const WAKE_BATCH: usize = 64;
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// What the fault path needs to know of the prefetcher's queue (kept in the engine, read
+/// and written under its lock): the runs planned for the newest version and not yet
+/// known to be copied, in address order, and the latest urgent runs.
+pub struct Queued {
+    version: u64,
+    planned: Vec<Range>,
+    urgent: [Range; URGENT_CAPACITY],
+    next_urgent: usize,
+}
+
+impl Queued {
+    pub fn new() -> Queued {
+        Queued {
+            version: 0,
+            planned: Vec::with_capacity(QUEUED_CAPACITY),
+            urgent: [Range::EMPTY; URGENT_CAPACITY],
+            next_urgent: 0,
+        }
+    }
+
+    /// Whether `page` was queued for version `v` (a trap on it is late).
+    pub fn holds(&self, page: usize, v: u64) -> bool {
+        if self.version != v {
+            return false;
+        }
+        let i = self.planned.partition_point(|r| r.end <= page);
+        self.planned.get(i).is_some_and(|r| r.start <= page)
+            || self.urgent.iter().any(|r| r.start <= page && page < r.end)
+    }
+
+    /// Publishes the plan of version `v` (sorted, as many runs as fit; never allocates).
+    fn set_plan(&mut self, v: u64, runs: &[Range]) {
+        self.version = v;
+        self.planned.clear();
+        let n = runs.len().min(self.planned.capacity());
+        self.planned.extend_from_slice(&runs[..n]);
+        self.urgent = [Range::EMPTY; URGENT_CAPACITY];
+    }
+
+    fn push_urgent(&mut self, r: Range) {
+        self.urgent[self.next_urgent] = r;
+        self.next_urgent = (self.next_urgent + 1) % URGENT_CAPACITY;
+    }
+}
+
+/// Starts the prefetch thread unless `MEMSHADOW_PREDICT=off` (called once the engine
+/// runs; again in a forked child that starts its own engine).
+pub fn start(config: &Config) -> Result<(), String> {
+    let Some(predictor) = predict::make(config.predict, &config.predict_params) else {
+        return Ok(());
+    };
+    if STARTED.swap(true, Ordering::AcqRel) {
+        return Ok(());
+    }
+    let queue = Box::into_raw(Box::new(ArrayQueue::new(QUEUE_CAPACITY)));
+    // A previous queue (the parent's, in a forked child) is left as it is: the child
+    // never frees what its parent's threads may have been using.
+    QUEUE.store(queue, Ordering::Release);
+    let prefetcher = Box::new(Prefetcher::new(config, predictor));
+    crate::shim_thread::spawn(run, Box::into_raw(prefetcher).cast())
+}
+
+/// In a forked child: the parent's prefetch thread does not exist here.
+pub fn forget_after_fork() {
+    STARTED.store(false, Ordering::Release);
+    SLEEPING.store(false, Ordering::Release);
+    QUEUE.store(core::ptr::null_mut(), Ordering::Release);
+}
+
+/// The fault thread hands over a trap (never blocks: when the queue is full the note is
+/// dropped and counted).
+pub fn note_fault(addr: usize, tid: u32, version: u64) {
+    let q = QUEUE.load(Ordering::Acquire);
+    if q.is_null() {
+        return;
+    }
+    let h = Handed {
+        note: FaultNote {
+            page: addr >> 12,
+            tid,
+            ns: engine::now_ns(),
+        },
+        version,
+    };
+    // SAFETY: the queue is leaked when made and never freed.
+    let q = unsafe { &*q };
+    if q.push(h).is_err() {
+        stats::add(Counter::QueueDropped, 1);
+    }
+    if EAGER.load(Ordering::Relaxed) || q.len() >= WAKE_BATCH {
+        wake();
+    }
+}
+
+/// A protect pass ended: a new epoch starts.
+pub fn epoch_opened() {
+    wake();
+}
+
+fn wake() {
+    if SLEEPING.load(Ordering::Acquire) {
+        SLEEPING.store(false, Ordering::Release);
+        WAKE.fetch_add(1, Ordering::AcqRel);
+        sys::futex_wake(&WAKE);
+    }
+}
+
+/// One prefetched page: where, and which predictors proposed it.
+#[derive(Clone, Copy)]
+struct Prefetched {
+    page: PageNo,
+    by: u8,
+}
+
+/// The prefetch thread's own state (on its own heap, the shim's arena).
+struct Prefetcher {
+    predictor: Box<dyn Predictor>,
+    threshold: f32,
+    cpu_share: f32,
+    /// The version whose plan is being copied (0: none yet).
+    epoch: u64,
+    budget: usize,
+    /// Runs still to copy this epoch: urgent ones first (a stack), then the plan.
+    urgent: Vec<(Range, u8)>,
+    plan: Vec<(Range, u8)>,
+    plan_next: usize,
+    /// Pages copied this epoch, and in the one before (audited at the next epoch).
+    copied: Vec<Prefetched>,
+    /// Pages that trapped this epoch (they were written).
+    trapped: Vec<PageNo>,
+    /// The page of the latest trap seen (where the program writes).
+    last_fault: PageNo,
+    guesses: Vec<Guess>,
+    scratch: Vec<u8>,
+    /// CPU pacing: thread CPU and wall clock at the start of the pacing window.
+    window_cpu: u64,
+    window_wall: u64,
+    cpu_seen: u64,
+}
+
+impl Prefetcher {
+    fn new(config: &Config, predictor: Box<dyn Predictor>) -> Prefetcher {
+        Prefetcher {
+            predictor,
+            threshold: config.confidence,
+            cpu_share: config.prefetch_cpu,
+            epoch: 0,
+            budget: FIRST_BUDGET,
+            urgent: Vec::with_capacity(256),
+            plan: Vec::new(),
+            plan_next: 0,
+            copied: Vec::new(),
+            trapped: Vec::new(),
+            last_fault: 0,
+            guesses: Vec::with_capacity(256),
+            scratch: vec![0; PAGE],
+            window_cpu: thread_cpu_ns(),
+            window_wall: engine::now_ns(),
+            cpu_seen: 0,
+        }
+    }
+}
+
+/// The thread's body; `arg` is its `Prefetcher`.
+extern "C" fn run(arg: *mut c_void) -> *mut c_void {
+    // SAFETY: `start` passes a leaked Box<Prefetcher>, taken back once, here.
+    let mut p = unsafe { Box::from_raw(arg.cast::<Prefetcher>()) };
+    p.cpu_seen = thread_cpu_ns();
+    let fd = engine::uffd_fd();
+    while engine::uffd_fd() == fd && crate::runtime::tracking() {
+        account(&mut p);
+        let stamp = engine::stamp();
+        let (v, pass_running) = (stamp / 2, stamp % 2 == 1);
+        if v != p.epoch && !pass_running && v > 0 {
+            new_epoch(&mut p, v);
+        }
+        take_faults(&mut p);
+        if pass_running || !copy_next(&mut p) {
+            idle();
+        }
+        pace(&mut p);
+    }
+    core::ptr::null_mut()
+}
+
+/// Adds the thread's CPU time to the statistics.
+fn account(p: &mut Prefetcher) {
+    let now = thread_cpu_ns();
+    let us = now / 1000 - p.cpu_seen / 1000;
+    if us > 0 {
+        stats::add(Counter::PrefetchCpuUs, us);
+        stats::add(Counter::ShimCpuUs, us);
+        p.cpu_seen = now - now % 1000;
+    }
+}
+
+/// Sleeps until woken (a trap, a new version) or for `IDLE_MS`.
+fn idle() {
+    let seen = WAKE.load(Ordering::Acquire);
+    SLEEPING.store(true, Ordering::SeqCst);
+    if !queue_has_notes() {
+        sys::futex_wait(&WAKE, seen, IDLE_MS);
+    }
+    SLEEPING.store(false, Ordering::Release);
+}
+
+fn queue_has_notes() -> bool {
+    let q = QUEUE.load(Ordering::Acquire);
+    // SAFETY: the queue is leaked when made and never freed.
+    !q.is_null() && !unsafe { &*q }.is_empty()
+}
+
+/// Keeps the thread within its CPU share: over a window of about a second, CPU used
+/// may not exceed the share of the wall time (plus a 10 ms burst).
+fn pace(p: &mut Prefetcher) {
+    const WINDOW_NS: u64 = 1_000_000_000;
+    const BURST_NS: u64 = 10_000_000;
+    let wall = engine::now_ns();
+    let cpu = thread_cpu_ns();
+    let elapsed = wall - p.window_wall;
+    let used = cpu - p.window_cpu;
+    let allowed = (elapsed as f64 * p.cpu_share as f64) as u64 + BURST_NS;
+    if used > allowed {
+        let over = used - allowed;
+        let sleep_ns = (over as f64 / p.cpu_share as f64) as u64;
+        sys::sleep_ms(sleep_ns.div_ceil(1_000_000).min(100));
+    }
+    if elapsed > WINDOW_NS {
+        // Start a new window that keeps half of the old one's balance.
+        p.window_wall = wall - elapsed / 2;
+        p.window_cpu = cpu - used / 2;
+    }
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Hands the queued traps to the predictor; its guesses become urgent runs.
+fn take_faults(p: &mut Prefetcher) {
+    let q = QUEUE.load(Ordering::Acquire);
+    if q.is_null() {
+        return;
+    }
+    // SAFETY: the queue is leaked when made and never freed.
+    let q = unsafe { &*q };
+    let mut fresh = 0;
+    let mut notes = 0;
+    while let Some(h) = q.pop() {
+        notes += 1;
+        if h.version != p.epoch {
+            continue;
+        }
+        if p.trapped.len() < TRAPPED_CAPACITY {
+            p.trapped.push(h.note.page);
+        }
+        p.last_fault = h.note.page;
+        p.guesses.clear();
+        p.predictor.on_fault(h.note, &mut p.guesses);
+        for g in p.guesses.iter().filter(|g| g.confidence >= p.threshold) {
+            let r = Range::new(g.page << 12, (g.page + g.pages.max(1) as usize) << 12);
+            p.urgent.push((r, g.by));
+            fresh += 1;
+        }
+    }
+    if notes > 0 {
+        // Eager while at least one trap in eight gives something to copy.
+        EAGER.store(fresh * 8 >= notes, Ordering::Relaxed);
+    }
+    if fresh > 0 {
+        let v = p.epoch;
+        let newest = &p.urgent[p.urgent.len() - fresh.min(p.urgent.len())..];
+        engine::with(|e| {
+            if e.queued.version == v {
+                for &(r, _) in newest.iter().rev().take(URGENT_CAPACITY) {
+                    e.queued.push_urgent(r);
+                }
+            }
+        });
+    }
+}
+
+/// Copies the next run (urgent ones first). Returns false when there is nothing to do.
+fn copy_next(p: &mut Prefetcher) -> bool {
+    let (r, by) = if let Some(u) = p.urgent.pop() {
+        u
+    } else if p.plan_next < p.plan.len() {
+        p.plan_next += 1;
+        p.plan[p.plan_next - 1]
+    } else {
+        return false;
+    };
+    let mut at = r.start;
+    while at < r.end {
+        let end = r.end.min(at + PAGES_PER_HOLD * PAGE);
+        match copy_run(p.epoch, at, end) {
+            Copy::Done {
+                first,
+                copied,
+                next,
+            } => {
+                for i in 0..copied {
+                    p.copied.push(Prefetched {
+                        page: (first >> 12) + i,
+                        by,
+                    });
+                }
+                at = next.max(at + PAGE);
+            }
+            Copy::Stop => {
+                // A new version, a pass, or no slots to spare: this plan is over.
+                p.plan_next = p.plan.len();
+                p.urgent.clear();
+                return true;
+            }
+            Copy::Busy => {
+                // An event is being handled: let the fault thread go first.
+                // SAFETY: sched_yield has no arguments and no memory effects.
+                unsafe { libc::sched_yield() };
+            }
+        }
+    }
+    true
+}
+
+enum Copy {
+    /// Pages up to `next` are dealt with; `copied` of them, from `first` on, were
+    /// copied here.
+    Done {
+        first: usize,
+        copied: usize,
+        next: usize,
+    },
+    Busy,
+    Stop,
+}
+
+/// Saves and unprotects the pages of `[at, end)` that still need it, up to the first
+/// one that does not (one engine-lock hold).
+fn copy_run(v: u64, at: usize, end: usize) -> Copy {
+    let r = engine::with(|e| {
+        if e.version != v || e.pass_running || e.incomplete {
+            return Copy::Stop;
+        }
+        if crate::fault::events_in_hand() {
+            return Copy::Busy;
+        }
+        let Some(t) = e.tracked_at(at, v) else {
+            // Not tracked: skip to where tracking resumes.
+            let next = e
+                .tracked_at_or_after(at)
+                .map_or(end, |t| t.range.start.clamp(at + PAGE, end.max(at + PAGE)));
+            return Copy::Done {
+                first: at,
+                copied: 0,
+                next,
+            };
+        };
+        let end = end.min(t.range.end);
+        // Skip what is saved already (by a trap, or by us) or lost.
+        let mut first = at;
+        while first < end && (e.pool.has(first, v) || e.lost_since(first, v)) {
+            first += PAGE;
+        }
+        if first == end {
+            return Copy::Done {
+                first,
+                copied: 0,
+                next: end,
+            };
+        }
+        let reserve = e.pool.free_slots() / SLOT_RESERVE_DIVISOR;
+        if (e.pool.free_slots() as usize) < reserve as usize + (end - first) / PAGE {
+            return Copy::Stop;
+        }
+        let reads = crate::fault::event_reads();
+        let Some((n, copied)) = e.save_run(first, end, PAGES_PER_HOLD, |e, p| {
+            e.pool.has(p, v) || e.lost_since(p, v)
+        }) else {
+            return Copy::Stop;
+        };
+        if crate::fault::event_reads() != reads || crate::fault::events_in_hand() {
+            // A discard may have zapped a page while it was copied: take the copies back.
+            undo(e, first, n);
+            return Copy::Busy;
+        }
+        if copied < n {
+            // The rest was unmapped under us: those slots hold zeros, not the page.
+            undo(e, first + copied * PAGE, n - copied);
+        }
+        if copied > 0 {
+            e.unprotect(&engine::uffd(), Range::new(first, first + copied * PAGE));
+            stats::add(Counter::PrefetchCopied, copied as u64);
+            stats::add(Counter::PagesCopied, copied as u64);
+        }
+        Copy::Done {
+            first,
+            copied,
+            next: first + n.max(1) * PAGE,
+        }
+    });
+    r.unwrap_or(Copy::Stop)
+}
+
+/// Returns the slots of the `n` pages from `first` on, just saved, newest first.
+fn undo(e: &mut Engine, first: usize, n: usize) {
+    let v = e.version;
+    for i in (0..n).rev() {
+        let page = first + i * PAGE;
+        if let Some(slot) = e.pool.find(page, v) {
+            e.pool.undo_alloc(slot);
+        }
+    }
+}
+
+/// A new epoch (version `v`): audit the last one, plan this one.
+fn new_epoch(p: &mut Prefetcher, v: u64) {
+    let previous = p.epoch;
+    let feedback = audit(p, previous);
+    let (hits, waste) = (feedback.hits_total, feedback.waste_total);
+    // The written set of the epoch that ended: its traps and the hits.
+    let mut written = core::mem::take(&mut p.trapped);
+    written.extend(feedback.written.iter().copied());
+    written.sort_unstable();
+    written.dedup();
+    // The budget follows the accuracy just measured.
+    if hits + waste > 0 {
+        let accuracy = hits as f64 / (hits + waste) as f64;
+        if accuracy >= 0.75 && hits * 2 >= p.budget as u64 {
+            p.budget = p.budget.saturating_mul(2);
+        } else if accuracy < 0.5 {
+            p.budget = (p.budget / 2).max(MIN_BUDGET);
+        }
+    }
+    let free = engine::with(|e| e.pool.free_slots()).unwrap_or(0) as usize;
+    p.budget = p.budget.clamp(MIN_BUDGET, (free / 2).max(MIN_BUDGET));
+    stats::set(Counter::PrefetchBudget, p.budget as u64);
+
+    p.guesses.clear();
+    p.predictor.new_epoch(
+        &written,
+        &feedback.per_kind,
+        engine::now_ns(),
+        p.budget,
+        &mut p.guesses,
+    );
+    p.trapped = written;
+    p.trapped.clear();
+    p.epoch = v;
+    p.urgent.clear();
+    p.plan.clear();
+    p.plan_next = 0;
+    let mut pages = 0usize;
+    for g in p.guesses.iter() {
+        if g.confidence < p.threshold || pages >= p.budget {
+            continue;
+        }
+        let n = (g.pages.max(1) as usize).min(p.budget - pages);
+        pages += n;
+        p.plan
+            .push((Range::new(g.page << 12, (g.page + n) << 12), g.by));
+    }
+    // Address order, overlaps merged (keeping every proposer), then starting where the
+    // program wrote last: a sweeping writer meets its pages in that order.
+    p.plan.sort_unstable_by_key(|(r, _)| r.start);
+    let mut merged: Vec<(Range, u8)> = Vec::with_capacity(p.plan.len());
+    for &(r, by) in &p.plan {
+        let last = merged.last().copied();
+        match last {
+            Some((l, lby)) if r.start <= l.end && lby == by => {
+                let n = merged.len();
+                merged[n - 1].0.end = l.end.max(r.end);
+            }
+            // Overlapping a run of other proposers: only the part past it.
+            Some((l, _)) if r.start < l.end => {
+                if r.end > l.end {
+                    merged.push((Range::new(l.end, r.end), by));
+                }
+            }
+            _ => merged.push((r, by)),
+        }
+    }
+    let runs: Vec<Range> = merged.iter().map(|&(r, _)| r).collect();
+    let at = merged.partition_point(|(r, _)| r.end <= p.last_fault << 12);
+    merged.rotate_left(at);
+    p.plan = merged;
+    engine::with(|e| {
+        if e.version == v {
+            e.queued.set_plan(v, &runs);
+        }
+    });
+}
+
+/// What the audit of an epoch found.
+struct Audit {
+    per_kind: Feedback,
+    hits_total: u64,
+    waste_total: u64,
+    /// Prefetched pages found written.
+    written: Vec<PageNo>,
+}
+
+/// Compares each page prefetched in epoch `v` with what the next snapshot holds.
+fn audit(p: &mut Prefetcher, v: u64) -> Audit {
+    let mut out = Audit {
+        per_kind: Feedback::default(),
+        hits_total: 0,
+        waste_total: 0,
+        written: Vec::with_capacity(p.copied.len()),
+    };
+    let copied = core::mem::take(&mut p.copied);
+    let mut verdicts: Vec<Option<bool>> = Vec::with_capacity(copied.len());
+    for chunk in copied.chunks(AUDIT_PER_HOLD) {
+        let scratch = p.scratch.as_mut_ptr();
+        let done = engine::with(|e| {
+            for c in chunk {
+                verdicts.push(written_in(e, c.page << 12, v, scratch));
+            }
+        });
+        if done.is_none() {
+            break;
+        }
+    }
+    for (c, verdict) in copied.iter().zip(&verdicts) {
+        let Some(hit) = *verdict else { continue };
+        for k in Kind::ALL {
+            if c.by & k.bit() != 0 {
+                let slot = if hit {
+                    &mut out.per_kind.hits[k as usize]
+                } else {
+                    &mut out.per_kind.waste[k as usize]
+                };
+                *slot += 1;
+            }
+        }
+        if hit {
+            out.hits_total += 1;
+            out.written.push(c.page);
+        } else {
+            out.waste_total += 1;
+        }
+    }
+    stats::add(Counter::PrefetchHits, out.hits_total);
+    stats::add(Counter::PrefetchWaste, out.waste_total);
+    const COUNTERS: [(Counter, Counter); KINDS] = [
+        (Counter::HistoryHits, Counter::HistoryWaste),
+        (Counter::StrideHits, Counter::StrideWaste),
+        (Counter::MarkovHits, Counter::MarkovWaste),
+        (Counter::ScoreHits, Counter::ScoreWaste),
+    ];
+    for (k, (h, w)) in COUNTERS.iter().enumerate() {
+        stats::add(*h, out.per_kind.hits[k]);
+        stats::add(*w, out.per_kind.waste[k]);
+    }
+    p.copied = copied;
+    p.copied.clear();
+    out
+}
+
+/// Whether `page`, saved for version `v`, was written in epoch `v`: whether its shadow
+/// differs from the page at version `v + 1`. `None` when that cannot be told any more
+/// (the version is gone, the page was discarded, or `v + 1` is not taken yet).
+fn written_in(e: &Engine, page: usize, v: u64, scratch: *mut u8) -> Option<bool> {
+    if e.version <= v || (e.version == v + 1 && e.pass_running) || e.lost_since(page, v) {
+        return None;
+    }
+    let then = e.pool.find(page, v).filter(|&s| e.pool.stamp_of(s) == v)?;
+    // SAFETY: slots are PAGE bytes of the pool, read under the engine lock that keeps
+    // them from being reused.
+    let then = unsafe { core::slice::from_raw_parts(e.pool.slot_ptr(then), PAGE) };
+    let next = match e.pool.find(page, v + 1) {
+        // SAFETY: as above.
+        Some(s) => unsafe { core::slice::from_raw_parts(e.pool.slot_ptr(s), PAGE) },
+        None => {
+            // Not saved since: the live page still holds version v + 1 (it is protected,
+            // and the engine lock keeps it so).
+            if engine::copy_tracked(page, scratch, PAGE) < PAGE {
+                return None;
+            }
+            // SAFETY: the scratch buffer is PAGE bytes of the prefetcher's own memory.
+            unsafe { core::slice::from_raw_parts(scratch, PAGE) }
+        }
+    };
+    Some(then != next)
+}

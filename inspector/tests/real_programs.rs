@@ -17,6 +17,34 @@ const T: Duration = common::DEFAULT_TIMEOUT;
 /// Per-run limit with 10 ms snapshots.
 const PERIODIC_LIMIT: Duration = Duration::from_secs(240);
 
+/// The prefetch setting each program's 10 ms snapshot run uses: every predictor, plain
+/// copy-on-write and an aggressive setting each run under one real program
+/// (`tests/snapshots.rs` runs its exactness checks under all of them).
+fn prefetch_setting(what: &str) -> &'static [(&'static str, &'static str)] {
+    match what {
+        "perl" => &[("MEMSHADOW_PREDICT", "history")],
+        "sqlite3" => &[("MEMSHADOW_PREDICT", "stride")],
+        "gcc" => &[("MEMSHADOW_PREDICT", "markov")],
+        "sh pipeline with sort" => &[("MEMSHADOW_PREDICT", "score")],
+        "python3, aggressive prefetching" => &[
+            ("MEMSHADOW_CONFIDENCE", "0"),
+            ("MEMSHADOW_PREFETCH_CPU", "1"),
+        ],
+        // python3: the default, auto.
+        _ => &[],
+    }
+}
+
+/// A program's run with 10 ms snapshots under its prefetch setting.
+fn with_snapshots(what: &str, prog: Prog) -> Prog {
+    prefetch_setting(what)
+        .iter()
+        .fold(prog.env("MEMSHADOW_INTERVAL_MS", "10"), |p, (k, v)| {
+            p.env(k, v)
+        })
+        .timeout(PERIODIC_LIMIT)
+}
+
 /// Native vs shimmed vs `memshadow run` for a program whose whole behaviour is its
 /// output: identical stdout and exit status (and stderr with `compare_stderr`), and the
 /// shim tracked memory in the main process.
@@ -35,11 +63,7 @@ fn compare(what: &str, prog: &Prog, compare_stderr: bool) -> Output {
     stats.assert_attached(&native, false);
     // Plain copy-on-write at 100 Hz is slow on write-heavy programs (python3 here runs
     // about 17x longer until the prefetcher exists): this limit is about hangs, not speed.
-    let periodic = prog
-        .clone()
-        .env("MEMSHADOW_INTERVAL_MS", "10")
-        .timeout(PERIODIC_LIMIT)
-        .run_memshadow();
+    let periodic = with_snapshots(what, prog.clone()).run_memshadow();
     assert_same_behaviour(
         &format!("{what} (10 ms snapshots)"),
         &native,
@@ -47,6 +71,12 @@ fn compare(what: &str, prog: &Prog, compare_stderr: bool) -> Output {
         false,
     );
     assert_snapshots_taken(what, &periodic);
+    if what == "python3" {
+        let what = "python3, aggressive prefetching";
+        let aggressive = with_snapshots(what, prog.clone()).run_memshadow();
+        assert_same_behaviour(what, &native, &aggressive.output, false);
+        assert_snapshots_taken(what, &aggressive);
+    }
     native
 }
 
@@ -200,10 +230,7 @@ fn sqlite3() {
             "native" => prog.run_native(),
             "shimmed" => prog.run_shimmed(),
             "periodic" => {
-                let stats = prog
-                    .env("MEMSHADOW_INTERVAL_MS", "10")
-                    .timeout(PERIODIC_LIMIT)
-                    .run_memshadow();
+                let stats = with_snapshots("sqlite3", prog).run_memshadow();
                 assert_snapshots_taken("sqlite3", &stats);
                 stats.output
             }
@@ -292,10 +319,7 @@ fn gcc() {
         false,
     );
     stats.assert_attached(&native, false);
-    let periodic = gcc_in(&gcc, d4.path())
-        .env("MEMSHADOW_INTERVAL_MS", "10")
-        .timeout(PERIODIC_LIMIT)
-        .run_memshadow();
+    let periodic = with_snapshots("gcc", gcc_in(&gcc, d4.path())).run_memshadow();
     assert_same_behaviour(
         "gcc compiling hello.c (10 ms snapshots)",
         &native,

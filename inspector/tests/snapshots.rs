@@ -2,6 +2,10 @@
 //! `c-tests/include/memshadow.h`, byte-exact contents (`c-tests/snap_exact.c`) and
 //! consistency under concurrent writers (`c-tests/snap_consistency.c`).
 //!
+//! Every program starts with the default prefetcher (`MEMSHADOW_PREDICT=auto`); the
+//! byte-exact, consistency and freed-memory checks run again under each other setting
+//! ([`PREFETCH_SETTINGS`]): prefetching must never change what a version reads as.
+//!
 //! Needs `cargo build --release --workspace` first and a C compiler (`cc`). Every test
 //! uses its own `MEMSHADOW_DIR`, and every process it starts has a time limit.
 
@@ -27,6 +31,47 @@ use common::{
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
+
+/// The prefetch settings the snapshot checks run under besides the default (`auto`):
+/// each predictor alone, none (plain copy-on-write), and an aggressive one that copies
+/// every guess with a whole core.
+const PREFETCH_SETTINGS: &[(&str, &[(&str, &str)])] = &[
+    ("off", &[("MEMSHADOW_PREDICT", "off")]),
+    ("history", &[("MEMSHADOW_PREDICT", "history")]),
+    ("stride", &[("MEMSHADOW_PREDICT", "stride")]),
+    ("markov", &[("MEMSHADOW_PREDICT", "markov")]),
+    (
+        "score",
+        &[
+            ("MEMSHADOW_PREDICT", "score"),
+            ("MEMSHADOW_SEGMENT_KB", "4"),
+        ],
+    ),
+    (
+        "aggressive",
+        &[
+            ("MEMSHADOW_PREDICT", "auto"),
+            ("MEMSHADOW_CONFIDENCE", "0"),
+            ("MEMSHADOW_PREFETCH_CPU", "1"),
+        ],
+    ),
+];
+
+thread_local! {
+    /// The setting programs started by this test thread run under.
+    static SETTING: std::cell::Cell<&'static [(&'static str, &'static str)]> =
+        const { std::cell::Cell::new(&[]) };
+}
+
+/// Runs `check` once under each of [`PREFETCH_SETTINGS`].
+fn under_each_prefetch_setting(check: impl Fn()) {
+    for (name, env) in PREFETCH_SETTINGS {
+        eprintln!("--- prefetch setting {name}: {env:?}");
+        SETTING.set(env);
+        check();
+    }
+    SETTING.set(&[]);
+}
 
 /// A command for the memshadow binary with a clean environment and its own run-time dir.
 fn memshadow(dir: &Path) -> Command {
@@ -157,6 +202,7 @@ impl Running {
         c.args(args);
         clean_env_in(&mut c, dir);
         c.env("LD_PRELOAD", shim_lib())
+            .envs(SETTING.get().iter().copied())
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -631,6 +677,15 @@ fn start_snap_exact(dir: &Path) -> (Running, Vec<Record>, Vec<u64>) {
 
 #[test]
 fn snapshots_read_back_byte_exact() {
+    read_back_byte_exact();
+}
+
+#[test]
+fn snapshots_read_back_byte_exact_under_each_prefetch_setting() {
+    under_each_prefetch_setting(read_back_byte_exact);
+}
+
+fn read_back_byte_exact() {
     let dir = temp_dir("snap");
     let d = dir.path();
     let (running, records, versions) = start_snap_exact(d);
@@ -1403,7 +1458,15 @@ fn read_plan_covers_every_word_in_few_requests() {
 
 #[test]
 fn snapshots_are_consistent_under_concurrent_writers() {
-    const SNAPSHOTS: usize = 1200;
+    consistent_under_concurrent_writers(1200);
+}
+
+#[test]
+fn snapshots_are_consistent_under_each_prefetch_setting() {
+    under_each_prefetch_setting(|| consistent_under_concurrent_writers(300));
+}
+
+fn consistent_under_concurrent_writers(snapshots_wanted: usize) {
     // The whole test stays under 120 s: the loop's budget, then the program's own
     // limit (it stops by itself) and the guard's.
     const BUDGET: Duration = Duration::from_secs(95);
@@ -1429,10 +1492,10 @@ fn snapshots_are_consistent_under_concurrent_writers() {
     let mut mid_round = 0usize;
     let mut prev: Option<(u64, Vec<Vec<u64>>)> = None;
     let mut first_max = 0;
-    for n in 0..SNAPSHOTS {
+    for n in 0..snapshots_wanted {
         assert!(
             started.elapsed() < BUDGET,
-            "too slow: {n} of {SNAPSHOTS} snapshots (each read back with {} requests) in {:.0} s; {torn_snapshots} torn so far",
+            "too slow: {n} of {snapshots_wanted} snapshots (each read back with {} requests) in {:.0} s; {torn_snapshots} torn so far",
             plan.len(),
             started.elapsed().as_secs_f64()
         );
@@ -1476,13 +1539,13 @@ fn snapshots_are_consistent_under_concurrent_writers() {
     let (_, last) = prev.expect("at least one snapshot");
     let last_max = last.iter().flatten().copied().max().unwrap_or(0);
     eprintln!(
-        "{SNAPSHOTS} snapshots in {:.1} s ({} reads each); {mid_round} chain images caught mid-round; rounds {first_max}..{last_max}",
+        "{snapshots_wanted} snapshots in {:.1} s ({} reads each); {mid_round} chain images caught mid-round; rounds {first_max}..{last_max}",
         elapsed.as_secs_f64(),
         plan.len()
     );
     assert!(
         torn_snapshots == 0,
-        "{torn_snapshots} of {SNAPSHOTS} snapshots torn (a chain no real state had); first ones:\n{}",
+        "{torn_snapshots} of {snapshots_wanted} snapshots torn (a chain no real state had); first ones:\n{}",
         torn.join("\n")
     );
     assert!(
@@ -1597,6 +1660,15 @@ fn snapshots_from_inside_a_busy_program() {
 /// a snapshot of its own); the parent's version from before the fork is unchanged.
 #[test]
 fn freed_memory_reads_as_it_was() {
+    freed_memory_checks();
+}
+
+#[test]
+fn freed_memory_reads_as_it_was_under_each_prefetch_setting() {
+    under_each_prefetch_setting(freed_memory_checks);
+}
+
+fn freed_memory_checks() {
     let prog = c_program("snap_freed");
     let dir = temp_dir("freed");
     let d = dir.path();

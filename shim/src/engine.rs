@@ -354,6 +354,26 @@ pub fn with<R>(f: impl FnOnce(&mut Engine) -> R) -> Option<R> {
     g.as_mut().map(f)
 }
 
+/// Like [`with`], for a thread that must not compete with the fault thread for the
+/// lock: it tries for up to `patience_ns`, then gives up (`None`) for the caller to
+/// come back later.
+pub fn with_patience<R>(patience_ns: u64, f: impl FnOnce(&mut Engine) -> R) -> Option<R> {
+    if !STARTED.load(Ordering::Acquire) {
+        return None;
+    }
+    let _s = sys::block_signals();
+    let t0 = now_ns();
+    loop {
+        if let Some(mut g) = ENGINE.try_lock() {
+            return g.as_mut().map(f);
+        }
+        if now_ns() - t0 > patience_ns {
+            return None;
+        }
+        core::hint::spin_loop();
+    }
+}
+
 pub fn started() -> bool {
     STARTED.load(Ordering::Acquire)
 }

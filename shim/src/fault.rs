@@ -15,7 +15,7 @@ use crate::shadow::PAGE;
 use crate::stats;
 use crate::uffd::{Event, Uffd};
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 use memshadow_format::stats::Counter;
 
 static BUDGET_SAID: AtomicBool = AtomicBool::new(false);
@@ -79,22 +79,15 @@ fn spin_for_events(u: &Uffd) {
     }
 }
 
-/// Set while the fault thread holds events it has read and not yet handled (see
-/// [`events_in_hand`]).
+/// Set from before each read of events until the discard events it returned are
+/// handled (see [`events_in_hand`]).
 static IN_HAND: AtomicBool = AtomicBool::new(false);
-/// Reads of events started so far (see [`event_reads`]).
-static READS: AtomicU64 = AtomicU64::new(0);
 
-/// How many reads of events have started: a copy made outside the fault thread while
-/// this stayed the same and no events were in hand raced no discard (the kernel zaps
-/// a range only once its event is read).
-pub fn event_reads() -> u64 {
-    READS.load(Ordering::SeqCst)
-}
-
-/// Whether the fault thread has read events it has not handled yet. The kernel lets a
-/// thread that discards memory go on once its event is read, so a protect pass must
-/// not open a version in between: it waits (see `epoch::snapshot`).
+/// Whether the fault thread is reading events or has read discard events it has not
+/// handled yet. The kernel lets a thread that discards memory go on once its event is
+/// read, so a protect pass must not open a version in between: it waits (see
+/// `epoch::snapshot`). Handling a discard takes the engine lock, so a copy made under
+/// that lock with this false before and after it raced no discard (see `prefetch`).
 pub fn events_in_hand() -> bool {
     IN_HAND.load(Ordering::SeqCst)
 }
@@ -123,10 +116,7 @@ fn read_events(u: &Uffd) -> usize {
     if !ready(u) {
         return 0;
     }
-    IN_HAND.store(true, Ordering::SeqCst);
-    READS.fetch_add(1, Ordering::SeqCst);
     let total = read_and_handle(u);
-    IN_HAND.store(false, Ordering::SeqCst);
     if total > 0 {
         engine::with(|e| e.retry_unprotects(u));
     }
@@ -137,6 +127,7 @@ fn read_and_handle(u: &Uffd) -> usize {
     let mut events = [Event::Unknown(0); 32];
     let mut total = 0;
     loop {
+        IN_HAND.store(true, Ordering::SeqCst);
         let got = u.read_events(&mut events);
         // Discards first: their senders go on (and zap) as soon as the batch is read,
         // so a fault handled before them could copy a page already zapped and stamp
@@ -144,6 +135,9 @@ fn read_and_handle(u: &Uffd) -> usize {
         for ev in events[..got].iter().filter(|ev| !is_fault(ev)) {
             handle(*ev, u);
         }
+        // Faults read but not handled yet change nothing behind anyone's back: they
+        // are handled in whatever version is open by then, like those still queued.
+        IN_HAND.store(false, Ordering::SeqCst);
         for ev in events[..got].iter().filter(|ev| is_fault(ev)) {
             handle(*ev, u);
         }

@@ -24,9 +24,10 @@
 //! unprotecting it, so the copy is the page as the snapshot saw it, and a page saved
 //! by either thread is skipped by the other (copied once). One race remains: the fault
 //! thread reads discard events without the engine lock, and the kernel zaps the range
-//! as soon as the event is read. So the copy happens only when no event is in hand,
-//! and is taken back (slots returned, page left protected) if a read of events started
-//! while it ran ([`crate::fault::event_reads`]).
+//! as soon as the event is read. The fault thread handles a batch's discards (under the
+//! engine lock) before anything else and says so ([`crate::fault::events_in_hand`]):
+//! the copy starts only when no events are in hand and is taken back (slots returned,
+//! pages left protected) if some are when it ends.
 //!
 //! Its cost is bounded: by its budget of pages per epoch, which follows the accuracy
 //! it measures (doubling while at least 3 in 4 prefetched pages are written, halving
@@ -49,8 +50,13 @@ use memshadow_format::stats::Counter;
 const QUEUE_CAPACITY: usize = 8192;
 /// Most planned runs published for the fault path's late count.
 pub const QUEUED_CAPACITY: usize = 16384;
-/// Most urgent runs (guesses from this epoch's traps) remembered for the late count.
-const URGENT_CAPACITY: usize = 64;
+/// Most guesses from traps waiting to be copied (beyond them new ones are dropped).
+const URGENT_CAPACITY: usize = 1024;
+/// How long the thread tries for the engine lock before it backs off: the fault
+/// thread, serving traps, goes first.
+const LOCK_PATIENCE_NS: u64 = 20_000;
+/// How long it backs off, microseconds.
+const BACK_OFF_US: u64 = 100;
 /// Pages copied per engine-lock hold: a trap waits at most this long for the lock.
 const PAGES_PER_HOLD: usize = 32;
 /// Pages audited per engine-lock hold.
@@ -88,13 +94,11 @@ const WAKE_BATCH: usize = 64;
 static STARTED: AtomicBool = AtomicBool::new(false);
 
 /// What the fault path needs to know of the prefetcher's queue (kept in the engine, read
-/// and written under its lock): the runs planned for the newest version and not yet
-/// known to be copied, in address order, and the latest urgent runs.
+/// and written under its lock): the runs planned for the newest version, in address
+/// order. A trap on one of their pages is late: the page was planned, not yet copied.
 pub struct Queued {
     version: u64,
     planned: Vec<Range>,
-    urgent: [Range; URGENT_CAPACITY],
-    next_urgent: usize,
 }
 
 impl Queued {
@@ -102,8 +106,6 @@ impl Queued {
         Queued {
             version: 0,
             planned: Vec::with_capacity(QUEUED_CAPACITY),
-            urgent: [Range::EMPTY; URGENT_CAPACITY],
-            next_urgent: 0,
         }
     }
 
@@ -114,7 +116,6 @@ impl Queued {
         }
         let i = self.planned.partition_point(|r| r.end <= page);
         self.planned.get(i).is_some_and(|r| r.start <= page)
-            || self.urgent.iter().any(|r| r.start <= page && page < r.end)
     }
 
     /// Publishes the plan of version `v` (sorted, as many runs as fit; never allocates).
@@ -123,12 +124,6 @@ impl Queued {
         self.planned.clear();
         let n = runs.len().min(self.planned.capacity());
         self.planned.extend_from_slice(&runs[..n]);
-        self.urgent = [Range::EMPTY; URGENT_CAPACITY];
-    }
-
-    fn push_urgent(&mut self, r: Range) {
-        self.urgent[self.next_urgent] = r;
-        self.next_urgent = (self.next_urgent + 1) % URGENT_CAPACITY;
     }
 }
 
@@ -235,7 +230,7 @@ impl Prefetcher {
             cpu_share: config.prefetch_cpu,
             epoch: 0,
             budget: FIRST_BUDGET,
-            urgent: Vec::with_capacity(256),
+            urgent: Vec::with_capacity(URGENT_CAPACITY),
             plan: Vec::new(),
             plan_next: 0,
             copied: Vec::new(),
@@ -243,8 +238,8 @@ impl Prefetcher {
             last_fault: 0,
             guesses: Vec::with_capacity(256),
             scratch: vec![0; PAGE],
-            window_cpu: thread_cpu_ns(),
-            window_wall: engine::now_ns(),
+            window_cpu: 0,
+            window_wall: 0,
             cpu_seen: 0,
         }
     }
@@ -254,7 +249,10 @@ impl Prefetcher {
 extern "C" fn run(arg: *mut c_void) -> *mut c_void {
     // SAFETY: `start` passes a leaked Box<Prefetcher>, taken back once, here.
     let mut p = unsafe { Box::from_raw(arg.cast::<Prefetcher>()) };
+    // The clocks of this thread, not of the one that made the Prefetcher.
     p.cpu_seen = thread_cpu_ns();
+    p.window_cpu = p.cpu_seen;
+    p.window_wall = engine::now_ns();
     let fd = engine::uffd_fd();
     while engine::uffd_fd() == fd && crate::runtime::tracking() {
         account(&mut p);
@@ -306,8 +304,8 @@ fn pace(p: &mut Prefetcher) {
     const BURST_NS: u64 = 10_000_000;
     let wall = engine::now_ns();
     let cpu = thread_cpu_ns();
-    let elapsed = wall - p.window_wall;
-    let used = cpu - p.window_cpu;
+    let elapsed = wall.saturating_sub(p.window_wall);
+    let used = cpu.saturating_sub(p.window_cpu);
     let allowed = (elapsed as f64 * p.cpu_share as f64) as u64 + BURST_NS;
     if used > allowed {
         let over = used - allowed;
@@ -353,6 +351,9 @@ fn take_faults(p: &mut Prefetcher) {
         p.guesses.clear();
         p.predictor.on_fault(h.note, &mut p.guesses);
         for g in p.guesses.iter().filter(|g| g.confidence >= p.threshold) {
+            if p.urgent.len() >= URGENT_CAPACITY {
+                break;
+            }
             let r = Range::new(g.page << 12, (g.page + g.pages.max(1) as usize) << 12);
             p.urgent.push((r, g.by));
             fresh += 1;
@@ -361,17 +362,6 @@ fn take_faults(p: &mut Prefetcher) {
     if notes > 0 {
         // Eager while at least one trap in eight gives something to copy.
         EAGER.store(fresh * 8 >= notes, Ordering::Relaxed);
-    }
-    if fresh > 0 {
-        let v = p.epoch;
-        let newest = &p.urgent[p.urgent.len() - fresh.min(p.urgent.len())..];
-        engine::with(|e| {
-            if e.queued.version == v {
-                for &(r, _) in newest.iter().rev().take(URGENT_CAPACITY) {
-                    e.queued.push_urgent(r);
-                }
-            }
-        });
     }
 }
 
@@ -409,9 +399,11 @@ fn copy_next(p: &mut Prefetcher) -> bool {
                 return true;
             }
             Copy::Busy => {
-                // An event is being handled: let the fault thread go first.
-                // SAFETY: sched_yield has no arguments and no memory effects.
-                unsafe { libc::sched_yield() };
+                // Events are being read: they are handled within microseconds.
+                let t = engine::now_ns();
+                while crate::fault::events_in_hand() && engine::now_ns() - t < 20_000 {
+                    core::hint::spin_loop();
+                }
             }
         }
     }
@@ -433,7 +425,7 @@ enum Copy {
 /// Saves and unprotects the pages of `[at, end)` that still need it, up to the first
 /// one that does not (one engine-lock hold).
 fn copy_run(v: u64, at: usize, end: usize) -> Copy {
-    let r = engine::with(|e| {
+    let r = engine::with_patience(LOCK_PATIENCE_NS, |e| {
         if e.version != v || e.pass_running || e.incomplete {
             return Copy::Stop;
         }
@@ -468,13 +460,12 @@ fn copy_run(v: u64, at: usize, end: usize) -> Copy {
         if (e.pool.free_slots() as usize) < reserve as usize + (end - first) / PAGE {
             return Copy::Stop;
         }
-        let reads = crate::fault::event_reads();
         let Some((n, copied)) = e.save_run(first, end, PAGES_PER_HOLD, |e, p| {
             e.pool.has(p, v) || e.lost_since(p, v)
         }) else {
             return Copy::Stop;
         };
-        if crate::fault::event_reads() != reads || crate::fault::events_in_hand() {
+        if crate::fault::events_in_hand() {
             // A discard may have zapped a page while it was copied: take the copies back.
             undo(e, first, n);
             return Copy::Busy;
@@ -494,7 +485,29 @@ fn copy_run(v: u64, at: usize, end: usize) -> Copy {
             next: first + n.max(1) * PAGE,
         }
     });
-    r.unwrap_or(Copy::Stop)
+    match r {
+        Some(r) => r,
+        None if engine::started() => {
+            // The fault thread is busy with traps: come back shortly.
+            sys::sleep_us(BACK_OFF_US);
+            Copy::Busy
+        }
+        None => Copy::Stop,
+    }
+}
+
+/// Runs `f` under the engine lock, backing off while the fault thread keeps it busy;
+/// `None` once the engine has stopped.
+fn politely<R>(f: &mut impl FnMut(&mut Engine) -> R) -> Option<R> {
+    loop {
+        if let Some(r) = engine::with_patience(LOCK_PATIENCE_NS, &mut *f) {
+            return Some(r);
+        }
+        if !engine::started() {
+            return None;
+        }
+        sys::sleep_us(BACK_OFF_US);
+    }
 }
 
 /// Returns the slots of the `n` pages from `first` on, just saved, newest first.
@@ -527,7 +540,7 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
             p.budget = (p.budget / 2).max(MIN_BUDGET);
         }
     }
-    let free = engine::with(|e| e.pool.free_slots()).unwrap_or(0) as usize;
+    let free = politely(&mut |e| e.pool.free_slots()).unwrap_or(0) as usize;
     p.budget = p.budget.clamp(MIN_BUDGET, (free / 2).max(MIN_BUDGET));
     stats::set(Counter::PrefetchBudget, p.budget as u64);
 
@@ -579,7 +592,7 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
     let at = merged.partition_point(|(r, _)| r.end <= p.last_fault << 12);
     merged.rotate_left(at);
     p.plan = merged;
-    engine::with(|e| {
+    politely(&mut |e| {
         if e.version == v {
             e.queued.set_plan(v, &runs);
         }
@@ -607,7 +620,7 @@ fn audit(p: &mut Prefetcher, v: u64) -> Audit {
     let mut verdicts: Vec<Option<bool>> = Vec::with_capacity(copied.len());
     for chunk in copied.chunks(AUDIT_PER_HOLD) {
         let scratch = p.scratch.as_mut_ptr();
-        let done = engine::with(|e| {
+        let done = politely(&mut |e| {
             for c in chunk {
                 verdicts.push(written_in(e, c.page << 12, v, scratch));
             }

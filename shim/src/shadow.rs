@@ -389,6 +389,55 @@ mod tests {
         assert_eq!(p.used(), 0);
     }
 
+    /// Every page's chain ends (no slot twice), and slots in chains plus free slots
+    /// add up to the capacity.
+    fn check_chains(p: &ShadowPool, pages: &[usize]) {
+        let mut seen = std::collections::HashSet::new();
+        for &page in pages {
+            let mut s = p.index.get(page);
+            while s != NONE {
+                assert!(seen.insert(s), "slot {s} twice (page {page:#x})");
+                assert_eq!(p.page_of[s as usize], page);
+                s = p.older[s as usize];
+            }
+        }
+        assert_eq!(seen.len() as u32, p.used(), "slots in chains vs used");
+    }
+
+    #[test]
+    fn allocations_undone_at_random_keep_the_pool_whole() {
+        let (mut p, _m) = pool(64, 3);
+        let pages: Vec<usize> = (1..=40).map(|i| i * PAGE).collect();
+        let mut x = 7u64;
+        let mut rnd = |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        let mut v = 0;
+        for round in 0..3000 {
+            if round % 50 == 0 {
+                v += 1;
+                p.begin_version(v);
+            }
+            // A run of consecutive pages not saved in v, some of it undone in reverse.
+            let start = rnd(40) as usize;
+            let mut got = Vec::new();
+            for &page in pages[start..].iter().take(1 + rnd(8) as usize) {
+                if p.has(page, v) || p.free_slots() < 2 {
+                    break;
+                }
+                got.push(p.alloc(page).unwrap());
+            }
+            let keep = rnd(got.len() as u64 + 1) as usize;
+            for &slot in got[keep..].iter().rev() {
+                p.undo_alloc(slot);
+            }
+            check_chains(&p, &pages);
+        }
+    }
+
     #[test]
     fn old_versions_go_whole_and_first() {
         let (mut p, _m) = pool(4, 3);

@@ -50,6 +50,16 @@ impl<T> SpinLock<T> {
     }
 
     /// Releases a lock taken with [`SpinLock::acquire`] (or inherited locked across fork).
+    /// The lock if it is free now (no waiting).
+    pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        // Not `then_some(SpinGuard ..)`: that would make a guard, and so release the
+        // lock, even when someone else holds it.
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+            .then(|| SpinGuard { lock: self })
+    }
+
     pub fn release(&self) {
         self.locked.store(false, Ordering::Release);
     }
@@ -102,5 +112,17 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(*l.lock(), 40_000);
+    }
+
+    #[test]
+    fn a_failed_try_lock_leaves_the_holder_its_lock() {
+        let l = SpinLock::new(());
+        let held = l.lock();
+        assert!(l.try_lock().is_none());
+        assert!(l.try_lock().is_none(), "still held by the first guard");
+        drop(held);
+        let again = l.try_lock();
+        assert!(again.is_some());
+        assert!(l.try_lock().is_none());
     }
 }

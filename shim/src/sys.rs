@@ -165,9 +165,14 @@ pub fn futex_wake(word: &core::sync::atomic::AtomicU32) {
 
 /// Sleeps for `ms` milliseconds.
 pub fn sleep_ms(ms: u64) {
+    sleep_us(ms * 1000);
+}
+
+/// Sleeps for `us` microseconds.
+pub fn sleep_us(us: u64) {
     let ts = libc::timespec {
-        tv_sec: (ms / 1000) as libc::time_t,
-        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+        tv_sec: (us / 1_000_000) as libc::time_t,
+        tv_nsec: ((us % 1_000_000) * 1000) as libc::c_long,
     };
     // SAFETY: a valid timespec; the remainder pointer may be null.
     unsafe { libc::nanosleep(&ts, core::ptr::null_mut()) };

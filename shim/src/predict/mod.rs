@@ -19,6 +19,8 @@ pub mod auto;
 pub mod history;
 pub mod markov;
 pub mod score;
+#[cfg(test)]
+mod sim;
 pub mod stride;
 
 /// A page number: a page's address shifted right by 12.

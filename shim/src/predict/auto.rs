@@ -170,9 +170,27 @@ impl Predictor for Auto {
         for m in self.members.iter_mut() {
             m.on_fault(fault, &mut self.guesses);
         }
-        if !self.guesses.is_empty() {
-            self.merge(usize::MAX, out);
+        let Some(first) = self.guesses.first() else {
+            return;
+        };
+        if self.guesses.iter().all(|g| g.by == first.by) {
+            // One member proposed (the usual case): its guesses are already without
+            // duplicates; only the order may change with the counted claims.
+            let start = out.len();
+            for i in 0..self.guesses.len() {
+                let g = self.guesses[i];
+                out.push(Guess {
+                    confidence: self.counted(&g),
+                    ..g
+                });
+            }
+            let mine = &mut out[start..];
+            if !mine.is_sorted_by(|a, b| a.confidence >= b.confidence) {
+                mine.sort_unstable_by(|a, b| b.confidence.total_cmp(&a.confidence));
+            }
+            return;
         }
+        self.merge(usize::MAX, out);
     }
 }
 

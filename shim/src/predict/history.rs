@@ -8,8 +8,14 @@
 //! 2^[`K`] decayed (written, seen) counts. So "written in each of the last 8 epochs"
 //! earns what it is worth on this program (near 1 for a stable working set), "written
 //! once, 3 epochs ago" too (near 0 for a sweep or random writes). Before a pattern has
-//! been seen its confidence is the recency-weighted fraction of epochs it was written
-//! in ([`prior`]), with the weight of [`PRIOR_SEEN`] observations.
+//! been seen its confidence is the square of the recency-weighted fraction of epochs it
+//! was written in ([`prior`]), with the weight of [`PRIOR_SEEN`] observations.
+//!
+//! One correction: when far more pages than usual arrive at once in a pattern that ends
+//! with an epoch without a write (a whole working set stopped being written: it moved
+//! or the phase ended), the pages beyond the usual number are counted as unlikely. A
+//! pattern's rate was learnt from the few pages that usually skip an epoch; a thousand
+//! pages skipping together are another thing.
 //!
 //! The plan is every remembered page whose pattern is worth at least [`FLOOR`],
 //! consecutive pages of the same pattern as one run, best first. The predictor does

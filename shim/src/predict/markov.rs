@@ -269,7 +269,7 @@ impl Predictor for Markov {
                     group: g,
                 });
             }
-            if conf < FLOOR || next == p {
+            if conf < FLOOR || next == p || chain.contains(&next) {
                 break;
             }
             out.push(Guess {

@@ -13,7 +13,9 @@
 //! - `stride`: runs and strides in each thread's fault stream;
 //! - `markov`: a bounded successor table over page deltas;
 //! - `score`: per-segment priority from access rate, change rate and recency;
-//! - `auto`: all four, each weighted by the hit rate it has earned.
+//! - `auto`: all four, each weighted by the hit rate it has earned;
+//! - `sim` (tests only): the prefetcher simulated over synthetic write streams, and the
+//!   hit and waste bounds each predictor is held to.
 
 pub mod auto;
 pub mod history;

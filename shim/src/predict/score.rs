@@ -11,11 +11,12 @@
 //!
 //! Priority to confidence: the priority range `[BASELINE - gamma * MAX_AGE, BASELINE +
 //! alpha + beta]` is cut into [`BINS`] bins, and each bin's confidence is what its
-//! segments earned: the decayed fraction of their pages written in the next epoch. Before
-//! a bin has been observed its confidence is the priority's position in the range (with
-//! the weight of [`PRIOR_PAGES`] pages). So the weights decide which segments are judged
-//! alike, and the data decides what that is worth; the mapping is monotone only as far
-//! as the program is.
+//! segments earned: the decayed fraction of their pages written in the next epoch (with
+//! [`PRIOR_PAGES`] pages at the rate of the bin below), made non-decreasing in priority
+//! by pooling adjacent violators (a bin seen little or never takes its neighbours'
+//! rate). So the weights decide which segments are judged alike and in which order, and
+//! the program decides what that is worth: on random writes every bin falls below the
+//! threshold.
 //!
 //! The plan is every segment whose bin is worth at least [`FLOOR`], as one run, best
 //! first. On a trap, the rest of the trapped page's segment is proposed with the

@@ -30,8 +30,8 @@
 //! pages left protected) if some are when it ends.
 //!
 //! Its cost is bounded: by its budget of pages per epoch, which follows the accuracy
-//! it measures (doubling while at least 3 in 4 prefetched pages are written, halving
-//! below 1 in 2, down to [`MIN_BUDGET`]); by `MEMSHADOW_PREFETCH_CPU`, the share of one
+//! it measures (doubling while at least 1 in 4 prefetched pages is written and the
+//! budget was the limit, halving below 1 in 10, down to [`MIN_BUDGET`]); by `MEMSHADOW_PREFETCH_CPU`, the share of one
 //! core it may use (it sleeps when ahead of it); and by the shadow budget (it never
 //! evicts a version and leaves a quarter of the slots to traps).
 
@@ -64,6 +64,11 @@ const AUDIT_PER_HOLD: usize = 16;
 /// The budget never falls below this many pages per epoch, so a predictor that found
 /// nothing to do can still show it has learnt something.
 pub const MIN_BUDGET: usize = 64;
+/// The budget doubles after an epoch that used at least half of it with at least this
+/// share of its copies written...
+const GROW_ACCURACY: f64 = 0.25;
+/// ... and halves after one with less than this share.
+const SHRINK_ACCURACY: f64 = 0.1;
 /// The first epoch's budget.
 const FIRST_BUDGET: usize = 4096;
 /// The share of the free shadow slots the prefetcher leaves to traps.
@@ -531,12 +536,14 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
     written.extend(feedback.written.iter().copied());
     written.sort_unstable();
     written.dedup();
-    // The budget follows the accuracy just measured.
+    // The budget follows the accuracy just measured: a copy costs a few percent of a
+    // trap, so prefetching pays while more than about one page in ten is written.
+    // It grows while it was the limit, and falls towards nothing when it does not pay.
     if hits + waste > 0 {
         let accuracy = hits as f64 / (hits + waste) as f64;
-        if accuracy >= 0.75 && hits * 2 >= p.budget as u64 {
+        if accuracy >= GROW_ACCURACY && (hits + waste) * 2 >= p.budget as u64 {
             p.budget = p.budget.saturating_mul(2);
-        } else if accuracy < 0.5 {
+        } else if accuracy < SHRINK_ACCURACY {
             p.budget = (p.budget / 2).max(MIN_BUDGET);
         }
     }

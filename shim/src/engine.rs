@@ -354,24 +354,48 @@ pub fn with<R>(f: impl FnOnce(&mut Engine) -> R) -> Option<R> {
     g.as_mut().map(f)
 }
 
-/// Like [`with`], for a thread that must not compete with the fault thread for the
-/// lock: it tries for up to `patience_ns`, then gives up (`None`) for the caller to
-/// come back later.
+/// Set while the prefetch thread waits for the engine lock (see [`with_patience`]).
+static WAITING: AtomicBool = AtomicBool::new(false);
+
+/// Like [`with`], for the prefetch thread, which must not compete with the fault thread
+/// for the lock: it tries for up to `patience_ns`, then gives up (`None`) for the
+/// caller to come back later. While it tries, the fault thread lets it in before its
+/// next hold (see [`with_for_faults`]): otherwise a busy fault thread, releasing and
+/// taking the lock back to back, would starve it.
 pub fn with_patience<R>(patience_ns: u64, f: impl FnOnce(&mut Engine) -> R) -> Option<R> {
     if !STARTED.load(Ordering::Acquire) {
         return None;
     }
     let _s = sys::block_signals();
     let t0 = now_ns();
+    WAITING.store(true, Ordering::Release);
     loop {
         if let Some(mut g) = ENGINE.try_lock() {
+            WAITING.store(false, Ordering::Release);
             return g.as_mut().map(f);
         }
         if now_ns() - t0 > patience_ns {
+            WAITING.store(false, Ordering::Release);
             return None;
         }
         core::hint::spin_loop();
     }
+}
+
+/// How long the fault thread lets a waiting prefetch thread go first, at most.
+const LET_IN_NS: u64 = 5_000;
+
+/// [`with`] for the fault thread: when the prefetch thread is waiting for the lock, it
+/// goes first (the fault thread waits a few microseconds at most; the prefetch thread
+/// never waits on the host, so this never blocks for long).
+pub fn with_for_faults<R>(f: impl FnOnce(&mut Engine) -> R) -> Option<R> {
+    if WAITING.load(Ordering::Acquire) {
+        let t0 = now_ns();
+        while WAITING.load(Ordering::Acquire) && now_ns() - t0 < LET_IN_NS {
+            core::hint::spin_loop();
+        }
+    }
+    with(f)
 }
 
 pub fn started() -> bool {

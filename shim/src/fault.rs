@@ -157,7 +157,7 @@ fn handle(ev: Event, u: &Uffd) {
     match ev {
         Event::WriteFault { addr, tid } => {
             let t0 = engine::now_ns();
-            let version = engine::with(|e| {
+            let version = engine::with_for_faults(|e| {
                 if e.pass_running && e.held.len() < e.held.capacity() {
                     e.held.push(addr);
                     stats::add(Counter::HeldFaults, 1);

@@ -52,6 +52,10 @@ const QUEUE_CAPACITY: usize = 8192;
 pub const QUEUED_CAPACITY: usize = 16384;
 /// Most guesses from traps waiting to be copied (beyond them new ones are dropped).
 const URGENT_CAPACITY: usize = 1024;
+/// Planned runs this close (in pages) are copied as one, gap included: a run costs an
+/// unprotect ioctl, which flushes the TLB of the other CPUs (several microseconds on a
+/// VM), while copying a page costs a fraction of one.
+const BRIDGE_PAGES: usize = 8;
 /// How long the thread tries for the engine lock before it backs off: the fault
 /// thread, serving traps, goes first.
 const LOCK_PATIENCE_NS: u64 = 20_000;
@@ -575,22 +579,16 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
         p.plan
             .push((Range::new(g.page << 12, (g.page + n) << 12), g.by));
     }
-    // Address order, overlaps merged (keeping every proposer), then starting where the
-    // program wrote last: a sweeping writer meets its pages in that order.
+    // Address order, runs closer than BRIDGE_PAGES merged with the gap (their proposers
+    // share the credit), then starting where the program wrote last: a sweeping writer
+    // meets its pages in that order.
     p.plan.sort_unstable_by_key(|(r, _)| r.start);
     let mut merged: Vec<(Range, u8)> = Vec::with_capacity(p.plan.len());
     for &(r, by) in &p.plan {
-        let last = merged.last().copied();
-        match last {
-            Some((l, lby)) if r.start <= l.end && lby == by => {
-                let n = merged.len();
-                merged[n - 1].0.end = l.end.max(r.end);
-            }
-            // Overlapping a run of other proposers: only the part past it.
-            Some((l, _)) if r.start < l.end => {
-                if r.end > l.end {
-                    merged.push((Range::new(l.end, r.end), by));
-                }
+        match merged.last_mut() {
+            Some((l, lby)) if r.start <= l.end + BRIDGE_PAGES * PAGE => {
+                l.end = l.end.max(r.end);
+                *lby |= by;
             }
             _ => merged.push((r, by)),
         }

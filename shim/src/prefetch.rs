@@ -569,22 +569,40 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
     p.urgent.clear();
     p.plan.clear();
     p.plan_next = 0;
+    let (order, runs) = plan_runs(&p.guesses, p.threshold, p.budget, p.last_fault);
+    p.plan = order;
+    politely(&mut |e| {
+        if e.version == v {
+            e.queued.set_plan(v, &runs);
+        }
+    });
+}
+
+/// The runs to copy from a predictor's plan: the guesses at or above `threshold`, up to
+/// `budget` pages, in address order with runs closer than [`BRIDGE_PAGES`] merged (gap
+/// included; their proposers share the credit), in the order to copy them (starting at
+/// the first run that ends after `last_fault`, where the program wrote last: a sweeping
+/// writer meets its pages in that order), and the same runs in address order (for the
+/// late count).
+fn plan_runs(
+    guesses: &[Guess],
+    threshold: f32,
+    budget: usize,
+    last_fault: PageNo,
+) -> (Vec<(Range, u8)>, Vec<Range>) {
+    let mut plan: Vec<(Range, u8)> = Vec::new();
     let mut pages = 0usize;
-    for g in p.guesses.iter() {
-        if g.confidence < p.threshold || pages >= p.budget {
+    for g in guesses {
+        if g.confidence < threshold || pages >= budget {
             continue;
         }
-        let n = (g.pages.max(1) as usize).min(p.budget - pages);
+        let n = (g.pages.max(1) as usize).min(budget - pages);
         pages += n;
-        p.plan
-            .push((Range::new(g.page << 12, (g.page + n) << 12), g.by));
+        plan.push((Range::new(g.page << 12, (g.page + n) << 12), g.by));
     }
-    // Address order, runs closer than BRIDGE_PAGES merged with the gap (their proposers
-    // share the credit), then starting where the program wrote last: a sweeping writer
-    // meets its pages in that order.
-    p.plan.sort_unstable_by_key(|(r, _)| r.start);
-    let mut merged: Vec<(Range, u8)> = Vec::with_capacity(p.plan.len());
-    for &(r, by) in &p.plan {
+    plan.sort_unstable_by_key(|(r, _)| r.start);
+    let mut merged: Vec<(Range, u8)> = Vec::with_capacity(plan.len());
+    for &(r, by) in &plan {
         match merged.last_mut() {
             Some((l, lby)) if r.start <= l.end + BRIDGE_PAGES * PAGE => {
                 l.end = l.end.max(r.end);
@@ -594,14 +612,9 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
         }
     }
     let runs: Vec<Range> = merged.iter().map(|&(r, _)| r).collect();
-    let at = merged.partition_point(|(r, _)| r.end <= p.last_fault << 12);
+    let at = merged.partition_point(|(r, _)| r.end <= last_fault << 12);
     merged.rotate_left(at);
-    p.plan = merged;
-    politely(&mut |e| {
-        if e.version == v {
-            e.queued.set_plan(v, &runs);
-        }
-    });
+    (merged, runs)
 }
 
 /// What the audit of an epoch found.
@@ -695,4 +708,67 @@ fn written_in(e: &Engine, page: usize, v: u64, scratch: *mut u8) -> Option<bool>
         }
     };
     Some(then != next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(page: PageNo, pages: u32, confidence: f32, by: u8) -> Guess {
+        Guess {
+            page,
+            pages,
+            confidence,
+            by,
+        }
+    }
+
+    fn r(first: PageNo, end: PageNo) -> Range {
+        Range::new(first << 12, end << 12)
+    }
+
+    #[test]
+    fn plans_keep_confident_guesses_within_the_budget() {
+        let guesses = [
+            g(100, 10, 0.9, 1),
+            g(500, 4, 0.1, 2), // below the threshold
+            g(300, 20, 0.5, 2),
+            g(900, 50, 0.3, 4), // cut by the budget: 40 pages left
+        ];
+        let (order, runs) = plan_runs(&guesses, 0.2, 70, 0);
+        assert_eq!(runs, vec![r(100, 110), r(300, 320), r(900, 940)]);
+        assert_eq!(
+            order.iter().map(|&(_, by)| by).collect::<Vec<_>>(),
+            [1, 2, 4]
+        );
+        let (_, none) = plan_runs(&guesses, 0.95, 70, 0);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn close_runs_are_copied_as_one_and_from_the_last_write_on() {
+        let guesses = [
+            g(10, 1, 0.9, 1),
+            g(10 + 1 + BRIDGE_PAGES, 1, 0.9, 2), // a gap of BRIDGE_PAGES: bridged
+            g(200, 5, 0.9, 4),
+            g(400, 5, 0.9, 1),
+        ];
+        let (order, runs) = plan_runs(&guesses, 0.2, 1000, 202);
+        let bridged = r(10, 12 + BRIDGE_PAGES);
+        assert_eq!(runs, vec![bridged, r(200, 205), r(400, 405)]);
+        // The program last wrote at page 202: copying starts with its run.
+        assert_eq!(
+            order,
+            vec![(r(200, 205), 4), (r(400, 405), 1), (bridged, 1 | 2)]
+        );
+    }
+
+    #[test]
+    fn late_traps_are_traps_on_planned_pages_of_the_current_version() {
+        let mut q = Queued::new();
+        q.set_plan(7, &[r(10, 12), r(40, 41)]);
+        assert!(q.holds(10 << 12, 7) && q.holds(11 << 12, 7) && q.holds(40 << 12, 7));
+        assert!(!q.holds(12 << 12, 7) && !q.holds(9 << 12, 7));
+        assert!(!q.holds(10 << 12, 8), "a plan is for its version only");
+    }
 }

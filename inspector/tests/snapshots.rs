@@ -1534,8 +1534,35 @@ fn consistent_under_concurrent_writers(snapshots_wanted: usize) {
         prev = Some((v, values));
     }
     let elapsed = started.elapsed();
+    let json = finish(
+        memshadow(dir.path()).args(["stats", "--json", &running.pid().to_string()]),
+        LIMIT,
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&json.stdout).unwrap_or_else(|e| panic!("{e}: {json:#?}"));
     let rest = running.stop(Duration::from_secs(10));
     assert!(rest.ends_with("stopped by SIGUSR1\n"), "{rest}");
+    eprintln!(
+        "prefetch: copied {} hits {} waste {} late {}; traps {}",
+        stats["prefetch_copied"],
+        stats["prefetch_hits"],
+        stats["prefetch_waste"],
+        stats["prefetch_late"],
+        stats["traps"]
+    );
+    // The writers walk shuffled page chains: every predictor but stride (no strides
+    // there) copies ahead, so these snapshots were taken with prefetched pages.
+    let predict = SETTING
+        .get()
+        .iter()
+        .find(|(k, _)| *k == "MEMSHADOW_PREDICT")
+        .map_or("auto", |(_, v)| *v);
+    let copied = stats["prefetch_copied"].as_u64().unwrap_or(0);
+    match predict {
+        "off" => assert_eq!(copied, 0, "prefetching is off: {stats}"),
+        "stride" => {}
+        _ => assert!(copied > 0, "{predict} prefetched nothing: {stats}"),
+    }
     let (_, last) = prev.expect("at least one snapshot");
     let last_max = last.iter().flatten().copied().max().unwrap_or(0);
     eprintln!(

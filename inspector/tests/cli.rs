@@ -15,8 +15,8 @@ use std::thread;
 use std::time::Duration;
 
 use common::{
-    c_program, clean_env, clean_env_in, finish, is_root, memshadow_bin, shim_lib, temp_dir,
-    wait_until, Guard,
+    c_program, clean_env, clean_env_in, finish, is_root, memshadow_bin, shim_lib, spawn_shimmed,
+    temp_dir, wait_until, Guard,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -26,25 +26,6 @@ fn memshadow(dir: &Path) -> Command {
     let mut c = Command::new(memshadow_bin());
     clean_env_in(&mut c, dir);
     c
-}
-
-/// Starts `program` with the shim preloaded (as a shell would with LD_PRELOAD, without
-/// `memshadow run`) and waits for its control socket.
-fn spawn_shimmed(dir: &Path, program: &[&str]) -> Guard {
-    let mut c = Command::new(program[0]);
-    c.args(&program[1..]);
-    clean_env_in(&mut c, dir);
-    c.env("LD_PRELOAD", shim_lib())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let guard = Guard::spawn(&mut c, LIMIT);
-    let sock = dir.join(format!("{}.sock", guard.pid()));
-    assert!(
-        wait_until(Duration::from_secs(10), || sock.exists()),
-        "the shim did not publish {} for {program:?}",
-        sock.display()
-    );
-    guard
 }
 
 #[test]
@@ -553,7 +534,7 @@ fn ps_drops_a_process_that_execd_a_program_without_the_shim() {
         "#include <unistd.h>\nint main(void) { sleep(20); return 0; }\n",
     );
     let script = format!("sleep 0.5; exec {}", sleeper.display());
-    let guard = spawn_shimmed(dir.path(), &["/bin/sh", "-c", &script]);
+    let guard = spawn_shimmed(dir.path(), LIMIT, &["/bin/sh", "-c", &script]);
     let pid = guard.pid();
     assert!(
         wait_until(Duration::from_secs(10), || {
@@ -626,7 +607,7 @@ fn thread_stacks_are_tracked_only_with_heap_plus_stacks() {
 #[test]
 fn ps_and_stats_see_a_shimmed_process() {
     let dir = temp_dir("cli");
-    let sleeper = spawn_shimmed(dir.path(), &["sleep", "20"]);
+    let sleeper = spawn_shimmed(dir.path(), LIMIT, &["sleep", "20"]);
     let pid = sleeper.pid();
     let ps = finish(memshadow(dir.path()).args(["ps", "--json"]), LIMIT);
     let v: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap();
@@ -654,7 +635,7 @@ fn ps_and_stats_see_a_shimmed_process() {
 #[test]
 fn stats_watch_ends_when_the_process_exits() {
     let dir = temp_dir("cli");
-    let sleeper = spawn_shimmed(dir.path(), &["sleep", "1.5"]);
+    let sleeper = spawn_shimmed(dir.path(), LIMIT, &["sleep", "1.5"]);
     let pid = sleeper.pid();
     let f = finish(
         memshadow(dir.path()).args(["stats", "--json", "--watch", "0.2", &pid.to_string()]),
@@ -682,7 +663,7 @@ fn stats_refuses_another_users_process() {
         assert!(f.stderr_line().contains("belongs to uid"), "{f:#?}");
         return;
     }
-    let sleeper = spawn_shimmed(dir.path(), &["sleep", "20"]);
+    let sleeper = spawn_shimmed(dir.path(), LIMIT, &["sleep", "20"]);
     let pid = sleeper.pid();
     let mut c = Command::new("setpriv");
     c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])

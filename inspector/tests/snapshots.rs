@@ -27,7 +27,7 @@ use memshadow_format::paths;
 
 use common::{
     c_program, clean_env, clean_env_in, finish, is_root, memshadow_bin, run_with_timeout, shim_lib,
-    temp_dir, wait_until, Finished, Guard,
+    spawn_shimmed, temp_dir, Finished, Guard,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -462,18 +462,8 @@ fn snapshot_and_read_refuse_another_users_process() {
         assert!(f.stderr_line().contains("belongs to uid"), "{f:#?}");
         return;
     }
-    let mut c = Command::new("sleep");
-    c.arg("20");
-    clean_env_in(&mut c, dir.path());
-    c.env("LD_PRELOAD", shim_lib());
-    let sleeper = Guard::spawn(&mut c, LIMIT);
+    let sleeper = spawn_shimmed(dir.path(), LIMIT, &["sleep", "20"]);
     let pid = sleeper.pid();
-    let sock = paths::socket_path(dir.path(), pid);
-    assert!(
-        wait_until(Duration::from_secs(10), || sock.exists()),
-        "the shim did not publish {}",
-        sock.display()
-    );
     let pid = pid.to_string();
     // In the test's directory (0700, root's): memshadow must refuse before opening it.
     let out = dir.path().join("image");
@@ -851,18 +841,8 @@ fn read_back_byte_exact() {
 fn external_snapshot_of_an_idle_program_matches_its_memory() {
     let dir = temp_dir("snap");
     let d = dir.path();
-    let mut c = Command::new("sleep");
-    c.arg("20");
-    clean_env_in(&mut c, d);
-    c.env("LD_PRELOAD", shim_lib());
-    let sleeper = Guard::spawn(&mut c, LIMIT);
+    let sleeper = spawn_shimmed(d, LIMIT, &["sleep", "20"]);
     let pid = sleeper.pid();
-    let sock = paths::socket_path(d, pid);
-    assert!(
-        wait_until(Duration::from_secs(10), || sock.exists()),
-        "the shim did not publish {}",
-        sock.display()
-    );
     let f = finish(memshadow(d).args(["snapshot", &pid.to_string()]), LIMIT);
     assert!(f.status.success(), "{f:#?}");
     let version: u64 = f.stdout.trim().parse().expect("a version");
@@ -1155,18 +1135,8 @@ fn images_hold_each_version_as_the_program_wrote_it() {
 fn image_of_an_idle_program_equals_its_memory() {
     let dir = temp_dir("image");
     let d = dir.path();
-    let mut c = Command::new("sleep");
-    c.arg("20");
-    clean_env_in(&mut c, d);
-    c.env("LD_PRELOAD", shim_lib());
-    let sleeper = Guard::spawn(&mut c, LIMIT);
+    let sleeper = spawn_shimmed(d, LIMIT, &["sleep", "20"]);
     let pid = sleeper.pid();
-    let sock = paths::socket_path(d, pid);
-    assert!(
-        wait_until(Duration::from_secs(10), || sock.exists()),
-        "the shim did not publish {}",
-        sock.display()
-    );
     let out = d.join("image");
     let f = image_to_file(d, pid, 1, &out);
     assert_eq!(f.status.code(), Some(1), "{f:#?}");

@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests (`cli.rs`, `c_programs.rs`,
+//! Helpers shared by the integration tests (`cli.rs`, `snapshots.rs`, `c_programs.rs`,
 //! `real_programs.rs`): locating the build, running programs natively, under the shim
 //! and through `memshadow`, and comparing what they did.
 //!
@@ -392,6 +392,26 @@ pub fn clean_env(cmd: &mut Command) {
 pub fn clean_env_in(cmd: &mut Command, dir: &Path) {
     clean_env(cmd);
     cmd.env("MEMSHADOW_DIR", dir);
+}
+
+/// Starts `program` with the shim preloaded (as a shell would with LD_PRELOAD, without
+/// `memshadow run`) and `MEMSHADOW_DIR=dir`, killed after `limit`, and waits for its
+/// control socket.
+pub fn spawn_shimmed(dir: &Path, limit: Duration, program: &[&str]) -> Guard {
+    let mut c = Command::new(program[0]);
+    c.args(&program[1..]);
+    clean_env_in(&mut c, dir);
+    c.env("LD_PRELOAD", shim_lib())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let guard = Guard::spawn(&mut c, limit);
+    let sock = memshadow_format::paths::socket_path(dir, guard.pid());
+    assert!(
+        wait_until(Duration::from_secs(10), || sock.exists()),
+        "the shim did not publish {} for {program:?}",
+        sock.display()
+    );
+    guard
 }
 
 /// What a finished program left, as text (for readable `{:#?}` in assertion messages).

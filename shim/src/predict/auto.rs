@@ -25,7 +25,7 @@ use super::history::History;
 use super::markov::Markov;
 use super::score::Score;
 use super::stride::Stride;
-use super::{FaultNote, Feedback, Guess, PageNo, Params, Predictor, KINDS};
+use super::{push_best_first, FaultNote, Feedback, Guess, PageNo, Params, Predictor, KINDS};
 
 /// Per-epoch decay of the trust counts: half-life of about 7 epochs, so trust follows a
 /// change of phase within a second at 100 ms epochs.
@@ -127,20 +127,7 @@ impl Auto {
                 }),
             }
         }
-        self.merged.sort_unstable_by(|a, b| {
-            b.confidence
-                .total_cmp(&a.confidence)
-                .then(a.page.cmp(&b.page))
-        });
-        let mut budget = max_pages;
-        for g in &self.merged {
-            if budget == 0 {
-                break;
-            }
-            let pages = g.pages.min(budget.min(u32::MAX as usize) as u32);
-            budget -= pages as usize;
-            out.push(Guess { pages, ..*g });
-        }
+        push_best_first(&mut self.merged, max_pages, out);
     }
 }
 

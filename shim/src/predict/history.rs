@@ -26,7 +26,7 @@
 //! table and the plan's scratch. `new_epoch` merges the sorted `written` into the sorted
 //! pages in O(remembered + written), then sorts the plan.
 
-use super::{FaultNote, Feedback, Guess, Kind, PageNo, Params, Predictor};
+use super::{push_best_first, FaultNote, Feedback, Guess, Kind, PageNo, Params, Predictor};
 
 /// Epochs remembered: 8 epochs (0.8 s at 100 ms epochs) tell a stable set from a
 /// passing one, and 2^8 patterns keep each pattern's count table entry well fed.
@@ -185,51 +185,32 @@ impl Predictor for History {
     ) {
         self.merge(written);
         let by = Kind::History.bit();
+        let confidence = &self.confidence;
+        let guess = |(page, pages, pat): (PageNo, u32, u8)| Guess {
+            page,
+            pages,
+            confidence: confidence[pat as usize],
+            by,
+        };
         let guesses = &mut self.scratch;
         guesses.clear();
+        // Runs of consecutive pages with the same pattern.
         let mut run: Option<(PageNo, u32, u8)> = None;
         for &x in &self.pages {
             let (p, pat) = unpack(x);
-            if self.confidence[pat as usize] < FLOOR {
+            if confidence[pat as usize] < FLOOR {
                 continue;
             }
             match &mut run {
                 Some((first, n, rp)) if *rp == pat && *first + *n as usize == p => *n += 1,
                 _ => {
-                    if let Some((page, pages, rp)) = run {
-                        guesses.push(Guess {
-                            page,
-                            pages,
-                            confidence: self.confidence[rp as usize],
-                            by,
-                        });
-                    }
+                    guesses.extend(run.map(guess));
                     run = Some((p, 1, pat));
                 }
             }
         }
-        if let Some((page, pages, rp)) = run {
-            guesses.push(Guess {
-                page,
-                pages,
-                confidence: self.confidence[rp as usize],
-                by,
-            });
-        }
-        guesses.sort_unstable_by(|a, b| {
-            b.confidence
-                .total_cmp(&a.confidence)
-                .then(a.page.cmp(&b.page))
-        });
-        let mut budget = max_pages;
-        for g in guesses.iter() {
-            if budget == 0 {
-                break;
-            }
-            let pages = g.pages.min(budget.min(u32::MAX as usize) as u32);
-            budget -= pages as usize;
-            plan.push(Guess { pages, ..*g });
-        }
+        guesses.extend(run.map(guess));
+        push_best_first(guesses, max_pages, plan);
     }
 
     fn on_fault(&mut self, _: FaultNote, _: &mut Vec<Guess>) {}

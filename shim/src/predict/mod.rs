@@ -138,6 +138,25 @@ pub trait Predictor: Send {
     fn on_fault(&mut self, fault: FaultNote, out: &mut Vec<Guess>);
 }
 
+/// Sorts `guesses` best first (ties by address) and pushes them into `out` until they
+/// hold `max_pages` pages, the last one cut to fit.
+pub fn push_best_first(guesses: &mut [Guess], max_pages: usize, out: &mut Vec<Guess>) {
+    guesses.sort_unstable_by(|a, b| {
+        b.confidence
+            .total_cmp(&a.confidence)
+            .then(a.page.cmp(&b.page))
+    });
+    let mut budget = max_pages;
+    for g in guesses.iter() {
+        if budget == 0 {
+            break;
+        }
+        let pages = g.pages.min(budget.min(u32::MAX as usize) as u32);
+        budget -= pages as usize;
+        out.push(Guess { pages, ..*g });
+    }
+}
+
 /// The predictor `MEMSHADOW_PREDICT` chose, or `None` for `off`.
 pub fn make(choice: Choice, params: &Params) -> Option<Box<dyn Predictor>> {
     Some(match choice {

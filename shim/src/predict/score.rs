@@ -29,7 +29,7 @@
 //! the sorted `written` into the sorted segments in O(segments + written) and sorts the
 //! plan; `on_fault` is a binary search.
 
-use super::{FaultNote, Feedback, Guess, Kind, PageNo, Params, Predictor};
+use super::{push_best_first, FaultNote, Feedback, Guess, Kind, PageNo, Params, Predictor};
 
 /// Segments tracked at most: 64 Ki of them (4 GiB with 16-page segments).
 pub const MAX_SEGMENTS: usize = 1 << 16;
@@ -291,20 +291,7 @@ impl Predictor for Score {
                 });
             }
         }
-        guesses.sort_unstable_by(|a, b| {
-            b.confidence
-                .total_cmp(&a.confidence)
-                .then(a.page.cmp(&b.page))
-        });
-        let mut budget = max_pages;
-        for g in guesses.iter() {
-            if budget == 0 {
-                break;
-            }
-            let pages = g.pages.min(budget.min(u32::MAX as usize) as u32);
-            budget -= pages as usize;
-            plan.push(Guess { pages, ..*g });
-        }
+        push_best_first(guesses, max_pages, plan);
     }
 
     fn on_fault(&mut self, fault: FaultNote, out: &mut Vec<Guess>) {

@@ -296,18 +296,6 @@ mod tests {
     use super::super::sim;
     use super::*;
 
-    fn fault(m: &mut Markov, page: PageNo, out: &mut Vec<Guess>) {
-        out.clear();
-        m.on_fault(
-            FaultNote {
-                page,
-                tid: 1,
-                ns: 0,
-            },
-            out,
-        );
-    }
-
     #[test]
     fn learns_a_chain_and_follows_it() {
         let mut m = Markov::new(&Params::default());
@@ -317,11 +305,11 @@ mod tests {
         written.sort_unstable();
         for _ in 0..2 {
             for &p in &chain {
-                fault(&mut m, p, &mut out);
+                sim::trap(&mut m, p, 1, &mut out);
             }
             m.new_epoch(&written, &Feedback::default(), 0, 0, &mut Vec::new());
         }
-        fault(&mut m, 500, &mut out);
+        sim::trap(&mut m, 500, 1, &mut out);
         let pages: Vec<_> = out.iter().map(|g| g.page).collect();
         assert_eq!(&pages[..], &chain[1..], "{out:?}");
         assert!(out.windows(2).all(|w| w[0].confidence >= w[1].confidence));
@@ -338,7 +326,7 @@ mod tests {
         let mut rng = sim::Rng::new(3);
         for _ in 0..20 {
             for _ in 0..2000 {
-                fault(&mut m, rng.below(5000), &mut out);
+                sim::trap(&mut m, rng.below(5000), 1, &mut out);
             }
             m.new_epoch(&[], &Feedback::default(), 0, 0, &mut Vec::new());
         }

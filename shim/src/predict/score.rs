@@ -379,26 +379,11 @@ mod tests {
     fn a_trap_proposes_the_rest_of_its_segment_once() {
         let mut s = Score::new(&Params::default());
         let mut out = Vec::new();
-        s.on_fault(
-            FaultNote {
-                page: 37,
-                tid: 1,
-                ns: 0,
-            },
-            &mut out,
-        );
+        sim::trap(&mut s, 37, 1, &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!((out[0].page, out[0].pages), (38, 10));
         assert_eq!((out[1].page, out[1].pages), (32, 5));
-        out.clear();
-        s.on_fault(
-            FaultNote {
-                page: 40,
-                tid: 1,
-                ns: 0,
-            },
-            &mut out,
-        );
+        sim::trap(&mut s, 40, 1, &mut out);
         assert!(out.is_empty());
     }
 

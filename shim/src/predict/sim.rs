@@ -22,6 +22,12 @@ use super::{FaultNote, Feedback, Guess, Kind, PageNo, Params, Predictor, KINDS};
 pub const THRESHOLD: f32 = 0.2;
 const EPOCH_NS: u64 = 100_000_000;
 
+/// Hands `p` a trap at `page` by thread `tid`; `out` holds its guesses (only those).
+pub fn trap(p: &mut impl Predictor, page: PageNo, tid: u32, out: &mut Vec<Guess>) {
+    out.clear();
+    p.on_fault(FaultNote { page, tid, ns: 0 }, out);
+}
+
 /// One epoch's writes in order: (page, thread).
 pub type Epoch = Vec<(PageNo, u32)>;
 

@@ -569,15 +569,7 @@ mod tests {
         let mut s = Stride::new(&Params::default());
         let mut out = Vec::new();
         for p in 100..104 {
-            out.clear();
-            s.on_fault(
-                FaultNote {
-                    page: p,
-                    tid: 1,
-                    ns: 0,
-                },
-                &mut out,
-            );
+            sim::trap(&mut s, p, 1, &mut out);
         }
         assert_eq!(out.len(), 1, "{out:?}");
         let g = out[0];
@@ -586,30 +578,14 @@ mod tests {
             (104, INITIAL_WINDOW, Kind::Stride.bit())
         );
         // The program reaches the end of the window: the window doubles.
-        out.clear();
         let next = 104 + INITIAL_WINDOW as usize;
-        s.on_fault(
-            FaultNote {
-                page: next,
-                tid: 1,
-                ns: 0,
-            },
-            &mut out,
-        );
+        sim::trap(&mut s, next, 1, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].page, next + 1);
         assert_eq!(out[0].pages, 2 * INITIAL_WINDOW);
         // Another thread's random traps do not disturb it.
         for p in [7, 9000, 31, 77777] {
-            out.clear();
-            s.on_fault(
-                FaultNote {
-                    page: p,
-                    tid: 2,
-                    ns: 0,
-                },
-                &mut out,
-            );
+            sim::trap(&mut s, p, 2, &mut out);
             assert!(out.is_empty());
         }
     }
@@ -619,30 +595,14 @@ mod tests {
         let mut s = Stride::new(&Params::default());
         let mut out = Vec::new();
         for p in [40, 38, 36, 34] {
-            out.clear();
-            s.on_fault(
-                FaultNote {
-                    page: p,
-                    tid: 1,
-                    ns: 0,
-                },
-                &mut out,
-            );
+            sim::trap(&mut s, p, 1, &mut out);
         }
         let pages: Vec<_> = out.iter().map(|g| g.page).collect();
         assert_eq!(pages.len(), INITIAL_WINDOW as usize);
         assert_eq!(&pages[..3], &[32, 30, 28]);
         assert!(out.iter().all(|g| g.pages == 1));
         for p in [3, 2, 1, 0] {
-            out.clear();
-            s.on_fault(
-                FaultNote {
-                    page: p,
-                    tid: 3,
-                    ns: 0,
-                },
-                &mut out,
-            );
+            sim::trap(&mut s, p, 3, &mut out);
         }
         assert!(out.is_empty(), "{out:?}");
     }

@@ -103,23 +103,24 @@ impl Engine {
             .filter(|t| t.range.start <= page && t.since <= v)
     }
 
+    /// Whether `page` must not be saved in the newest version: it is saved already, or it
+    /// was zapped in this epoch (it lost its protection without a fault, so what is
+    /// there now is not the snapshot's; see `readback`).
+    pub fn saved_or_lost(&self, page: usize) -> bool {
+        self.pool.has(page, self.version) || self.lost_since(page, self.version)
+    }
+
     /// Saves the pages from `first` on into shadows stamped with the newest version, as
     /// a first write would: at most `max` pages (up to [`MAX_RUN`]), below `end`, up to
-    /// the first page `stop` names (already saved, or lost). Slots of pages unmapped
+    /// the first one [`saved_or_lost`](Self::saved_or_lost). Slots of pages unmapped
     /// under us are zeroed, never left with another page's bytes. Returns the pages
     /// taken and the pages copied, or `None` when the shadow budget ran out (the
     /// snapshot is then given up).
-    pub fn save_run(
-        &mut self,
-        first: usize,
-        end: usize,
-        max: usize,
-        stop: impl Fn(&Engine, usize) -> bool,
-    ) -> Option<(usize, usize)> {
+    pub fn save_run(&mut self, first: usize, end: usize, max: usize) -> Option<(usize, usize)> {
         let mut slots = [core::ptr::null_mut::<u8>(); MAX_RUN];
         let mut n = 0;
         let mut p = first;
-        while p < end && n < max.min(MAX_RUN) && !stop(self, p) {
+        while p < end && n < max.min(MAX_RUN) && !self.saved_or_lost(p) {
             match self.pool.alloc(p) {
                 Ok(slot) => slots[n] = self.pool.slot_ptr(slot),
                 Err(_) => {

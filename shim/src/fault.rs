@@ -217,22 +217,19 @@ pub fn resolve(e: &mut Engine, addr: usize) {
     let v = e.version;
     let mut end = page + PAGE;
     if !e.incomplete {
-        // The run to save: this page (unless already saved) and the following pages of
-        // the same range up to the fault-around limit, stopping at one already saved
-        // (it is unprotected already) or at the end of the range.
+        // The run to save: this page (unless already saved, or zapped in this epoch) and
+        // the following pages of the same range up to the fault-around limit, stopping
+        // at one already saved (it is unprotected already) or at the end of the range.
         let window = e.fault_window.window_for(page);
         let limit = e
             .tracked_at(page, v)
             .map_or(page + PAGE, |t| t.range.end.min(page + window * PAGE));
-        let first = if e.pool.has(page, v) || e.lost_since(page, v) {
+        let first = if e.saved_or_lost(page) {
             page + PAGE
         } else {
             page
         };
-        // A page zapped in this epoch lost its protection without a fault: what is there
-        // now is not the snapshot's, so it is never saved as it (see `readback`).
-        let stop = |e: &Engine, p: usize| e.pool.has(p, v) || e.lost_since(p, v);
-        if let Some((_, copied)) = e.save_run(first, limit, MAX_RUN, stop) {
+        if let Some((_, copied)) = e.save_run(first, limit, MAX_RUN) {
             stats::add(Counter::PagesCopied, copied as u64);
             end = end.max(first + copied * PAGE);
         }

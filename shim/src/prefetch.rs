@@ -455,7 +455,7 @@ fn copy_run(v: u64, at: usize, end: usize) -> Copy {
         let end = end.min(t.range.end);
         // Skip what is saved already (by a trap, or by us) or lost.
         let mut first = at;
-        while first < end && (e.pool.has(first, v) || e.lost_since(first, v)) {
+        while first < end && e.saved_or_lost(first) {
             first += PAGE;
         }
         if first == end {
@@ -469,9 +469,7 @@ fn copy_run(v: u64, at: usize, end: usize) -> Copy {
         if (e.pool.free_slots() as usize) < reserve as usize + (end - first) / PAGE {
             return Copy::Stop;
         }
-        let Some((n, copied)) = e.save_run(first, end, PAGES_PER_HOLD, |e, p| {
-            e.pool.has(p, v) || e.lost_since(p, v)
-        }) else {
+        let Some((n, copied)) = e.save_run(first, end, PAGES_PER_HOLD) else {
             return Copy::Stop;
         };
         if crate::fault::events_in_hand() {

@@ -273,14 +273,13 @@ fn save_some(e: &mut Engine, r: Range) -> Option<usize> {
             continue;
         }
         // Runs of pages to save, at most `budget` pages in all.
-        let stop = |e: &Engine, q: usize| e.pool.has(q, v) || e.lost_since(q, v);
         while p < run_end && budget > 0 {
-            if stop(e, p) {
+            if e.saved_or_lost(p) {
                 p += PAGE;
                 budget -= 1;
                 continue;
             }
-            let (n, copied) = e.save_run(p, run_end, budget, stop)?;
+            let (n, copied) = e.save_run(p, run_end, budget)?;
             crate::stats::add(
                 memshadow_format::stats::Counter::PagesPreserved,
                 copied as u64,

@@ -40,7 +40,7 @@ use crate::engine::{self, Engine};
 use crate::predict::{self, FaultNote, Feedback, Guess, Kind, PageNo, Predictor, KINDS};
 use crate::range::Range;
 use crate::shadow::PAGE;
-use crate::{stats, sys};
+use crate::{readback, stats, sys};
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 use crossbeam_queue::ArrayQueue;
@@ -635,10 +635,9 @@ fn audit(p: &mut Prefetcher, v: u64) -> Audit {
     let copied = core::mem::take(&mut p.copied);
     let mut verdicts: Vec<Option<bool>> = Vec::with_capacity(copied.len());
     for chunk in copied.chunks(AUDIT_PER_HOLD) {
-        let scratch = p.scratch.as_mut_ptr();
         let done = politely(&mut |e| {
             for c in chunk {
-                verdicts.push(written_in(e, c.page << 12, v, scratch));
+                verdicts.push(written_in(e, c.page << 12, v, &mut p.scratch));
             }
         });
         if done.is_none() {
@@ -682,30 +681,20 @@ fn audit(p: &mut Prefetcher, v: u64) -> Audit {
 }
 
 /// Whether `page`, saved for version `v`, was written in epoch `v`: whether its shadow
-/// differs from the page at version `v + 1`. `None` when that cannot be told any more
-/// (the version is gone, the page was discarded, or `v + 1` is not taken yet).
-fn written_in(e: &Engine, page: usize, v: u64, scratch: *mut u8) -> Option<bool> {
-    if e.version <= v || (e.version == v + 1 && e.pass_running) || e.lost_since(page, v) {
+/// differs from the page as version `v + 1` reads (`readback`'s rule). `None` when that
+/// cannot be told any more (the version is gone, the page was discarded, or `v + 1` is
+/// not taken yet).
+fn written_in(e: &Engine, page: usize, v: u64, scratch: &mut [u8]) -> Option<bool> {
+    if e.lost_since(page, v) {
         return None;
     }
+    readback::readable(e, v + 1).ok()?;
     let then = e.pool.find(page, v).filter(|&s| e.pool.stamp_of(s) == v)?;
-    // SAFETY: slots are PAGE bytes of the pool, read under the engine lock that keeps
-    // them from being reused.
+    readback::copy_at(e, v + 1, page, scratch).ok()?;
+    // SAFETY: the slot is PAGE bytes of the pool, read under the engine lock that keeps
+    // it from being reused.
     let then = unsafe { core::slice::from_raw_parts(e.pool.slot_ptr(then), PAGE) };
-    let next = match e.pool.find(page, v + 1) {
-        // SAFETY: as above.
-        Some(s) => unsafe { core::slice::from_raw_parts(e.pool.slot_ptr(s), PAGE) },
-        None => {
-            // Not saved since: the live page still holds version v + 1 (it is protected,
-            // and the engine lock keeps it so).
-            if engine::copy_tracked(page, scratch, PAGE) < PAGE {
-                return None;
-            }
-            // SAFETY: the scratch buffer is PAGE bytes of the prefetcher's own memory.
-            unsafe { core::slice::from_raw_parts(scratch, PAGE) }
-        }
-    };
-    Some(then != next)
+    Some(then != scratch)
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ impl core::fmt::Display for ReadError {
 const PAGES_PER_LOCK: usize = 16;
 
 /// Whether version `v` can be read now (called under the engine lock).
-fn readable(e: &Engine, v: u64) -> Result<(), ReadError> {
+pub fn readable(e: &Engine, v: u64) -> Result<(), ReadError> {
     let newest = e.version;
     if v == 0 || v > newest || (v == newest && e.pass_running) {
         return Err(ReadError::NotTaken {
@@ -146,6 +146,41 @@ pub fn regions_at(v: u64) -> Result<Vec<Range>, ReadError> {
     }
 }
 
+/// Fills `dst` (within one page) with the memory at `at` as it was at version `v`,
+/// under the engine lock; the caller has checked that `v` is [`readable`].
+pub fn copy_at(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<(), ReadError> {
+    let page = at & !(PAGE - 1);
+    let n = dst.len();
+    let Some(holding) = e.holding(page, v) else {
+        return Err(ReadError::NotTracked { page, version: v });
+    };
+    match e.pool.find(page, v) {
+        Some(slot)
+            if e.pool.stamp_of(slot) > v && e.lost_between(page, v, e.pool.stamp_of(slot)) =>
+        {
+            Err(ReadError::Gone { page, version: v })
+        }
+        Some(slot) => {
+            // SAFETY: the slot is PAGE bytes of the pool, read under the lock that keeps
+            // it from being reused.
+            let src = unsafe { core::slice::from_raw_parts(e.pool.slot_ptr(slot), PAGE) };
+            dst.copy_from_slice(&src[at - page..at - page + n]);
+            Ok(())
+        }
+        None => {
+            // The live page holds version `v` only where the newest snapshot still
+            // tracks it and nothing discarded it since.
+            if holding == Holding::Retired
+                || e.lost_since(page, v)
+                || engine::copy_tracked(at, dst.as_mut_ptr(), n) < n
+            {
+                return Err(ReadError::Gone { page, version: v });
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Fills `out` with the memory at `addr` as it was at version `v`.
 pub fn read(v: u64, addr: usize, out: &mut [u8]) -> Result<(), ReadError> {
     let mut done = 0;
@@ -159,35 +194,7 @@ pub fn read(v: u64, addr: usize, out: &mut [u8]) -> Result<(), ReadError> {
                 let at = addr + done;
                 let page = at & !(PAGE - 1);
                 let n = (page + PAGE - at).min(out.len() - done);
-                let Some(holding) = e.holding(page, v) else {
-                    return Err(ReadError::NotTracked { page, version: v });
-                };
-                let dst = &mut out[done..done + n];
-                match e.pool.find(page, v) {
-                    Some(slot)
-                        if e.pool.stamp_of(slot) > v
-                            && e.lost_between(page, v, e.pool.stamp_of(slot)) =>
-                    {
-                        return Err(ReadError::Gone { page, version: v });
-                    }
-                    Some(slot) => {
-                        // SAFETY: the slot is PAGE bytes of the pool, read under the lock
-                        // that keeps it from being reused.
-                        let src =
-                            unsafe { core::slice::from_raw_parts(e.pool.slot_ptr(slot), PAGE) };
-                        dst.copy_from_slice(&src[at - page..at - page + n]);
-                    }
-                    None => {
-                        // The live page holds version `v` only where the newest
-                        // snapshot still tracks it and nothing discarded it since.
-                        if holding == Holding::Retired
-                            || e.lost_since(page, v)
-                            || engine::copy_tracked(at, dst.as_mut_ptr(), n) < n
-                        {
-                            return Err(ReadError::Gone { page, version: v });
-                        }
-                    }
-                }
+                copy_at(e, v, at, &mut out[done..done + n])?;
                 done += n;
             }
             Ok(())

@@ -259,7 +259,7 @@ extern "C" fn run(arg: *mut c_void) -> *mut c_void {
     // SAFETY: `start` passes a leaked Box<Prefetcher>, taken back once, here.
     let mut p = unsafe { Box::from_raw(arg.cast::<Prefetcher>()) };
     // The clocks of this thread, not of the one that made the Prefetcher.
-    p.cpu_seen = thread_cpu_ns();
+    p.cpu_seen = crate::shim_thread::thread_cpu_ns();
     p.window_cpu = p.cpu_seen;
     p.window_wall = engine::now_ns();
     let fd = engine::uffd_fd();
@@ -281,12 +281,9 @@ extern "C" fn run(arg: *mut c_void) -> *mut c_void {
 
 /// Adds the thread's CPU time to the statistics.
 fn account(p: &mut Prefetcher) {
-    let now = thread_cpu_ns();
-    let us = now / 1000 - p.cpu_seen / 1000;
+    let us = crate::shim_thread::account_cpu(&mut p.cpu_seen);
     if us > 0 {
         stats::add(Counter::PrefetchCpuUs, us);
-        stats::add(Counter::ShimCpuUs, us);
-        p.cpu_seen = now - now % 1000;
     }
 }
 
@@ -312,7 +309,7 @@ fn pace(p: &mut Prefetcher) {
     const WINDOW_NS: u64 = 1_000_000_000;
     const BURST_NS: u64 = 10_000_000;
     let wall = engine::now_ns();
-    let cpu = thread_cpu_ns();
+    let cpu = crate::shim_thread::thread_cpu_ns();
     let elapsed = wall.saturating_sub(p.window_wall);
     let used = cpu.saturating_sub(p.window_cpu);
     let allowed = (elapsed as f64 * p.cpu_share as f64) as u64 + BURST_NS;
@@ -326,16 +323,6 @@ fn pace(p: &mut Prefetcher) {
         p.window_wall = wall - elapsed / 2;
         p.window_cpu = cpu - used / 2;
     }
-}
-
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Hands the queued traps to the predictor; its guesses become urgent runs.

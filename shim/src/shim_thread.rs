@@ -28,23 +28,27 @@ pub fn forget_after_fork() {
     }
 }
 
-/// Adds the CPU time the calling shim thread used since `*last` (its previous reading,
-/// nanoseconds) to the `shim_cpu_us` statistic.
-pub fn account_cpu(last: &mut u64) {
+/// CPU time the calling thread has used, nanoseconds.
+pub fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid out-pointer.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        return;
-    }
-    let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-    let us = now / 1000 - *last / 1000;
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Adds the CPU time the calling shim thread used since `*last` (its previous reading,
+/// nanoseconds) to the `shim_cpu_us` statistic; returns the microseconds added.
+pub fn account_cpu(last: &mut u64) -> u64 {
+    let now = thread_cpu_ns();
+    let us = (now / 1000).saturating_sub(*last / 1000);
     if us > 0 {
         crate::stats::add(memshadow_format::stats::Counter::ShimCpuUs, us);
         *last = now - now % 1000;
     }
+    us
 }
 
 struct Start {

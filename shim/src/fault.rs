@@ -171,7 +171,7 @@ fn handle(ev: Event, u: &Uffd) {
                 e.version
             });
             if let Some(v) = version {
-                crate::prefetch::note_fault(addr, tid, v);
+                crate::prefetch::note_fault(addr, tid, v, t0);
             }
         }
         Event::Unmap(r) | Event::Remove(r) => {

@@ -49,7 +49,7 @@ use memshadow_format::stats::Counter;
 /// Fault notes waiting for the prefetch thread; beyond this many they are dropped.
 const QUEUE_CAPACITY: usize = 8192;
 /// Most planned runs published for the fault path's late count.
-pub const QUEUED_CAPACITY: usize = 16384;
+const QUEUED_CAPACITY: usize = 16384;
 /// Most guesses from traps waiting to be copied (beyond them new ones are dropped).
 const URGENT_CAPACITY: usize = 1024;
 /// Planned runs this close (in pages) are copied as one, gap included: a run costs an
@@ -67,7 +67,7 @@ const PAGES_PER_HOLD: usize = 32;
 const AUDIT_PER_HOLD: usize = 16;
 /// The budget never falls below this many pages per epoch, so a predictor that found
 /// nothing to do can still show it has learnt something.
-pub const MIN_BUDGET: usize = 64;
+const MIN_BUDGET: usize = 64;
 /// The budget doubles after an epoch that used at least half of it with at least this
 /// share of its copies written...
 const GROW_ACCURACY: f64 = 0.25;
@@ -160,9 +160,9 @@ pub fn forget_after_fork() {
     QUEUE.store(core::ptr::null_mut(), Ordering::Release);
 }
 
-/// The fault thread hands over a trap (never blocks: when the queue is full the note is
-/// dropped and counted).
-pub fn note_fault(addr: usize, tid: u32, version: u64) {
+/// The fault thread hands over a trap at `addr` by thread `tid` in `version`, read at
+/// `ns` (never blocks: when the queue is full the note is dropped and counted).
+pub fn note_fault(addr: usize, tid: u32, version: u64, ns: u64) {
     let q = QUEUE.load(Ordering::Acquire);
     if q.is_null() {
         return;
@@ -171,7 +171,7 @@ pub fn note_fault(addr: usize, tid: u32, version: u64) {
         note: FaultNote {
             page: addr >> 12,
             tid,
-            ns: engine::now_ns(),
+            ns,
         },
         version,
     };

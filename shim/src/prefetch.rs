@@ -59,6 +59,8 @@ const BRIDGE_PAGES: usize = 8;
 /// How long the thread tries for the engine lock before it backs off: the fault
 /// thread, serving traps, goes first.
 const LOCK_PATIENCE_NS: u64 = 20_000;
+/// How long it waits for the fault thread to handle the events it is reading.
+const EVENTS_WAIT_NS: u64 = 20_000;
 /// How long it backs off, microseconds.
 const BACK_OFF_US: u64 = 100;
 /// Pages copied per engine-lock hold: a trap waits at most this long for the lock.
@@ -397,7 +399,7 @@ fn copy_next(p: &mut Prefetcher) -> bool {
             Copy::Busy => {
                 // Events are being read: they are handled within microseconds.
                 let t = engine::now_ns();
-                while crate::fault::events_in_hand() && engine::now_ns() - t < 20_000 {
+                while crate::fault::events_in_hand() && engine::now_ns() - t < EVENTS_WAIT_NS {
                     core::hint::spin_loop();
                 }
             }
@@ -414,14 +416,18 @@ enum Copy {
         copied: usize,
         next: usize,
     },
+    /// The fault thread is reading events (a discard may be among them): nothing was
+    /// copied; try again once they are handled.
     Busy,
+    /// A new version, a pass, an abandoned snapshot, no slots to spare, or the engine
+    /// stopped: this epoch's copying is over.
     Stop,
 }
 
 /// Saves and unprotects the pages of `[at, end)` that still need it, up to the first
 /// one that does not (one engine-lock hold).
 fn copy_run(v: u64, at: usize, end: usize) -> Copy {
-    let r = engine::with_patience(LOCK_PATIENCE_NS, |e| {
+    let r = politely(&mut |e| {
         if e.version != v || e.pass_running || e.incomplete {
             return Copy::Stop;
         }
@@ -479,15 +485,7 @@ fn copy_run(v: u64, at: usize, end: usize) -> Copy {
             next: first + n.max(1) * PAGE,
         }
     });
-    match r {
-        Some(r) => r,
-        None if engine::started() => {
-            // The fault thread is busy with traps: come back shortly.
-            sys::sleep_us(BACK_OFF_US);
-            Copy::Busy
-        }
-        None => Copy::Stop,
-    }
+    r.unwrap_or(Copy::Stop)
 }
 
 /// Runs `f` under the engine lock, backing off while the fault thread keeps it busy;

@@ -546,11 +546,11 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
         p.budget,
         &mut p.guesses,
     );
+    // Its buffer holds the next epoch's traps.
     p.trapped = written;
     p.trapped.clear();
     p.epoch = v;
     p.urgent.clear();
-    p.plan.clear();
     p.plan_next = 0;
     let (order, runs) = plan_runs(&p.guesses, p.threshold, p.budget, p.last_fault);
     p.plan = order;

@@ -11,7 +11,7 @@
 //! existed. Held this way, the snapshot is the memory at the end of the pass.
 
 use crate::engine::{self, RetiredRange, TrackedRange};
-use crate::range::Range;
+use crate::range::{coalesce, Range};
 use crate::reprotect::{self, PassWork};
 use crate::sync::SpinLock;
 use crate::uffd::Uffd;
@@ -103,17 +103,6 @@ pub fn carry_since(old: &[TrackedRange], new: &[Range], v: u64) -> Vec<TrackedRa
 /// which costs far more than walking the gap's page table entries. A program writing
 /// at random leaves thousands of short runs; one ioctl each made passes of 100-600 ms.
 const MERGE_GAP: usize = PROTECT_CHUNK;
-
-/// Merges sorted ranges whose gap is at most `gap` bytes, in place.
-pub fn coalesce(ranges: &mut Vec<Range>, gap: usize) {
-    ranges.dedup_by(|next, prev| {
-        let close = next.start <= prev.end.saturating_add(gap);
-        if close {
-            prev.end = prev.end.max(next.end);
-        }
-        close
-    });
-}
 
 /// How long a pass keeps retrying write-protection the kernel refuses with EAGAIN.
 const EAGAIN_LIMIT_NS: u64 = 1_000_000_000;
@@ -476,22 +465,6 @@ mod tests {
             range: Range::new(a, b),
             since,
         }
-    }
-
-    #[test]
-    fn close_runs_are_coalesced() {
-        let r = Range::new;
-        let mut v = vec![
-            r(0x1000, 0x2000),
-            r(0x1800, 0x1900),
-            r(0x3000, 0x4000),
-            r(0x9000, 0xa000),
-        ];
-        coalesce(&mut v, 0x1000);
-        assert_eq!(v, vec![r(0x1000, 0x4000), r(0x9000, 0xa000)]);
-        let mut none: Vec<Range> = Vec::new();
-        coalesce(&mut none, 0x1000);
-        assert!(none.is_empty());
     }
 
     #[test]

@@ -113,6 +113,17 @@ pub fn subtract(r: Range, holes: &[Range], keep: &mut dyn FnMut(Range)) {
     keep(r);
 }
 
+/// Merges sorted ranges that overlap or lie at most `gap` bytes apart, in place.
+pub fn coalesce(ranges: &mut Vec<Range>, gap: usize) {
+    ranges.dedup_by(|next, prev| {
+        let close = next.start <= prev.end.saturating_add(gap);
+        if close {
+            prev.end = prev.end.max(next.end);
+        }
+        close
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +144,25 @@ mod tests {
         assert_eq!(pieces(Range::new(22, 28), &own), vec![]);
         assert_eq!(pieces(Range::new(100, 200), &own), vec![(100, 200)]);
         assert_eq!(pieces(Range::new(0, 25), &own), vec![(5, 20)]);
+    }
+
+    #[test]
+    fn close_runs_are_coalesced() {
+        let r = Range::new;
+        let mut v = vec![
+            r(0x1000, 0x2000),
+            r(0x1800, 0x1900),
+            r(0x3000, 0x4000),
+            r(0x9000, 0xa000),
+        ];
+        coalesce(&mut v, 0x1000);
+        assert_eq!(v, vec![r(0x1000, 0x4000), r(0x9000, 0xa000)]);
+        let mut none: Vec<Range> = Vec::new();
+        coalesce(&mut none, 0x1000);
+        assert!(none.is_empty());
+        // Gap 0: only touching ranges merge.
+        let mut touching = vec![r(0x1000, 0x2000), r(0x2000, 0x3000), r(0x4000, 0x5000)];
+        coalesce(&mut touching, 0);
+        assert_eq!(touching, vec![r(0x1000, 0x3000), r(0x4000, 0x5000)]);
     }
 }

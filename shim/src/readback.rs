@@ -14,7 +14,7 @@
 //! races.
 
 use crate::engine::{self, Engine, Holding};
-use crate::range::Range;
+use crate::range::{coalesce, Range};
 use crate::shadow::PAGE;
 
 /// Why a read was refused.
@@ -128,13 +128,7 @@ pub fn regions_at(v: u64) -> Result<Vec<Range>, ReadError> {
             out.sort_unstable_by_key(|r| r.start);
             // Parts of one mapping tracked since different versions sit side by side:
             // one range for the reader.
-            out.dedup_by(|next, prev| {
-                let adjacent = prev.end == next.start;
-                if adjacent {
-                    prev.end = next.end;
-                }
-                adjacent
-            });
+            coalesce(&mut out, 0);
             Ok(None)
         })
         .ok_or(ReadError::NoEngine)??;

@@ -341,6 +341,9 @@ pub fn stamp() -> u64 {
     STAMP.load(Ordering::Acquire)
 }
 static STARTED: AtomicBool = AtomicBool::new(false);
+/// This process's pid for `process_vm_readv` (a syscall each time from glibc), set when
+/// the engine starts (again in a forked child); 0 before.
+static PID: AtomicI32 = AtomicI32::new(0);
 static UFFD_FD: AtomicI32 = AtomicI32::new(-1);
 static START: SpinLock<()> = SpinLock::new(());
 
@@ -463,6 +466,8 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
         let _s = sys::block_signals();
         *ENGINE.lock() = Some(engine);
     }
+    // SAFETY: getpid cannot fail.
+    PID.store(unsafe { libc::getpid() }, Ordering::Release);
     let fd = uffd.fd();
     // The descriptor lives as long as the process: the fault thread owns it.
     core::mem::forget(uffd);
@@ -474,6 +479,15 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
         crate::log::error!("no prefetching: {e}");
     }
     Ok(())
+}
+
+/// This process's pid.
+fn own_pid() -> libc::pid_t {
+    match PID.load(Ordering::Acquire) {
+        // SAFETY: getpid cannot fail.
+        0 => unsafe { libc::getpid() },
+        pid => pid,
+    }
 }
 
 /// Copies `len` bytes of this process's memory at `src` into `dst`; returns how many
@@ -489,7 +503,7 @@ pub fn copy_tracked(src: usize, dst: *mut u8, len: usize) -> usize {
     };
     // SAFETY: `dst` is `len` writable bytes of the shim's own memory; the kernel reads
     // the source through our own address space and fails cleanly where it is unmapped.
-    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    let n = unsafe { libc::process_vm_readv(own_pid(), &local, 1, &remote, 1, 0) };
     n.max(0) as usize
 }
 
@@ -515,8 +529,7 @@ pub fn copy_tracked_pages(src: usize, slots: &[*mut u8]) -> usize {
     };
     // SAFETY: every local iovec is one page of the shim's own pool; the kernel reads the
     // source through our own address space and stops cleanly where it is unmapped.
-    let got =
-        unsafe { libc::process_vm_readv(libc::getpid(), local.as_ptr(), n as _, &remote, 1, 0) };
+    let got = unsafe { libc::process_vm_readv(own_pid(), local.as_ptr(), n as _, &remote, 1, 0) };
     got.max(0) as usize / PAGE
 }
 
@@ -536,6 +549,7 @@ pub fn now_ns() -> u64 {
 pub fn forget_after_fork() {
     STARTED.store(false, Ordering::Release);
     STAMP.store(0, Ordering::Release);
+    PID.store(0, Ordering::Release);
     crate::preserve::forget_after_fork();
     crate::prefetch::forget_after_fork();
     let fd = UFFD_FD.swap(-1, Ordering::AcqRel);

@@ -27,8 +27,14 @@ pub extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
     let kick = crate::preserve::kick_fd();
     let u = engine::uffd();
     let mut cpu = 0;
+    let mut accounted = 0;
     while engine::uffd_fd() == fd {
-        crate::shim_thread::account_cpu(&mut cpu);
+        let now = engine::now_ns();
+        if now - accounted > ACCOUNT_NS {
+            // Reading the thread's CPU clock is a system call: not once per trap.
+            crate::shim_thread::account_cpu(&mut cpu);
+            accounted = now;
+        }
         let waiting = engine::with(|e| !e.retry.is_empty()).unwrap_or(false);
         let mut pfd = [
             libc::pollfd {
@@ -45,7 +51,7 @@ pub extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
         // SAFETY: two valid pollfds (a negative fd is ignored). With unprotects
         // waiting, poll briefly and retry.
         unsafe { libc::poll(pfd.as_mut_ptr(), 2, if waiting { 1 } else { 1000 }) };
-        if read_events(&u) > 0 {
+        if pfd[0].revents != 0 && handle_ready(&u) > 0 {
             spin_for_events(&u);
         } else {
             // Woken by the timeout: retry the unprotects the kernel refused.
@@ -59,6 +65,9 @@ pub extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
     }
     core::ptr::null_mut()
 }
+
+/// How often the fault thread adds its CPU time to the statistics.
+const ACCOUNT_NS: u64 = 10_000_000;
 
 /// How long the fault thread keeps looking for the next event after one, before it
 /// sleeps in poll: traps come in bursts, and waking a sleeping thread on another CPU
@@ -116,6 +125,11 @@ fn read_events(u: &Uffd) -> usize {
     if !ready(u) {
         return 0;
     }
+    handle_ready(u)
+}
+
+/// [`read_events`] once poll has said events are queued.
+fn handle_ready(u: &Uffd) -> usize {
     let total = read_and_handle(u);
     if total > 0 {
         engine::with(|e| e.retry_unprotects(u));

@@ -275,7 +275,9 @@ pub fn snapshot() -> Result<u64, String> {
         e.publish();
     });
     for &addr in &held {
-        engine::with(|e| crate::fault::resolve(e, addr));
+        engine::with(|e| {
+            crate::fault::resolve(e, addr);
+        });
     }
     crate::prefetch::epoch_opened();
     drop(tracked); // the previous lists

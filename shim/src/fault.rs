@@ -171,7 +171,8 @@ fn handle(ev: Event, u: &Uffd) {
     match ev {
         Event::WriteFault { addr, tid } => {
             let t0 = engine::now_ns();
-            let version = engine::with_for_faults(|e| {
+            let done = engine::with_for_faults(|e| {
+                let mut pages = 0;
                 if e.pass_running && e.held.len() < e.held.capacity() {
                     e.held.push(addr);
                     stats::add(Counter::HeldFaults, 1);
@@ -179,13 +180,13 @@ fn handle(ev: Event, u: &Uffd) {
                     if e.queued.holds(addr & !(PAGE - 1), e.version) {
                         stats::add(Counter::PrefetchLate, 1);
                     }
-                    resolve(e, addr);
+                    pages = resolve(e, addr);
                     e.record_trap(engine::now_ns() - t0);
                 }
-                e.version
+                (e.version, pages)
             });
-            if let Some(v) = version {
-                crate::prefetch::note_fault(addr, tid, v, t0);
+            if let Some((v, pages)) = done {
+                crate::prefetch::note_fault(addr, tid, v, t0, pages.max(1) as u32);
             }
         }
         Event::Unmap(r) | Event::Remove(r) => {
@@ -224,8 +225,9 @@ fn handle(ev: Event, u: &Uffd) {
     }
 }
 
-/// Resolves a write fault at `addr` in the newest epoch: shadow then unprotect.
-pub fn resolve(e: &mut Engine, addr: usize) {
+/// Resolves a write fault at `addr` in the newest epoch: shadow then unprotect. Returns
+/// how many pages from the faulting one on it unprotected.
+pub fn resolve(e: &mut Engine, addr: usize) -> usize {
     let page = addr & !(PAGE - 1);
     let u = engine::uffd();
     let v = e.version;
@@ -251,6 +253,7 @@ pub fn resolve(e: &mut Engine, addr: usize) {
     }
     e.unprotect(&u, Range::new(page, end));
     e.publish();
+    (end - page) / PAGE
 }
 
 /// The shadow budget ran out with only the newest version left: that snapshot cannot be

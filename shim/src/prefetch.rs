@@ -163,8 +163,9 @@ pub fn forget_after_fork() {
 }
 
 /// The fault thread hands over a trap at `addr` by thread `tid` in `version`, read at
-/// `ns` (never blocks: when the queue is full the note is dropped and counted).
-pub fn note_fault(addr: usize, tid: u32, version: u64, ns: u64) {
+/// `ns`, that saved `pages` pages from there on (never blocks: when the queue is full
+/// the note is dropped and counted).
+pub fn note_fault(addr: usize, tid: u32, version: u64, ns: u64, pages: u32) {
     let q = QUEUE.load(Ordering::Acquire);
     if q.is_null() {
         return;
@@ -174,6 +175,7 @@ pub fn note_fault(addr: usize, tid: u32, version: u64, ns: u64) {
             page: addr >> 12,
             tid,
             ns,
+            pages,
         },
         version,
     };

@@ -90,12 +90,22 @@ impl Default for Params {
     }
 }
 
-/// A trap the fault thread handed over: the page written, the writing thread, when.
+/// A trap the fault thread handed over: the page written, the writing thread, when, and
+/// how many pages from `page` on the trap saved and unprotected (its fault-around run,
+/// at least 1): the program writes those without trapping again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FaultNote {
     pub page: PageNo,
     pub tid: u32,
     pub ns: u64,
+    pub pages: u32,
+}
+
+impl FaultNote {
+    /// The last page the trap saved.
+    pub fn last_page(&self) -> PageNo {
+        self.page + self.pages.max(1) as PageNo - 1
+    }
 }
 
 /// A guess: the `pages` pages from `page` on will be written in this epoch, with

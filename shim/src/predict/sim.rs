@@ -25,7 +25,15 @@ const EPOCH_NS: u64 = 100_000_000;
 /// Hands `p` a trap at `page` by thread `tid`; `out` holds its guesses (only those).
 pub fn trap(p: &mut impl Predictor, page: PageNo, tid: u32, out: &mut Vec<Guess>) {
     out.clear();
-    p.on_fault(FaultNote { page, tid, ns: 0 }, out);
+    p.on_fault(
+        FaultNote {
+            page,
+            tid,
+            ns: 0,
+            pages: 1,
+        },
+        out,
+    );
 }
 
 /// One epoch's writes in order: (page, thread).
@@ -227,7 +235,15 @@ pub fn run_epochs(
             stats.traps += 1;
             out.clear();
             let ns = start + i as u64 * EPOCH_NS / n;
-            p.on_fault(FaultNote { page, tid, ns }, &mut out);
+            p.on_fault(
+                FaultNote {
+                    page,
+                    tid,
+                    ns,
+                    pages: 1,
+                },
+                &mut out,
+            );
             for g in &out {
                 check_guess(g, allowed, "on_fault");
                 if g.confidence < threshold {
@@ -705,7 +721,15 @@ fn costs() {
                 let t = std::time::Instant::now();
                 for &(page, tid) in e {
                     out.clear();
-                    p.on_fault(FaultNote { page, tid, ns: 0 }, &mut out);
+                    p.on_fault(
+                        FaultNote {
+                            page,
+                            tid,
+                            ns: 0,
+                            pages: 1,
+                        },
+                        &mut out,
+                    );
                     faults += 1;
                 }
                 fault_ns += t.elapsed().as_nanos();

@@ -450,6 +450,9 @@ impl Predictor for Stride {
     fn on_fault(&mut self, fault: FaultNote, out: &mut Vec<Guess>) {
         let prior = self.prior();
         let p = fault.page;
+        // Where the trap's fault-around run ended: a stream moving up continues past it
+        // (the run is saved already), and its next delta is measured from there.
+        let end = fault.last_page();
         let (i, s) = self.streams.get(fault.tid);
         s.ep_traps += 1;
         s.idle = 0;
@@ -461,7 +464,7 @@ impl Predictor for Stride {
                 let k = off / s.stride;
                 if (0..span.n as i64 + TOLERANCE).contains(&k) {
                     s.push_delta(s.stride);
-                    s.last = Some(p);
+                    s.last = Some(end);
                     let c = s.confidence(prior);
                     if k < span.n as i64 {
                         // A trap inside the run (its copy was late or skipped): make
@@ -484,7 +487,7 @@ impl Predictor for Stride {
                     s.window = (s.window * 2).min(s.cap()).max(MIN_WINDOW);
                     self.log_span(i);
                     let Some(s) = self.streams.at(i) else { return };
-                    let first = p as i64 + s.stride;
+                    let first = beyond(p, end, s.stride);
                     if first >= 0 && c >= FLOOR {
                         s.span = Span {
                             first: first as PageNo,
@@ -501,7 +504,7 @@ impl Predictor for Stride {
         if let Some(last) = s.last {
             s.push_delta(p as i64 - last as i64);
         }
-        s.last = Some(p);
+        s.last = Some(end);
         let had_run = span.n > 0;
         if had_run {
             s.window = (s.window / 2).max(MIN_WINDOW);
@@ -518,7 +521,7 @@ impl Predictor for Stride {
         if s.window == 0 {
             s.window = INITIAL_WINDOW.min(s.cap());
         }
-        let first = p as i64 + s.stride;
+        let first = beyond(p, end, s.stride);
         let c = s.confidence(prior);
         if first >= 0 && c >= FLOOR {
             s.span = Span {
@@ -528,6 +531,16 @@ impl Predictor for Stride {
             };
             s.span.push(c, out);
         }
+    }
+}
+
+/// The first page a stream with `stride` proposes after a trap at `p` whose run ended
+/// at `end`: past the run for an upward stream, a stride below the trap otherwise.
+fn beyond(p: PageNo, end: PageNo, stride: i64) -> i64 {
+    if stride > 0 {
+        end as i64 + stride
+    } else {
+        p as i64 + stride
     }
 }
 
@@ -588,6 +601,40 @@ mod tests {
             sim::trap(&mut s, p, 2, &mut out);
             assert!(out.is_empty());
         }
+    }
+
+    #[test]
+    fn a_sweep_seen_through_fault_around_runs_is_a_unit_stride_past_the_runs() {
+        // A sweeping writer whose traps each save a 64-page run: the traps are 64 pages
+        // apart, but the writes between them are contiguous. Read as single pages, the
+        // stream would look like a stride of 64 and propose one page per run.
+        let mut s = Stride::new(&Params::default());
+        let mut out = Vec::new();
+        let run = 64;
+        let note = |page| FaultNote {
+            page,
+            tid: 1,
+            ns: 0,
+            pages: run,
+        };
+        for k in 0..4 {
+            out.clear();
+            s.on_fault(note(1000 + k * run as usize), &mut out);
+        }
+        assert_eq!(out.len(), 1, "{out:?}");
+        let g = out[0];
+        let last_run_end = 1000 + 4 * run as usize;
+        assert_eq!((g.page, g.pages), (last_run_end, INITIAL_WINDOW));
+        // The program reaches the end of the window and traps there, saving another
+        // run: the window doubles and starts past that run.
+        let next = last_run_end + INITIAL_WINDOW as usize;
+        out.clear();
+        s.on_fault(note(next), &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(
+            (out[0].page, out[0].pages),
+            (next + run as usize, 2 * INITIAL_WINDOW)
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Helpers shared by the subcommands: where things are, running a child with a time
 //! limit, compiling a workload, scratch directories, medians.
 
+use memshadow_format::stats::StatsRecord;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::os::unix::fs::DirBuilderExt;
@@ -294,6 +295,27 @@ impl Spread {
 pub fn median_of(samples: impl IntoIterator<Item = f64>) -> Option<f64> {
     let v: Vec<f64> = samples.into_iter().collect();
     (!v.is_empty()).then(|| Spread::of(&v).median)
+}
+
+/// The copies of the shim's stats page a workload made in `dir` (see
+/// `bench/workloads/stats_copy.h`), by label (`LABEL.stats`).
+pub fn read_stats_copies(dir: &Path) -> Result<BTreeMap<String, StatsRecord>, String> {
+    let mut out = BTreeMap::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let Some(label) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".stats"))
+        else {
+            continue;
+        };
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let record = StatsRecord::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        out.insert(label.to_string(), record);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -3,9 +3,10 @@
 
 use crate::common::{
     build_workload, clear_shim_env, in_path, make_private_dir, median_of, memshadow_bin,
-    run_limited, workspace_root, Guarded, Scratch,
+    read_stats_copies, run_limited, workspace_root, Guarded, Scratch,
 };
 use crate::{redis, svg};
+use memshadow_format::stats::{Counter, StatsRecord};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -376,6 +377,27 @@ pub struct ShimStats {
 }
 
 impl ShimStats {
+    /// What the counters that add up (traps, copies, CPU time, ...) gained since `start`,
+    /// the stats page as the workload's timed part started; the peaks and maxima stay
+    /// those of the whole run.
+    pub fn since(&self, start: &StatsRecord) -> ShimStats {
+        let minus = |v: Option<f64>, c: Counter| v.map(|v| (v - start.counter(c) as f64).max(0.0));
+        ShimStats {
+            traps: minus(self.traps, Counter::Traps),
+            epochs: minus(self.epochs, Counter::Epochs),
+            pages_copied: minus(self.pages_copied, Counter::PagesCopied),
+            pages_preserved: minus(self.pages_preserved, Counter::PagesPreserved),
+            incomplete_snapshots: minus(self.incomplete_snapshots, Counter::IncompleteSnapshots),
+            shim_cpu_us: minus(self.shim_cpu_us, Counter::ShimCpuUs),
+            prefetch_hits: minus(self.prefetch_hits, Counter::PrefetchHits),
+            prefetch_waste: minus(self.prefetch_waste, Counter::PrefetchWaste),
+            prefetch_copied: minus(self.prefetch_copied, Counter::PrefetchCopied),
+            prefetch_late: minus(self.prefetch_late, Counter::PrefetchLate),
+            prefetch_cpu_us: minus(self.prefetch_cpu_us, Counter::PrefetchCpuUs),
+            ..self.clone()
+        }
+    }
+
     pub fn from_json(text: &str) -> Result<ShimStats, String> {
         let v: Value =
             serde_json::from_str(text).map_err(|e| format!("bad statistics JSON: {e}"))?;
@@ -885,6 +907,27 @@ impl Runner {
         ShimStats::from_json(&text).map(Some)
     }
 
+    /// Where a C workload copies the stats page as its timed part starts.
+    fn copies_dir(&self) -> PathBuf {
+        self.scratch.join("stats-copies")
+    }
+
+    /// The stats page as a shimmed C workload's timed part started (sqlite and redis
+    /// have no such point: their counters are the whole run's).
+    fn timed_start(&self, w: Workload, mode: Mode) -> Result<Option<StatsRecord>, String> {
+        if !mode.shimmed() || matches!(w, Workload::Sqlite | Workload::Redis) {
+            return Ok(None);
+        }
+        let mut copies = read_stats_copies(&self.copies_dir())?;
+        match copies.remove("timed_start") {
+            Some(start) => Ok(Some(start)),
+            None => Err(format!(
+                "{} made no copy of the stats page as its timed part started (was the shim there?)",
+                w.name()
+            )),
+        }
+    }
+
     fn limit(&self, mib: u64) -> Duration {
         Duration::from_secs(120 + 4 * self.plan_seconds as u64 + mib / 8)
     }
@@ -910,11 +953,20 @@ impl Runner {
                     args.extend(["--fork-every-ms".into(), self.interval_ms.to_string()]);
                 }
                 let mut c = self.command(mode, &self.programs[&w], &args);
+                if mode.shimmed() {
+                    let _ = std::fs::remove_dir_all(self.copies_dir());
+                    make_private_dir(&self.copies_dir())?;
+                    c.env("WL_STATS_DIR", self.copies_dir());
+                }
                 let out = run_limited(&mut c, self.limit(mib))?;
                 Measure::from_workload(&parse_workload_output(&out)?)?
             }
         };
         m.stats = self.stats(mode)?;
+        if let (Some(s), Some(start)) = (&m.stats, self.timed_start(w, mode)?) {
+            // Count the timed part only: the workload filled its buffer under the shim.
+            m.stats = Some(s.since(&start));
+        }
         Ok(m)
     }
 
@@ -1319,6 +1371,52 @@ mod tests {
         let none = measure(1.0, Some(ShimStats::default())).unwrap();
         assert_eq!(none.hit_rate(Mode::Prefetch), None);
         assert_eq!(none.waste_rate(Mode::Prefetch), None);
+    }
+
+    #[test]
+    fn timed_part_counters_are_the_gain_since_its_start_and_peaks_stay_whole() {
+        let end = ShimStats {
+            traps: Some(1000.0),
+            epochs: Some(50.0),
+            pages_copied: Some(9000.0),
+            prefetch_hits: Some(700.0),
+            prefetch_copied: Some(800.0),
+            shadow_peak_bytes: Some(4096.0),
+            protect_pass_us_max: Some(30000.0),
+            ..ShimStats::default()
+        };
+        let mut counters = [0u64; memshadow_format::stats::COUNTER_SLOTS];
+        counters[Counter::Traps.index()] = 400;
+        counters[Counter::Epochs.index()] = 10;
+        counters[Counter::PagesCopied.index()] = 8000;
+        counters[Counter::PrefetchHits.index()] = 650;
+        counters[Counter::PrefetchCopied.index()] = 700;
+        counters[Counter::ShadowPeakBytes.index()] = 4096;
+        let start = StatsRecord {
+            state: None,
+            pid: 1,
+            uid: 0,
+            start_time_ticks: 0,
+            run_id: 0,
+            created_unix_ms: 0,
+            exited_unix_ms: 0,
+            command: String::new(),
+            allocs: 0,
+            frees: 0,
+            alloc_bytes: 0,
+            free_bytes: 0,
+            counters,
+        };
+        let timed = end.since(&start);
+        assert_eq!(timed.traps, Some(600.0));
+        assert_eq!(timed.epochs, Some(40.0));
+        assert_eq!(timed.pages_copied, Some(1000.0));
+        assert_eq!(timed.prefetch_hits, Some(50.0));
+        assert_eq!(timed.prefetch_copied, Some(100.0));
+        // Missing keys stay missing; peaks and maxima are the whole run's.
+        assert_eq!(timed.prefetch_waste, None);
+        assert_eq!(timed.shadow_peak_bytes, Some(4096.0));
+        assert_eq!(timed.protect_pass_us_max, Some(30000.0));
     }
 
     #[test]

@@ -5,12 +5,12 @@
 //! lines; it copies the shim's stats page at the points where the bench reads counters.
 
 use crate::common::{
-    build_workload, clear_shim_env, make_private_dir, run_limited, shim_lib, workspace_root,
-    Scratch, Spread,
+    build_workload, clear_shim_env, make_private_dir, read_stats_copies, run_limited, shim_lib,
+    workspace_root, Scratch, Spread,
 };
 use memshadow_format::stats::{Counter, StatsRecord};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -203,29 +203,9 @@ impl Runner {
         let values = parse_values(&run_limited(&mut c, RUN_LIMIT)?)?;
         Ok(Sample {
             values,
-            stats: read_dumps(&self.dumps)?,
+            stats: read_stats_copies(&self.dumps)?,
         })
     }
-}
-
-/// The stats page copies in `dir`, by label (`LABEL.stats`).
-fn read_dumps(dir: &Path) -> Result<BTreeMap<String, StatsRecord>, String> {
-    let mut out = BTreeMap::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for entry in entries {
-        let path = entry.map_err(|e| e.to_string())?.path();
-        let Some(label) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".stats"))
-        else {
-            continue;
-        };
-        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let record = StatsRecord::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-        out.insert(label.to_string(), record);
-    }
-    Ok(out)
 }
 
 /// A table row: what was measured, the spread of its samples (nanoseconds), and the ratio

@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "memshadow.h"
+#include "stats_copy.h"
 
 #define MiB (1024UL * 1024UL)
 #define PAGE 4096UL
@@ -72,24 +73,8 @@ static long long snapshot(void)
 /* Copies the shim's stats page to $SNAPSHOT_COSTS_STATS/LABEL.stats, if both are there. */
 static void dump_stats(const char *label)
 {
-    const char *out = getenv("SNAPSHOT_COSTS_STATS");
-    const char *dir = getenv("MEMSHADOW_DIR");
-    if (!out || !dir)
-        return;
-    char src[4096], dst[4096], buf[16384];
-    snprintf(src, sizeof src, "%s/%d.stats", dir, (int)getpid());
-    snprintf(dst, sizeof dst, "%s/%s.stats", out, label);
-    int in = open(src, O_RDONLY | O_CLOEXEC);
-    if (in < 0)
-        return; /* not under the shim */
-    ssize_t n = read(in, buf, sizeof buf);
-    close(in);
-    if (n <= 0)
-        die("read stats page");
-    int fd = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0 || write(fd, buf, (size_t)n) != n)
-        die("write stats copy");
-    close(fd);
+    if (copy_stats_page("SNAPSHOT_COSTS_STATS", label) < 0)
+        die("copy the stats page");
 }
 
 /* MIB MiB from malloc, every page written once (populated, writable). */

@@ -19,6 +19,8 @@
  *     ops N / seconds X / ops_per_sec X / batch_ops N / batch_us_p50 X /
  *     batch_us_p99 X / batch_us_max X / forks N / fork_pause_us_max X / checksum HEX
  *   Exit 0. Runtime failures (allocation, fork, threads): "NAME: ..." on stderr, exit 1.
+ *   Under the shim with WL_STATS_DIR set, the shim's stats page is copied to
+ *   $WL_STATS_DIR/timed_start.stats as the timed part starts.
  *
  * A workload: parse with wl_parse(), allocate and initialise, register its data for the
  * fork child with wl_add_region() (or wl_set_dumper() for data that is not a few flat
@@ -42,6 +44,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "stats_copy.h"
 
 #define WL_FN static __attribute__((unused))
 #define WL_MiB (1024ULL * 1024ULL)
@@ -439,6 +443,9 @@ static void *wl_thread_main(void *arg)
 WL_FN void wl_run(const struct wl_opts *opts, uint64_t batch_ops, wl_batch_fn fn, void *ctx)
 {
     int n = opts->threads;
+    /* The shim's counters as the timed part starts, for the bench to count what happened
+     * in the timed part only (the buffer was filled under the shim too). */
+    if (copy_stats_page("WL_STATS_DIR", "timed_start") < 0) wl_die("copy the stats page");
     wl.opts = opts;
     wl.batch_ops = batch_ops;
     wl.fn = fn;

@@ -20,7 +20,8 @@
  *     batch_us_p99 X / batch_us_max X / forks N / fork_pause_us_max X / checksum HEX
  *   Exit 0. Runtime failures (allocation, fork, threads): "NAME: ..." on stderr, exit 1.
  *   Under the shim with WL_STATS_DIR set, the shim's stats page is copied to
- *   $WL_STATS_DIR/timed_start.stats as the timed part starts.
+ *   $WL_STATS_DIR/timed_start.stats as the timed part starts (after a pause of 2.5
+ *   snapshot periods, MEMSHADOW_INTERVAL_MS, at most 5 s).
  *
  * A workload: parse with wl_parse(), allocate and initialise, register its data for the
  * fork child with wl_add_region() (or wl_set_dumper() for data that is not a few flat
@@ -444,7 +445,14 @@ WL_FN void wl_run(const struct wl_opts *opts, uint64_t batch_ops, wl_batch_fn fn
 {
     int n = opts->threads;
     /* The shim's counters as the timed part starts, for the bench to count what happened
-     * in the timed part only (the buffer was filled under the shim too). */
+     * in the timed part only (the buffer was filled under the shim too). First two and
+     * a half snapshot periods pass without writes, so that the epochs that saw the fill
+     * end and the prefetcher's verdicts on them (counted at the next epoch) are in. */
+    const char *interval = getenv("MEMSHADOW_INTERVAL_MS");
+    if (getenv("WL_STATS_DIR") && interval) {
+        long ms = atol(interval);
+        if (ms > 0) usleep((useconds_t)(ms < 2000 ? ms : 2000) * 2500);
+    }
     if (copy_stats_page("WL_STATS_DIR", "timed_start") < 0) wl_die("copy the stats page");
     wl.opts = opts;
     wl.batch_ops = batch_ops;

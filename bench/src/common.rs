@@ -324,6 +324,22 @@ mod tests {
     use std::time::Instant;
 
     #[test]
+    fn the_trap_anatomy_probe_builds_warning_free() {
+        // bench/RESULTS.md quotes it; it is not part of a harness run, so build it here.
+        let src = workspace_root().join("bench/probes/trap_anatomy.c");
+        let out = std::env::temp_dir().join(format!("trap_anatomy-{}", std::process::id()));
+        let built = run_limited(
+            Command::new("cc")
+                .args(["-O2", "-pthread", "-Wall", "-Werror", "-o"])
+                .arg(&out)
+                .arg(&src),
+            Duration::from_secs(120),
+        );
+        let _ = std::fs::remove_file(&out);
+        built.unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    }
+
+    #[test]
     fn run_limited_returns_stdout_and_kills_on_expiry() {
         let out = run_limited(Command::new("echo").arg("key 1"), Duration::from_secs(10));
         assert_eq!(out.unwrap(), "key 1\n");

@@ -281,6 +281,21 @@ impl Stream {
     fn confidence(&self, prior: f32) -> f32 {
         (self.hits + PRIOR_PAGES * prior) / (self.issued + PRIOR_PAGES)
     }
+
+    /// Starts the stream's next run, a window along its stride from the trap at `p`
+    /// whose fault-around run ended at `end` (see [`beyond`]), and proposes it, unless
+    /// it would start below page 0 or confidence `c` is under [`FLOOR`].
+    fn propose_past(&mut self, p: PageNo, end: PageNo, c: f32, out: &mut Vec<Guess>) {
+        let first = beyond(p, end, self.stride);
+        if first >= 0 && c >= FLOOR {
+            self.span = Span {
+                first: first as PageNo,
+                n: self.window,
+                stride: self.stride,
+            };
+            self.span.push(c, out);
+        }
+    }
 }
 
 pub struct Stride {
@@ -487,15 +502,7 @@ impl Predictor for Stride {
                     s.window = (s.window * 2).min(s.cap()).max(MIN_WINDOW);
                     self.log_span(i);
                     let Some(s) = self.streams.at(i) else { return };
-                    let first = beyond(p, end, s.stride);
-                    if first >= 0 && c >= FLOOR {
-                        s.span = Span {
-                            first: first as PageNo,
-                            n: s.window,
-                            stride: s.stride,
-                        };
-                        s.span.push(c, out);
-                    }
+                    s.propose_past(p, end, c, out);
                     return;
                 }
             }
@@ -521,16 +528,8 @@ impl Predictor for Stride {
         if s.window == 0 {
             s.window = INITIAL_WINDOW.min(s.cap());
         }
-        let first = beyond(p, end, s.stride);
         let c = s.confidence(prior);
-        if first >= 0 && c >= FLOOR {
-            s.span = Span {
-                first: first as PageNo,
-                n: s.window,
-                stride: s.stride,
-            };
-            s.span.push(c, out);
-        }
+        s.propose_past(p, end, c, out);
     }
 }
 

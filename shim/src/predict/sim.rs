@@ -22,18 +22,21 @@ use super::{FaultNote, Feedback, Guess, Kind, PageNo, Params, Predictor, KINDS};
 pub const THRESHOLD: f32 = 0.2;
 const EPOCH_NS: u64 = 100_000_000;
 
+/// A trap at `page` by thread `tid` at `ns` that saved only its own page (the
+/// simulator has no fault-around).
+fn one_page(page: PageNo, tid: u32, ns: u64) -> FaultNote {
+    FaultNote {
+        page,
+        tid,
+        ns,
+        pages: 1,
+    }
+}
+
 /// Hands `p` a trap at `page` by thread `tid`; `out` holds its guesses (only those).
 pub fn trap(p: &mut impl Predictor, page: PageNo, tid: u32, out: &mut Vec<Guess>) {
     out.clear();
-    p.on_fault(
-        FaultNote {
-            page,
-            tid,
-            ns: 0,
-            pages: 1,
-        },
-        out,
-    );
+    p.on_fault(one_page(page, tid, 0), out);
 }
 
 /// One epoch's writes in order: (page, thread).
@@ -235,15 +238,7 @@ pub fn run_epochs(
             stats.traps += 1;
             out.clear();
             let ns = start + i as u64 * EPOCH_NS / n;
-            p.on_fault(
-                FaultNote {
-                    page,
-                    tid,
-                    ns,
-                    pages: 1,
-                },
-                &mut out,
-            );
+            p.on_fault(one_page(page, tid, ns), &mut out);
             for g in &out {
                 check_guess(g, allowed, "on_fault");
                 if g.confidence < threshold {
@@ -721,15 +716,7 @@ fn costs() {
                 let t = std::time::Instant::now();
                 for &(page, tid) in e {
                     out.clear();
-                    p.on_fault(
-                        FaultNote {
-                            page,
-                            tid,
-                            ns: 0,
-                            pages: 1,
-                        },
-                        &mut out,
-                    );
+                    p.on_fault(one_page(page, tid, 0), &mut out);
                     faults += 1;
                 }
                 fault_ns += t.elapsed().as_nanos();

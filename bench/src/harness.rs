@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A workload: six C programs under `bench/workloads/` and two real programs.
+/// A workload: seven C programs under `bench/workloads/` and two real programs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Workload {
     /// Sequential sweep over a buffer.
@@ -28,6 +28,9 @@ pub enum Workload {
     /// A hot set that moves to another part of the heap every few seconds.
     #[value(name = "hot_set")]
     HotSet,
+    /// The same moving hot set with every write in it (none uniform over the rest).
+    #[value(name = "hot_set_only")]
+    HotSetOnly,
     /// A hash table under inserts and deletes.
     #[value(name = "hash_table")]
     HashTable,
@@ -43,11 +46,12 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 9] = [
         Workload::SeqSweep,
         Workload::UniformRandom,
         Workload::ZipfUpdates,
         Workload::HotSet,
+        Workload::HotSetOnly,
         Workload::HashTable,
         Workload::MultiWriter,
         Workload::Sqlite,
@@ -60,6 +64,7 @@ impl Workload {
             Workload::UniformRandom => "uniform_random",
             Workload::ZipfUpdates => "zipf_updates",
             Workload::HotSet => "hot_set",
+            Workload::HotSetOnly => "hot_set_only",
             Workload::HashTable => "hash_table",
             Workload::MultiWriter => "multi_writer",
             Workload::Sqlite => "sqlite",
@@ -1603,7 +1608,7 @@ mod tests {
             threads: 2,
             ..Args::default()
         });
-        assert_eq!(p.workloads.len(), 6);
+        assert_eq!(p.workloads.len(), 7);
         assert!(p.workloads.iter().all(|w| w.is_c()));
         assert_eq!(p.modes, Mode::ALL);
         assert_eq!(

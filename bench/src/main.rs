@@ -13,7 +13,7 @@
 //!   `stride`, `markov` or `score`, named in the report's header; the same as `cow` with
 //!   a shim that has no prefetcher, which the output says), `fork` (the workload forks every T ms and the
 //!   child reads all of its data out, as Redis BGSAVE does);
-//! - workloads: six C programs (`bench/workloads/*.c`, protocol in `workload.h`:
+//! - workloads: seven C programs (`bench/workloads/*.c`, protocol in `workload.h`:
 //!   `NAME --mib M --seconds S [--threads N] [--fork-every-ms T] [--seed X]`, printing
 //!   `key value` lines), `sqlite` (sqlite3 running `bench/workloads/sqlite_inserts.sql`
 //!   scaled to M MiB on an in-memory database; rows/s; no fork mode) and `redis`

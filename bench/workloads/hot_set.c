@@ -1,5 +1,6 @@
 /* hot_set: random 8-byte writes over the buffer, 90% of them into a hot set of 5% of
- * it (one twentieth, contiguous) and the rest uniform over the whole buffer. Every 2
+ * it (one twentieth, contiguous) and the rest uniform over the whole buffer (hot_set_only.c
+ * builds this file with every write in the hot set). Every 2
  * seconds of the timed part the hot set moves to another twentieth of the buffer, 7
  * twentieths (35% of the buffer) further on, wrapping around, so it visits every part.
  * The move is decided at batch boundaries (the time at the end of the previous batch).
@@ -11,7 +12,10 @@
 #define PARTS 20                  /* the hot set is one part: 5% */
 #define STEP 7                    /* parts between successive hot sets (coprime to PARTS) */
 #define MOVE_NS 2000000000ULL     /* the hot set moves every 2 s */
-#define HOT_THRESHOLD 58982       /* 90% of 65536 */
+#ifndef HOT_THRESHOLD
+#define HOT_THRESHOLD 58982       /* writes into the hot set, out of 65536: 90% */
+#define WORKLOAD_NAME "hot_set"
+#endif
 
 static struct {
     uint64_t *buf;
@@ -37,7 +41,7 @@ static void batch(void *ctx, int tid, uint64_t elapsed_ns)
 
 int main(int argc, char **argv)
 {
-    struct wl_opts o = wl_parse(argc, argv, "hot_set", 1, 1);
+    struct wl_opts o = wl_parse(argc, argv, WORKLOAD_NAME, 1, 1);
     size_t bytes = o.mib * WL_MiB;
     s.nwords = bytes / sizeof(uint64_t);
     s.part_words = s.nwords / PARTS;

@@ -158,11 +158,16 @@ pub enum Counter {
     MarkovWaste = 37,
     ScoreHits = 38,
     ScoreWaste = 39,
+    /// Of `PrefetchCopied`, the pages the protect pass copied while writes were held
+    /// (the pages found written in the last epochs, see the shim's `boundary_copy`).
+    PrefetchAtPass = 40,
+    /// The longest such copy, microseconds (part of the pass's time).
+    PrefetchAtPassUsMax = 41,
 }
 
 impl Counter {
     /// Every assigned counter, in slot order.
-    pub const ALL: [Counter; 40] = [
+    pub const ALL: [Counter; 42] = [
         Counter::TrackedRegions,
         Counter::TrackedBytes,
         Counter::Rescans,
@@ -203,6 +208,8 @@ impl Counter {
         Counter::MarkovWaste,
         Counter::ScoreHits,
         Counter::ScoreWaste,
+        Counter::PrefetchAtPass,
+        Counter::PrefetchAtPassUsMax,
     ];
 
     pub const fn index(self) -> usize {
@@ -251,6 +258,8 @@ impl Counter {
             Counter::MarkovWaste => "markov_waste",
             Counter::ScoreHits => "score_hits",
             Counter::ScoreWaste => "score_waste",
+            Counter::PrefetchAtPass => "prefetch_at_pass",
+            Counter::PrefetchAtPassUsMax => "prefetch_at_pass_us_max",
         }
     }
 }

@@ -8,7 +8,9 @@
 //! earlier pass, so its first write traps all the same. Write faults that arrive while the pass runs are held (not
 //! resolved) until it ends: resolving one early would let its thread go on to write a
 //! page the pass has not protected yet, and the snapshot would be a state that never
-//! existed. Held this way, the snapshot is the memory at the end of the pass.
+//! existed. Held this way, the snapshot is the memory as the last protection ends.
+//! Before the held writes go on, the pass copies the pages written lately, which the
+//! prefetcher published (see `boundary_copy`), so the program does not trap on them.
 
 use crate::engine::{self, RetiredRange, TrackedRange};
 use crate::range::{coalesce, Range};
@@ -260,8 +262,15 @@ pub fn snapshot() -> Result<u64, String> {
         }
     }
 
-    // The pass is over: this is the snapshot's instant. Release the held faults before
-    // anything is freed (freeing takes the arena lock).
+    // Everything is protected: this is the snapshot's instant. Before the held writes go
+    // on, copy the pages they are most likely to write first.
+    if !refused {
+        let cap = crate::boundary_copy::cap_ns(INTERVAL_MS.load(Ordering::Relaxed));
+        crate::boundary_copy::copy_at_pass(v, cap);
+    }
+
+    // The pass is over. Release the held faults before anything is freed (freeing takes
+    // the arena lock).
     engine::with(|e| {
         e.set_pass_running(false);
         core::mem::swap(&mut e.tracked, tracked.as_mut().expect("set above"));
@@ -339,6 +348,7 @@ pub fn start_thread(interval_ms: u64) -> Result<(), String> {
 /// lock is released and its lists (the parent's, possibly half-changed) are forgotten,
 /// not freed; the child's first pass starts from nothing, like its fresh engine.
 pub fn forget_after_fork() {
+    crate::boundary_copy::forget_after_fork();
     THREAD_STARTED.store(false, Ordering::Release);
     THREAD_START.release();
     API.release();

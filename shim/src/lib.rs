@@ -23,6 +23,7 @@
 
 mod arena;
 mod bootstrap;
+mod boundary_copy;
 mod config;
 mod control;
 mod engine;

@@ -1,10 +1,10 @@
 //! The prefetch thread: copies the pages the program is about to write into shadows
 //! before the write, so the program does not trap on them.
 //!
-//! At each epoch start (a protect pass has ended) it
-//! 0. copies again, first, the pages its last audit found written (the warm start: the
-//!    audit and the plan below take about 10 ms, and a hot page is usually still hot),
-//!    up to a budget of its own that follows the accuracy of these copies;
+//! During each epoch it publishes the pages the next protect pass copies while it holds
+//! writes ([`crate::boundary_copy`]): those its last audit found written and those
+//! that trapped since, up to a budget of their own that follows how many of these
+//! copies are written. At each epoch start (a protect pass has ended) it
 //! 1. audits the pages it prefetched in the epoch that ended: a page whose shadow
 //!    differs from what the new snapshot holds was written (a hit), the others were not
 //!    (waste); the counts go to the statistics and, per predictor, back to the
@@ -80,12 +80,12 @@ const GROW_ACCURACY: f64 = 0.25;
 const SHRINK_ACCURACY: f64 = 0.1;
 /// The first epoch's budget.
 const FIRST_BUDGET: usize = 4096;
-/// Marks the warm start's copies in [`Prefetched::by`] (above the predictors' bits).
-const WARM: u8 = 0x80;
-/// The warm start's budget doubles after an epoch in which at least this share of its
-/// copies was written, and halves below the next.
-const WARM_GROW_ACCURACY: f64 = 0.5;
-const WARM_SHRINK_ACCURACY: f64 = 0.3;
+/// Marks the pass's copies in [`Prefetched::by`] (above the predictors' bits).
+const AT_PASS: u8 = 0x80;
+/// The pass's budget doubles after an epoch in which at least this share of its copies
+/// was written, and halves below the next.
+const PASS_GROW_ACCURACY: f64 = 0.5;
+const PASS_SHRINK_ACCURACY: f64 = 0.3;
 /// The share of the free shadow slots the prefetcher leaves to traps.
 const SLOT_RESERVE_DIVISOR: u32 = 4;
 /// How long the thread sleeps when it has nothing to do (it is woken by traps and by
@@ -93,6 +93,8 @@ const SLOT_RESERVE_DIVISOR: u32 = 4;
 const IDLE_MS: u64 = 20;
 /// Most trap pages remembered per epoch as written.
 const TRAPPED_CAPACITY: usize = 1 << 20;
+/// How often, at most, the pages for the next pass are published again during an epoch.
+const PUBLISH_EVERY_NS: u64 = 10_000_000;
 
 /// A trap as the fault thread hands it over: the note and the version it was in.
 #[derive(Clone, Copy)]
@@ -232,10 +234,15 @@ struct Prefetcher {
     plan_next: usize,
     /// Pages copied this epoch, and in the one before (audited at the next epoch).
     copied: Vec<Prefetched>,
-    /// The pages the last audit found written, with their proposers (see [`warm_start`]).
+    /// The pages the last audit found written, with their proposers (see
+    /// [`publish_boundary`]).
     last_hits: Vec<Prefetched>,
-    /// Most pages the warm start copies.
-    warm_budget: usize,
+    /// Most pages the next pass copies (see [`crate::boundary_copy`]).
+    pass_budget: usize,
+    /// When the boundary set was last published, and how many traps it held.
+    published_ns: u64,
+    published_traps: usize,
+
     /// Pages that trapped this epoch (they were written).
     trapped: Vec<PageNo>,
     /// The page of the latest trap seen (where the program writes).
@@ -261,7 +268,10 @@ impl Prefetcher {
             plan_next: 0,
             copied: Vec::new(),
             last_hits: Vec::new(),
-            warm_budget: FIRST_BUDGET,
+            pass_budget: FIRST_BUDGET,
+            published_ns: 0,
+            published_traps: 0,
+
             trapped: Vec::new(),
             last_fault: 0,
             guesses: Vec::with_capacity(256),
@@ -291,6 +301,9 @@ extern "C" fn run(arg: *mut c_void) -> *mut c_void {
         }
         take_faults(&mut p);
         if pass_running || !copy_next(&mut p) {
+            if !pass_running && v == p.epoch {
+                publish_boundary(&mut p, false);
+            }
             idle();
         }
         pace(&mut p);
@@ -425,7 +438,7 @@ fn copy_next(p: &mut Prefetcher) -> bool {
     true
 }
 
-enum Copy {
+pub enum Copy {
     /// Pages up to `next` are dealt with; `copied` of them, from `first` on, were
     /// copied here.
     Done {
@@ -448,61 +461,70 @@ fn copy_run(v: u64, at: usize, end: usize) -> Copy {
         if e.version != v || e.pass_running || e.incomplete {
             return Copy::Stop;
         }
-        if crate::fault::events_in_hand() {
-            return Copy::Busy;
-        }
-        let Some(t) = e.tracked_at(at, v) else {
-            // Not tracked: skip to where tracking resumes.
-            let next = e
-                .tracked_at_or_after(at)
-                .map_or(end, |t| t.range.start.clamp(at + PAGE, end.max(at + PAGE)));
-            return Copy::Done {
-                first: at,
-                copied: 0,
-                next,
-            };
-        };
-        let end = end.min(t.range.end);
-        // Skip what is saved already (by a trap, or by us) or lost.
-        let mut first = at;
-        while first < end && e.saved_or_lost(first) {
-            first += PAGE;
-        }
-        if first == end {
-            return Copy::Done {
-                first,
-                copied: 0,
-                next: end,
-            };
-        }
-        let reserve = e.pool.free_slots() / SLOT_RESERVE_DIVISOR;
-        if (e.pool.free_slots() as usize) < reserve as usize + (end - first) / PAGE {
-            return Copy::Stop;
-        }
-        let Some((n, copied)) = e.save_run(first, end, PAGES_PER_HOLD) else {
-            return Copy::Stop;
-        };
-        if crate::fault::events_in_hand() {
-            // A discard may have zapped a page while it was copied: take the copies back.
-            undo(e, first, n);
-            return Copy::Busy;
-        }
-        if copied < n {
-            // The rest was unmapped under us: those slots hold zeros, not the page.
-            undo(e, first + copied * PAGE, n - copied);
-        }
-        if copied > 0 {
-            e.unprotect(&engine::uffd(), Range::new(first, first + copied * PAGE));
-            stats::add(Counter::PrefetchCopied, copied as u64);
-            stats::add(Counter::PagesCopied, copied as u64);
-        }
-        Copy::Done {
-            first,
-            copied,
-            next: first + n.max(1) * PAGE,
-        }
+        save_ahead(e, at, end, PAGES_PER_HOLD)
     });
     r.unwrap_or(Copy::Stop)
+}
+
+/// Saves into shadows of the newest version, and unprotects, the pages of `[at, end)`
+/// that still need it, up to `max` of them and up to the first one that does not: ahead
+/// of their first write, while they are protected. The caller holds the engine lock and
+/// has checked the version it copies for.
+pub fn save_ahead(e: &mut Engine, at: usize, end: usize, max: usize) -> Copy {
+    let v = e.version;
+    if crate::fault::events_in_hand() {
+        return Copy::Busy;
+    }
+    let Some(t) = e.tracked_at(at, v) else {
+        // Not tracked: skip to where tracking resumes.
+        let next = e
+            .tracked_at_or_after(at)
+            .map_or(end, |t| t.range.start.clamp(at + PAGE, end.max(at + PAGE)));
+        return Copy::Done {
+            first: at,
+            copied: 0,
+            next,
+        };
+    };
+    let end = end.min(t.range.end);
+    // Skip what is saved already (by a trap, or by us) or lost.
+    let mut first = at;
+    while first < end && e.saved_or_lost(first) {
+        first += PAGE;
+    }
+    if first == end {
+        return Copy::Done {
+            first,
+            copied: 0,
+            next: end,
+        };
+    }
+    let reserve = e.pool.free_slots() / SLOT_RESERVE_DIVISOR;
+    if (e.pool.free_slots() as usize) < reserve as usize + (end - first) / PAGE {
+        return Copy::Stop;
+    }
+    let Some((n, copied)) = e.save_run(first, end, max) else {
+        return Copy::Stop;
+    };
+    if crate::fault::events_in_hand() {
+        // A discard may have zapped a page while it was copied: take the copies back.
+        undo(e, first, n);
+        return Copy::Busy;
+    }
+    if copied < n {
+        // The rest was unmapped under us: those slots hold zeros, not the page.
+        undo(e, first + copied * PAGE, n - copied);
+    }
+    if copied > 0 {
+        e.unprotect(&engine::uffd(), Range::new(first, first + copied * PAGE));
+        stats::add(Counter::PrefetchCopied, copied as u64);
+        stats::add(Counter::PagesCopied, copied as u64);
+    }
+    Copy::Done {
+        first,
+        copied,
+        next: first + n.max(1) * PAGE,
+    }
 }
 
 /// Runs `f` under the engine lock, backing off while the fault thread keeps it busy;
@@ -538,20 +560,28 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
     p.urgent.clear();
     p.plan.clear();
     p.plan_next = 0;
-    warm_start(p);
+    // The pages the pass just copied are this epoch's prefetched pages.
+    let mut at_pass = core::mem::take(&mut p.copied);
+    at_pass.clear();
+    crate::boundary_copy::collect(v, |r, by| {
+        for page in (r.start >> 12)..(r.end >> 12) {
+            at_pass.push(Prefetched { page, by });
+        }
+    });
+    p.copied = at_pass;
     let feedback = audit(p, &copied, previous);
     // A hot set is written again, a sweep's pages are not.
-    p.warm_budget = adapt_budget(
-        p.warm_budget,
-        feedback.warm_hits,
-        feedback.warm_waste,
-        WARM_GROW_ACCURACY,
-        WARM_SHRINK_ACCURACY,
+    p.pass_budget = adapt_budget(
+        p.pass_budget,
+        feedback.pass_hits,
+        feedback.pass_waste,
+        PASS_GROW_ACCURACY,
+        PASS_SHRINK_ACCURACY,
         true,
     );
     let mut copied = copied;
     copied.clear();
-    // The warm start's copies are this epoch's; the buffer keeps its capacity.
+    // The pass's copies are this epoch's; the buffer keeps its capacity.
     copied.append(&mut p.copied);
     p.copied = copied;
     let (hits, waste) = (feedback.hits_total, feedback.waste_total);
@@ -594,32 +624,37 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
             e.queued.set_plan(v, &runs);
         }
     });
+    publish_boundary(p, true);
 }
 
-/// Before the audit of the epoch that ended and the new plan (about 10 ms together, with
-/// the program writing meanwhile), copies again the pages the last audit found written,
-/// up to the warm start's own budget (see [`adapt_budget`]): a hot page is usually
-/// still hot. Measured on hot_set, 1 GiB, medians of 2 runs: hit rate 37% -> 45%,
-/// throughput +14%.
-fn warm_start(p: &mut Prefetcher) {
-    let n = p.last_hits.len().min(p.budget / 2).min(p.warm_budget);
-    let runs = warm_runs(&mut p.last_hits[..n]);
-    p.last_hits.clear();
-    for r in runs {
-        p.urgent.clear();
-        p.urgent.push(r);
-        copy_next(p);
-        if engine::stamp() != p.epoch * 2 {
-            break; // a new version or a pass: this epoch's copying is over
-        }
+/// Publishes what the next pass copies (see [`crate::boundary_copy`]): the pages the
+/// last audit found written, then those that trapped this epoch, up to the pass's own
+/// budget. Again during the epoch at most every [`PUBLISH_EVERY_NS`], when traps came
+/// since (`now`: at once).
+fn publish_boundary(p: &mut Prefetcher, now: bool) {
+    let t = engine::now_ns();
+    if !now && (p.trapped.len() == p.published_traps || t < p.published_ns + PUBLISH_EVERY_NS) {
+        return;
     }
-    p.urgent.clear();
+    p.published_ns = t;
+    p.published_traps = p.trapped.len();
+    // Refused while the last pass's copies wait for the next epoch to collect them.
+    crate::boundary_copy::publish(&mut pass_plan(&p.last_hits, &p.trapped, p.pass_budget));
 }
 
-/// The runs a warm start copies for `hits` (sorted here): pages closer than
-/// [`BRIDGE_PAGES`] are copied as one run, their proposers' bits joined, and [`WARM`]
-/// marks them for the audit.
-fn warm_runs(hits: &mut [Prefetched]) -> Vec<(Range, u8)> {
+/// What the next pass copies: the pages of `hits` (the last audit's), then those of
+/// `trapped` (this epoch's traps), `budget` pages at most, as [`pass_runs`].
+fn pass_plan(hits: &[Prefetched], trapped: &[PageNo], budget: usize) -> Vec<(Range, u8)> {
+    let mut pages: Vec<Prefetched> = Vec::with_capacity(budget.min(hits.len() + trapped.len()));
+    let trapped = trapped.iter().map(|&page| Prefetched { page, by: 0 });
+    pages.extend(hits.iter().copied().chain(trapped).take(budget));
+    pass_runs(&mut pages)
+}
+
+/// The runs a pass copies for `hits` (sorted here): pages closer than [`BRIDGE_PAGES`]
+/// are copied as one run, their proposers' bits joined, and [`AT_PASS`] marks them for the
+/// audit.
+fn pass_runs(hits: &mut [Prefetched]) -> Vec<(Range, u8)> {
     hits.sort_unstable_by_key(|c| c.page);
     let mut runs: Vec<(Range, u8)> = Vec::new();
     for c in hits.iter() {
@@ -628,7 +663,7 @@ fn warm_runs(hits: &mut [Prefetched]) -> Vec<(Range, u8)> {
                 r.end = r.end.max((c.page + 1) << 12);
                 *by |= c.by;
             }
-            _ => runs.push((Range::new(c.page << 12, (c.page + 1) << 12), c.by | WARM)),
+            _ => runs.push((Range::new(c.page << 12, (c.page + 1) << 12), c.by | AT_PASS)),
         }
     }
     runs
@@ -637,7 +672,7 @@ fn warm_runs(hits: &mut [Prefetched]) -> Vec<(Range, u8)> {
 /// A budget of pages per epoch after an epoch in which `hits` of the copies it paid for
 /// were written and `waste` were not: doubled when at least `grow_at` of them were
 /// written (and `may_grow`), halved down to [`MIN_BUDGET`] below `shrink_below`, kept
-/// otherwise and when nothing was copied. Serves the plan's budget and the warm start's.
+/// otherwise and when nothing was copied. Serves the plan's budget and the pass's.
 fn adapt_budget(
     budget: usize,
     hits: u64,
@@ -703,9 +738,9 @@ struct Audit {
     per_kind: Feedback,
     hits_total: u64,
     waste_total: u64,
-    /// Of those, the warm start's (see [`warm_start`]).
-    warm_hits: u64,
-    warm_waste: u64,
+    /// Of those, the pass's (see [`crate::boundary_copy`]).
+    pass_hits: u64,
+    pass_waste: u64,
     /// Prefetched pages found written.
     written: Vec<PageNo>,
 }
@@ -716,8 +751,8 @@ fn audit(p: &mut Prefetcher, copied: &[Prefetched], v: u64) -> Audit {
         per_kind: Feedback::default(),
         hits_total: 0,
         waste_total: 0,
-        warm_hits: 0,
-        warm_waste: 0,
+        pass_hits: 0,
+        pass_waste: 0,
         written: Vec::with_capacity(copied.len()),
     };
     p.last_hits.clear();
@@ -744,11 +779,11 @@ fn audit(p: &mut Prefetcher, copied: &[Prefetched], v: u64) -> Audit {
                 *slot += 1;
             }
         }
-        if c.by & WARM != 0 {
+        if c.by & AT_PASS != 0 {
             if hit {
-                out.warm_hits += 1;
+                out.pass_hits += 1;
             } else {
-                out.warm_waste += 1;
+                out.pass_waste += 1;
             }
         }
         if hit {
@@ -756,7 +791,7 @@ fn audit(p: &mut Prefetcher, copied: &[Prefetched], v: u64) -> Audit {
             out.written.push(c.page);
             p.last_hits.push(Prefetched {
                 page: c.page,
-                by: c.by & !WARM,
+                by: c.by & !AT_PASS,
             });
         } else {
             out.waste_total += 1;
@@ -848,7 +883,7 @@ mod tests {
     }
 
     #[test]
-    fn a_warm_start_copies_the_last_hits_as_bridged_runs_marked_warm() {
+    fn the_pass_copies_the_known_written_pages_as_bridged_runs_marked() {
         let hit = |page, by| Prefetched { page, by };
         let mut hits = [
             hit(500, 4),
@@ -857,35 +892,52 @@ mod tests {
             hit(102 + BRIDGE_PAGES, 1), // a gap of BRIDGE_PAGES: bridged
             hit(300, 8),
         ];
-        let runs = warm_runs(&mut hits);
+        let runs = pass_runs(&mut hits);
         assert_eq!(
             runs,
             vec![
-                (r(100, 103 + BRIDGE_PAGES), 1 | 2 | WARM),
-                (r(300, 301), 8 | WARM),
-                (r(500, 501), 4 | WARM),
+                (r(100, 103 + BRIDGE_PAGES), 1 | 2 | AT_PASS),
+                (r(300, 301), 8 | AT_PASS),
+                (r(500, 501), 4 | AT_PASS),
             ]
         );
-        assert!(warm_runs(&mut []).is_empty());
+        assert!(pass_runs(&mut []).is_empty());
     }
 
     #[test]
-    fn the_warm_budget_follows_the_warm_copies_accuracy() {
-        let warm = |budget, hits, waste| {
+    fn the_pass_copies_the_last_hits_first_then_this_epochs_traps_within_its_budget() {
+        let hit = |page, by| Prefetched { page, by };
+        let hits = [hit(101, 2), hit(100, 1)];
+        let runs = pass_plan(&hits, &[300, 101, 500], 4);
+        assert_eq!(
+            runs,
+            vec![(r(100, 102), 1 | 2 | AT_PASS), (r(300, 301), AT_PASS)],
+            "page 500 is over the budget; 101, hit and trapped, is copied once"
+        );
+        assert!(pass_plan(&hits, &[300], 0).is_empty());
+    }
+
+    #[test]
+    fn the_pass_budget_follows_the_accuracy_of_its_copies() {
+        let at_pass = |budget, hits, waste| {
             adapt_budget(
                 budget,
                 hits,
                 waste,
-                WARM_GROW_ACCURACY,
-                WARM_SHRINK_ACCURACY,
+                PASS_GROW_ACCURACY,
+                PASS_SHRINK_ACCURACY,
                 true,
             )
         };
-        assert_eq!(warm(1000, 60, 40), 2000);
-        assert_eq!(warm(1000, 40, 60), 1000);
-        assert_eq!(warm(1000, 10, 90), 500);
-        assert_eq!(warm(MIN_BUDGET, 0, 90), MIN_BUDGET);
-        assert_eq!(warm(1000, 0, 0), 1000, "no warm copies: no verdict");
+        assert_eq!(at_pass(1000, 60, 40), 2000);
+        assert_eq!(at_pass(1000, 40, 60), 1000);
+        assert_eq!(at_pass(1000, 10, 90), 500);
+        assert_eq!(at_pass(MIN_BUDGET, 0, 90), MIN_BUDGET);
+        assert_eq!(
+            at_pass(1000, 0, 0),
+            1000,
+            "no copies at the pass: no verdict"
+        );
         // The plan's budget grows only when it was the limit.
         let plan =
             |may_grow| adapt_budget(1000, 300, 700, GROW_ACCURACY, SHRINK_ACCURACY, may_grow);

@@ -234,9 +234,10 @@ struct Prefetcher {
     plan_next: usize,
     /// Pages copied this epoch, and in the one before (audited at the next epoch).
     copied: Vec<Prefetched>,
-    /// The pages the last audit found written, with their proposers (see
+    /// The pages written in the epoch before this one, as far as known: those that
+    /// trapped and the prefetched ones its audit found written (see
     /// [`publish_boundary`]).
-    last_hits: Vec<Prefetched>,
+    last_written: Vec<PageNo>,
     /// Most pages the next pass copies (see [`crate::boundary_copy`]).
     pass_budget: usize,
     /// When the boundary set was last published, and how many traps it held.
@@ -267,7 +268,7 @@ impl Prefetcher {
             plan: Vec::new(),
             plan_next: 0,
             copied: Vec::new(),
-            last_hits: Vec::new(),
+            last_written: Vec::new(),
             pass_budget: FIRST_BUDGET,
             published_ns: 0,
             published_traps: 0,
@@ -300,10 +301,10 @@ extern "C" fn run(arg: *mut c_void) -> *mut c_void {
             new_epoch(&mut p, v);
         }
         take_faults(&mut p);
+        if !pass_running && v == p.epoch {
+            publish_boundary(&mut p, false);
+        }
         if pass_running || !copy_next(&mut p) {
-            if !pass_running && v == p.epoch {
-                publish_boundary(&mut p, false);
-            }
             idle();
         }
         pace(&mut p);
@@ -614,8 +615,8 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
         p.budget,
         &mut p.guesses,
     );
-    // Its buffer holds the next epoch's traps.
-    p.trapped = written;
+    // What the next pass copies starts from it; the older buffer holds the next traps.
+    p.trapped = core::mem::replace(&mut p.last_written, written);
     p.trapped.clear();
     let (order, runs) = plan_runs(&p.guesses, p.threshold, p.budget, p.last_fault);
     p.plan = order;
@@ -627,10 +628,11 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
     publish_boundary(p, true);
 }
 
-/// Publishes what the next pass copies (see [`crate::boundary_copy`]): the pages the
-/// last audit found written, then those that trapped this epoch, up to the pass's own
-/// budget. Again during the epoch at most every [`PUBLISH_EVERY_NS`], when traps came
-/// since (`now`: at once).
+/// Publishes what the next pass copies (see [`crate::boundary_copy`]): the pages known
+/// written in the last epoch (its traps, and the prefetched pages its audit found
+/// written), then those that trapped in this one, up to the pass's own budget. Again
+/// during the epoch at most every [`PUBLISH_EVERY_NS`], when traps came since (`now`:
+/// at once).
 fn publish_boundary(p: &mut Prefetcher, now: bool) {
     let t = engine::now_ns();
     if !now && (p.trapped.len() == p.published_traps || t < p.published_ns + PUBLISH_EVERY_NS) {
@@ -639,31 +641,47 @@ fn publish_boundary(p: &mut Prefetcher, now: bool) {
     p.published_ns = t;
     p.published_traps = p.trapped.len();
     // Refused while the last pass's copies wait for the next epoch to collect them.
-    crate::boundary_copy::publish(&mut pass_plan(&p.last_hits, &p.trapped, p.pass_budget));
+    crate::boundary_copy::publish(&mut pass_plan(&p.last_written, &p.trapped, p.pass_budget));
 }
 
-/// What the next pass copies: the pages of `hits` (the last audit's), then those of
-/// `trapped` (this epoch's traps), `budget` pages at most, as [`pass_runs`].
-fn pass_plan(hits: &[Prefetched], trapped: &[PageNo], budget: usize) -> Vec<(Range, u8)> {
-    let mut pages: Vec<Prefetched> = Vec::with_capacity(budget.min(hits.len() + trapped.len()));
-    let trapped = trapped.iter().map(|&page| Prefetched { page, by: 0 });
-    pages.extend(hits.iter().copied().chain(trapped).take(budget));
-    pass_runs(&mut pages)
+/// What the next pass copies of the pages in `known` (written in the last epoch) and
+/// `trapped` (this epoch's traps): the runs of [`pass_runs`] that hold a page written
+/// in both epochs or two pages, densest first, while they fit in `budget` pages (gaps
+/// included; the last one cut to fit). A hot set is a dense cluster; a page a hot key
+/// lives in is written epoch after epoch; a page written once at random is neither,
+/// and not copied (copying it and unprotecting it alone costs more than its trap would,
+/// at the odds it has).
+fn pass_plan(known: &[PageNo], trapped: &[PageNo], budget: usize) -> Vec<(Range, u8)> {
+    let mut pages: Vec<PageNo> = Vec::with_capacity(known.len() + trapped.len());
+    pages.extend(known.iter().chain(trapped));
+    let mut runs = pass_runs(&mut pages);
+    runs.retain(|&(_, n)| n >= 2);
+    // Densest first (ties in address order), so that the pass's time cap cuts the rest.
+    runs.sort_by_key(|&(_, n)| core::cmp::Reverse(n));
+    let mut left = budget;
+    runs.retain_mut(|(r, by)| {
+        let n = (r.len() / PAGE).min(left);
+        left -= n;
+        r.end = r.start + n * PAGE;
+        *by = AT_PASS;
+        n > 0
+    });
+    runs
 }
 
-/// The runs a pass copies for `hits` (sorted here): pages closer than [`BRIDGE_PAGES`]
-/// are copied as one run, their proposers' bits joined, and [`AT_PASS`] marks them for the
-/// audit.
-fn pass_runs(hits: &mut [Prefetched]) -> Vec<(Range, u8)> {
-    hits.sort_unstable_by_key(|c| c.page);
+/// The runs of `pages` (sorted here): pages closer than [`BRIDGE_PAGES`] are one run,
+/// gap included; with each run, how many entries of `pages` it holds (a page listed
+/// twice counts twice; at most 255).
+fn pass_runs(pages: &mut [PageNo]) -> Vec<(Range, u8)> {
+    pages.sort_unstable();
     let mut runs: Vec<(Range, u8)> = Vec::new();
-    for c in hits.iter() {
+    for &page in pages.iter() {
         match runs.last_mut() {
-            Some((r, by)) if c.page <= (r.end >> 12) + BRIDGE_PAGES => {
-                r.end = r.end.max((c.page + 1) << 12);
-                *by |= c.by;
+            Some((r, n)) if page <= (r.end >> 12) + BRIDGE_PAGES => {
+                r.end = r.end.max((page + 1) << 12);
+                *n = n.saturating_add(1);
             }
-            _ => runs.push((Range::new(c.page << 12, (c.page + 1) << 12), c.by | AT_PASS)),
+            _ => runs.push((Range::new(page << 12, (page + 1) << 12), 1)),
         }
     }
     runs
@@ -755,7 +773,6 @@ fn audit(p: &mut Prefetcher, copied: &[Prefetched], v: u64) -> Audit {
         pass_waste: 0,
         written: Vec::with_capacity(copied.len()),
     };
-    p.last_hits.clear();
     let mut verdicts: Vec<Option<bool>> = Vec::with_capacity(copied.len());
     for chunk in copied.chunks(AUDIT_PER_HOLD) {
         let done = politely(&mut |e| {
@@ -789,10 +806,6 @@ fn audit(p: &mut Prefetcher, copied: &[Prefetched], v: u64) -> Audit {
         if hit {
             out.hits_total += 1;
             out.written.push(c.page);
-            p.last_hits.push(Prefetched {
-                page: c.page,
-                by: c.by & !AT_PASS,
-            });
         } else {
             out.waste_total += 1;
         }
@@ -883,38 +896,36 @@ mod tests {
     }
 
     #[test]
-    fn the_pass_copies_the_known_written_pages_as_bridged_runs_marked() {
-        let hit = |page, by| Prefetched { page, by };
-        let mut hits = [
-            hit(500, 4),
-            hit(100, 1),
-            hit(101, 2),
-            hit(102 + BRIDGE_PAGES, 1), // a gap of BRIDGE_PAGES: bridged
-            hit(300, 8),
-        ];
-        let runs = pass_runs(&mut hits);
+    fn known_written_pages_make_bridged_runs_that_count_them() {
+        let mut pages = [500, 100, 101, 102 + BRIDGE_PAGES, 300, 101];
+        let runs = pass_runs(&mut pages);
         assert_eq!(
             runs,
             vec![
-                (r(100, 103 + BRIDGE_PAGES), 1 | 2 | AT_PASS),
-                (r(300, 301), 8 | AT_PASS),
-                (r(500, 501), 4 | AT_PASS),
+                (r(100, 103 + BRIDGE_PAGES), 4), // a gap of BRIDGE_PAGES: bridged
+                (r(300, 301), 1),
+                (r(500, 501), 1),
             ]
         );
         assert!(pass_runs(&mut []).is_empty());
     }
 
     #[test]
-    fn the_pass_copies_the_last_hits_first_then_this_epochs_traps_within_its_budget() {
-        let hit = |page, by| Prefetched { page, by };
-        let hits = [hit(101, 2), hit(100, 1)];
-        let runs = pass_plan(&hits, &[300, 101, 500], 4);
+    fn the_pass_copies_clusters_and_pages_written_twice_densest_first_within_its_budget() {
+        // A cluster at 200, page 50 written in both epochs, 10 and 900 written once.
+        let known = [10, 50, 200, 202, 204, 900];
+        let trapped = [201, 205, 203, 50];
+        let plan = |budget| pass_plan(&known, &trapped, budget);
         assert_eq!(
-            runs,
-            vec![(r(100, 102), 1 | 2 | AT_PASS), (r(300, 301), AT_PASS)],
-            "page 500 is over the budget; 101, hit and trapped, is copied once"
+            plan(100),
+            vec![(r(200, 206), AT_PASS), (r(50, 51), AT_PASS)]
         );
-        assert!(pass_plan(&hits, &[300], 0).is_empty());
+        assert_eq!(plan(4), vec![(r(200, 204), AT_PASS)], "cut to fit");
+        assert!(plan(0).is_empty());
+        assert!(
+            pass_plan(&[10, 900], &[5000], 100).is_empty(),
+            "pages written once at random"
+        );
     }
 
     #[test]

@@ -379,6 +379,7 @@ pub struct ShimStats {
     pub prefetch_copied: Option<f64>,
     pub prefetch_late: Option<f64>,
     pub prefetch_cpu_us: Option<f64>,
+    pub prefetch_at_pass: Option<f64>,
 }
 
 impl ShimStats {
@@ -399,6 +400,7 @@ impl ShimStats {
             prefetch_copied: minus(self.prefetch_copied, Counter::PrefetchCopied),
             prefetch_late: minus(self.prefetch_late, Counter::PrefetchLate),
             prefetch_cpu_us: minus(self.prefetch_cpu_us, Counter::PrefetchCpuUs),
+            prefetch_at_pass: minus(self.prefetch_at_pass, Counter::PrefetchAtPass),
             ..self.clone()
         }
     }
@@ -427,6 +429,7 @@ impl ShimStats {
             prefetch_copied: k("prefetch_copied"),
             prefetch_late: k("prefetch_late"),
             prefetch_cpu_us: k("prefetch_cpu_us"),
+            prefetch_at_pass: k("prefetch_at_pass"),
         })
     }
 }
@@ -519,6 +522,8 @@ pub struct Row {
     pub waste_rate: Option<f64>,
     /// Traps on pages the prefetcher had queued but not copied yet.
     pub prefetch_late: Option<f64>,
+    /// Pages protect passes copied while they held writes (part of the prefetched ones).
+    pub prefetch_at_pass: Option<f64>,
     pub max_stall_us: Option<f64>,
     pub p99_stall_us: Option<f64>,
     pub shadow_peak_bytes: Option<f64>,
@@ -572,6 +577,7 @@ pub fn aggregate(
         hit_rate: med(&|m| m.hit_rate(mode)),
         waste_rate: med(&|m| m.waste_rate(mode)),
         prefetch_late: stat(|s| s.prefetch_late),
+        prefetch_at_pass: stat(|s| s.prefetch_at_pass),
         max_stall_us: med(&|m| m.max_stall_us),
         p99_stall_us: med(&|m| m.p99_stall_us),
         shadow_peak_bytes: stat(|s| s.shadow_peak_bytes),
@@ -615,6 +621,7 @@ impl Row {
             ("hit_rate", self.hit_rate),
             ("waste_rate", self.waste_rate),
             ("prefetch_late", self.prefetch_late),
+            ("prefetch_at_pass", self.prefetch_at_pass),
             ("max_stall_us", self.max_stall_us),
             ("p99_stall_us", self.p99_stall_us),
             ("shadow_peak_bytes", self.shadow_peak_bytes),
@@ -1386,6 +1393,7 @@ mod tests {
             pages_copied: Some(9000.0),
             prefetch_hits: Some(700.0),
             prefetch_copied: Some(800.0),
+            prefetch_at_pass: Some(600.0),
             shadow_peak_bytes: Some(4096.0),
             protect_pass_us_max: Some(30000.0),
             ..ShimStats::default()
@@ -1396,6 +1404,7 @@ mod tests {
         counters[Counter::PagesCopied.index()] = 8000;
         counters[Counter::PrefetchHits.index()] = 650;
         counters[Counter::PrefetchCopied.index()] = 700;
+        counters[Counter::PrefetchAtPass.index()] = 550;
         counters[Counter::ShadowPeakBytes.index()] = 4096;
         let start = StatsRecord {
             state: None,
@@ -1418,6 +1427,7 @@ mod tests {
         assert_eq!(timed.pages_copied, Some(1000.0));
         assert_eq!(timed.prefetch_hits, Some(50.0));
         assert_eq!(timed.prefetch_copied, Some(100.0));
+        assert_eq!(timed.prefetch_at_pass, Some(50.0));
         // Missing keys stay missing; peaks and maxima are the whole run's.
         assert_eq!(timed.prefetch_waste, None);
         assert_eq!(timed.shadow_peak_bytes, Some(4096.0));
@@ -1435,6 +1445,7 @@ mod tests {
                 prefetch_waste: Some(hits / 3.0),
                 prefetch_late: Some(late),
                 prefetch_cpu_us: Some(cpu_us),
+                prefetch_at_pass: Some(late * 10.0),
                 shim_cpu_us: Some(2_000_000.0),
                 ..ShimStats::default()
             })
@@ -1449,6 +1460,7 @@ mod tests {
         assert_eq!(r.waste_rate, Some(0.25));
         // Medians of two runs: the mean of the two.
         assert_eq!(r.prefetch_late, Some(5.0));
+        assert_eq!(r.prefetch_at_pass, Some(50.0));
         assert_eq!(r.prefetch_cpu_s, Some(0.3));
         let v = r.to_json();
         assert_eq!(v["prefetch_late"], 5);
@@ -1538,6 +1550,7 @@ mod tests {
                 "hit_rate",
                 "waste_rate",
                 "prefetch_late",
+                "prefetch_at_pass",
                 "max_stall_us",
                 "p99_stall_us",
                 "shadow_peak_bytes",

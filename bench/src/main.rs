@@ -25,7 +25,8 @@
 //!   protect pass, the shim's own CPU time, abandoned snapshots), prefetch hit rate
 //!   (`prefetch_hits / (prefetch_hits + traps)`) and waste rate (`prefetch_waste /
 //!   prefetch_copied`), and in the JSON rows also `prefetch_late` (traps on pages queued
-//!   for prefetch but not copied yet) and `prefetch_cpu_s` (the prefetch thread's CPU
+//!   for prefetch but not copied yet), `prefetch_at_pass` (pages the protect passes
+//!   copied while holding writes) and `prefetch_cpu_s` (the prefetch thread's CPU
 //!   time), forks and the longest fork pause.
 //!
 //! `--json FILE` writes the rows as a JSON array and a chart (throughput ratio and worst

@@ -245,9 +245,10 @@ fn percent(part: u64, whole: u64) -> String {
     }
 }
 
-/// What the prefetcher did, if it copied anything: pages copied ahead, hit rate (first
-/// writes that found their page already copied, of all first writes: hits and traps)
-/// and waste (pages copied ahead and not written, of all pages copied ahead).
+/// What the prefetcher did, if it copied anything: pages copied ahead (and how many of
+/// them by protect passes), hit rate (first writes that found their page already
+/// copied, of all first writes: hits and traps) and waste (pages copied ahead and not
+/// written, of all pages copied ahead).
 fn prefetch_line(rec: &StatsRecord) -> Option<String> {
     let copied = rec.counter(Counter::PrefetchCopied);
     if copied == 0 {
@@ -256,8 +257,9 @@ fn prefetch_line(rec: &StatsRecord) -> Option<String> {
     let hits = rec.counter(Counter::PrefetchHits);
     let traps = rec.counter(Counter::Traps);
     Some(format!(
-        "prefetched {} pages; hit rate {}, waste {}",
+        "prefetched {} pages ({} by snapshots' passes); hit rate {}, waste {}",
         thousands(copied),
+        thousands(rec.counter(Counter::PrefetchAtPass)),
         percent(hits, hits.saturating_add(traps)),
         percent(rec.counter(Counter::PrefetchWaste), copied)
     ))
@@ -483,9 +485,11 @@ mod tests {
         rec.counters[Counter::PrefetchCopied.index()] = 4000;
         rec.counters[Counter::PrefetchHits.index()] = 300;
         rec.counters[Counter::PrefetchWaste.index()] = 1000;
+        rec.counters[Counter::PrefetchAtPass.index()] = 2500;
         let lines = run_summary(&outcome(Some(rec.clone())));
         assert_eq!(
-            lines[1], "prefetched 4,000 pages; hit rate 75.0%, waste 25.0%",
+            lines[1],
+            "prefetched 4,000 pages (2,500 by snapshots' passes); hit rate 75.0%, waste 25.0%",
             "{lines:?}"
         );
         // No first writes at all: no hit rate to give.
@@ -494,7 +498,7 @@ mod tests {
         let lines = run_summary(&outcome(Some(rec)));
         assert_eq!(
             lines[1],
-            "prefetched 4,000 pages; hit rate n/a, waste 25.0%"
+            "prefetched 4,000 pages (2,500 by snapshots' passes); hit rate n/a, waste 25.0%"
         );
         assert_eq!(run_summary(&outcome(None)).len(), 1);
     }

@@ -235,9 +235,10 @@ struct Prefetcher {
     /// Pages copied this epoch, and in the one before (audited at the next epoch).
     copied: Vec<Prefetched>,
     /// The pages written in the epoch before this one, as far as known: those that
-    /// trapped and the prefetched ones its audit found written (see
-    /// [`publish_boundary`]).
+    /// trapped and the prefetched ones its audit found written; and the same of the
+    /// epoch before that (see [`publish_boundary`]).
     last_written: Vec<PageNo>,
+    older_written: Vec<PageNo>,
     /// Most pages the next pass copies (see [`crate::boundary_copy`]).
     pass_budget: usize,
     /// When the boundary set was last published, and how many traps it held.
@@ -269,6 +270,7 @@ impl Prefetcher {
             plan_next: 0,
             copied: Vec::new(),
             last_written: Vec::new(),
+            older_written: Vec::new(),
             pass_budget: FIRST_BUDGET,
             published_ns: 0,
             published_traps: 0,
@@ -616,7 +618,8 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
         &mut p.guesses,
     );
     // What the next pass copies starts from it; the older buffer holds the next traps.
-    p.trapped = core::mem::replace(&mut p.last_written, written);
+    let older = core::mem::replace(&mut p.last_written, written);
+    p.trapped = core::mem::replace(&mut p.older_written, older);
     p.trapped.clear();
     let (order, runs) = plan_runs(&p.guesses, p.threshold, p.budget, p.last_fault);
     p.plan = order;
@@ -628,11 +631,11 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
     publish_boundary(p, true);
 }
 
-/// Publishes what the next pass copies (see [`crate::boundary_copy`]): the pages known
-/// written in the last epoch (its traps, and the prefetched pages its audit found
-/// written), then those that trapped in this one, up to the pass's own budget. Again
-/// during the epoch at most every [`PUBLISH_EVERY_NS`], when traps came since (`now`:
-/// at once).
+/// Publishes what the next pass copies (see [`crate::boundary_copy`]), from the pages
+/// known written in the last two epochs (their traps, and the prefetched pages their
+/// audits found written) and those that trapped in this one, up to the pass's own
+/// budget. Again during the epoch at most every [`PUBLISH_EVERY_NS`], when traps came
+/// since (`now`: at once).
 fn publish_boundary(p: &mut Prefetcher, now: bool) {
     let t = engine::now_ns();
     if !now && (p.trapped.len() == p.published_traps || t < p.published_ns + PUBLISH_EVERY_NS) {
@@ -641,19 +644,23 @@ fn publish_boundary(p: &mut Prefetcher, now: bool) {
     p.published_ns = t;
     p.published_traps = p.trapped.len();
     // Refused while the last pass's copies wait for the next epoch to collect them.
-    crate::boundary_copy::publish(&mut pass_plan(&p.last_written, &p.trapped, p.pass_budget));
+    let written = [&p.older_written[..], &p.last_written, &p.trapped];
+    crate::boundary_copy::publish(&mut pass_plan(written, p.pass_budget));
 }
 
-/// What the next pass copies of the pages in `known` (written in the last epoch) and
-/// `trapped` (this epoch's traps): the runs of [`pass_runs`] that hold a page written
-/// in both epochs or two pages, densest first, while they fit in `budget` pages (gaps
-/// included; the last one cut to fit). A hot set is a dense cluster; a page a hot key
-/// lives in is written epoch after epoch; a page written once at random is neither,
-/// and not copied (copying it and unprotecting it alone costs more than its trap would,
-/// at the odds it has).
-fn pass_plan(known: &[PageNo], trapped: &[PageNo], budget: usize) -> Vec<(Range, u8)> {
-    let mut pages: Vec<PageNo> = Vec::with_capacity(known.len() + trapped.len());
-    pages.extend(known.iter().chain(trapped));
+/// What the next pass copies of `written`, the pages known written in each of the last
+/// epochs: the runs of [`pass_runs`] that hold two pages, or a page written in two of
+/// these epochs, densest first, while they fit in `budget` pages (gaps included; the
+/// last one cut to fit). A hot set is a dense cluster; a page a hot key lives in is
+/// written epoch after epoch (two epochs of three, though it is known only every other
+/// epoch once copied: a copied page does not trap, and its audit waits for the next
+/// snapshot); a page written once at random is neither, and not copied (copying it and
+/// unprotecting it alone costs more than its trap would, at the odds it has).
+fn pass_plan(written: [&[PageNo]; 3], budget: usize) -> Vec<(Range, u8)> {
+    let mut pages: Vec<PageNo> = Vec::with_capacity(written.iter().map(|w| w.len()).sum());
+    for w in written {
+        pages.extend_from_slice(w);
+    }
     let mut runs = pass_runs(&mut pages);
     runs.retain(|&(_, n)| n >= 2);
     // Densest first (ties in address order), so that the pass's time cap cuts the rest.
@@ -912,10 +919,11 @@ mod tests {
 
     #[test]
     fn the_pass_copies_clusters_and_pages_written_twice_densest_first_within_its_budget() {
-        // A cluster at 200, page 50 written in both epochs, 10 and 900 written once.
-        let known = [10, 50, 200, 202, 204, 900];
+        // A cluster at 200, page 50 written in two epochs, 10 and 900 written once.
+        let older = [10, 50];
+        let last = [200, 202, 204, 900];
         let trapped = [201, 205, 203, 50];
-        let plan = |budget| pass_plan(&known, &trapped, budget);
+        let plan = |budget| pass_plan([&older, &last, &trapped], budget);
         assert_eq!(
             plan(100),
             vec![(r(200, 206), AT_PASS), (r(50, 51), AT_PASS)]
@@ -923,7 +931,7 @@ mod tests {
         assert_eq!(plan(4), vec![(r(200, 204), AT_PASS)], "cut to fit");
         assert!(plan(0).is_empty());
         assert!(
-            pass_plan(&[10, 900], &[5000], 100).is_empty(),
+            pass_plan([&[10], &[900], &[5000]], 100).is_empty(),
             "pages written once at random"
         );
     }

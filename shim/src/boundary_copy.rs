@@ -42,7 +42,7 @@ const EVENTS_WAIT_NS: u64 = 20_000;
 
 /// The runs the next pass copies, and what the last pass did with them.
 pub struct BoundarySet {
-    /// Runs in address order, with the proposers' bits of their pages.
+    /// Runs to copy, densest first, with the bits that mark them for the audit.
     runs: Vec<(Range, u8)>,
     /// The version whose pass copied from these runs (0: none has yet)...
     copied_in: u64,
@@ -56,11 +56,14 @@ static SET: SpinLock<BoundarySet> = SpinLock::new(BoundarySet {
     done: 0,
 });
 
-/// The prefetch thread publishes `runs` (sorted, disjoint) for the next pass and gets the
-/// previous set's buffer back in `runs`. Refused (false, `runs` untouched) while a pass's
-/// copies have not been collected: they are audited at the next epoch.
+/// The prefetch thread publishes `runs` (disjoint, in the order to copy them) for the
+/// next pass and gets the previous set's buffer back in `runs`. Refused (false, `runs`
+/// untouched) while a pass is copying, and while a pass's copies have not been
+/// collected: they are audited at the next epoch.
 pub fn publish(runs: &mut Vec<(Range, u8)>) -> bool {
-    let mut set = SET.lock();
+    let Some(mut set) = SET.try_lock() else {
+        return false;
+    };
     if set.copied_in != 0 {
         return false;
     }
@@ -98,7 +101,7 @@ pub fn cap_ns(interval_ms: u64) -> u64 {
 /// slots the prefetcher may use run out. Returns the pages copied.
 pub fn copy_at_pass(v: u64, cap_ns: u64) -> u64 {
     let Some(mut set) = SET.try_lock() else {
-        // Being published: this pass goes without.
+        // Being published (a few instructions): this pass goes without.
         return 0;
     };
     if set.runs.is_empty() {

@@ -23,7 +23,7 @@
 //! published by the prefetch thread, and the pass only reads them.
 
 use crate::engine;
-use crate::prefetch::{save_ahead, Copy};
+use crate::prefetch::{save_ahead, wait_for_events, Copy};
 use crate::range::Range;
 use crate::shadow::PAGE;
 use crate::stats;
@@ -37,8 +37,6 @@ const MIN_NS: u64 = 1_000_000;
 /// Pages copied per engine-lock hold: while the pass runs the fault thread only needs
 /// the lock to hold a fault, so holds may be longer than the prefetch thread's.
 const PAGES_PER_HOLD: usize = engine::MAX_RUN;
-/// How long a copy waits for the fault thread to handle the events it is reading.
-const EVENTS_WAIT_NS: u64 = 20_000;
 
 /// The runs the next pass copies, and what the last pass did with them.
 pub struct BoundarySet {
@@ -135,12 +133,7 @@ pub fn copy_at_pass(v: u64, cap_ns: u64) -> u64 {
                     stopped = true;
                     break;
                 }
-                Copy::Busy => {
-                    let t = engine::now_ns();
-                    while crate::fault::events_in_hand() && engine::now_ns() - t < EVENTS_WAIT_NS {
-                        core::hint::spin_loop();
-                    }
-                }
+                Copy::Busy => wait_for_events(),
             }
         }
         // What was gone through of this run (all of it unless stopped).

@@ -429,16 +429,19 @@ fn copy_next(p: &mut Prefetcher) -> bool {
                 p.urgent.clear();
                 return true;
             }
-            Copy::Busy => {
-                // Events are being read: they are handled within microseconds.
-                let t = engine::now_ns();
-                while crate::fault::events_in_hand() && engine::now_ns() - t < EVENTS_WAIT_NS {
-                    core::hint::spin_loop();
-                }
-            }
+            Copy::Busy => wait_for_events(),
         }
     }
     true
+}
+
+/// After [`Copy::Busy`]: waits (spinning, at most [`EVENTS_WAIT_NS`]) until the fault
+/// thread has handled the events it is reading, which takes microseconds.
+pub fn wait_for_events() {
+    let t = engine::now_ns();
+    while crate::fault::events_in_hand() && engine::now_ns() - t < EVENTS_WAIT_NS {
+        core::hint::spin_loop();
+    }
 }
 
 pub enum Copy {

@@ -82,10 +82,6 @@ const SHRINK_ACCURACY: f64 = 0.1;
 const FIRST_BUDGET: usize = 4096;
 /// Marks the pass's copies in [`Prefetched::by`] (above the predictors' bits).
 const AT_PASS: u8 = 0x80;
-/// The pass's budget doubles after an epoch in which at least this share of its copies
-/// was written, and halves below the next.
-const PASS_GROW_ACCURACY: f64 = 0.5;
-const PASS_SHRINK_ACCURACY: f64 = 0.3;
 /// The share of the free shadow slots the prefetcher leaves to traps.
 const SLOT_RESERVE_DIVISOR: u32 = 4;
 /// How long the thread sleeps when it has nothing to do (it is woken by traps and by
@@ -93,6 +89,13 @@ const SLOT_RESERVE_DIVISOR: u32 = 4;
 const IDLE_MS: u64 = 20;
 /// Most trap pages remembered per epoch as written.
 const TRAPPED_CAPACITY: usize = 1 << 20;
+/// A trap that saved at least this many pages belongs to a stream (its fault-around
+/// window grew): its page is not one for the passes to copy.
+const STREAM_TRAP_PAGES: usize = 16;
+/// What a trap costs the program here, microseconds (bench/RESULTS.md, "Where a trap's
+/// time goes"), and what a page copied at the pass costs it.
+const TRAP_US: f64 = 15.0;
+const COPY_US: f64 = 0.65;
 /// How often, at most, the pages for the next pass are published again during an epoch.
 const PUBLISH_EVERY_NS: u64 = 10_000_000;
 
@@ -234,11 +237,16 @@ struct Prefetcher {
     plan_next: usize,
     /// Pages copied this epoch, and in the one before (audited at the next epoch).
     copied: Vec<Prefetched>,
-    /// The pages written in the epoch before this one, as far as known: those that
-    /// trapped and the prefetched ones its audit found written; and the same of the
-    /// epoch before that (see [`publish_boundary`]).
+    /// The pages written in the epoch before this one and not by a stream, as far as
+    /// known: those that trapped alone and the prefetched ones its audit found written,
+    /// but not stride's; and the same of the epoch before that (see
+    /// [`publish_boundary`]).
     last_written: Vec<PageNo>,
     older_written: Vec<PageNo>,
+    /// This epoch's traps that saved fewer than [`STREAM_TRAP_PAGES`] pages.
+    trapped_alone: Vec<PageNo>,
+    /// How many pages this epoch's traps saved each.
+    trap_pages: TrapPages,
     /// Most pages the next pass copies (see [`crate::boundary_copy`]).
     pass_budget: usize,
     /// When the boundary set was last published, and how many traps it held.
@@ -271,6 +279,8 @@ impl Prefetcher {
             copied: Vec::new(),
             last_written: Vec::new(),
             older_written: Vec::new(),
+            trapped_alone: Vec::new(),
+            trap_pages: TrapPages::default(),
             pass_budget: FIRST_BUDGET,
             published_ns: 0,
             published_traps: 0,
@@ -372,11 +382,17 @@ fn take_faults(p: &mut Prefetcher) {
     let mut notes = 0;
     while let Some(h) = q.pop() {
         notes += 1;
+        if h.version == p.epoch {
+            p.trap_pages.add(h.note.pages);
+        }
         if h.version != p.epoch {
             continue;
         }
         if p.trapped.len() < TRAPPED_CAPACITY {
             p.trapped.push(h.note.page);
+            if (h.note.pages as usize) < STREAM_TRAP_PAGES {
+                p.trapped_alone.push(h.note.page);
+            }
         }
         p.last_fault = h.note.page;
         p.guesses.clear();
@@ -576,15 +592,17 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
     });
     p.copied = at_pass;
     let feedback = audit(p, &copied, previous);
-    // A hot set is written again, a sweep's pages are not.
-    p.pass_budget = adapt_budget(
+    // A hot set is written again, a page written once at random is not. A few dozen
+    // copies (stray pages while the program does something else) are no verdict.
+    p.pass_budget = next_pass_budget(
         p.pass_budget,
         feedback.pass_hits,
         feedback.pass_waste,
-        PASS_GROW_ACCURACY,
-        PASS_SHRINK_ACCURACY,
-        true,
+        p.trap_pages.mean(),
     );
+    p.trap_pages = TrapPages::default();
+    let free = politely(&mut |e| e.pool.free_slots()).unwrap_or(0) as usize;
+    p.pass_budget = p.pass_budget.clamp(MIN_BUDGET, (free / 2).max(MIN_BUDGET));
     let mut copied = copied;
     copied.clear();
     // The pass's copies are this epoch's; the buffer keeps its capacity.
@@ -596,6 +614,11 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
     written.extend(feedback.written.iter().copied());
     written.sort_unstable();
     written.dedup();
+    // What the next passes copy from: the same without what streams wrote.
+    let mut alone = core::mem::take(&mut p.trapped_alone);
+    alone.extend(feedback.written_alone.iter().copied());
+    alone.sort_unstable();
+    alone.dedup();
     // The budget follows the accuracy just measured: a copy costs a few percent of a
     // trap, so prefetching pays while more than about one page in ten is written.
     // It grows while it was the limit, and falls towards nothing when it does not pay.
@@ -621,9 +644,11 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
         &mut p.guesses,
     );
     // What the next pass copies starts from it; the older buffer holds the next traps.
-    let older = core::mem::replace(&mut p.last_written, written);
-    p.trapped = core::mem::replace(&mut p.older_written, older);
+    p.trapped = written;
     p.trapped.clear();
+    let older = core::mem::replace(&mut p.last_written, alone);
+    p.trapped_alone = core::mem::replace(&mut p.older_written, older);
+    p.trapped_alone.clear();
     let (order, runs) = plan_runs(&p.guesses, p.threshold, p.budget, p.last_fault);
     p.plan = order;
     politely(&mut |e| {
@@ -637,17 +662,20 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
 /// Publishes what the next pass copies (see [`crate::boundary_copy`]), from the pages
 /// known written in the last two epochs (their traps, and the prefetched pages their
 /// audits found written) and those that trapped in this one, up to the pass's own
-/// budget. Again during the epoch at most every [`PUBLISH_EVERY_NS`], when traps came
+/// budget; not the pages of streams: a sweeping writer's traps save long runs each, at
+/// less than a microsecond a page, and copying its pages while it is held would cost
+/// as much whenever the sweep does not come back to them. Again during the epoch at most every [`PUBLISH_EVERY_NS`], when traps came
 /// since (`now`: at once).
 fn publish_boundary(p: &mut Prefetcher, now: bool) {
     let t = engine::now_ns();
-    if !now && (p.trapped.len() == p.published_traps || t < p.published_ns + PUBLISH_EVERY_NS) {
+    let traps = p.trapped_alone.len();
+    if !now && (traps == p.published_traps || t < p.published_ns + PUBLISH_EVERY_NS) {
         return;
     }
     p.published_ns = t;
-    p.published_traps = p.trapped.len();
+    p.published_traps = traps;
     // Refused while the last pass's copies wait for the next epoch to collect them.
-    let written = [&p.older_written[..], &p.last_written, &p.trapped];
+    let written = [&p.older_written[..], &p.last_written, &p.trapped_alone];
     crate::boundary_copy::publish(&mut pass_plan(written, p.pass_budget));
 }
 
@@ -697,10 +725,61 @@ fn pass_runs(pages: &mut [PageNo]) -> Vec<(Range, u8)> {
     runs
 }
 
+/// How many pages an epoch's traps saved each, on average.
+#[derive(Default)]
+struct TrapPages {
+    traps: u64,
+    pages: u64,
+}
+
+impl TrapPages {
+    fn add(&mut self, pages: u32) {
+        self.traps += 1;
+        self.pages += u64::from(pages.max(1));
+    }
+
+    /// The mean, 1 without traps.
+    fn mean(&self) -> f64 {
+        if self.traps == 0 {
+            1.0
+        } else {
+            self.pages as f64 / self.traps as f64
+        }
+    }
+}
+
+/// The pass's budget after an epoch in which `hits` of its copies were written and
+/// `waste` were not, while traps saved `trap_pages` pages each: halved (down to
+/// [`MIN_BUDGET`]) when the copies did not pay ([`pass_pays`]), doubled when they paid
+/// and the budget was the limit, kept otherwise; and kept when fewer than
+/// [`MIN_BUDGET`] copies were judged (stray pages while the program does something
+/// else are no verdict).
+fn next_pass_budget(budget: usize, hits: u64, waste: u64, trap_pages: f64) -> usize {
+    if hits + waste < MIN_BUDGET as u64 {
+        budget
+    } else if !pass_pays(hits, waste, trap_pages) {
+        (budget / 2).max(MIN_BUDGET)
+    } else if (hits + waste) * 2 >= budget as u64 {
+        budget.saturating_mul(2)
+    } else {
+        budget
+    }
+}
+
+/// Whether copies at the pass paid in an epoch in which `hits` of them were written and
+/// `waste` were not, while its traps saved `trap_pages` pages each: a hit spared its share
+/// of a trap ([`TRAP_US`] over the pages a trap saves) and a wasted copy cost
+/// [`COPY_US`] while the program was held. A sweeping writer's trap saves 64 pages, so
+/// copying its pages at the pass does not pay even at 60% hits; a random writer's saves
+/// four, and it pays from about 15%.
+fn pass_pays(hits: u64, waste: u64, trap_pages: f64) -> bool {
+    hits as f64 * TRAP_US / trap_pages.max(1.0) > waste as f64 * COPY_US
+}
+
 /// A budget of pages per epoch after an epoch in which `hits` of the copies it paid for
 /// were written and `waste` were not: doubled when at least `grow_at` of them were
 /// written (and `may_grow`), halved down to [`MIN_BUDGET`] below `shrink_below`, kept
-/// otherwise and when nothing was copied. Serves the plan's budget and the pass's.
+/// otherwise and when nothing was copied: the plan's budget.
 fn adapt_budget(
     budget: usize,
     hits: u64,
@@ -771,6 +850,8 @@ struct Audit {
     pass_waste: u64,
     /// Prefetched pages found written.
     written: Vec<PageNo>,
+    /// Of those, the ones stride did not propose (not a stream's).
+    written_alone: Vec<PageNo>,
 }
 
 /// Compares each page prefetched in epoch `v` with what the next snapshot holds.
@@ -782,6 +863,7 @@ fn audit(p: &mut Prefetcher, copied: &[Prefetched], v: u64) -> Audit {
         pass_hits: 0,
         pass_waste: 0,
         written: Vec::with_capacity(copied.len()),
+        written_alone: Vec::new(),
     };
     let mut verdicts: Vec<Option<bool>> = Vec::with_capacity(copied.len());
     for chunk in copied.chunks(AUDIT_PER_HOLD) {
@@ -816,6 +898,9 @@ fn audit(p: &mut Prefetcher, copied: &[Prefetched], v: u64) -> Audit {
         if hit {
             out.hits_total += 1;
             out.written.push(c.page);
+            if c.by & Kind::Stride.bit() == 0 {
+                out.written_alone.push(c.page);
+            }
         } else {
             out.waste_total += 1;
         }
@@ -940,26 +1025,30 @@ mod tests {
     }
 
     #[test]
-    fn the_pass_budget_follows_the_accuracy_of_its_copies() {
-        let at_pass = |budget, hits, waste| {
-            adapt_budget(
-                budget,
-                hits,
-                waste,
-                PASS_GROW_ACCURACY,
-                PASS_SHRINK_ACCURACY,
-                true,
-            )
-        };
-        assert_eq!(at_pass(1000, 60, 40), 2000);
-        assert_eq!(at_pass(1000, 40, 60), 1000);
-        assert_eq!(at_pass(1000, 10, 90), 500);
-        assert_eq!(at_pass(MIN_BUDGET, 0, 90), MIN_BUDGET);
-        assert_eq!(
-            at_pass(1000, 0, 0),
-            1000,
-            "no copies at the pass: no verdict"
-        );
+    fn copies_at_the_pass_pay_against_traps_that_save_few_pages() {
+        // A random writer: a trap saves 4 pages; 20% hits pay, 10% do not.
+        assert!(pass_pays(200, 800, 4.0));
+        assert!(!pass_pays(100, 900, 4.0));
+        // A sweep: a trap saves 60 pages; 60% hits do not.
+        assert!(!pass_pays(600, 400, 60.0));
+        assert!(pass_pays(950, 50, 60.0));
+        assert!(!pass_pays(0, 10, 1.0));
+        let mut t = TrapPages::default();
+        assert_eq!(t.mean(), 1.0);
+        t.add(64);
+        t.add(0);
+        assert_eq!(t.mean(), 32.5);
+    }
+
+    #[test]
+    fn the_pass_budget_doubles_while_its_copies_pay_and_halves_when_they_do_not() {
+        // A random writer's traps save 4 pages: 45% hits pay.
+        assert_eq!(next_pass_budget(1000, 450, 550, 4.0), 2000);
+        assert_eq!(next_pass_budget(4000, 450, 550, 4.0), 4000, "not the limit");
+        // A sweep's save 60: they do not.
+        assert_eq!(next_pass_budget(1000, 600, 400, 60.0), 500);
+        assert_eq!(next_pass_budget(MIN_BUDGET, 0, 90, 4.0), MIN_BUDGET);
+        assert_eq!(next_pass_budget(1000, 0, 63, 4.0), 1000, "no verdict");
         // The plan's budget grows only when it was the limit.
         let plan =
             |may_grow| adapt_budget(1000, 300, 700, GROW_ACCURACY, SHRINK_ACCURACY, may_grow);

@@ -262,8 +262,13 @@ pub fn snapshot() -> Result<u64, String> {
         }
     }
 
-    // Everything is protected: this is the snapshot's instant. Before the held writes go
-    // on, copy the pages they are most likely to write first.
+    // Everything is protected: this is the snapshot's instant. The engine takes this
+    // pass's lists (what the copy below may save is what version `v` tracks); before the
+    // held writes go on, copy the pages they are most likely to write first.
+    engine::with(|e| {
+        core::mem::swap(&mut e.tracked, tracked.as_mut().expect("set above"));
+        core::mem::swap(&mut e.retired, retired.as_mut().expect("set above"));
+    });
     if !refused {
         let cap = crate::boundary_copy::cap_ns(INTERVAL_MS.load(Ordering::Relaxed));
         crate::boundary_copy::copy_at_pass(v, cap);
@@ -273,8 +278,6 @@ pub fn snapshot() -> Result<u64, String> {
     // the arena lock).
     engine::with(|e| {
         e.set_pass_running(false);
-        core::mem::swap(&mut e.tracked, tracked.as_mut().expect("set above"));
-        core::mem::swap(&mut e.retired, retired.as_mut().expect("set above"));
         core::mem::swap(&mut e.held, &mut held);
         if refused {
             // Part of the memory could not be protected: this snapshot would not be a

@@ -583,26 +583,23 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
     p.plan.clear();
     p.plan_next = 0;
     // The pages the pass just copied are this epoch's prefetched pages.
-    let mut at_pass = core::mem::take(&mut p.copied);
-    at_pass.clear();
+    let at_pass = &mut p.copied;
     crate::boundary_copy::collect(v, |r, by| {
         for page in (r.start >> 12)..(r.end >> 12) {
             at_pass.push(Prefetched { page, by });
         }
     });
-    p.copied = at_pass;
     let feedback = audit(p, &copied, previous);
-    // A hot set is written again, a page written once at random is not. A few dozen
-    // copies (stray pages while the program does something else) are no verdict.
+    let free = politely(&mut |e| e.pool.free_slots()).unwrap_or(0) as usize;
+    // The pass's budget follows what its copies saved against what they cost.
     p.pass_budget = next_pass_budget(
         p.pass_budget,
         feedback.pass_hits,
         feedback.pass_waste,
         p.trap_pages.mean(),
-    );
+    )
+    .clamp(MIN_BUDGET, (free / 2).max(MIN_BUDGET));
     p.trap_pages = TrapPages::default();
-    let free = politely(&mut |e| e.pool.free_slots()).unwrap_or(0) as usize;
-    p.pass_budget = p.pass_budget.clamp(MIN_BUDGET, (free / 2).max(MIN_BUDGET));
     let mut copied = copied;
     copied.clear();
     // The pass's copies are this epoch's; the buffer keeps its capacity.
@@ -631,7 +628,6 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
         SHRINK_ACCURACY,
         was_limit,
     );
-    let free = politely(&mut |e| e.pool.free_slots()).unwrap_or(0) as usize;
     p.budget = p.budget.clamp(MIN_BUDGET, (free / 2).max(MIN_BUDGET));
     stats::set(Counter::PrefetchBudget, p.budget as u64);
 

@@ -927,7 +927,7 @@ impl Runner {
     /// The stats page as a shimmed C workload's timed part started (sqlite and redis
     /// have no such point: their counters are the whole run's).
     fn timed_start(&self, w: Workload, mode: Mode) -> Result<Option<StatsRecord>, String> {
-        if !mode.shimmed() || matches!(w, Workload::Sqlite | Workload::Redis) {
+        if !mode.shimmed() || !w.is_c() {
             return Ok(None);
         }
         let mut copies = read_stats_copies(&self.copies_dir())?;

@@ -40,8 +40,8 @@ const PAGES_PER_HOLD: usize = engine::MAX_RUN;
 
 /// The runs the next pass copies, and what the last pass did with them.
 pub struct BoundarySet {
-    /// Runs to copy, densest first, with the bits that mark them for the audit.
-    runs: Vec<(Range, u8)>,
+    /// Runs to copy, densest first.
+    runs: Vec<Range>,
     /// The version whose pass copied from these runs (0: none has yet)...
     copied_in: u64,
     /// ... and how many of them, from the first, it went through.
@@ -58,7 +58,7 @@ static SET: SpinLock<BoundarySet> = SpinLock::new(BoundarySet {
 /// next pass and gets the previous set's buffer back in `runs`. Refused (false, `runs`
 /// untouched) while a pass is copying, and while a pass's copies have not been
 /// collected: they are audited at the next epoch.
-pub fn publish(runs: &mut Vec<(Range, u8)>) -> bool {
+pub fn publish(runs: &mut Vec<Range>) -> bool {
     let Some(mut set) = SET.try_lock() else {
         return false;
     };
@@ -73,11 +73,11 @@ pub fn publish(runs: &mut Vec<(Range, u8)>) -> bool {
 /// The prefetch thread at the start of epoch `v`: the runs the pass of `v` went through
 /// (their pages are prefetched pages of epoch `v`, to audit at the next), handed to `f`.
 /// The set is emptied either way.
-pub fn collect(v: u64, mut f: impl FnMut(Range, u8)) {
+pub fn collect(v: u64, mut f: impl FnMut(Range)) {
     let mut set = SET.lock();
     if set.copied_in == v {
-        for &(r, by) in &set.runs[..set.done] {
-            f(r, by);
+        for &r in &set.runs[..set.done] {
+            f(r);
         }
     }
     set.runs.clear();
@@ -111,7 +111,7 @@ pub fn copy_at_pass(v: u64, cap_ns: u64) -> u64 {
     let mut done = 0;
     let mut stopped = false;
     while done < set.runs.len() && !stopped {
-        let (r, _) = set.runs[done];
+        let r = set.runs[done];
         let mut at = r.start;
         while at < r.end {
             if engine::now_ns() > deadline {
@@ -137,7 +137,7 @@ pub fn copy_at_pass(v: u64, cap_ns: u64) -> u64 {
             }
         }
         // What was gone through of this run (all of it unless stopped).
-        set.runs[done].0.end = at.min(r.end);
+        set.runs[done].end = at.min(r.end);
         done += 1;
     }
     set.copied_in = v;
@@ -178,24 +178,21 @@ mod tests {
     #[test]
     fn a_passs_copies_are_collected_once_by_their_epoch_before_a_new_set() {
         let page = |n: usize| Range::new(n << 12, (n + 1) << 12);
-        let mut runs = vec![(page(10), 1), (page(20), 2)];
+        let mut runs = vec![page(10), page(20)];
         assert!(publish(&mut runs));
         assert!(runs.is_empty(), "the previous set's buffer comes back");
         // No engine runs in unit tests: the pass stops at once, having gone through
         // none of the first run, and says so.
         assert_eq!(copy_at_pass(7, MAX_NS), 0);
-        assert!(
-            !publish(&mut vec![(page(30), 4)]),
-            "copies not collected yet"
-        );
+        assert!(!publish(&mut vec![page(30)]), "copies not collected yet");
         let mut seen = Vec::new();
-        collect(6, |r, by| seen.push((r, by)));
+        collect(6, |r| seen.push(r));
         assert!(seen.is_empty(), "another epoch's collection finds nothing");
-        let mut runs = vec![(page(10), 1)];
+        let mut runs = vec![page(10)];
         assert!(publish(&mut runs), "the set was emptied");
         assert_eq!(copy_at_pass(8, MAX_NS), 0);
-        collect(8, |r, by| seen.push((r, by)));
-        assert_eq!(seen, vec![(Range::new(10 << 12, 10 << 12), 1)]);
+        collect(8, |r| seen.push(r));
+        assert_eq!(seen, vec![Range::new(10 << 12, 10 << 12)]);
         assert!(publish(&mut Vec::new()));
     }
 }

@@ -584,9 +584,9 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
     p.plan_next = 0;
     // The pages the pass just copied are this epoch's prefetched pages.
     let at_pass = &mut p.copied;
-    crate::boundary_copy::collect(v, |r, by| {
+    crate::boundary_copy::collect(v, |r| {
         for page in (r.start >> 12)..(r.end >> 12) {
-            at_pass.push(Prefetched { page, by });
+            at_pass.push(Prefetched { page, by: AT_PASS });
         }
     });
     let feedback = audit(p, &copied, previous);
@@ -683,7 +683,7 @@ fn publish_boundary(p: &mut Prefetcher, now: bool) {
 /// epoch once copied: a copied page does not trap, and its audit waits for the next
 /// snapshot); a page written once at random is neither, and not copied (copying it and
 /// unprotecting it alone costs more than its trap would, at the odds it has).
-fn pass_plan(written: [&[PageNo]; 3], budget: usize) -> Vec<(Range, u8)> {
+fn pass_plan(written: [&[PageNo]; 3], budget: usize) -> Vec<Range> {
     let mut pages: Vec<PageNo> = Vec::with_capacity(written.iter().map(|w| w.len()).sum());
     for w in written {
         pages.extend_from_slice(w);
@@ -693,14 +693,13 @@ fn pass_plan(written: [&[PageNo]; 3], budget: usize) -> Vec<(Range, u8)> {
     // Densest first (ties in address order), so that the pass's time cap cuts the rest.
     runs.sort_by_key(|&(_, n)| core::cmp::Reverse(n));
     let mut left = budget;
-    runs.retain_mut(|(r, by)| {
-        let n = (r.len() / PAGE).min(left);
-        left -= n;
-        r.end = r.start + n * PAGE;
-        *by = AT_PASS;
-        n > 0
-    });
-    runs
+    runs.into_iter()
+        .map_while(|(r, _)| {
+            let n = (r.len() / PAGE).min(left);
+            left -= n;
+            (n > 0).then(|| Range::new(r.start, r.start + n * PAGE))
+        })
+        .collect()
 }
 
 /// The runs of `pages` (sorted here): pages closer than [`BRIDGE_PAGES`] are one run,
@@ -1008,11 +1007,8 @@ mod tests {
         let last = [200, 202, 204, 900];
         let trapped = [201, 205, 203, 50];
         let plan = |budget| pass_plan([&older, &last, &trapped], budget);
-        assert_eq!(
-            plan(100),
-            vec![(r(200, 206), AT_PASS), (r(50, 51), AT_PASS)]
-        );
-        assert_eq!(plan(4), vec![(r(200, 204), AT_PASS)], "cut to fit");
+        assert_eq!(plan(100), vec![r(200, 206), r(50, 51)]);
+        assert_eq!(plan(4), vec![r(200, 204)], "cut to fit");
         assert!(plan(0).is_empty());
         assert!(
             pass_plan([&[10], &[900], &[5000]], 100).is_empty(),

@@ -252,7 +252,6 @@ struct Prefetcher {
     /// When the boundary set was last published, and how many traps it held.
     published_ns: u64,
     published_traps: usize,
-
     /// Pages that trapped this epoch (they were written).
     trapped: Vec<PageNo>,
     /// The page of the latest trap seen (where the program writes).
@@ -284,7 +283,6 @@ impl Prefetcher {
             pass_budget: FIRST_BUDGET,
             published_ns: 0,
             published_traps: 0,
-
             trapped: Vec::new(),
             last_fault: 0,
             guesses: Vec::with_capacity(256),
@@ -382,12 +380,10 @@ fn take_faults(p: &mut Prefetcher) {
     let mut notes = 0;
     while let Some(h) = q.pop() {
         notes += 1;
-        if h.version == p.epoch {
-            p.trap_pages.add(h.note.pages);
-        }
         if h.version != p.epoch {
             continue;
         }
+        p.trap_pages.add(h.note.pages);
         if p.trapped.len() < TRAPPED_CAPACITY {
             p.trapped.push(h.note.page);
             if (h.note.pages as usize) < STREAM_TRAP_PAGES {
@@ -620,15 +616,8 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
     // trap, so prefetching pays while more than about one page in ten is written.
     // It grows while it was the limit, and falls towards nothing when it does not pay.
     let was_limit = (hits + waste) * 2 >= p.budget as u64;
-    p.budget = adapt_budget(
-        p.budget,
-        hits,
-        waste,
-        GROW_ACCURACY,
-        SHRINK_ACCURACY,
-        was_limit,
-    );
-    p.budget = p.budget.clamp(MIN_BUDGET, (free / 2).max(MIN_BUDGET));
+    p.budget = adapt_budget(p.budget, hits, waste, was_limit)
+        .clamp(MIN_BUDGET, (free / 2).max(MIN_BUDGET));
     stats::set(Counter::PrefetchBudget, p.budget as u64);
 
     p.guesses.clear();
@@ -660,8 +649,8 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
 /// audits found written) and those that trapped in this one, up to the pass's own
 /// budget; not the pages of streams: a sweeping writer's traps save long runs each, at
 /// less than a microsecond a page, and copying its pages while it is held would cost
-/// as much whenever the sweep does not come back to them. Again during the epoch at most every [`PUBLISH_EVERY_NS`], when traps came
-/// since (`now`: at once).
+/// as much whenever the sweep does not come back to them. Again during the epoch at
+/// most every [`PUBLISH_EVERY_NS`], when traps came since (`now`: at once).
 fn publish_boundary(p: &mut Prefetcher, now: bool) {
     let t = engine::now_ns();
     let traps = p.trapped_alone.len();
@@ -771,25 +760,18 @@ fn pass_pays(hits: u64, waste: u64, trap_pages: f64) -> bool {
     hits as f64 * TRAP_US / trap_pages.max(1.0) > waste as f64 * COPY_US
 }
 
-/// A budget of pages per epoch after an epoch in which `hits` of the copies it paid for
-/// were written and `waste` were not: doubled when at least `grow_at` of them were
-/// written (and `may_grow`), halved down to [`MIN_BUDGET`] below `shrink_below`, kept
-/// otherwise and when nothing was copied: the plan's budget.
-fn adapt_budget(
-    budget: usize,
-    hits: u64,
-    waste: u64,
-    grow_at: f64,
-    shrink_below: f64,
-    may_grow: bool,
-) -> usize {
+/// The plan's budget of pages per epoch after an epoch in which `hits` of its copies
+/// were written and `waste` were not: doubled when at least [`GROW_ACCURACY`] of them
+/// were written (and `may_grow`), halved down to [`MIN_BUDGET`] below
+/// [`SHRINK_ACCURACY`], kept otherwise and when nothing was copied.
+fn adapt_budget(budget: usize, hits: u64, waste: u64, may_grow: bool) -> usize {
     if hits + waste == 0 {
         return budget;
     }
     let accuracy = hits as f64 / (hits + waste) as f64;
-    if accuracy >= grow_at && may_grow {
+    if accuracy >= GROW_ACCURACY && may_grow {
         budget.saturating_mul(2)
-    } else if accuracy < shrink_below {
+    } else if accuracy < SHRINK_ACCURACY {
         (budget / 2).max(MIN_BUDGET)
     } else {
         budget
@@ -1042,8 +1024,7 @@ mod tests {
         assert_eq!(next_pass_budget(MIN_BUDGET, 0, 90, 4.0), MIN_BUDGET);
         assert_eq!(next_pass_budget(1000, 0, 63, 4.0), 1000, "no verdict");
         // The plan's budget grows only when it was the limit.
-        let plan =
-            |may_grow| adapt_budget(1000, 300, 700, GROW_ACCURACY, SHRINK_ACCURACY, may_grow);
+        let plan = |may_grow| adapt_budget(1000, 300, 700, may_grow);
         assert_eq!((plan(true), plan(false)), (2000, 1000));
     }
 

@@ -9,7 +9,7 @@
 use crate::log::info;
 use crate::{regions, stats, sys};
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicI32, Ordering};
 use memshadow_format::control::{
     encode_error, encode_ok, RegionsReply, RegionsRequest, CMD_PING, CMD_READ, CMD_REGIONS,
     CMD_SNAPSHOT, CMD_STATS, MAX_REQUEST,
@@ -21,11 +21,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
+/// The listening socket, moved out of the program's way (see `fds`, which also checks
+/// that the number is still this socket before the shim uses it).
 static LISTEN_FD: AtomicI32 = AtomicI32::new(-1);
-/// (device, inode) of the listening socket, taken before the serving thread starts: the
-/// program may close the descriptor and reuse its number before that thread first runs.
-static LISTEN_DEV: AtomicU64 = AtomicU64::new(0);
-static LISTEN_INO: AtomicU64 = AtomicU64::new(0);
 const REFRESH_MS: i32 = 1000;
 const PEER_TIMEOUT_S: libc::time_t = 2;
 
@@ -45,10 +43,8 @@ pub fn start(dir: &Path) -> Result<PathBuf, String> {
         .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
-    let fd = listener.into_raw_fd();
-    let (dev, ino) = identity(fd).ok_or("cannot stat the control socket")?;
-    LISTEN_DEV.store(dev, Ordering::Relaxed);
-    LISTEN_INO.store(ino, Ordering::Relaxed);
+    let fd = crate::fds::adopt(listener.into_raw_fd())
+        .map_err(|e| format!("the control socket: {e}"))?;
     LISTEN_FD.store(fd, Ordering::Release);
     if let Err(e) = crate::shim_thread::spawn(serve, fd as usize as *mut c_void) {
         stop_listening();
@@ -62,25 +58,12 @@ pub fn start(dir: &Path) -> Result<PathBuf, String> {
 pub fn stop_listening() {
     let fd = LISTEN_FD.swap(-1, Ordering::AcqRel);
     if fd >= 0 {
-        // SAFETY: the descriptor is the listening socket this module opened.
-        unsafe { libc::close(fd) };
+        crate::fds::release(fd);
     }
-}
-
-/// The (device, inode) of the file open on `fd`, if any.
-fn identity(fd: i32) -> Option<(u64, u64)> {
-    // SAFETY: all-zero is a valid stat buffer.
-    let mut st: libc::stat = unsafe { core::mem::zeroed() };
-    // SAFETY: `st` is a valid out-pointer; fstat on a closed descriptor just fails.
-    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
 }
 
 extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
     let fd = arg as usize as i32;
-    let ours = Some((
-        LISTEN_DEV.load(Ordering::Relaxed),
-        LISTEN_INO.load(Ordering::Relaxed),
-    ));
     let mut last_activity = u64::MAX;
     let mut cpu = 0;
     // Stop when the descriptor is no longer ours: closed by the shim (after fork, at
@@ -96,7 +79,7 @@ extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
         let n = unsafe { libc::poll(&mut pfd, 1, REFRESH_MS) };
         let broken = n > 0 && pfd.revents & (libc::POLLNVAL | libc::POLLERR | libc::POLLHUP) != 0
             || n < 0 && sys::errno() != libc::EINTR;
-        if broken || n > 0 && identity(fd) != ours {
+        if broken || n > 0 && !crate::fds::verify(fd) {
             if LISTEN_FD
                 .compare_exchange(fd, -1, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
@@ -126,10 +109,11 @@ extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
                 libc::SOCK_CLOEXEC,
             )
         };
+        // Out of the program's way while it is answered; closed when dropped.
         if conn >= 0 {
-            answer(conn);
-            // SAFETY: `conn` is the connection just accepted.
-            unsafe { libc::close(conn) };
+            if let Ok(conn) = crate::fds::ShimFd::adopt(conn) {
+                answer(conn.raw());
+            }
         }
     }
     core::ptr::null_mut()

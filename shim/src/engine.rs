@@ -406,6 +406,56 @@ pub fn started() -> bool {
     STARTED.load(Ordering::Acquire)
 }
 
+/// Set for good once a descriptor of the engine's was lost (see [`stop`]).
+static STOPPED: AtomicBool = AtomicBool::new(false);
+
+/// Whether snapshots stopped for good in this process: a descriptor the engine needs
+/// was closed or replaced behind the shim (see `fds`). Versions are not readable from
+/// the moment this is set (host threads set it without the lock, see [`revoke`]).
+pub fn stopped() -> bool {
+    STOPPED.load(Ordering::Acquire)
+}
+
+/// Marks snapshots stopped from a thread that must not take the engine lock (a host
+/// thread that found the fault thread's wake-up pipe lost): readers refuse every version
+/// from now on, nothing more is saved, and the fault thread, which checks its
+/// descriptors each time it wakes, finishes the stop.
+pub fn revoke() {
+    STOPPED.store(true, Ordering::Release);
+}
+
+/// Stops snapshots for good, from a shim thread, when a descriptor the engine needs is
+/// no longer the shim's (closed or replaced by a raw system call the interposer did not
+/// see): one `memshadow:` line; the userfaultfd is closed if it is still ours (the kernel
+/// then removes every protection and wakes every waiting writer), or never touched again
+/// if it is not; the shadows go; the program carries on untracked.
+pub fn stop(what: &str) {
+    let first = !STOPPED.swap(true, Ordering::AcqRel);
+    let fd = UFFD_FD.swap(-1, Ordering::AcqRel);
+    if !first && fd < 0 {
+        return;
+    }
+    crate::log::error!(
+        "{what} was closed or replaced by the program behind the shim (a raw system call); snapshots stop, the program carries on untracked"
+    );
+    STARTED.store(false, Ordering::Release);
+    if fd >= 0 {
+        crate::fds::release(fd);
+    }
+    crate::preserve::close_kick();
+    let engine = {
+        let _s = sys::block_signals();
+        ENGINE.lock().take()
+    };
+    if let Some(e) = engine {
+        e.pool.discard_all();
+        // Its lists are the shim's memory, freed with the arena lock: not under ours.
+        drop(e);
+    }
+    stats::set(Counter::VersionsRetained, 0);
+    stats::set(Counter::ShadowBytes, 0);
+}
+
 /// The userfaultfd descriptor (ioctls on it are thread-safe).
 pub fn uffd_fd() -> i32 {
     UFFD_FD.load(Ordering::Acquire)
@@ -428,9 +478,15 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
     if started() {
         return Ok(());
     }
+    if stopped() {
+        return Err(
+            "snapshots stopped in this process: the program closed a descriptor of the shim's"
+                .to_string(),
+        );
+    }
     let uffd = Uffd::open(crate::uffd::WANTED)
         .map_err(|e| format!("userfaultfd is not available: {e}"))?;
-    crate::preserve::init()?;
+    crate::preserve::init().map_err(|e| e.to_string())?;
     // glibc's free trims the heap with its own __sbrk/__madvise, which no interposer
     // sees and whose pages retained versions may still need: from now on it does not
     // (malloc_trim, interposed, still does).
@@ -552,11 +608,13 @@ pub fn forget_after_fork() {
     PID.store(0, Ordering::Release);
     crate::preserve::forget_after_fork();
     crate::prefetch::forget_after_fork();
+    STOPPED.store(false, Ordering::Release);
     let fd = UFFD_FD.swap(-1, Ordering::AcqRel);
     if fd >= 0 {
-        // SAFETY: the inherited descriptor is the parent's; ioctls on it would change the
-        // parent's protection. Closing our copy leaves the parent's open.
-        unsafe { libc::close(fd) };
+        // The inherited descriptor is the parent's: ioctls on it would change the
+        // parent's protection. Closing our copy (if the number is still it) leaves the
+        // parent's open.
+        crate::fds::release(fd);
     }
     ENGINE.release();
     START.release();

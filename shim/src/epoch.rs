@@ -176,6 +176,10 @@ pub fn snapshot() -> Result<u64, String> {
     let mut last = PASS.lock();
     let config = crate::runtime::config().ok_or("memshadow is not tracking this process")?;
     engine::ensure_started(&config)?;
+    if !crate::fds::verify(engine::uffd_fd()) {
+        engine::stop("the shim's userfaultfd descriptor");
+        return Err("snapshots stopped: the program closed the shim's userfaultfd".to_string());
+    }
     let started = engine::now_ns();
     crate::preserve::wait_for_saves();
 
@@ -412,7 +416,8 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
             let answer = match &result {
                 Ok(v) => *v as i64,
                 Err(msg) => {
-                    if !API_ERROR_SAID.swap(true, Ordering::Relaxed) {
+                    // A stop has said why already, in its own line.
+                    if !engine::stopped() && !API_ERROR_SAID.swap(true, Ordering::Relaxed) {
                         crate::log::error!("memshadow_snapshot: {msg}");
                     }
                     -1
@@ -429,7 +434,9 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
                     crate::log::error!("periodic snapshot: {e}");
                 }
             } else {
-                crate::log::error!("periodic snapshots stopped: {e}");
+                if !engine::stopped() {
+                    crate::log::error!("periodic snapshots stopped: {e}");
+                }
                 INTERVAL_MS.store(0, Ordering::Relaxed);
             }
         }
@@ -448,7 +455,7 @@ pub fn snapshot_for_api() -> i64 {
         None => Err("memshadow is not tracking this process".to_string()),
     };
     if let Err(msg) = started {
-        if !API_ERROR_SAID.swap(true, Ordering::Relaxed) {
+        if !engine::stopped() && !API_ERROR_SAID.swap(true, Ordering::Relaxed) {
             crate::log::error!("memshadow_snapshot: {msg}");
         }
         sys::set_errno(libc::ENOSYS);

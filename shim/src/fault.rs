@@ -50,7 +50,11 @@ pub extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
         ];
         // SAFETY: two valid pollfds (a negative fd is ignored). With unprotects
         // waiting, poll briefly and retry.
-        unsafe { libc::poll(pfd.as_mut_ptr(), 2, if waiting { 1 } else { 1000 }) };
+        let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, if waiting { 1 } else { 1000 }) };
+        if let Some(lost) = lost_descriptor(fd, &pfd, n == 0) {
+            engine::stop(lost);
+            break;
+        }
         if pfd[0].revents != 0 && handle_ready(&u) > 0 {
             spin_for_events(&u);
         } else {
@@ -64,6 +68,20 @@ pub extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
         }
     }
     core::ptr::null_mut()
+}
+
+/// Which of the fault thread's descriptors is no longer the shim's, if one is (see
+/// `fds`): checked before reading from one that poll reported, and all of them when poll
+/// timed out or a host thread found the wake-up pipe lost (`engine::revoke`). Every
+/// read of events checks again (see `read_and_handle`).
+fn lost_descriptor(uffd: i32, pfd: &[libc::pollfd; 2], timed_out: bool) -> Option<&'static str> {
+    if (timed_out || pfd[0].revents != 0) && !crate::fds::verify(uffd) {
+        return Some("the shim's userfaultfd descriptor");
+    }
+    if (timed_out || pfd[1].revents != 0 || engine::stopped()) && !crate::preserve::kick_intact() {
+        return Some("the fault thread's wake-up pipe");
+    }
+    None
 }
 
 /// How often the fault thread adds its CPU time to the statistics.
@@ -141,6 +159,12 @@ fn read_and_handle(u: &Uffd) -> usize {
     let mut events = [Event::Unknown(0); 32];
     let mut total = 0;
     loop {
+        // Before every read: a number the program took over (a raw close and reuse) may
+        // carry its data, which the shim must never consume.
+        if !crate::fds::verify(u.fd()) {
+            engine::stop("the shim's userfaultfd descriptor");
+            break;
+        }
         IN_HAND.store(true, Ordering::SeqCst);
         let got = u.read_events(&mut events);
         // Discards first: their senders go on (and zap) as soon as the batch is read,

@@ -1,11 +1,11 @@
 //! The exported C symbols: the only entry points the host program calls. Each is a thin
-//! forwarder to the module that owns the concern (`heap`, `mapping`, `stacks`).
+//! forwarder to the module that owns the concern (`heap`, `mapping`, `stacks`, `fds`).
 //!
 //! `no_mangle` is off in unit tests so that the test binary keeps the system allocator.
 
 use crate::forward::StartRoutine;
-use crate::{heap, mapping, stacks};
-use core::ffi::{c_int, c_void};
+use crate::{fds, heap, mapping, stacks};
+use core::ffi::{c_int, c_uint, c_void};
 
 /// # Safety
 /// `malloc(3)`.
@@ -204,4 +204,46 @@ pub unsafe extern "C" fn pthread_create(
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn memshadow_snapshot_v1() -> i64 {
     crate::epoch::snapshot_for_api()
+}
+
+/// `close(2)`: a descriptor of the shim's is not the program's to close (see `fds`).
+///
+/// # Safety
+/// `close(2)`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    // SAFETY: same contract.
+    unsafe { fds::close(fd) }
+}
+
+/// # Safety
+/// `close_range(2)`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    // SAFETY: same contract.
+    unsafe { fds::close_range(first, last, flags) }
+}
+
+/// # Safety
+/// `closefrom(3)`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn closefrom(low: c_int) {
+    // SAFETY: same contract.
+    unsafe { fds::closefrom(low) }
+}
+
+/// # Safety
+/// `dup2(2)`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    // SAFETY: same contract.
+    unsafe { fds::dup2(old, new) }
+}
+
+/// # Safety
+/// `dup3(2)`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    // SAFETY: same contract.
+    unsafe { fds::dup3(old, new, flags) }
 }

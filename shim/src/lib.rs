@@ -15,7 +15,9 @@
 //!   the predictors that choose them;
 //! - `runtime`, `config`: start-up, fork, exit, environment;
 //! - `arena`, `own`, `range`, `shim_thread`, `sync`, `sys`, `log`: the shim's own memory,
-//!   threads and primitives, never the host's.
+//!   threads and primitives, never the host's;
+//! - `fds`: the shim's own descriptors, moved out of the program's way and guarded against
+//!   its `close`, `close_range`, `closefrom`, `dup2` and `dup3`.
 
 // Unit tests do not register the constructor or export the symbols, so the code only
 // they reach is unused there.
@@ -30,6 +32,7 @@ mod engine;
 mod epoch;
 mod fault;
 mod fault_window;
+mod fds;
 mod forward;
 mod heap;
 mod interpose;

@@ -12,8 +12,8 @@
 //! The saving is done by the fault thread, never by the host thread: a host thread must
 //! not take the engine lock (a write-protect fault on its own TLS, which the kernel
 //! writes on its behalf for rseq, would wait for the fault thread while it holds the
-//! lock the fault thread needs). The host thread posts the range, kicks an eventfd the
-//! fault thread polls, and waits on a futex.
+//! lock the fault thread needs). The host thread posts the range, writes a byte to a pipe
+//! the fault thread polls, and waits on a futex.
 //!
 //! If a protect pass opens a new version between the save and the zap, the new
 //! version's copy of those pages is lost: [`after_discard`] notices and has the fault
@@ -51,37 +51,87 @@ static POSTED: AtomicU32 = AtomicU32::new(0);
 static ANSWERED: AtomicU32 = AtomicU32::new(0);
 /// The engine stamp (see `engine::stamp`) the pages were saved at, or NOT_SAVED.
 static SAVED_AT: AtomicU64 = AtomicU64::new(NOT_SAVED);
-/// The eventfd the fault thread polls for requests.
+/// The pipe that wakes the fault thread for a request: it polls the read end, host
+/// threads write a byte to the other. A pipe rather than an eventfd: every pipe has an
+/// inode of its own, so the shim can tell that the number is still its pipe (see `fds`).
 static KICK_FD: AtomicI32 = AtomicI32::new(-1);
+static KICK_WRITE_FD: AtomicI32 = AtomicI32::new(-1);
 /// A save is under way: a pass waits for it (see [`wait_for_saves`]).
 static SAVING: AtomicBool = AtomicBool::new(false);
 
-/// Creates the eventfd (when the engine starts); its descriptor, for the fault thread.
-pub fn init() -> Result<i32, String> {
-    // SAFETY: eventfd with valid flags.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(format!(
-            "eventfd failed: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    KICK_FD.store(fd, Ordering::Release);
-    Ok(fd)
+/// Why the wake-up pipe could not be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickError {
+    Pipe(i32),
+    Adopt(crate::fds::FdError),
 }
 
-/// The eventfd the fault thread polls for requests (-1 before the engine starts).
+impl core::fmt::Display for KickError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            KickError::Pipe(e) => write!(f, "pipe failed (errno {e})"),
+            KickError::Adopt(e) => write!(f, "the fault thread's wake-up pipe: {e}"),
+        }
+    }
+}
+
+/// Creates the wake-up pipe (when the engine starts); its read end, for the fault thread.
+pub fn init() -> Result<i32, KickError> {
+    let mut ends = [-1; 2];
+    // SAFETY: `ends` is two ints for the kernel to fill.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+        return Err(KickError::Pipe(sys::errno()));
+    }
+    let read = crate::fds::adopt(ends[0]);
+    let write = crate::fds::adopt(ends[1]);
+    let (read, write) = match (read, write) {
+        (Ok(r), Ok(w)) => (r, w),
+        (r, w) => {
+            if let Ok(fd) = r {
+                crate::fds::release(fd);
+            }
+            if let Ok(fd) = w {
+                crate::fds::release(fd);
+            }
+            return Err(KickError::Adopt(r.and(w).unwrap_err()));
+        }
+    };
+    KICK_WRITE_FD.store(write, Ordering::Release);
+    KICK_FD.store(read, Ordering::Release);
+    Ok(read)
+}
+
+/// The pipe end the fault thread polls for requests (-1 before the engine starts).
 pub fn kick_fd() -> i32 {
     KICK_FD.load(Ordering::Acquire)
 }
 
+/// Whether both ends of the wake-up pipe are still the shim's (see `fds::verify`).
+pub fn kick_intact() -> bool {
+    let (r, w) = (
+        KICK_FD.load(Ordering::Acquire),
+        KICK_WRITE_FD.load(Ordering::Acquire),
+    );
+    r < 0 || crate::fds::verify(r) && crate::fds::verify(w)
+}
+
+/// Closes the wake-up pipe (in a forked child: the parent's fault thread answers
+/// nothing here; when the engine stops). Requests waiting are answered "not saved".
+pub fn close_kick() {
+    for fd in [
+        KICK_FD.swap(-1, Ordering::AcqRel),
+        KICK_WRITE_FD.swap(-1, Ordering::AcqRel),
+    ] {
+        if fd >= 0 {
+            crate::fds::release(fd);
+        }
+    }
+    sys::futex_wake(&ANSWERED);
+}
+
 /// In a forked child: the parent's fault thread answers nothing here.
 pub fn forget_after_fork() {
-    let fd = KICK_FD.swap(-1, Ordering::AcqRel);
-    if fd >= 0 {
-        // SAFETY: our copy of the parent's eventfd; the parent keeps its own.
-        unsafe { libc::close(fd) };
-    }
+    close_kick();
     TURN.release();
     SAVING.store(false, Ordering::Release);
     ANSWERED.store(POSTED.load(Ordering::Acquire), Ordering::Release);
@@ -102,10 +152,15 @@ fn request(kind: u32, r: Range) -> u64 {
     START.store(r.start, Ordering::Relaxed);
     END.store(r.end, Ordering::Relaxed);
     let ticket = POSTED.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
-    let one: u64 = 1;
-    let fd = KICK_FD.load(Ordering::Acquire);
-    // SAFETY: writing 8 bytes to our eventfd.
-    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    let fd = KICK_WRITE_FD.load(Ordering::Acquire);
+    if !crate::fds::verify(fd) {
+        // Lost to a raw system call: no version is readable from now on, and the fault
+        // thread stops the engine when it next wakes (it checks the pipe then).
+        engine::revoke();
+        return NOT_SAVED;
+    }
+    // SAFETY: writing one byte to our non-blocking pipe (a full pipe already wakes it).
+    unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
     loop {
         let done = ANSWERED.load(Ordering::Acquire);
         if done == ticket {
@@ -162,10 +217,10 @@ pub fn wait_for_saves() {
 /// between engine-lock holds (the fault thread reads its events there).
 pub fn serve(between: &mut dyn FnMut()) {
     let fd = KICK_FD.load(Ordering::Acquire);
-    if fd >= 0 {
-        let mut count = 0u64;
-        // SAFETY: reading the 8-byte counter of our non-blocking eventfd.
-        unsafe { libc::read(fd, (&mut count as *mut u64).cast(), 8) };
+    if crate::fds::verify(fd) {
+        let mut bytes = [0u8; 64];
+        // SAFETY: draining our non-blocking pipe into a local buffer.
+        while unsafe { libc::read(fd, bytes.as_mut_ptr().cast(), bytes.len()) } > 0 {}
     }
     let posted = POSTED.load(Ordering::Acquire);
     if posted == ANSWERED.load(Ordering::Acquire) {

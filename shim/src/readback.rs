@@ -21,6 +21,8 @@ use crate::shadow::PAGE;
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadError {
     NoEngine,
+    /// Snapshots stopped for good (see `engine::stop`): no version is kept.
+    Stopped,
     NotTaken {
         version: u64,
         newest: u64,
@@ -43,7 +45,15 @@ pub enum ReadError {
 impl core::fmt::Display for ReadError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {
+            ReadError::NoEngine if engine::stopped() => write!(
+                f,
+                "snapshots stopped in this process (the program closed a descriptor of the shim's; see its stderr)"
+            ),
             ReadError::NoEngine => write!(f, "no snapshot has been taken in this process"),
+            ReadError::Stopped => write!(
+                f,
+                "snapshots stopped in this process (the program closed a descriptor of the shim's; see its stderr)"
+            ),
             ReadError::NotTaken { version, newest } => {
                 write!(
                     f,
@@ -84,6 +94,9 @@ const PAGES_PER_LOCK: usize = 16;
 
 /// Whether version `v` can be read now (called under the engine lock).
 pub fn readable(e: &Engine, v: u64) -> Result<(), ReadError> {
+    if engine::stopped() {
+        return Err(ReadError::Stopped);
+    }
     let newest = e.version;
     if v == 0 || v > newest || (v == newest && e.pass_running) {
         return Err(ReadError::NotTaken {

@@ -65,6 +65,7 @@ fn publish(config: &Config) -> Result<Runtime, String> {
 /// The constructor (`.init_array`): runs before the program's `main`.
 pub extern "C" fn on_load() {
     let _blocked = sys::block_signals();
+    crate::fds::resolve_next();
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {

@@ -162,6 +162,13 @@ impl ShadowPool {
         self.capacity - self.free_count
     }
 
+    /// Gives the memory of every slot back to the kernel (the pool is being dropped for
+    /// good; its reservation stays mapped, unused).
+    pub fn discard_all(&self) {
+        // SAFETY: the slots are the pool's own memory, whose contents nobody needs now.
+        unsafe { crate::sys::discard(self.base as *mut u8, self.capacity as usize * PAGE) };
+    }
+
     /// The memory of `slot`.
     pub fn slot_ptr(&self, slot: u32) -> *mut u8 {
         (self.base + slot as usize * PAGE) as *mut u8

@@ -227,13 +227,13 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), SetupError> {
 }
 
 /// Reads a small file from /proc into a byte vector.
-fn read_proc(path: &str) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_default()
+fn read_proc(path: &core::ffi::CStr) -> Vec<u8> {
+    crate::fds::read_file(path, 1 << 16)
 }
 
 /// The process start time in clock ticks after boot (field 22 of /proc/self/stat).
 fn start_time_ticks() -> u64 {
-    let stat = read_proc("/proc/self/stat");
+    let stat = read_proc(c"/proc/self/stat");
     let after = match stat.iter().rposition(|&b| b == b')') {
         Some(i) => &stat[i + 1..],
         None => return 0,
@@ -248,7 +248,7 @@ fn start_time_ticks() -> u64 {
 
 fn command_line() -> [u8; COMMAND_BYTES] {
     let mut out = [0u8; COMMAND_BYTES];
-    let raw = read_proc("/proc/self/cmdline");
+    let raw = read_proc(c"/proc/self/cmdline");
     let mut n = 0;
     for &b in raw.iter().take(COMMAND_BYTES - 1) {
         out[n] = if b == 0 { b' ' } else { b };
@@ -300,8 +300,11 @@ pub fn create(dir: &Path, run_id: u64) -> Result<StatsFile, SetupError> {
         None
     };
     let err = std::io::Error::last_os_error();
-    // SAFETY: the mapping (if any) keeps the file alive; the descriptor is ours to close.
-    unsafe { libc::close(fd) };
+    // The mapping (if any) keeps the file alive. The system call itself: the shim's own
+    // `close` is the program's (this descriptor, open for these few lines, is not moved
+    // out of its way).
+    // SAFETY: `fd` is the file just opened, used by nothing else.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
     let Some(p) = mapped else {
         // SAFETY: `c` is a valid C string naming the file we created.
         unsafe { libc::unlink(c.as_ptr()) };

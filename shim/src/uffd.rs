@@ -162,8 +162,9 @@ impl Uffd {
                 // SAFETY: USERFAULTFD_IOC_NEW takes the flags by value.
                 fd = unsafe { libc::ioctl(dev, USERFAULTFD_IOC_NEW as _, flags) };
                 let e = sys::errno();
-                // SAFETY: closing the device descriptor we opened.
-                unsafe { libc::close(dev) };
+                // SAFETY: closing the device descriptor we opened (the system call: the
+                // shim's own `close` is the program's).
+                unsafe { libc::syscall(libc::SYS_close, dev) };
                 sys::set_errno(e);
             }
             if fd < 0 {
@@ -171,7 +172,15 @@ impl Uffd {
                 return fail("userfaultfd (needs root, CAP_SYS_PTRACE, vm.unprivileged_userfaultfd=1 or access to /dev/userfaultfd)");
             }
         }
-        // Owned from here: an error below closes it.
+        // Out of the program's way (see `fds`), and owned from here: an error below
+        // closes it.
+        let fd = crate::fds::adopt(fd).map_err(|e| UffdError {
+            what: "moving the userfaultfd descriptor out of the program's way",
+            errno: match e {
+                crate::fds::FdError::Stat(e) | crate::fds::FdError::Move(e) => e,
+                crate::fds::FdError::TableFull => libc::EMFILE,
+            },
+        })?;
         let mut u = Uffd { fd, features: 0 };
         let mut api = UffdioApi {
             api: UFFD_API,
@@ -308,8 +317,8 @@ fn decode(m: &RawMsg) -> Event {
 
 impl Drop for Uffd {
     fn drop(&mut self) {
-        // SAFETY: closing our own descriptor; the kernel wakes any waiting faulters.
-        unsafe { libc::close(self.fd) };
+        // Closing our own descriptor (if it is still ours) wakes any waiting faulters.
+        crate::fds::release(self.fd);
     }
 }
 

@@ -493,12 +493,13 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
     // SAFETY: mallopt only sets a malloc parameter.
     unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) };
     let budget = config.shadow_budget_mb << 20;
-    let mem = sys::map_anon(budget, true).ok_or_else(|| {
-        format!(
+    let Some(mem) = sys::map_anon(budget, true) else {
+        crate::preserve::close_kick();
+        return Err(format!(
             "cannot reserve a {} MiB shadow budget",
             config.shadow_budget_mb
-        )
-    })?;
+        ));
+    };
     let mem = Range::new(mem as usize, mem as usize + budget);
     crate::own::register(mem);
     let engine = Engine {
@@ -528,8 +529,25 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
     // The descriptor lives as long as the process: the fault thread owns it.
     core::mem::forget(uffd);
     UFFD_FD.store(fd, Ordering::Release);
+    // Started only once its fault thread runs: an engine that protected memory with no
+    // thread to resolve the faults would hang the program (pthread_create can fail,
+    // with EAGAIN, for instance while the process exits).
+    if let Err(e) =
+        crate::shim_thread::spawn(crate::fault::serve, fd as usize as *mut core::ffi::c_void)
+    {
+        UFFD_FD.store(-1, Ordering::Release);
+        let engine = {
+            let _s = sys::block_signals();
+            ENGINE.lock().take()
+        };
+        if let Some(e) = engine {
+            e.pool.discard_all();
+        }
+        crate::fds::release(fd);
+        crate::preserve::close_kick();
+        return Err(format!("cannot start the fault thread: {e}"));
+    }
     STARTED.store(true, Ordering::Release);
-    crate::shim_thread::spawn(crate::fault::serve, fd as usize as *mut core::ffi::c_void)?;
     if let Err(e) = crate::prefetch::start(config) {
         // Snapshots work without it, by plain copy-on-write.
         crate::log::error!("no prefetching: {e}");

@@ -136,10 +136,18 @@ pub fn adopt(fd: i32) -> Result<i32, FdError> {
         return Err(FdError::TableFull);
     };
     // SAFETY: F_DUPFD_CLOEXEC takes an int and returns a new descriptor or -1.
-    let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor()) };
+    let mut high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor()) };
     let err = crate::sys::errno();
-    close_raw(fd);
-    if high < 0 {
+    if high >= 0 {
+        close_raw(fd);
+    } else if err == libc::EMFILE || err == libc::EINVAL {
+        // Every high number is taken (or the limit is lower than it was): the
+        // descriptor stays where it is, still guarded and checked.
+        // SAFETY: F_SETFD on the descriptor we own.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        high = fd;
+    } else {
+        close_raw(fd);
         slot.fd.store(FREE, Ordering::Release);
         return Err(FdError::Move(err));
     }
@@ -176,6 +184,20 @@ pub fn release(fd: i32) {
             slot.fd.store(FREE, Ordering::Release);
         }
         close_raw(fd);
+    }
+}
+
+/// In a forked child: every descriptor in the table is the parent's shim's (the threads
+/// that would release them do not exist here). Closes the child's copies (the parent
+/// keeps its own) and empties the table; the child's shim adopts its own afresh.
+pub fn release_all_after_fork() {
+    for s in &TABLE {
+        let fd = s.fd.load(Ordering::Acquire);
+        if fd == CLAIMED {
+            s.fd.store(FREE, Ordering::Release);
+        } else if fd >= 0 {
+            release(fd);
+        }
     }
 }
 
@@ -518,6 +540,31 @@ mod tests {
         // SAFETY: waiting for our child.
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    }
+
+    #[test]
+    fn a_forked_child_closes_its_copies_and_the_parent_keeps_its_own() {
+        let (r, w) = pipe();
+        let high = adopt(r).unwrap();
+        // SAFETY: the child only makes system calls and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            release_all_after_fork();
+            // SAFETY: F_GETFD on a number.
+            let closed = unsafe { libc::fcntl(high, libc::F_GETFD) } == -1;
+            // SAFETY: leaving the child at once.
+            unsafe { libc::_exit(if closed && find(high).is_none() { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        assert!(
+            verify(high),
+            "the parent's descriptor stays open and the shim's"
+        );
+        release(high);
+        close_raw(w);
     }
 
     #[test]

@@ -185,6 +185,7 @@ extern "C" fn fork_parent() {
 /// own (counts carried over from the parent) or, if that fails, run untracked.
 extern "C" fn fork_child() {
     unlock_all();
+    crate::fds::release_all_after_fork();
     crate::shim_thread::forget_after_fork();
     crate::fault::forget_after_fork();
     crate::engine::forget_after_fork();

@@ -95,7 +95,16 @@ pub fn spawn(
         libc::pthread_attr_setstack(&mut attr, stack.cast(), STACK_BYTES);
         libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
         let mut tid: libc::pthread_t = 0;
-        let rc = (real.pthread_create)(&mut tid, &attr, trampoline, start);
+        // EAGAIN can be passing (memory, a thread limit, a process exiting): a few
+        // tries, 15 ms in all at most.
+        let mut rc = (real.pthread_create)(&mut tid, &attr, trampoline, start);
+        for wait_ms in [1, 2, 4, 8] {
+            if rc != libc::EAGAIN {
+                break;
+            }
+            crate::sys::sleep_ms(wait_ms);
+            rc = (real.pthread_create)(&mut tid, &attr, trampoline, start);
+        }
         libc::pthread_attr_destroy(&mut attr);
         rc
     };

@@ -5,6 +5,7 @@
 //! | `MEMSHADOW_TRACK` | `heap`, `heap+stacks` | `heap` |
 //! | `MEMSHADOW_LOG` | `off`, `error`, `info`, `debug` | `error` |
 //! | `MEMSHADOW_INTERVAL_MS` | automatic snapshot period in ms, 0 = on demand only | `0` |
+//! | `MEMSHADOW_MAX_OVERHEAD` | most of the program's time automatic snapshots may cost, above 0 and at most 1 (1 = no governor) | `0.5` |
 //! | `MEMSHADOW_DIR` | directory for the stats page and control socket | `/dev/shm/memshadow-UID` |
 //! | `MEMSHADOW_RUN_ID` | set by `memshadow run`: keep the stats page at exit for it | unset |
 //! | `MEMSHADOW_FAULT_AROUND` | pages copied and unprotected per trap (1 = just the page) | `64` |
@@ -33,6 +34,7 @@ pub struct Config {
     pub track: TrackMode,
     pub log: Level,
     pub interval_ms: u64,
+    pub max_overhead: f32,
     pub dir: Option<PathBuf>,
     pub run_id: u64,
     pub fault_around: usize,
@@ -153,6 +155,12 @@ impl Config {
             false,
             "a share of one core, above 0 and at most 1",
         )?;
+        let max_overhead = fraction(
+            "MEMSHADOW_MAX_OVERHEAD",
+            0.5,
+            false,
+            "a fraction of the program's time, above 0 and at most 1 (1 = no governor)",
+        )?;
         let segment_kb = number(
             "MEMSHADOW_SEGMENT_KB",
             64,
@@ -184,6 +192,7 @@ impl Config {
             track,
             log,
             interval_ms,
+            max_overhead,
             dir,
             run_id,
             fault_around,
@@ -220,6 +229,7 @@ mod tests {
         assert_eq!(c.track, TrackMode::Heap);
         assert_eq!(c.log, Level::Error);
         assert_eq!(c.interval_ms, 0);
+        assert_eq!(c.max_overhead, 0.5);
         assert_eq!(c.dir, None);
         assert_eq!(c.run_id, 0);
         assert_eq!(
@@ -237,6 +247,7 @@ mod tests {
             ("MEMSHADOW_TRACK", "heap+stacks"),
             ("MEMSHADOW_LOG", "debug"),
             ("MEMSHADOW_INTERVAL_MS", "250"),
+            ("MEMSHADOW_MAX_OVERHEAD", "1"),
             ("MEMSHADOW_DIR", "/tmp/x"),
             ("MEMSHADOW_RUN_ID", "77"),
             ("MEMSHADOW_FAULT_AROUND", "16"),
@@ -254,6 +265,7 @@ mod tests {
         assert_eq!(c.track, TrackMode::HeapAndStacks);
         assert_eq!(c.log, Level::Debug);
         assert_eq!(c.interval_ms, 250);
+        assert_eq!(c.max_overhead, 1.0);
         assert_eq!(c.dir, Some(PathBuf::from("/tmp/x")));
         assert_eq!(c.run_id, 77);
         assert_eq!(
@@ -282,6 +294,10 @@ mod tests {
             ("MEMSHADOW_LOG", "loud"),
             ("MEMSHADOW_INTERVAL_MS", "-5"),
             ("MEMSHADOW_INTERVAL_MS", "10ms"),
+            ("MEMSHADOW_MAX_OVERHEAD", "0"),
+            ("MEMSHADOW_MAX_OVERHEAD", "1.5"),
+            ("MEMSHADOW_MAX_OVERHEAD", "nan"),
+            ("MEMSHADOW_MAX_OVERHEAD", "half"),
             ("MEMSHADOW_DIR", "relative/dir"),
             ("MEMSHADOW_RUN_ID", "x"),
             ("MEMSHADOW_FAULT_AROUND", "0"),

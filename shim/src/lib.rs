@@ -11,6 +11,7 @@
 //! - `engine`, `epoch`, `reprotect`, `preserve`, `fault`, `fault_window`, `shadow`, `readback`, `uffd`: snapshots (started by the
 //!   first snapshot request): protect passes, the fault path, shadow copies, reading a
 //!   version back, the userfaultfd interface;
+//! - `governor`: stretches the automatic interval when snapshots cost too much;
 //! - `prefetch`, `predict`: the thread that copies pages ahead of their first write, and
 //!   the predictors that choose them;
 //! - `runtime`, `config`: start-up, fork, exit, environment;
@@ -31,6 +32,7 @@ mod epoch;
 mod fault;
 mod fault_window;
 mod forward;
+mod governor;
 mod heap;
 mod interpose;
 mod log;

@@ -107,7 +107,7 @@ pub extern "C" fn on_load() {
 /// is otherwise started by the first API request).
 fn start_interval_snapshots(config: &Config) {
     if config.interval_ms > 0 {
-        if let Err(e) = crate::epoch::start_thread(config.interval_ms) {
+        if let Err(e) = crate::epoch::start_thread(config.interval_ms, config.max_overhead) {
             error!("cannot start periodic snapshots: {e}");
         }
     }

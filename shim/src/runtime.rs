@@ -50,11 +50,14 @@ fn publish(config: &Config) -> Result<Runtime, String> {
     stats::ensure_private_dir(&dir)?;
     let stats = stats::create(&dir, config.run_id)?;
     match control::start(&dir) {
-        Ok(socket) => Ok(Runtime {
-            config: config.clone(),
-            stats,
-            socket,
-        }),
+        Ok(socket) => {
+            crate::exit_files::publish(&stats.path, &socket, config.run_id != 0);
+            Ok(Runtime {
+                config: config.clone(),
+                stats,
+                socket,
+            })
+        }
         Err(e) => {
             stats::remove(&stats);
             Err(e)
@@ -62,10 +65,34 @@ fn publish(config: &Config) -> Result<Runtime, String> {
     }
 }
 
+/// Honours `MEMSHADOW_RUN_ID` only when it names the running launcher (see
+/// `leftovers`); otherwise says so once and ignores it. Then removes what processes that
+/// are gone left in the directory.
+fn check_run_id(config: &mut Config) {
+    let dir = run_dir(config);
+    if stats::ensure_private_dir(&dir).is_err() {
+        return; // publish says why
+    }
+    if config.run_id != 0 {
+        let token = std::env::var(memshadow_format::paths::RUN_TOKEN_ENV).ok();
+        if let Err(e) = crate::leftovers::check_run_id(&dir, config.run_id, token.as_deref()) {
+            error!(
+                "MEMSHADOW_RUN_ID={} is not a running memshadow run ({e}); ignored: this process's files go when it exits",
+                config.run_id
+            );
+            config.run_id = 0;
+        }
+    }
+    let n = crate::leftovers::sweep(&dir);
+    if n > 0 {
+        debug!("removed {n} files of processes that are gone");
+    }
+}
+
 /// The constructor (`.init_array`): runs before the program's `main`.
 pub extern "C" fn on_load() {
     let _blocked = sys::block_signals();
-    let config = match Config::from_env() {
+    let mut config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
             error!("{e}; running untracked");
@@ -73,6 +100,7 @@ pub extern "C" fn on_load() {
         }
     };
     crate::log::set_level(config.log);
+    check_run_id(&mut config);
     if crate::forward::real().is_none() {
         error!("cannot find the C library's allocator (dlsym failed); running untracked");
         return;
@@ -122,6 +150,7 @@ pub extern "C" fn on_unload() {
     regions::rescan();
     control::stop_listening();
     stats::set_state(ProcessState::Exited);
+    crate::exit_files::forget();
     if let Some(rt) = RUNTIME.lock().as_ref() {
         let _ = std::fs::remove_file(&rt.socket);
         if rt.config.run_id == 0 {
@@ -199,6 +228,7 @@ extern "C" fn fork_child() {
                     start_interval_snapshots(&old.config);
                 }
                 Err(e) => {
+                    crate::exit_files::forget();
                     TRACKING.store(false, Ordering::Release);
                     error!("forked child: {e}; the child runs untracked");
                 }

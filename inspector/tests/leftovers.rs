@@ -106,8 +106,10 @@ fn a_multiprocessing_pool_with_one_task_per_child_leaves_nothing() {
                   def f(x):\n    return x * x\n\
                   if __name__ == '__main__':\n\
                   \x20   mp.set_start_method('fork')\n\
-                  \x20   with mp.Pool(2, maxtasksperchild=1) as p:\n\
-                  \x20       print(sum(p.map(f, range(40), chunksize=1)))\n";
+                  \x20   p = mp.Pool(2, maxtasksperchild=1)\n\
+                  \x20   print(sum(p.map(f, range(40), chunksize=1)))\n\
+                  \x20   p.close()\n\
+                  \x20   p.join()\n";
     let native = Prog::new(&python)
         .args(["-c", script])
         .timeout(LIMIT)

@@ -17,6 +17,103 @@ pub fn default_dir(uid: u32) -> PathBuf {
     Path::new(DEFAULT_PARENT).join(format!("{DIR_PREFIX}{uid}"))
 }
 
+/// Name of the fallback directory inside `$XDG_RUNTIME_DIR`.
+pub const XDG_SUBDIR: &str = "memshadow";
+
+/// The directories user `uid` may publish in, in order of preference (when
+/// `MEMSHADOW_DIR` does not name one): `/dev/shm/memshadow-UID`, then, when
+/// `xdg_runtime_dir` (`$XDG_RUNTIME_DIR`) is an absolute path, `XDG_RUNTIME_DIR/memshadow`.
+/// Any user can create `/dev/shm/memshadow-UID` first (squatting it); the second is
+/// under a directory only `uid` can enter. [`choose_dir`] picks the first usable one.
+pub fn candidate_dirs(uid: u32, xdg_runtime_dir: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs = vec![default_dir(uid)];
+    if let Some(x) = xdg_runtime_dir.filter(|x| x.is_absolute()) {
+        dirs.push(x.join(XDG_SUBDIR));
+    }
+    dirs
+}
+
+/// Why a run-time directory cannot be used by user `uid`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DirProblem {
+    /// It is a symbolic link.
+    Symlink,
+    /// It exists and is not a directory.
+    NotADirectory,
+    /// It belongs to another user (the squatter's uid).
+    Owner(u32),
+    /// Other users can write to it.
+    WritableByOthers,
+    /// The directory it is in (`$XDG_RUNTIME_DIR`) is not `uid`'s alone (0700).
+    UnsafeParent,
+    /// It cannot be examined.
+    Unreadable(String),
+}
+
+impl core::fmt::Display for DirProblem {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DirProblem::Symlink => write!(f, "is a symbolic link"),
+            DirProblem::NotADirectory => write!(f, "is not a directory"),
+            DirProblem::Owner(u) => write!(f, "belongs to uid {u}"),
+            DirProblem::WritableByOthers => write!(f, "is writable by other users"),
+            DirProblem::UnsafeParent => {
+                write!(f, "is in a directory that is not private (0700, yours)")
+            }
+            DirProblem::Unreadable(e) => write!(f, "cannot be examined: {e}"),
+        }
+    }
+}
+
+/// What is wrong with `dir` as user `uid`'s run-time directory; `None` when it is
+/// usable: a real directory of `uid` that others cannot write to, or absent (to be
+/// created 0700). Never follows a symbolic link. A candidate under `$XDG_RUNTIME_DIR`
+/// (`private_parent`) also needs its parent to be `uid`'s, mode 0700.
+pub fn dir_problem(dir: &Path, uid: u32, private_parent: bool) -> Option<DirProblem> {
+    use std::os::unix::fs::MetadataExt;
+    if private_parent {
+        let parent = dir.parent()?;
+        match std::fs::symlink_metadata(parent) {
+            Ok(m) if m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0 => {}
+            Ok(_) => return Some(DirProblem::UnsafeParent),
+            Err(e) => return Some(DirProblem::Unreadable(e.to_string())),
+        }
+    }
+    let m = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(DirProblem::Unreadable(e.to_string())),
+    };
+    if m.file_type().is_symlink() {
+        Some(DirProblem::Symlink)
+    } else if !m.is_dir() {
+        Some(DirProblem::NotADirectory)
+    } else if m.uid() != uid {
+        Some(DirProblem::Owner(m.uid()))
+    } else if m.mode() & 0o022 != 0 {
+        Some(DirProblem::WritableByOthers)
+    } else {
+        None
+    }
+}
+
+/// The run-time directory of user `uid` when `MEMSHADOW_DIR` is not set: the first of
+/// [`candidate_dirs`] that is usable ([`dir_problem`]), or every candidate with what is
+/// wrong with it. The shim publishes there; the CLI looks there.
+pub fn choose_dir(
+    uid: u32,
+    xdg_runtime_dir: Option<&Path>,
+) -> Result<PathBuf, Vec<(PathBuf, DirProblem)>> {
+    let mut problems = Vec::new();
+    for (i, d) in candidate_dirs(uid, xdg_runtime_dir).into_iter().enumerate() {
+        match dir_problem(&d, uid, i > 0) {
+            None => return Ok(d),
+            Some(p) => problems.push((d, p)),
+        }
+    }
+    Err(problems)
+}
+
 /// The stats page of `pid` in `dir`.
 pub fn stats_path(dir: &Path, pid: u32) -> PathBuf {
     dir.join(format!("{pid}.stats"))
@@ -110,6 +207,61 @@ pub fn start_ticks_of_stat(stat: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn candidates_are_dev_shm_then_the_runtime_dir() {
+        assert_eq!(
+            candidate_dirs(7, None),
+            vec![PathBuf::from("/dev/shm/memshadow-7")]
+        );
+        assert_eq!(
+            candidate_dirs(7, Some(Path::new("/run/user/7"))),
+            vec![
+                PathBuf::from("/dev/shm/memshadow-7"),
+                PathBuf::from("/run/user/7/memshadow")
+            ]
+        );
+        assert_eq!(candidate_dirs(7, Some(Path::new("rel"))).len(), 1);
+    }
+
+    #[test]
+    fn dir_problems_are_named() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let me = nix_free_uid();
+        let base = std::env::temp_dir().join(format!("ms-paths-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir(&base).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let d = base.join("d");
+        assert_eq!(dir_problem(&d, me, true), None, "absent: to be created");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(dir_problem(&d, me, true), None);
+        assert_eq!(dir_problem(&d, me + 1, false), Some(DirProblem::Owner(me)));
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(
+            dir_problem(&d, me, false),
+            Some(DirProblem::WritableByOthers)
+        );
+        let l = base.join("l");
+        symlink(&d, &l).unwrap();
+        assert_eq!(dir_problem(&l, me, false), Some(DirProblem::Symlink));
+        let f = base.join("f");
+        std::fs::write(&f, b"").unwrap();
+        assert_eq!(dir_problem(&f, me, false), Some(DirProblem::NotADirectory));
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            dir_problem(&base.join("x"), me, true),
+            Some(DirProblem::UnsafeParent)
+        );
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// This process's uid, from /proc (the format crate has no libc).
+    fn nix_free_uid() -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").unwrap().uid()
+    }
 
     #[test]
     fn run_files_round_trip_and_refuse_anything_else() {

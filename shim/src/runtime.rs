@@ -35,13 +35,31 @@ pub fn tracking() -> bool {
     TRACKING.load(Ordering::Acquire)
 }
 
-/// The run-time directory for `config`.
+/// The run-time directory for `config`: `MEMSHADOW_DIR`, else the first usable of
+/// `/dev/shm/memshadow-UID` and `$XDG_RUNTIME_DIR/memshadow` (another user may have
+/// created the first: then the second, which only we can reach). With neither usable,
+/// the first: publishing there fails with one line saying why.
 fn run_dir(config: &Config) -> PathBuf {
+    use memshadow_format::paths;
+    if let Some(d) = &config.dir {
+        return d.clone();
+    }
     // SAFETY: getuid cannot fail.
-    config
-        .dir
-        .clone()
-        .unwrap_or_else(|| memshadow_format::paths::default_dir(unsafe { libc::getuid() }))
+    let uid = unsafe { libc::getuid() };
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+    match paths::choose_dir(uid, xdg.as_deref()) {
+        Ok(d) => {
+            if d != paths::default_dir(uid) {
+                info!(
+                    "{} is not usable (squatted?); publishing in {}",
+                    paths::default_dir(uid).display(),
+                    d.display()
+                );
+            }
+            d
+        }
+        Err(_) => paths::default_dir(uid),
+    }
 }
 
 /// Publishes this process: stats page, control socket. On failure nothing is left behind.
@@ -100,6 +118,8 @@ pub extern "C" fn on_load() {
         }
     };
     crate::log::set_level(config.log);
+    // Chosen once: a forked child publishes beside its parent.
+    config.dir = Some(run_dir(&config));
     check_run_id(&mut config);
     if crate::forward::real().is_none() {
         error!("cannot find the C library's allocator (dlsym failed); running untracked");

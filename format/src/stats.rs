@@ -163,11 +163,17 @@ pub enum Counter {
     PrefetchAtPass = 40,
     /// The longest such copy, microseconds (part of the pass's time).
     PrefetchAtPassUsMax = 41,
+    /// The automatic snapshot interval in force, ms: `MEMSHADOW_INTERVAL_MS`, or longer
+    /// while the overhead governor stretches it (0: snapshots on request only).
+    IntervalMsEffective = 42,
+    /// Times the overhead governor doubled the automatic interval because snapshots
+    /// cost the program more than `MEMSHADOW_MAX_OVERHEAD` of its time.
+    GovernorStretches = 43,
 }
 
 impl Counter {
     /// Every assigned counter, in slot order.
-    pub const ALL: [Counter; 42] = [
+    pub const ALL: [Counter; 44] = [
         Counter::TrackedRegions,
         Counter::TrackedBytes,
         Counter::Rescans,
@@ -210,6 +216,8 @@ impl Counter {
         Counter::ScoreWaste,
         Counter::PrefetchAtPass,
         Counter::PrefetchAtPassUsMax,
+        Counter::IntervalMsEffective,
+        Counter::GovernorStretches,
     ];
 
     pub const fn index(self) -> usize {
@@ -260,6 +268,8 @@ impl Counter {
             Counter::ScoreWaste => "score_waste",
             Counter::PrefetchAtPass => "prefetch_at_pass",
             Counter::PrefetchAtPassUsMax => "prefetch_at_pass_us_max",
+            Counter::IntervalMsEffective => "interval_ms_effective",
+            Counter::GovernorStretches => "governor_stretches",
         }
     }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use memshadow_format::paths::{self, RunToken};
 use memshadow_format::stats::StatsRecord;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -109,6 +110,68 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// `lib`, followed by an existing `LD_PRELOAD` if there is one.
+/// `RUNID.run` in the run-time directory: proves to the shim in the launched processes
+/// that `MEMSHADOW_RUN_ID` names this launcher (see `memshadow_format::paths::RunToken`).
+/// Created new (0600, not through a symlink), removed when dropped.
+pub struct RunFile {
+    path: PathBuf,
+    token: RunToken,
+}
+
+impl RunFile {
+    /// Writes the run file of launcher `run_id` (this process) in `dir`, creating `dir`
+    /// (0700) if needed. `None`, with one warning line, when it cannot: the processes then
+    /// remove their stats pages at exit and the final counts are missing.
+    pub fn create(dir: &Path, run_id: u32) -> Option<RunFile> {
+        match Self::try_create(dir, run_id) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!(
+                    "memshadow: warning: cannot write the run file in {}: {e}; final statistics will be missing",
+                    dir.display()
+                );
+                None
+            }
+        }
+    }
+
+    fn try_create(dir: &Path, run_id: u32) -> std::io::Result<RunFile> {
+        use std::fs::{DirBuilder, OpenOptions};
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        match DirBuilder::new().mode(0o700).create(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        let mut random = [0u8; 16];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut random)?;
+        let stat = std::fs::read_to_string("/proc/self/stat")?;
+        let start_ticks = paths::start_ticks_of_stat(&stat)
+            .ok_or_else(|| std::io::Error::other("cannot read this process's start time"))?;
+        let token = RunToken {
+            pid: run_id,
+            start_ticks,
+            token: random.iter().map(|b| format!("{b:02x}")).collect(),
+        };
+        let path = paths::run_token_path(dir, run_id);
+        // A file of an earlier process with this pid is stale; never follow a symlink.
+        let _ = std::fs::remove_file(&path);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        f.write_all(token.encode().as_bytes())?;
+        Ok(RunFile { path, token })
+    }
+}
+
+impl Drop for RunFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 pub fn preload_value(lib: &Path, existing: Option<&OsStr>) -> OsString {
     let mut value = lib.as_os_str().to_os_string();
     if let Some(old) = existing.filter(|o| !o.is_empty()) {
@@ -159,11 +222,14 @@ impl Launch {
         let old_mask = mask
             .thread_swap_mask(SigmaskHow::SIG_BLOCK)
             .map_err(|e| Failure::runtime(format!("cannot block signals: {e}")))?;
-        let result = self.spawn_and_wait(&mask, old_mask, tick.as_mut());
+        let dir = registry::own_dir();
+        let run_file = RunFile::create(&dir, run_id);
+        let result = self.spawn_and_wait(&mask, old_mask, tick.as_mut(), run_file.as_ref());
         let _ = old_mask.thread_set_mask();
         let (pid, status, wall) = result?;
 
-        let mut pages = registry::collect_run(&registry::own_dir(), run_id, since_unix_ms);
+        let mut pages = registry::collect_run(&dir, run_id, since_unix_ms);
+        drop(run_file);
         let main = pages
             .iter()
             .position(|r| r.pid == pid)
@@ -190,6 +256,7 @@ impl Launch {
         mask: &SigSet,
         child_mask: SigSet,
         tick: Option<&mut Tick<'_>>,
+        run_file: Option<&RunFile>,
     ) -> Result<(u32, ExitStatus, Duration)> {
         let signals = SignalFd::with_flags(mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .map_err(|e| Failure::runtime(format!("cannot watch signals: {e}")))?;
@@ -199,8 +266,13 @@ impl Launch {
         command
             .arg0(&self.argv[0])
             .args(&self.argv[1..])
-            .env("LD_PRELOAD", preload)
-            .env(RUN_ID_ENV, std::process::id().to_string());
+            .env("LD_PRELOAD", preload);
+        // Without a run file the processes would ignore the run id (and say so).
+        if let Some(f) = run_file {
+            command
+                .env(RUN_ID_ENV, std::process::id().to_string())
+                .env(paths::RUN_TOKEN_ENV, &f.token.token);
+        }
         // SAFETY: the closure runs in the forked child before exec and only calls
         // pthread_sigmask, which is async-signal-safe; it allocates nothing.
         unsafe {

@@ -10,12 +10,17 @@ use memshadow_format::paths;
 use memshadow_format::stats::{DecodeError, ProcessState, StatsRecord, STATS_PAGE_SIZE};
 use nix::unistd::{getuid, Uid};
 
-/// The directory this user's shimmed processes publish in: `$MEMSHADOW_DIR`, else
-/// `/dev/shm/memshadow-UID`.
+/// The directory this user's shimmed processes publish in: `$MEMSHADOW_DIR`, else the
+/// one the shim chooses (`paths::choose_dir`: `/dev/shm/memshadow-UID`, or
+/// `$XDG_RUNTIME_DIR/memshadow` when the first is squatted).
 pub fn own_dir() -> PathBuf {
     match std::env::var_os(paths::DIR_ENV) {
         Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => paths::default_dir(getuid().as_raw()),
+        _ => {
+            let uid = getuid().as_raw();
+            let xdg = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+            paths::choose_dir(uid, xdg.as_deref()).unwrap_or_else(|_| paths::default_dir(uid))
+        }
     }
 }
 

@@ -224,6 +224,10 @@ fn bad_configuration_is_reported_once_and_changes_nothing() {
         ("MEMSHADOW_TRACK", "bogus"),
         ("MEMSHADOW_LOG", "loud"),
         ("MEMSHADOW_INTERVAL_MS", "abc"),
+        // A period whose nanoseconds overflow: it once wrapped into ~300 snapshots a second.
+        ("MEMSHADOW_INTERVAL_MS", "18446744073709551615"),
+        ("MEMSHADOW_INTERVAL_MS", "18446744073709"),
+        ("MEMSHADOW_MAX_OVERHEAD", "0"),
     ] {
         let shimmed = prog.run_shimmed_with(&[(var, value)]);
         let what = format!("alloc_api with {var}={value}");

@@ -4,7 +4,8 @@
 //! |---|---|---|
 //! | `MEMSHADOW_TRACK` | `heap`, `heap+stacks` | `heap` |
 //! | `MEMSHADOW_LOG` | `off`, `error`, `info`, `debug` | `error` |
-//! | `MEMSHADOW_INTERVAL_MS` | automatic snapshot period in ms, 0 = on demand only | `0` |
+//! | `MEMSHADOW_INTERVAL_MS` | automatic snapshot period in ms, 0 = on demand only, at most [`MAX_INTERVAL_MS`] | `0` |
+//! | `MEMSHADOW_MAX_OVERHEAD` | most of the program's time automatic snapshots may cost, above 0 and at most 1 (1 = no governor) | `0.5` |
 //! | `MEMSHADOW_DIR` | directory for the stats page and control socket | `/dev/shm/memshadow-UID` |
 //! | `MEMSHADOW_RUN_ID` | set by `memshadow run`: keep the stats page at exit for it | unset |
 //! | `MEMSHADOW_FAULT_AROUND` | pages copied and unprotected per trap (1 = just the page) | `64` |
@@ -20,6 +21,10 @@ use crate::log::Level;
 use crate::predict::{Choice, Kind, Params};
 use std::path::PathBuf;
 
+/// The longest automatic snapshot period: in nanoseconds it leaves half of `u64` for the
+/// monotonic clock it is added to (292 years of uptime), so `now + period` never wraps.
+pub const MAX_INTERVAL_MS: u64 = u64::MAX / 2 / 1_000_000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TrackMode {
     /// Heap, malloc arenas, anonymous mappings and .bss; thread stacks excluded.
@@ -33,6 +38,7 @@ pub struct Config {
     pub track: TrackMode,
     pub log: Level,
     pub interval_ms: u64,
+    pub max_overhead: f32,
     pub dir: Option<PathBuf>,
     pub run_id: u64,
     pub fault_around: usize,
@@ -85,10 +91,16 @@ impl Config {
         };
         let interval_ms = match get("MEMSHADOW_INTERVAL_MS") {
             None => 0,
-            Some(v) => v
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| bad("MEMSHADOW_INTERVAL_MS", &v, "milliseconds, 0 or more"))?,
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(n) if n <= MAX_INTERVAL_MS => n,
+                _ => {
+                    return Err(bad(
+                        "MEMSHADOW_INTERVAL_MS",
+                        &v,
+                        "milliseconds, 0 to 9223372036854 (about 292 years)",
+                    ))
+                }
+            },
         };
         let dir = match get("MEMSHADOW_DIR") {
             None => None,
@@ -97,10 +109,11 @@ impl Config {
         };
         let run_id = match get("MEMSHADOW_RUN_ID") {
             None => 0,
-            Some(v) => v
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| bad("MEMSHADOW_RUN_ID", &v, "the pid of a memshadow run"))?,
+            // A pid is a positive C int.
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(n) if n <= i32::MAX as u64 => n,
+                _ => return Err(bad("MEMSHADOW_RUN_ID", &v, "the pid of a memshadow run")),
+            },
         };
         let number =
             |var: &'static str, default: usize, min: usize, max: usize, expected| match get(var) {
@@ -123,7 +136,7 @@ impl Config {
             1024,
             1,
             1 << 20,
-            "MiB, 1 or more",
+            "MiB, 1 to 1048576",
         )?;
         let predict = match get("MEMSHADOW_PREDICT").as_deref() {
             None | Some("auto") => Choice::Auto,
@@ -152,6 +165,12 @@ impl Config {
             0.5,
             false,
             "a share of one core, above 0 and at most 1",
+        )?;
+        let max_overhead = fraction(
+            "MEMSHADOW_MAX_OVERHEAD",
+            0.5,
+            false,
+            "a fraction of the program's time, above 0 and at most 1 (1 = no governor)",
         )?;
         let segment_kb = number(
             "MEMSHADOW_SEGMENT_KB",
@@ -184,6 +203,7 @@ impl Config {
             track,
             log,
             interval_ms,
+            max_overhead,
             dir,
             run_id,
             fault_around,
@@ -220,6 +240,7 @@ mod tests {
         assert_eq!(c.track, TrackMode::Heap);
         assert_eq!(c.log, Level::Error);
         assert_eq!(c.interval_ms, 0);
+        assert_eq!(c.max_overhead, 0.5);
         assert_eq!(c.dir, None);
         assert_eq!(c.run_id, 0);
         assert_eq!(
@@ -237,6 +258,7 @@ mod tests {
             ("MEMSHADOW_TRACK", "heap+stacks"),
             ("MEMSHADOW_LOG", "debug"),
             ("MEMSHADOW_INTERVAL_MS", "250"),
+            ("MEMSHADOW_MAX_OVERHEAD", "1"),
             ("MEMSHADOW_DIR", "/tmp/x"),
             ("MEMSHADOW_RUN_ID", "77"),
             ("MEMSHADOW_FAULT_AROUND", "16"),
@@ -254,6 +276,7 @@ mod tests {
         assert_eq!(c.track, TrackMode::HeapAndStacks);
         assert_eq!(c.log, Level::Debug);
         assert_eq!(c.interval_ms, 250);
+        assert_eq!(c.max_overhead, 1.0);
         assert_eq!(c.dir, Some(PathBuf::from("/tmp/x")));
         assert_eq!(c.run_id, 77);
         assert_eq!(
@@ -282,6 +305,20 @@ mod tests {
             ("MEMSHADOW_LOG", "loud"),
             ("MEMSHADOW_INTERVAL_MS", "-5"),
             ("MEMSHADOW_INTERVAL_MS", "10ms"),
+            ("MEMSHADOW_INTERVAL_MS", "18446744073709"),
+            ("MEMSHADOW_INTERVAL_MS", "18446744073709551615"),
+            ("MEMSHADOW_INTERVAL_MS", "18446744073709551616"),
+            ("MEMSHADOW_MAX_OVERHEAD", "0"),
+            ("MEMSHADOW_MAX_OVERHEAD", "1.5"),
+            ("MEMSHADOW_MAX_OVERHEAD", "nan"),
+            ("MEMSHADOW_MAX_OVERHEAD", "half"),
+            ("MEMSHADOW_RUN_ID", "4294967296"),
+            ("MEMSHADOW_RUN_ID", "18446744073709551615"),
+            ("MEMSHADOW_SHADOW_BUDGET_MB", "1048577"),
+            ("MEMSHADOW_SHADOW_BUDGET_MB", "18446744073709551615"),
+            ("MEMSHADOW_FAULT_AROUND", "18446744073709551615"),
+            ("MEMSHADOW_MAX_VERSIONS", "1025"),
+            ("MEMSHADOW_SCORE_BETA", "inf"),
             ("MEMSHADOW_DIR", "relative/dir"),
             ("MEMSHADOW_RUN_ID", "x"),
             ("MEMSHADOW_FAULT_AROUND", "0"),
@@ -301,5 +338,21 @@ mod tests {
             assert_eq!(e.var, k);
             assert!(e.to_string().contains(v), "{e}");
         }
+    }
+
+    #[test]
+    fn the_longest_interval_cannot_wrap_the_clock() {
+        let max = MAX_INTERVAL_MS.to_string();
+        let c = parse(&[("MEMSHADOW_INTERVAL_MS", &max)]).unwrap();
+        assert_eq!(c.interval_ms, MAX_INTERVAL_MS);
+        // The epoch thread adds the period in ns to a monotonic clock below 2^63 ns.
+        let now = i64::MAX as u64;
+        assert!(c.interval_ms.checked_mul(1_000_000).is_some());
+        assert!((c.interval_ms * 1_000_000).checked_add(now).is_some());
+        let over = (MAX_INTERVAL_MS + 1).to_string();
+        let e = parse(&[("MEMSHADOW_INTERVAL_MS", &over)]).unwrap_err();
+        assert!(e.to_string().contains("292 years"), "{e}");
+        let e = parse(&[("MEMSHADOW_SHADOW_BUDGET_MB", "1048577")]).unwrap_err();
+        assert!(e.to_string().contains("1 to 1048576"), "{e}");
     }
 }

@@ -158,6 +158,7 @@ impl Engine {
         let b = (63 - ns.max(1).leading_zeros()) as usize;
         self.trap_ns[b.min(self.trap_ns.len() - 1)] += 1;
         self.trap_max_ns = self.trap_max_ns.max(ns);
+        crate::governor::note_trap(ns);
         let total: u64 = self.trap_ns.iter().sum();
         let pct = |p: u64| {
             let want = (total * p).div_ceil(100);

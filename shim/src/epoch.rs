@@ -224,7 +224,10 @@ pub fn snapshot() -> Result<u64, String> {
     // thread holds events it has read but not yet handled: the kernel lets a discarding
     // thread go on as soon as its event is read, so such an event belongs before this
     // version (its range must be in this pass's work, its losses counted before it).
+    // When writes began to be held.
+    let mut opened_at;
     loop {
+        opened_at = engine::now_ns();
         let opened = engine::with(|e| {
             if crate::fault::events_in_hand() {
                 return false;
@@ -295,6 +298,7 @@ pub fn snapshot() -> Result<u64, String> {
             crate::fault::resolve(e, addr);
         });
     }
+    crate::governor::note_pass(engine::now_ns() - opened_at, held.len());
     crate::prefetch::epoch_opened();
     drop(tracked); // the previous lists
     drop(retired);
@@ -333,8 +337,13 @@ static API_ERROR_SAID: AtomicBool = AtomicBool::new(false);
 static PERIODIC_ERROR_SAID: AtomicBool = AtomicBool::new(false);
 
 /// Starts the epoch thread (once per process; again in a forked child).
-pub fn start_thread(interval_ms: u64) -> Result<(), String> {
-    INTERVAL_MS.store(interval_ms, Ordering::Relaxed);
+pub fn start_thread(interval_ms: u64, max_overhead: f32) -> Result<(), String> {
+    if INTERVAL_MS.swap(interval_ms, Ordering::Relaxed) != interval_ms
+        || !THREAD_STARTED.load(Ordering::Acquire)
+    {
+        // A new period, or a new thread (a forked child's): the governor starts afresh.
+        crate::governor::reset(interval_ms, max_overhead);
+    }
     if THREAD_STARTED.load(Ordering::Acquire) {
         sys::futex_wake(&REQUESTED); // pick up a new interval
         return Ok(());
@@ -384,10 +393,11 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
     let mut cpu = 0;
     loop {
         crate::shim_thread::account_cpu(&mut cpu);
-        let interval = INTERVAL_MS.load(Ordering::Relaxed);
+        let configured = INTERVAL_MS.load(Ordering::Relaxed);
+        let interval = crate::governor::interval_ms(configured);
         if interval != due_interval {
             // A new period (or the first): count it from now.
-            next_due = engine::now_ns() + interval * 1_000_000;
+            next_due = engine::now_ns().saturating_add(interval.saturating_mul(1_000_000));
             due_interval = interval;
         }
         let wait_ms = if interval == 0 {
@@ -411,7 +421,12 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
         let started = engine::now_ns();
         let result = snapshot();
         let ended = engine::now_ns();
-        next_due = (started + interval * 1_000_000).max(ended + (ended - started));
+        // The governor may stretch the period (or shrink it back) after any pass.
+        let interval = crate::governor::after_pass(configured, ended);
+        due_interval = interval;
+        next_due = started
+            .saturating_add(interval.saturating_mul(1_000_000))
+            .max(ended + (ended - started));
         if now != seen {
             let answer = match &result {
                 Ok(v) => *v as i64,
@@ -449,9 +464,9 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
 /// can be taken. errno is otherwise left as it was.
 pub fn snapshot_for_api() -> i64 {
     let saved = sys::errno();
-    let interval = crate::runtime::config().map(|c| c.interval_ms);
-    let started = match interval {
-        Some(ms) => start_thread(ms),
+    let config = crate::runtime::config().map(|c| (c.interval_ms, c.max_overhead));
+    let started = match config {
+        Some((ms, max)) => start_thread(ms, max),
         None => Err("memshadow is not tracking this process".to_string()),
     };
     if let Err(msg) = started {

@@ -247,3 +247,23 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     // SAFETY: same contract.
     unsafe { fds::dup3(old, new, flags) }
 }
+
+/// `_exit(2)`: removes this process's stats page and socket (see `exit_files`), then
+/// forwards.
+///
+/// # Safety
+/// `_exit(2)`; async-signal-safe.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn _exit(status: c_int) -> ! {
+    crate::exit_files::quick_exit(status)
+}
+
+/// `_Exit(3)`: the same as `_exit`.
+///
+/// # Safety
+/// `_Exit(3)`; async-signal-safe.
+#[cfg_attr(not(test), no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn _Exit(status: c_int) -> ! {
+    crate::exit_files::quick_exit(status)
+}

@@ -11,9 +11,11 @@
 //! - `engine`, `epoch`, `reprotect`, `preserve`, `fault`, `fault_window`, `shadow`, `readback`, `uffd`: snapshots (started by the
 //!   first snapshot request): protect passes, the fault path, shadow copies, reading a
 //!   version back, the userfaultfd interface;
+//! - `governor`: stretches the automatic interval when snapshots cost too much;
 //! - `prefetch`, `predict`: the thread that copies pages ahead of their first write, and
 //!   the predictors that choose them;
-//! - `runtime`, `config`: start-up, fork, exit, environment;
+//! - `runtime`, `config`: start-up, fork, exit, environment; `exit_files`, `leftovers`:
+//!   removing this process's files at `_exit` and those of processes that are gone;
 //! - `arena`, `own`, `range`, `shim_thread`, `sync`, `sys`, `log`: the shim's own memory,
 //!   threads and primitives, never the host's;
 //! - `fds`: the shim's own descriptors, moved out of the program's way and guarded against
@@ -30,12 +32,15 @@ mod config;
 mod control;
 mod engine;
 mod epoch;
+mod exit_files;
 mod fault;
 mod fault_window;
 mod fds;
 mod forward;
+mod governor;
 mod heap;
 mod interpose;
+mod leftovers;
 mod log;
 mod mapping;
 mod maps;

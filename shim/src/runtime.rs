@@ -35,13 +35,31 @@ pub fn tracking() -> bool {
     TRACKING.load(Ordering::Acquire)
 }
 
-/// The run-time directory for `config`.
+/// The run-time directory for `config`: `MEMSHADOW_DIR`, else the first usable of
+/// `/dev/shm/memshadow-UID` and `$XDG_RUNTIME_DIR/memshadow` (another user may have
+/// created the first: then the second, which only we can reach). With neither usable,
+/// the first: publishing there fails with one line saying why.
 fn run_dir(config: &Config) -> PathBuf {
+    use memshadow_format::paths;
+    if let Some(d) = &config.dir {
+        return d.clone();
+    }
     // SAFETY: getuid cannot fail.
-    config
-        .dir
-        .clone()
-        .unwrap_or_else(|| memshadow_format::paths::default_dir(unsafe { libc::getuid() }))
+    let uid = unsafe { libc::getuid() };
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+    match paths::choose_dir(uid, xdg.as_deref()) {
+        Ok(d) => {
+            if d != paths::default_dir(uid) {
+                info!(
+                    "{} is not usable (squatted?); publishing in {}",
+                    paths::default_dir(uid).display(),
+                    d.display()
+                );
+            }
+            d
+        }
+        Err(_) => paths::default_dir(uid),
+    }
 }
 
 /// Publishes this process: stats page, control socket. On failure nothing is left behind.
@@ -50,11 +68,14 @@ fn publish(config: &Config) -> Result<Runtime, String> {
     stats::ensure_private_dir(&dir)?;
     let stats = stats::create(&dir, config.run_id)?;
     match control::start(&dir) {
-        Ok(socket) => Ok(Runtime {
-            config: config.clone(),
-            stats,
-            socket,
-        }),
+        Ok(socket) => {
+            crate::exit_files::publish(&stats.path, &socket, config.run_id != 0);
+            Ok(Runtime {
+                config: config.clone(),
+                stats,
+                socket,
+            })
+        }
         Err(e) => {
             stats::remove(&stats);
             Err(e)
@@ -62,11 +83,35 @@ fn publish(config: &Config) -> Result<Runtime, String> {
     }
 }
 
+/// Honours `MEMSHADOW_RUN_ID` only when it names the running launcher (see
+/// `leftovers`); otherwise says so once and ignores it. Then removes what processes that
+/// are gone left in the directory.
+fn check_run_id(config: &mut Config) {
+    let dir = run_dir(config);
+    if stats::ensure_private_dir(&dir).is_err() {
+        return; // publish says why
+    }
+    if config.run_id != 0 {
+        let token = std::env::var(memshadow_format::paths::RUN_TOKEN_ENV).ok();
+        if let Err(e) = crate::leftovers::check_run_id(&dir, config.run_id, token.as_deref()) {
+            error!(
+                "MEMSHADOW_RUN_ID={} is not a running memshadow run ({e}); ignored: this process's files go when it exits",
+                config.run_id
+            );
+            config.run_id = 0;
+        }
+    }
+    let n = crate::leftovers::sweep(&dir);
+    if n > 0 {
+        debug!("removed {n} files of processes that are gone");
+    }
+}
+
 /// The constructor (`.init_array`): runs before the program's `main`.
 pub extern "C" fn on_load() {
     let _blocked = sys::block_signals();
     crate::fds::resolve_next();
-    let config = match Config::from_env() {
+    let mut config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
             error!("{e}; running untracked");
@@ -74,6 +119,9 @@ pub extern "C" fn on_load() {
         }
     };
     crate::log::set_level(config.log);
+    // Chosen once: a forked child publishes beside its parent.
+    config.dir = Some(run_dir(&config));
+    check_run_id(&mut config);
     if crate::forward::real().is_none() {
         error!("cannot find the C library's allocator (dlsym failed); running untracked");
         return;
@@ -108,7 +156,7 @@ pub extern "C" fn on_load() {
 /// is otherwise started by the first API request).
 fn start_interval_snapshots(config: &Config) {
     if config.interval_ms > 0 {
-        if let Err(e) = crate::epoch::start_thread(config.interval_ms) {
+        if let Err(e) = crate::epoch::start_thread(config.interval_ms, config.max_overhead) {
             error!("cannot start periodic snapshots: {e}");
         }
     }
@@ -123,6 +171,7 @@ pub extern "C" fn on_unload() {
     regions::rescan();
     control::stop_listening();
     stats::set_state(ProcessState::Exited);
+    crate::exit_files::forget();
     if let Some(rt) = RUNTIME.lock().as_ref() {
         let _ = std::fs::remove_file(&rt.socket);
         if rt.config.run_id == 0 {
@@ -201,6 +250,7 @@ extern "C" fn fork_child() {
                     start_interval_snapshots(&old.config);
                 }
                 Err(e) => {
+                    crate::exit_files::forget();
                     TRACKING.store(false, Ordering::Release);
                     error!("forked child: {e}; the child runs untracked");
                 }

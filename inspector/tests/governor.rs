@@ -1,0 +1,167 @@
+//! The overhead governor (shim/src/governor.rs): a program that writes scattered pages
+//! hard under frequent snapshots gets its automatic interval stretched, says so once at
+//! `MEMSHADOW_LOG=info` (and nothing at the default level), still gets the snapshots it
+//! asks for, and `MEMSHADOW_MAX_OVERHEAD=1` turns the governor off.
+//!
+//! Needs `cargo build --release --workspace` first and a C compiler (`cc`).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{
+    assert_native_ok, assert_same_behaviour, c_program, clean_env_in, finish, memshadow_bin,
+    shim_lib, temp_dir, wait_until, Guard, Prog,
+};
+use serde_json::Value;
+
+/// A limit about hangs, not speed: without the governor the writer runs tens of times
+/// slower under 1-10 ms snapshots.
+const LIMIT: Duration = Duration::from_secs(180);
+
+/// The part of the governor's one line that does not depend on the figures.
+const SAID: &str = "automatic snapshots now every";
+
+fn writer(args: &[&str]) -> Prog {
+    Prog::new(c_program("scatter_writer"))
+        .args(args)
+        .timeout(LIMIT)
+}
+
+#[test]
+fn a_scattered_writer_gets_its_interval_stretched() {
+    for interval in ["1", "10"] {
+        let prog = writer(&[]).env("MEMSHADOW_INTERVAL_MS", interval);
+        let native = prog.run_native();
+        assert_native_ok("scatter_writer", &native, 0);
+        let run = prog.run_memshadow();
+        let what = format!("scatter_writer ({interval} ms snapshots)");
+        assert_same_behaviour(&what, &native, &run.output, false);
+        run.assert_attached(&native, true);
+        let configured: u64 = interval.parse().unwrap();
+        assert!(run.u64("traps") > 0, "{what}: no traps: {:#?}", run.json);
+        assert!(
+            run.u64("governor_stretches") > 0,
+            "{what}: the governor never stretched: {:#?}",
+            run.json
+        );
+        assert!(
+            run.u64("interval_ms_effective") > configured,
+            "{what}: interval_ms_effective is not above {configured}: {:#?}",
+            run.json
+        );
+    }
+}
+
+#[test]
+fn max_overhead_1_turns_the_governor_off() {
+    // Fewer writes: without the governor this run is many times slower.
+    let prog = writer(&["32", "1"])
+        .env("MEMSHADOW_INTERVAL_MS", "10")
+        .env("MEMSHADOW_MAX_OVERHEAD", "1");
+    let native = prog.run_native();
+    assert_native_ok("scatter_writer", &native, 0);
+    let run = prog.run_memshadow();
+    assert_same_behaviour("scatter_writer (governor off)", &native, &run.output, false);
+    run.assert_attached(&native, true);
+    assert!(
+        run.u64("traps") > 1000,
+        "too few traps for a test: {:#?}",
+        run.json
+    );
+    assert_eq!(run.u64("governor_stretches"), 0, "{:#?}", run.json);
+    assert_eq!(run.u64("interval_ms_effective"), 10, "{:#?}", run.json);
+}
+
+#[test]
+fn the_governor_speaks_once_at_info_and_not_at_the_default_level() {
+    let prog = writer(&[]).env("MEMSHADOW_INTERVAL_MS", "1");
+    let native = prog.run_native();
+    assert_native_ok("scatter_writer", &native, 0);
+    // The default level: the program's stderr is its own.
+    let quiet = prog.run_shimmed();
+    assert_same_behaviour("scatter_writer (1 ms snapshots)", &native, &quiet, true);
+
+    let loud = prog.run_shimmed_with(&[("MEMSHADOW_LOG", "info")]);
+    assert_same_behaviour(
+        "scatter_writer (1 ms snapshots, MEMSHADOW_LOG=info)",
+        &native,
+        &loud,
+        false,
+    );
+    let stderr = String::from_utf8_lossy(&loud.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(SAID)).collect();
+    assert_eq!(lines.len(), 1, "expected the line once:\n{stderr}");
+    assert!(
+        lines[0].starts_with("memshadow: ")
+            && lines[0].contains("MEMSHADOW_MAX_OVERHEAD=0.5")
+            && lines[0].contains("instead of 1 ms"),
+        "{}",
+        lines[0]
+    );
+}
+
+fn memshadow(dir: &Path) -> Command {
+    let mut c = Command::new(memshadow_bin());
+    clean_env_in(&mut c, dir);
+    c
+}
+
+fn stats(dir: &Path, pid: u32) -> Value {
+    let f = finish(
+        memshadow(dir).args(["stats", "--json", &pid.to_string()]),
+        Duration::from_secs(30),
+    );
+    assert!(f.status.success(), "memshadow stats failed: {f:#?}");
+    serde_json::from_str(&f.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {f:#?}"))
+}
+
+fn key(j: &Value, k: &str) -> u64 {
+    j.get(k)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("no `{k}` in {j:#}"))
+}
+
+#[test]
+fn explicit_snapshots_are_taken_while_the_interval_is_stretched() {
+    let dir = temp_dir("gov");
+    // Long enough to outlive the test: it is killed when the guard goes.
+    let mut c = Command::new(c_program("scatter_writer"));
+    c.args(["32", "100000"]);
+    clean_env_in(&mut c, dir.path());
+    c.env("LD_PRELOAD", shim_lib())
+        .env("MEMSHADOW_INTERVAL_MS", "10")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let guard = Guard::spawn(&mut c, LIMIT);
+    let pid = guard.pid();
+    let mut last = Value::Null;
+    let stretched = wait_until(Duration::from_secs(60), || {
+        if !memshadow_format::paths::socket_path(dir.path(), pid).exists() {
+            return false;
+        }
+        last = stats(dir.path(), pid);
+        key(&last, "interval_ms_effective") >= 160
+    });
+    assert!(
+        stretched,
+        "the interval was never stretched to 160 ms: {last:#}"
+    );
+    for _ in 0..5 {
+        let before = key(&stats(dir.path(), pid), "version");
+        let f = finish(
+            memshadow(dir.path()).args(["snapshot", &pid.to_string()]),
+            Duration::from_secs(60),
+        );
+        assert!(f.status.success(), "memshadow snapshot failed: {f:#?}");
+        let v: u64 = f
+            .stdout
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("not a version ({e}): {f:#?}"));
+        assert!(v > before, "snapshot printed {v}, version was {before}");
+    }
+    drop(guard);
+}

@@ -1,7 +1,6 @@
 //! The `run`, `ps` and `stats` subcommands, and [`Target`], the shimmed process that
 //! `stats`, `snapshot` and `read` talk to.
 
-use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
 
@@ -15,14 +14,15 @@ use crate::error::{Failure, Result};
 use crate::launch;
 use crate::registry::{self, PageError, ProcInfo};
 use crate::report;
+use crate::safe_file::{self, SafeFile};
 
 /// `memshadow run`: never returns on success, it exits like the program did.
 pub fn run(args: RunArgs) -> Result<i32> {
     let launch = launch::prepare(&args.command, args.lib.as_deref())?;
     let json_out = match &args.stats_json {
         Some(path) => Some(
-            File::create(path)
-                .map_err(|e| Failure::runtime(format!("cannot write {}: {e}", path.display())))?,
+            SafeFile::create(path)
+                .map_err(|e| Failure::runtime(safe_file::cannot_write(path, &e)))?,
         ),
         None => None,
     };
@@ -32,11 +32,14 @@ pub fn run(args: RunArgs) -> Result<i32> {
             eprintln!("memshadow: {line}");
         }
     }
-    if let (Some(mut file), Some(path)) = (json_out, &args.stats_json) {
-        serde_json::to_writer_pretty(&mut file, &report::run_json(&outcome))
+    if let (Some(file), Some(path)) = (json_out, &args.stats_json) {
+        let mut w = file.file();
+        serde_json::to_writer_pretty(&mut w, &report::run_json(&outcome))
             .map_err(io::Error::from)
-            .and_then(|()| writeln!(file))
+            .and_then(|()| writeln!(w))
             .map_err(|e| Failure::runtime(format!("cannot write {}: {e}", path.display())))?;
+        file.commit()
+            .map_err(|e| Failure::runtime(safe_file::cannot_write(path, &e)))?;
     }
     launch::exit_like(outcome.status)
 }

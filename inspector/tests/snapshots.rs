@@ -756,7 +756,7 @@ fn read_back_byte_exact() {
     assert!(line.contains(&format!("{guard_page:#x}")), "{f:#?}");
     assert!(
         line.contains(&format!(
-            "(after {MAX_READ} of {} bytes; removed {})",
+            "(after {MAX_READ} of {} bytes; {} not written)",
             MAX_READ + 4096,
             partial.display()
         )),
@@ -1114,7 +1114,7 @@ fn images_hold_each_version_as_the_program_wrote_it() {
     assert!(
         line.starts_with(&format!("memshadow: cannot write {}: ", partial.display()))
             && line.contains(" (in region ")
-            && line.ends_with(&format!("; removed {})", partial.display())),
+            && line.ends_with(&format!("; {} not written)", partial.display())),
         "{f:#?}"
     );
     assert!(!partial.exists(), "the partial image was left behind");

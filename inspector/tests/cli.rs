@@ -51,7 +51,7 @@ fn bad_arguments_fail_with_one_line() {
         memshadow(dir.path()).args(["stats", "1", "--watch", "0"]),
         LIMIT,
     );
-    assert!(f.stderr.contains("more than 0 seconds"), "{f:#?}");
+    assert!(f.stderr.contains("at least 0.05 seconds"), "{f:#?}");
 }
 
 #[test]

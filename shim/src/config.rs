@@ -9,7 +9,7 @@
 //! | `MEMSHADOW_RUN_ID` | set by `memshadow run`: keep the stats page at exit for it | unset |
 //! | `MEMSHADOW_FAULT_AROUND` | pages copied and unprotected per trap (1 = just the page) | `64` |
 //! | `MEMSHADOW_MAX_VERSIONS` | snapshot versions kept readable, >= 1 | `4` |
-//! | `MEMSHADOW_SHADOW_BUDGET_MB` | memory for shadow copies, MiB, >= 1 | `1024` |
+//! | `MEMSHADOW_SHADOW_BUDGET_MB` | memory for shadow copies, MiB, 1 to 1,048,576 | `1024` |
 //! | `MEMSHADOW_PREDICT` | `auto`, `history`, `stride`, `markov`, `score`, `off` | `auto` |
 //! | `MEMSHADOW_CONFIDENCE` | least predicted write probability prefetched, 0 to 1 | `0.2` |
 //! | `MEMSHADOW_PREFETCH_CPU` | share of one core the prefetch thread may use, (0, 1] | `0.5` |
@@ -123,7 +123,7 @@ impl Config {
             1024,
             1,
             1 << 20,
-            "MiB, 1 or more",
+            "MiB, 1 to 1,048,576",
         )?;
         let predict = match get("MEMSHADOW_PREDICT").as_deref() {
             None | Some("auto") => Choice::Auto,
@@ -300,6 +300,14 @@ mod tests {
             let e = parse(&[(k, v)]).unwrap_err();
             assert_eq!(e.var, k);
             assert!(e.to_string().contains(v), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_budget_error_says_the_range() {
+        for v in ["0", "1048577"] {
+            let e = parse(&[("MEMSHADOW_SHADOW_BUDGET_MB", v)]).unwrap_err();
+            assert!(e.to_string().contains("1 to 1,048,576"), "{e}");
         }
     }
 }

@@ -267,6 +267,39 @@ pub fn regions(socket: &Endpoint, version: u64) -> Result<control::RegionsReply,
     Ok(reply)
 }
 
+/// A pin on a version, held while this lives (the connection that asked for it).
+pub struct Pin {
+    _conn: Conn,
+}
+
+/// Pins `version` until the returned [`Pin`] is dropped. `Ok(None)` when the process's
+/// shim is too old to know `pin`.
+pub fn pin(socket: &Endpoint, version: u64) -> Result<Option<Pin>, ControlError> {
+    let mut conn = connect(socket, REPLY_TIMEOUT)?;
+    conn.write_all(format!("{} {version}\n", control::CMD_PIN).as_bytes())
+        .map_err(io_failure)?;
+    let mut reader = BufReader::new(conn);
+    let fields = match read_header(&mut reader) {
+        Err(ControlError::Reply(ReplyError::Refused(m))) if m.starts_with("unknown command") => {
+            return Ok(None)
+        }
+        r => r?,
+    };
+    if control::field(&fields, "version").and_then(|v| v.parse::<u64>().ok()) != Some(version) {
+        return Err(malformed(format!(
+            "the reply to pin {version} announces {fields:?}"
+        )));
+    }
+    if !reader.buffer().is_empty() {
+        return Err(malformed(format!(
+            "the reply to pin {version} goes on after its end"
+        )));
+    }
+    Ok(Some(Pin {
+        _conn: reader.into_inner(),
+    }))
+}
+
 /// Longest header (the lines before the body) a `read` reply may have.
 const MAX_HEADER: usize = 64 * 1024;
 

@@ -38,6 +38,9 @@ pub fn read(args: ReadArgs) -> Result<i32> {
         ));
     }
     let target = Target::find(args.pid)?;
+    // Held until the range is written: new snapshots cannot evict the version meanwhile.
+    let pin =
+        control_client::pin(&target.socket, args.at_version).map_err(|e| target.explain(e))?;
     let chunk = usize::try_from(args.len).map_or(MAX_READ, |l| l.min(MAX_READ));
     let mut buf = vec![0u8; chunk];
     // Opened once the first chunk has arrived: a refused read leaves no file behind.
@@ -48,6 +51,7 @@ pub fn read(args: ReadArgs) -> Result<i32> {
         let part = &mut buf[..n];
         if let Err(e) = control_client::read(&target.socket, args.at_version, addr, part) {
             let mut failure = target.explain(e);
+            failure.message = gave_way(failure.message, pin.is_some());
             if let Some(s) = sink {
                 // Say where it stopped (and that FILE was removed again).
                 let removed = s.abandon();
@@ -91,6 +95,8 @@ pub fn read(args: ReadArgs) -> Result<i32> {
 pub fn image(args: ImageArgs) -> Result<i32> {
     let target = Target::find(args.pid)?;
     let version = args.at_version;
+    // Held until the image is written: new snapshots cannot evict the version meanwhile.
+    let pin = control_client::pin(&target.socket, version).map_err(|e| target.explain(e))?;
     let layout = control_client::regions(&target.socket, version).map_err(|e| target.explain(e))?;
     let page_size = u32::try_from(layout.page_size).map_err(|_| {
         Failure::runtime(format!(
@@ -116,7 +122,7 @@ pub fn image(args: ImageArgs) -> Result<i32> {
             .map_err(|e| Failure::runtime(safe_file::cannot_write(&args.out, &e)))?,
         Err(e) => {
             let message = match e {
-                StreamError::Process(f) => f.message,
+                StreamError::Process(f) => gave_way(f.message, pin.is_some()),
                 StreamError::File(e) => format!("cannot write {}: {e}", args.out.display()),
             };
             let regions = layout.regions.len();
@@ -141,6 +147,18 @@ pub fn image(args: ImageArgs) -> Result<i32> {
         args.out.display()
     );
     Ok(0)
+}
+
+/// A refusal of a pinned version: its pin gave way, and why that happens.
+fn gave_way(message: String, pinned: bool) -> String {
+    if pinned && message.contains("is no longer retained") {
+        format!(
+            "{message}; its pin gave way: the shadow budget ran out (MEMSHADOW_SHADOW_BUDGET_MB), or {} newer versions piled up behind it",
+            memshadow_format::control::PIN_EXTRA_VERSIONS
+        )
+    } else {
+        message
+    }
 }
 
 /// How far an image got: the region being written (from 1) and the bytes written.

@@ -37,6 +37,7 @@ mod log;
 mod mapping;
 mod maps;
 mod own;
+mod pins;
 mod predict;
 mod prefetch;
 mod preserve;

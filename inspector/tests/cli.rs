@@ -264,7 +264,11 @@ fn run_says_when_the_shim_did_not_attach() {
     let src = dir.path().join("empty.c");
     let lib = dir.path().join("libempty.so");
     // Passes for the shim (it exports the shim's symbol) but publishes nothing.
-    fs::write(&src, "long long memshadow_snapshot_v1(void) { return -1; }\n").unwrap();
+    fs::write(
+        &src,
+        "long long memshadow_snapshot_v1(void) { return -1; }\n",
+    )
+    .unwrap();
     let mut gcc = Command::new("gcc");
     clean_env(&mut gcc);
     let cc = finish(

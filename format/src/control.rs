@@ -22,6 +22,15 @@
 //! | `snapshot` | `version` | sent after the protect pass has ended |
 //! | `read V ADDR LEN` | `version`, `bytes` | then exactly `bytes` raw bytes, then EOF |
 //! | `regions V` | `version`, `page_size`, `regions N`, then N lines `region ADDR LEN` | the memory tracked at version `V`, by address |
+//! | `pin V` | `version` | then the server keeps the connection open; see below |
+//!
+//! `pin V` keeps version `V` (and so every newer one: retention is oldest first) from
+//! being evicted by new snapshots until the client closes the connection (or sends
+//! anything more on it). It is bounded: one pin per connection, at most
+//! [`MAX_PINS`] at once, and when the shadow budget runs out (or
+//! [`PIN_EXTRA_VERSIONS`] versions past `MEMSHADOW_MAX_VERSIONS` pile up behind it)
+//! the pin is what gives: reads of `V` are then refused as not retained. `memshadow
+//! image` and `read` hold one while they stream.
 //!
 //! `read` is the one reply with a binary body: after `end\n` come the `LEN` bytes of the
 //! process's memory at `ADDR` as it was at version `V`, and the server closes the
@@ -47,6 +56,13 @@ pub const CMD_SNAPSHOT: &str = "snapshot";
 pub const CMD_READ: &str = "read";
 /// Lists the ranges a version holds: `regions V`.
 pub const CMD_REGIONS: &str = "regions";
+/// Pins a version while the connection stays open: `pin V`.
+pub const CMD_PIN: &str = "pin";
+/// Most pins a process holds at once.
+pub const MAX_PINS: usize = 8;
+/// Versions kept past `MEMSHADOW_MAX_VERSIONS` behind a pinned one before its pin gives
+/// way.
+pub const PIN_EXTRA_VERSIONS: usize = 1024;
 
 /// Most bytes one `read` request may ask for (1 MiB).
 pub const MAX_READ: usize = 1 << 20;

@@ -87,7 +87,8 @@ pub struct StatsArgs {
     /// Print one JSON object (one per line with --watch).
     #[arg(long)]
     pub json: bool,
-    /// Repeat every SECS seconds (fractions allowed) until the process exits.
+    /// Repeat every SECS seconds (fractions allowed, at least 0.05) until the process
+    /// exits.
     #[arg(
         long,
         value_name = "SECS",
@@ -167,12 +168,18 @@ fn one_line(message: &str) -> String {
     out
 }
 
+/// Shortest `--watch` period: anything shorter would only busy-loop on the process.
+pub const MIN_WATCH: Duration = Duration::from_millis(50);
+
 fn parse_interval(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if secs.is_nan() || secs <= 0.0 {
-        return Err("the interval must be more than 0 seconds".into());
+    if secs.is_nan() || secs < MIN_WATCH.as_secs_f64() {
+        return Err(format!(
+            "the interval must be at least {} seconds",
+            MIN_WATCH.as_secs_f64()
+        ));
     }
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
@@ -228,6 +235,9 @@ mod tests {
     fn intervals() {
         assert_eq!(parse_interval("0.5"), Ok(Duration::from_millis(500)));
         assert!(parse_interval("0").is_err());
+        assert_eq!(parse_interval("0.05"), Ok(MIN_WATCH));
+        assert!(parse_interval("0.049").is_err());
+        assert!(parse_interval("0.000000001").is_err());
         assert!(parse_interval("-1").is_err());
         assert!(parse_interval("nan").is_err());
         assert!(parse_interval("inf").is_err());

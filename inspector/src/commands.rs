@@ -1,28 +1,27 @@
 //! The `run`, `ps` and `stats` subcommands, and [`Target`], the shimmed process that
 //! `stats`, `snapshot` and `read` talk to.
 
-use std::fs::File;
 use std::io::{self, Write};
-use std::path::PathBuf;
 
 use memshadow_format::control::ReplyError;
 use memshadow_format::paths;
 use memshadow_format::stats::ProcessState;
 
 use crate::cli::{PsArgs, RunArgs, StatsArgs};
-use crate::control_client::{self, ControlError};
+use crate::control_client::{self, ControlError, Endpoint};
 use crate::error::{Failure, Result};
 use crate::launch;
-use crate::registry::{self, PageError, ProcInfo};
+use crate::registry::{self, DirError, Kind, PageError, ProcInfo, RunDir};
 use crate::report;
+use crate::safe_file::{self, SafeFile};
 
 /// `memshadow run`: never returns on success, it exits like the program did.
 pub fn run(args: RunArgs) -> Result<i32> {
     let launch = launch::prepare(&args.command, args.lib.as_deref())?;
     let json_out = match &args.stats_json {
         Some(path) => Some(
-            File::create(path)
-                .map_err(|e| Failure::runtime(format!("cannot write {}: {e}", path.display())))?,
+            SafeFile::create(path)
+                .map_err(|e| Failure::runtime(safe_file::cannot_write(path, &e)))?,
         ),
         None => None,
     };
@@ -32,11 +31,14 @@ pub fn run(args: RunArgs) -> Result<i32> {
             eprintln!("memshadow: {line}");
         }
     }
-    if let (Some(mut file), Some(path)) = (json_out, &args.stats_json) {
-        serde_json::to_writer_pretty(&mut file, &report::run_json(&outcome))
+    if let (Some(file), Some(path)) = (json_out, &args.stats_json) {
+        let mut w = file.file();
+        serde_json::to_writer_pretty(&mut w, &report::run_json(&outcome))
             .map_err(io::Error::from)
-            .and_then(|()| writeln!(file))
+            .and_then(|()| writeln!(w))
             .map_err(|e| Failure::runtime(format!("cannot write {}: {e}", path.display())))?;
+        file.commit()
+            .map_err(|e| Failure::runtime(safe_file::cannot_write(path, &e)))?;
     }
     launch::exit_like(outcome.status)
 }
@@ -44,6 +46,15 @@ pub fn run(args: RunArgs) -> Result<i32> {
 /// `memshadow ps`.
 pub fn ps(args: PsArgs) -> Result<i32> {
     let scan = registry::scan(&registry::scan_dirs());
+    for (dir, why) in &scan.refused_dirs {
+        eprintln!(
+            "memshadow: ignoring {}: {why}; another user may have squatted it, so the processes of its uid publish elsewhere or run untracked",
+            dir.display()
+        );
+    }
+    for (file, why) in &scan.refused_files {
+        eprintln!("memshadow: ignoring {}: {why}", file.display());
+    }
     match scan.removed {
         0 => {}
         1 => eprintln!("memshadow: removed the leftover files of 1 dead process"),
@@ -70,58 +81,108 @@ pub struct Target {
     pub comm: String,
     start_time_ticks: u64,
     uid: u32,
-    pub socket: PathBuf,
+    pub socket: Endpoint,
 }
 
 impl Target {
-    /// Finds the stats page of `pid` and checks that we may talk to it.
+    /// Finds the stats page of `pid` and checks that we may talk to it: the page and
+    /// the socket must be in a directory of the uid that owns the process (owned by it,
+    /// not writable by others), be a regular file and a socket of that uid; the
+    /// socket's peer is checked on every connection.
     pub fn find(pid: u32) -> Result<Self> {
         let info = ProcInfo::read(pid).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Failure::runtime(format!("no process with pid {pid}")),
             _ => Failure::runtime(format!("cannot read /proc/{pid}: {e}")),
         })?;
-        let process_uid = registry::process_uid(pid).ok();
-        let mut denied = false;
+        let comm = info.comm.clone();
+        let (ruid, euid) = registry::process_uids(pid)
+            .map_err(|e| Failure::runtime(format!("cannot read /proc/{pid}/status: {e}")))?;
+        if !registry::may_inspect(ruid) {
+            return Err(foreign(pid, Some(ruid)));
+        }
+        let mut own_dirs = registry::dirs_of(ruid);
+        if euid != ruid {
+            own_dirs.extend(registry::dirs_of(euid));
+        }
+        let mut refusal = None;
         let mut undecodable = None;
-        for dir in registry::scan_dirs() {
-            match registry::read_page(&paths::stats_path(&dir, pid)) {
-                Ok(rec) if rec.start_time_ticks == info.start_time_ticks => {
-                    if !registry::may_inspect(rec.uid) {
-                        return Err(foreign(pid, Some(rec.uid)));
-                    }
+        for (path, uid) in &own_dirs {
+            let dir = match RunDir::open(path, *uid) {
+                Ok(d) => d,
+                Err(DirError::Missing) => continue,
+                Err(e) => {
+                    refusal.get_or_insert(format!("ignoring {}: {e}", path.display()));
+                    continue;
+                }
+            };
+            let page = paths::stats_path(path, pid);
+            match dir.read_page(pid) {
+                Ok(rec) if rec.pid == pid && rec.start_time_ticks == info.start_time_ticks => {
                     if info.is_zombie() || rec.state == Some(ProcessState::Exited) {
                         return Err(Failure::runtime(format!(
-                            "process {pid} ({}) has exited",
-                            info.comm
+                            "process {pid} ({comm}) has exited"
+                        )));
+                    }
+                    let shown = paths::socket_path(path, pid);
+                    if let Ok(Some(Err(why))) = dir.entry(&format!("{pid}.sock"), Kind::Socket) {
+                        return Err(Failure::runtime(format!(
+                            "process {pid} ({comm}): ignoring {}: {why}",
+                            shown.display()
                         )));
                     }
                     return Ok(Target {
                         pid,
-                        comm: info.comm,
+                        comm,
                         start_time_ticks: info.start_time_ticks,
-                        uid: rec.uid,
-                        socket: paths::socket_path(&dir, pid),
+                        uid: *uid,
+                        socket: Endpoint {
+                            connect_path: dir.socket_connect_path(pid),
+                            shown,
+                            pid,
+                            _dir: Some(dir.handle()),
+                        },
                     });
                 }
+                // Left by an earlier process with this pid.
+                Ok(_) => {}
+                Err(PageError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(PageError::Io(e)) if e.kind() == io::ErrorKind::PermissionDenied => {
-                    denied = true;
+                    return Err(foreign(pid, Some(ruid)));
+                }
+                Err(PageError::Io(e)) => {
+                    refusal.get_or_insert(format!("cannot read {}: {e}", page.display()));
+                }
+                Err(PageError::Refused(why)) => {
+                    refusal.get_or_insert(format!("ignoring {}: {why}", page.display()));
                 }
                 Err(PageError::Decode(e)) => undecodable = Some(e),
-                _ => {}
             }
         }
-        if denied || process_uid.is_some_and(|u| !registry::may_inspect(u)) {
-            return Err(foreign(pid, process_uid));
+        if let Some(why) = refusal {
+            return Err(Failure::runtime(format!("process {pid} ({comm}): {why}")));
         }
         if let Some(e) = undecodable {
             return Err(Failure::runtime(format!(
-                "process {pid} ({}): cannot read its stats page: {e}",
-                info.comm
+                "process {pid} ({comm}): cannot read its stats page: {e}"
             )));
         }
+        // A page for this pid in another user's directory cannot describe it: say so.
+        for (path, uid) in registry::scan_dirs() {
+            if own_dirs.iter().any(|(p, _)| *p == path) {
+                continue;
+            }
+            let planted = RunDir::open(&path, uid).is_ok_and(|d| {
+                !matches!(d.read_page(pid), Err(PageError::Io(ref e)) if e.kind() == io::ErrorKind::NotFound)
+            });
+            if planted {
+                return Err(Failure::runtime(format!(
+                    "process {pid} ({comm}) belongs to uid {ruid}; ignoring {}: it is in the directory of uid {uid}",
+                    paths::stats_path(&path, pid).display()
+                )));
+            }
+        }
         Err(Failure::runtime(format!(
-            "process {pid} ({}) is not running under memshadow",
-            info.comm
+            "process {pid} ({comm}) is not running under memshadow"
         )))
     }
 
@@ -141,7 +202,19 @@ impl Target {
         let (pid, comm) = (self.pid, &self.comm);
         match e {
             ControlError::Denied => foreign(pid, Some(self.uid)),
+            ControlError::WrongPeer { pid: peer, uid } => Failure::runtime(format!(
+                "process {pid} ({comm}): ignoring {}: it is served by process {peer} (uid {uid}), not by process {pid}",
+                self.socket.shown.display()
+            )),
+            ControlError::Timeout {
+                after,
+                stopped: Some(state),
+            } => Failure::runtime(format!(
+                "process {pid} ({comm}) did not answer: timed out after {:.1} s because it is stopped (state {state} in /proc/{pid}/stat); resume it with `kill -CONT {pid}`",
+                after.as_secs_f64()
+            )),
             ControlError::NotListening(_)
+            | ControlError::Timeout { .. }
             | ControlError::Io(_)
             | ControlError::Reply(ReplyError::Malformed(_))
                 if self.gone() =>
@@ -150,7 +223,11 @@ impl Target {
             }
             ControlError::NotListening(e) => Failure::runtime(format!(
                 "process {pid} ({comm}) has a memshadow stats page but does not answer on {} ({e})",
-                self.socket.display()
+                self.socket.shown.display()
+            )),
+            ControlError::Timeout { after, .. } => Failure::runtime(format!(
+                "process {pid} ({comm}) did not answer: timed out after {:.1} s",
+                after.as_secs_f64()
             )),
             ControlError::Io(e) => {
                 Failure::runtime(format!("cannot talk to process {pid} ({comm}): {e}"))

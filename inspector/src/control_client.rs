@@ -1,14 +1,52 @@
 //! Talking to a shimmed process over its control socket.
 
+use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use memshadow_format::control::{self, ReplyError};
+use nix::errno::Errno;
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
+
+use crate::registry::ProcInfo;
 
 /// How long a process may take to answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a blocked read wakes up to see whether the process is stopped.
+const POLL_STEP: Duration = Duration::from_millis(250);
+/// How long a stopped process (state T or t) is waited for before giving up.
+const STOPPED_PATIENCE: Duration = Duration::from_secs(2);
+
+/// A control socket and the process that must be serving it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The path connected to (through the directory's descriptor, see
+    /// [`crate::registry::RunDir::socket_connect_path`]).
+    pub connect_path: PathBuf,
+    /// The path shown in messages.
+    pub shown: PathBuf,
+    /// The process that must have made the listening socket (SO_PEERCRED).
+    pub pid: u32,
+    /// Keeps the directory `connect_path` goes through open.
+    pub _dir: Option<Arc<OwnedFd>>,
+}
+
+impl Endpoint {
+    /// The socket at `path`, served by `pid`.
+    #[cfg(test)]
+    pub fn at(path: PathBuf, pid: u32) -> Endpoint {
+        Endpoint {
+            connect_path: path.clone(),
+            shown: path,
+            pid,
+            _dir: None,
+        }
+    }
+}
 
 /// Why a request failed.
 #[derive(Debug)]
@@ -17,34 +55,171 @@ pub enum ControlError {
     Denied,
     /// No socket, or nobody listening on it.
     NotListening(io::Error),
+    /// The socket is served by another process than the one it is named after.
+    WrongPeer { pid: i32, uid: u32 },
+    /// No answer in time; `stopped` when the process is stopped (state T or t).
+    Timeout {
+        after: Duration,
+        stopped: Option<char>,
+    },
     /// Anything else on the connection.
     Io(io::Error),
     /// The process answered with an error, or with something unreadable.
     Reply(ReplyError),
 }
 
-/// Connects to the control socket at `socket`.
-fn connect(socket: &Path, timeout: Duration) -> Result<UnixStream, ControlError> {
-    let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
-        io::ErrorKind::PermissionDenied => ControlError::Denied,
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ControlError::NotListening(e),
-        _ if e.raw_os_error() == Some(libc::EPERM) => ControlError::Denied,
-        _ => ControlError::Io(e),
-    })?;
+/// Put inside an `io::Error` by [`Conn`] when time ran out.
+#[derive(Debug)]
+struct Stalled {
+    after: Duration,
+    stopped: Option<char>,
+}
+
+impl fmt::Display for Stalled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no answer within {:.1} s", self.after.as_secs_f64())
+    }
+}
+
+impl std::error::Error for Stalled {}
+
+/// An `io::Error` from a connection, made a [`ControlError`].
+fn io_failure(e: io::Error) -> ControlError {
+    if let Some(s) = e.get_ref().and_then(|i| i.downcast_ref::<Stalled>()) {
+        return ControlError::Timeout {
+            after: s.after,
+            stopped: s.stopped,
+        };
+    }
+    if matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    ) {
+        return ControlError::Timeout {
+            after: REPLY_TIMEOUT,
+            stopped: None,
+        };
+    }
+    ControlError::Io(e)
+}
+
+/// A connection whose reads end with a [`Stalled`] error when the deadline passes, or
+/// sooner when the process has been stopped for [`STOPPED_PATIENCE`].
+struct Conn {
+    stream: UnixStream,
+    pid: u32,
+    started: Instant,
+    limit: Duration,
+    stopped_since: Option<Instant>,
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.stream.read(buf) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    let now = Instant::now();
+                    let state = ProcInfo::read(self.pid).map(|p| p.state).ok();
+                    let stopped = state.filter(|s| matches!(s, 'T' | 't'));
+                    let since = match stopped {
+                        Some(_) => *self.stopped_since.get_or_insert(now),
+                        None => {
+                            self.stopped_since = None;
+                            now
+                        }
+                    };
+                    if now - self.started >= self.limit || now - since >= STOPPED_PATIENCE {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            Stalled {
+                                after: now - self.started,
+                                stopped,
+                            },
+                        ));
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// Connects to `end` within `timeout` (a full backlog is retried, never waited on
+/// blindly) and checks that the listening socket was made by `end.pid`.
+fn connect(end: &Endpoint, timeout: Duration) -> Result<Conn, ControlError> {
+    let started = Instant::now();
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(|e| ControlError::Io(e.into()))?;
+    let addr = UnixAddr::new(&end.connect_path).map_err(|e| ControlError::Io(e.into()))?;
+    loop {
+        match socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr) {
+            Ok(()) => break,
+            Err(Errno::EAGAIN | Errno::EINTR) if started.elapsed() < timeout => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(Errno::EAGAIN) => {
+                return Err(ControlError::Timeout {
+                    after: started.elapsed(),
+                    stopped: None,
+                })
+            }
+            Err(Errno::EACCES | Errno::EPERM) => return Err(ControlError::Denied),
+            Err(e @ (Errno::ENOENT | Errno::ECONNREFUSED)) => {
+                return Err(ControlError::NotListening(e.into()))
+            }
+            Err(e) => return Err(ControlError::Io(e.into())),
+        }
+    }
+    let cred = socket::getsockopt(&fd, sockopt::PeerCredentials)
+        .map_err(|e| ControlError::Io(e.into()))?;
+    if u32::try_from(cred.pid()).ok() != Some(end.pid) {
+        return Err(ControlError::WrongPeer {
+            pid: cred.pid(),
+            uid: cred.uid(),
+        });
+    }
+    let stream = UnixStream::from(fd);
     stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_read_timeout(Some(POLL_STEP)))
+        .and_then(|()| stream.set_write_timeout(Some(REPLY_TIMEOUT)))
         .map_err(ControlError::Io)?;
-    Ok(stream)
+    Ok(Conn {
+        stream,
+        pid: end.pid,
+        started,
+        limit: timeout,
+        stopped_since: None,
+    })
 }
 
 /// Sends `command` and returns the reply's fields.
-pub fn request(socket: &Path, command: &str) -> Result<Vec<(String, String)>, ControlError> {
+pub fn request(socket: &Endpoint, command: &str) -> Result<Vec<(String, String)>, ControlError> {
     request_within(socket, command, REPLY_TIMEOUT)
 }
 
 fn request_within(
-    socket: &Path,
+    socket: &Endpoint,
     command: &str,
     timeout: Duration,
 ) -> Result<Vec<(String, String)>, ControlError> {
@@ -53,12 +228,12 @@ fn request_within(
     stream
         .write_all(format!("{command}\n").as_bytes())
         .and_then(|()| stream.read_to_string(&mut reply))
-        .map_err(ControlError::Io)?;
+        .map_err(io_failure)?;
     control::decode_reply(&reply).map_err(ControlError::Reply)
 }
 
 /// Asks for the statistics.
-pub fn stats(socket: &Path) -> Result<Vec<(String, String)>, ControlError> {
+pub fn stats(socket: &Endpoint) -> Result<Vec<(String, String)>, ControlError> {
     request(socket, control::CMD_STATS)
 }
 
@@ -66,7 +241,7 @@ pub fn stats(socket: &Path) -> Result<Vec<(String, String)>, ControlError> {
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Takes a snapshot and returns its version.
-pub fn snapshot(socket: &Path) -> Result<u64, ControlError> {
+pub fn snapshot(socket: &Endpoint) -> Result<u64, ControlError> {
     let fields = request_within(socket, control::CMD_SNAPSHOT, SNAPSHOT_TIMEOUT)?;
     match control::field(&fields, "version").map(str::parse::<u64>) {
         Some(Ok(v)) if v >= 1 => Ok(v),
@@ -78,7 +253,7 @@ pub fn snapshot(socket: &Path) -> Result<u64, ControlError> {
 }
 
 /// The ranges `version` holds, in address order, and the process's page size.
-pub fn regions(socket: &Path, version: u64) -> Result<control::RegionsReply, ControlError> {
+pub fn regions(socket: &Endpoint, version: u64) -> Result<control::RegionsReply, ControlError> {
     let req = control::RegionsRequest { version };
     let fields = request(socket, &req.encode())?;
     let reply = control::RegionsReply::decode(&fields).map_err(ControlError::Reply)?;
@@ -92,12 +267,50 @@ pub fn regions(socket: &Path, version: u64) -> Result<control::RegionsReply, Con
     Ok(reply)
 }
 
+/// A pin on a version, held while this lives (the connection that asked for it).
+pub struct Pin {
+    _conn: Conn,
+}
+
+/// Pins `version` until the returned [`Pin`] is dropped. `Ok(None)` when the process's
+/// shim is too old to know `pin`.
+pub fn pin(socket: &Endpoint, version: u64) -> Result<Option<Pin>, ControlError> {
+    let mut conn = connect(socket, REPLY_TIMEOUT)?;
+    conn.write_all(format!("{} {version}\n", control::CMD_PIN).as_bytes())
+        .map_err(io_failure)?;
+    let mut reader = BufReader::new(conn);
+    let fields = match read_header(&mut reader) {
+        Err(ControlError::Reply(ReplyError::Refused(m))) if m.starts_with("unknown command") => {
+            return Ok(None)
+        }
+        r => r?,
+    };
+    if control::field(&fields, "version").and_then(|v| v.parse::<u64>().ok()) != Some(version) {
+        return Err(malformed(format!(
+            "the reply to pin {version} announces {fields:?}"
+        )));
+    }
+    if !reader.buffer().is_empty() {
+        return Err(malformed(format!(
+            "the reply to pin {version} goes on after its end"
+        )));
+    }
+    Ok(Some(Pin {
+        _conn: reader.into_inner(),
+    }))
+}
+
 /// Longest header (the lines before the body) a `read` reply may have.
 const MAX_HEADER: usize = 64 * 1024;
 
 /// Reads `out.len()` bytes (at most [`control::MAX_READ`]) at `addr` as they were at
 /// `version` into `out`, on one connection.
-pub fn read(socket: &Path, version: u64, addr: u64, out: &mut [u8]) -> Result<(), ControlError> {
+pub fn read(
+    socket: &Endpoint,
+    version: u64,
+    addr: u64,
+    out: &mut [u8],
+) -> Result<(), ControlError> {
     let req = control::ReadRequest {
         version,
         addr,
@@ -106,7 +319,7 @@ pub fn read(socket: &Path, version: u64, addr: u64, out: &mut [u8]) -> Result<()
     let mut stream = connect(socket, REPLY_TIMEOUT)?;
     stream
         .write_all(format!("{}\n", req.encode()).as_bytes())
-        .map_err(ControlError::Io)?;
+        .map_err(io_failure)?;
     let mut reader = BufReader::new(stream);
     let fields = read_header(&mut reader)?;
     let number = |key: &str| control::field(&fields, key).and_then(|v| v.parse::<u64>().ok());
@@ -127,7 +340,7 @@ pub fn read(socket: &Path, version: u64, addr: u64, out: &mut [u8]) -> Result<()
             }
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(ControlError::Io(e)),
+            Err(e) => return Err(io_failure(e)),
         }
     }
     let mut extra = [0u8; 1];
@@ -137,7 +350,7 @@ pub fn read(socket: &Path, version: u64, addr: u64, out: &mut [u8]) -> Result<()
             "the reply holds more than the {} bytes announced",
             out.len()
         ))),
-        Err(e) => Err(ControlError::Io(e)),
+        Err(e) => Err(io_failure(e)),
     }
 }
 
@@ -150,7 +363,7 @@ fn read_header(reader: &mut impl BufRead) -> Result<Vec<(String, String)>, Contr
             .by_ref()
             .take((MAX_HEADER + 1 - before) as u64)
             .read_line(&mut text)
-            .map_err(ControlError::Io)?;
+            .map_err(io_failure)?;
         if text.len() > MAX_HEADER {
             return Err(malformed(format!(
                 "the reply's header is longer than {MAX_HEADER} bytes"
@@ -188,11 +401,12 @@ mod tests {
             s.write_all(control::encode_ok(&[("pid", "1"), ("allocs", "5")]).as_bytes())
                 .unwrap();
         });
-        let fields = stats(&path).unwrap();
+        let end = Endpoint::at(path.clone(), std::process::id());
+        let fields = stats(&end).unwrap();
         server.join().unwrap();
         assert_eq!(fields[1], ("allocs".to_string(), "5".to_string()));
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(matches!(stats(&path), Err(ControlError::NotListening(_))));
+        assert!(matches!(stats(&end), Err(ControlError::NotListening(_))));
     }
 
     /// A server on a fresh socket that answers one connection with `reply` and returns
@@ -228,6 +442,10 @@ mod tests {
             pub fn sock(&self) -> PathBuf {
                 self.0.join("1.sock")
             }
+
+            pub fn end(&self) -> super::Endpoint {
+                super::Endpoint::at(self.sock(), std::process::id())
+            }
         }
 
         impl Drop for Dir {
@@ -240,18 +458,18 @@ mod tests {
     #[test]
     fn snapshot_returns_the_version() {
         let (dir, server) = serve_once("snap", b"ok\nversion 7\nend\n".to_vec());
-        assert_eq!(snapshot(&dir.sock()).unwrap(), 7);
+        assert_eq!(snapshot(&dir.end()).unwrap(), 7);
         assert_eq!(server.join().unwrap(), "snapshot\n");
         let (dir, _server) = serve_once("snap0", b"ok\nend\n".to_vec());
         assert!(matches!(
-            snapshot(&dir.sock()),
+            snapshot(&dir.end()),
             Err(ControlError::Reply(ReplyError::Malformed(_)))
         ));
         let (dir, _server) = serve_once(
             "snaperr",
             b"error userfaultfd is not available: EPERM\n".to_vec(),
         );
-        match snapshot(&dir.sock()) {
+        match snapshot(&dir.end()) {
             Err(ControlError::Reply(ReplyError::Refused(m))) => {
                 assert_eq!(m, "userfaultfd is not available: EPERM")
             }
@@ -267,26 +485,26 @@ mod tests {
             regions: vec![(0x1000, 0x2000), (0x10000, 0x1000)],
         };
         let (dir, server) = serve_once("regions", reply.encode().into_bytes());
-        assert_eq!(regions(&dir.sock(), 4).unwrap(), reply);
+        assert_eq!(regions(&dir.end(), 4).unwrap(), reply);
         assert_eq!(server.join().unwrap(), "regions 4\n");
         // Another version than asked for, overlapping ranges, a refusal.
         let (dir, _server) = serve_once("regions-v", reply.encode().into_bytes());
         assert!(matches!(
-            regions(&dir.sock(), 5),
+            regions(&dir.end(), 5),
             Err(ControlError::Reply(ReplyError::Malformed(_)))
         ));
         let overlapping =
             b"ok\nversion 4\npage_size 4096\nregions 2\nregion 4096 8192\nregion 8192 4096\nend\n";
         let (dir, _server) = serve_once("regions-o", overlapping.to_vec());
         assert!(matches!(
-            regions(&dir.sock(), 4),
+            regions(&dir.end(), 4),
             Err(ControlError::Reply(ReplyError::Malformed(_)))
         ));
         let (dir, _server) = serve_once(
             "regions-e",
             b"error version 4 has not been taken yet (newest is 2)\n".to_vec(),
         );
-        match regions(&dir.sock(), 4) {
+        match regions(&dir.end(), 4) {
             Err(ControlError::Reply(ReplyError::Refused(m))) => {
                 assert!(m.contains("not been taken"))
             }
@@ -301,7 +519,7 @@ mod tests {
         reply.extend_from_slice(&body);
         let (dir, server) = serve_once("read", reply.clone());
         let mut out = vec![0u8; 5000];
-        read(&dir.sock(), 3, 0x1000, &mut out).unwrap();
+        read(&dir.end(), 3, 0x1000, &mut out).unwrap();
         assert_eq!(out, body);
         assert_eq!(server.join().unwrap(), "read 3 4096 5000\n");
 
@@ -314,7 +532,7 @@ mod tests {
         ];
         for (name, reply) in cases {
             let (dir, _server) = serve_once(name, reply);
-            let r = read(&dir.sock(), 3, 0x1000, &mut out);
+            let r = read(&dir.end(), 3, 0x1000, &mut out);
             assert!(
                 matches!(r, Err(ControlError::Reply(ReplyError::Malformed(_)))),
                 "{name}: {r:?}"
@@ -324,7 +542,7 @@ mod tests {
             "refused",
             b"error version 1 is no longer retained (retained: 3 to 6)\n".to_vec(),
         );
-        match read(&dir.sock(), 1, 0x1000, &mut out) {
+        match read(&dir.end(), 1, 0x1000, &mut out) {
             Err(ControlError::Reply(ReplyError::Refused(m))) => assert!(m.contains("retained")),
             other => panic!("{other:?}"),
         }

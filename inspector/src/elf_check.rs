@@ -137,6 +137,53 @@ fn dynamically_linked<Elf: FileHeader<Endian = Endianness>>(
     }
 }
 
+/// The symbol every build of the shim exports (the C API's entry point).
+pub const SHIM_SYMBOL: &str = "memshadow_snapshot_v1";
+
+/// Checks that `lib` is an ELF shared object of this machine's class that defines
+/// [`SHIM_SYMBOL`]: anything else put in LD_PRELOAD is not the shim.
+pub fn check_shim(lib: &Path) -> Result<()> {
+    let shown = lib.display();
+    let not_shim =
+        |why: String| Failure::usage(format!("{shown} is not the memshadow shim: {why}"));
+    let file = File::open(lib).map_err(|e| Failure::usage(format!("cannot read {shown}: {e}")))?;
+    let data = ReadCache::new(file);
+    let parsed = match FileKind::parse(&data) {
+        Ok(FileKind::Elf64) if cfg!(target_pointer_width = "64") => {
+            shared_object_exports::<elf::FileHeader64<Endianness>>(&data)
+        }
+        Ok(FileKind::Elf32) if cfg!(target_pointer_width = "32") => {
+            shared_object_exports::<elf::FileHeader32<Endianness>>(&data)
+        }
+        Ok(FileKind::Elf32 | FileKind::Elf64) => {
+            return Err(not_shim("an ELF file of the other word size".into()))
+        }
+        _ => return Err(not_shim("not an ELF file".into())),
+    };
+    match parsed {
+        Err(e) => Err(not_shim(format!("malformed ELF file: {e}"))),
+        Ok((false, _)) => Err(not_shim("not a shared object".into())),
+        Ok((true, false)) => Err(not_shim(format!("it does not export {SHIM_SYMBOL}"))),
+        Ok((true, true)) => Ok(()),
+    }
+}
+
+/// Whether the ELF file is a shared object, and whether it defines [`SHIM_SYMBOL`] in
+/// its dynamic symbol table.
+fn shared_object_exports<Elf: FileHeader<Endian = Endianness>>(
+    data: &ReadCache<File>,
+) -> std::result::Result<(bool, bool), object::Error> {
+    use object::read::elf::ElfFile;
+    use object::{Object, ObjectSymbol};
+
+    let elf = ElfFile::<Elf, _>::parse(data)?;
+    let is_dyn = elf.elf_header().e_type(elf.endian()) == elf::ET_DYN;
+    let exports = elf
+        .dynamic_symbols()
+        .any(|s| s.is_definition() && s.name_bytes().is_ok_and(|n| n == SHIM_SYMBOL.as_bytes()));
+    Ok((is_dyn, exports))
+}
+
 fn wrong_class(path: &Path, bits: u32) -> String {
     format!(
         "{} is a {bits}-bit program: the shim cannot be preloaded into it, so it will run untracked",
@@ -178,6 +225,19 @@ mod tests {
         assert!(check(&sh).unwrap().is_empty());
         let exe = std::env::current_exe().unwrap();
         assert!(check(&exe).is_ok());
+    }
+
+    #[test]
+    fn only_the_shim_passes_as_the_shim() {
+        let e = check_shim(Path::new("/etc/passwd")).unwrap_err();
+        assert!(e.message.contains("not an ELF file"), "{}", e.message);
+        let exe = std::env::current_exe().unwrap();
+        let e = check_shim(&exe).unwrap_err();
+        assert!(
+            e.message.contains("is not the memshadow shim"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -106,6 +106,7 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf> {
             lib.display()
         )));
     }
+    elf_check::check_shim(&lib)?;
     Ok(lib)
 }
 

@@ -11,6 +11,7 @@ mod error;
 mod launch;
 mod registry;
 mod report;
+mod safe_file;
 mod snapshots;
 
 use cli::Command;

@@ -1,9 +1,8 @@
 //! The `snapshot`, `read` and `image` subcommands: take a snapshot of a shimmed process,
 //! and copy its memory out as it was at a version, a range or all of it.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,6 +13,7 @@ use crate::cli::{ImageArgs, ReadArgs, SnapshotArgs};
 use crate::commands::Target;
 use crate::control_client;
 use crate::error::{Failure, Result};
+use crate::safe_file::{self, SafeFile};
 
 /// `memshadow snapshot`: prints the new version alone on stdout.
 pub fn snapshot(args: SnapshotArgs) -> Result<i32> {
@@ -38,6 +38,9 @@ pub fn read(args: ReadArgs) -> Result<i32> {
         ));
     }
     let target = Target::find(args.pid)?;
+    // Held until the range is written: new snapshots cannot evict the version meanwhile.
+    let pin =
+        control_client::pin(&target.socket, args.at_version).map_err(|e| target.explain(e))?;
     let chunk = usize::try_from(args.len).map_or(MAX_READ, |l| l.min(MAX_READ));
     let mut buf = vec![0u8; chunk];
     // Opened once the first chunk has arrived: a refused read leaves no file behind.
@@ -48,13 +51,14 @@ pub fn read(args: ReadArgs) -> Result<i32> {
         let part = &mut buf[..n];
         if let Err(e) = control_client::read(&target.socket, args.at_version, addr, part) {
             let mut failure = target.explain(e);
+            failure.message = gave_way(failure.message, pin.is_some());
             if let Some(s) = sink {
                 // Say where it stopped (and that FILE was removed again).
                 let removed = s.abandon();
                 let done = addr - args.addr;
                 failure.message = match &args.out {
                     Some(path) if removed => format!(
-                        "{} (after {done} of {} bytes; removed {})",
+                        "{} (after {done} of {} bytes; {} not written)",
                         failure.message,
                         args.len,
                         path.display()
@@ -91,6 +95,8 @@ pub fn read(args: ReadArgs) -> Result<i32> {
 pub fn image(args: ImageArgs) -> Result<i32> {
     let target = Target::find(args.pid)?;
     let version = args.at_version;
+    // Held until the image is written: new snapshots cannot evict the version meanwhile.
+    let pin = control_client::pin(&target.socket, version).map_err(|e| target.explain(e))?;
     let layout = control_client::regions(&target.socket, version).map_err(|e| target.explain(e))?;
     let page_size = u32::try_from(layout.page_size).map_err(|_| {
         Failure::runtime(format!(
@@ -107,21 +113,25 @@ pub fn image(args: ImageArgs) -> Result<i32> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
     };
-    let out = ImageFile::create(&args.out)?;
+    let out = SafeFile::create(&args.out)
+        .map_err(|e| Failure::runtime(safe_file::cannot_write(&args.out, &e)))?;
     let mut progress = Progress::default();
-    match write_image(&target, &layout, header, &out.file, &mut progress) {
-        Ok(()) => {}
+    match write_image(&target, &layout, header, out.file(), &mut progress) {
+        Ok(()) => out
+            .commit()
+            .map_err(|e| Failure::runtime(safe_file::cannot_write(&args.out, &e)))?,
         Err(e) => {
             let message = match e {
-                StreamError::Process(f) => f.message,
+                StreamError::Process(f) => gave_way(f.message, pin.is_some()),
                 StreamError::File(e) => format!("cannot write {}: {e}", args.out.display()),
             };
             let regions = layout.regions.len();
-            let removed = if out.abandon() {
-                format!("; removed {}", args.out.display())
+            let removed = if out.is_new_file() {
+                format!("; {} not written", args.out.display())
             } else {
                 String::new()
             };
+            drop(out);
             return Err(Failure::runtime(format!(
                 "{message} (in region {} of {regions}, after {} of {total} bytes{removed})",
                 progress.region, progress.bytes
@@ -137,6 +147,18 @@ pub fn image(args: ImageArgs) -> Result<i32> {
         args.out.display()
     );
     Ok(0)
+}
+
+/// A refusal of a pinned version: its pin gave way, and why that happens.
+fn gave_way(message: String, pinned: bool) -> String {
+    if pinned && message.contains("is no longer retained") {
+        format!(
+            "{message}; its pin gave way: the shadow budget ran out (MEMSHADOW_SHADOW_BUDGET_MB), or {} newer versions piled up behind it",
+            memshadow_format::control::PIN_EXTRA_VERSIONS
+        )
+    } else {
+        message
+    }
 }
 
 /// How far an image got: the region being written (from 1) and the bytes written.
@@ -185,55 +207,11 @@ fn write_image(
     Ok(())
 }
 
-/// The image file: created 0600 (it holds the program's memory), removed again if
-/// writing fails.
-struct ImageFile {
-    file: File,
-    path: PathBuf,
-    /// A regular file (not a device or pipe): remove it when writing fails.
-    remove_on_failure: bool,
-}
-
-impl ImageFile {
-    fn create(path: &Path) -> Result<ImageFile> {
-        let cannot =
-            |e: io::Error| Failure::runtime(format!("cannot write {}: {e}", path.display()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(cannot)?;
-        let regular = file.metadata().is_ok_and(|m| m.is_file());
-        if regular {
-            // An existing file keeps its mode through open(): narrow it.
-            file.set_permissions(fs::Permissions::from_mode(0o600))
-                .map_err(cannot)?;
-        }
-        Ok(ImageFile {
-            file,
-            path: path.to_path_buf(),
-            remove_on_failure: regular,
-        })
-    }
-
-    /// Gives up: a partly written regular file is removed. True if it was.
-    fn abandon(self) -> bool {
-        drop(self.file);
-        self.remove_on_failure && fs::remove_file(&self.path).is_ok()
-    }
-}
-
-/// Where `read` writes: standard output, or a file removed again if the read fails.
+/// Where `read` writes: standard output, or a [`SafeFile`] (gone again if the read
+/// fails).
 enum Sink {
     Stdout(io::Stdout),
-    File {
-        file: File,
-        path: PathBuf,
-        /// A regular file (not a device or pipe): remove it when the read fails.
-        remove_on_failure: bool,
-    },
+    File { file: SafeFile, path: PathBuf },
 }
 
 impl Sink {
@@ -241,20 +219,18 @@ impl Sink {
         let Some(path) = out else {
             return Ok(Sink::Stdout(io::stdout()));
         };
-        let file = File::create(path)
-            .map_err(|e| Failure::runtime(format!("cannot write {}: {e}", path.display())))?;
-        let remove_on_failure = file.metadata().is_ok_and(|m| m.is_file());
+        let file = SafeFile::create(path)
+            .map_err(|e| Failure::runtime(safe_file::cannot_write(path, &e)))?;
         Ok(Sink::File {
             file,
             path: path.to_path_buf(),
-            remove_on_failure,
         })
     }
 
     fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self {
             Sink::Stdout(s) => s.lock().write_all(bytes),
-            Sink::File { file, .. } => file.write_all(bytes),
+            Sink::File { file, .. } => file.file().write_all(bytes),
         }
     }
 
@@ -265,31 +241,24 @@ impl Sink {
         }
     }
 
-    /// Flushes standard output (a file is written unbuffered).
+    /// Flushes standard output, or puts the file in place.
     fn finish(self) -> Result<()> {
-        let flushed = match &self {
-            Sink::Stdout(s) => s.lock().flush(),
-            Sink::File { .. } => Ok(()),
-        };
-        flushed.map_err(|e| {
-            let message = self.write_error(&e);
-            self.abandon();
-            Failure::runtime(message)
-        })
+        match self {
+            Sink::Stdout(s) => s
+                .lock()
+                .flush()
+                .map_err(|e| Failure::runtime(format!("cannot write to standard output: {e}"))),
+            Sink::File { file, path } => file
+                .commit()
+                .map_err(|e| Failure::runtime(safe_file::cannot_write(&path, &e))),
+        }
     }
 
-    /// Gives up: a partly written regular file is removed. True if it was.
+    /// Gives up: a new file is not put in place. True if there was one.
     fn abandon(self) -> bool {
         match self {
-            Sink::File {
-                file,
-                path,
-                remove_on_failure: true,
-            } => {
-                drop(file);
-                fs::remove_file(path).is_ok()
-            }
-            _ => false,
+            Sink::File { file, .. } => file.is_new_file(),
+            Sink::Stdout(_) => false,
         }
     }
 }

@@ -10,7 +10,7 @@
 //! | `MEMSHADOW_RUN_ID` | set by `memshadow run`: keep the stats page at exit for it | unset |
 //! | `MEMSHADOW_FAULT_AROUND` | pages copied and unprotected per trap (1 = just the page) | `64` |
 //! | `MEMSHADOW_MAX_VERSIONS` | snapshot versions kept readable, >= 1 | `4` |
-//! | `MEMSHADOW_SHADOW_BUDGET_MB` | memory for shadow copies, MiB, >= 1 | `1024` |
+//! | `MEMSHADOW_SHADOW_BUDGET_MB` | memory for shadow copies, MiB, 1 to 1048576 | `1024` |
 //! | `MEMSHADOW_PREDICT` | `auto`, `history`, `stride`, `markov`, `score`, `off` | `auto` |
 //! | `MEMSHADOW_CONFIDENCE` | least predicted write probability prefetched, 0 to 1 | `0.2` |
 //! | `MEMSHADOW_PREFETCH_CPU` | share of one core the prefetch thread may use, (0, 1] | `0.5` |
@@ -354,5 +354,13 @@ mod tests {
         assert!(e.to_string().contains("292 years"), "{e}");
         let e = parse(&[("MEMSHADOW_SHADOW_BUDGET_MB", "1048577")]).unwrap_err();
         assert!(e.to_string().contains("1 to 1048576"), "{e}");
+    }
+
+    #[test]
+    fn the_budget_error_says_the_range() {
+        for v in ["0", "1048577"] {
+            let e = parse(&[("MEMSHADOW_SHADOW_BUDGET_MB", v)]).unwrap_err();
+            assert!(e.to_string().contains("1 to 1048576"), "{e}");
+        }
     }
 }

@@ -11,8 +11,8 @@ use crate::{regions, stats, sys};
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicI32, Ordering};
 use memshadow_format::control::{
-    encode_error, encode_ok, RegionsReply, RegionsRequest, CMD_PING, CMD_READ, CMD_REGIONS,
-    CMD_SNAPSHOT, CMD_STATS, MAX_REQUEST,
+    encode_error, encode_ok, RegionsReply, RegionsRequest, CMD_PIN, CMD_PING, CMD_READ,
+    CMD_REGIONS, CMD_SNAPSHOT, CMD_STATS, MAX_REQUEST,
 };
 use memshadow_format::paths::MAX_SOCKET_PATH;
 use memshadow_format::stats::ProcessState;
@@ -70,13 +70,17 @@ extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
     // exit) or closed, and perhaps reused, by the program, as daemons do.
     while LISTEN_FD.load(Ordering::Acquire) == fd {
         crate::shim_thread::account_cpu(&mut cpu);
-        let mut pfd = libc::pollfd {
+        // The listening socket, then the connections holding pins.
+        let mut pfds = [libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
-        };
-        // SAFETY: `pfd` is one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, REFRESH_MS) };
+        }; 1 + crate::shadow::MAX_PINS];
+        let held = crate::pins::poll_set(&mut pfds[1..]);
+        // SAFETY: `pfds` holds at least 1 + `held` valid pollfds.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 1 + held as libc::nfds_t, REFRESH_MS) };
+        crate::pins::service(&pfds[1..1 + held]);
+        let pfd = pfds[0];
         let broken = n > 0 && pfd.revents & (libc::POLLNVAL | libc::POLLERR | libc::POLLHUP) != 0
             || n < 0 && sys::errno() != libc::EINTR;
         if broken || n > 0 && !crate::fds::verify(fd) {
@@ -109,10 +113,13 @@ extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
                 libc::SOCK_CLOEXEC,
             )
         };
-        // Out of the program's way while it is answered; closed when dropped.
+        // Out of the program's way while it is answered; closed when dropped, unless it
+        // is kept for a pin (then `pins` releases it).
         if conn >= 0 {
             if let Ok(conn) = crate::fds::ShimFd::adopt(conn) {
-                answer(conn.raw());
+                if answer(conn.raw()) {
+                    core::mem::forget(conn);
+                }
             }
         }
     }
@@ -178,12 +185,20 @@ fn read_request(conn: i32) -> Option<String> {
     Some(String::from_utf8_lossy(line).trim().to_string())
 }
 
-fn answer(conn: i32) {
+/// Answers one request; true when `conn` is kept open (it holds a pin).
+fn answer(conn: i32) -> bool {
     set_timeouts(conn);
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
+    let mut keep = false;
     let reply = match peer_uid(conn) {
         Some(uid) if uid == me || uid == 0 => match read_request(conn) {
+            Some(req) if req.split_ascii_whitespace().next() == Some(CMD_PIN) => {
+                let args: Vec<&str> = req.split_ascii_whitespace().skip(1).collect();
+                let (reply, kept) = crate::pins::grant(conn, &args);
+                keep = kept;
+                reply
+            }
             Some(req) => dispatch(&req),
             None => encode_error("empty request").into_bytes(),
         },
@@ -201,10 +216,11 @@ fn answer(conn: i32) {
             if n < 0 && sys::errno() == libc::EINTR {
                 continue;
             }
-            return;
+            return keep;
         }
         bytes = &bytes[n as usize..];
     }
+    keep
 }
 
 /// Longest `read` request, bytes.
@@ -243,7 +259,7 @@ pub fn dispatch(req: &str) -> Vec<u8> {
         CMD_REGIONS => regions_reply(&args),
         "" => encode_error("empty request").into_bytes(),
         other => encode_error(&format!(
-            "unknown command {other:?} (known: {CMD_PING}, {CMD_STATS}, {CMD_SNAPSHOT}, {CMD_READ}, {CMD_REGIONS})"
+            "unknown command {other:?} (known: {CMD_PING}, {CMD_STATS}, {CMD_SNAPSHOT}, {CMD_READ}, {CMD_REGIONS}, {CMD_PIN})"
         ))
         .into_bytes(),
     }

@@ -30,7 +30,7 @@ use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering};
 
 /// How many descriptors the shim can hold at once (it keeps four, plus one per request
 /// being answered and per file being read).
-const SLOTS: usize = 16;
+const SLOTS: usize = 32;
 const FREE: i32 = -1;
 const CLAIMED: i32 = -2;
 

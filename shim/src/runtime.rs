@@ -239,6 +239,7 @@ extern "C" fn fork_child() {
     crate::fault::forget_after_fork();
     crate::engine::forget_after_fork();
     crate::epoch::forget_after_fork();
+    crate::pins::forget_after_fork();
     if tracking() {
         control::stop_listening();
         let old = RUNTIME.lock().take();

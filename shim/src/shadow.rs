@@ -108,6 +108,19 @@ struct VersionEntry {
 #[derive(Debug, PartialEq, Eq)]
 pub struct PoolFull;
 
+/// Most versions pinned at once, and versions kept beyond `max_versions` while the
+/// oldest is pinned (past that the pin gives way, as when the shadow budget runs out).
+pub use memshadow_format::control::{MAX_PINS, PIN_EXTRA_VERSIONS};
+
+/// Why a version cannot be pinned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PinError {
+    /// Not retained (evicted, or not taken yet).
+    NotRetained,
+    /// [`MAX_PINS`] pins are held already.
+    TooMany,
+}
+
 pub struct ShadowPool {
     base: usize,
     capacity: u32,
@@ -124,6 +137,10 @@ pub struct ShadowPool {
     versions: Vec<VersionEntry>,
     first: usize,
     len: usize,
+    /// Versions kept when none is pinned.
+    keep: usize,
+    /// Pinned versions (0: a free slot); a version may be pinned more than once.
+    pinned: [u64; MAX_PINS],
 }
 
 impl ShadowPool {
@@ -151,10 +168,12 @@ impl ShadowPool {
                     head: NONE,
                     count: 0
                 };
-                max_versions.max(1)
+                max_versions.max(1) + PIN_EXTRA_VERSIONS
             ],
             first: 0,
             len: 0,
+            keep: max_versions.max(1),
+            pinned: [0; MAX_PINS],
         }
     }
 
@@ -191,6 +210,10 @@ impl ShadowPool {
     /// Starts version `v` (larger than every retained one), evicting the oldest version
     /// if `max_versions` are already kept.
     pub fn begin_version(&mut self, v: u64) {
+        // Retention is oldest first: a pinned oldest version keeps every newer one.
+        while self.len >= self.keep && !self.is_pinned(self.entry(0).version) {
+            self.evict_oldest();
+        }
         if self.len == self.versions.len() {
             self.evict_oldest();
         }
@@ -209,6 +232,10 @@ impl ShadowPool {
             return;
         }
         let e = *self.entry(0);
+        // A pinned version that goes (the budget ran out) is no longer pinned.
+        for p in self.pinned.iter_mut().filter(|p| **p == e.version) {
+            *p = 0;
+        }
         let mut s = e.head;
         while s != NONE {
             let next = self.next_same[s as usize];
@@ -328,6 +355,37 @@ impl ShadowPool {
     pub fn versions_retained(&self) -> u64 {
         self.len as u64
     }
+
+    fn is_pinned(&self, v: u64) -> bool {
+        v != 0 && self.pinned.contains(&v)
+    }
+
+    /// Keeps `v` (and so every newer version) from eviction by new versions until
+    /// [`unpin`](Self::unpin); running out of shadow slots still evicts it.
+    pub fn pin(&mut self, v: u64) -> Result<(), PinError> {
+        match self.retained() {
+            Some((oldest, newest)) if (oldest..=newest).contains(&v) && v != 0 => {}
+            _ => return Err(PinError::NotRetained),
+        }
+        let slot = self
+            .pinned
+            .iter_mut()
+            .find(|p| **p == 0)
+            .ok_or(PinError::TooMany)?;
+        *slot = v;
+        Ok(())
+    }
+
+    /// Drops one pin of `v` (none if it gave way meanwhile), and the versions beyond
+    /// `max_versions` it kept.
+    pub fn unpin(&mut self, v: u64) {
+        if let Some(p) = self.pinned.iter_mut().find(|p| **p == v) {
+            *p = 0;
+        }
+        while self.len > self.keep && !self.is_pinned(self.entry(0).version) {
+            self.evict_oldest();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -443,6 +501,38 @@ mod tests {
             }
             check_chains(&p, &pages);
         }
+    }
+
+    #[test]
+    fn a_pinned_version_stays_until_unpinned_or_the_slots_run_out() {
+        let (mut p, _mem) = pool(4, 2);
+        p.begin_version(1);
+        p.alloc(10).unwrap();
+        p.begin_version(2);
+        assert_eq!(p.pin(1), Ok(()));
+        assert_eq!(p.pin(3), Err(PinError::NotRetained));
+        p.begin_version(3);
+        p.begin_version(4);
+        assert_eq!(p.retained(), Some((1, 4)), "the pin kept version 1");
+        p.unpin(1);
+        assert_eq!(p.retained(), Some((3, 4)), "unpinned, back to 2 versions");
+        // Slots running out evict a pinned version: the pin gives way.
+        p.pin(3).unwrap();
+        for page in 0..4 {
+            p.alloc(page).unwrap();
+        }
+        p.begin_version(5);
+        p.alloc(100).unwrap();
+        assert_eq!(
+            p.retained(),
+            Some((5, 5)),
+            "3 (pinned) and 4 went for the slot"
+        );
+        assert!(!p.is_pinned(3));
+        for _ in 0..MAX_PINS {
+            p.pin(5).unwrap();
+        }
+        assert_eq!(p.pin(5), Err(PinError::TooMany));
     }
 
     #[test]

@@ -30,16 +30,13 @@ pub fn own_dir() -> PathBuf {
     }
 }
 
-/// Where the shim of user `uid` may publish when its default directory is unusable
-/// (squatted). A private stand-in until `memshadow_format::paths` lists the candidates
-/// itself: `$XDG_RUNTIME_DIR/memshadow` for ourselves, `/run/user/UID/memshadow` for
-/// others.
-fn fallback_dir(uid: u32) -> PathBuf {
-    let runtime = match std::env::var_os("XDG_RUNTIME_DIR") {
+/// The `$XDG_RUNTIME_DIR` of user `uid` for the shim's fallback directory: ours from the
+/// environment; for another user, where systemd puts it (`/run/user/UID`).
+fn runtime_dir_of(uid: u32) -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if !d.is_empty() && uid == getuid().as_raw() => PathBuf::from(d),
         _ => PathBuf::from(format!("/run/user/{uid}")),
-    };
-    runtime.join("memshadow")
+    }
 }
 
 /// The directories a process of `uid` may publish in, each with the uid it must belong
@@ -50,7 +47,10 @@ pub fn dirs_of(uid: u32) -> Vec<(PathBuf, u32)> {
     if uid == mine && std::env::var_os(paths::DIR_ENV).is_some_and(|d| !d.is_empty()) {
         return vec![(own_dir(), uid)];
     }
-    vec![(paths::default_dir(uid), uid), (fallback_dir(uid), uid)]
+    paths::candidate_dirs(uid, Some(&runtime_dir_of(uid)))
+        .into_iter()
+        .map(|d| (d, uid))
+        .collect()
 }
 
 /// The directories to look in, each with the uid that must own it: `$MEMSHADOW_DIR` if

@@ -59,12 +59,20 @@ impl Mode {
 
 type Setup = Box<dyn Fn(&Path)>;
 
+/// A program of a case, the exit status it has natively, and the file (relative path)
+/// that receives its stdout after it ran, if any.
+struct Step {
+    prog: Prog,
+    code: i32,
+    stdout_to: Option<String>,
+}
+
 /// One real program's comparison: a set-up that writes inputs into a fresh directory,
 /// then one or more steps (programs run in that directory, one after the other).
 pub struct Case {
     name: String,
     setup: Option<Setup>,
-    steps: Vec<(Prog, i32)>,
+    steps: Vec<Step>,
     one_ms: bool,
     ignore: Vec<String>,
 }
@@ -122,7 +130,22 @@ impl Case {
 
     /// [`Case::step`] for a program that exits with `code` natively (diff, cmp).
     pub fn step_exit(mut self, prog: Prog, code: i32) -> Self {
-        self.steps.push((prog, code));
+        self.steps.push(Step {
+            prog,
+            code,
+            stdout_to: None,
+        });
+        self
+    }
+
+    /// [`Case::step_exit`] whose stdout is also written to `rel` in the directory once
+    /// it ended, for the next steps to read (as a shell's `>` would, without a shell).
+    pub fn step_to(mut self, prog: Prog, code: i32, rel: &str) -> Self {
+        self.steps.push(Step {
+            prog,
+            code,
+            stdout_to: Some(rel.to_string()),
+        });
         self
     }
 
@@ -132,7 +155,8 @@ impl Case {
         self
     }
 
-    /// A file (relative path) whose contents legitimately differ between runs.
+    /// A file or directory (relative path) whose contents legitimately differ between
+    /// runs: it and everything under it are left out of the comparison of files.
     pub fn ignore(mut self, rel: &str) -> Self {
         self.ignore.push(rel.to_string());
         self
@@ -144,8 +168,8 @@ impl Case {
     pub fn run(self) -> Outcome {
         assert!(!self.steps.is_empty(), "{}: a case needs a step", self.name);
         let native = self.run_once(Mode::Native);
-        for (i, ((prog, code), out)) in self.steps.iter().zip(&native.outputs).enumerate() {
-            assert_native_ok_code(&self.step_name(i, prog), out, *code);
+        for (i, (step, out)) in self.steps.iter().zip(&native.outputs).enumerate() {
+            assert_native_ok_code(&self.step_name(i, &step.prog), out, step.code);
         }
         let ten = self.run_once(Mode::Snapshots(10));
         self.assert_same(&native, &ten, Mode::Snapshots(10));
@@ -184,8 +208,8 @@ impl Case {
         let mut outputs = Vec::new();
         let mut stats = Vec::new();
         let mut wall = Duration::ZERO;
-        for (prog, _) in &self.steps {
-            let prog = in_dir(prog, dir.path());
+        for step in &self.steps {
+            let prog = in_dir(&step.prog, dir.path());
             let started = Instant::now();
             match mode {
                 Mode::Native => outputs.push(prog.timeout(NATIVE_LIMIT).run_native()),
@@ -199,6 +223,9 @@ impl Case {
                 }
             }
             wall += started.elapsed();
+            if let (Some(rel), Some(out)) = (&step.stdout_to, outputs.last()) {
+                write(dir.path(), rel, &out.stdout);
+            }
         }
         let tree = read_tree(dir.path(), &self.ignore);
         Run {
@@ -211,8 +238,8 @@ impl Case {
     }
 
     fn assert_same(&self, native: &Run, other: &Run, mode: Mode) {
-        for (i, (prog, _)) in self.steps.iter().enumerate() {
-            let what = format!("{} ({})", self.step_name(i, prog), mode.label());
+        for (i, step) in self.steps.iter().enumerate() {
+            let what = format!("{} ({})", self.step_name(i, &step.prog), mode.label());
             assert_same_behaviour(&what, &native.outputs[i], &other.outputs[i], true);
             other.stats[i].assert_attached(&native.outputs[i], false);
         }
@@ -381,8 +408,8 @@ enum Entry {
     Link(PathBuf),
 }
 
-/// Every file, directory and symbolic link under `root` by relative path (contents of
-/// `ignore`d files left out).
+/// Every file, directory and symbolic link under `root` by relative path, except the
+/// `ignore`d ones and what is under them.
 fn read_tree(root: &Path, ignore: &[String]) -> BTreeMap<String, Entry> {
     fn walk(root: &Path, dir: &Path, ignore: &[String], out: &mut BTreeMap<String, Entry>) {
         let entries =
@@ -394,6 +421,12 @@ fn read_tree(root: &Path, ignore: &[String]) -> BTreeMap<String, Entry> {
                 .expect("under the root")
                 .to_string_lossy()
                 .into_owned();
+            if ignore
+                .iter()
+                .any(|i| rel == *i || rel.starts_with(&format!("{i}/")))
+            {
+                continue;
+            }
             let meta = std::fs::symlink_metadata(&path)
                 .unwrap_or_else(|e| panic!("cannot stat {}: {e}", path.display()));
             let e = if meta.is_dir() {
@@ -401,8 +434,6 @@ fn read_tree(root: &Path, ignore: &[String]) -> BTreeMap<String, Entry> {
                 Entry::Dir
             } else if meta.file_type().is_symlink() {
                 Entry::Link(std::fs::read_link(&path).expect("read link"))
-            } else if ignore.contains(&rel) {
-                Entry::File(Vec::new())
             } else {
                 Entry::File(
                     std::fs::read(&path)

@@ -661,7 +661,7 @@ struct ServerRun {
     load: Duration,
 }
 
-/// A server started by `start(dir, port)` (a program in the foreground that writes its
+/// A server started by `start(port)` in a directory that `setup(dir, port)` filled (a program in the foreground that writes its
 /// log wherever it likes; its stdout and stderr go to `server.log`), driven by
 /// `drive`, which returns a transcript of the replies that must not change, then
 /// stopped with SIGTERM. Run natively and with 10 ms snapshots: same transcript, same
@@ -669,7 +669,7 @@ struct ServerRun {
 /// reported like a program's.
 pub fn server_case(
     name: &str,
-    setup: impl Fn(&Path),
+    setup: impl Fn(&Path, u16),
     start: impl Fn(u16) -> Prog,
     drive: impl Fn(&ServerCtx) -> String,
 ) -> String {
@@ -677,8 +677,8 @@ pub fn server_case(
         let dir = temp_dir(&slug(name));
         let rt = dir.path().join("rt");
         std::fs::create_dir(&rt).expect("create run-time dir");
-        setup(dir.path());
         let port = free_port();
+        setup(dir.path(), port);
         let prog = in_dir(&start(port), dir.path());
         let log = File::create(dir.path().join("server.log")).expect("create server.log");
         let json_path = dir.path().join("stats.json");

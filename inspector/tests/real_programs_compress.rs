@@ -46,7 +46,7 @@ fn zstd_two_threads() {
     roundtrip(
         "zstd -T2",
         ("zstd", "zstd"),
-        4 * MIB,
+        2 * MIB,
         &[
             "-q",
             "-T2",

@@ -66,7 +66,7 @@ fn sqlite3_file() {
 #[test]
 fn sort_parallel() {
     let sort = require_tool("sort", "coreutils");
-    let out = with_text(Case::new("sort --parallel=2"), 1, 150_000)
+    let out = with_text(Case::new("sort --parallel=2"), 1, 300_000)
         .step(Prog::new(&sort).args([
             "--parallel=2",
             "-S",
@@ -114,7 +114,7 @@ fn mawk() {
     require_tool("sort", "coreutils");
     Case::new("mawk")
         .setup(|d| {
-            write(d, "input.txt", text(3, 150_000));
+            write(d, "input.txt", text(3, 400_000));
             write(d, "prog.awk", AWK_SCRIPT);
         })
         .step(Prog::new(&mawk).args(["-f", "prog.awk", "input.txt"]))
@@ -139,7 +139,7 @@ fn sed() {
 #[test]
 fn grep() {
     let grep = require_tool("grep", "grep");
-    with_text(Case::new("grep"), 5, 200_000)
+    with_text(Case::new("grep"), 5, 600_000)
         .step(Prog::new(&grep).args([
             "-E",
             "-n",
@@ -199,26 +199,38 @@ fn jq() {
 fn diff_and_patch() {
     let diff = require_tool("diff", "diffutils");
     let patch = require_tool("patch", "patch");
-    let old = text(7, 60_000);
-    let new: String = old
-        .lines()
-        .enumerate()
-        .filter(|(i, _)| i % 97 != 3)
-        .map(|(i, l)| {
-            if i % 50 == 0 {
-                format!("{l} changed\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
+    // Short, repetitive lines with scattered edits: `diff --minimal` works for its
+    // answer (hundreds of milliseconds), unlike on long unique lines.
+    let mut r = Rng::new(7);
+    let words = ["alpha", "page", "fault", "epoch"];
+    let old: Vec<String> = (0..40_000)
+        .map(|_| format!("{} {}", r.below(50), words[r.below(4) as usize]))
         .collect();
+    let mut new = String::new();
+    for l in &old {
+        match r.below(15) {
+            0..=2 => {}
+            3..=7 => new.push_str(&format!("{l} changed\n")),
+            _ => new.push_str(&format!("{l}\n")),
+        }
+    }
+    let old: String = old.iter().map(|l| format!("{l}\n")).collect();
     let out = Case::new("diff + patch")
         .setup(move |d| {
             write(d, "a.txt", &old);
             write(d, "b.txt", &new);
         })
         .step_to(
-            Prog::new(&diff).args(["-u", "--label", "a", "--label", "b", "a.txt", "b.txt"]),
+            Prog::new(&diff).args([
+                "--minimal",
+                "-u",
+                "--label",
+                "a",
+                "--label",
+                "b",
+                "a.txt",
+                "b.txt",
+            ]),
             1,
             "ab.diff",
         )
@@ -264,15 +276,25 @@ fn cpio() {
     for i in 0..60u64 {
         let _ = writeln!(list, "tree/d{}/f{i}.txt", i % 6);
     }
+    for i in 0..10000 {
+        let _ = writeln!(list, "tree/many/{i}");
+    }
     list.push_str("tree/blob.bin\ntree/empty\n");
     let out = Case::new("cpio")
         .setup(|d| {
             write_tree(d);
+            for i in 0..10000 {
+                write(
+                    d,
+                    &format!("tree/many/{i}"),
+                    format!("small file {i}\n").repeat(i % 40),
+                );
+            }
             std::fs::create_dir(d.join("out")).expect("mkdir out");
         })
         .step(
             Prog::new(&cpio)
-                .args(["-o", "-H", "newc", "--reproducible", "-O", "a.cpio"])
+                .args(["-o", "-H", "crc", "--reproducible", "-O", "a.cpio"])
                 .stdin(list),
         )
         .step(
@@ -313,7 +335,7 @@ fn rsync() {
 fn xxd() {
     let xxd = require_tool("xxd", "xxd");
     let out = Case::new("xxd")
-        .setup(|d| write(d, "blob.bin", mixed_bytes(8, 1 << 20)))
+        .setup(|d| write(d, "blob.bin", mixed_bytes(8, 4 << 20)))
         .step_to(
             Prog::new(&xxd).args(["-c", "32", "blob.bin"]),
             0,
@@ -339,7 +361,7 @@ fn openssl() {
             .args(extra)
     };
     let out = Case::new("openssl")
-        .setup(|d| write(d, "input.bin", mixed_bytes(9, 8 << 20)))
+        .setup(|d| write(d, "input.bin", mixed_bytes(9, 32 << 20)))
         .step(cipher(&["-in", "input.bin", "-out", "enc.bin"]))
         .step(cipher(&["-d", "-in", "enc.bin", "-out", "dec.bin"]))
         .step(Prog::new(&openssl).args(["dgst", "-sha256", "input.bin", "enc.bin", "dec.bin"]))

@@ -13,6 +13,8 @@
 // use.
 #![allow(dead_code)]
 
+pub mod real;
+
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
@@ -259,15 +261,32 @@ fn newest_header(dir: &Path) -> Option<SystemTime> {
 /// group is killed with SIGKILL and this panics naming the command. It also panics when
 /// the program exits but processes it left behind keep its output pipes open.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
-    run_inner(cmd, None, timeout)
+    run_inner(cmd, None, timeout, &String::new)
 }
 
 /// [`run_with_timeout`] with `input` written to the program's standard input.
 pub fn run_with_input(cmd: &mut Command, input: &[u8], timeout: Duration) -> Output {
-    run_inner(cmd, Some(input.to_vec()), timeout)
+    run_inner(cmd, Some(input.to_vec()), timeout, &String::new)
 }
 
-fn run_inner(cmd: &mut Command, input: Option<Vec<u8>>, timeout: Duration) -> Output {
+/// [`run_with_timeout`] (with `input` on standard input when given) that, when the
+/// time is up, calls `on_timeout` before killing the group and adds what it returns
+/// (for instance the live statistics of the shimmed processes) to the panic message.
+pub fn run_explained(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    timeout: Duration,
+    on_timeout: &dyn Fn() -> String,
+) -> Output {
+    run_inner(cmd, input.map(<[u8]>::to_vec), timeout, on_timeout)
+}
+
+fn run_inner(
+    cmd: &mut Command,
+    input: Option<Vec<u8>>,
+    timeout: Duration,
+    on_timeout: &dyn Fn() -> String,
+) -> Output {
     let what = format!("{cmd:?}");
     cmd.stdin(if input.is_some() {
         Stdio::piped()
@@ -295,6 +314,7 @@ fn run_inner(cmd: &mut Command, input: Option<Vec<u8>>, timeout: Duration) -> Ou
     let status = match child.wait_timeout(timeout) {
         Ok(Some(status)) => status,
         Ok(None) => {
+            let context = on_timeout();
             let _ = killpg(pgid, Signal::SIGKILL);
             let _ = child.wait();
             let out = stdout
@@ -304,7 +324,7 @@ fn run_inner(cmd: &mut Command, input: Option<Vec<u8>>, timeout: Duration) -> Ou
                 .recv_timeout(Duration::from_secs(5))
                 .unwrap_or_default();
             panic!(
-                "timed out after {:.0} s, killed its process group: {what}\n--- stdout so far ---\n{}\n--- stderr so far ---\n{}",
+                "timed out after {:.0} s, killed its process group: {what}\n{context}--- stdout so far ---\n{}\n--- stderr so far ---\n{}",
                 timeout.as_secs_f64(),
                 tail(&out),
                 tail(&err)
@@ -691,45 +711,75 @@ impl Prog {
 
     /// Runs `memshadow run --quiet --stats-json FILE -- program args...` with a fresh
     /// `MEMSHADOW_DIR` (and `MEMSHADOW_LIB` naming the library the other runs preload)
-    /// and reads the JSON it wrote.
+    /// and reads the JSON it wrote. On a timeout the panic shows the live statistics of
+    /// the run's shimmed processes.
     pub fn run_memshadow(&self) -> StatsRun {
         let dir = temp_dir("run");
         let json_path = dir.path().join("stats.json");
         let rt = dir.path().join("rt");
         std::fs::create_dir(&rt).expect("create run-time dir");
+        let mut cmd = self.memshadow_command(&rt, &json_path);
+        let output = run_explained(&mut cmd, self.stdin.as_deref(), self.timeout, &|| {
+            live_stats(&rt)
+        });
+        StatsRun::read(self.describe(), output, &json_path)
+    }
+
+    /// The command `memshadow run --quiet --stats-json JSON -- program args...` with
+    /// `MEMSHADOW_DIR=rt` and `MEMSHADOW_LIB` naming the library the other runs preload,
+    /// for a test that starts it itself (a server in the background).
+    pub fn memshadow_command(&self, rt: &Path, json: &Path) -> Command {
         let leading: Vec<OsString> = vec![
             "run".into(),
             "--quiet".into(),
             "--stats-json".into(),
-            json_path.clone().into(),
+            json.into(),
             "--".into(),
             self.program.clone().into(),
         ];
         let mut cmd = self.command(&memshadow_bin(), &leading);
-        cmd.env("MEMSHADOW_DIR", &rt)
+        cmd.env("MEMSHADOW_DIR", rt)
             .env("MEMSHADOW_LIB", shim_lib());
-        let output = self.run(&mut cmd);
-        let text = std::fs::read_to_string(&json_path).unwrap_or_else(|e| {
-            panic!(
-                "memshadow run wrote no {} ({e}) for {} ({}); its stderr:\n{}",
-                json_path.display(),
-                self.describe(),
-                describe_status(output.status),
-                tail(&output.stderr)
-            )
-        });
-        let json: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
-            panic!(
-                "--stats-json of {} is not JSON ({e}):\n{text}",
-                self.describe()
-            )
-        });
-        StatsRun {
-            what: self.describe(),
-            output,
-            json,
+        cmd
+    }
+
+    /// The command that runs the program without the shim, with `MEMSHADOW_DIR=rt`.
+    pub fn native_command(&self, rt: &Path) -> Command {
+        let mut cmd = self.command(&self.program, &[]);
+        cmd.env("MEMSHADOW_DIR", rt);
+        cmd
+    }
+}
+
+/// `memshadow ps --json` in the run-time directory `rt`: the live statistics of the
+/// shimmed processes there, as a paragraph for a failure message.
+pub fn live_stats(rt: &Path) -> String {
+    let mut ps = Command::new(memshadow_bin());
+    clean_env_in(&mut ps, rt);
+    ps.args(["ps", "--json"]);
+    let mut child = match ps
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return format!("--- cannot run memshadow ps: {e} ---\n"),
+    };
+    let out = reader(child.stdout.take().expect("stdout is piped"));
+    match child.wait_timeout(Duration::from_secs(10)) {
+        Ok(Some(_)) => {}
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return "--- memshadow ps did not answer within 10 s ---\n".to_string();
         }
     }
+    let text = out.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+    format!(
+        "--- live statistics of the run's shimmed processes (memshadow ps --json) ---\n{}\n",
+        String::from_utf8_lossy(&text).trim_end()
+    )
 }
 
 /// The result of a `memshadow run --stats-json`.
@@ -741,6 +791,21 @@ pub struct StatsRun {
 }
 
 impl StatsRun {
+    /// Reads the `--stats-json` file `json_path` that `memshadow run` wrote for `what`.
+    pub fn read(what: String, output: Output, json_path: &Path) -> Self {
+        let text = std::fs::read_to_string(json_path).unwrap_or_else(|e| {
+            panic!(
+                "memshadow run wrote no {} ({e}) for {what} ({}); its stderr:\n{}",
+                json_path.display(),
+                describe_status(output.status),
+                tail(&output.stderr)
+            )
+        });
+        let json: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("--stats-json of {what} is not JSON ({e}):\n{text}"));
+        StatsRun { what, output, json }
+    }
+
     fn ctx(&self) -> String {
         format!(
             "memshadow run of {}; JSON:\n{}\nstderr:\n{}",

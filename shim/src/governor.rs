@@ -19,8 +19,9 @@
 //!   again errs towards stretching: without it, `xz -T2` stayed 4x slower.
 //!
 //! The cost is summed over threads, so with several writers the fraction may exceed 1.
-//! When the cost of a window exceeds the limit the automatic interval is doubled (up to
-//! [`MAX_STRETCHED_MS`]); once [`QUIET_WINDOWS`] windows in a row cost less than a quarter
+//! When the cost of a window exceeds the limit the automatic interval is multiplied by
+//! the power of two at or above cost / limit, at least 2 (up to [`MAX_STRETCHED_MS`]): a
+//! window four times over the limit stretches it 4x at once; once [`QUIET_WINDOWS`] windows in a row cost less than a quarter
 //! of the limit it is halved, never below the configured interval. Halving a period whose
 //! fixed cost per snapshot was under a quarter of the limit at most doubles the fraction,
 //! which stays under half of it: the rule does not swing. Explicit snapshots (the CLI,
@@ -88,8 +89,12 @@ pub fn decide(
     let fraction = cost_ns as f64 / wall_ns as f64;
     let limit = f64::from(max_overhead);
     if fraction > limit {
+        // As many doublings at once as the cost is over the limit (at least one): a
+        // program that runs for a fraction of a second must not spend it in a ramp of
+        // one doubling per window.
+        let factor = ((fraction / limit).ceil() as u64).clamp(2, 1 << 16);
         let longer = current
-            .saturating_mul(2)
+            .saturating_mul(factor.next_power_of_two())
             .min(MAX_STRETCHED_MS.max(configured_ms));
         return Decision {
             interval_ms: longer,
@@ -210,9 +215,14 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     #[test]
-    fn costly_windows_double_the_interval_up_to_the_cap() {
+    fn costly_windows_stretch_the_interval_as_far_as_they_are_over_up_to_the_cap() {
         let d = decide(10, 10, 8 * MS, 10 * MS, 0.5, 0);
         assert_eq!((d.interval_ms, d.stretched), (20, true));
+        // 3.5 times the limit: 4x at once; 10 times: 16x.
+        let d = decide(10, 10, 17_500_000, 10 * MS, 0.5, 0);
+        assert_eq!((d.interval_ms, d.stretched), (40, true));
+        let d = decide(10, 10, 50 * MS, 10 * MS, 0.5, 0);
+        assert_eq!((d.interval_ms, d.stretched), (160, true));
         let d = decide(10, 40, 30 * MS, 40 * MS, 0.5, 3);
         assert_eq!((d.interval_ms, d.stretched, d.quiet), (80, true, 0));
         let d = decide(10, MAX_STRETCHED_MS, 60_000 * MS, 60_000 * MS, 0.5, 0);
@@ -224,7 +234,7 @@ mod tests {
     #[test]
     fn the_cost_is_summed_over_threads_and_may_exceed_the_window() {
         let d = decide(1, 1, 3 * MS, MS, 0.9, 0);
-        assert_eq!((d.interval_ms, d.stretched), (2, true));
+        assert_eq!((d.interval_ms, d.stretched), (4, true));
     }
 
     #[test]

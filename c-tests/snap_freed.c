@@ -10,6 +10,13 @@
  *   large_free       a 2 MiB block freed (glibc's own __munmap), then a new mapping of
  *                    the same size written with another pattern (often at the same
  *                    address);
+ *   sparse_free      a 32 MiB block of which one page in 16 was written, freed: the
+ *                    pages never written read as zero at the snapshot (they are
+ *                    recorded, not copied);
+ *   fresh_fill       an 8 MiB mapping of which one page in 512 was written,
+ *                    snapshotted, then written whole (each trap there finds the pages
+ *                    after it never written: recorded as zero, not copied), snapshotted
+ *                    again (fresh_fill_after) and half rewritten;
  *   trimmed          8 MiB of 64 KiB heap blocks freed, then malloc_trim(0) (glibc's
  *                    own __madvise gives the pages back);
  *   unmapped         an anonymous mapping munmap'ed, then mapped again at the same
@@ -125,6 +132,50 @@ static void large_free(void)
     free(p);
     unsigned char *again = map_anon(len + 64 * KiB);
     tu_fill(again, len + 64 * KiB, 302);
+}
+
+static void record_sparse(long long v, const char *name, unsigned char *p, size_t len,
+                          size_t stride);
+
+static void sparse_free(void)
+{
+    size_t len = 32 * MiB;
+    unsigned char *p = malloc(len);
+    if (!p)
+        DIE("malloc");
+    for (size_t off = 0; off < len; off += 16 * 4096)
+        tu_fill(p + off, 4096, 350 + (unsigned)(off >> 16));
+    long long v = snap();
+    record_sparse(v, "sparse_free", p, len, 16 * 4096);
+    free(p);
+}
+
+/* The checksum of `len` bytes at `p` where only the pages at multiples of `stride`
+ * bytes were written: the others are zeros, summed without reading them (a read would
+ * map them). */
+static void record_sparse(long long v, const char *name, unsigned char *p, size_t len,
+                          size_t stride)
+{
+    static const unsigned char zeros[4096];
+    uint64_t h = TU_FNV_INIT;
+    for (size_t off = 0; off < len; off += 4096)
+        h = tu_fnv(h, off % stride == 0 ? p + off : zeros, 4096);
+    printf("%lld %s %#lx %zu %016llx\n", v, name, (unsigned long)p, len,
+           (unsigned long long)h);
+}
+
+static void fresh_fill(void)
+{
+    size_t len = 8 * MiB, stride = 512 * 4096;
+    unsigned char *p = map_anon(len);
+    for (size_t off = 0; off < len; off += stride)
+        tu_fill(p + off, 4096, 360 + off / stride);
+    long long v = snap();
+    record_sparse(v, "fresh_fill", p, len, stride);
+    tu_fill(p, len, 370);
+    long long v2 = snap();
+    record(v2, "fresh_fill_after", p, len);
+    tu_fill(p, len / 2, 371);
 }
 
 static void trimmed(void)
@@ -245,6 +296,8 @@ int main(void)
     realloc_mmapped();
     realloc_small();
     large_free();
+    sparse_free();
+    fresh_fill();
     trimmed();
     unmapped();
     madvised();

@@ -166,14 +166,17 @@ pub enum Counter {
     /// The automatic snapshot interval in force, ms: `MEMSHADOW_INTERVAL_MS`, or longer
     /// while the overhead governor stretches it (0: snapshots on request only).
     IntervalMsEffective = 42,
-    /// Times the overhead governor doubled the automatic interval because snapshots
+    /// Times the overhead governor stretched the automatic interval because snapshots
     /// cost the program more than `MEMSHADOW_MAX_OVERHEAD` of its time.
     GovernorStretches = 43,
+    /// Pages whose first write after a snapshot found them unpopulated (never written):
+    /// recorded as zero at that version and made writable without a copy.
+    PagesZeroed = 44,
 }
 
 impl Counter {
     /// Every assigned counter, in slot order.
-    pub const ALL: [Counter; 44] = [
+    pub const ALL: [Counter; 45] = [
         Counter::TrackedRegions,
         Counter::TrackedBytes,
         Counter::Rescans,
@@ -218,6 +221,7 @@ impl Counter {
         Counter::PrefetchAtPassUsMax,
         Counter::IntervalMsEffective,
         Counter::GovernorStretches,
+        Counter::PagesZeroed,
     ];
 
     pub const fn index(self) -> usize {
@@ -270,6 +274,7 @@ impl Counter {
             Counter::PrefetchAtPassUsMax => "prefetch_at_pass_us_max",
             Counter::IntervalMsEffective => "interval_ms_effective",
             Counter::GovernorStretches => "governor_stretches",
+            Counter::PagesZeroed => "pages_zeroed",
         }
     }
 }

@@ -1677,6 +1677,9 @@ fn freed_memory_checks() {
             "realloc_mmapped",
             "realloc_small",
             "large_free",
+            "sparse_free",
+            "fresh_fill",
+            "fresh_fill_after",
             "trimmed",
             "unmapped",
             "madvised",
@@ -1703,6 +1706,16 @@ fn freed_memory_checks() {
     assert!(
         preserved >= 256,
         "at least the 2 MiB of large_free had to be kept before free(), pages_preserved is {preserved}: {stats}"
+    );
+    // fresh_fill's first writes found the pages after them never written: recorded
+    // as zero, not copied (and its versions read back exact, above).
+    let zeroed = stats["pages_zeroed"].as_u64().unwrap_or(0);
+    assert!(zeroed >= 1024, "pages_zeroed is {zeroed}: {stats}");
+    // sparse_free's 32 MiB (8192 pages, 512 of them written) is not copied whole: its
+    // pages never written are recorded as zero. With them copied the count is above 9000.
+    assert!(
+        preserved < 6000,
+        "the never-written pages of sparse_free were copied: pages_preserved is {preserved}"
     );
 
     // An image of the version before the large free holds the freed block as it was.

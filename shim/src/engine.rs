@@ -58,6 +58,8 @@ pub const HELD_CAPACITY: usize = 4096;
 pub const RETRY_CAPACITY: usize = 4096;
 /// Most ranges remembered as lost (see [`Engine::lost`]).
 pub const LOST_CAPACITY: usize = 4096;
+/// Most ranges remembered as discarded while unpopulated (see [`Engine::zeros`]).
+pub const ZEROS_CAPACITY: usize = 4096;
 /// Most unprotected runs and kernel-reported changes remembered between two passes
 /// (beyond them the next pass protects everything).
 pub const UNPROTECTED_CAPACITY: usize = 32768;
@@ -85,6 +87,11 @@ pub struct Engine {
     /// `lost_all_since` takes over for every page.
     pub lost: Vec<(Range, u64)>,
     pub lost_all_since: Option<u64>,
+    /// Ranges the program discarded while their pages were unpopulated (never written,
+    /// so all zero), with the newest version then: each stands for zero-filled shadows
+    /// stamped with that version, which were not copied (see `preserve`). When the list
+    /// is full, such pages are copied like any other.
+    pub zeros: Vec<(Range, u64)>,
     /// How many pages a trap saves (see `fault_window`).
     pub fault_window: FaultWindow,
     /// What the next protect pass must protect again.
@@ -107,7 +114,20 @@ impl Engine {
     /// was zapped in this epoch (it lost its protection without a fault, so what is
     /// there now is not the snapshot's; see `readback`).
     pub fn saved_or_lost(&self, page: usize) -> bool {
-        self.pool.has(page, self.version) || self.lost_since(page, self.version)
+        self.pool.has(page, self.version)
+            || self.zeroed_now(page)
+            || self.lost_since(page, self.version)
+    }
+
+    /// Whether `page` was recorded zero at the newest version (see [`Engine::zeros`]):
+    /// saved, as far as this version is concerned (and unprotected since).
+    fn zeroed_now(&self, page: usize) -> bool {
+        let v = self.version;
+        self.zeros
+            .iter()
+            .rev()
+            .take_while(|&&(_, z)| z == v)
+            .any(|&(r, _)| r.start <= page && page < r.end)
     }
 
     /// Saves the pages from `first` on into shadows stamped with the newest version, as
@@ -258,10 +278,43 @@ impl Engine {
                 .any(|&(r, l)| l < until && r.start <= page && page < r.end)
     }
 
-    /// Forgets losses that no retained version can see (called as versions go).
+    /// Records that the pages of `r`, tracked at the newest version and unpopulated,
+    /// held zeros then, as zero-filled shadows stamped with it would. Returns false (the
+    /// caller copies them instead) when the list is full.
+    pub fn mark_zero(&mut self, r: Range) -> bool {
+        let v = self.version;
+        if let Some((last, zv)) = self.zeros.last_mut() {
+            if *zv == v && last.end == r.start {
+                last.end = r.end;
+                return true;
+            }
+        }
+        if self.zeros.len() == self.zeros.capacity() {
+            return false;
+        }
+        self.zeros.push((r, v));
+        true
+    }
+
+    /// The oldest version at or after `v` at which `page` was recorded zero (see
+    /// [`Engine::zeros`]), if any.
+    pub fn zero_since(&self, page: usize, v: u64) -> Option<u64> {
+        // Records are appended in version order: those at or after `v` are the end.
+        self.zeros
+            .iter()
+            .rev()
+            .take_while(|&&(_, z)| z >= v)
+            .filter(|&&(r, _)| r.start <= page && page < r.end)
+            .map(|&(_, z)| z)
+            .min()
+    }
+
+    /// Forgets losses (and zero records) that no retained version can see (called as
+    /// versions go).
     pub fn prune_lost(&mut self) {
         let oldest = self.pool.retained().map_or(u64::MAX, |r| r.0);
         self.lost.retain(|&(_, l)| l >= oldest);
+        self.zeros.retain(|&(_, z)| z >= oldest);
         if self.lost_all_since.is_some_and(|l| l < oldest) {
             self.lost_all_since = None;
         }
@@ -513,6 +566,7 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
         incomplete: false,
         retry: Vec::with_capacity(RETRY_CAPACITY),
         lost: Vec::with_capacity(LOST_CAPACITY),
+        zeros: Vec::with_capacity(ZEROS_CAPACITY),
         lost_all_since: None,
         fault_window: FaultWindow::new(config.fault_around),
         reprotect: Reprotect::with_capacity(UNPROTECTED_CAPACITY, CHANGED_CAPACITY),

@@ -269,7 +269,22 @@ pub fn resolve(e: &mut Engine, addr: usize) -> usize {
         } else {
             page
         };
-        if let Some((_, copied)) = e.save_run(first, limit, MAX_RUN) {
+        // The pages after this one that were never written hold zeros at this
+        // version: recorded, not copied, and the whole run of them goes writable with
+        // this page (a program filling fresh memory traps once per 2 MiB, not once per
+        // fault-around window). This page itself the kernel filled with zeros to fault
+        // on it: copied as usual.
+        let after = page + PAGE;
+        let zeros = zero_run(e, after, t_end(e, page, v));
+        if zeros > 0 && e.mark_zero(Range::new(after, after + zeros * PAGE)) {
+            stats::add(Counter::PagesZeroed, zeros as u64);
+            end = after + zeros * PAGE;
+            if first == page {
+                if let Some((_, copied)) = e.save_run(page, after, 1) {
+                    stats::add(Counter::PagesCopied, copied as u64);
+                }
+            }
+        } else if let Some((_, copied)) = e.save_run(first, limit, MAX_RUN) {
             stats::add(Counter::PagesCopied, copied as u64);
             end = end.max(first + copied * PAGE);
         }
@@ -283,6 +298,24 @@ pub fn resolve(e: &mut Engine, addr: usize) -> usize {
 /// The shadow budget ran out with only the newest version left: that snapshot cannot be
 /// completed. Drop every version, unprotect everything, count it, and let the program
 /// run on; the next snapshot starts afresh.
+/// The end of the range tracked at version `v` that holds `page` (`page + PAGE` if none).
+fn t_end(e: &Engine, page: usize, v: u64) -> usize {
+    e.tracked_at(page, v).map_or(page + PAGE, |t| t.range.end)
+}
+
+/// Most pages a trap on unpopulated memory makes writable at once (2 MiB).
+const MAX_ZERO_RUN: usize = 512;
+
+/// How many pages from `page` on (below `end`) are unpopulated and not saved or lost in
+/// this epoch: they held zeros at the newest version. A page zapped in this epoch (lost)
+/// held something else then, so the run stops there.
+fn zero_run(e: &Engine, page: usize, end: usize) -> usize {
+    let n = crate::pagemap::Pagemap::shared().run(page, end, MAX_ZERO_RUN, false);
+    (0..n)
+        .take_while(|&i| !e.saved_or_lost(page + i * PAGE))
+        .count()
+}
+
 pub fn give_up_epoch(e: &mut Engine, u: &Uffd) {
     abandon_epoch(e, u);
     // Said once: the program's stderr gets one line, the count keeps the rest.

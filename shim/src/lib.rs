@@ -45,6 +45,7 @@ mod log;
 mod mapping;
 mod maps;
 mod own;
+mod pagemap;
 mod pins;
 mod predict;
 mod prefetch;

@@ -35,6 +35,9 @@ const SAVE: u32 = 1;
 const LOST: u32 = 2;
 /// Pages saved per engine-lock hold, so faults and a pass are never kept waiting long.
 const PAGES_PER_HOLD: usize = 64;
+/// Most unpopulated pages recorded per step of a hold (a step counts as one page).
+const ZERO_PAGES_PER_HOLD: usize = 4096;
+
 /// A save restarted this many times by passes opening new versions gives up: the pages
 /// it could not keep are recorded as lost instead.
 const MAX_RESTARTS: u32 = 4;
@@ -249,6 +252,7 @@ pub fn serve(between: &mut dyn FnMut()) {
 /// stamp, or NOT_SAVED.
 fn save(r: Range, between: &mut dyn FnMut()) -> u64 {
     let r = Range::new(r.start & !(PAGE - 1), (r.end + PAGE - 1) & !(PAGE - 1));
+    let pagemap = crate::pagemap::Pagemap::shared();
     for _ in 0..MAX_RESTARTS {
         let mut at = r.start;
         let mut stamp = None;
@@ -265,7 +269,7 @@ fn save(r: Range, between: &mut dyn FnMut()) -> u64 {
                 if e.version == 0 || e.incomplete || e.pool.retained().is_none() {
                     return Step::Done;
                 }
-                match save_some(e, Range::new(at, r.end)) {
+                match save_some(e, Range::new(at, r.end), &pagemap) {
                     Some(next) if next < r.end => Step::Continue(next),
                     Some(_) => Step::Done,
                     None => Step::Full,
@@ -309,7 +313,7 @@ fn wait_for_pass(between: &mut dyn FnMut()) {
 /// Saves up to PAGES_PER_HOLD pages of `r` that are tracked at the newest version, not
 /// saved in it yet and not lost; returns where it stopped, or None when the shadow
 /// budget ran out (the snapshot is then given up, as on a trap).
-fn save_some(e: &mut Engine, r: Range) -> Option<usize> {
+fn save_some(e: &mut Engine, r: Range, pagemap: &crate::pagemap::Pagemap) -> Option<usize> {
     let v = e.version;
     let mut p = r.start;
     let mut budget = PAGES_PER_HOLD;
@@ -334,7 +338,21 @@ fn save_some(e: &mut Engine, r: Range) -> Option<usize> {
                 budget -= 1;
                 continue;
             }
-            let (n, copied) = e.save_run(p, run_end, budget)?;
+            // Never-written pages hold zeros: recorded, not copied (a program that frees
+            // a large buffer it touched a little of, as sort does with its default
+            // buffer, would otherwise have the whole of it copied).
+            let zeros = pagemap.run(p, run_end, ZERO_PAGES_PER_HOLD, false);
+            if zeros > 0 && e.mark_zero(Range::new(p, p + zeros * PAGE)) {
+                p += zeros * PAGE;
+                budget -= 1;
+                continue;
+            }
+            let run = if zeros > 0 {
+                zeros // no room to record them: copied
+            } else {
+                pagemap.run(p, run_end, budget, true).max(1)
+            };
+            let (n, copied) = e.save_run(p, (p + run * PAGE).min(run_end), budget)?;
             crate::stats::add(
                 memshadow_format::stats::Counter::PagesPreserved,
                 copied as u64,

@@ -161,7 +161,20 @@ pub fn copy_at(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<(), Read
     let Some(holding) = e.holding(page, v) else {
         return Err(ReadError::NotTracked { page, version: v });
     };
-    match e.pool.find(page, v) {
+    // The oldest record at or after `v`: a shadow, or a zero record (the page was
+    // discarded unpopulated, see `Engine::zeros`), whichever is older.
+    let slot = e.pool.find(page, v);
+    let zero = e
+        .zero_since(page, v)
+        .filter(|&z| slot.is_none_or(|s| z < e.pool.stamp_of(s)));
+    if let Some(z) = zero {
+        if z > v && e.lost_between(page, v, z) {
+            return Err(ReadError::Gone { page, version: v });
+        }
+        dst.fill(0);
+        return Ok(());
+    }
+    match slot {
         Some(slot)
             if e.pool.stamp_of(slot) > v && e.lost_between(page, v, e.pool.stamp_of(slot)) =>
         {

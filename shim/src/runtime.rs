@@ -235,6 +235,7 @@ extern "C" fn fork_parent() {
 extern "C" fn fork_child() {
     unlock_all();
     crate::fds::release_all_after_fork();
+    crate::pagemap::forget_after_fork();
     crate::shim_thread::forget_after_fork();
     crate::fault::forget_after_fork();
     crate::engine::forget_after_fork();

@@ -277,7 +277,11 @@ pub fn snapshot() -> Result<u64, String> {
         core::mem::swap(&mut e.retired, retired.as_mut().expect("set above"));
     });
     if !refused {
-        let cap = crate::boundary_copy::cap_ns(INTERVAL_MS.load(Ordering::Relaxed));
+        // A fifth of the period in force: when the governor has stretched it, a
+        // program that rewrites its working set every period has more of it copied
+        // here, in runs, instead of page by page in traps.
+        let period = crate::governor::interval_ms(INTERVAL_MS.load(Ordering::Relaxed));
+        let cap = crate::boundary_copy::cap_ns(period);
         crate::boundary_copy::copy_at_pass(v, cap);
     }
 

@@ -121,12 +121,15 @@ impl Mode {
         matches!(self, Mode::Idle | Mode::Cow | Mode::Prefetch)
     }
 
-    /// The shim's settings in this mode; `predict` is the predictor of `prefetch`.
+    /// The shim's settings in this mode; `predict` is the predictor of `prefetch`. The
+    /// overhead governor is off (`MEMSHADOW_MAX_OVERHEAD=1`): the bench measures what a
+    /// snapshot every T ms costs, at the snapshot count `fork` takes, not fewer snapshots.
     fn env(self, interval_ms: u32, predict: Predict) -> Vec<(&'static str, String)> {
         let periodic = |predict: &str| {
             vec![
                 ("MEMSHADOW_INTERVAL_MS", interval_ms.to_string()),
                 ("MEMSHADOW_PREDICT", predict.to_string()),
+                ("MEMSHADOW_MAX_OVERHEAD", "1".to_string()),
             ]
         };
         match self {

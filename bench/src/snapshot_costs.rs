@@ -97,7 +97,11 @@ impl Job {
                     SweepMode::Native => None,
                     SweepMode::Shim => Some(vec![]),
                     SweepMode::Periodic => {
-                        Some(vec![("MEMSHADOW_INTERVAL_MS", INTERVAL_MS.to_string())])
+                        Some(vec![
+                            ("MEMSHADOW_INTERVAL_MS", INTERVAL_MS.to_string()),
+                            // Every period's snapshot, however much it costs.
+                            ("MEMSHADOW_MAX_OVERHEAD", "1".to_string()),
+                        ])
                     }
                 },
             ),

@@ -18,6 +18,14 @@ fn thread_limit(shimmed: bool) -> std::process::Output {
     let dir = temp_dir("thread-limit");
     chown(dir.path(), Some(65534), Some(65534)).expect("chown the run-time dir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // The program and the shim where uid 65534 can reach them (the build tree may be in
+    // a directory only root can enter).
+    let bin = temp_dir("thread-limit-bin");
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let program = bin.path().join("thread_limit");
+    let shim = bin.path().join("libmemshadow.so");
+    std::fs::copy(c_program("thread_limit"), &program).expect("copy the program");
+    std::fs::copy(shim_lib(), &shim).expect("copy the shim");
     let mut cmd = Command::new("setpriv");
     clean_env(&mut cmd);
     cmd.args([
@@ -27,11 +35,11 @@ fn thread_limit(shimmed: bool) -> std::process::Output {
         "--inh-caps=+sys_ptrace",
         "--ambient-caps=+sys_ptrace",
     ])
-    .arg(c_program("thread_limit"))
+    .arg(&program)
     .env("MEMSHADOW_DIR", dir.path())
     .env("MEMSHADOW_INTERVAL_MS", "100000");
     if shimmed {
-        cmd.env("LD_PRELOAD", shim_lib());
+        cmd.env("LD_PRELOAD", &shim);
     }
     run_with_timeout(&mut cmd, LIMIT)
 }

@@ -165,3 +165,29 @@ fn explicit_snapshots_are_taken_while_the_interval_is_stretched() {
     }
     drop(guard);
 }
+
+#[test]
+fn a_stretched_epoch_never_outgrows_the_shadow_budget() {
+    // big_heap rewrites 1 GiB; a governor that stretches at the least cost
+    // (MEMSHADOW_MAX_OVERHEAD=0.01) made one epoch of it hold more than a 256 MiB budget:
+    // the snapshot was given up (one stderr line, incomplete_snapshots 1). A version that
+    // holds half the budget now brings the next snapshot forward, and the pool evicts
+    // older versions instead.
+    let prog = Prog::new(c_program("big_heap"))
+        .timeout(LIMIT)
+        .env("MEMSHADOW_INTERVAL_MS", "10")
+        .env("MEMSHADOW_MAX_OVERHEAD", "0.01")
+        .env("MEMSHADOW_SHADOW_BUDGET_MB", "256");
+    let native = prog.run_native();
+    assert_native_ok("big_heap", &native, 0);
+    let run = prog.run_memshadow();
+    assert_same_behaviour(
+        "big_heap (stretched, 256 MiB budget)",
+        &native,
+        &run.output,
+        true,
+    );
+    assert!(run.u64("governor_stretches") > 0, "{:?}", run.json);
+    assert_eq!(run.u64("incomplete_snapshots"), 0, "{:?}", run.json);
+    assert!(run.u64("epochs") >= 3, "{:?}", run.json);
+}

@@ -378,6 +378,8 @@ impl Engine {
             .fetch_max(bytes, Ordering::Relaxed);
         stats::set(Counter::VersionsRetained, self.pool.versions_retained());
         stats::set(Counter::Version, self.version);
+        let (newest, capacity) = self.pool.newest_use();
+        NEWEST_OVER_HALF.store(newest * 2 > capacity, Ordering::Relaxed);
         stats::set(
             Counter::OldestVersion,
             self.pool.retained().map_or(0, |r| r.0),
@@ -386,6 +388,17 @@ impl Engine {
 }
 
 static ENGINE: SpinLock<Option<Engine>> = SpinLock::new(None);
+/// The newest version holds more than half of the shadow budget (see [`budget_pressed`]).
+static NEWEST_OVER_HALF: AtomicBool = AtomicBool::new(false);
+
+/// Whether the newest version's shadows fill more than half of the budget: the next
+/// snapshot should come now. When one version alone outgrows the budget it is given up
+/// and no version is readable; with a newer version opened, the pool evicts the older
+/// ones as it fills instead (an epoch the overhead governor stretched, over a program
+/// rewriting a heap as large as the budget, ran out).
+pub fn budget_pressed() -> bool {
+    NEWEST_OVER_HALF.load(Ordering::Relaxed)
+}
 /// Twice the newest version, plus one while a protect pass runs: read without the lock.
 static STAMP: AtomicU64 = AtomicU64::new(0);
 

@@ -393,6 +393,8 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
     // first ran.
     let mut seen = ANSWERED.load(Ordering::Acquire);
     let mut next_due = engine::now_ns();
+    let mut last_started = next_due;
+    let mut earliest = next_due;
     let mut due_interval = 0;
     let mut cpu = 0;
     loop {
@@ -404,12 +406,14 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
             next_due = engine::now_ns().saturating_add(interval.saturating_mul(1_000_000));
             due_interval = interval;
         }
+        // Never longer than the configured period between looks at the shadow budget.
         let wait_ms = if interval == 0 {
             0
         } else {
             next_due
                 .saturating_sub(engine::now_ns())
                 .div_ceil(1_000_000)
+                .min(configured.max(1))
         };
         if interval == 0 || wait_ms > 0 {
             sys::futex_wait(&REQUESTED, seen, wait_ms);
@@ -418,19 +422,35 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
             break;
         }
         let now = REQUESTED.load(Ordering::Acquire);
-        let due = interval > 0 && engine::now_ns() >= next_due;
+        // Pulled forward by the budget, never sooner than the configured period after
+        // the last pass started, nor sooner after it ended than it lasted.
+        let pressed = interval > 0
+            && engine::budget_pressed()
+            && engine::now_ns()
+                >= earliest.max(last_started.saturating_add(configured * 1_000_000));
+        let due = interval > 0 && engine::now_ns() >= next_due || pressed;
         if now == seen && !due {
             continue;
         }
+        if now == seen && !pressed {
+            // An automatic pass only: it waits if the period so far cost too much.
+            if let Some(longer) = crate::governor::before_due_pass(configured, engine::now_ns()) {
+                due_interval = longer;
+                next_due = last_started.saturating_add(longer.saturating_mul(1_000_000));
+                continue;
+            }
+        }
         let started = engine::now_ns();
+        last_started = started;
         let result = snapshot();
         let ended = engine::now_ns();
         // The governor may stretch the period (or shrink it back) after any pass.
         let interval = crate::governor::after_pass(configured, ended);
         due_interval = interval;
+        earliest = ended + (ended - started);
         next_due = started
             .saturating_add(interval.saturating_mul(1_000_000))
-            .max(ended + (ended - started));
+            .max(earliest);
         if now != seen {
             let answer = match &result {
                 Ok(v) => *v as i64,

@@ -128,6 +128,10 @@ static MAX_OVERHEAD_BITS: AtomicU32 = AtomicU32::new(0x3f00_0000); // 0.5
 static SAID: AtomicBool = AtomicBool::new(false);
 /// `shim_cpu_us` at the start of the window.
 static CPU_US: AtomicU64 = AtomicU64::new(0);
+/// [`pages_copied`] at the start of the window.
+static COPIED_AT_START: AtomicU64 = AtomicU64::new(0);
+/// The shadow budget, in pages (0: unknown, no cap).
+static BUDGET_PAGES: AtomicU64 = AtomicU64::new(0);
 
 /// The shim's threads' CPU time so far, us.
 fn shim_cpu_us() -> u64 {
@@ -145,6 +149,10 @@ pub fn reset(configured_ms: u64, max_overhead: f32) {
     WINDOW_START.store(0, Ordering::Relaxed);
     QUIET.store(0, Ordering::Relaxed);
     CPU_US.store(shim_cpu_us(), Ordering::Relaxed);
+    COPIED_AT_START.store(pages_copied(), Ordering::Relaxed);
+    if let Some(c) = crate::runtime::config() {
+        BUDGET_PAGES.store((c.shadow_budget_mb as u64) << 8, Ordering::Relaxed);
+    }
     crate::stats::set(Counter::IntervalMsEffective, configured_ms);
 }
 
@@ -179,33 +187,109 @@ pub fn after_pass(configured_ms: u64, now: u64) -> u64 {
     let cpu_ns = cpu_us.saturating_sub(CPU_US.swap(cpu_us, Ordering::Relaxed)) * 1000;
     let cost = COST_NS.swap(0, Ordering::Relaxed) + cpu_ns;
     let current = interval_ms(configured_ms);
+    // The window's copies, for the budget cap; the next window counts from here.
+    let now_copied = pages_copied();
+    let copied = now_copied.saturating_sub(COPIED_AT_START.swap(now_copied, Ordering::Relaxed));
     if start == 0 || configured_ms == 0 {
         // The first window starts now.
         return current;
     }
-    let max = f32::from_bits(MAX_OVERHEAD_BITS.load(Ordering::Relaxed));
-    let d = decide(
+    let d = decide_now(
         configured_ms,
         current,
         cost,
         now.saturating_sub(start),
+        copied,
+    );
+    QUIET.store(d.quiet, Ordering::Relaxed);
+    apply(&d, configured_ms, cost, now.saturating_sub(start));
+    d.interval_ms
+}
+
+/// The rule on this window's cost so far, with the limit in force, and no stretch past
+/// what the shadow budget holds (see [`budget_cap_ms`]).
+fn decide_now(configured_ms: u64, current: u64, cost: u64, wall_ns: u64, copied: u64) -> Decision {
+    let max = f32::from_bits(MAX_OVERHEAD_BITS.load(Ordering::Relaxed));
+    let mut d = decide(
+        configured_ms,
+        current,
+        cost,
+        wall_ns,
         max,
         QUIET.load(Ordering::Relaxed),
     );
-    QUIET.store(d.quiet, Ordering::Relaxed);
+    if d.stretched {
+        let cap = budget_cap_ms(BUDGET_PAGES.load(Ordering::Relaxed), copied, wall_ns);
+        d.interval_ms = d.interval_ms.min(cap.max(current));
+        d.stretched = d.interval_ms > current;
+    }
+    d
+}
+
+/// The longest period whose copies, at the rate of `copied_pages` in `wall_ns`, fill at
+/// most half of a shadow budget of `budget_pages`: a longer epoch's version would not
+/// fit beside the others, and the snapshot would be given up (a program rewriting a
+/// heap as large as the budget, in a period the governor stretched, ran out).
+pub fn budget_cap_ms(budget_pages: u64, copied_pages: u64, wall_ns: u64) -> u64 {
+    if budget_pages == 0 || copied_pages == 0 {
+        return u64::MAX;
+    }
+    let ns = (budget_pages / 2) as u128 * wall_ns as u128 / copied_pages as u128;
+    (ns / 1_000_000).min(u64::MAX as u128) as u64
+}
+
+/// Pages copied into shadows so far (by traps and by the prefetcher).
+fn pages_copied() -> u64 {
+    let page = crate::stats::page();
+    page.counter(Counter::PagesCopied).load(Ordering::Relaxed)
+        + page
+            .counter(Counter::PrefetchCopied)
+            .load(Ordering::Relaxed)
+}
+
+/// Puts decision `d` in force: the interval, the statistics, the one line.
+fn apply(d: &Decision, configured_ms: u64, cost: u64, wall_ns: u64) {
     EFFECTIVE_MS.store(d.interval_ms, Ordering::Relaxed);
     crate::stats::set(Counter::IntervalMsEffective, d.interval_ms);
     if d.stretched {
         crate::stats::add(Counter::GovernorStretches, 1);
         if !SAID.swap(true, Ordering::Relaxed) {
+            let max = f32::from_bits(MAX_OVERHEAD_BITS.load(Ordering::Relaxed));
             crate::log::info!(
                 "snapshots cost this program {:.0}% of its time (more than MEMSHADOW_MAX_OVERHEAD={max}): automatic snapshots now every {} ms instead of {configured_ms} ms, shorter again when the cost falls (interval_ms_effective, governor_stretches in the stats)",
-                cost as f64 * 100.0 / now.saturating_sub(start).max(1) as f64,
+                cost as f64 * 100.0 / wall_ns.max(1) as f64,
                 d.interval_ms
             );
         }
     }
-    d.interval_ms
+}
+
+/// The epoch thread when an automatic pass is due, at `now`: if the window so far has
+/// already cost more than the limit, the pass waits: the stretched interval (counted from
+/// the last pass), else `None`. Without this the first decision came only after the
+/// second pass, and a program that runs for a tenth of a second paid for both.
+pub fn before_due_pass(configured_ms: u64, now: u64) -> Option<u64> {
+    let start = WINDOW_START.load(Ordering::Relaxed);
+    if start == 0 || configured_ms == 0 {
+        return None;
+    }
+    let cpu_ns = shim_cpu_us().saturating_sub(CPU_US.load(Ordering::Relaxed)) * 1000;
+    let cost = COST_NS.load(Ordering::Relaxed) + cpu_ns;
+    let wall = now.saturating_sub(start);
+    let copied = pages_copied().saturating_sub(COPIED_AT_START.load(Ordering::Relaxed));
+    let d = decide_now(
+        configured_ms,
+        interval_ms(configured_ms),
+        cost,
+        wall,
+        copied,
+    );
+    if !d.stretched {
+        return None;
+    }
+    // The window goes on: the pass that ends it decides on all of it.
+    apply(&d, configured_ms, cost, wall);
+    Some(d.interval_ms)
 }
 
 #[cfg(test)]
@@ -290,6 +374,18 @@ mod tests {
         }
         assert_eq!(seen[0], 20);
         assert!(seen[1..].iter().all(|&i| i == 20), "{seen:?}");
+    }
+
+    #[test]
+    fn the_budget_caps_a_stretch_at_half_of_it_per_period() {
+        // 262,144 pages (1 GiB) copied at 262 pages a millisecond: 500 ms fill half.
+        assert_eq!(budget_cap_ms(262_144, 262_000, 1_000 * MS), 500);
+        assert_eq!(
+            budget_cap_ms(262_144, 0, 1_000 * MS),
+            u64::MAX,
+            "nothing copied"
+        );
+        assert_eq!(budget_cap_ms(0, 10, MS), u64::MAX, "no budget known");
     }
 
     #[test]

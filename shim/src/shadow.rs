@@ -202,6 +202,16 @@ impl ShadowPool {
         &mut self.versions[(self.first + self.len - 1) % n]
     }
 
+    /// Shadows of the newest version, and the pool's capacity, in pages.
+    pub fn newest_use(&self) -> (u64, u64) {
+        let newest = if self.len > 0 {
+            self.entry(self.len - 1).count as u64
+        } else {
+            0
+        };
+        (newest, self.capacity as u64)
+    }
+
     /// The oldest and newest retained versions, if any.
     pub fn retained(&self) -> Option<(u64, u64)> {
         (self.len > 0).then(|| (self.entry(0).version, self.entry(self.len - 1).version))

@@ -189,5 +189,4 @@ fn a_stretched_epoch_never_outgrows_the_shadow_budget() {
     );
     assert!(run.u64("governor_stretches") > 0, "{:?}", run.json);
     assert_eq!(run.u64("incomplete_snapshots"), 0, "{:?}", run.json);
-    assert!(run.u64("epochs") >= 3, "{:?}", run.json);
 }

@@ -16,7 +16,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-const PAGE: usize = 4096;
+use crate::page::PAGE;
 const MIN_CLASS_SHIFT: u32 = 4; // 16 bytes
 const CLASSES: usize = 9; // 16 .. 4096
 const REFILL: usize = 64 * 1024;

@@ -23,9 +23,9 @@
 //! published by the prefetch thread, and the pass only reads them.
 
 use crate::engine;
+use crate::page::PAGE;
 use crate::prefetch::{save_ahead, wait_for_events, Copy};
 use crate::range::Range;
-use crate::shadow::PAGE;
 use crate::stats;
 use crate::sync::SpinLock;
 use memshadow_format::stats::Counter;
@@ -177,7 +177,7 @@ mod tests {
 
     #[test]
     fn a_passs_copies_are_collected_once_by_their_epoch_before_a_new_set() {
-        let page = |n: usize| Range::new(n << 12, (n + 1) << 12);
+        let page = |n: usize| Range::new(crate::page::address(n), crate::page::address(n + 1));
         let mut runs = vec![page(10), page(20)];
         assert!(publish(&mut runs));
         assert!(runs.is_empty(), "the previous set's buffer comes back");
@@ -192,7 +192,13 @@ mod tests {
         assert!(publish(&mut runs), "the set was emptied");
         assert_eq!(copy_at_pass(8, MAX_NS), 0);
         collect(8, |r| seen.push(r));
-        assert_eq!(seen, vec![Range::new(10 << 12, 10 << 12)]);
+        assert_eq!(
+            seen,
+            vec![Range::new(
+                crate::page::address(10),
+                crate::page::address(10)
+            )]
+        );
         assert!(publish(&mut Vec::new()));
     }
 }

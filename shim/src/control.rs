@@ -274,7 +274,7 @@ fn regions_reply(args: &[&str]) -> Vec<u8> {
     match crate::readback::regions_at(req.version) {
         Ok(ranges) => RegionsReply {
             version: req.version,
-            page_size: crate::shadow::PAGE as u64,
+            page_size: crate::page::PAGE as u64,
             regions: ranges
                 .iter()
                 .map(|r| (r.start as u64, r.len() as u64))

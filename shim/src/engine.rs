@@ -14,9 +14,10 @@
 
 use crate::config::Config;
 use crate::fault_window::FaultWindow;
+use crate::page::{self, PAGE};
 use crate::range::Range;
 use crate::reprotect::Reprotect;
-use crate::shadow::{ShadowPool, PAGE};
+use crate::shadow::ShadowPool;
 use crate::sync::SpinLock;
 use crate::uffd::Uffd;
 use crate::{stats, sys};
@@ -206,7 +207,7 @@ impl Engine {
         if v == 0 {
             return;
         }
-        let mut p = r.start & !(PAGE - 1);
+        let mut p = page::floor(r.start);
         while p < r.end {
             let Some(t) = self.tracked_at_or_after(p).copied() else {
                 return;

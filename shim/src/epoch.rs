@@ -160,7 +160,7 @@ fn protect_within(
         while start < part.end && !*refused {
             let end = (start + PROTECT_CHUNK).min(part.end);
             match protect_retrying(u, Range::new(start, end), deadline) {
-                Protected::Yes => pages += ((end - start) / 4096) as u64,
+                Protected::Yes => pages += ((end - start) / crate::page::PAGE) as u64,
                 Protected::Gone => {}
                 Protected::Refused => *refused = true,
             }

@@ -10,8 +10,8 @@
 //! touches tracked memory only through `process_vm_readv`.
 
 use crate::engine::{self, Engine, MAX_RUN};
+use crate::page::PAGE;
 use crate::range::Range;
-use crate::shadow::PAGE;
 use crate::stats;
 use crate::uffd::{Event, Uffd};
 use core::ffi::c_void;
@@ -201,7 +201,7 @@ fn handle(ev: Event, u: &Uffd) {
                     e.held.push(addr);
                     stats::add(Counter::HeldFaults, 1);
                 } else {
-                    if e.queued.holds(addr & !(PAGE - 1), e.version) {
+                    if e.queued.holds(crate::page::floor(addr), e.version) {
                         stats::add(Counter::PrefetchLate, 1);
                     }
                     pages = resolve(e, addr);
@@ -226,7 +226,10 @@ fn handle(ev: Event, u: &Uffd) {
                 e.held.retain(|&a| {
                     let inside = r.start <= a && a < r.end;
                     if inside {
-                        let _ = u.wake(Range::new(a & !(PAGE - 1), (a & !(PAGE - 1)) + PAGE));
+                        let _ = u.wake(Range::new(
+                            crate::page::floor(a),
+                            crate::page::floor(a) + PAGE,
+                        ));
                     }
                     !inside
                 })
@@ -236,7 +239,7 @@ fn handle(ev: Event, u: &Uffd) {
             // The pages moved with their protection state; the new address is protected
             // again by the next passes, and the old one is gone.
             let scan = crate::epoch::scan_number();
-            let len = (len + PAGE - 1) & !(PAGE - 1);
+            let len = crate::page::ceil(len);
             engine::with(|e| {
                 e.reprotect.note_changed(Range::new(to, to + len), scan);
                 e.reprotect.note_changed(Range::new(from, from + len), scan);
@@ -252,7 +255,7 @@ fn handle(ev: Event, u: &Uffd) {
 /// Resolves a write fault at `addr` in the newest epoch: shadow then unprotect. Returns
 /// how many pages from the faulting one on it unprotected.
 pub fn resolve(e: &mut Engine, addr: usize) -> usize {
-    let page = addr & !(PAGE - 1);
+    let page = crate::page::floor(addr);
     let u = engine::uffd();
     let v = e.version;
     let mut end = page + PAGE;

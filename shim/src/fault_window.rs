@@ -8,7 +8,7 @@
 //! a trap anywhere else starts a new stream (the least recently used one is replaced).
 //! `MEMSHADOW_FAULT_AROUND` is the largest window.
 
-use crate::shadow::PAGE;
+use crate::page::PAGE;
 
 /// The window of a new stream, in pages.
 pub const FIRST_WINDOW: usize = 4;

@@ -45,6 +45,7 @@ mod log;
 mod mapping;
 mod maps;
 mod own;
+mod page;
 mod pagemap;
 mod pins;
 mod predict;

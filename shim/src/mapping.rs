@@ -11,7 +11,7 @@ use core::ffi::{c_int, c_void};
 use memshadow_format::stats::Counter;
 
 fn page_align_up(n: usize) -> usize {
-    (n + 4095) & !4095
+    crate::page::ceil(n)
 }
 
 /// Runs region bookkeeping with errno preserved.

@@ -8,7 +8,7 @@
 //! One descriptor for the process, opened on first use and kept out of the program's way
 //! (see `fds`); without it every page counts as populated and is copied, as before.
 
-use crate::shadow::PAGE;
+use crate::page::PAGE;
 use core::sync::atomic::{AtomicI32, Ordering};
 
 /// Whether a pagemap entry is a page with contents: present (the shared zero page too),

@@ -40,9 +40,9 @@
 
 use crate::config::Config;
 use crate::engine::{self, Engine};
+use crate::page::{self, PAGE};
 use crate::predict::{self, FaultNote, Feedback, Guess, Kind, PageNo, Predictor, KINDS};
 use crate::range::Range;
-use crate::shadow::PAGE;
 use crate::{readback, stats, sys};
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
@@ -186,7 +186,7 @@ pub fn note_fault(addr: usize, tid: u32, version: u64, ns: u64, pages: u32) {
     }
     let h = Handed {
         note: FaultNote {
-            page: addr >> 12,
+            page: page::number(addr),
             tid,
             ns,
             pages,
@@ -397,7 +397,10 @@ fn take_faults(p: &mut Prefetcher) {
             if p.urgent.len() >= URGENT_CAPACITY {
                 break;
             }
-            let r = Range::new(g.page << 12, (g.page + g.pages.max(1) as usize) << 12);
+            let r = Range::new(
+                page::address(g.page),
+                page::address(g.page + g.pages.max(1) as usize),
+            );
             p.urgent.push((r, g.by));
             fresh += 1;
         }
@@ -429,7 +432,7 @@ fn copy_next(p: &mut Prefetcher) -> bool {
             } => {
                 for i in 0..copied {
                     p.copied.push(Prefetched {
-                        page: (first >> 12) + i,
+                        page: page::number(first) + i,
                         by,
                     });
                 }
@@ -581,7 +584,7 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
     // The pages the pass just copied are this epoch's prefetched pages.
     let at_pass = &mut p.copied;
     crate::boundary_copy::collect(v, |r| {
-        for page in (r.start >> 12)..(r.end >> 12) {
+        for page in page::number(r.start)..page::number(r.end) {
             at_pass.push(Prefetched { page, by: AT_PASS });
         }
     });
@@ -699,11 +702,11 @@ fn pass_runs(pages: &mut [PageNo]) -> Vec<(Range, u8)> {
     let mut runs: Vec<(Range, u8)> = Vec::new();
     for &page in pages.iter() {
         match runs.last_mut() {
-            Some((r, n)) if page <= (r.end >> 12) + BRIDGE_PAGES => {
-                r.end = r.end.max((page + 1) << 12);
+            Some((r, n)) if page <= page::number(r.end) + BRIDGE_PAGES => {
+                r.end = r.end.max(page::address(page + 1));
                 *n = n.saturating_add(1);
             }
-            _ => runs.push((Range::new(page << 12, (page + 1) << 12), 1)),
+            _ => runs.push((Range::new(page::address(page), page::address(page + 1)), 1)),
         }
     }
     runs
@@ -798,7 +801,10 @@ fn plan_runs(
         }
         let n = (g.pages.max(1) as usize).min(budget - pages);
         pages += n;
-        plan.push((Range::new(g.page << 12, (g.page + n) << 12), g.by));
+        plan.push((
+            Range::new(page::address(g.page), page::address(g.page + n)),
+            g.by,
+        ));
     }
     plan.sort_unstable_by_key(|(r, _)| r.start);
     let mut merged: Vec<(Range, u8)> = Vec::with_capacity(plan.len());
@@ -812,7 +818,7 @@ fn plan_runs(
         }
     }
     let runs: Vec<Range> = merged.iter().map(|&(r, _)| r).collect();
-    let at = merged.partition_point(|(r, _)| r.end <= last_fault << 12);
+    let at = merged.partition_point(|(r, _)| r.end <= page::address(last_fault));
     merged.rotate_left(at);
     (merged, runs)
 }
@@ -846,7 +852,7 @@ fn audit(p: &mut Prefetcher, copied: &[Prefetched], v: u64) -> Audit {
     for chunk in copied.chunks(AUDIT_PER_HOLD) {
         let done = politely(&mut |e| {
             for c in chunk {
-                verdicts.push(written_in(e, c.page << 12, v, &mut p.scratch));
+                verdicts.push(written_in(e, page::address(c.page), v, &mut p.scratch));
             }
         });
         if done.is_none() {
@@ -928,7 +934,7 @@ mod tests {
     }
 
     fn r(first: PageNo, end: PageNo) -> Range {
-        Range::new(first << 12, end << 12)
+        Range::new(page::address(first), page::address(end))
     }
 
     #[test]
@@ -1032,8 +1038,15 @@ mod tests {
     fn late_traps_are_traps_on_planned_pages_of_the_current_version() {
         let mut q = Queued::new();
         q.set_plan(7, &[r(10, 12), r(40, 41)]);
-        assert!(q.holds(10 << 12, 7) && q.holds(11 << 12, 7) && q.holds(40 << 12, 7));
-        assert!(!q.holds(12 << 12, 7) && !q.holds(9 << 12, 7));
-        assert!(!q.holds(10 << 12, 8), "a plan is for its version only");
+        assert!(
+            q.holds(page::address(10), 7)
+                && q.holds(page::address(11), 7)
+                && q.holds(page::address(40), 7)
+        );
+        assert!(!q.holds(page::address(12), 7) && !q.holds(page::address(9), 7));
+        assert!(
+            !q.holds(page::address(10), 8),
+            "a plan is for its version only"
+        );
     }
 }

@@ -25,8 +25,8 @@
 //! once) is recorded as lost from the kernel's UNMAP event.
 
 use crate::engine::{self, Engine};
+use crate::page::PAGE;
 use crate::range::Range;
-use crate::shadow::PAGE;
 use crate::sync::SpinLock;
 use crate::{shim_thread, sys};
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -251,7 +251,7 @@ pub fn serve(between: &mut dyn FnMut()) {
 /// Saves every page of `r` that the newest version needs, all at one stamp. Returns that
 /// stamp, or NOT_SAVED.
 fn save(r: Range, between: &mut dyn FnMut()) -> u64 {
-    let r = Range::new(r.start & !(PAGE - 1), (r.end + PAGE - 1) & !(PAGE - 1));
+    let r = Range::new(crate::page::floor(r.start), crate::page::ceil(r.end));
     let pagemap = crate::pagemap::Pagemap::shared();
     for _ in 0..MAX_RESTARTS {
         let mut at = r.start;

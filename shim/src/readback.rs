@@ -14,8 +14,8 @@
 //! races.
 
 use crate::engine::{self, Engine, Holding};
+use crate::page::PAGE;
 use crate::range::{coalesce, Range};
-use crate::shadow::PAGE;
 
 /// Why a read was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -156,7 +156,7 @@ pub fn regions_at(v: u64) -> Result<Vec<Range>, ReadError> {
 /// Fills `dst` (within one page) with the memory at `at` as it was at version `v`,
 /// under the engine lock; the caller has checked that `v` is [`readable`].
 pub fn copy_at(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<(), ReadError> {
-    let page = at & !(PAGE - 1);
+    let page = crate::page::floor(at);
     let n = dst.len();
     let Some(holding) = e.holding(page, v) else {
         return Err(ReadError::NotTracked { page, version: v });
@@ -212,7 +212,7 @@ pub fn read(v: u64, addr: usize, out: &mut [u8]) -> Result<(), ReadError> {
                     break;
                 }
                 let at = addr + done;
-                let page = at & !(PAGE - 1);
+                let page = crate::page::floor(at);
                 let n = (page + PAGE - at).min(out.len() - done);
                 copy_at(e, v, at, &mut out[done..done + n])?;
                 done += n;

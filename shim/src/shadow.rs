@@ -13,7 +13,7 @@
 
 use crate::range::Range;
 
-pub const PAGE: usize = 4096;
+pub use crate::page::PAGE;
 /// No slot.
 pub const NONE: u32 = u32::MAX;
 
@@ -35,7 +35,7 @@ impl PageIndex {
     }
 
     fn home(&self, page: usize) -> usize {
-        ((page >> 12).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20) & self.mask
+        ((crate::page::number(page)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20) & self.mask
     }
 
     fn get(&self, page: usize) -> u32 {
@@ -405,7 +405,7 @@ mod tests {
     fn pool(pages: usize, versions: usize) -> (ShadowPool, Vec<u8>) {
         // Slot memory is never touched by these tests except through slot_ptr math.
         let mem = vec![0u8; pages * PAGE + PAGE];
-        let start = (mem.as_ptr() as usize + PAGE - 1) & !(PAGE - 1);
+        let start = crate::page::ceil(mem.as_ptr() as usize);
         (
             ShadowPool::new(Range::new(start, start + pages * PAGE), versions),
             mem,

@@ -294,7 +294,7 @@ impl Uffd {
 fn decode(m: &RawMsg) -> Event {
     match m.event {
         EVENT_PAGEFAULT => {
-            let (flags, addr) = (m.arg[0], m.arg[1] as usize & !4095);
+            let (flags, addr) = (m.arg[0], crate::page::floor(m.arg[1] as usize));
             if flags & PAGEFAULT_FLAG_WP != 0 && flags & PAGEFAULT_FLAG_WRITE != 0 {
                 Event::WriteFault {
                     addr,

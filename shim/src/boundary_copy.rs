@@ -24,7 +24,7 @@
 
 use crate::engine;
 use crate::page::PAGE;
-use crate::prefetch::{save_ahead, wait_for_events, Copy};
+use crate::prefetch::{save_ahead, wait_for_events, CopyOutcome};
 use crate::range::Range;
 use crate::stats;
 use crate::sync::SpinLock;
@@ -120,20 +120,20 @@ pub fn copy_at_pass(v: u64, cap_ns: u64) -> u64 {
             }
             let copy = engine::with(|e| {
                 if e.version != v || e.incomplete {
-                    return Copy::Stop;
+                    return CopyOutcome::Stop;
                 }
                 save_ahead(e, at, r.end, PAGES_PER_HOLD)
             });
-            match copy.unwrap_or(Copy::Stop) {
-                Copy::Done { copied, next, .. } => {
+            match copy.unwrap_or(CopyOutcome::Stop) {
+                CopyOutcome::Done { copied, next, .. } => {
                     pages += copied as u64;
                     at = next.max(at + PAGE);
                 }
-                Copy::Stop => {
+                CopyOutcome::Stop => {
                     stopped = true;
                     break;
                 }
-                Copy::Busy => wait_for_events(),
+                CopyOutcome::Busy => wait_for_events(),
             }
         }
         // What was gone through of this run (all of it unless stopped).

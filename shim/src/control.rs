@@ -29,8 +29,7 @@ const PEER_TIMEOUT_S: libc::time_t = 2;
 
 /// Binds `DIR/PID.sock` and starts the thread that serves it. Returns the socket path.
 pub fn start(dir: &Path) -> Result<PathBuf, String> {
-    // SAFETY: getpid cannot fail.
-    let pid = unsafe { libc::getpid() } as u32;
+    let pid = std::process::id();
     let path = memshadow_format::paths::socket_path(dir, pid);
     if path.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(format!(
@@ -233,8 +232,7 @@ pub fn dispatch(req: &str) -> Vec<u8> {
     let args: Vec<&str> = words.collect();
     match cmd {
         CMD_PING => {
-            // SAFETY: getpid cannot fail.
-            let pid = unsafe { libc::getpid() };
+            let pid = std::process::id();
             encode_ok(&[("pid", pid.to_string())]).into_bytes()
         }
         CMD_STATS => {

@@ -592,8 +592,7 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
         let _s = sys::block_signals();
         *ENGINE.lock() = Some(engine);
     }
-    // SAFETY: getpid cannot fail.
-    PID.store(unsafe { libc::getpid() }, Ordering::Release);
+    PID.store(std::process::id() as libc::pid_t, Ordering::Release);
     let fd = uffd.fd();
     // The descriptor lives as long as the process: the fault thread owns it.
     core::mem::forget(uffd);
@@ -627,8 +626,7 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
 /// This process's pid.
 fn own_pid() -> libc::pid_t {
     match PID.load(Ordering::Acquire) {
-        // SAFETY: getpid cannot fail.
-        0 => unsafe { libc::getpid() },
+        0 => std::process::id() as libc::pid_t,
         pid => pid,
     }
 }

@@ -52,8 +52,7 @@ pub fn publish(stats: &Path, sock: &Path, keep_stats: bool) {
     }
     if store(&STATS, stats) && store(&SOCK, sock) {
         KEEP_STATS.store(keep_stats as u32, Ordering::Relaxed);
-        // SAFETY: getpid cannot fail.
-        PUBLISHED.store(unsafe { libc::getpid() } as u32, Ordering::SeqCst);
+        PUBLISHED.store(std::process::id(), Ordering::SeqCst);
     }
 }
 
@@ -64,8 +63,8 @@ pub fn forget() {
 
 /// Removes this process's files, once, if it published them.
 fn remove_own() {
-    // SAFETY: getpid cannot fail and is async-signal-safe.
-    let me = unsafe { libc::getpid() } as u32;
+    // getpid (behind process::id) is async-signal-safe.
+    let me = std::process::id();
     if me == 0
         || PUBLISHED
             .compare_exchange(me, 0, Ordering::SeqCst, Ordering::SeqCst)

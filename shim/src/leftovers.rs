@@ -177,8 +177,7 @@ fn unlink_own(dir: &Path, name: &str) -> bool {
 /// Removes from `dir` (this process's private directory) the files of processes that are
 /// gone and of launchers that ended. Returns how many files went.
 pub fn sweep(dir: &Path) -> usize {
-    // SAFETY: getpid cannot fail.
-    let me = unsafe { libc::getpid() } as u32;
+    let me = std::process::id();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };

@@ -425,7 +425,7 @@ fn copy_next(p: &mut Prefetcher) -> bool {
     while at < r.end {
         let end = r.end.min(at + PAGES_PER_HOLD * PAGE);
         match copy_run(p.epoch, at, end) {
-            Copy::Done {
+            CopyOutcome::Done {
                 first,
                 copied,
                 next,
@@ -438,19 +438,19 @@ fn copy_next(p: &mut Prefetcher) -> bool {
                 }
                 at = next.max(at + PAGE);
             }
-            Copy::Stop => {
+            CopyOutcome::Stop => {
                 // A new version, a pass, or no slots to spare: this plan is over.
                 p.plan_next = p.plan.len();
                 p.urgent.clear();
                 return true;
             }
-            Copy::Busy => wait_for_events(),
+            CopyOutcome::Busy => wait_for_events(),
         }
     }
     true
 }
 
-/// After [`Copy::Busy`]: waits (spinning, at most [`EVENTS_WAIT_NS`]) until the fault
+/// After [`CopyOutcome::Busy`]: waits (spinning, at most [`EVENTS_WAIT_NS`]) until the fault
 /// thread has handled the events it is reading, which takes microseconds.
 pub fn wait_for_events() {
     let t = engine::now_ns();
@@ -459,7 +459,7 @@ pub fn wait_for_events() {
     }
 }
 
-pub enum Copy {
+pub enum CopyOutcome {
     /// Pages up to `next` are dealt with; `copied` of them, from `first` on, were
     /// copied here.
     Done {
@@ -477,31 +477,31 @@ pub enum Copy {
 
 /// Saves and unprotects the pages of `[at, end)` that still need it, up to the first
 /// one that does not (one engine-lock hold).
-fn copy_run(v: u64, at: usize, end: usize) -> Copy {
+fn copy_run(v: u64, at: usize, end: usize) -> CopyOutcome {
     let r = politely(&mut |e| {
         if e.version != v || e.pass_running || e.incomplete {
-            return Copy::Stop;
+            return CopyOutcome::Stop;
         }
         save_ahead(e, at, end, PAGES_PER_HOLD)
     });
-    r.unwrap_or(Copy::Stop)
+    r.unwrap_or(CopyOutcome::Stop)
 }
 
 /// Saves into shadows of the newest version, and unprotects, the pages of `[at, end)`
 /// that still need it, up to `max` of them and up to the first one that does not: ahead
 /// of their first write, while they are protected. The caller holds the engine lock and
 /// has checked the version it copies for.
-pub fn save_ahead(e: &mut Engine, at: usize, end: usize, max: usize) -> Copy {
+pub fn save_ahead(e: &mut Engine, at: usize, end: usize, max: usize) -> CopyOutcome {
     let v = e.version;
     if crate::fault::events_in_hand() {
-        return Copy::Busy;
+        return CopyOutcome::Busy;
     }
     let Some(t) = e.tracked_at(at, v) else {
         // Not tracked: skip to where tracking resumes.
         let next = e
             .tracked_at_or_after(at)
             .map_or(end, |t| t.range.start.clamp(at + PAGE, end.max(at + PAGE)));
-        return Copy::Done {
+        return CopyOutcome::Done {
             first: at,
             copied: 0,
             next,
@@ -514,7 +514,7 @@ pub fn save_ahead(e: &mut Engine, at: usize, end: usize, max: usize) -> Copy {
         first += PAGE;
     }
     if first == end {
-        return Copy::Done {
+        return CopyOutcome::Done {
             first,
             copied: 0,
             next: end,
@@ -522,15 +522,15 @@ pub fn save_ahead(e: &mut Engine, at: usize, end: usize, max: usize) -> Copy {
     }
     let reserve = e.pool.free_slots() / SLOT_RESERVE_DIVISOR;
     if (e.pool.free_slots() as usize) < reserve as usize + (end - first) / PAGE {
-        return Copy::Stop;
+        return CopyOutcome::Stop;
     }
     let Some((n, copied)) = e.save_run(first, end, max) else {
-        return Copy::Stop;
+        return CopyOutcome::Stop;
     };
     if crate::fault::events_in_hand() {
         // A discard may have zapped a page while it was copied: take the copies back.
         undo(e, first, n);
-        return Copy::Busy;
+        return CopyOutcome::Busy;
     }
     if copied < n {
         // The rest was unmapped under us: those slots hold zeros, not the page.
@@ -541,7 +541,7 @@ pub fn save_ahead(e: &mut Engine, at: usize, end: usize, max: usize) -> Copy {
         stats::add(Counter::PrefetchCopied, copied as u64);
         stats::add(Counter::PagesCopied, copied as u64);
     }
-    Copy::Done {
+    CopyOutcome::Done {
         first,
         copied,
         next: first + n.max(1) * PAGE,

@@ -273,8 +273,9 @@ fn command_line() -> [u8; COMMAND_BYTES] {
 /// into it and publishes it. Any stale file of the same name (a previous program of this
 /// pid, before exec) is replaced.
 pub fn create(dir: &Path, run_id: u64) -> Result<StatsFile, SetupError> {
-    // SAFETY: getpid/getuid cannot fail.
-    let (pid, uid) = unsafe { (libc::getpid() as u32, libc::getuid()) };
+    let pid = std::process::id();
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
     let path = memshadow_format::paths::stats_path(dir, pid);
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| "NUL in path")?;
     let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;

@@ -11,8 +11,8 @@ use crate::{regions, stats, sys};
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicI32, Ordering};
 use memshadow_format::control::{
-    encode_error, encode_ok, RegionsReply, RegionsRequest, CMD_PIN, CMD_PING, CMD_READ,
-    CMD_REGIONS, CMD_SNAPSHOT, CMD_STATS, MAX_REQUEST,
+    encode_error, encode_ok, ReadRequest, RegionsReply, RegionsRequest, CMD_PIN, CMD_PING,
+    CMD_READ, CMD_REGIONS, CMD_SNAPSHOT, CMD_STATS, MAX_REQUEST,
 };
 use memshadow_format::paths::MAX_SOCKET_PATH;
 use memshadow_format::stats::ProcessState;
@@ -222,9 +222,6 @@ fn answer(conn: i32) -> bool {
     keep
 }
 
-/// Longest `read` request, bytes.
-const MAX_READ: usize = 1 << 20;
-
 /// The reply to one request (a `read` reply carries raw bytes after its header).
 pub fn dispatch(req: &str) -> Vec<u8> {
     let mut words = req.split_ascii_whitespace();
@@ -249,11 +246,11 @@ pub fn dispatch(req: &str) -> Vec<u8> {
             fields.extend(r.fields().into_iter().map(|(k, v)| (k, v.to_string())));
             encode_ok(&fields).into_bytes()
         }
-        "snapshot" => match crate::epoch::snapshot() {
+        CMD_SNAPSHOT => match crate::epoch::snapshot() {
             Ok(v) => encode_ok(&[("version", v.to_string())]).into_bytes(),
             Err(e) => encode_error(&e).into_bytes(),
         },
-        "read" => read_reply(&args),
+        CMD_READ => read_reply(&args),
         CMD_REGIONS => regions_reply(&args),
         "" => encode_error("empty request").into_bytes(),
         other => encode_error(&format!(
@@ -284,31 +281,51 @@ fn regions_reply(args: &[&str]) -> Vec<u8> {
     }
 }
 
-/// `read V ADDR LEN`: the header, then exactly LEN bytes.
+/// `read V ADDR LEN`: the header, then exactly LEN bytes (the request as
+/// `memshadow_format::control::ReadRequest` defines it).
 fn read_reply(args: &[&str]) -> Vec<u8> {
-    let parsed = match args {
-        [v, a, l] => v
-            .parse::<u64>()
-            .ok()
-            .zip(a.parse::<usize>().ok())
-            .zip(l.parse::<usize>().ok()),
-        _ => None,
+    let req = match ReadRequest::parse(&args.join(" ")) {
+        Ok(r) => r,
+        Err(e) => return encode_error(&e).into_bytes(),
     };
-    let Some(((v, addr), len)) = parsed else {
-        return encode_error("usage: read VERSION ADDR LEN (decimal numbers)").into_bytes();
+    let Ok(addr) = usize::try_from(req.addr) else {
+        return encode_error(&format!(
+            "{CMD_READ}: ADDR {:#x} is not an address here",
+            req.addr
+        ))
+        .into_bytes();
     };
-    if len > MAX_READ {
-        return encode_error(&format!("LEN {len} is larger than {MAX_READ}")).into_bytes();
-    }
-    if addr.checked_add(len).is_none() {
-        return encode_error("ADDR + LEN overflows").into_bytes();
-    }
-    let header = encode_ok(&[("version", v.to_string()), ("bytes", len.to_string())]);
-    let mut out = Vec::with_capacity(header.len() + len);
+    let header = encode_ok(&[
+        ("version", req.version.to_string()),
+        ("bytes", req.len.to_string()),
+    ]);
+    let mut out = Vec::with_capacity(header.len() + req.len);
     out.extend_from_slice(header.as_bytes());
-    out.resize(header.len() + len, 0);
-    match crate::readback::read(v, addr, &mut out[header.len()..]) {
+    out.resize(header.len() + req.len, 0);
+    match crate::readback::read(req.version, addr, &mut out[header.len()..]) {
         Ok(()) => out,
         Err(e) => encode_error(&e.to_string()).into_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(req: &str) -> String {
+        String::from_utf8_lossy(&dispatch(req)).into_owned()
+    }
+
+    #[test]
+    fn read_requests_are_parsed_as_the_format_defines_them() {
+        assert!(
+            reply("read 1 2").contains("usage: read VERSION ADDR LEN"),
+            "{}",
+            reply("read 1 2")
+        );
+        assert!(reply("read 1 0x10 4").contains("not a decimal number"));
+        assert!(reply("read 1 4096 2000000").contains("split the read"));
+        assert!(reply("read 1 18446744073709551615 2").contains("past the end"));
+        assert!(reply("frobnicate").contains("unknown command \"frobnicate\""));
     }
 }

@@ -68,7 +68,7 @@ extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
     // Stop when the descriptor is no longer ours: closed by the shim (after fork, at
     // exit) or closed, and perhaps reused, by the program, as daemons do.
     while LISTEN_FD.load(Ordering::Acquire) == fd {
-        crate::shim_thread::account_cpu(&mut cpu);
+        crate::stats::account_cpu(&mut cpu);
         // The listening socket, then the connections holding pins.
         let mut pfds = [libc::pollfd {
             fd,

@@ -398,7 +398,7 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
     let mut due_interval = 0;
     let mut cpu = 0;
     loop {
-        crate::shim_thread::account_cpu(&mut cpu);
+        crate::stats::account_cpu(&mut cpu);
         let configured = INTERVAL_MS.load(Ordering::Relaxed);
         let interval = crate::governor::interval_ms(configured);
         if interval != due_interval {

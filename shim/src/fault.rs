@@ -32,7 +32,7 @@ pub extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
         let now = engine::now_ns();
         if now - accounted > ACCOUNT_NS {
             // Reading the thread's CPU clock is a system call: not once per trap.
-            crate::shim_thread::account_cpu(&mut cpu);
+            crate::stats::account_cpu(&mut cpu);
             accounted = now;
         }
         let waiting = engine::with(|e| !e.retry.is_empty()).unwrap_or(false);

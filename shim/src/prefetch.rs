@@ -324,7 +324,7 @@ extern "C" fn run(arg: *mut c_void) -> *mut c_void {
 
 /// Adds the thread's CPU time to the statistics.
 fn account(p: &mut Prefetcher) {
-    let us = crate::shim_thread::account_cpu(&mut p.cpu_seen);
+    let us = crate::stats::account_cpu(&mut p.cpu_seen);
     if us > 0 {
         stats::add(Counter::PrefetchCpuUs, us);
     }

@@ -12,12 +12,12 @@ use std::alloc::Layout;
 /// Bytes of stack each shim thread gets.
 pub const STACK_BYTES: usize = 256 * 1024;
 
-/// Thread keys (see `stats::thread_key`) of the running shim threads; 0 is free.
+/// Thread keys (see `sys::thread_key`) of the running shim threads; 0 is free.
 static RUNNING: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
 
 /// Whether the calling thread is one of the shim's own.
 pub fn is_current() -> bool {
-    let me = crate::stats::thread_key();
+    let me = crate::sys::thread_key();
     RUNNING.iter().any(|k| k.load(Ordering::Acquire) == me)
 }
 
@@ -39,18 +39,6 @@ pub fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Adds the CPU time the calling shim thread used since `*last` (its previous reading,
-/// nanoseconds) to the `shim_cpu_us` statistic; returns the microseconds added.
-pub fn account_cpu(last: &mut u64) -> u64 {
-    let now = thread_cpu_ns();
-    let us = (now / 1000).saturating_sub(*last / 1000);
-    if us > 0 {
-        crate::stats::add(memshadow_format::stats::Counter::ShimCpuUs, us);
-        *last = now - now % 1000;
-    }
-    us
-}
-
 struct Start {
     entry: extern "C" fn(*mut c_void) -> *mut c_void,
     arg: *mut c_void,
@@ -60,7 +48,7 @@ struct Start {
 extern "C" fn trampoline(start: *mut c_void) -> *mut c_void {
     // SAFETY: `spawn` passes a leaked Box<Start>, taken back once, here.
     let start = unsafe { Box::from_raw(start.cast::<Start>()) };
-    let me = crate::stats::thread_key();
+    let me = crate::sys::thread_key();
     let slot = RUNNING.iter().find(|k| {
         k.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()

@@ -29,36 +29,7 @@ pub fn page() -> &'static StatsPage {
     unsafe { &*PAGE.load(Acquire) }
 }
 
-/// A value that tells the calling thread from every other live thread: its thread
-/// pointer, read from the register the ABI keeps it in. This needs no TLS access (a
-/// `__tls_get_addr` call from a shared library, which glibc may even serve with malloc).
-#[inline(always)]
-pub fn thread_key() -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let tp: u64;
-        // SAFETY: on x86-64 Linux %fs:0 holds the thread control block's own address
-        // (required by the ABI for TLS); reading it has no side effects.
-        unsafe {
-            core::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly, preserves_flags))
-        };
-        tp
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        let tp: u64;
-        // SAFETY: tpidr_el0 holds the thread pointer; reading it has no side effects.
-        unsafe {
-            core::arch::asm!("mrs {}, tpidr_el0", out(reg) tp, options(nomem, nostack, preserves_flags))
-        };
-        tp
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        // SAFETY: pthread_self has no preconditions.
-        unsafe { libc::pthread_self() as u64 }
-    }
-}
+pub use crate::sys::thread_key;
 
 const EXCLUSIVE: usize = memshadow_format::stats::EXCLUSIVE_STRIPES;
 const _: () = assert!(EXCLUSIVE.is_power_of_two());
@@ -365,6 +336,18 @@ pub fn remove(f: &StatsFile) {
         // SAFETY: `c` is a valid C string.
         unsafe { libc::unlink(c.as_ptr()) };
     }
+}
+
+/// Adds the CPU time the calling shim thread used since `*last` (its previous reading,
+/// nanoseconds) to the `shim_cpu_us` statistic; returns the microseconds added.
+pub fn account_cpu(last: &mut u64) -> u64 {
+    let now = crate::shim_thread::thread_cpu_ns();
+    let us = (now / 1000).saturating_sub(*last / 1000);
+    if us > 0 {
+        add(Counter::ShimCpuUs, us);
+        *last = now - now % 1000;
+    }
+    us
 }
 
 #[cfg(test)]

@@ -177,3 +177,34 @@ pub fn sleep_us(us: u64) {
     // SAFETY: a valid timespec; the remainder pointer may be null.
     unsafe { libc::nanosleep(&ts, core::ptr::null_mut()) };
 }
+
+/// A value that tells the calling thread from every other live thread: its thread
+/// pointer, read from the register the ABI keeps it in. This needs no TLS access (a
+/// `__tls_get_addr` call from a shared library, which glibc may even serve with malloc).
+#[inline(always)]
+pub fn thread_key() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let tp: u64;
+        // SAFETY: on x86-64 Linux %fs:0 holds the thread control block's own address
+        // (required by the ABI for TLS); reading it has no side effects.
+        unsafe {
+            core::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly, preserves_flags))
+        };
+        tp
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let tp: u64;
+        // SAFETY: tpidr_el0 holds the thread pointer; reading it has no side effects.
+        unsafe {
+            core::arch::asm!("mrs {}, tpidr_el0", out(reg) tp, options(nomem, nostack, preserves_flags))
+        };
+        tp
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        // SAFETY: pthread_self has no preconditions.
+        unsafe { libc::pthread_self() as u64 }
+    }
+}

@@ -24,8 +24,8 @@
 
 use crate::engine;
 use crate::page::PAGE;
-use crate::prefetch::{save_ahead, wait_for_events, CopyOutcome};
 use crate::range::Range;
+use crate::save_ahead::{save_ahead, wait_for_events, CopyOutcome};
 use crate::stats;
 use crate::sync::SpinLock;
 use memshadow_format::stats::Counter;

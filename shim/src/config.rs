@@ -50,6 +50,26 @@ pub struct Config {
     pub predict_params: Params,
 }
 
+/// The configuration the shim runs with, once it tracks this process: set at start-up
+/// (and again in a forked child), never freed (a reader may hold it), read without a
+/// lock (so no lock of it is held across fork).
+static CURRENT: core::sync::atomic::AtomicPtr<Config> =
+    core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+
+/// The configuration in force, if the shim tracks this process.
+pub fn current() -> Option<Config> {
+    let p = CURRENT.load(core::sync::atomic::Ordering::Acquire);
+    // SAFETY: a non-null pointer is a leaked Box<Config>, never freed or changed.
+    (!p.is_null()).then(|| unsafe { (*p).clone() })
+}
+
+/// Puts `config` in force (`None`: the shim stopped tracking). A previous one is leaked:
+/// another thread may still be reading it.
+pub fn set_current(config: Option<Config>) {
+    let p = config.map_or(core::ptr::null_mut(), |c| Box::into_raw(Box::new(c)));
+    CURRENT.store(p, core::sync::atomic::Ordering::Release);
+}
+
 /// A variable whose value does not parse.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {

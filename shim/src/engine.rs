@@ -66,6 +66,43 @@ pub const ZEROS_CAPACITY: usize = 4096;
 pub const UNPROTECTED_CAPACITY: usize = 32768;
 pub const CHANGED_CAPACITY: usize = 4096;
 
+/// Most planned runs published for the fault path's late count.
+pub const QUEUED_CAPACITY: usize = 16384;
+
+/// What the fault path needs to know of the prefetcher's queue (kept in the engine, read
+/// and written under its lock): the runs planned for the newest version, in address
+/// order. A trap on one of their pages is late: the page was planned, not yet copied.
+pub struct Queued {
+    version: u64,
+    planned: Vec<Range>,
+}
+
+impl Queued {
+    pub fn new() -> Queued {
+        Queued {
+            version: 0,
+            planned: Vec::with_capacity(QUEUED_CAPACITY),
+        }
+    }
+
+    /// Whether `page` was queued for version `v` (a trap on it is late).
+    pub fn holds(&self, page: usize, v: u64) -> bool {
+        if self.version != v {
+            return false;
+        }
+        let i = self.planned.partition_point(|r| r.end <= page);
+        self.planned.get(i).is_some_and(|r| r.start <= page)
+    }
+
+    /// Publishes the plan of version `v` (sorted, as many runs as fit; never allocates).
+    pub fn set_plan(&mut self, v: u64, runs: &[Range]) {
+        self.version = v;
+        self.planned.clear();
+        let n = runs.len().min(self.planned.capacity());
+        self.planned.extend_from_slice(&runs[..n]);
+    }
+}
+
 pub struct Engine {
     pub pool: ShadowPool,
     /// The newest snapshot version; 0 before the first.
@@ -98,7 +135,7 @@ pub struct Engine {
     /// What the next protect pass must protect again.
     pub reprotect: Reprotect,
     /// What the prefetcher has queued for the newest version (for its late count).
-    pub queued: crate::prefetch::Queued,
+    pub queued: Queued,
     /// Trap latency histogram: bucket i counts traps of [2^i, 2^(i+1)) ns.
     trap_ns: [u64; 40],
     trap_max_ns: u64,
@@ -474,6 +511,20 @@ pub fn started() -> bool {
     STARTED.load(Ordering::Acquire)
 }
 
+/// Scans of the region table started by protect passes so far: the number of the
+/// newest, for `Reprotect::take` (what changed since which scan).
+static SCANS: AtomicU64 = AtomicU64::new(0);
+
+/// The number of the newest scan started.
+pub fn scan_number() -> u64 {
+    SCANS.load(Ordering::Acquire)
+}
+
+/// A protect pass starts a scan; its number.
+pub fn start_scan() -> u64 {
+    SCANS.fetch_add(1, Ordering::AcqRel) + 1
+}
+
 /// Set for good once a descriptor of the engine's was lost (see [`stop`]).
 static STOPPED: AtomicBool = AtomicBool::new(false);
 
@@ -584,7 +635,7 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
         lost_all_since: None,
         fault_window: FaultWindow::new(config.fault_around),
         reprotect: Reprotect::with_capacity(UNPROTECTED_CAPACITY, CHANGED_CAPACITY),
-        queued: crate::prefetch::Queued::new(),
+        queued: Queued::new(),
         trap_ns: [0; 40],
         trap_max_ns: 0,
     };
@@ -616,10 +667,6 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
         return Err(format!("cannot start the fault thread: {e}"));
     }
     STARTED.store(true, Ordering::Release);
-    if let Err(e) = crate::prefetch::start(config) {
-        // Snapshots work without it, by plain copy-on-write.
-        crate::log::error!("no prefetching: {e}");
-    }
     Ok(())
 }
 
@@ -692,7 +739,6 @@ pub fn forget_after_fork() {
     STAMP.store(0, Ordering::Release);
     PID.store(0, Ordering::Release);
     crate::preserve::forget_after_fork();
-    crate::prefetch::forget_after_fork();
     STOPPED.store(false, Ordering::Release);
     let fd = UFFD_FD.swap(-1, Ordering::AcqRel);
     if fd >= 0 {

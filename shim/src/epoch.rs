@@ -137,15 +137,6 @@ fn protect_retrying(u: &Uffd, r: Range, deadline: u64) -> Protected {
     }
 }
 
-/// Scans started so far: the number of the newest, for [`Reprotect::take`]
-/// (crate::reprotect::Reprotect::take).
-static SCANS: AtomicU64 = AtomicU64::new(0);
-
-/// The number of the newest scan started.
-pub fn scan_number() -> u64 {
-    SCANS.load(Ordering::Acquire)
-}
-
 /// Write-protects the parts of `r` inside `registered`, in chunks; returns the pages.
 fn protect_within(
     u: &Uffd,
@@ -174,8 +165,15 @@ fn protect_within(
 pub fn snapshot() -> Result<u64, String> {
     let _blocked = sys::block_signals();
     let mut last = PASS.lock();
-    let config = crate::runtime::config().ok_or("memshadow is not tracking this process")?;
-    engine::ensure_started(&config)?;
+    let config = crate::config::current().ok_or("memshadow is not tracking this process")?;
+    if !engine::started() {
+        engine::ensure_started(&config)?;
+        // The prefetch thread comes with the engine (it copies for it); snapshots work
+        // without it, by plain copy-on-write.
+        if let Err(e) = crate::prefetch::start(&config) {
+            crate::log::error!("no prefetching: {e}");
+        }
+    }
     if !crate::fds::verify(engine::uffd_fd()) {
         engine::stop("the shim's userfaultfd descriptor");
         return Err("snapshots stopped: the program closed the shim's userfaultfd".to_string());
@@ -183,7 +181,7 @@ pub fn snapshot() -> Result<u64, String> {
     let started = engine::now_ns();
     crate::preserve::wait_for_saves();
 
-    let scan = SCANS.fetch_add(1, Ordering::AcqRel) + 1;
+    let scan = engine::start_scan();
     regions::rescan();
     let wanted = regions::with_table(|t| t.tracked_ranges());
     let u = engine::uffd();
@@ -341,12 +339,14 @@ static API_ERROR_SAID: AtomicBool = AtomicBool::new(false);
 static PERIODIC_ERROR_SAID: AtomicBool = AtomicBool::new(false);
 
 /// Starts the epoch thread (once per process; again in a forked child).
-pub fn start_thread(interval_ms: u64, max_overhead: f32) -> Result<(), String> {
+pub fn start_thread(config: &crate::config::Config) -> Result<(), String> {
+    let (interval_ms, max_overhead) = (config.interval_ms, config.max_overhead);
     if INTERVAL_MS.swap(interval_ms, Ordering::Relaxed) != interval_ms
         || !THREAD_STARTED.load(Ordering::Acquire)
     {
         // A new period, or a new thread (a forked child's): the governor starts afresh.
-        crate::governor::reset(interval_ms, max_overhead);
+        let budget_pages = (config.shadow_budget_mb as u64) << 8;
+        crate::governor::reset(interval_ms, max_overhead, budget_pages);
     }
     if THREAD_STARTED.load(Ordering::Acquire) {
         sys::futex_wake(&REQUESTED); // pick up a new interval
@@ -418,7 +418,7 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
         if interval == 0 || wait_ms > 0 {
             sys::futex_wait(&REQUESTED, seen, wait_ms);
         }
-        if !crate::runtime::tracking() {
+        if !crate::regions::tracking() {
             break;
         }
         let now = REQUESTED.load(Ordering::Acquire);
@@ -488,9 +488,8 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
 /// can be taken. errno is otherwise left as it was.
 pub fn snapshot_for_api() -> i64 {
     let saved = sys::errno();
-    let config = crate::runtime::config().map(|c| (c.interval_ms, c.max_overhead));
-    let started = match config {
-        Some((ms, max)) => start_thread(ms, max),
+    let started = match crate::config::current() {
+        Some(config) => start_thread(&config),
         None => Err("memshadow is not tracking this process".to_string()),
     };
     if let Err(msg) = started {

@@ -210,14 +210,14 @@ fn handle(ev: Event, u: &Uffd) {
                 (e.version, pages)
             });
             if let Some((v, pages)) = done {
-                crate::prefetch::note_fault(addr, tid, v, t0, pages.max(1) as u32);
+                crate::trap_notes::note_fault(addr, tid, v, t0, pages.max(1) as u32);
             }
         }
         Event::Unmap(r) | Event::Remove(r) => {
             // A held fault in a range that is going away must not be copied later; wake
             // its thread now (it retries: a zapped page is no longer protected, an
             // unmapped one faults as it would without the shim).
-            let scan = crate::epoch::scan_number();
+            let scan = engine::scan_number();
             engine::with(|e| {
                 e.reprotect.note_changed(r, scan);
                 if e.version > 0 {
@@ -238,7 +238,7 @@ fn handle(ev: Event, u: &Uffd) {
         Event::Remap { from, to, len } => {
             // The pages moved with their protection state; the new address is protected
             // again by the next passes, and the old one is gone.
-            let scan = crate::epoch::scan_number();
+            let scan = engine::scan_number();
             let len = crate::page::ceil(len);
             engine::with(|e| {
                 e.reprotect.note_changed(Range::new(to, to + len), scan);

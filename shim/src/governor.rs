@@ -140,9 +140,10 @@ fn shim_cpu_us() -> u64 {
         .load(Ordering::Relaxed)
 }
 
-/// Sets the limit and starts afresh at the configured interval (start-up, and a forked
-/// child's new epoch thread).
-pub fn reset(configured_ms: u64, max_overhead: f32) {
+/// Sets the limit and the shadow budget (`budget_pages`, for [`budget_cap_ms`]) and
+/// starts afresh at the configured interval (start-up, and a forked child's new epoch
+/// thread).
+pub fn reset(configured_ms: u64, max_overhead: f32, budget_pages: u64) {
     MAX_OVERHEAD_BITS.store(max_overhead.to_bits(), Ordering::Relaxed);
     EFFECTIVE_MS.store(configured_ms, Ordering::Relaxed);
     COST_NS.store(0, Ordering::Relaxed);
@@ -150,9 +151,7 @@ pub fn reset(configured_ms: u64, max_overhead: f32) {
     QUIET.store(0, Ordering::Relaxed);
     CPU_US.store(shim_cpu_us(), Ordering::Relaxed);
     COPIED_AT_START.store(pages_copied(), Ordering::Relaxed);
-    if let Some(c) = crate::runtime::config() {
-        BUDGET_PAGES.store((c.shadow_budget_mb as u64) << 8, Ordering::Relaxed);
-    }
+    BUDGET_PAGES.store(budget_pages, Ordering::Relaxed);
     crate::stats::set(Counter::IntervalMsEffective, configured_ms);
 }
 

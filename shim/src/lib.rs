@@ -56,12 +56,14 @@ mod readback;
 mod regions;
 mod reprotect;
 mod runtime;
+mod save_ahead;
 mod shadow;
 mod shim_thread;
 mod stacks;
 mod stats;
 mod sync;
 mod sys;
+mod trap_notes;
 mod uffd;
 
 /// Every Rust allocation of the shim comes from its own arena, never the host's malloc.

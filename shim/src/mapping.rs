@@ -6,7 +6,7 @@
 
 use crate::maps::Kind;
 use crate::range::Range;
-use crate::{forward, preserve, regions, runtime, stats, sys};
+use crate::{forward, preserve, regions, stats, sys};
 use core::ffi::{c_int, c_void};
 use memshadow_format::stats::Counter;
 
@@ -16,7 +16,7 @@ fn page_align_up(n: usize) -> usize {
 
 /// Runs region bookkeeping with errno preserved.
 fn bookkeep(f: impl FnOnce()) {
-    if runtime::tracking() {
+    if regions::tracking() {
         let e = sys::errno();
         f();
         sys::set_errno(e);

@@ -41,18 +41,14 @@
 use crate::config::Config;
 use crate::engine::{self, Engine};
 use crate::page::{self, PAGE};
-use crate::predict::{self, FaultNote, Feedback, Guess, Kind, PageNo, Predictor, KINDS};
+use crate::predict::{self, Feedback, Guess, Kind, PageNo, Predictor, KINDS};
 use crate::range::Range;
+use crate::save_ahead::{save_ahead, wait_for_events, CopyOutcome};
 use crate::{readback, stats, sys};
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
-use crossbeam_queue::ArrayQueue;
+use core::sync::atomic::{AtomicBool, Ordering};
 use memshadow_format::stats::Counter;
 
-/// Fault notes waiting for the prefetch thread; beyond this many they are dropped.
-const QUEUE_CAPACITY: usize = 8192;
-/// Most planned runs published for the fault path's late count.
-const QUEUED_CAPACITY: usize = 16384;
 /// Most guesses from traps waiting to be copied (beyond them new ones are dropped).
 const URGENT_CAPACITY: usize = 1024;
 /// Planned runs this close (in pages) are copied as one, gap included: a run costs an
@@ -62,8 +58,6 @@ const BRIDGE_PAGES: usize = 8;
 /// How long the thread tries for the engine lock before it backs off: the fault
 /// thread, serving traps, goes first.
 const LOCK_PATIENCE_NS: u64 = 20_000;
-/// How long it waits for the fault thread to handle the events it is reading.
-const EVENTS_WAIT_NS: u64 = 20_000;
 /// How long it backs off, microseconds.
 const BACK_OFF_US: u64 = 100;
 /// Pages copied per engine-lock hold: a trap waits at most this long for the lock.
@@ -82,8 +76,6 @@ const SHRINK_ACCURACY: f64 = 0.1;
 const FIRST_BUDGET: usize = 4096;
 /// Marks the pass's copies in [`Prefetched::by`] (above the predictors' bits).
 const AT_PASS: u8 = 0x80;
-/// The share of the free shadow slots the prefetcher leaves to traps.
-const SLOT_RESERVE_DIVISOR: u32 = 4;
 /// How long the thread sleeps when it has nothing to do (it is woken by traps and by
 /// new versions before that).
 const IDLE_MS: u64 = 20;
@@ -99,58 +91,7 @@ const COPY_US: f64 = 0.65;
 /// How often, at most, the pages for the next pass are published again during an epoch.
 const PUBLISH_EVERY_NS: u64 = 10_000_000;
 
-/// A trap as the fault thread hands it over: the note and the version it was in.
-#[derive(Clone, Copy)]
-struct Handed {
-    note: FaultNote,
-    version: u64,
-}
-
-static QUEUE: AtomicPtr<ArrayQueue<Handed>> = AtomicPtr::new(core::ptr::null_mut());
-/// Futex word the thread sleeps on; bumped to wake it.
-static WAKE: AtomicU32 = AtomicU32::new(0);
-static SLEEPING: AtomicBool = AtomicBool::new(false);
-/// Set while the predictor's answers to traps have been worth acting on at once: then
-/// every trap wakes the thread; otherwise only a fuller queue does (a wake-up is a
-/// syscall on the fault path).
-static EAGER: AtomicBool = AtomicBool::new(true);
-/// Notes that wake the thread when it is not eager.
-const WAKE_BATCH: usize = 64;
 static STARTED: AtomicBool = AtomicBool::new(false);
-
-/// What the fault path needs to know of the prefetcher's queue (kept in the engine, read
-/// and written under its lock): the runs planned for the newest version, in address
-/// order. A trap on one of their pages is late: the page was planned, not yet copied.
-pub struct Queued {
-    version: u64,
-    planned: Vec<Range>,
-}
-
-impl Queued {
-    pub fn new() -> Queued {
-        Queued {
-            version: 0,
-            planned: Vec::with_capacity(QUEUED_CAPACITY),
-        }
-    }
-
-    /// Whether `page` was queued for version `v` (a trap on it is late).
-    pub fn holds(&self, page: usize, v: u64) -> bool {
-        if self.version != v {
-            return false;
-        }
-        let i = self.planned.partition_point(|r| r.end <= page);
-        self.planned.get(i).is_some_and(|r| r.start <= page)
-    }
-
-    /// Publishes the plan of version `v` (sorted, as many runs as fit; never allocates).
-    fn set_plan(&mut self, v: u64, runs: &[Range]) {
-        self.version = v;
-        self.planned.clear();
-        let n = runs.len().min(self.planned.capacity());
-        self.planned.extend_from_slice(&runs[..n]);
-    }
-}
 
 /// Starts the prefetch thread unless `MEMSHADOW_PREDICT=off` (called once the engine
 /// runs; again in a forked child that starts its own engine).
@@ -161,10 +102,7 @@ pub fn start(config: &Config) -> Result<(), String> {
     if STARTED.swap(true, Ordering::AcqRel) {
         return Ok(());
     }
-    let queue = Box::into_raw(Box::new(ArrayQueue::new(QUEUE_CAPACITY)));
-    // A previous queue (the parent's, in a forked child) is left as it is: the child
-    // never frees what its parent's threads may have been using.
-    QUEUE.store(queue, Ordering::Release);
+    crate::trap_notes::open();
     let prefetcher = Box::new(Prefetcher::new(config, predictor));
     crate::shim_thread::spawn(run, Box::into_raw(prefetcher).cast())
 }
@@ -172,48 +110,12 @@ pub fn start(config: &Config) -> Result<(), String> {
 /// In a forked child: the parent's prefetch thread does not exist here.
 pub fn forget_after_fork() {
     STARTED.store(false, Ordering::Release);
-    SLEEPING.store(false, Ordering::Release);
-    QUEUE.store(core::ptr::null_mut(), Ordering::Release);
-}
-
-/// The fault thread hands over a trap at `addr` by thread `tid` in `version`, read at
-/// `ns`, that saved `pages` pages from there on (never blocks: when the queue is full
-/// the note is dropped and counted).
-pub fn note_fault(addr: usize, tid: u32, version: u64, ns: u64, pages: u32) {
-    let q = QUEUE.load(Ordering::Acquire);
-    if q.is_null() {
-        return;
-    }
-    let h = Handed {
-        note: FaultNote {
-            page: page::number(addr),
-            tid,
-            ns,
-            pages,
-        },
-        version,
-    };
-    // SAFETY: the queue is leaked when made and never freed.
-    let q = unsafe { &*q };
-    if q.push(h).is_err() {
-        stats::add(Counter::QueueDropped, 1);
-    }
-    if EAGER.load(Ordering::Relaxed) || q.len() >= WAKE_BATCH {
-        wake();
-    }
+    crate::trap_notes::forget_after_fork();
 }
 
 /// A protect pass ended: a new epoch starts.
 pub fn epoch_opened() {
-    wake();
-}
-
-fn wake() {
-    if SLEEPING.load(Ordering::Acquire) {
-        SLEEPING.store(false, Ordering::Release);
-        WAKE.fetch_add(1, Ordering::AcqRel);
-        sys::futex_wake(&WAKE);
-    }
+    crate::trap_notes::wake();
 }
 
 /// One prefetched page: where, and which predictors proposed it.
@@ -303,7 +205,7 @@ extern "C" fn run(arg: *mut c_void) -> *mut c_void {
     p.window_cpu = p.cpu_seen;
     p.window_wall = engine::now_ns();
     let fd = engine::uffd_fd();
-    while engine::uffd_fd() == fd && crate::runtime::tracking() {
+    while engine::uffd_fd() == fd && crate::regions::tracking() {
         account(&mut p);
         let stamp = engine::stamp();
         let (v, pass_running) = (stamp / 2, stamp % 2 == 1);
@@ -332,18 +234,7 @@ fn account(p: &mut Prefetcher) {
 
 /// Sleeps until woken (a trap, a new version) or for `IDLE_MS`.
 fn idle() {
-    let seen = WAKE.load(Ordering::Acquire);
-    SLEEPING.store(true, Ordering::SeqCst);
-    if !queue_has_notes() {
-        sys::futex_wait(&WAKE, seen, IDLE_MS);
-    }
-    SLEEPING.store(false, Ordering::Release);
-}
-
-fn queue_has_notes() -> bool {
-    let q = QUEUE.load(Ordering::Acquire);
-    // SAFETY: the queue is leaked when made and never freed.
-    !q.is_null() && !unsafe { &*q }.is_empty()
+    crate::trap_notes::idle(IDLE_MS);
 }
 
 /// Keeps the thread within its CPU share: over a window of about a second, CPU used
@@ -370,15 +261,9 @@ fn pace(p: &mut Prefetcher) {
 
 /// Hands the queued traps to the predictor; its guesses become urgent runs.
 fn take_faults(p: &mut Prefetcher) {
-    let q = QUEUE.load(Ordering::Acquire);
-    if q.is_null() {
-        return;
-    }
-    // SAFETY: the queue is leaked when made and never freed.
-    let q = unsafe { &*q };
     let mut fresh = 0;
     let mut notes = 0;
-    while let Some(h) = q.pop() {
+    while let Some(h) = crate::trap_notes::pop() {
         notes += 1;
         if h.version != p.epoch {
             continue;
@@ -407,7 +292,7 @@ fn take_faults(p: &mut Prefetcher) {
     }
     if notes > 0 {
         // Eager while at least one trap in eight gives something to copy.
-        EAGER.store(fresh * 8 >= notes, Ordering::Relaxed);
+        crate::trap_notes::set_eager(fresh * 8 >= notes);
     }
 }
 
@@ -450,31 +335,6 @@ fn copy_next(p: &mut Prefetcher) -> bool {
     true
 }
 
-/// After [`CopyOutcome::Busy`]: waits (spinning, at most [`EVENTS_WAIT_NS`]) until the fault
-/// thread has handled the events it is reading, which takes microseconds.
-pub fn wait_for_events() {
-    let t = engine::now_ns();
-    while crate::fault::events_in_hand() && engine::now_ns() - t < EVENTS_WAIT_NS {
-        core::hint::spin_loop();
-    }
-}
-
-pub enum CopyOutcome {
-    /// Pages up to `next` are dealt with; `copied` of them, from `first` on, were
-    /// copied here.
-    Done {
-        first: usize,
-        copied: usize,
-        next: usize,
-    },
-    /// The fault thread is reading events (a discard may be among them): nothing was
-    /// copied; try again once they are handled.
-    Busy,
-    /// A new version, a pass, an abandoned snapshot, no slots to spare, or the engine
-    /// stopped: this epoch's copying is over.
-    Stop,
-}
-
 /// Saves and unprotects the pages of `[at, end)` that still need it, up to the first
 /// one that does not (one engine-lock hold).
 fn copy_run(v: u64, at: usize, end: usize) -> CopyOutcome {
@@ -485,67 +345,6 @@ fn copy_run(v: u64, at: usize, end: usize) -> CopyOutcome {
         save_ahead(e, at, end, PAGES_PER_HOLD)
     });
     r.unwrap_or(CopyOutcome::Stop)
-}
-
-/// Saves into shadows of the newest version, and unprotects, the pages of `[at, end)`
-/// that still need it, up to `max` of them and up to the first one that does not: ahead
-/// of their first write, while they are protected. The caller holds the engine lock and
-/// has checked the version it copies for.
-pub fn save_ahead(e: &mut Engine, at: usize, end: usize, max: usize) -> CopyOutcome {
-    let v = e.version;
-    if crate::fault::events_in_hand() {
-        return CopyOutcome::Busy;
-    }
-    let Some(t) = e.tracked_at(at, v) else {
-        // Not tracked: skip to where tracking resumes.
-        let next = e
-            .tracked_at_or_after(at)
-            .map_or(end, |t| t.range.start.clamp(at + PAGE, end.max(at + PAGE)));
-        return CopyOutcome::Done {
-            first: at,
-            copied: 0,
-            next,
-        };
-    };
-    let end = end.min(t.range.end);
-    // Skip what is saved already (by a trap, or by us) or lost.
-    let mut first = at;
-    while first < end && e.saved_or_lost(first) {
-        first += PAGE;
-    }
-    if first == end {
-        return CopyOutcome::Done {
-            first,
-            copied: 0,
-            next: end,
-        };
-    }
-    let reserve = e.pool.free_slots() / SLOT_RESERVE_DIVISOR;
-    if (e.pool.free_slots() as usize) < reserve as usize + (end - first) / PAGE {
-        return CopyOutcome::Stop;
-    }
-    let Some((n, copied)) = e.save_run(first, end, max) else {
-        return CopyOutcome::Stop;
-    };
-    if crate::fault::events_in_hand() {
-        // A discard may have zapped a page while it was copied: take the copies back.
-        undo(e, first, n);
-        return CopyOutcome::Busy;
-    }
-    if copied < n {
-        // The rest was unmapped under us: those slots hold zeros, not the page.
-        undo(e, first + copied * PAGE, n - copied);
-    }
-    if copied > 0 {
-        e.unprotect(&engine::uffd(), Range::new(first, first + copied * PAGE));
-        stats::add(Counter::PrefetchCopied, copied as u64);
-        stats::add(Counter::PagesCopied, copied as u64);
-    }
-    CopyOutcome::Done {
-        first,
-        copied,
-        next: first + n.max(1) * PAGE,
-    }
 }
 
 /// Runs `f` under the engine lock, backing off while the fault thread keeps it busy;
@@ -559,17 +358,6 @@ fn politely<R>(f: &mut impl FnMut(&mut Engine) -> R) -> Option<R> {
             return None;
         }
         sys::sleep_us(BACK_OFF_US);
-    }
-}
-
-/// Returns the slots of the `n` pages from `first` on, just saved, newest first.
-fn undo(e: &mut Engine, first: usize, n: usize) {
-    let v = e.version;
-    for i in (0..n).rev() {
-        let page = first + i * PAGE;
-        if let Some(slot) = e.pool.find(page, v) {
-            e.pool.undo_alloc(slot);
-        }
     }
 }
 
@@ -1036,7 +824,7 @@ mod tests {
 
     #[test]
     fn late_traps_are_traps_on_planned_pages_of_the_current_version() {
-        let mut q = Queued::new();
+        let mut q = crate::engine::Queued::new();
         q.set_plan(7, &[r(10, 12), r(40, 41)]);
         assert!(
             q.holds(page::address(10), 7)

@@ -225,6 +225,21 @@ impl Default for RegionTable {
 
 static TABLE: SpinLock<RegionTable> = SpinLock::new(RegionTable::new());
 
+/// The shim is tracking this process: set-up succeeded (set by `runtime`).
+static TRACKING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Whether the shim is tracking this process (set-up succeeded).
+#[inline]
+pub fn tracking() -> bool {
+    TRACKING.load(core::sync::atomic::Ordering::Acquire)
+}
+
+/// Records whether the shim tracks this process (start-up; a forked child that could
+/// not publish itself stops).
+pub fn set_tracking(on: bool) {
+    TRACKING.store(on, core::sync::atomic::Ordering::Release);
+}
+
 /// Runs `f` on the table with signals blocked and the lock held, then publishes the
 /// totals to the stats page.
 /// Most heaps [`malloc_heaps`] lists.

@@ -9,11 +9,8 @@ use crate::stats::StatsFile;
 use crate::sync::SpinLock;
 use crate::{control, regions, stacks, stats, sys};
 use core::cell::Cell;
-use core::sync::atomic::{AtomicBool, Ordering};
 use memshadow_format::stats::ProcessState;
 use std::path::PathBuf;
-
-static TRACKING: AtomicBool = AtomicBool::new(false);
 
 struct Runtime {
     config: Config,
@@ -22,18 +19,6 @@ struct Runtime {
 }
 
 static RUNTIME: SpinLock<Option<Runtime>> = SpinLock::new(None);
-
-/// The configuration, once the shim has started tracking.
-pub fn config() -> Option<Config> {
-    let _s = sys::block_signals();
-    RUNTIME.lock().as_ref().map(|rt| rt.config.clone())
-}
-
-/// Whether the shim is tracking this process (set-up succeeded).
-#[inline]
-pub fn tracking() -> bool {
-    TRACKING.load(Ordering::Acquire)
-}
 
 /// The run-time directory for `config`: `MEMSHADOW_DIR`, else the first usable of
 /// `/dev/shm/memshadow-UID` and `$XDG_RUNTIME_DIR/memshadow` (another user may have
@@ -146,9 +131,10 @@ pub extern "C" fn on_load() {
         rt.stats.path.display(),
         rt.socket.display()
     );
+    crate::config::set_current(Some(rt.config.clone()));
     *RUNTIME.lock() = Some(rt);
     stats::set_state(ProcessState::Running);
-    TRACKING.store(true, Ordering::Release);
+    regions::set_tracking(true);
     start_interval_snapshots(&config);
 }
 
@@ -156,7 +142,7 @@ pub extern "C" fn on_load() {
 /// is otherwise started by the first API request).
 fn start_interval_snapshots(config: &Config) {
     if config.interval_ms > 0 {
-        if let Err(e) = crate::epoch::start_thread(config.interval_ms, config.max_overhead) {
+        if let Err(e) = crate::epoch::start_thread(config) {
             error!("cannot start periodic snapshots: {e}");
         }
     }
@@ -164,7 +150,7 @@ fn start_interval_snapshots(config: &Config) {
 
 /// The destructor (`.fini_array`): runs at `exit()`, after the program's destructors.
 pub extern "C" fn on_unload() {
-    if !tracking() {
+    if !regions::tracking() {
         return;
     }
     let _blocked = sys::block_signals();
@@ -239,21 +225,24 @@ extern "C" fn fork_child() {
     crate::shim_thread::forget_after_fork();
     crate::fault::forget_after_fork();
     crate::engine::forget_after_fork();
+    crate::prefetch::forget_after_fork();
     crate::epoch::forget_after_fork();
     crate::pins::forget_after_fork();
-    if tracking() {
+    if regions::tracking() {
         control::stop_listening();
         let old = RUNTIME.lock().take();
         if let Some(old) = old {
             match publish(&old.config) {
                 Ok(rt) => {
                     stats::set_state(ProcessState::Running);
+                    crate::config::set_current(Some(rt.config.clone()));
                     *RUNTIME.lock() = Some(rt);
                     start_interval_snapshots(&old.config);
                 }
                 Err(e) => {
                     crate::exit_files::forget();
-                    TRACKING.store(false, Ordering::Release);
+                    crate::config::set_current(None);
+                    regions::set_tracking(false);
                     error!("forked child: {e}; the child runs untracked");
                 }
             }

@@ -103,7 +103,7 @@ pub unsafe fn create(
     let Some(real) = forward::real_blocking() else {
         return libc::EAGAIN;
     };
-    if !crate::runtime::tracking() {
+    if !crate::regions::tracking() {
         // SAFETY: forwarded unchanged.
         return unsafe { (real.pthread_create)(thread, attr, start, arg) };
     }

@@ -17,7 +17,7 @@
 //! | `MEMSHADOW_SEGMENT_KB` | `score`'s segment, 4 to 1024 KiB, a power of two | `64` |
 //! | `MEMSHADOW_SCORE_ALPHA`, `_BETA`, `_GAMMA` | `score`'s weights, >= 0 | `1`, `1`, `0.5` |
 
-use crate::log::Level;
+use crate::base::log::Level;
 use crate::predict::{Choice, Kind, Params};
 use std::path::PathBuf;
 

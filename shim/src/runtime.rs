@@ -3,11 +3,11 @@
 //! Set-up failures print one `memshadow:` line and leave the program running untracked:
 //! the interposed functions keep forwarding, nothing is published.
 
+use crate::base::log::{debug, error, info};
+use crate::base::sync::SpinLock;
 use crate::config::{Config, TrackMode};
-use crate::log::{debug, error, info};
 use crate::stats::StatsFile;
-use crate::sync::SpinLock;
-use crate::{control, regions, stacks, stats, sys};
+use crate::{base::sys, service::control, stats, tracking::regions, tracking::stacks};
 use core::cell::Cell;
 use memshadow_format::stats::ProcessState;
 use std::path::PathBuf;
@@ -54,7 +54,7 @@ fn publish(config: &Config) -> Result<Runtime, String> {
     let stats = stats::create(&dir, config.run_id)?;
     match control::start(&dir) {
         Ok(socket) => {
-            crate::exit_files::publish(&stats.path, &socket, config.run_id != 0);
+            crate::service::exit_files::publish(&stats.path, &socket, config.run_id != 0);
             Ok(Runtime {
                 config: config.clone(),
                 stats,
@@ -78,7 +78,9 @@ fn check_run_id(config: &mut Config) {
     }
     if config.run_id != 0 {
         let token = std::env::var(memshadow_format::paths::RUN_TOKEN_ENV).ok();
-        if let Err(e) = crate::leftovers::check_run_id(&dir, config.run_id, token.as_deref()) {
+        if let Err(e) =
+            crate::service::leftovers::check_run_id(&dir, config.run_id, token.as_deref())
+        {
             error!(
                 "MEMSHADOW_RUN_ID={} is not a running memshadow run ({e}); ignored: this process's files go when it exits",
                 config.run_id
@@ -86,7 +88,7 @@ fn check_run_id(config: &mut Config) {
             config.run_id = 0;
         }
     }
-    let n = crate::leftovers::sweep(&dir);
+    let n = crate::service::leftovers::sweep(&dir);
     if n > 0 {
         debug!("removed {n} files of processes that are gone");
     }
@@ -95,7 +97,7 @@ fn check_run_id(config: &mut Config) {
 /// The constructor (`.init_array`): runs before the program's `main`.
 pub extern "C" fn on_load() {
     let _blocked = sys::block_signals();
-    crate::fds::resolve_next();
+    crate::base::fds::resolve_next();
     let mut config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -103,16 +105,16 @@ pub extern "C" fn on_load() {
             return;
         }
     };
-    crate::log::set_level(config.log);
+    crate::base::log::set_level(config.log);
     // Chosen once: a forked child publishes beside its parent.
     config.dir = Some(run_dir(&config));
     check_run_id(&mut config);
-    if crate::forward::real().is_none() {
+    if crate::base::forward::real().is_none() {
         error!("cannot find the C library's allocator (dlsym failed); running untracked");
         return;
     }
-    crate::own::register_shim_object();
-    crate::own::register(crate::bootstrap::range());
+    crate::base::own::register_shim_object();
+    crate::base::own::register(crate::base::bootstrap::range());
     stacks::init();
     let rt = match publish(&config) {
         Ok(rt) => rt,
@@ -142,7 +144,7 @@ pub extern "C" fn on_load() {
 /// is otherwise started by the first API request).
 fn start_interval_snapshots(config: &Config) {
     if config.interval_ms > 0 {
-        if let Err(e) = crate::epoch::start_thread(config) {
+        if let Err(e) = crate::service::epoch::start_thread(config) {
             error!("cannot start periodic snapshots: {e}");
         }
     }
@@ -157,7 +159,7 @@ pub extern "C" fn on_unload() {
     regions::rescan();
     control::stop_listening();
     stats::set_state(ProcessState::Exited);
-    crate::exit_files::forget();
+    crate::service::exit_files::forget();
     if let Some(rt) = RUNTIME.lock().as_ref() {
         let _ = std::fs::remove_file(&rt.socket);
         if rt.config.run_id == 0 {
@@ -183,7 +185,7 @@ thread_local! {
 fn lock_all() {
     regions::lock_for_fork();
     stacks::lock_for_fork();
-    crate::own::lock_for_fork();
+    crate::base::own::lock_for_fork();
     crate::ALLOCATOR.lock_for_fork();
     RUNTIME.acquire();
 }
@@ -191,7 +193,7 @@ fn lock_all() {
 fn unlock_all() {
     RUNTIME.release();
     crate::ALLOCATOR.unlock_after_fork();
-    crate::own::unlock_after_fork();
+    crate::base::own::unlock_after_fork();
     stacks::unlock_after_fork();
     regions::unlock_after_fork();
 }
@@ -220,14 +222,14 @@ extern "C" fn fork_parent() {
 /// own (counts carried over from the parent) or, if that fails, run untracked.
 extern "C" fn fork_child() {
     unlock_all();
-    crate::fds::release_all_after_fork();
-    crate::pagemap::forget_after_fork();
-    crate::shim_thread::forget_after_fork();
-    crate::fault::forget_after_fork();
+    crate::base::fds::release_all_after_fork();
+    crate::engine::pagemap::forget_after_fork();
+    crate::base::shim_thread::forget_after_fork();
+    crate::engine::fault::forget_after_fork();
     crate::engine::forget_after_fork();
     crate::prefetch::forget_after_fork();
-    crate::epoch::forget_after_fork();
-    crate::pins::forget_after_fork();
+    crate::service::epoch::forget_after_fork();
+    crate::service::pins::forget_after_fork();
     if regions::tracking() {
         control::stop_listening();
         let old = RUNTIME.lock().take();
@@ -240,7 +242,7 @@ extern "C" fn fork_child() {
                     start_interval_snapshots(&old.config);
                 }
                 Err(e) => {
-                    crate::exit_files::forget();
+                    crate::service::exit_files::forget();
                     crate::config::set_current(None);
                     regions::set_tracking(false);
                     error!("forked child: {e}; the child runs untracked");

@@ -5,8 +5,8 @@
 //! On the malloc path each thread updates a stripe of its own with plain relaxed
 //! load/store: no lock, no locked instruction, no syscall.
 
-use crate::range::Range;
-use crate::sys;
+use crate::base::range::Range;
+use crate::base::sys;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering::*};
 use memshadow_format::stats::{
     Counter, HeapStripe, ProcessState, StatsPage, COMMAND_BYTES, HEAP_STRIPES, OVERFLOW_STRIPE,
@@ -29,7 +29,7 @@ pub fn page() -> &'static StatsPage {
     unsafe { &*PAGE.load(Acquire) }
 }
 
-pub use crate::sys::thread_key;
+pub use crate::base::sys::thread_key;
 
 const EXCLUSIVE: usize = memshadow_format::stats::EXCLUSIVE_STRIPES;
 const _: () = assert!(EXCLUSIVE.is_power_of_two());
@@ -199,7 +199,7 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), SetupError> {
 
 /// Reads a small file from /proc into a byte vector.
 fn read_proc(path: &core::ffi::CStr) -> Vec<u8> {
-    crate::fds::read_file(path, 1 << 16)
+    crate::base::fds::read_file(path, 1 << 16)
 }
 
 /// The process start time in clock ticks after boot (field 22 of /proc/self/stat).
@@ -283,7 +283,7 @@ pub fn create(dir: &Path, run_id: u64) -> Result<StatsFile, SetupError> {
         return Err(format!("cannot map {}: {err}", path.display()));
     };
     let range = Range::new(p as usize, p as usize + STATS_PAGE_SIZE);
-    crate::own::register(range);
+    crate::base::own::register(range);
     // SAFETY: the fresh mapping is STATS_PAGE_SIZE zeroed bytes, page aligned, and all
     // zero is a valid StatsPage; nobody else in this process references it yet.
     let page = unsafe { &mut *(p as *mut StatsPage) };
@@ -341,7 +341,7 @@ pub fn remove(f: &StatsFile) {
 /// Adds the CPU time the calling shim thread used since `*last` (its previous reading,
 /// nanoseconds) to the `shim_cpu_us` statistic; returns the microseconds added.
 pub fn account_cpu(last: &mut u64) -> u64 {
-    let now = crate::shim_thread::thread_cpu_ns();
+    let now = crate::base::shim_thread::thread_cpu_ns();
     let us = (now / 1000).saturating_sub(*last / 1000);
     if us > 0 {
         add(Counter::ShimCpuUs, us);

@@ -1,0 +1,774 @@
+//! The snapshot engine, as a layer: the `Engine` (below), its shadows (`shadow`), the
+//! userfaultfd interface (`uffd`), what to protect again (`reprotect`), the fault-around
+//! window, reading a version back (`readback`), the fault thread (`fault`), the saves
+//! before discards (`preserve`), the boundary copy and `save_ahead`, the trap hand-off to
+//! prediction (`trap_notes`), `pagemap` and the overhead governor.
+//!
+//! The snapshot engine's shared state, started lazily by the first snapshot request.
+//!
+//! Until a snapshot is asked for (API call, `memshadow snapshot`, or
+//! `MEMSHADOW_INTERVAL_MS`), nothing is registered with userfaultfd and the program pays
+//! only the interposition cost.
+//!
+//! Lock rules (the fault thread must never wait on a host thread):
+//! - [`with`] takes the engine lock. Only shim threads and host threads inside the shim
+//!   with signals blocked take it, and nothing allocates or takes another shim lock while
+//!   holding it (a forking host thread holds the arena and region locks, and may fault
+//!   on tracked memory while it does).
+//! - Tracked pages are copied with `process_vm_readv` on our own pid, so a page the host
+//!   unmaps meanwhile gives EFAULT instead of crashing the host.
+
+pub mod boundary_copy;
+pub mod fault;
+pub mod fault_window;
+pub mod governor;
+pub mod pagemap;
+pub mod preserve;
+pub mod readback;
+pub mod reprotect;
+pub mod save_ahead;
+pub mod shadow;
+pub mod trap_notes;
+pub mod uffd;
+
+use crate::base::page::{self, PAGE};
+use crate::base::range::Range;
+use crate::base::sync::SpinLock;
+use crate::config::Config;
+use crate::engine::fault_window::FaultWindow;
+use crate::engine::reprotect::Reprotect;
+use crate::engine::shadow::ShadowPool;
+use crate::engine::uffd::Uffd;
+use crate::{base::sys, stats};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use memshadow_format::stats::Counter;
+
+/// A range registered with userfaultfd and the first version whose snapshot holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrackedRange {
+    pub range: Range,
+    pub since: u64,
+}
+
+/// A range an older snapshot held that the newest one does not (unmapped, or no
+/// longer writable anonymous memory): tracked at versions `since` up to, not
+/// including, `until`. Only shadows can tell what it held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetiredRange {
+    pub range: Range,
+    pub since: u64,
+    pub until: u64,
+}
+
+/// How version `v` holds a page (see [`Engine::holding`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holding {
+    /// Tracked by the newest snapshot: its shadow, else the live page.
+    Tracked,
+    /// Tracked then, not any more: its shadow only.
+    Retired,
+}
+
+/// Most pages saved in one run (the MEMSHADOW_FAULT_AROUND maximum).
+pub const MAX_RUN: usize = 512;
+
+/// Most faults held during one protect pass (each blocked thread holds at most one).
+pub const HELD_CAPACITY: usize = 4096;
+/// Most unprotects waiting to be retried (see [`Engine::retry`]).
+pub const RETRY_CAPACITY: usize = 4096;
+/// Most ranges remembered as lost (see [`Engine::lost`]).
+pub const LOST_CAPACITY: usize = 4096;
+/// Most ranges remembered as discarded while unpopulated (see [`Engine::zeros`]).
+pub const ZEROS_CAPACITY: usize = 4096;
+/// Most unprotected runs and kernel-reported changes remembered between two passes
+/// (beyond them the next pass protects everything).
+pub const UNPROTECTED_CAPACITY: usize = 32768;
+pub const CHANGED_CAPACITY: usize = 4096;
+
+/// Most planned runs published for the fault path's late count.
+pub const QUEUED_CAPACITY: usize = 16384;
+
+/// What the fault path needs to know of the prefetcher's queue (kept in the engine, read
+/// and written under its lock): the runs planned for the newest version, in address
+/// order. A trap on one of their pages is late: the page was planned, not yet copied.
+pub struct Queued {
+    version: u64,
+    planned: Vec<Range>,
+}
+
+impl Queued {
+    pub fn new() -> Queued {
+        Queued {
+            version: 0,
+            planned: Vec::with_capacity(QUEUED_CAPACITY),
+        }
+    }
+
+    /// Whether `page` was queued for version `v` (a trap on it is late).
+    pub fn holds(&self, page: usize, v: u64) -> bool {
+        if self.version != v {
+            return false;
+        }
+        let i = self.planned.partition_point(|r| r.end <= page);
+        self.planned.get(i).is_some_and(|r| r.start <= page)
+    }
+
+    /// Publishes the plan of version `v` (sorted, as many runs as fit; never allocates).
+    pub fn set_plan(&mut self, v: u64, runs: &[Range]) {
+        self.version = v;
+        self.planned.clear();
+        let n = runs.len().min(self.planned.capacity());
+        self.planned.extend_from_slice(&runs[..n]);
+    }
+}
+
+pub struct Engine {
+    pub pool: ShadowPool,
+    /// The newest snapshot version; 0 before the first.
+    pub version: u64,
+    /// A protect pass is running: write faults are held until it ends.
+    pub pass_running: bool,
+    /// Faults held during the running pass (preallocated, never grows).
+    pub held: Vec<usize>,
+    /// What the newest snapshot covers, sorted by address.
+    pub tracked: Vec<TrackedRange>,
+    /// What retained older snapshots covered and the newest does not.
+    pub retired: Vec<RetiredRange>,
+    /// The newest snapshot could not be completed (shadow budget exhausted).
+    pub incomplete: bool,
+    /// Ranges to unprotect (and so wake) that the kernel refused with EAGAIN because an
+    /// event was queued; the fault thread retries them after reading events.
+    pub retry: Vec<Range>,
+    /// Ranges unmapped or zapped during an epoch, with that epoch's version: pages there
+    /// without a shadow no longer hold what older versions saw. When the list is full,
+    /// `lost_all_since` takes over for every page.
+    pub lost: Vec<(Range, u64)>,
+    pub lost_all_since: Option<u64>,
+    /// Ranges the program discarded while their pages were unpopulated (never written,
+    /// so all zero), with the newest version then: each stands for zero-filled shadows
+    /// stamped with that version, which were not copied (see `preserve`). When the list
+    /// is full, such pages are copied like any other.
+    pub zeros: Vec<(Range, u64)>,
+    /// How many pages a trap saves (see `fault_window`).
+    pub fault_window: FaultWindow,
+    /// What the next protect pass must protect again.
+    pub reprotect: Reprotect,
+    /// What the prefetcher has queued for the newest version (for its late count).
+    pub queued: Queued,
+    /// Trap latency histogram: bucket i counts traps of [2^i, 2^(i+1)) ns.
+    trap_ns: [u64; 40],
+    trap_max_ns: u64,
+}
+
+impl Engine {
+    /// The tracked range holding `page` at version `v`, if any.
+    pub fn tracked_at(&self, page: usize, v: u64) -> Option<&TrackedRange> {
+        self.tracked_at_or_after(page)
+            .filter(|t| t.range.start <= page && t.since <= v)
+    }
+
+    /// Whether `page` must not be saved in the newest version: it is saved already, or it
+    /// was zapped in this epoch (it lost its protection without a fault, so what is
+    /// there now is not the snapshot's; see `readback`).
+    pub fn saved_or_lost(&self, page: usize) -> bool {
+        self.pool.has(page, self.version)
+            || self.zeroed_now(page)
+            || self.lost_since(page, self.version)
+    }
+
+    /// Whether `page` was recorded zero at the newest version (see [`Engine::zeros`]):
+    /// saved, as far as this version is concerned (and unprotected since).
+    fn zeroed_now(&self, page: usize) -> bool {
+        let v = self.version;
+        self.zeros
+            .iter()
+            .rev()
+            .take_while(|&&(_, z)| z == v)
+            .any(|&(r, _)| r.start <= page && page < r.end)
+    }
+
+    /// Saves the pages from `first` on into shadows stamped with the newest version, as
+    /// a first write would: at most `max` pages (up to [`MAX_RUN`]), below `end`, up to
+    /// the first one [`saved_or_lost`](Self::saved_or_lost). Slots of pages unmapped
+    /// under us are zeroed, never left with another page's bytes. Returns the pages
+    /// taken and the pages copied, or `None` when the shadow budget ran out (the
+    /// snapshot is then given up).
+    pub fn save_run(&mut self, first: usize, end: usize, max: usize) -> Option<(usize, usize)> {
+        let mut slots = [core::ptr::null_mut::<u8>(); MAX_RUN];
+        let mut n = 0;
+        let mut p = first;
+        while p < end && n < max.min(MAX_RUN) && !self.saved_or_lost(p) {
+            match self.pool.alloc(p) {
+                Ok(slot) => slots[n] = self.pool.slot_ptr(slot),
+                Err(_) => {
+                    crate::engine::fault::give_up_epoch(self, &uffd());
+                    return None;
+                }
+            }
+            n += 1;
+            p += PAGE;
+        }
+        if n == 0 {
+            return Some((0, 0));
+        }
+        let copied = copy_tracked_pages(first, &slots[..n]);
+        for &s in &slots[copied..n] {
+            // SAFETY: each slot is PAGE bytes of the pool.
+            unsafe { core::ptr::write_bytes(s, 0, PAGE) };
+        }
+        Some((n, copied))
+    }
+
+    /// Whether and how version `v` holds `page`.
+    pub fn holding(&self, page: usize, v: u64) -> Option<Holding> {
+        if self.tracked_at(page, v).is_some() {
+            return Some(Holding::Tracked);
+        }
+        self.retired
+            .iter()
+            .any(|r| r.since <= v && v < r.until && r.range.start <= page && page < r.range.end)
+            .then_some(Holding::Retired)
+    }
+
+    /// Records one trap's latency and publishes the percentiles.
+    pub fn record_trap(&mut self, ns: u64) {
+        let b = (63 - ns.max(1).leading_zeros()) as usize;
+        self.trap_ns[b.min(self.trap_ns.len() - 1)] += 1;
+        self.trap_max_ns = self.trap_max_ns.max(ns);
+        crate::engine::governor::note_trap(ns);
+        let total: u64 = self.trap_ns.iter().sum();
+        let pct = |p: u64| {
+            let want = (total * p).div_ceil(100);
+            let mut seen = 0;
+            for (i, n) in self.trap_ns.iter().enumerate() {
+                seen += n;
+                if seen >= want {
+                    // The bucket's upper bound (never above the longest trap), in us.
+                    return (2u64 << i).min(self.trap_max_ns) / 1000;
+                }
+            }
+            0
+        };
+        stats::set(Counter::Traps, total);
+        stats::set(Counter::TrapUsP50, pct(50));
+        stats::set(Counter::TrapUsP99, pct(99));
+        stats::set(Counter::TrapUsMax, self.trap_max_ns / 1000);
+    }
+
+    /// Records that `r` was unmapped or zapped in the current epoch: its pages tracked
+    /// at the newest version and not saved in it no longer hold what that version (and
+    /// older ones without a shadow of their own) saw.
+    pub fn mark_lost(&mut self, r: Range) {
+        let v = self.version;
+        if v == 0 {
+            return;
+        }
+        let mut p = page::floor(r.start);
+        while p < r.end {
+            let Some(t) = self.tracked_at_or_after(p).copied() else {
+                return;
+            };
+            if t.range.start >= r.end {
+                return;
+            }
+            p = p.max(t.range.start);
+            let end = t.range.end.min(r.end);
+            while p < end {
+                if self.pool.has(p, v) {
+                    p += PAGE;
+                    continue;
+                }
+                let first = p;
+                while p < end && !self.pool.has(p, v) {
+                    p += PAGE;
+                }
+                self.push_lost(Range::new(first, p), v);
+            }
+        }
+    }
+
+    fn push_lost(&mut self, r: Range, v: u64) {
+        if let Some((last, lv)) = self.lost.last_mut() {
+            if *lv == v && last.end == r.start {
+                last.end = r.end;
+                return;
+            }
+        }
+        if self.lost.len() < self.lost.capacity() {
+            self.lost.push((r, v));
+        } else if self.lost_all_since.is_none() {
+            self.lost_all_since = Some(v);
+        }
+    }
+
+    /// The first tracked range that ends after `page`.
+    pub fn tracked_at_or_after(&self, page: usize) -> Option<&TrackedRange> {
+        let i = self.tracked.partition_point(|t| t.range.end <= page);
+        self.tracked.get(i)
+    }
+
+    /// Starts or ends a protect pass, and publishes it (see [`stamp`]).
+    pub fn set_pass_running(&mut self, running: bool) {
+        self.pass_running = running;
+        STAMP.store(self.version * 2 + running as u64, Ordering::Release);
+    }
+
+    /// Whether the live contents of `page` may differ from what version `v` saw because
+    /// it was unmapped or zapped after snapshot `v`.
+    ///
+    /// Losses are recorded in version order, so the ones at or after `v` are the end of
+    /// the list.
+    pub fn lost_since(&self, page: usize, v: u64) -> bool {
+        self.lost_between(page, v, u64::MAX)
+    }
+
+    /// Whether `page` was unmapped or zapped in an epoch from `v` up to, not including,
+    /// `until`: then a shadow stamped `until` does not show it as version `v` saw it (a
+    /// zap changes a page without a write fault, so "not written since" does not hold).
+    pub fn lost_between(&self, page: usize, v: u64, until: u64) -> bool {
+        self.lost_all_since.is_some_and(|l| v <= l && l < until)
+            || self
+                .lost
+                .iter()
+                .rev()
+                .take_while(|&&(_, l)| l >= v)
+                .any(|&(r, l)| l < until && r.start <= page && page < r.end)
+    }
+
+    /// Records that the pages of `r`, tracked at the newest version and unpopulated,
+    /// held zeros then, as zero-filled shadows stamped with it would. Returns false (the
+    /// caller copies them instead) when the list is full.
+    pub fn mark_zero(&mut self, r: Range) -> bool {
+        let v = self.version;
+        if let Some((last, zv)) = self.zeros.last_mut() {
+            if *zv == v && last.end == r.start {
+                last.end = r.end;
+                return true;
+            }
+        }
+        if self.zeros.len() == self.zeros.capacity() {
+            return false;
+        }
+        self.zeros.push((r, v));
+        true
+    }
+
+    /// The oldest version at or after `v` at which `page` was recorded zero (see
+    /// [`Engine::zeros`]), if any.
+    pub fn zero_since(&self, page: usize, v: u64) -> Option<u64> {
+        // Records are appended in version order: those at or after `v` are the end.
+        self.zeros
+            .iter()
+            .rev()
+            .take_while(|&&(_, z)| z >= v)
+            .filter(|&&(r, _)| r.start <= page && page < r.end)
+            .map(|&(_, z)| z)
+            .min()
+    }
+
+    /// Forgets losses (and zero records) that no retained version can see (called as
+    /// versions go).
+    pub fn prune_lost(&mut self) {
+        let oldest = self.pool.retained().map_or(u64::MAX, |r| r.0);
+        self.lost.retain(|&(_, l)| l >= oldest);
+        self.zeros.retain(|&(_, z)| z >= oldest);
+        if self.lost_all_since.is_some_and(|l| l < oldest) {
+            self.lost_all_since = None;
+        }
+    }
+
+    /// Unprotects `r` (waking its faulters), or queues it for the fault thread when the
+    /// kernel says an event must be read first.
+    ///
+    /// A run can fail as a whole when part of it stopped being registered memory since
+    /// the last pass (glibc grows and shrinks its arenas with mprotect and mmap): then
+    /// the faulting page alone is unprotected, and failing that its waiters are woken
+    /// to retry, so no thread is ever left blocked.
+    pub fn unprotect(&mut self, u: &Uffd, r: Range) {
+        self.reprotect.note_unprotected(r);
+        match u.write_protect(r, false) {
+            Ok(()) => {}
+            Err(e) if e.is_again() => {
+                if self.retry.len() < self.retry.capacity() {
+                    self.retry.push(r);
+                } else {
+                    let _ = u.wake(r);
+                }
+            }
+            Err(_) if r.len() > PAGE => self.unprotect(u, Range::new(r.start, r.start + PAGE)),
+            Err(_) => {
+                let _ = u.wake(r);
+            }
+        }
+    }
+
+    /// At a new version, the queued unprotects must not happen: their pages were saved
+    /// for the previous version only. Their threads are woken instead, fault again and
+    /// are held like any other until the pass ends (UFFDIO_WAKE does not wait for
+    /// queued events).
+    pub fn wake_instead_of_retrying(&mut self, u: &Uffd) {
+        for &r in &self.retry {
+            let _ = u.wake(r);
+        }
+        self.retry.clear();
+    }
+
+    /// Retries the queued unprotects; keeps those the kernel still refuses.
+    pub fn retry_unprotects(&mut self, u: &Uffd) {
+        let mut i = 0;
+        while i < self.retry.len() {
+            match u.write_protect(self.retry[i], false) {
+                Err(e) if e.is_again() => i += 1,
+                _ => {
+                    self.retry.swap_remove(i);
+                }
+            }
+        }
+    }
+
+    /// Publishes the pool and version counters.
+    pub fn publish(&self) {
+        let bytes = self.pool.used() as u64 * PAGE as u64;
+        stats::set(Counter::ShadowBytes, bytes);
+        stats::page()
+            .counter(Counter::ShadowPeakBytes)
+            .fetch_max(bytes, Ordering::Relaxed);
+        stats::set(Counter::VersionsRetained, self.pool.versions_retained());
+        stats::set(Counter::Version, self.version);
+        let (newest, capacity) = self.pool.newest_use();
+        NEWEST_OVER_HALF.store(newest * 2 > capacity, Ordering::Relaxed);
+        stats::set(
+            Counter::OldestVersion,
+            self.pool.retained().map_or(0, |r| r.0),
+        );
+    }
+}
+
+static ENGINE: SpinLock<Option<Engine>> = SpinLock::new(None);
+/// The newest version holds more than half of the shadow budget (see [`budget_pressed`]).
+static NEWEST_OVER_HALF: AtomicBool = AtomicBool::new(false);
+
+/// Whether the newest version's shadows fill more than half of the budget: the next
+/// snapshot should come now. When one version alone outgrows the budget it is given up
+/// and no version is readable; with a newer version opened, the pool evicts the older
+/// ones as it fills instead (an epoch the overhead governor stretched, over a program
+/// rewriting a heap as large as the budget, ran out).
+pub fn budget_pressed() -> bool {
+    NEWEST_OVER_HALF.load(Ordering::Relaxed)
+}
+/// Twice the newest version, plus one while a protect pass runs: read without the lock.
+static STAMP: AtomicU64 = AtomicU64::new(0);
+
+/// The engine's stamp: twice the newest version, plus one while a pass runs. Host
+/// threads read it to learn whether a version opened since they last looked.
+pub fn stamp() -> u64 {
+    STAMP.load(Ordering::Acquire)
+}
+static STARTED: AtomicBool = AtomicBool::new(false);
+/// This process's pid for `process_vm_readv` (a syscall each time from glibc), set when
+/// the engine starts (again in a forked child); 0 before.
+static PID: AtomicI32 = AtomicI32::new(0);
+static UFFD_FD: AtomicI32 = AtomicI32::new(-1);
+static START: SpinLock<()> = SpinLock::new(());
+
+/// Runs `f` with the engine lock held (signals blocked), or returns `None` before the
+/// engine has started.
+pub fn with<R>(f: impl FnOnce(&mut Engine) -> R) -> Option<R> {
+    if !STARTED.load(Ordering::Acquire) {
+        return None;
+    }
+    let _s = sys::block_signals();
+    let mut g = ENGINE.lock();
+    g.as_mut().map(f)
+}
+
+/// Set while the prefetch thread waits for the engine lock (see [`with_patience`]).
+static WAITING: AtomicBool = AtomicBool::new(false);
+
+/// Like [`with`], for the prefetch thread, which must not compete with the fault thread
+/// for the lock: it tries for up to `patience_ns`, then gives up (`None`) for the
+/// caller to come back later. While it tries, the fault thread lets it in before its
+/// next hold (see [`with_for_faults`]): otherwise a busy fault thread, releasing and
+/// taking the lock back to back, would starve it.
+pub fn with_patience<R>(patience_ns: u64, f: impl FnOnce(&mut Engine) -> R) -> Option<R> {
+    if !STARTED.load(Ordering::Acquire) {
+        return None;
+    }
+    let _s = sys::block_signals();
+    let t0 = now_ns();
+    WAITING.store(true, Ordering::Release);
+    loop {
+        if let Some(mut g) = ENGINE.try_lock() {
+            WAITING.store(false, Ordering::Release);
+            return g.as_mut().map(f);
+        }
+        if now_ns() - t0 > patience_ns {
+            WAITING.store(false, Ordering::Release);
+            return None;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// How long the fault thread lets a waiting prefetch thread go first, at most.
+const LET_IN_NS: u64 = 5_000;
+
+/// [`with`] for the fault thread: when the prefetch thread is waiting for the lock, it
+/// goes first (the fault thread waits a few microseconds at most; the prefetch thread
+/// never waits on the host, so this never blocks for long).
+pub fn with_for_faults<R>(f: impl FnOnce(&mut Engine) -> R) -> Option<R> {
+    if WAITING.load(Ordering::Acquire) {
+        let t0 = now_ns();
+        while WAITING.load(Ordering::Acquire) && now_ns() - t0 < LET_IN_NS {
+            core::hint::spin_loop();
+        }
+    }
+    with(f)
+}
+
+pub fn started() -> bool {
+    STARTED.load(Ordering::Acquire)
+}
+
+/// Scans of the region table started by protect passes so far: the number of the
+/// newest, for `Reprotect::take` (what changed since which scan).
+static SCANS: AtomicU64 = AtomicU64::new(0);
+
+/// The number of the newest scan started.
+pub fn scan_number() -> u64 {
+    SCANS.load(Ordering::Acquire)
+}
+
+/// A protect pass starts a scan; its number.
+pub fn start_scan() -> u64 {
+    SCANS.fetch_add(1, Ordering::AcqRel) + 1
+}
+
+/// Set for good once a descriptor of the engine's was lost (see [`stop`]).
+static STOPPED: AtomicBool = AtomicBool::new(false);
+
+/// Whether snapshots stopped for good in this process: a descriptor the engine needs
+/// was closed or replaced behind the shim (see `fds`). Versions are not readable from
+/// the moment this is set (host threads set it without the lock, see [`revoke`]).
+pub fn stopped() -> bool {
+    STOPPED.load(Ordering::Acquire)
+}
+
+/// Marks snapshots stopped from a thread that must not take the engine lock (a host
+/// thread that found the fault thread's wake-up pipe lost): readers refuse every version
+/// from now on, nothing more is saved, and the fault thread, which checks its
+/// descriptors each time it wakes, finishes the stop.
+pub fn revoke() {
+    STOPPED.store(true, Ordering::Release);
+}
+
+/// Stops snapshots for good, from a shim thread, when a descriptor the engine needs is
+/// no longer the shim's (closed or replaced by a raw system call the interposer did not
+/// see): one `memshadow:` line; the userfaultfd is closed if it is still ours (the kernel
+/// then removes every protection and wakes every waiting writer), or never touched again
+/// if it is not; the shadows go; the program carries on untracked.
+pub fn stop(what: &str) {
+    let first = !STOPPED.swap(true, Ordering::AcqRel);
+    let fd = UFFD_FD.swap(-1, Ordering::AcqRel);
+    if !first && fd < 0 {
+        return;
+    }
+    crate::base::log::error!(
+        "{what} was closed or replaced by the program behind the shim (a raw system call); snapshots stop, the program carries on untracked"
+    );
+    STARTED.store(false, Ordering::Release);
+    if fd >= 0 {
+        crate::base::fds::release(fd);
+    }
+    crate::engine::preserve::close_kick();
+    let engine = {
+        let _s = sys::block_signals();
+        ENGINE.lock().take()
+    };
+    if let Some(e) = engine {
+        e.pool.discard_all();
+        // Its lists are the shim's memory, freed with the arena lock: not under ours.
+        drop(e);
+    }
+    stats::set(Counter::VersionsRetained, 0);
+    stats::set(Counter::ShadowBytes, 0);
+}
+
+/// The userfaultfd descriptor (ioctls on it are thread-safe).
+pub fn uffd_fd() -> i32 {
+    UFFD_FD.load(Ordering::Acquire)
+}
+
+/// A view of the engine's descriptor for ioctls.
+pub fn uffd() -> core::mem::ManuallyDrop<Uffd> {
+    // SAFETY: once opened, the descriptor stays open for the life of the process
+    // (ensure_started forgets its owner); a forked child stops using it before closing.
+    unsafe { Uffd::borrowed(uffd_fd()) }
+}
+
+/// Starts the engine: opens userfaultfd, reserves the shadow budget, starts the fault
+/// thread. Idempotent; the error says why snapshots cannot be taken.
+pub fn ensure_started(config: &Config) -> Result<(), String> {
+    if started() {
+        return Ok(());
+    }
+    let _g = START.lock();
+    if started() {
+        return Ok(());
+    }
+    if stopped() {
+        return Err(
+            "snapshots stopped in this process: the program closed a descriptor of the shim's"
+                .to_string(),
+        );
+    }
+    let uffd = Uffd::open(crate::engine::uffd::WANTED)
+        .map_err(|e| format!("userfaultfd is not available: {e}"))?;
+    crate::engine::preserve::init().map_err(|e| e.to_string())?;
+    // glibc's free trims the heap with its own __sbrk/__madvise, which no interposer
+    // sees and whose pages retained versions may still need: from now on it does not
+    // (malloc_trim, interposed, still does).
+    // SAFETY: mallopt only sets a malloc parameter.
+    unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) };
+    let budget = config.shadow_budget_mb << 20;
+    let Some(mem) = sys::map_anon(budget, true) else {
+        crate::engine::preserve::close_kick();
+        return Err(format!(
+            "cannot reserve a {} MiB shadow budget",
+            config.shadow_budget_mb
+        ));
+    };
+    let mem = Range::new(mem as usize, mem as usize + budget);
+    crate::base::own::register(mem);
+    let engine = Engine {
+        pool: ShadowPool::new(mem, config.max_versions),
+        version: 0,
+        pass_running: false,
+        held: Vec::with_capacity(HELD_CAPACITY),
+        tracked: Vec::new(),
+        retired: Vec::new(),
+        incomplete: false,
+        retry: Vec::with_capacity(RETRY_CAPACITY),
+        lost: Vec::with_capacity(LOST_CAPACITY),
+        zeros: Vec::with_capacity(ZEROS_CAPACITY),
+        lost_all_since: None,
+        fault_window: FaultWindow::new(config.fault_around),
+        reprotect: Reprotect::with_capacity(UNPROTECTED_CAPACITY, CHANGED_CAPACITY),
+        queued: Queued::new(),
+        trap_ns: [0; 40],
+        trap_max_ns: 0,
+    };
+    {
+        let _s = sys::block_signals();
+        *ENGINE.lock() = Some(engine);
+    }
+    PID.store(std::process::id() as libc::pid_t, Ordering::Release);
+    let fd = uffd.fd();
+    // The descriptor lives as long as the process: the fault thread owns it.
+    core::mem::forget(uffd);
+    UFFD_FD.store(fd, Ordering::Release);
+    // Started only once its fault thread runs: an engine that protected memory with no
+    // thread to resolve the faults would hang the program (pthread_create can fail,
+    // with EAGAIN, for instance while the process exits).
+    if let Err(e) = crate::base::shim_thread::spawn(
+        crate::engine::fault::serve,
+        fd as usize as *mut core::ffi::c_void,
+    ) {
+        UFFD_FD.store(-1, Ordering::Release);
+        let engine = {
+            let _s = sys::block_signals();
+            ENGINE.lock().take()
+        };
+        if let Some(e) = engine {
+            e.pool.discard_all();
+        }
+        crate::base::fds::release(fd);
+        crate::engine::preserve::close_kick();
+        return Err(format!("cannot start the fault thread: {e}"));
+    }
+    STARTED.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// This process's pid.
+fn own_pid() -> libc::pid_t {
+    match PID.load(Ordering::Acquire) {
+        0 => std::process::id() as libc::pid_t,
+        pid => pid,
+    }
+}
+
+/// Copies `len` bytes of this process's memory at `src` into `dst`; returns how many
+/// bytes were copied (fewer when part of the source is unmapped).
+pub fn copy_tracked(src: usize, dst: *mut u8, len: usize) -> usize {
+    let local = libc::iovec {
+        iov_base: dst.cast(),
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: src as *mut _,
+        iov_len: len,
+    };
+    // SAFETY: `dst` is `len` writable bytes of the shim's own memory; the kernel reads
+    // the source through our own address space and fails cleanly where it is unmapped.
+    let n = unsafe { libc::process_vm_readv(own_pid(), &local, 1, &remote, 1, 0) };
+    n.max(0) as usize
+}
+
+/// Copies the contiguous run of pages at `src` into the given slots (one page each) with
+/// one syscall; returns how many whole pages were copied (fewer when the run is cut
+/// short by an unmapped page).
+pub fn copy_tracked_pages(src: usize, slots: &[*mut u8]) -> usize {
+    const MAX: usize = 512;
+    let n = slots.len().min(MAX);
+    let mut local = [libc::iovec {
+        iov_base: core::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX];
+    for (l, &s) in local.iter_mut().zip(&slots[..n]) {
+        *l = libc::iovec {
+            iov_base: s.cast(),
+            iov_len: PAGE,
+        };
+    }
+    let remote = libc::iovec {
+        iov_base: src as *mut _,
+        iov_len: n * PAGE,
+    };
+    // SAFETY: every local iovec is one page of the shim's own pool; the kernel reads the
+    // source through our own address space and stops cleanly where it is unmapped.
+    let got = unsafe { libc::process_vm_readv(own_pid(), local.as_ptr(), n as _, &remote, 1, 0) };
+    got.max(0) as usize / PAGE
+}
+
+/// Monotonic nanoseconds.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// In a forked child: the parent's engine (its descriptor, threads and shadows) is not
+/// the child's. The child starts without one; a snapshot request starts a fresh engine.
+pub fn forget_after_fork() {
+    STARTED.store(false, Ordering::Release);
+    STAMP.store(0, Ordering::Release);
+    PID.store(0, Ordering::Release);
+    crate::engine::preserve::forget_after_fork();
+    STOPPED.store(false, Ordering::Release);
+    let fd = UFFD_FD.swap(-1, Ordering::AcqRel);
+    if fd >= 0 {
+        // The inherited descriptor is the parent's: ioctls on it would change the
+        // parent's protection. Closing our copy (if the number is still it) leaves the
+        // parent's open.
+        crate::base::fds::release(fd);
+    }
+    ENGINE.release();
+    START.release();
+    // The parent's engine memory stays mapped in the child, unused.
+    core::mem::forget(ENGINE.lock().take());
+}

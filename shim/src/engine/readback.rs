@@ -1,0 +1,225 @@
+//! Reading memory as it was at a version.
+//!
+//! Per page, under the engine lock: the slot [`ShadowPool::find`] names, else the live
+//! page. A page with no shadow at or after the version has not been unprotected since
+//! the newest snapshot (every unprotect follows a copy), so no write can land while the
+//! engine lock keeps the fault thread from unprotecting it: the live copy is exact.
+//!
+//! Two things break "not written since, so a newer shadow or the live page shows it":
+//! a zap (it changes a page without a write fault) and an unmap. So a page lost
+//! between the version and its newer shadow, or lost since the version with no shadow,
+//! or in a range the newest snapshot no longer tracks with no shadow, is refused
+//! (`Gone`), never answered with another version's bytes. The interposed discards save
+//! pages first (see `preserve`), so this is left for glibc's internal discards and
+//! races.
+
+use crate::base::page::PAGE;
+use crate::base::range::{coalesce, Range};
+use crate::engine::{self, Engine, Holding};
+
+/// Why a read was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadError {
+    NoEngine,
+    /// Snapshots stopped for good (see `engine::stop`): no version is kept.
+    Stopped,
+    NotTaken {
+        version: u64,
+        newest: u64,
+    },
+    NotRetained {
+        version: u64,
+        retained: Option<(u64, u64)>,
+    },
+    Incomplete(u64),
+    NotTracked {
+        page: usize,
+        version: u64,
+    },
+    Gone {
+        page: usize,
+        version: u64,
+    },
+}
+
+impl core::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            ReadError::NoEngine if engine::stopped() => write!(
+                f,
+                "snapshots stopped in this process (the program closed a descriptor of the shim's; see its stderr)"
+            ),
+            ReadError::NoEngine => write!(f, "no snapshot has been taken in this process"),
+            ReadError::Stopped => write!(
+                f,
+                "snapshots stopped in this process (the program closed a descriptor of the shim's; see its stderr)"
+            ),
+            ReadError::NotTaken { version, newest } => {
+                write!(
+                    f,
+                    "version {version} has not been taken yet (newest is {newest})"
+                )
+            }
+            ReadError::NotRetained {
+                version,
+                retained: Some((a, b)),
+            } => {
+                write!(
+                    f,
+                    "version {version} is no longer retained (retained: {a} to {b})"
+                )
+            }
+            ReadError::NotRetained {
+                version,
+                retained: None,
+            } => {
+                write!(f, "version {version} is no longer retained (no version is)")
+            }
+            ReadError::Incomplete(v) => {
+                write!(f, "snapshot {v} is incomplete: the shadow budget ran out")
+            }
+            ReadError::NotTracked { page, version } => {
+                write!(f, "{page:#x} was not tracked memory at version {version}")
+            }
+            ReadError::Gone { page, version } => write!(
+                f,
+                "{page:#x} was unmapped or discarded after version {version} and its contents were not kept"
+            ),
+        }
+    }
+}
+
+/// Pages read per engine-lock hold, so a large read never stalls faults for long.
+const PAGES_PER_LOCK: usize = 16;
+
+/// Whether version `v` can be read now (called under the engine lock).
+pub fn readable(e: &Engine, v: u64) -> Result<(), ReadError> {
+    if engine::stopped() {
+        return Err(ReadError::Stopped);
+    }
+    let newest = e.version;
+    if v == 0 || v > newest || (v == newest && e.pass_running) {
+        return Err(ReadError::NotTaken {
+            version: v,
+            newest: newest - e.pass_running as u64,
+        });
+    }
+    if e.incomplete && v == newest {
+        return Err(ReadError::Incomplete(v));
+    }
+    match e.pool.retained() {
+        Some((oldest, _)) if v >= oldest => Ok(()),
+        retained => Err(ReadError::NotRetained {
+            version: v,
+            retained,
+        }),
+    }
+}
+
+/// The ranges version `v` holds, in address order, adjacent ones merged: those the
+/// newest snapshot still tracks and those retired since (unmapped memory whose pages
+/// were kept).
+pub fn regions_at(v: u64) -> Result<Vec<Range>, ReadError> {
+    // Nothing may allocate under the engine lock: the list is sized outside it, and
+    // sized again if a protect pass grew the tracked list in between.
+    let mut capacity = 0;
+    loop {
+        let mut out: Vec<Range> = Vec::with_capacity(capacity);
+        let need = engine::with(|e| {
+            readable(e, v)?;
+            let tracked = e.tracked.iter().filter(|t| t.since <= v).map(|t| t.range);
+            let retired = e
+                .retired
+                .iter()
+                .filter(|r| r.since <= v && v < r.until)
+                .map(|r| r.range);
+            let n = tracked.clone().count() + retired.clone().count();
+            if n > out.capacity() {
+                return Ok(Some(n));
+            }
+            out.extend(tracked.chain(retired));
+            out.sort_unstable_by_key(|r| r.start);
+            // Parts of one mapping tracked since different versions sit side by side:
+            // one range for the reader.
+            coalesce(&mut out, 0);
+            Ok(None)
+        })
+        .ok_or(ReadError::NoEngine)??;
+        match need {
+            None => return Ok(out),
+            // A little more, in case the list grows again meanwhile.
+            Some(n) => capacity = n + n / 8 + 16,
+        }
+    }
+}
+
+/// Fills `dst` (within one page) with the memory at `at` as it was at version `v`,
+/// under the engine lock; the caller has checked that `v` is [`readable`].
+pub fn copy_at(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<(), ReadError> {
+    let page = crate::base::page::floor(at);
+    let n = dst.len();
+    let Some(holding) = e.holding(page, v) else {
+        return Err(ReadError::NotTracked { page, version: v });
+    };
+    // The oldest record at or after `v`: a shadow, or a zero record (the page was
+    // discarded unpopulated, see `Engine::zeros`), whichever is older.
+    let slot = e.pool.find(page, v);
+    let zero = e
+        .zero_since(page, v)
+        .filter(|&z| slot.is_none_or(|s| z < e.pool.stamp_of(s)));
+    if let Some(z) = zero {
+        if z > v && e.lost_between(page, v, z) {
+            return Err(ReadError::Gone { page, version: v });
+        }
+        dst.fill(0);
+        return Ok(());
+    }
+    match slot {
+        Some(slot)
+            if e.pool.stamp_of(slot) > v && e.lost_between(page, v, e.pool.stamp_of(slot)) =>
+        {
+            Err(ReadError::Gone { page, version: v })
+        }
+        Some(slot) => {
+            // SAFETY: the slot is PAGE bytes of the pool, read under the lock that keeps
+            // it from being reused.
+            let src = unsafe { core::slice::from_raw_parts(e.pool.slot_ptr(slot), PAGE) };
+            dst.copy_from_slice(&src[at - page..at - page + n]);
+            Ok(())
+        }
+        None => {
+            // The live page holds version `v` only where the newest snapshot still
+            // tracks it and nothing discarded it since.
+            if holding == Holding::Retired
+                || e.lost_since(page, v)
+                || engine::copy_tracked(at, dst.as_mut_ptr(), n) < n
+            {
+                return Err(ReadError::Gone { page, version: v });
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Fills `out` with the memory at `addr` as it was at version `v`.
+pub fn read(v: u64, addr: usize, out: &mut [u8]) -> Result<(), ReadError> {
+    let mut done = 0;
+    while done < out.len() {
+        let r = engine::with(|e| {
+            readable(e, v)?;
+            for _ in 0..PAGES_PER_LOCK {
+                if done == out.len() {
+                    break;
+                }
+                let at = addr + done;
+                let page = crate::base::page::floor(at);
+                let n = (page + PAGE - at).min(out.len() - done);
+                copy_at(e, v, at, &mut out[done..done + n])?;
+                done += n;
+            }
+            Ok(())
+        });
+        r.ok_or(ReadError::NoEngine)??;
+    }
+    Ok(())
+}

@@ -1,0 +1,579 @@
+//! Epochs: the protect pass that takes a snapshot.
+//!
+//! A pass re-scans the regions, registers every tracked range with userfaultfd
+//! (registering an already registered range is a no-op), opens version `v+1` and
+//! write-protects what is not protected already: what the fault path unprotected since
+//! the last pass, what is new, and what the kernel reported unmapped, zapped or moved
+//! (see `reprotect`). Every other tracked page still carries the protection of an
+//! earlier pass, so its first write traps all the same. Write faults that arrive while the pass runs are held (not
+//! resolved) until it ends: resolving one early would let its thread go on to write a
+//! page the pass has not protected yet, and the snapshot would be a state that never
+//! existed. Held this way, the snapshot is the memory as the last protection ends.
+//! Before the held writes go on, the pass copies the pages written lately, which the
+//! prefetcher published (see `boundary_copy`), so the program does not trap on them.
+
+use crate::base::range::{coalesce, Range};
+use crate::base::sync::SpinLock;
+use crate::engine::reprotect::{self, PassWork};
+use crate::engine::uffd::Uffd;
+use crate::engine::{self, RetiredRange, TrackedRange};
+use crate::{base::sys, stats, tracking::regions};
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use memshadow_format::stats::Counter;
+
+/// Pages write-protected per ioctl: large enough to be cheap, small enough that a fault
+/// in a protected part is not held behind a long ioctl.
+const PROTECT_CHUNK: usize = 512 * 4096;
+
+/// What the last pass left: the tracked and retired lists (the engine holds the same
+/// lists for readers; the next pass builds its own from this copy without the engine
+/// lock).
+struct PassState {
+    tracked: Vec<TrackedRange>,
+    retired: Vec<RetiredRange>,
+}
+
+/// Passes run one at a time, holding this lock.
+static PASS: SpinLock<PassState> = SpinLock::new(PassState {
+    tracked: Vec::new(),
+    retired: Vec::new(),
+});
+
+/// The parts of `old` that `new` no longer holds, retired at version `v` (tracked from
+/// their `since` up to `v`). Both lists are sorted and free of overlaps.
+pub fn retire(old: &[TrackedRange], new: &[Range], v: u64) -> Vec<RetiredRange> {
+    let mut out = Vec::new();
+    for t in old {
+        let mut cursor = t.range.start;
+        let first = new.partition_point(|r| r.end <= t.range.start);
+        for r in new[first..].iter().take_while(|r| r.start < t.range.end) {
+            if r.start > cursor {
+                out.push(RetiredRange {
+                    range: Range::new(cursor, r.start),
+                    since: t.since,
+                    until: v,
+                });
+            }
+            cursor = cursor.max(r.end);
+        }
+        if cursor < t.range.end {
+            out.push(RetiredRange {
+                range: Range::new(cursor, t.range.end),
+                since: t.since,
+                until: v,
+            });
+        }
+    }
+    out
+}
+
+/// Which parts of `new` were tracked before (keep their `since`) and which are new
+/// (tracked since `v`). Both lists are sorted and free of overlaps.
+pub fn carry_since(old: &[TrackedRange], new: &[Range], v: u64) -> Vec<TrackedRange> {
+    let mut out = Vec::with_capacity(new.len() + old.len());
+    for &r in new {
+        let mut cursor = r.start;
+        let first = old.partition_point(|t| t.range.end <= r.start);
+        for t in old[first..].iter().take_while(|t| t.range.start < r.end) {
+            let start = t.range.start.max(r.start);
+            if start > cursor {
+                out.push(TrackedRange {
+                    range: Range::new(cursor, start),
+                    since: v,
+                });
+            }
+            let end = t.range.end.min(r.end);
+            out.push(TrackedRange {
+                range: Range::new(start, end),
+                since: t.since,
+            });
+            cursor = end;
+        }
+        if cursor < r.end {
+            out.push(TrackedRange {
+                range: Range::new(cursor, r.end),
+                since: v,
+            });
+        }
+    }
+    out
+}
+
+/// Unprotected runs closer than this are protected with one ioctl, gap included: the
+/// pages between are protected already (protecting them again changes nothing), and
+/// each ioctl that changes a page flushes the TLB of every CPU the program runs on,
+/// which costs far more than walking the gap's page table entries. A program writing
+/// at random leaves thousands of short runs; one ioctl each made passes of 100-600 ms.
+const MERGE_GAP: usize = PROTECT_CHUNK;
+
+/// How long a pass keeps retrying write-protection the kernel refuses with EAGAIN.
+const EAGAIN_LIMIT_NS: u64 = 1_000_000_000;
+
+/// How a range's write-protection went.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protected {
+    Yes,
+    /// Not registered any more (unmapped meanwhile): nothing to protect.
+    Gone,
+    /// The kernel kept answering EAGAIN past the pass's deadline.
+    Refused,
+}
+
+/// Write-protects `r`. While an UNMAP/REMOVE/REMAP event is queued the kernel answers
+/// EAGAIN until the fault thread has read it: yield and try again, until `deadline`.
+fn protect_retrying(u: &Uffd, r: Range, deadline: u64) -> Protected {
+    loop {
+        match u.write_protect(r, true) {
+            Ok(()) => return Protected::Yes,
+            Err(e) if e.is_again() => {
+                if engine::now_ns() > deadline {
+                    return Protected::Refused;
+                }
+                // SAFETY: sched_yield has no arguments and no memory effects.
+                unsafe { libc::sched_yield() };
+            }
+            Err(_) => return Protected::Gone,
+        }
+    }
+}
+
+/// Write-protects the parts of `r` inside `registered`, in chunks; returns the pages.
+fn protect_within(
+    u: &Uffd,
+    registered: &[Range],
+    r: Range,
+    deadline: u64,
+    refused: &mut bool,
+) -> u64 {
+    let mut pages = 0u64;
+    reprotect::within(registered, r, &mut |part| {
+        let mut start = part.start;
+        while start < part.end && !*refused {
+            let end = (start + PROTECT_CHUNK).min(part.end);
+            match protect_retrying(u, Range::new(start, end), deadline) {
+                Protected::Yes => pages += ((end - start) / crate::base::page::PAGE) as u64,
+                Protected::Gone => {}
+                Protected::Refused => *refused = true,
+            }
+            start = end;
+        }
+    });
+    pages
+}
+
+/// Takes a snapshot: runs a protect pass and returns its version once it has ended.
+pub fn snapshot() -> Result<u64, String> {
+    let _blocked = sys::block_signals();
+    let mut last = PASS.lock();
+    let config = crate::config::current().ok_or("memshadow is not tracking this process")?;
+    if !engine::started() {
+        engine::ensure_started(&config)?;
+        // The prefetch thread comes with the engine (it copies for it); snapshots work
+        // without it, by plain copy-on-write.
+        if let Err(e) = crate::prefetch::start(&config) {
+            crate::base::log::error!("no prefetching: {e}");
+        }
+    }
+    if !crate::base::fds::verify(engine::uffd_fd()) {
+        engine::stop("the shim's userfaultfd descriptor");
+        return Err("snapshots stopped: the program closed the shim's userfaultfd".to_string());
+    }
+    let started = engine::now_ns();
+    crate::engine::preserve::wait_for_saves();
+
+    let scan = engine::start_scan();
+    regions::rescan();
+    let wanted = regions::with_table(|t| t.tracked_ranges());
+    let u = engine::uffd();
+    let mut ranges = Vec::with_capacity(wanted.len());
+    for r in wanted {
+        match u.register(r) {
+            Ok(()) => ranges.push(r),
+            // Gone meanwhile, or already registered by the program's own userfaultfd.
+            Err(e) => crate::base::log::debug!("not tracking {:#x}..{:#x}: {e}", r.start, r.end),
+        }
+    }
+    // Everything that allocates happens before the version opens. Once faults are held,
+    // a forking host thread may be among the held, holding the arena lock (atfork): the
+    // pass must then need nothing but ioctls and the engine lock until it has released
+    // the held faults.
+    let mut held = Vec::with_capacity(engine::HELD_CAPACITY);
+    let (v, (unprotected_cap, changed_cap), oldest) = engine::with(|e| {
+        let oldest = e.pool.retained().map_or(e.version + 1, |r| r.0);
+        (e.version + 1, e.reprotect.capacities(), oldest)
+    })
+    .ok_or("the engine stopped")?;
+    let mut work = PassWork::with_capacity(unprotected_cap, changed_cap);
+    let tracked = carry_since(&last.tracked, &ranges, v);
+    // Retired ranges stay while a retained version may need them.
+    let mut retired: Vec<RetiredRange> = last
+        .retired
+        .iter()
+        .filter(|r| r.until > oldest)
+        .copied()
+        .collect();
+    retired.extend(retire(&last.tracked, &ranges, v));
+    last.tracked = tracked.clone();
+    last.retired = retired.clone();
+    let mut tracked = Some(tracked);
+    let mut retired = Some(retired);
+
+    // Open the new version: from here on write faults are held. Not while the fault
+    // thread holds events it has read but not yet handled: the kernel lets a discarding
+    // thread go on as soon as its event is read, so such an event belongs before this
+    // version (its range must be in this pass's work, its losses counted before it).
+    // When writes began to be held.
+    let mut opened_at;
+    loop {
+        opened_at = engine::now_ns();
+        let opened = engine::with(|e| {
+            if crate::engine::fault::events_in_hand() {
+                return false;
+            }
+            e.version = v;
+            e.set_pass_running(true);
+            e.incomplete = false;
+            e.pool.begin_version(v);
+            e.prune_lost();
+            e.reprotect.take(scan, &mut work);
+            e.wake_instead_of_retrying(&u);
+            true
+        });
+        if opened != Some(false) {
+            break;
+        }
+        // SAFETY: sched_yield has no arguments and no memory effects.
+        unsafe { libc::sched_yield() };
+    }
+
+    // Protect again what lost its protection since the last pass, and what is new.
+    let mut pages = 0u64;
+    let deadline = engine::now_ns() + EAGAIN_LIMIT_NS;
+    let mut refused = false;
+    if work.all {
+        for &r in &ranges {
+            pages += protect_within(&u, &ranges, r, deadline, &mut refused);
+        }
+    } else {
+        work.unprotected.sort_unstable_by_key(|r| r.start);
+        coalesce(&mut work.unprotected, MERGE_GAP);
+        for &r in work.unprotected.iter().chain(&work.changed) {
+            pages += protect_within(&u, &ranges, r, deadline, &mut refused);
+        }
+        for t in tracked.as_ref().expect("set above") {
+            if t.since == v {
+                pages += protect_within(&u, &ranges, t.range, deadline, &mut refused);
+            }
+        }
+    }
+
+    // Everything is protected: this is the snapshot's instant. The engine takes this
+    // pass's lists (what the copy below may save is what version `v` tracks); before the
+    // held writes go on, copy the pages they are most likely to write first.
+    engine::with(|e| {
+        core::mem::swap(&mut e.tracked, tracked.as_mut().expect("set above"));
+        core::mem::swap(&mut e.retired, retired.as_mut().expect("set above"));
+    });
+    if !refused {
+        // A fifth of the period in force: when the governor has stretched it, a
+        // program that rewrites its working set every period has more of it copied
+        // here, in runs, instead of page by page in traps.
+        let period = crate::engine::governor::interval_ms(INTERVAL_MS.load(Ordering::Relaxed));
+        let cap = crate::engine::boundary_copy::cap_ns(period);
+        crate::engine::boundary_copy::copy_at_pass(v, cap);
+    }
+
+    // The pass is over. Release the held faults before anything is freed (freeing takes
+    // the arena lock).
+    engine::with(|e| {
+        e.set_pass_running(false);
+        core::mem::swap(&mut e.held, &mut held);
+        if refused {
+            // Part of the memory could not be protected: this snapshot would not be a
+            // state that existed. Abandon it, as when the shadow budget runs out.
+            crate::engine::fault::abandon_epoch(e, &u);
+        }
+        e.publish();
+    });
+    for &addr in &held {
+        engine::with(|e| {
+            crate::engine::fault::resolve(e, addr);
+        });
+    }
+    crate::engine::governor::note_pass(engine::now_ns() - opened_at, held.len());
+    crate::prefetch::epoch_opened();
+    drop(tracked); // the previous lists
+    drop(retired);
+    drop(held);
+    drop(work);
+
+    let us = (engine::now_ns() - started) / 1000;
+    stats::add(Counter::Epochs, 1);
+    stats::add(Counter::PagesProtected, pages);
+    stats::set(Counter::ProtectPassUsLast, us);
+    let max = stats::page().counter(Counter::ProtectPassUsMax);
+    max.fetch_max(us, Ordering::Relaxed);
+    if refused {
+        return Err(format!(
+            "the kernel kept refusing to write-protect memory (EAGAIN) for {} ms; snapshot {v} is incomplete",
+            EAGAIN_LIMIT_NS / 1_000_000
+        ));
+    }
+    Ok(v)
+}
+
+/// Requests to the epoch thread. A protect pass must never run on a host thread: a
+/// host thread's own writes during the pass (errno, in its TLS, which is tracked memory)
+/// would be held until the pass ends, by itself. Host threads (the C API) post a request
+/// and wait on these futex words, which live in the shim's own memory.
+static REQUESTED: AtomicU32 = AtomicU32::new(0);
+static ANSWERED: AtomicU32 = AtomicU32::new(0);
+static ANSWER: AtomicI64 = AtomicI64::new(0);
+/// Period of automatic snapshots in ms (0: only on request).
+static INTERVAL_MS: AtomicU64 = AtomicU64::new(0);
+static THREAD_STARTED: AtomicBool = AtomicBool::new(false);
+static THREAD_START: SpinLock<()> = SpinLock::new(());
+/// Host threads asking at the same time take turns.
+static API: SpinLock<()> = SpinLock::new(());
+static API_ERROR_SAID: AtomicBool = AtomicBool::new(false);
+static PERIODIC_ERROR_SAID: AtomicBool = AtomicBool::new(false);
+
+/// Starts the epoch thread (once per process; again in a forked child).
+pub fn start_thread(config: &crate::config::Config) -> Result<(), String> {
+    let (interval_ms, max_overhead) = (config.interval_ms, config.max_overhead);
+    if INTERVAL_MS.swap(interval_ms, Ordering::Relaxed) != interval_ms
+        || !THREAD_STARTED.load(Ordering::Acquire)
+    {
+        // A new period, or a new thread (a forked child's): the governor starts afresh.
+        let budget_pages = (config.shadow_budget_mb as u64) << 8;
+        crate::engine::governor::reset(interval_ms, max_overhead, budget_pages);
+    }
+    if THREAD_STARTED.load(Ordering::Acquire) {
+        sys::futex_wake(&REQUESTED); // pick up a new interval
+        return Ok(());
+    }
+    let _s = sys::block_signals();
+    let _g = THREAD_START.lock();
+    if THREAD_STARTED.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    crate::base::shim_thread::spawn(epoch_thread, core::ptr::null_mut())?;
+    THREAD_STARTED.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// In a forked child: the epoch thread is the parent's.
+///
+/// The parent's epoch thread may have been in a pass when the child was forked: its
+/// lock is released and its lists (the parent's, possibly half-changed) are forgotten,
+/// not freed; the child's first pass starts from nothing, like its fresh engine.
+pub fn forget_after_fork() {
+    crate::engine::boundary_copy::forget_after_fork();
+    THREAD_STARTED.store(false, Ordering::Release);
+    THREAD_START.release();
+    API.release();
+    PASS.release();
+    let mut pass = PASS.lock();
+    core::mem::forget(core::mem::replace(
+        &mut *pass,
+        PassState {
+            tracked: Vec::new(),
+            retired: Vec::new(),
+        },
+    ));
+}
+
+/// The epoch thread: a snapshot on every request, and every `MEMSHADOW_INTERVAL_MS`.
+///
+/// A periodic pass starts `MEMSHADOW_INTERVAL_MS` after the previous one started, but
+/// never sooner after it ended than it lasted: when passes take longer than the period,
+/// the program still runs unhindered at least half of the time.
+extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void {
+    // Requests not yet answered are pending, including one posted before this thread
+    // first ran.
+    let mut seen = ANSWERED.load(Ordering::Acquire);
+    let mut next_due = engine::now_ns();
+    let mut last_started = next_due;
+    let mut earliest = next_due;
+    let mut due_interval = 0;
+    let mut cpu = 0;
+    loop {
+        crate::stats::account_cpu(&mut cpu);
+        let configured = INTERVAL_MS.load(Ordering::Relaxed);
+        let interval = crate::engine::governor::interval_ms(configured);
+        if interval != due_interval {
+            // A new period (or the first): count it from now.
+            next_due = engine::now_ns().saturating_add(interval.saturating_mul(1_000_000));
+            due_interval = interval;
+        }
+        // Never longer than the configured period between looks at the shadow budget.
+        let wait_ms = if interval == 0 {
+            0
+        } else {
+            next_due
+                .saturating_sub(engine::now_ns())
+                .div_ceil(1_000_000)
+                .min(configured.max(1))
+        };
+        if interval == 0 || wait_ms > 0 {
+            sys::futex_wait(&REQUESTED, seen, wait_ms);
+        }
+        if !crate::tracking::regions::tracking() {
+            break;
+        }
+        let now = REQUESTED.load(Ordering::Acquire);
+        // Pulled forward by the budget, never sooner than the configured period after
+        // the last pass started, nor sooner after it ended than it lasted.
+        let pressed = interval > 0
+            && engine::budget_pressed()
+            && engine::now_ns()
+                >= earliest.max(last_started.saturating_add(configured * 1_000_000));
+        let due = interval > 0 && engine::now_ns() >= next_due || pressed;
+        if now == seen && !due {
+            continue;
+        }
+        if now == seen && !pressed {
+            // An automatic pass only: it waits if the period so far cost too much.
+            if let Some(longer) =
+                crate::engine::governor::before_due_pass(configured, engine::now_ns())
+            {
+                due_interval = longer;
+                next_due = last_started.saturating_add(longer.saturating_mul(1_000_000));
+                continue;
+            }
+        }
+        let started = engine::now_ns();
+        last_started = started;
+        let result = snapshot();
+        let ended = engine::now_ns();
+        // The governor may stretch the period (or shrink it back) after any pass.
+        let interval = crate::engine::governor::after_pass(configured, ended);
+        due_interval = interval;
+        earliest = ended + (ended - started);
+        next_due = started
+            .saturating_add(interval.saturating_mul(1_000_000))
+            .max(earliest);
+        if now != seen {
+            let answer = match &result {
+                Ok(v) => *v as i64,
+                Err(msg) => {
+                    // A stop has said why already, in its own line.
+                    if !engine::stopped() && !API_ERROR_SAID.swap(true, Ordering::Relaxed) {
+                        crate::base::log::error!("memshadow_snapshot: {msg}");
+                    }
+                    -1
+                }
+            };
+            ANSWER.store(answer, Ordering::Relaxed);
+            seen = now;
+            ANSWERED.store(now, Ordering::Release);
+            sys::futex_wake(&ANSWERED);
+        } else if let Err(e) = result {
+            if engine::started() {
+                // This snapshot was abandoned (counted); the next one starts afresh.
+                if !PERIODIC_ERROR_SAID.swap(true, Ordering::Relaxed) {
+                    crate::base::log::error!("periodic snapshot: {e}");
+                }
+            } else {
+                if !engine::stopped() {
+                    crate::base::log::error!("periodic snapshots stopped: {e}");
+                }
+                INTERVAL_MS.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+    core::ptr::null_mut()
+}
+
+/// `memshadow_snapshot_v1()`: asks the epoch thread for a snapshot and waits for it. The
+/// version, or -1 with errno ENOSYS (and one `memshadow:` line, the first time) when none
+/// can be taken. errno is otherwise left as it was.
+pub fn snapshot_for_api() -> i64 {
+    let saved = sys::errno();
+    let started = match crate::config::current() {
+        Some(config) => start_thread(&config),
+        None => Err("memshadow is not tracking this process".to_string()),
+    };
+    if let Err(msg) = started {
+        if !engine::stopped() && !API_ERROR_SAID.swap(true, Ordering::Relaxed) {
+            crate::base::log::error!("memshadow_snapshot: {msg}");
+        }
+        sys::set_errno(libc::ENOSYS);
+        return -1;
+    }
+    let v = {
+        let _s = sys::block_signals();
+        let _turn = API.lock();
+        let ticket = REQUESTED.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+        sys::futex_wake(&REQUESTED);
+        loop {
+            let done = ANSWERED.load(Ordering::Acquire);
+            if done == ticket {
+                break ANSWER.load(Ordering::Relaxed);
+            }
+            sys::futex_wait(&ANSWERED, done, 0);
+        }
+    };
+    sys::set_errno(if v < 0 { libc::ENOSYS } else { saved });
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(a: usize, b: usize, since: u64) -> TrackedRange {
+        TrackedRange {
+            range: Range::new(a, b),
+            since,
+        }
+    }
+
+    #[test]
+    fn parts_no_longer_tracked_are_retired() {
+        let old = [
+            t(0x1000, 0x5000, 1),
+            t(0x8000, 0x9000, 2),
+            t(0xa000, 0xb000, 3),
+        ];
+        let new = [Range::new(0x2000, 0x3000), Range::new(0xa000, 0xc000)];
+        let r = |a, b, since| RetiredRange {
+            range: Range::new(a, b),
+            since,
+            until: 4,
+        };
+        assert_eq!(
+            retire(&old, &new, 4),
+            vec![
+                r(0x1000, 0x2000, 1),
+                r(0x3000, 0x5000, 1),
+                r(0x8000, 0x9000, 2)
+            ]
+        );
+        assert_eq!(retire(&old, &[Range::new(0, 0x10000)], 4), vec![]);
+    }
+
+    #[test]
+    fn new_parts_are_tracked_since_this_version() {
+        let old = [t(0x1000, 0x5000, 1), t(0x8000, 0x9000, 2)];
+        let new = [
+            Range::new(0x0000, 0x6000),
+            Range::new(0x8000, 0x9000),
+            Range::new(0xa000, 0xb000),
+        ];
+        assert_eq!(
+            carry_since(&old, &new, 3),
+            vec![
+                t(0x0000, 0x1000, 3),
+                t(0x1000, 0x5000, 1),
+                t(0x5000, 0x6000, 3),
+                t(0x8000, 0x9000, 2),
+                t(0xa000, 0xb000, 3),
+            ]
+        );
+        assert_eq!(
+            carry_since(&old, &[Range::new(0x2000, 0x3000)], 5),
+            vec![t(0x2000, 0x3000, 1)]
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! Parsing `/proc/self/maps` into the regions the shim tracks.
+//!
+//! A line is a candidate when it is writable and private (`rw?p`) and anonymous (inode
+//! 0: no path, `[heap]`, `[stack]` or `[anon:...]`). Its kind: `[heap]` is the brk heap,
+//! `[stack]` the main thread's stack, an anonymous mapping that starts where a
+//! file-backed one ends is that object's .bss, anything else is anonymous memory
+//! (malloc arenas, large allocations, the program's own mmaps).
+
+use crate::base::range::Range;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Heap,
+    Bss,
+    Anon,
+    Stack,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub range: Range,
+    pub kind: Kind,
+}
+
+/// One parsed line of the maps file.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MapsLine<'a> {
+    pub range: Range,
+    pub writable: bool,
+    pub private: bool,
+    pub inode: u64,
+    pub path: &'a str,
+}
+
+fn hex(s: &str) -> Option<usize> {
+    usize::from_str_radix(s, 16).ok()
+}
+
+/// Parses one line; `None` for a line that does not have the expected shape.
+pub fn parse_line(line: &str) -> Option<MapsLine<'_>> {
+    let mut it = line.splitn(6, ' ');
+    let (a, b) = it.next()?.split_once('-')?;
+    let perms = it.next()?.as_bytes();
+    let _offset = it.next()?;
+    let _dev = it.next()?;
+    let inode = it.next()?.parse().ok()?;
+    let path = it.next().unwrap_or("").trim_start();
+    if perms.len() < 4 {
+        return None;
+    }
+    Some(MapsLine {
+        range: Range::new(hex(a)?, hex(b)?),
+        writable: perms[1] == b'w',
+        private: perms[3] == b'p',
+        inode,
+        path,
+    })
+}
+
+/// Turns maps text into candidate regions, in address order. `stacks` are thread stacks
+/// known to the shim: the parts of a candidate inside one become [`Kind::Stack`]. `own`
+/// ranges (the shim's memory) are cut out. Lines that do not parse are skipped.
+pub fn candidates(text: &str, own: &[Range], stacks: &[Range], out: &mut dyn FnMut(Region)) {
+    let mut prev_file_end = 0usize;
+    for line in text.lines() {
+        let Some(l) = parse_line(line) else { continue };
+        let anon = l.inode == 0
+            && (l.path.is_empty()
+                || l.path == "[heap]"
+                || l.path == "[stack]"
+                || l.path.starts_with("[anon:"));
+        let follows_file = prev_file_end == l.range.start;
+        prev_file_end = if l.inode != 0 { l.range.end } else { 0 };
+        if !(anon && l.writable && l.private) {
+            continue;
+        }
+        let kind = match l.path {
+            "[heap]" => Kind::Heap,
+            "[stack]" => Kind::Stack,
+            _ if follows_file => Kind::Bss,
+            _ => Kind::Anon,
+        };
+        crate::base::range::subtract(l.range, own, &mut |piece| {
+            split_stacks(piece, kind, stacks, out);
+        });
+    }
+}
+
+/// Emits `r` as `kind`, except the parts covered by `stacks`, which are emitted as stacks.
+fn split_stacks(r: Range, kind: Kind, stacks: &[Range], out: &mut dyn FnMut(Region)) {
+    if kind == Kind::Stack {
+        out(Region { range: r, kind });
+        return;
+    }
+    // Walk the stacks that cut `r` in address order.
+    let mut cursor = r.start;
+    loop {
+        let next = stacks
+            .iter()
+            .filter(|s| s.end > cursor && s.start < r.end)
+            .min_by_key(|s| s.start);
+        match next {
+            None => {
+                if cursor < r.end {
+                    out(Region {
+                        range: Range::new(cursor, r.end),
+                        kind,
+                    });
+                }
+                return;
+            }
+            Some(s) => {
+                if s.start > cursor {
+                    out(Region {
+                        range: Range::new(cursor, s.start),
+                        kind,
+                    });
+                }
+                let end = s.end.min(r.end);
+                out(Region {
+                    range: Range::new(cursor.max(s.start), end),
+                    kind: Kind::Stack,
+                });
+                cursor = end;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d0c0a00000-55d0c0a02000 r--p 00000000 fd:01 1234 /usr/bin/prog
+55d0c0a02000-55d0c0a03000 rw-p 00002000 fd:01 1234 /usr/bin/prog
+55d0c0a03000-55d0c0a05000 rw-p 00000000 00:00 0 
+55d0c1000000-55d0c1100000 rw-p 00000000 00:00 0                          [heap]
+7f0000000000-7f0000021000 rw-p 00000000 00:00 0 
+7f0000021000-7f0004000000 ---p 00000000 00:00 0 
+7f1000000000-7f1000100000 rw-s 00000000 00:01 99 /dev/shm/x
+7f2000000000-7f2000200000 rw-p 00000000 00:00 0 
+7f3000000000-7f3000001000 r--p 00000000 00:00 0 
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
+7ffd00100000-7ffd00102000 r--p 00000000 00:00 0                          [vvar]
+garbage line
+";
+
+    fn collect(own: &[Range], stacks: &[Range]) -> Vec<(usize, usize, Kind)> {
+        let mut v = Vec::new();
+        candidates(MAPS, own, stacks, &mut |r| {
+            v.push((r.range.start, r.range.end, r.kind))
+        });
+        v
+    }
+
+    #[test]
+    fn classifies_heap_bss_anon_stack() {
+        let v = collect(&[], &[]);
+        assert_eq!(
+            v,
+            vec![
+                (0x55d0c0a03000, 0x55d0c0a05000, Kind::Bss),
+                (0x55d0c1000000, 0x55d0c1100000, Kind::Heap),
+                (0x7f0000000000, 0x7f0000021000, Kind::Anon),
+                (0x7f2000000000, 0x7f2000200000, Kind::Anon),
+                (0x7ffd00000000, 0x7ffd00021000, Kind::Stack),
+            ]
+        );
+    }
+
+    #[test]
+    fn own_ranges_are_cut_and_thread_stacks_split() {
+        let own = [Range::new(0x7f2000000000, 0x7f2000100000)];
+        let stacks = [Range::new(0x7f2000180000, 0x7f20001c0000)];
+        let v = collect(&own, &stacks);
+        let anon: Vec<_> = v
+            .iter()
+            .filter(|r| r.0 >= 0x7f2000000000 && r.0 < 0x7f3000000000)
+            .collect();
+        assert_eq!(
+            anon,
+            vec![
+                &(0x7f2000100000, 0x7f2000180000, Kind::Anon),
+                &(0x7f2000180000, 0x7f20001c0000, Kind::Stack),
+                &(0x7f20001c0000, 0x7f2000200000, Kind::Anon),
+            ]
+        );
+    }
+
+    #[test]
+    fn parses_paths_with_spaces() {
+        let l = parse_line("7f00-7f10 rw-p 00000000 fd:01 55 /tmp/a file (deleted)").unwrap();
+        assert_eq!(l.path, "/tmp/a file (deleted)");
+        assert_eq!(l.inode, 55);
+        assert!(parse_line("nonsense").is_none());
+    }
+}

@@ -1,0 +1,135 @@
+//! Thread stacks of the host, which are not tracked unless `MEMSHADOW_TRACK=heap+stacks`.
+//!
+//! glibc maps thread stacks with its internal `__mmap`, so they look like any other
+//! anonymous memory in `/proc/self/maps`. The interposed `pthread_create` starts each
+//! thread through [`thread_start`], which records the thread's stack range here; a
+//! pthread key destructor forgets it when the thread exits (also through
+//! `pthread_exit`). Rescans classify memory inside a recorded stack as a stack.
+
+use crate::base::forward::{self, StartRoutine};
+use crate::base::range::{Range, RangeList};
+use core::ffi::{c_int, c_void};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use memshadow_format::stats::Counter;
+
+static STACKS: RangeList<4096> = RangeList::new();
+static KEY: AtomicU32 = AtomicU32::new(0);
+static KEY_READY: AtomicBool = AtomicBool::new(false);
+
+fn register(r: Range) {
+    STACKS.insert(r);
+}
+
+fn unregister_starting_at(start: usize) {
+    STACKS.remove_first(|r| r.start == start);
+}
+
+/// The recorded stacks (allocates from the shim's arena: not for interposed paths).
+pub fn snapshot() -> Vec<Range> {
+    STACKS.to_vec()
+}
+
+/// The pthread key destructor, run as a thread started by the host exits.
+extern "C" fn forget_stack(start: *mut c_void) {
+    unregister_starting_at(start as usize);
+    crate::stats::release_stripe();
+}
+
+/// Creates the pthread key whose destructor forgets a thread's stack at exit.
+pub fn init() {
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: `key` is a valid out-pointer; the destructor is a plain extern "C" fn.
+    if unsafe { libc::pthread_key_create(&mut key, Some(forget_stack)) } == 0 {
+        KEY.store(key, Ordering::Relaxed);
+        KEY_READY.store(true, Ordering::Release);
+    }
+}
+
+/// The calling thread's stack as glibc reports it.
+fn current_stack() -> Option<Range> {
+    // SAFETY: `attr` is initialised by pthread_getattr_np before use and destroyed after;
+    // the out-pointers are valid.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return None;
+        }
+        let mut addr: *mut c_void = core::ptr::null_mut();
+        let mut size: usize = 0;
+        let ok = libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0;
+        libc::pthread_attr_destroy(&mut attr);
+        (ok && !addr.is_null()).then(|| Range::new(addr as usize, addr as usize + size))
+    }
+}
+
+/// What the interposed `pthread_create` passes to the new thread.
+struct ThreadStart {
+    start: StartRoutine,
+    arg: *mut c_void,
+}
+
+extern "C" fn thread_start(p: *mut c_void) -> *mut c_void {
+    // SAFETY: `p` is the ThreadStart written by `create`, handed to this thread alone.
+    let ThreadStart { start, arg } = unsafe { (p as *mut ThreadStart).read() };
+    if let Some(r) = forward::real() {
+        // SAFETY: the block came from the real malloc in `create`.
+        unsafe { (r.free)(p) };
+    }
+    if let Some(stack) = current_stack() {
+        register(stack);
+        if KEY_READY.load(Ordering::Acquire) {
+            // SAFETY: the key exists; the value is only an address handed back to
+            // forget_stack, never dereferenced.
+            unsafe {
+                libc::pthread_setspecific(KEY.load(Ordering::Relaxed), stack.start as *const c_void)
+            };
+        }
+    }
+    crate::stats::add(Counter::ThreadsStarted, 1);
+    start(arg)
+}
+
+/// The interposed `pthread_create`: starts the thread through [`thread_start`] when the
+/// shim is tracking, directly otherwise.
+///
+/// # Safety
+/// Same contract as `pthread_create(3)`.
+pub unsafe fn create(
+    thread: *mut libc::pthread_t,
+    attr: *const libc::pthread_attr_t,
+    start: StartRoutine,
+    arg: *mut c_void,
+) -> c_int {
+    let Some(real) = forward::real_blocking() else {
+        return libc::EAGAIN;
+    };
+    if !crate::tracking::regions::tracking() {
+        // SAFETY: forwarded unchanged.
+        return unsafe { (real.pthread_create)(thread, attr, start, arg) };
+    }
+    // The hand-off block comes from the host's allocator (uncounted): the new thread
+    // frees it before running the host's code.
+    // SAFETY: plain allocation of a small block.
+    let p = unsafe { (real.malloc)(core::mem::size_of::<ThreadStart>()) } as *mut ThreadStart;
+    if p.is_null() {
+        // SAFETY: forwarded unchanged.
+        return unsafe { (real.pthread_create)(thread, attr, start, arg) };
+    }
+    // SAFETY: `p` is a fresh block large and aligned enough for ThreadStart.
+    unsafe { p.write(ThreadStart { start, arg }) };
+    // SAFETY: the caller's arguments are forwarded; only the start routine is wrapped.
+    let rc = unsafe { (real.pthread_create)(thread, attr, thread_start, p.cast()) };
+    if rc != 0 {
+        // SAFETY: the thread was not created, so the block is still ours.
+        unsafe { (real.free)(p.cast()) };
+    }
+    rc
+}
+
+pub(crate) fn lock_for_fork() {
+    STACKS.lock_for_fork();
+}
+
+pub(crate) fn unlock_after_fork() {
+    STACKS.unlock_after_fork();
+}

@@ -1044,7 +1044,11 @@ impl Runner {
     }
 }
 
-/// The default command.
+/// Results of every run, by workload, size and mode (`None` for a run that failed).
+type Results = BTreeMap<(Workload, u64, Mode), Vec<Option<Measure>>>;
+
+/// The default command: measures, prints the table (and the JSON and chart asked for),
+/// and with `--quick` checks that every mode produced its numbers.
 pub fn run(args: Args) -> Result<(), String> {
     let started = Instant::now();
     let plan = Plan::from(&args);
@@ -1056,8 +1060,41 @@ pub fn run(args: Args) -> Result<(), String> {
     if !args.mode.is_empty() && !args.mode.contains(&Mode::Baseline) {
         notes.push("baseline added: throughput ratios need it".into());
     }
+    let workloads = runnable_workloads(&plan, &mut notes)?;
+    let scratch = Scratch::new()?;
+    let runner = make_runner(&plan, &workloads, &scratch)?;
+    let (results, failures, expected) =
+        measure_all(&plan, &workloads, &runner, &mut notes, started);
+    let rows = rows_of(&plan, &workloads, &results);
+    notes.extend(report_notes(&plan, &results, &rows));
 
-    // What can run here.
+    println!("command: {command}");
+    println!("{}\n", plan.header());
+    print!("{}", table(&rows));
+    for n in &notes {
+        println!("\nnote: {n}");
+    }
+    if let Some(json) = &args.json {
+        write_json_and_chart(&plan, &rows, json)?;
+    }
+    println!("\ntook {:.0} s", started.elapsed().as_secs_f64());
+
+    if plan.quick {
+        quick_check(&rows, &expected)
+    } else if !failures.is_empty() {
+        Err(format!(
+            "{} run(s) failed: {}",
+            failures.len(),
+            failures.join("; ")
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The planned workloads that can run here; one that cannot is an error when asked for
+/// by name, else a note.
+fn runnable_workloads(plan: &Plan, notes: &mut Vec<String>) -> Result<Vec<Workload>, String> {
     let mut workloads = Vec::new();
     for &w in &plan.workloads {
         let missing = match w {
@@ -1076,15 +1113,20 @@ pub fn run(args: Args) -> Result<(), String> {
             None => workloads.push(w),
         }
     }
+    Ok(workloads)
+}
+
+/// The runner: the `memshadow` binary, a private run-time directory for the shim in the
+/// scratch directory, and the C workloads built.
+fn make_runner(plan: &Plan, workloads: &[Workload], scratch: &Scratch) -> Result<Runner, String> {
     let memshadow = memshadow_bin()?;
-    let scratch = Scratch::new()?;
     let shim_dir = scratch.0.join("shim");
     make_private_dir(&shim_dir)?;
     let mut programs = BTreeMap::new();
     for &w in workloads.iter().filter(|w| w.is_c()) {
         programs.insert(w, build_workload(w.name())?);
     }
-    let runner = Runner {
+    Ok(Runner {
         memshadow,
         shim_dir,
         scratch: scratch.0.clone(),
@@ -1093,16 +1135,25 @@ pub fn run(args: Args) -> Result<(), String> {
         threads: plan.threads,
         predict: plan.predict,
         programs,
-    };
+    })
+}
 
-    // Interleaved: in each run, each workload and size runs its modes back to back, in
-    // an order that rotates from one group to the next.
-    type Key = (Workload, u64, Mode);
-    let mut results: BTreeMap<Key, Vec<Option<Measure>>> = BTreeMap::new();
+/// Runs everything, interleaved: in each run, each workload and size runs its modes back
+/// to back, in an order that rotates from one group to the next (so that drift of the
+/// machine hits every mode alike). Returns the results, the failures (one line each) and
+/// every workload, size and mode expected.
+fn measure_all(
+    plan: &Plan,
+    workloads: &[Workload],
+    runner: &Runner,
+    notes: &mut Vec<String>,
+    started: Instant,
+) -> (Results, Vec<String>, Vec<(Workload, u64, Mode)>) {
+    let mut results = Results::new();
     let mut failures = Vec::new();
     let mut expected = Vec::new();
     let mut rotation = 0;
-    for &w in &workloads {
+    for &w in workloads {
         let (modes, note) = plan.modes_of(w);
         notes.extend(note);
         for &mib in &plan.sizes {
@@ -1110,7 +1161,7 @@ pub fn run(args: Args) -> Result<(), String> {
         }
     }
     for run in 0..plan.runs {
-        for &w in &workloads {
+        for &w in workloads {
             let (modes, _) = plan.modes_of(w);
             for &mib in &plan.sizes {
                 let mut order = modes.clone();
@@ -1140,10 +1191,15 @@ pub fn run(args: Args) -> Result<(), String> {
             }
         }
     }
+    (results, failures, expected)
+}
 
+/// A row per workload, size and mode, in the plan's order, ratios against the baseline
+/// of the same runs.
+fn rows_of(plan: &Plan, workloads: &[Workload], results: &Results) -> Vec<Row> {
     let mut rows = Vec::new();
     let none = vec![None; plan.runs];
-    for &w in &workloads {
+    for &w in workloads {
         for &mib in &plan.sizes {
             let base = results.get(&(w, mib, Mode::Baseline)).unwrap_or(&none);
             for &mode in &plan.modes {
@@ -1153,22 +1209,27 @@ pub fn run(args: Args) -> Result<(), String> {
             }
         }
     }
+    rows
+}
+
+/// What a reader of the table must know: prefetch runs that reported no prefetch
+/// counters, and stall percentiles resting on few batches.
+fn report_notes(plan: &Plan, results: &Results, rows: &[Row]) -> Vec<String> {
+    let mut notes = Vec::new();
     if plan.modes.contains(&Mode::Prefetch) {
-        let prefetcher = results
+        let counted = results
             .iter()
             .filter(|((_, _, m), _)| *m == Mode::Prefetch)
             .flat_map(|(_, v)| v.iter().flatten())
             .any(|m| m.stat(|s| s.prefetch_hits).is_some());
-        if !prefetcher {
+        if !counted {
             notes.push(format!(
-                "prefetch: this shim has no prefetcher yet (its statistics have no \
-                 prefetch_hits), so prefetch ran as cow with MEMSHADOW_PREDICT={} set: \
-                 the same thing measured twice; hit_rate and waste_rate are null",
+                "prefetch: no run reported prefetch counters (prefetch_hits) with \
+                 MEMSHADOW_PREDICT={}: hit_rate and waste_rate are null",
                 plan.predict.name()
             ));
         }
     }
-
     let few: Vec<String> = rows
         .iter()
         .filter(|r| r.batches.is_some_and(|b| b < FEW_BATCHES))
@@ -1181,65 +1242,56 @@ pub fn run(args: Args) -> Result<(), String> {
             few.join(", ")
         ));
     }
+    notes
+}
 
-    println!("command: {command}");
-    println!("{}\n", plan.header());
-    print!("{}", table(&rows));
-    for n in &notes {
-        println!("\nnote: {n}");
+/// Writes the rows as JSON to `json` and their chart beside it (`.svg`).
+fn write_json_and_chart(plan: &Plan, rows: &[Row], json: &Path) -> Result<(), String> {
+    let array = Value::Array(rows.iter().map(Row::to_json).collect());
+    let text = serde_json::to_string_pretty(&array).expect("rows serialise");
+    if let Some(parent) = json.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
-    if let Some(json) = &args.json {
-        let array = Value::Array(rows.iter().map(Row::to_json).collect());
-        let text = serde_json::to_string_pretty(&array).expect("rows serialise");
-        if let Some(parent) = json.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-        }
-        std::fs::write(json, text + "\n")
-            .map_err(|e| format!("cannot write {}: {e}", json.display()))?;
-        let svg_path = json.with_extension("svg");
-        let mut title = format!(
-            "memshadow-bench: {} run(s), snapshots or forks every {} ms",
-            plan.runs, plan.interval_ms
+    std::fs::write(json, text + "\n")
+        .map_err(|e| format!("cannot write {}: {e}", json.display()))?;
+    let svg_path = json.with_extension("svg");
+    let mut title = format!(
+        "memshadow-bench: {} run(s), snapshots or forks every {} ms",
+        plan.runs, plan.interval_ms
+    );
+    if plan.modes.contains(&Mode::Prefetch) {
+        title.push_str(&format!(", prefetch with {}", plan.predict.name()));
+    }
+    std::fs::write(&svg_path, chart(rows, &plan.modes, &title))
+        .map_err(|e| format!("cannot write {}: {e}", svg_path.display()))?;
+    println!("\nwrote {} and {}", json.display(), svg_path.display());
+    Ok(())
+}
+
+/// `--quick`: every expected row ran and produced its numbers; prints the plain closing
+/// line CI reads (one "test" per workload, size and mode).
+fn quick_check(rows: &[Row], expected: &[(Workload, u64, Mode)]) -> Result<(), String> {
+    let problems = completeness_problems(rows, expected);
+    let bad = expected
+        .iter()
+        .filter(|&&e| !completeness_problems(rows, &[e]).is_empty())
+        .count();
+    for p in &problems {
+        println!("quick check: {p}");
+    }
+    if bad == 0 {
+        println!(
+            "quick check: all {} workload/size/mode rows ran and produced their numbers",
+            expected.len()
         );
-        if plan.modes.contains(&Mode::Prefetch) {
-            title.push_str(&format!(", prefetch with {}", plan.predict.name()));
-        }
-        std::fs::write(&svg_path, chart(&rows, &plan.modes, &title))
-            .map_err(|e| format!("cannot write {}: {e}", svg_path.display()))?;
-        println!("\nwrote {} and {}", json.display(), svg_path.display());
     }
-    println!("\ntook {:.0} s", started.elapsed().as_secs_f64());
-
-    if plan.quick {
-        let problems = completeness_problems(&rows, &expected);
-        let bad = expected
-            .iter()
-            .filter(|&&e| !completeness_problems(&rows, &[e]).is_empty())
-            .count();
-        for p in &problems {
-            println!("quick check: {p}");
-        }
-        if bad == 0 {
-            println!(
-                "quick check: all {} workload/size/mode rows ran and produced their numbers",
-                expected.len()
-            );
-        }
-        // The plain closing line CI reads: one "test" per workload, size and mode.
-        println!("smoke: {} passed, {bad} failed", expected.len() - bad);
-        if bad > 0 {
-            return Err(format!(
-                "quick check failed: {bad} of {} workload/size/mode rows did not run or \
-                 produced no numbers (above)",
-                expected.len()
-            ));
-        }
-    } else if !failures.is_empty() {
+    println!("smoke: {} passed, {bad} failed", expected.len() - bad);
+    if bad > 0 {
         return Err(format!(
-            "{} run(s) failed: {}",
-            failures.len(),
-            failures.join("; ")
+            "quick check failed: {bad} of {} workload/size/mode rows did not run or \
+             produced no numbers (above)",
+            expected.len()
         ));
     }
     Ok(())

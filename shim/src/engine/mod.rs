@@ -608,7 +608,37 @@ pub fn uffd() -> core::mem::ManuallyDrop<Uffd> {
 
 /// Starts the engine: opens userfaultfd, reserves the shadow budget, starts the fault
 /// thread. Idempotent; the error says why snapshots cannot be taken.
-pub fn ensure_started(config: &Config) -> Result<(), String> {
+/// Why the engine could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// Snapshots stopped for good in this process (see [`stop`]).
+    Stopped,
+    /// No userfaultfd with what the engine needs.
+    Uffd(crate::engine::uffd::UffdError),
+    /// The fault thread's wake-up pipe.
+    Kick(crate::engine::preserve::KickError),
+    /// The shadow budget could not be reserved (MiB).
+    Budget(usize),
+    /// The fault thread could not be started.
+    FaultThread(String),
+}
+
+impl core::fmt::Display for StartError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            StartError::Stopped => write!(
+                f,
+                "snapshots stopped in this process: the program closed a descriptor of the shim's"
+            ),
+            StartError::Uffd(e) => write!(f, "userfaultfd is not available: {e}"),
+            StartError::Kick(e) => write!(f, "{e}"),
+            StartError::Budget(mb) => write!(f, "cannot reserve a {mb} MiB shadow budget"),
+            StartError::FaultThread(e) => write!(f, "cannot start the fault thread: {e}"),
+        }
+    }
+}
+
+pub fn ensure_started(config: &Config) -> Result<(), StartError> {
     if started() {
         return Ok(());
     }
@@ -617,14 +647,10 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
         return Ok(());
     }
     if stopped() {
-        return Err(
-            "snapshots stopped in this process: the program closed a descriptor of the shim's"
-                .to_string(),
-        );
+        return Err(StartError::Stopped);
     }
-    let uffd = Uffd::open(crate::engine::uffd::WANTED)
-        .map_err(|e| format!("userfaultfd is not available: {e}"))?;
-    crate::engine::preserve::init().map_err(|e| e.to_string())?;
+    let uffd = Uffd::open(crate::engine::uffd::WANTED).map_err(StartError::Uffd)?;
+    crate::engine::preserve::init().map_err(StartError::Kick)?;
     // glibc's free trims the heap with its own __sbrk/__madvise, which no interposer
     // sees and whose pages retained versions may still need: from now on it does not
     // (malloc_trim, interposed, still does).
@@ -633,10 +659,7 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
     let budget = config.shadow_budget_mb << 20;
     let Some(mem) = sys::map_anon(budget, true) else {
         crate::engine::preserve::close_kick();
-        return Err(format!(
-            "cannot reserve a {} MiB shadow budget",
-            config.shadow_budget_mb
-        ));
+        return Err(StartError::Budget(config.shadow_budget_mb));
     };
     let mem = Range::new(mem as usize, mem as usize + budget);
     crate::base::own::register(mem);
@@ -684,7 +707,7 @@ pub fn ensure_started(config: &Config) -> Result<(), String> {
         }
         crate::base::fds::release(fd);
         crate::engine::preserve::close_kick();
-        return Err(format!("cannot start the fault thread: {e}"));
+        return Err(StartError::FaultThread(e));
     }
     STARTED.store(true, Ordering::Release);
     Ok(())

@@ -248,7 +248,7 @@ pub fn dispatch(req: &str) -> Vec<u8> {
         }
         CMD_SNAPSHOT => match crate::service::epoch::snapshot() {
             Ok(v) => encode_ok(&[("version", v.to_string())]).into_bytes(),
-            Err(e) => encode_error(&e).into_bytes(),
+            Err(e) => encode_error(&e.to_string()).into_bytes(),
         },
         CMD_READ => read_reply(&args),
         CMD_REGIONS => regions_reply(&args),

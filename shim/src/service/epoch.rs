@@ -162,12 +162,49 @@ fn protect_within(
 }
 
 /// Takes a snapshot: runs a protect pass and returns its version once it has ended.
-pub fn snapshot() -> Result<u64, String> {
+/// Why a snapshot was not taken, or not whole.
+#[derive(Debug)]
+pub enum SnapshotError {
+    /// The shim does not track this process (set-up failed).
+    NotTracking,
+    /// The engine could not start (or stopped for good: no snapshot will be taken).
+    Start(engine::StartError),
+    /// The engine stopped for good during the pass (a descriptor lost).
+    Stopped,
+    /// Part of the memory could not be protected: the snapshot was abandoned; the next
+    /// one starts afresh.
+    Incomplete { version: u64, ms: u64 },
+}
+
+impl SnapshotError {
+    /// Whether later snapshots can succeed (the engine runs).
+    pub fn passing(&self) -> bool {
+        matches!(self, SnapshotError::Incomplete { .. })
+    }
+}
+
+impl core::fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SnapshotError::NotTracking => write!(f, "memshadow is not tracking this process"),
+            SnapshotError::Start(e) => write!(f, "{e}"),
+            SnapshotError::Stopped => {
+                write!(f, "snapshots stopped: the program closed the shim's userfaultfd")
+            }
+            SnapshotError::Incomplete { version, ms } => write!(
+                f,
+                "the kernel kept refusing to write-protect memory (EAGAIN) for {ms} ms; snapshot {version} is incomplete"
+            ),
+        }
+    }
+}
+
+pub fn snapshot() -> Result<u64, SnapshotError> {
     let _blocked = sys::block_signals();
     let mut last = PASS.lock();
-    let config = crate::config::current().ok_or("memshadow is not tracking this process")?;
+    let config = crate::config::current().ok_or(SnapshotError::NotTracking)?;
     if !engine::started() {
-        engine::ensure_started(&config)?;
+        engine::ensure_started(&config).map_err(SnapshotError::Start)?;
         // The prefetch thread comes with the engine (it copies for it); snapshots work
         // without it, by plain copy-on-write.
         if let Err(e) = crate::prefetch::start(&config) {
@@ -176,7 +213,7 @@ pub fn snapshot() -> Result<u64, String> {
     }
     if !crate::base::fds::verify(engine::uffd_fd()) {
         engine::stop("the shim's userfaultfd descriptor");
-        return Err("snapshots stopped: the program closed the shim's userfaultfd".to_string());
+        return Err(SnapshotError::Stopped);
     }
     let started = engine::now_ns();
     crate::engine::preserve::wait_for_saves();
@@ -202,7 +239,7 @@ pub fn snapshot() -> Result<u64, String> {
         let oldest = e.pool.retained().map_or(e.version + 1, |r| r.0);
         (e.version + 1, e.reprotect.capacities(), oldest)
     })
-    .ok_or("the engine stopped")?;
+    .ok_or(SnapshotError::Stopped)?;
     let mut work = PassWork::with_capacity(unprotected_cap, changed_cap);
     let tracked = carry_since(&last.tracked, &ranges, v);
     // Retired ranges stay while a retained version may need them.
@@ -314,10 +351,10 @@ pub fn snapshot() -> Result<u64, String> {
     let max = stats::page().counter(Counter::ProtectPassUsMax);
     max.fetch_max(us, Ordering::Relaxed);
     if refused {
-        return Err(format!(
-            "the kernel kept refusing to write-protect memory (EAGAIN) for {} ms; snapshot {v} is incomplete",
-            EAGAIN_LIMIT_NS / 1_000_000
-        ));
+        return Err(SnapshotError::Incomplete {
+            version: v,
+            ms: EAGAIN_LIMIT_NS / 1_000_000,
+        });
     }
     Ok(v)
 }
@@ -469,7 +506,7 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
             ANSWERED.store(now, Ordering::Release);
             sys::futex_wake(&ANSWERED);
         } else if let Err(e) = result {
-            if engine::started() {
+            if e.passing() {
                 // This snapshot was abandoned (counted); the next one starts afresh.
                 if !PERIODIC_ERROR_SAID.swap(true, Ordering::Relaxed) {
                     crate::base::log::error!("periodic snapshot: {e}");
@@ -521,6 +558,27 @@ pub fn snapshot_for_api() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_incomplete_snapshot_lets_later_ones_run() {
+        let incomplete = SnapshotError::Incomplete {
+            version: 7,
+            ms: 2000,
+        };
+        assert!(incomplete.passing());
+        assert!(incomplete.to_string().contains("snapshot 7 is incomplete"));
+        for e in [
+            SnapshotError::NotTracking,
+            SnapshotError::Stopped,
+            SnapshotError::Start(engine::StartError::Budget(64)),
+        ] {
+            assert!(!e.passing(), "{e}");
+        }
+        assert_eq!(
+            SnapshotError::Start(engine::StartError::Budget(64)).to_string(),
+            "cannot reserve a 64 MiB shadow budget"
+        );
+    }
 
     fn t(a: usize, b: usize, since: u64) -> TrackedRange {
         TrackedRange {

@@ -47,11 +47,27 @@ fn run_dir(config: &Config) -> PathBuf {
     }
 }
 
+/// Why this process could not be published (it then runs untracked).
+#[derive(Debug)]
+enum PublishError {
+    Stats(stats::SetupError),
+    Control(control::ControlError),
+}
+
+impl core::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PublishError::Stats(e) => write!(f, "{e}"),
+            PublishError::Control(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 /// Publishes this process: stats page, control socket. On failure nothing is left behind.
-fn publish(config: &Config) -> Result<Runtime, String> {
+fn publish(config: &Config) -> Result<Runtime, PublishError> {
     let dir = run_dir(config);
-    stats::ensure_private_dir(&dir)?;
-    let stats = stats::create(&dir, config.run_id)?;
+    stats::ensure_private_dir(&dir).map_err(PublishError::Stats)?;
+    let stats = stats::create(&dir, config.run_id).map_err(PublishError::Stats)?;
     match control::start(&dir) {
         Ok(socket) => {
             crate::service::exit_files::publish(&stats.path, &socket, config.run_id != 0);
@@ -63,7 +79,7 @@ fn publish(config: &Config) -> Result<Runtime, String> {
         }
         Err(e) => {
             stats::remove(&stats);
-            Err(e)
+            Err(PublishError::Control(e))
         }
     }
 }

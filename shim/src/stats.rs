@@ -154,45 +154,76 @@ pub struct StatsFile {
     pub path: PathBuf,
 }
 
-/// Why the stats page could not be created.
-pub type SetupError = String;
+/// Why the run-time directory or the stats page could not be set up.
+#[derive(Debug)]
+pub enum SetupError {
+    /// A path with a NUL byte in it.
+    Nul(PathBuf),
+    /// `mkdir` or `open` failed.
+    Create(PathBuf, std::io::Error),
+    /// `lstat` failed.
+    Stat(PathBuf, std::io::Error),
+    NotADirectory(PathBuf),
+    /// The directory belongs to another uid (it, us).
+    Owner(PathBuf, u32, u32),
+    WritableByOthers(PathBuf),
+    /// Sizing or mapping the page failed.
+    Map(PathBuf, std::io::Error),
+}
+
+impl core::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SetupError::Nul(p) => write!(f, "{} has a NUL byte in it", p.display()),
+            SetupError::Create(p, e) => write!(f, "cannot create {}: {e}", p.display()),
+            SetupError::Stat(p, e) => write!(f, "cannot stat {}: {e}", p.display()),
+            SetupError::NotADirectory(p) => write!(f, "{} is not a directory", p.display()),
+            SetupError::Owner(p, uid, me) => {
+                write!(
+                    f,
+                    "{} belongs to uid {uid}, not to us (uid {me})",
+                    p.display()
+                )
+            }
+            SetupError::WritableByOthers(p) => {
+                write!(f, "{} is writable by other users", p.display())
+            }
+            SetupError::Map(p, e) => write!(f, "cannot map {}: {e}", p.display()),
+        }
+    }
+}
 
 /// Creates (or re-creates) the run-time directory `dir` with mode 0700, or checks that an
 /// existing one is a real directory of ours that nobody else can write to.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), SetupError> {
-    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| "NUL in MEMSHADOW_DIR")?;
+    let c =
+        CString::new(dir.as_os_str().as_bytes()).map_err(|_| SetupError::Nul(dir.to_path_buf()))?;
     // SAFETY: `c` is a valid C string.
     if unsafe { libc::mkdir(c.as_ptr(), 0o700) } != 0 && sys::errno() != libc::EEXIST {
-        return Err(format!(
-            "cannot create {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
+        return Err(SetupError::Create(
+            dir.to_path_buf(),
+            std::io::Error::last_os_error(),
         ));
     }
     // SAFETY: `st` is a valid out-pointer, `c` a valid C string.
     let mut st: libc::stat = unsafe { core::mem::zeroed() };
     // SAFETY: as above.
     if unsafe { libc::lstat(c.as_ptr(), &mut st) } != 0 {
-        return Err(format!(
-            "cannot stat {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
+        return Err(SetupError::Stat(
+            dir.to_path_buf(),
+            std::io::Error::last_os_error(),
         ));
     }
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
     if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-        return Err(format!("{} is not a directory", dir.display()));
+        return Err(SetupError::NotADirectory(dir.to_path_buf()));
     }
     if st.st_uid != me {
-        return Err(format!(
-            "{} belongs to uid {}, not to us (uid {me})",
-            dir.display(),
-            st.st_uid
-        ));
+        return Err(SetupError::Owner(dir.to_path_buf(), st.st_uid, me));
     }
     if st.st_mode & 0o022 != 0 {
-        return Err(format!("{} is writable by other users", dir.display()));
+        return Err(SetupError::WritableByOthers(dir.to_path_buf()));
     }
     Ok(())
 }
@@ -248,7 +279,7 @@ pub fn create(dir: &Path, run_id: u64) -> Result<StatsFile, SetupError> {
     // SAFETY: getuid cannot fail.
     let uid = unsafe { libc::getuid() };
     let path = memshadow_format::paths::stats_path(dir, pid);
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| "NUL in path")?;
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| SetupError::Nul(path.clone()))?;
     let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     // SAFETY: `c` is a valid C string; unlink and open touch only that path.
     let fd = unsafe {
@@ -256,11 +287,7 @@ pub fn create(dir: &Path, run_id: u64) -> Result<StatsFile, SetupError> {
         libc::open(c.as_ptr(), flags, 0o600 as libc::c_uint)
     };
     if fd < 0 {
-        return Err(format!(
-            "cannot create {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        ));
+        return Err(SetupError::Create(path, std::io::Error::last_os_error()));
     }
     // SAFETY: `fd` is the file just opened; fchmod/ftruncate act on it only.
     let sized = unsafe {
@@ -280,7 +307,7 @@ pub fn create(dir: &Path, run_id: u64) -> Result<StatsFile, SetupError> {
     let Some(p) = mapped else {
         // SAFETY: `c` is a valid C string naming the file we created.
         unsafe { libc::unlink(c.as_ptr()) };
-        return Err(format!("cannot map {}: {err}", path.display()));
+        return Err(SetupError::Map(path, err));
     };
     let range = Range::new(p as usize, p as usize + STATS_PAGE_SIZE);
     crate::base::own::register(range);

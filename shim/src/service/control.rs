@@ -27,28 +27,49 @@ static LISTEN_FD: AtomicI32 = AtomicI32::new(-1);
 const REFRESH_MS: i32 = 1000;
 const PEER_TIMEOUT_S: libc::time_t = 2;
 
+/// Why the control socket could not be served.
+#[derive(Debug)]
+pub enum ControlError {
+    TooLong(PathBuf),
+    Listen(PathBuf, std::io::Error),
+    Restrict(PathBuf, std::io::Error),
+    Adopt(crate::base::fds::FdError),
+    Thread(String),
+}
+
+impl core::fmt::Display for ControlError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ControlError::TooLong(p) => write!(
+                f,
+                "socket path {} is longer than {MAX_SOCKET_PATH} bytes",
+                p.display()
+            ),
+            ControlError::Listen(p, e) => write!(f, "cannot listen on {}: {e}", p.display()),
+            ControlError::Restrict(p, e) => write!(f, "cannot restrict {}: {e}", p.display()),
+            ControlError::Adopt(e) => write!(f, "the control socket: {e}"),
+            ControlError::Thread(e) => write!(f, "the control socket's thread: {e}"),
+        }
+    }
+}
+
 /// Binds `DIR/PID.sock` and starts the thread that serves it. Returns the socket path.
-pub fn start(dir: &Path) -> Result<PathBuf, String> {
+pub fn start(dir: &Path) -> Result<PathBuf, ControlError> {
     let pid = std::process::id();
     let path = memshadow_format::paths::socket_path(dir, pid);
     if path.as_os_str().len() > MAX_SOCKET_PATH {
-        return Err(format!(
-            "socket path {} is longer than {MAX_SOCKET_PATH} bytes",
-            path.display()
-        ));
+        return Err(ControlError::TooLong(path));
     }
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)
-        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(&path).map_err(|e| ControlError::Listen(path.clone(), e))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
-    let fd = crate::base::fds::adopt(listener.into_raw_fd())
-        .map_err(|e| format!("the control socket: {e}"))?;
+        .map_err(|e| ControlError::Restrict(path.clone(), e))?;
+    let fd = crate::base::fds::adopt(listener.into_raw_fd()).map_err(ControlError::Adopt)?;
     LISTEN_FD.store(fd, Ordering::Release);
     if let Err(e) = crate::base::shim_thread::spawn(serve, fd as usize as *mut c_void) {
         stop_listening();
         let _ = std::fs::remove_file(&path);
-        return Err(e);
+        return Err(ControlError::Thread(e));
     }
     Ok(path)
 }

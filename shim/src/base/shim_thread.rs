@@ -60,18 +60,44 @@ extern "C" fn trampoline(start: *mut c_void) -> *mut c_void {
     out
 }
 
+/// Why a shim thread could not be started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnError {
+    /// The C library's `pthread_create` was not found.
+    NoPthreadCreate,
+    /// No memory for the thread's stack.
+    NoStack,
+    /// `pthread_create` failed (its error number).
+    Create(i32),
+}
+
+impl core::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SpawnError::NoPthreadCreate => {
+                write!(f, "the C library's pthread_create was not found")
+            }
+            SpawnError::NoStack => write!(f, "no memory for a thread stack"),
+            SpawnError::Create(rc) => write!(
+                f,
+                "pthread_create failed: {}",
+                std::io::Error::from_raw_os_error(*rc)
+            ),
+        }
+    }
+}
+
 /// Starts `entry(arg)` on a new shim thread.
 pub fn spawn(
     entry: extern "C" fn(*mut c_void) -> *mut c_void,
     arg: *mut c_void,
-) -> Result<(), String> {
-    let real = crate::base::forward::real_blocking()
-        .ok_or("the C library's pthread_create was not found")?;
+) -> Result<(), SpawnError> {
+    let real = crate::base::forward::real_blocking().ok_or(SpawnError::NoPthreadCreate)?;
     let layout = Layout::from_size_align(STACK_BYTES, 4096).expect("constant layout");
     // SAFETY: non-zero layout; the block is given to the thread for its whole life.
     let stack = unsafe { std::alloc::alloc(layout) };
     if stack.is_null() {
-        return Err("no memory for a thread stack".into());
+        return Err(SpawnError::NoStack);
     }
     let start = Box::into_raw(Box::new(Start { entry, arg })).cast::<c_void>();
     let _blocked = crate::base::sys::block_signals();
@@ -103,10 +129,7 @@ pub fn spawn(
             std::alloc::dealloc(stack, layout);
             drop(Box::from_raw(start.cast::<Start>()));
         }
-        return Err(format!(
-            "pthread_create failed: {}",
-            std::io::Error::from_raw_os_error(rc)
-        ));
+        return Err(SpawnError::Create(rc));
     }
     Ok(())
 }

@@ -620,7 +620,7 @@ pub enum StartError {
     /// The shadow budget could not be reserved (MiB).
     Budget(usize),
     /// The fault thread could not be started.
-    FaultThread(String),
+    FaultThread(crate::base::shim_thread::SpawnError),
 }
 
 impl core::fmt::Display for StartError {

@@ -95,7 +95,7 @@ static STARTED: AtomicBool = AtomicBool::new(false);
 
 /// Starts the prefetch thread unless `MEMSHADOW_PREDICT=off` (called once the engine
 /// runs; again in a forked child that starts its own engine).
-pub fn start(config: &Config) -> Result<(), String> {
+pub fn start(config: &Config) -> Result<(), crate::base::shim_thread::SpawnError> {
     let Some(predictor) = predict::make(config.predict, &config.predict_params) else {
         return Ok(());
     };

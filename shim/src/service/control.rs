@@ -34,7 +34,7 @@ pub enum ControlError {
     Listen(PathBuf, std::io::Error),
     Restrict(PathBuf, std::io::Error),
     Adopt(crate::base::fds::FdError),
-    Thread(String),
+    Thread(crate::base::shim_thread::SpawnError),
 }
 
 impl core::fmt::Display for ControlError {

@@ -376,7 +376,9 @@ static API_ERROR_SAID: AtomicBool = AtomicBool::new(false);
 static PERIODIC_ERROR_SAID: AtomicBool = AtomicBool::new(false);
 
 /// Starts the epoch thread (once per process; again in a forked child).
-pub fn start_thread(config: &crate::config::Config) -> Result<(), String> {
+pub fn start_thread(
+    config: &crate::config::Config,
+) -> Result<(), crate::base::shim_thread::SpawnError> {
     let (interval_ms, max_overhead) = (config.interval_ms, config.max_overhead);
     if INTERVAL_MS.swap(interval_ms, Ordering::Relaxed) != interval_ms
         || !THREAD_STARTED.load(Ordering::Acquire)
@@ -528,8 +530,8 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
 pub fn snapshot_for_api() -> i64 {
     let saved = sys::errno();
     let started = match crate::config::current() {
-        Some(config) => start_thread(&config),
-        None => Err("memshadow is not tracking this process".to_string()),
+        Some(config) => start_thread(&config).map_err(|e| e.to_string()),
+        None => Err(SnapshotError::NotTracking.to_string()),
     };
     if let Err(msg) = started {
         if !engine::stopped() && !API_ERROR_SAID.swap(true, Ordering::Relaxed) {

@@ -181,10 +181,7 @@ pub fn copy_at(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<(), Read
             Err(ReadError::Gone { page, version: v })
         }
         Some(slot) => {
-            // SAFETY: the slot is PAGE bytes of the pool, read under the lock that keeps
-            // it from being reused.
-            let src = unsafe { core::slice::from_raw_parts(e.pool.slot_ptr(slot), PAGE) };
-            dst.copy_from_slice(&src[at - page..at - page + n]);
+            dst.copy_from_slice(&e.pool.slot(slot)[at - page..at - page + n]);
             Ok(())
         }
         None => {

@@ -188,9 +188,19 @@ impl ShadowPool {
         unsafe { crate::base::sys::discard(self.base as *mut u8, self.capacity as usize * PAGE) };
     }
 
-    /// The memory of `slot`.
-    pub fn slot_ptr(&self, slot: u32) -> *mut u8 {
+    /// The memory of `slot`, for the kernel to copy a page into (`Engine::save_run`);
+    /// readers take [`slot`](Self::slot).
+    pub(super) fn slot_ptr(&self, slot: u32) -> *mut u8 {
         (self.base + slot as usize * PAGE) as *mut u8
+    }
+
+    /// The page held in `slot`. The borrow of the pool (taken under the engine lock)
+    /// keeps the slot from being freed or reused while it is read.
+    pub fn slot(&self, slot: u32) -> &[u8] {
+        assert!(slot < self.capacity, "slot {slot} out of the pool");
+        // SAFETY: the slot is PAGE bytes of the pool's own mapping, inside it (checked
+        // above), and nothing writes it while the pool is borrowed.
+        unsafe { core::slice::from_raw_parts(self.slot_ptr(slot), PAGE) }
     }
 
     fn entry(&self, i: usize) -> &VersionEntry {

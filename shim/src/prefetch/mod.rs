@@ -702,10 +702,7 @@ fn written_in(e: &Engine, page: usize, v: u64, scratch: &mut [u8]) -> Option<boo
     readback::readable(e, v + 1).ok()?;
     let then = e.pool.find(page, v).filter(|&s| e.pool.stamp_of(s) == v)?;
     readback::copy_at(e, v + 1, page, scratch).ok()?;
-    // SAFETY: the slot is PAGE bytes of the pool, read under the engine lock that keeps
-    // it from being reused.
-    let then = unsafe { core::slice::from_raw_parts(e.pool.slot_ptr(then), PAGE) };
-    Some(then != scratch)
+    Some(e.pool.slot(then) != scratch)
 }
 
 #[cfg(test)]

@@ -161,6 +161,29 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine over `pool` with `config`'s fault-around, before its first version; all
+    /// its lists preallocated (nothing allocates under the engine lock).
+    pub fn new(pool: ShadowPool, config: &Config) -> Engine {
+        Engine {
+            pool,
+            version: 0,
+            pass_running: false,
+            held: Vec::with_capacity(HELD_CAPACITY),
+            tracked: Vec::new(),
+            retired: Vec::new(),
+            incomplete: false,
+            retry: Vec::with_capacity(RETRY_CAPACITY),
+            lost: Vec::with_capacity(LOST_CAPACITY),
+            zeros: Vec::with_capacity(ZEROS_CAPACITY),
+            lost_all_since: None,
+            fault_window: FaultWindow::new(config.fault_around),
+            reprotect: Reprotect::with_capacity(UNPROTECTED_CAPACITY, CHANGED_CAPACITY),
+            queued: Queued::new(),
+            trap_ns: [0; 40],
+            trap_max_ns: 0,
+        }
+    }
+
     /// The tracked range holding `page` at version `v`, if any.
     pub fn tracked_at(&self, page: usize, v: u64) -> Option<&TrackedRange> {
         self.tracked_at_or_after(page)
@@ -663,24 +686,7 @@ pub fn ensure_started(config: &Config) -> Result<(), StartError> {
     };
     let mem = Range::new(mem as usize, mem as usize + budget);
     crate::base::own::register(mem);
-    let engine = Engine {
-        pool: ShadowPool::new(mem, config.max_versions),
-        version: 0,
-        pass_running: false,
-        held: Vec::with_capacity(HELD_CAPACITY),
-        tracked: Vec::new(),
-        retired: Vec::new(),
-        incomplete: false,
-        retry: Vec::with_capacity(RETRY_CAPACITY),
-        lost: Vec::with_capacity(LOST_CAPACITY),
-        zeros: Vec::with_capacity(ZEROS_CAPACITY),
-        lost_all_since: None,
-        fault_window: FaultWindow::new(config.fault_around),
-        reprotect: Reprotect::with_capacity(UNPROTECTED_CAPACITY, CHANGED_CAPACITY),
-        queued: Queued::new(),
-        trap_ns: [0; 40],
-        trap_max_ns: 0,
-    };
+    let engine = Engine::new(ShadowPool::new(mem, config.max_versions), config);
     {
         let _s = sys::block_signals();
         *ENGINE.lock() = Some(engine);
@@ -794,4 +800,97 @@ pub fn forget_after_fork() {
     START.release();
     // The parent's engine memory stays mapped in the child, unused.
     core::mem::forget(ENGINE.lock().take());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::readback::{copy_at, readable, ReadError};
+
+    /// An engine over a pool of `slots` pages, tracking `tracked` since version 1, with
+    /// version 1 open (as a protect pass leaves it).
+    fn engine(slots: usize, tracked: Range) -> (Engine, Range) {
+        let mem = sys::map_anon(slots * PAGE, false).unwrap() as usize;
+        let pool_mem = Range::new(mem, mem + slots * PAGE);
+        let config = Config::parse(|_| None).unwrap();
+        let mut e = Engine::new(ShadowPool::new(pool_mem, 4), &config);
+        e.version = 1;
+        e.pool.begin_version(1);
+        e.tracked = vec![TrackedRange {
+            range: tracked,
+            since: 1,
+        }];
+        (e, pool_mem)
+    }
+
+    fn buffer(pages: usize) -> Range {
+        let p = sys::map_anon(pages * PAGE, false).unwrap() as usize;
+        Range::new(p, p + pages * PAGE)
+    }
+
+    fn fill(r: Range, byte: u8) {
+        // SAFETY: `r` is a mapping this test made.
+        unsafe { core::ptr::write_bytes(r.start as *mut u8, byte, r.len()) };
+    }
+
+    fn read_page(e: &Engine, v: u64, at: usize) -> Result<Vec<u8>, ReadError> {
+        readable(e, v)?;
+        let mut out = vec![0u8; PAGE];
+        copy_at(e, v, at, &mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn a_saved_run_reads_back_as_it_was_after_the_page_changes() {
+        let buf = buffer(8);
+        fill(buf, 0xab);
+        let (mut e, _pool) = engine(64, buf);
+        // Pages 2..6 saved, as a trap with a 4-page window would.
+        assert_eq!(e.save_run(buf.start + 2 * PAGE, buf.end, 4), Some((4, 4)));
+        assert!(e.saved_or_lost(buf.start + 2 * PAGE));
+        assert!(!e.saved_or_lost(buf.start + 6 * PAGE));
+        // Saved again: nothing to do, the run stops at the first saved page.
+        assert_eq!(e.save_run(buf.start + 2 * PAGE, buf.end, 4), Some((0, 0)));
+        fill(buf, 0xcd);
+        // Version 1 of a saved page is its shadow; of an unsaved one, the live page.
+        assert_eq!(
+            read_page(&e, 1, buf.start + 3 * PAGE).unwrap(),
+            vec![0xab; PAGE]
+        );
+        assert_eq!(
+            read_page(&e, 1, buf.start + 7 * PAGE).unwrap(),
+            vec![0xcd; PAGE]
+        );
+        assert!(matches!(
+            read_page(&e, 2, buf.start),
+            Err(ReadError::NotTaken { .. })
+        ));
+    }
+
+    #[test]
+    fn a_zero_record_reads_as_zeros_and_counts_as_saved() {
+        let buf = buffer(4);
+        let (mut e, _pool) = engine(16, buf);
+        assert!(e.mark_zero(Range::new(buf.start, buf.start + 2 * PAGE)));
+        assert!(e.saved_or_lost(buf.start + PAGE));
+        assert!(!e.saved_or_lost(buf.start + 2 * PAGE));
+        fill(buf, 0x77);
+        assert_eq!(read_page(&e, 1, buf.start + PAGE).unwrap(), vec![0; PAGE]);
+        assert_eq!(
+            read_page(&e, 1, buf.start + 2 * PAGE).unwrap(),
+            vec![0x77; PAGE]
+        );
+    }
+
+    #[test]
+    fn a_page_lost_after_the_version_is_refused_not_read() {
+        let buf = buffer(2);
+        fill(buf, 1);
+        let (mut e, _pool) = engine(16, buf);
+        e.mark_lost(buf);
+        assert!(matches!(
+            read_page(&e, 1, buf.start),
+            Err(ReadError::Gone { .. })
+        ));
+    }
 }

@@ -113,7 +113,9 @@ fn check_run_id(config: &mut Config) {
 /// The constructor (`.init_array`): runs before the program's `main`.
 pub extern "C" fn on_load() {
     let _blocked = sys::block_signals();
-    crate::base::fds::resolve_next();
+    // The C library's functions, found now from the constructor, so that a `close` or
+    // `_exit` in a signal handler or a vfork child never runs dlsym.
+    let _ = crate::base::forward::real();
     let mut config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {

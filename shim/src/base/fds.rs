@@ -25,8 +25,9 @@
 //! The table is a fixed array of atomics: the interposed `close` reads it without a lock
 //! and without allocating, from any thread and from signal handlers.
 
-use core::ffi::{c_int, c_uint, c_void};
-use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering};
+use crate::base::forward::real;
+use core::ffi::{c_int, c_uint};
+use core::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 /// How many descriptors the shim can hold at once (it keeps four, plus one per request
 /// being answered and per file being read).
@@ -161,28 +162,29 @@ pub fn adopt(fd: i32) -> Result<i32, FdError> {
 /// the one it adopted. On a mismatch (closed or replaced by a raw system call) the number
 /// is forgotten: it is the program's now, and the shim never touches it again.
 pub fn verify(fd: i32) -> bool {
-    let Some(slot) = find(fd) else {
-        return false;
-    };
+    verified(fd).is_some()
+}
+
+/// [`verify`], giving the table's slot of a descriptor still the shim's.
+fn verified(fd: i32) -> Option<&'static Slot> {
+    let slot = find(fd)?;
     let want = (
         slot.dev.load(Ordering::Relaxed),
         slot.ino.load(Ordering::Relaxed),
     );
     if identity(fd) == Ok(want) {
-        return true;
+        return Some(slot);
     }
     let _ = slot
         .fd
         .compare_exchange(fd, FREE, Ordering::AcqRel, Ordering::Acquire);
-    false
+    None
 }
 
 /// Closes a descriptor the shim adopted, if it is still the shim's; forgets it either way.
 pub fn release(fd: i32) {
-    if verify(fd) {
-        if let Some(slot) = find(fd) {
-            slot.fd.store(FREE, Ordering::Release);
-        }
+    if let Some(slot) = verified(fd) {
+        slot.fd.store(FREE, Ordering::Release);
         close_raw(fd);
     }
 }
@@ -268,50 +270,16 @@ pub fn read_file(path: &core::ffi::CStr, max: usize) -> Vec<u8> {
 // The interposed calls (exported from `interpose`): a shim descriptor is a number that is
 // not open, and stays open.
 
-/// Whether the program's call names a shim descriptor that is still the shim's.
-fn guarded(fd: i32) -> bool {
-    find(fd).is_some() && verify(fd)
+/// The answer for a shim descriptor: EBADF, as for a number that is not open.
+fn not_open() -> c_int {
+    crate::base::sys::set_errno(libc::EBADF);
+    -1
 }
 
-type CloseFn = unsafe extern "C" fn(c_int) -> c_int;
-type Dup2Fn = unsafe extern "C" fn(c_int, c_int) -> c_int;
-type Dup3Fn = unsafe extern "C" fn(c_int, c_int, c_int) -> c_int;
-type CloseRangeFn = unsafe extern "C" fn(c_uint, c_uint, c_int) -> c_int;
-type ClosefromFn = unsafe extern "C" fn(c_int);
-
-static REAL_CLOSE: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
-static REAL_DUP2: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
-static REAL_DUP3: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
-static REAL_CLOSE_RANGE: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
-static REAL_CLOSEFROM: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
-
-/// The C library's function `name` (the next definition after the shim's), looked up
-/// once; null if it has none.
-fn next_fn(cache: &AtomicPtr<c_void>, name: &core::ffi::CStr) -> *mut c_void {
-    // Cached: the function, ABSENT (looked up, not found), or null (not looked up yet).
-    const ABSENT: *mut c_void = core::ptr::dangling_mut::<c_void>();
-    let p = cache.load(Ordering::Acquire);
-    if p == ABSENT {
-        return core::ptr::null_mut();
-    }
-    if !p.is_null() {
-        return p;
-    }
-    // SAFETY: `name` is a valid C string; RTLD_NEXT finds the definition the shim's
-    // export hides.
-    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
-    cache.store(if p.is_null() { ABSENT } else { p }, Ordering::Release);
-    p
-}
-
-/// Looks up the C library's functions behind the interposed ones now (from the
-/// constructor), so that a `close` in a signal handler never runs `dlsym`.
-pub fn resolve_next() {
-    next_fn(&REAL_CLOSE, c"close");
-    next_fn(&REAL_DUP2, c"dup2");
-    next_fn(&REAL_DUP3, c"dup3");
-    next_fn(&REAL_CLOSE_RANGE, c"close_range");
-    next_fn(&REAL_CLOSEFROM, c"closefrom");
+/// The answer when the C library has no such call.
+fn missing() -> c_int {
+    crate::base::sys::set_errno(libc::ENOSYS);
+    -1
 }
 
 /// `close(2)`.
@@ -319,17 +287,15 @@ pub fn resolve_next() {
 /// # Safety
 /// As `close(2)`.
 pub unsafe fn close(fd: c_int) -> c_int {
-    if guarded(fd) {
-        crate::base::sys::set_errno(libc::EBADF);
-        return -1;
+    if verify(fd) {
+        return not_open();
     }
-    let real = next_fn(&REAL_CLOSE, c"close");
-    if real.is_null() {
+    match real().and_then(|r| r.close) {
+        // SAFETY: the C library's close, as the caller's.
+        Some(close) => unsafe { close(fd) },
         // SAFETY: as the caller's close.
-        return unsafe { libc::syscall(libc::SYS_close, fd) } as c_int;
+        None => unsafe { libc::syscall(libc::SYS_close, fd) as c_int },
     }
-    // SAFETY: the C library's close, whose signature this is.
-    unsafe { core::mem::transmute::<*mut c_void, CloseFn>(real)(fd) }
 }
 
 /// `dup2(2)`: a shim descriptor as either number is EBADF.
@@ -337,17 +303,14 @@ pub unsafe fn close(fd: c_int) -> c_int {
 /// # Safety
 /// As `dup2(2)`.
 pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
-    if guarded(old) || guarded(new) {
-        crate::base::sys::set_errno(libc::EBADF);
-        return -1;
+    if verify(old) || verify(new) {
+        return not_open();
     }
-    let real = next_fn(&REAL_DUP2, c"dup2");
-    if real.is_null() {
-        crate::base::sys::set_errno(libc::ENOSYS);
-        return -1;
+    match real().and_then(|r| r.dup2) {
+        // SAFETY: the C library's dup2, as the caller's.
+        Some(dup2) => unsafe { dup2(old, new) },
+        None => missing(),
     }
-    // SAFETY: the C library's dup2, whose signature this is.
-    unsafe { core::mem::transmute::<*mut c_void, Dup2Fn>(real)(old, new) }
 }
 
 /// `dup3(2)`: a shim descriptor as either number is EBADF.
@@ -355,17 +318,14 @@ pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
 /// # Safety
 /// As `dup3(2)`.
 pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
-    if guarded(old) || guarded(new) {
-        crate::base::sys::set_errno(libc::EBADF);
-        return -1;
+    if verify(old) || verify(new) {
+        return not_open();
     }
-    let real = next_fn(&REAL_DUP3, c"dup3");
-    if real.is_null() {
-        crate::base::sys::set_errno(libc::ENOSYS);
-        return -1;
+    match real().and_then(|r| r.dup3) {
+        // SAFETY: the C library's dup3, as the caller's.
+        Some(dup3) => unsafe { dup3(old, new, flags) },
+        None => missing(),
     }
-    // SAFETY: the C library's dup3, whose signature this is.
-    unsafe { core::mem::transmute::<*mut c_void, Dup3Fn>(real)(old, new, flags) }
 }
 
 /// The shim descriptors in `[first, last]`, ascending (at most [`SLOTS`]).
@@ -410,15 +370,12 @@ fn around_guarded(first: u32, last: u32, mut f: impl FnMut(u32, u32) -> c_int) -
 /// # Safety
 /// As `close_range(2)`.
 pub unsafe fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
-    let real = next_fn(&REAL_CLOSE_RANGE, c"close_range");
-    around_guarded(first, last, |a, b| {
-        if real.is_null() {
-            // SAFETY: as the caller's close_range, on a part of its range.
-            unsafe { libc::syscall(libc::SYS_close_range, a, b, flags) as c_int }
-        } else {
-            // SAFETY: the C library's close_range, whose signature this is.
-            unsafe { core::mem::transmute::<*mut c_void, CloseRangeFn>(real)(a, b, flags) }
-        }
+    let real = real().and_then(|r| r.close_range);
+    around_guarded(first, last, |a, b| match real {
+        // SAFETY: the C library's close_range, on a part of the caller's range.
+        Some(close_range) => unsafe { close_range(a, b, flags) },
+        // SAFETY: as the caller's close_range, on a part of its range.
+        None => unsafe { libc::syscall(libc::SYS_close_range, a, b, flags) as c_int },
     })
 }
 
@@ -443,14 +400,13 @@ pub unsafe fn closefrom(low: c_int) {
             0
         });
     }
-    let real = next_fn(&REAL_CLOSEFROM, c"closefrom");
-    if real.is_null() {
+    match real().and_then(|r| r.closefrom) {
+        // SAFETY: the C library's closefrom, above every shim descriptor.
+        Some(closefrom) => unsafe { closefrom(tail as c_int) },
         // SAFETY: closing the caller's range above every shim descriptor.
-        unsafe { libc::syscall(libc::SYS_close_range, tail, u32::MAX, 0) };
-    } else {
-        // SAFETY: the C library's closefrom, whose signature this is, above every shim
-        // descriptor.
-        unsafe { core::mem::transmute::<*mut c_void, ClosefromFn>(real)(tail as c_int) }
+        None => unsafe {
+            libc::syscall(libc::SYS_close_range, tail, u32::MAX, 0);
+        },
     }
 }
 

@@ -5,7 +5,7 @@
 //! before the lookup is done: while resolution is in progress, allocations are served
 //! from a small static [bootstrap pool](crate::base::bootstrap) that `free` recognises.
 
-use core::ffi::{c_char, c_int, c_void};
+use core::ffi::{c_char, c_int, c_uint, c_void};
 use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 pub type MallocFn = unsafe extern "C" fn(usize) -> *mut c_void;
@@ -27,6 +27,12 @@ pub type MadviseFn = unsafe extern "C" fn(*mut c_void, usize, c_int) -> c_int;
 pub type MallocTrimFn = unsafe extern "C" fn(usize) -> c_int;
 pub type SbrkFn = unsafe extern "C" fn(isize) -> *mut c_void;
 pub type StartRoutine = extern "C" fn(*mut c_void) -> *mut c_void;
+pub type CloseFn = unsafe extern "C" fn(c_int) -> c_int;
+pub type Dup2Fn = unsafe extern "C" fn(c_int, c_int) -> c_int;
+pub type Dup3Fn = unsafe extern "C" fn(c_int, c_int, c_int) -> c_int;
+pub type CloseRangeFn = unsafe extern "C" fn(c_uint, c_uint, c_int) -> c_int;
+pub type ClosefromFn = unsafe extern "C" fn(c_int);
+pub type ExitFn = unsafe extern "C" fn(c_int) -> !;
 pub type PthreadCreateFn = unsafe extern "C" fn(
     *mut libc::pthread_t,
     *const libc::pthread_attr_t,
@@ -61,6 +67,14 @@ pub struct RealFns {
     pub madvise: MadviseFn,
     pub malloc_trim: Option<MallocTrimFn>,
     pub pthread_create: PthreadCreateFn,
+    /// The descriptor calls `base::fds` guards, and `_exit` (`service::exit_files`);
+    /// `None` where the C library lacks one (the callers fall back to the system call).
+    pub close: Option<CloseFn>,
+    pub dup2: Option<Dup2Fn>,
+    pub dup3: Option<Dup3Fn>,
+    pub close_range: Option<CloseRangeFn>,
+    pub closefrom: Option<ClosefromFn>,
+    pub exit: Option<ExitFn>,
     /// The next `malloc` is glibc's own (it is `__libc_malloc`), so a block's usable size
     /// can be read from its chunk header.
     pub glibc_chunks: bool,
@@ -170,6 +184,12 @@ fn resolve_all() -> Option<RealFns> {
         madvise: sym!("madvise")?,
         malloc_trim: sym!("malloc_trim"),
         pthread_create: sym!("pthread_create")?,
+        close: sym!("close"),
+        dup2: sym!("dup2"),
+        dup3: sym!("dup3"),
+        close_range: sym!("close_range"),
+        closefrom: sym!("closefrom"),
+        exit: sym!("_exit"),
     })
 }
 

@@ -10,7 +10,7 @@
 //! pid: the files belong to the pid that published them, so it removes nothing.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -26,8 +26,6 @@ static SOCK: PathBuf0 = PathBuf0(UnsafeCell::new([0; MAX_PATH]));
 static PUBLISHED: AtomicU32 = AtomicU32::new(0);
 /// Whether the stats page stays for the launcher.
 static KEEP_STATS: AtomicU32 = AtomicU32::new(0);
-/// The C library's `_exit` (resolved at start-up; null: the raw system call).
-static REAL_EXIT: AtomicPtr<core::ffi::c_void> = AtomicPtr::new(core::ptr::null_mut());
 
 fn store(buf: &PathBuf0, p: &Path) -> bool {
     let bytes = p.as_os_str().as_bytes();
@@ -45,11 +43,6 @@ fn store(buf: &PathBuf0, p: &Path) -> bool {
 /// launcher collects the page.
 pub fn publish(stats: &Path, sock: &Path, keep_stats: bool) {
     PUBLISHED.store(0, Ordering::SeqCst);
-    if REAL_EXIT.load(Ordering::Relaxed).is_null() {
-        // SAFETY: the name is a valid C string; RTLD_NEXT finds the next definition.
-        let f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"_exit".as_ptr()) };
-        REAL_EXIT.store(f, Ordering::Relaxed);
-    }
     if store(&STATS, stats) && store(&SOCK, sock) {
         KEEP_STATS.store(keep_stats as u32, Ordering::Relaxed);
         PUBLISHED.store(std::process::id(), Ordering::SeqCst);
@@ -86,11 +79,10 @@ fn remove_own() {
 /// `_exit` would.
 pub fn quick_exit(status: i32) -> ! {
     remove_own();
-    let f = REAL_EXIT.load(Ordering::Relaxed);
-    if !f.is_null() {
-        // SAFETY: `f` is the C library's `_exit`, of this signature.
-        let real: extern "C" fn(i32) -> ! = unsafe { core::mem::transmute(f) };
-        real(status);
+    // Resolved by the constructor (see `runtime::on_load`): a load, never a lookup.
+    if let Some(exit) = crate::base::forward::real().and_then(|r| r.exit) {
+        // SAFETY: the C library's `_exit`, as the caller's.
+        unsafe { exit(status) };
     }
     loop {
         // SAFETY: exit_group ends the process; it does not return.

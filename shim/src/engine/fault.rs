@@ -266,9 +266,8 @@ pub fn resolve(e: &mut Engine, addr: usize) -> usize {
         // the following pages of the same range up to the fault-around limit, stopping
         // at one already saved (it is unprotected already) or at the end of the range.
         let window = e.fault_window.window_for(page);
-        let limit = e
-            .tracked_at(page, v)
-            .map_or(page + PAGE, |t| t.range.end.min(page + window * PAGE));
+        let range_end = e.tracked_at(page, v).map_or(page + PAGE, |t| t.range.end);
+        let limit = range_end.min(page + window * PAGE);
         let first = if e.saved_or_lost(page) {
             page + PAGE
         } else {
@@ -280,7 +279,7 @@ pub fn resolve(e: &mut Engine, addr: usize) -> usize {
         // fault-around window). This page itself the kernel filled with zeros to fault
         // on it: copied as usual.
         let after = page + PAGE;
-        let zeros = zero_run(e, after, t_end(e, page, v));
+        let zeros = zero_run(e, after, range_end);
         if zeros > 0 && e.mark_zero(Range::new(after, after + zeros * PAGE)) {
             stats::add(Counter::PagesZeroed, zeros as u64);
             end = after + zeros * PAGE;
@@ -300,14 +299,6 @@ pub fn resolve(e: &mut Engine, addr: usize) -> usize {
     (end - page) / PAGE
 }
 
-/// The shadow budget ran out with only the newest version left: that snapshot cannot be
-/// completed. Drop every version, unprotect everything, count it, and let the program
-/// run on; the next snapshot starts afresh.
-/// The end of the range tracked at version `v` that holds `page` (`page + PAGE` if none).
-fn t_end(e: &Engine, page: usize, v: u64) -> usize {
-    e.tracked_at(page, v).map_or(page + PAGE, |t| t.range.end)
-}
-
 /// Most pages a trap on unpopulated memory makes writable at once (2 MiB).
 const MAX_ZERO_RUN: usize = 512;
 
@@ -321,6 +312,9 @@ fn zero_run(e: &Engine, page: usize, end: usize) -> usize {
         .count()
 }
 
+/// The shadow budget ran out with only the newest version left: that snapshot cannot be
+/// completed. Drop every version, unprotect everything, count it, and let the program
+/// run on; the next snapshot starts afresh.
 pub fn give_up_epoch(e: &mut Engine, u: &Uffd) {
     abandon_epoch(e, u);
     // Said once: the program's stderr gets one line, the count keeps the rest.

@@ -144,10 +144,10 @@ pub struct Engine {
     /// `lost_all_since` takes over for every page.
     pub lost: Vec<(Range, u64)>,
     pub lost_all_since: Option<u64>,
-    /// Ranges the program discarded while their pages were unpopulated (never written,
-    /// so all zero), with the newest version then: each stands for zero-filled shadows
-    /// stamped with that version, which were not copied (see `preserve`). When the list
-    /// is full, such pages are copied like any other.
+    /// Ranges found unpopulated (never written, so all zero) when a trap beside them or
+    /// a discard would have copied them, with the newest version then: each stands for
+    /// zero-filled shadows stamped with that version, which were not copied (see
+    /// `fault::resolve`, `preserve`). When the list is full, such pages are copied.
     pub zeros: Vec<(Range, u64)>,
     /// How many pages a trap saves (see `fault_window`).
     pub fault_window: FaultWindow,
@@ -600,6 +600,15 @@ pub fn stop(what: &str) {
         "{what} was closed or replaced by the program behind the shim (a raw system call); snapshots stop, the program carries on untracked"
     );
     STARTED.store(false, Ordering::Release);
+    tear_down(fd);
+    stats::set(Counter::VersionsRetained, 0);
+    stats::set(Counter::ShadowBytes, 0);
+}
+
+/// Undoes a start: closes the userfaultfd `fd` if it is still ours (the kernel then
+/// removes every protection and wakes every waiting writer), closes the wake-up pipe,
+/// and drops the engine, giving its shadows' memory back.
+fn tear_down(fd: i32) {
     if fd >= 0 {
         crate::base::fds::release(fd);
     }
@@ -613,8 +622,6 @@ pub fn stop(what: &str) {
         // Its lists are the shim's memory, freed with the arena lock: not under ours.
         drop(e);
     }
-    stats::set(Counter::VersionsRetained, 0);
-    stats::set(Counter::ShadowBytes, 0);
 }
 
 /// The userfaultfd descriptor (ioctls on it are thread-safe).
@@ -704,15 +711,7 @@ pub fn ensure_started(config: &Config) -> Result<(), StartError> {
         fd as usize as *mut core::ffi::c_void,
     ) {
         UFFD_FD.store(-1, Ordering::Release);
-        let engine = {
-            let _s = sys::block_signals();
-            ENGINE.lock().take()
-        };
-        if let Some(e) = engine {
-            e.pool.discard_all();
-        }
-        crate::base::fds::release(fd);
-        crate::engine::preserve::close_kick();
+        tear_down(fd);
         return Err(StartError::FaultThread(e));
     }
     STARTED.store(true, Ordering::Release);

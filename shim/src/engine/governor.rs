@@ -181,14 +181,8 @@ pub fn interval_ms(configured_ms: u64) -> u64 {
 /// The epoch thread after a pass, at `now`: ends the window, decides, returns the interval
 /// for the next one.
 pub fn after_pass(configured_ms: u64, now: u64) -> u64 {
-    let start = WINDOW_START.swap(now, Ordering::Relaxed);
-    let cpu_us = shim_cpu_us();
-    let cpu_ns = cpu_us.saturating_sub(CPU_US.swap(cpu_us, Ordering::Relaxed)) * 1000;
-    let cost = COST_NS.swap(0, Ordering::Relaxed) + cpu_ns;
+    let (start, cost, copied) = window(now, true);
     let current = interval_ms(configured_ms);
-    // The window's copies, for the budget cap; the next window counts from here.
-    let now_copied = pages_copied();
-    let copied = now_copied.saturating_sub(COPIED_AT_START.swap(now_copied, Ordering::Relaxed));
     if start == 0 || configured_ms == 0 {
         // The first window starts now.
         return current;
@@ -203,6 +197,26 @@ pub fn after_pass(configured_ms: u64, now: u64) -> u64 {
     QUIET.store(d.quiet, Ordering::Relaxed);
     apply(&d, configured_ms, cost, now.saturating_sub(start));
     d.interval_ms
+}
+
+/// The current window at `now`: when it began (0: not yet), what snapshots have cost the
+/// program in it (traps, held faults, the shim's CPU) and the pages copied in it (for the
+/// budget cap). `end` ends it: the next window counts from `now`.
+fn window(now: u64, end: bool) -> (u64, u64, u64) {
+    let take = |counter: &AtomicU64, from_now: u64| {
+        if end {
+            counter.swap(from_now, Ordering::Relaxed)
+        } else {
+            counter.load(Ordering::Relaxed)
+        }
+    };
+    let start = take(&WINDOW_START, now);
+    let cpu_us = shim_cpu_us();
+    let cpu_ns = cpu_us.saturating_sub(take(&CPU_US, cpu_us)) * 1000;
+    let cost = take(&COST_NS, 0) + cpu_ns;
+    let copied_now = pages_copied();
+    let copied = copied_now.saturating_sub(take(&COPIED_AT_START, copied_now));
+    (start, cost, copied)
 }
 
 /// The rule on this window's cost so far, with the limit in force, and no stretch past
@@ -268,14 +282,11 @@ fn apply(d: &Decision, configured_ms: u64, cost: u64, wall_ns: u64) {
 /// the last pass), else `None`. Without this the first decision came only after the
 /// second pass, and a program that runs for a tenth of a second paid for both.
 pub fn before_due_pass(configured_ms: u64, now: u64) -> Option<u64> {
-    let start = WINDOW_START.load(Ordering::Relaxed);
+    let (start, cost, copied) = window(now, false);
     if start == 0 || configured_ms == 0 {
         return None;
     }
-    let cpu_ns = shim_cpu_us().saturating_sub(CPU_US.load(Ordering::Relaxed)) * 1000;
-    let cost = COST_NS.load(Ordering::Relaxed) + cpu_ns;
     let wall = now.saturating_sub(start);
-    let copied = pages_copied().saturating_sub(COPIED_AT_START.load(Ordering::Relaxed));
     let d = decide_now(
         configured_ms,
         interval_ms(configured_ms),

@@ -218,3 +218,39 @@ fn a_starting_shim_removes_files_of_gone_processes_and_nothing_else() {
         .is_fifo());
     assert_eq!(fs::read(&target).unwrap(), b"keep");
 }
+
+#[test]
+fn a_live_process_whose_command_is_not_utf8_keeps_its_files() {
+    // The start time of a process is read from /proc/PID/stat after its command, which
+    // may be any bytes: a live process whose command is not UTF-8 read as gone, and the
+    // next shim to start removed its stats page and socket.
+    use std::os::unix::ffi::OsStrExt;
+    let dir = temp_dir("left");
+    let d = dir.path();
+    let bin = temp_dir("left-bin");
+    let odd = bin
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"sl\xff\xfeep"));
+    fs::copy(require_tool("sleep", "coreutils"), &odd).unwrap();
+    let mut c = Command::new(&odd);
+    c.arg("30");
+    clean_env_in(&mut c, d);
+    c.env("LD_PRELOAD", shim_lib())
+        .stdout(std::process::Stdio::null());
+    let sleeper = common::Guard::spawn(&mut c, LIMIT);
+    let pid = sleeper.pid();
+    let sock = d.join(format!("{pid}.sock"));
+    assert!(
+        common::wait_until(Duration::from_secs(10), || sock.exists()),
+        "the shim did not publish {}",
+        sock.display()
+    );
+    let truth = require_tool("true", "coreutils");
+    let out = shimmed(d, &truth, &[], &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        d.join(format!("{pid}.stats")).exists() && sock.exists(),
+        "the files of live process {pid} were removed: {:?}",
+        names(d)
+    );
+}

@@ -233,19 +233,13 @@ fn read_proc(path: &core::ffi::CStr) -> Vec<u8> {
     crate::base::fds::read_file(path, 1 << 16)
 }
 
-/// The process start time in clock ticks after boot (field 22 of /proc/self/stat).
-fn start_time_ticks() -> u64 {
-    let stat = read_proc(c"/proc/self/stat");
-    let after = match stat.iter().rposition(|&b| b == b')') {
-        Some(i) => &stat[i + 1..],
-        None => return 0,
-    };
-    // Fields after the command start at field 3; field 22 is the 20th of these.
-    std::str::from_utf8(after)
-        .ok()
-        .and_then(|s| s.split_ascii_whitespace().nth(19))
-        .and_then(|f| f.parse().ok())
-        .unwrap_or(0)
+/// The start time of process `pid` in clock ticks after boot (field 22 of
+/// `/proc/PID/stat`), if it runs. The command in field 2 may be any bytes; the fields
+/// after it are ASCII.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let path = std::ffi::CString::new(format!("/proc/{pid}/stat")).ok()?;
+    let stat = crate::base::fds::read_file(&path, 1 << 16);
+    memshadow_format::paths::start_ticks_of_stat(&String::from_utf8_lossy(&stat))
 }
 
 fn command_line() -> [u8; COMMAND_BYTES] {
@@ -318,7 +312,8 @@ pub fn create(dir: &Path, run_id: u64) -> Result<StatsFile, SetupError> {
     page.state.store(ProcessState::Starting as u32, Relaxed);
     page.pid.store(pid, Relaxed);
     page.uid.store(uid, Relaxed);
-    page.start_time_ticks.store(start_time_ticks(), Relaxed);
+    page.start_time_ticks
+        .store(start_ticks(pid).unwrap_or(0), Relaxed);
     page.run_id.store(run_id, Relaxed);
     page.created_unix_ms.store(sys::unix_ms(), Relaxed);
     page.command = command_line();
@@ -454,6 +449,6 @@ mod tests {
         let n = c.iter().position(|&b| b == 0).unwrap_or(COMMAND_BYTES);
         assert!(n > 0);
         assert!(std::str::from_utf8(&c[..n]).is_ok());
-        assert!(start_time_ticks() > 0);
+        assert!(start_ticks(std::process::id()).is_some_and(|t| t > 0));
     }
 }

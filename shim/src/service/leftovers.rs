@@ -17,6 +17,7 @@
 //! time it records and the token in this process's `MEMSHADOW_RUN_TOKEN`: only that
 //! launcher and its descendants know the token, and the file goes when the run ends.
 
+use crate::stats::start_ticks;
 use memshadow_format::paths::{self, RunToken, RUN_FILE_MAX};
 use memshadow_format::stats::{ProcessState, StatsRecord, STATS_PAGE_SIZE};
 use std::ffi::CString;
@@ -45,12 +46,6 @@ impl core::fmt::Display for RunIdError {
             RunIdError::WrongToken => "MEMSHADOW_RUN_TOKEN does not match the launcher's",
         })
     }
-}
-
-/// The start time of process `pid` (clock ticks after boot), if it exists.
-pub fn start_ticks(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    paths::start_ticks_of_stat(&text)
 }
 
 /// Reads at most `max` bytes of `path` if it is a regular file owned by this user (never

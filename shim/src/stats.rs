@@ -161,12 +161,8 @@ pub enum SetupError {
     Nul(PathBuf),
     /// `mkdir` or `open` failed.
     Create(PathBuf, std::io::Error),
-    /// `lstat` failed.
-    Stat(PathBuf, std::io::Error),
-    NotADirectory(PathBuf),
-    /// The directory belongs to another uid (it, us).
-    Owner(PathBuf, u32, u32),
-    WritableByOthers(PathBuf),
+    /// The directory is not a private directory of ours.
+    Dir(PathBuf, memshadow_format::paths::DirProblem),
     /// Sizing or mapping the page failed.
     Map(PathBuf, std::io::Error),
 }
@@ -176,18 +172,7 @@ impl core::fmt::Display for SetupError {
         match self {
             SetupError::Nul(p) => write!(f, "{} has a NUL byte in it", p.display()),
             SetupError::Create(p, e) => write!(f, "cannot create {}: {e}", p.display()),
-            SetupError::Stat(p, e) => write!(f, "cannot stat {}: {e}", p.display()),
-            SetupError::NotADirectory(p) => write!(f, "{} is not a directory", p.display()),
-            SetupError::Owner(p, uid, me) => {
-                write!(
-                    f,
-                    "{} belongs to uid {uid}, not to us (uid {me})",
-                    p.display()
-                )
-            }
-            SetupError::WritableByOthers(p) => {
-                write!(f, "{} is writable by other users", p.display())
-            }
+            SetupError::Dir(p, problem) => write!(f, "{} {problem}", p.display()),
             SetupError::Map(p, e) => write!(f, "cannot map {}: {e}", p.display()),
         }
     }
@@ -205,27 +190,14 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), SetupError> {
             std::io::Error::last_os_error(),
         ));
     }
-    // SAFETY: `st` is a valid out-pointer, `c` a valid C string.
-    let mut st: libc::stat = unsafe { core::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::lstat(c.as_ptr(), &mut st) } != 0 {
-        return Err(SetupError::Stat(
-            dir.to_path_buf(),
-            std::io::Error::last_os_error(),
-        ));
-    }
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
-    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-        return Err(SetupError::NotADirectory(dir.to_path_buf()));
+    // The rule the CLI applies when it looks for processes: a real directory of ours that
+    // nobody else can write to, never followed through a symbolic link.
+    match memshadow_format::paths::dir_problem(dir, me, false) {
+        None => Ok(()),
+        Some(problem) => Err(SetupError::Dir(dir.to_path_buf(), problem)),
     }
-    if st.st_uid != me {
-        return Err(SetupError::Owner(dir.to_path_buf(), st.st_uid, me));
-    }
-    if st.st_mode & 0o022 != 0 {
-        return Err(SetupError::WritableByOthers(dir.to_path_buf()));
-    }
-    Ok(())
 }
 
 /// Reads a small file from /proc into a byte vector.

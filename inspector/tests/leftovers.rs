@@ -231,7 +231,10 @@ fn a_live_process_whose_command_is_not_utf8_keeps_its_files() {
     let odd = bin
         .path()
         .join(std::ffi::OsStr::from_bytes(b"sl\xff\xfeep"));
-    fs::copy(require_tool("sleep", "coreutils"), &odd).unwrap();
+    // A link, not a copy: the kernel names the process after the path it ran (so its
+    // command is these bytes), and no writable descriptor of a new executable is open
+    // while other tests fork (which made the run fail with "Text file busy").
+    std::os::unix::fs::symlink(require_tool("sleep", "coreutils"), &odd).unwrap();
     let mut c = Command::new(&odd);
     c.arg("30");
     clean_env_in(&mut c, d);

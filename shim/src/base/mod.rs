@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod fds;
 pub mod forward;
 pub mod log;
+pub mod mailbox;
 pub mod own;
 pub mod page;
 pub mod range;

@@ -26,7 +26,7 @@ use crate::base::page::PAGE;
 use crate::base::range::Range;
 use crate::base::sync::SpinLock;
 use crate::engine;
-use crate::engine::save_ahead::{save_ahead, wait_for_events, CopyOutcome};
+use crate::engine::save_ahead::{wait_for_events, CopyOutcome};
 use crate::stats;
 use memshadow_format::stats::Counter;
 
@@ -122,7 +122,7 @@ pub fn copy_at_pass(v: u64, cap_ns: u64) -> u64 {
                 if e.version != v || e.incomplete {
                     return CopyOutcome::Stop;
                 }
-                save_ahead(e, at, r.end, PAGES_PER_HOLD)
+                e.save_ahead(at, r.end, PAGES_PER_HOLD)
             });
             match copy.unwrap_or(CopyOutcome::Stop) {
                 CopyOutcome::Done { copied, next, .. } => {

@@ -25,7 +25,9 @@ static BUDGET_SAID: AtomicBool = AtomicBool::new(false);
 pub extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
     let fd = arg as usize as i32;
     let kick = crate::engine::preserve::kick_fd();
-    let u = engine::uffd();
+    // SAFETY: the descriptor handed to this thread stays open while the engine runs;
+    // the loop ends as soon as the engine's number is no longer it (a stop or a fork).
+    let u = unsafe { Uffd::borrowed(fd) };
     let mut cpu = 0;
     let mut accounted = 0;
     while engine::uffd_fd() == fd {
@@ -59,7 +61,7 @@ pub extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
             spin_for_events(&u);
         } else {
             // Woken by the timeout: retry the unprotects the kernel refused.
-            engine::with(|e| e.retry_unprotects(&u));
+            engine::with(|e| e.retry_unprotects());
         }
         if pfd[1].revents != 0 {
             crate::engine::preserve::serve(&mut || {
@@ -152,7 +154,7 @@ fn read_events(u: &Uffd) -> usize {
 fn handle_ready(u: &Uffd) -> usize {
     let total = read_and_handle(u);
     if total > 0 {
-        engine::with(|e| e.retry_unprotects(u));
+        engine::with(|e| e.retry_unprotects());
     }
     total
 }
@@ -206,7 +208,7 @@ fn handle(ev: Event, u: &Uffd) {
                     if e.queued.holds(crate::base::page::floor(addr), e.version) {
                         stats::add(Counter::PrefetchLate, 1);
                     }
-                    pages = resolve(e, addr);
+                    pages = e.resolve(addr);
                     e.record_trap(engine::now_ns() - t0);
                 }
                 (e.version, pages)
@@ -254,87 +256,90 @@ fn handle(ev: Event, u: &Uffd) {
     }
 }
 
-/// Resolves a write fault at `addr` in the newest epoch: shadow then unprotect. Returns
-/// how many pages from the faulting one on it unprotected.
-pub fn resolve(e: &mut Engine, addr: usize) -> usize {
-    let page = crate::base::page::floor(addr);
-    let u = engine::uffd();
-    let v = e.version;
-    let mut end = page + PAGE;
-    if !e.incomplete {
-        // The run to save: this page (unless already saved, or zapped in this epoch) and
-        // the following pages of the same range up to the fault-around limit, stopping
-        // at one already saved (it is unprotected already) or at the end of the range.
-        let window = e.fault_window.window_for(page);
-        let range_end = e.tracked_at(page, v).map_or(page + PAGE, |t| t.range.end);
-        let limit = range_end.min(page + window * PAGE);
-        let first = if e.saved_or_lost(page) {
-            page + PAGE
-        } else {
-            page
-        };
-        // The pages after this one that were never written hold zeros at this
-        // version: recorded, not copied, and the whole run of them goes writable with
-        // this page (a program filling fresh memory traps once per 2 MiB, not once per
-        // fault-around window). This page itself the kernel filled with zeros to fault
-        // on it: copied as usual.
-        let after = page + PAGE;
-        let zeros = zero_run(e, after, range_end);
-        if zeros > 0 && e.mark_zero(Range::new(after, after + zeros * PAGE)) {
-            stats::add(Counter::PagesZeroed, zeros as u64);
-            end = after + zeros * PAGE;
-            if first == page {
-                if let Some((_, copied)) = e.save_run(page, after, 1) {
-                    stats::add(Counter::PagesCopied, copied as u64);
-                }
-            }
-        } else if let Some((_, copied)) = e.save_run(first, limit, MAX_RUN) {
-            stats::add(Counter::PagesCopied, copied as u64);
-            end = end.max(first + copied * PAGE);
-        }
-        e.fault_window.ran(end);
-    }
-    e.unprotect(&u, Range::new(page, end));
-    e.publish();
-    (end - page) / PAGE
-}
-
 /// Most pages a trap on unpopulated memory makes writable at once (2 MiB).
 const MAX_ZERO_RUN: usize = 512;
 
-/// How many pages from `page` on (below `end`) are unpopulated and not saved or lost in
-/// this epoch: they held zeros at the newest version. A page zapped in this epoch (lost)
-/// held something else then, so the run stops there.
-fn zero_run(e: &Engine, page: usize, end: usize) -> usize {
-    let n = crate::engine::pagemap::Pagemap::shared().run(page, end, MAX_ZERO_RUN, false);
-    (0..n)
-        .take_while(|&i| !e.saved_or_lost(page + i * PAGE))
-        .count()
-}
+impl Engine {
+    /// Resolves a write fault at `addr` in the newest epoch: shadow then unprotect. Returns
+    /// how many pages from the faulting one on it unprotected.
+    pub fn resolve(&mut self, addr: usize) -> usize {
+        let page = crate::base::page::floor(addr);
+        let v = self.version;
+        let mut end = page + PAGE;
+        if !self.incomplete {
+            // The run to save: this page (unless already saved, or zapped in this epoch) and
+            // the following pages of the same range up to the fault-around limit, stopping
+            // at one already saved (it is unprotected already) or at the end of the range.
+            let window = self.fault_window.window_for(page);
+            let range_end = self
+                .tracked_at(page, v)
+                .map_or(page + PAGE, |t| t.range.end);
+            let limit = range_end.min(page + window * PAGE);
+            let first = if self.saved_or_lost(page) {
+                page + PAGE
+            } else {
+                page
+            };
+            // The pages after this one that were never written hold zeros at this
+            // version: recorded, not copied, and the whole run of them goes writable with
+            // this page (a program filling fresh memory traps once per 2 MiB, not once per
+            // fault-around window). This page itself the kernel filled with zeros to fault
+            // on it: copied as usual.
+            let after = page + PAGE;
+            let zeros = self.zero_run(after, range_end);
+            if zeros > 0 && self.mark_zero(Range::new(after, after + zeros * PAGE)) {
+                stats::add(Counter::PagesZeroed, zeros as u64);
+                end = after + zeros * PAGE;
+                if first == page {
+                    if let Some((_, copied)) = self.save_run(page, after, 1) {
+                        stats::add(Counter::PagesCopied, copied as u64);
+                    }
+                }
+            } else if let Some((_, copied)) = self.save_run(first, limit, MAX_RUN) {
+                stats::add(Counter::PagesCopied, copied as u64);
+                end = end.max(first + copied * PAGE);
+            }
+            self.fault_window.ran(end);
+        }
+        self.unprotect(Range::new(page, end));
+        self.publish();
+        (end - page) / PAGE
+    }
 
-/// The shadow budget ran out with only the newest version left: that snapshot cannot be
-/// completed. Drop every version, unprotect everything, count it, and let the program
-/// run on; the next snapshot starts afresh.
-pub fn give_up_epoch(e: &mut Engine, u: &Uffd) {
-    abandon_epoch(e, u);
-    // Said once: the program's stderr gets one line, the count keeps the rest.
-    if !BUDGET_SAID.swap(true, Ordering::Relaxed) {
-        crate::base::log::error!(
+    /// How many pages from `page` on (below `end`) are unpopulated and not saved or lost in
+    /// this epoch: they held zeros at the newest version. A page zapped in this epoch (lost)
+    /// held something else then, so the run stops there.
+    fn zero_run(&self, page: usize, end: usize) -> usize {
+        let n = crate::engine::pagemap::Pagemap::shared().run(page, end, MAX_ZERO_RUN, false);
+        (0..n)
+            .take_while(|&i| !self.saved_or_lost(page + i * PAGE))
+            .count()
+    }
+
+    /// The shadow budget ran out with only the newest version left: that snapshot cannot be
+    /// completed. Drop every version, unprotect everything, count it, and let the program
+    /// run on; the next snapshot starts afresh.
+    pub(super) fn give_up(&mut self) {
+        self.abandon();
+        // Said once: the program's stderr gets one line, the count keeps the rest.
+        if !BUDGET_SAID.swap(true, Ordering::Relaxed) {
+            crate::base::log::error!(
             "shadow budget exhausted: snapshot {} is incomplete and no version is readable; incomplete_snapshots counts the rest (raise MEMSHADOW_SHADOW_BUDGET_MB)",
-            e.version
+            self.version
         );
+        }
     }
-}
 
-/// Marks the newest snapshot incomplete: every version is dropped, everything is
-/// unprotected (the next pass protects everything again), and it is counted.
-pub fn abandon_epoch(e: &mut Engine, u: &Uffd) {
-    e.pool.clear();
-    e.incomplete = true;
-    e.reprotect.note_all();
-    for i in 0..e.tracked.len() {
-        let r = e.tracked[i].range;
-        e.unprotect(u, r);
+    /// Marks the newest snapshot incomplete: every version is dropped, everything is
+    /// unprotected (the next pass protects everything again), and it is counted.
+    pub fn abandon(&mut self) {
+        self.pool.clear();
+        self.incomplete = true;
+        self.reprotect.note_all();
+        for i in 0..self.tracked.len() {
+            let r = self.tracked[i].range;
+            self.unprotect(r);
+        }
+        stats::add(Counter::IncompleteSnapshots, 1);
     }
-    stats::add(Counter::IncompleteSnapshots, 1);
 }

@@ -123,41 +123,43 @@ impl Queued {
 }
 
 pub struct Engine {
-    pub pool: ShadowPool,
+    pool: ShadowPool,
     /// The newest snapshot version; 0 before the first.
-    pub version: u64,
+    version: u64,
     /// A protect pass is running: write faults are held until it ends.
-    pub pass_running: bool,
+    pass_running: bool,
     /// Faults held during the running pass (preallocated, never grows).
-    pub held: Vec<usize>,
+    held: Vec<usize>,
     /// What the newest snapshot covers, sorted by address.
-    pub tracked: Vec<TrackedRange>,
+    tracked: Vec<TrackedRange>,
     /// What retained older snapshots covered and the newest does not.
-    pub retired: Vec<RetiredRange>,
+    retired: Vec<RetiredRange>,
     /// The newest snapshot could not be completed (shadow budget exhausted).
-    pub incomplete: bool,
+    incomplete: bool,
     /// Ranges to unprotect (and so wake) that the kernel refused with EAGAIN because an
     /// event was queued; the fault thread retries them after reading events.
-    pub retry: Vec<Range>,
+    retry: Vec<Range>,
     /// Ranges unmapped or zapped during an epoch, with that epoch's version: pages there
     /// without a shadow no longer hold what older versions saw. When the list is full,
     /// `lost_all_since` takes over for every page.
-    pub lost: Vec<(Range, u64)>,
-    pub lost_all_since: Option<u64>,
+    lost: Vec<(Range, u64)>,
+    lost_all_since: Option<u64>,
     /// Ranges found unpopulated (never written, so all zero) when a trap beside them or
     /// a discard would have copied them, with the newest version then: each stands for
     /// zero-filled shadows stamped with that version, which were not copied (see
     /// `fault::resolve`, `preserve`). When the list is full, such pages are copied.
-    pub zeros: Vec<(Range, u64)>,
+    zeros: Vec<(Range, u64)>,
     /// How many pages a trap saves (see `fault_window`).
-    pub fault_window: FaultWindow,
+    fault_window: FaultWindow,
     /// What the next protect pass must protect again.
-    pub reprotect: Reprotect,
+    reprotect: Reprotect,
     /// What the prefetcher has queued for the newest version (for its late count).
-    pub queued: Queued,
+    queued: Queued,
     /// Trap latency histogram: bucket i counts traps of [2^i, 2^(i+1)) ns.
     trap_ns: [u64; 40],
     trap_max_ns: u64,
+    /// The userfaultfd the engine's ioctls go to (see [`Engine::attach`]); -1 before.
+    uffd: i32,
 }
 
 impl Engine {
@@ -181,7 +183,112 @@ impl Engine {
             queued: Queued::new(),
             trap_ns: [0; 40],
             trap_max_ns: 0,
+            uffd: -1,
         }
+    }
+
+    /// Hands the engine the userfaultfd its tracked memory is registered with: the one
+    /// it protects, unprotects and wakes through from now on. The descriptor is the
+    /// caller's: it stays open while the engine lives (the engine never closes it).
+    pub fn attach(&mut self, uffd: i32) {
+        self.uffd = uffd;
+    }
+
+    /// A view of the attached userfaultfd for ioctls.
+    fn uffd(&self) -> core::mem::ManuallyDrop<Uffd> {
+        // SAFETY: `attach`'s caller keeps the descriptor open while the engine lives
+        // (`tear_down` takes the engine out of its lock before the descriptor goes); -1
+        // before it is attached makes every ioctl fail with EBADF.
+        unsafe { Uffd::borrowed(self.uffd) }
+    }
+
+    /// The shadow pool, to read (the engine alone changes it).
+    pub fn pool(&self) -> &ShadowPool {
+        &self.pool
+    }
+
+    /// Whether pages may be copied ahead for version `v` now: it is the newest, no pass
+    /// runs and it was not given up.
+    pub fn copying_for(&self, v: u64) -> bool {
+        self.version == v && !self.pass_running && !self.incomplete
+    }
+
+    /// Keeps version `v` (and every newer one) from eviction (see `ShadowPool::pin`).
+    pub fn pin(&mut self, v: u64) -> Result<(), crate::engine::shadow::PinError> {
+        self.pool.pin(v)
+    }
+
+    /// Undoes one [`Engine::pin`] of `v`.
+    pub fn unpin(&mut self, v: u64) {
+        self.pool.unpin(v)
+    }
+
+    /// Publishes the prefetcher's plan for version `v`, if `v` is still the newest (for
+    /// the fault path's late count).
+    pub fn set_plan(&mut self, v: u64, runs: &[Range]) {
+        if self.version == v {
+            self.queued.set_plan(v, runs);
+        }
+    }
+
+    /// What a protect pass needs to prepare the next version: its number, the
+    /// capacities of the reprotect lists it will take, and the oldest retained version
+    /// (the next one, when none is).
+    pub fn next_version(&self) -> (u64, (usize, usize), u64) {
+        let oldest = self.pool.retained().map_or(self.version + 1, |r| r.0);
+        (self.version + 1, self.reprotect.capacities(), oldest)
+    }
+
+    /// Opens version `v`: from here on write faults are held until [`end_pass`]
+    /// (Self::end_pass), the pool stamps new shadows with `v`, what retained versions
+    /// no longer need is forgotten, and `work` receives what lost its protection since
+    /// scan `scan` began. Refused (false) while the fault thread holds discard events
+    /// it has read: the kernel lets a discarding thread go on as soon as its event is
+    /// read, so such an event belongs before this version.
+    pub fn open_version(
+        &mut self,
+        v: u64,
+        scan: u64,
+        work: &mut crate::engine::reprotect::PassWork,
+    ) -> bool {
+        if crate::engine::fault::events_in_hand() {
+            return false;
+        }
+        self.version = v;
+        self.set_pass_running(true);
+        self.incomplete = false;
+        self.pool.begin_version(v);
+        self.prune_lost();
+        self.reprotect.take(scan, work);
+        self.wake_instead_of_retrying();
+        true
+    }
+
+    /// At the snapshot's instant, the engine takes the pass's lists of what version `v`
+    /// tracks and what retained versions tracked; the previous lists come back in their
+    /// place (to be freed once the pass is over, never under the engine lock).
+    pub fn install_lists(
+        &mut self,
+        tracked: &mut Vec<TrackedRange>,
+        retired: &mut Vec<RetiredRange>,
+    ) {
+        core::mem::swap(&mut self.tracked, tracked);
+        core::mem::swap(&mut self.retired, retired);
+    }
+
+    /// Ends the protect pass: the faults held during it come back in `held` (swapped
+    /// with an empty list of the same capacity) for the caller to [`resolve`]
+    /// (Self::resolve) one hold each; a pass that could not protect everything gives
+    /// the version up.
+    pub fn end_pass(&mut self, held: &mut Vec<usize>, refused: bool) {
+        self.set_pass_running(false);
+        core::mem::swap(&mut self.held, held);
+        if refused {
+            // Part of the memory could not be protected: this snapshot would not be a
+            // state that existed. Abandon it, as when the shadow budget runs out.
+            self.abandon();
+        }
+        self.publish();
     }
 
     /// The tracked range holding `page` at version `v`, if any.
@@ -224,7 +331,7 @@ impl Engine {
             match self.pool.alloc(p) {
                 Ok(slot) => slots[n] = self.pool.slot_ptr(slot),
                 Err(_) => {
-                    crate::engine::fault::give_up_epoch(self, &uffd());
+                    self.give_up();
                     return None;
                 }
             }
@@ -407,7 +514,8 @@ impl Engine {
     /// the last pass (glibc grows and shrinks its arenas with mprotect and mmap): then
     /// the faulting page alone is unprotected, and failing that its waiters are woken
     /// to retry, so no thread is ever left blocked.
-    pub fn unprotect(&mut self, u: &Uffd, r: Range) {
+    pub fn unprotect(&mut self, r: Range) {
+        let u = self.uffd();
         self.reprotect.note_unprotected(r);
         match u.write_protect(r, false) {
             Ok(()) => {}
@@ -418,7 +526,7 @@ impl Engine {
                     let _ = u.wake(r);
                 }
             }
-            Err(_) if r.len() > PAGE => self.unprotect(u, Range::new(r.start, r.start + PAGE)),
+            Err(_) if r.len() > PAGE => self.unprotect(Range::new(r.start, r.start + PAGE)),
             Err(_) => {
                 let _ = u.wake(r);
             }
@@ -429,7 +537,8 @@ impl Engine {
     /// for the previous version only. Their threads are woken instead, fault again and
     /// are held like any other until the pass ends (UFFDIO_WAKE does not wait for
     /// queued events).
-    pub fn wake_instead_of_retrying(&mut self, u: &Uffd) {
+    fn wake_instead_of_retrying(&mut self) {
+        let u = self.uffd();
         for &r in &self.retry {
             let _ = u.wake(r);
         }
@@ -437,7 +546,8 @@ impl Engine {
     }
 
     /// Retries the queued unprotects; keeps those the kernel still refuses.
-    pub fn retry_unprotects(&mut self, u: &Uffd) {
+    pub fn retry_unprotects(&mut self) {
+        let u = self.uffd();
         let mut i = 0;
         while i < self.retry.len() {
             match u.write_protect(self.retry[i], false) {
@@ -609,14 +719,16 @@ pub fn stop(what: &str) {
 /// removes every protection and wakes every waiting writer), closes the wake-up pipe,
 /// and drops the engine, giving its shadows' memory back.
 fn tear_down(fd: i32) {
-    if fd >= 0 {
-        crate::base::fds::release(fd);
-    }
-    crate::engine::preserve::close_kick();
+    // The engine first: no ioctl goes through its descriptor once it is out of the
+    // lock, so the number is never touched after it is closed (and perhaps reused).
     let engine = {
         let _s = sys::block_signals();
         ENGINE.lock().take()
     };
+    if fd >= 0 {
+        crate::base::fds::release(fd);
+    }
+    crate::engine::preserve::close_kick();
     if let Some(e) = engine {
         e.pool.discard_all();
         // Its lists are the shim's memory, freed with the arena lock: not under ours.
@@ -629,15 +741,15 @@ pub fn uffd_fd() -> i32 {
     UFFD_FD.load(Ordering::Acquire)
 }
 
-/// A view of the engine's descriptor for ioctls.
+/// A view of the engine's descriptor, for the protect pass's ioctls (register and
+/// protect; ioctls on it are thread-safe). Faults and saves go through the engine's own
+/// handle (see [`Engine::attach`]), the fault thread's through the one it was spawned with.
 pub fn uffd() -> core::mem::ManuallyDrop<Uffd> {
-    // SAFETY: once opened, the descriptor stays open for the life of the process
-    // (ensure_started forgets its owner); a forked child stops using it before closing.
+    // SAFETY: the descriptor stays open while the engine runs; once stopped the number
+    // is -1 and every ioctl fails with EBADF.
     unsafe { Uffd::borrowed(uffd_fd()) }
 }
 
-/// Starts the engine: opens userfaultfd, reserves the shadow budget, starts the fault
-/// thread. Idempotent; the error says why snapshots cannot be taken.
 /// Why the engine could not start.
 #[derive(Debug)]
 pub enum StartError {
@@ -668,6 +780,9 @@ impl core::fmt::Display for StartError {
     }
 }
 
+/// Starts the engine: opens userfaultfd, reserves the shadow budget, starts the fault
+/// thread (handing it the descriptor). Idempotent; the error says why snapshots cannot
+/// be taken.
 pub fn ensure_started(config: &Config) -> Result<(), StartError> {
     if started() {
         return Ok(());
@@ -693,14 +808,16 @@ pub fn ensure_started(config: &Config) -> Result<(), StartError> {
     };
     let mem = Range::new(mem as usize, mem as usize + budget);
     crate::base::own::register(mem);
-    let engine = Engine::new(ShadowPool::new(mem, config.max_versions), config);
+    let fd = uffd.fd();
+    let mut engine = Engine::new(ShadowPool::new(mem, config.max_versions), config);
+    engine.attach(fd);
     {
         let _s = sys::block_signals();
         *ENGINE.lock() = Some(engine);
     }
     PID.store(std::process::id() as libc::pid_t, Ordering::Release);
-    let fd = uffd.fd();
-    // The descriptor lives as long as the process: the fault thread owns it.
+    // The descriptor lives until the engine stops: the fault thread, handed it when
+    // spawned, reads its events; the engine's ioctls go through it.
     core::mem::forget(uffd);
     UFFD_FD.store(fd, Ordering::Release);
     // Started only once its fault thread runs: an engine that protected memory with no
@@ -879,6 +996,139 @@ mod tests {
             read_page(&e, 1, buf.start + 2 * PAGE).unwrap(),
             vec![0x77; PAGE]
         );
+    }
+
+    /// A userfaultfd with what the engine needs, `r` registered and write-protected
+    /// (as a protect pass leaves it), attached to `e`.
+    fn protected(e: &mut Engine, r: Range) -> Uffd {
+        let u = Uffd::open(crate::engine::uffd::WANTED).unwrap_or_else(|err| {
+            panic!("userfaultfd with write-protect is required for this test and the kernel refused it: {err}")
+        });
+        u.register(r).unwrap();
+        u.write_protect(r, true).unwrap();
+        e.attach(u.fd());
+        u
+    }
+
+    /// Writes `byte` over page `at` on another thread, which the protection stops; the
+    /// write fault the kernel reports for it, and the writer.
+    fn trapped_write(u: &Uffd, at: usize, byte: u8) -> (usize, std::thread::JoinHandle<()>) {
+        let writer = std::thread::spawn(move || fill(Range::new(at, at + PAGE), byte));
+        let mut events = [crate::engine::uffd::Event::Unknown(0); 4];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let n = u.read_events(&mut events);
+            if let Some(crate::engine::uffd::Event::WriteFault { addr, .. }) = events[..n]
+                .iter()
+                .find(|ev| matches!(ev, crate::engine::uffd::Event::WriteFault { .. }))
+            {
+                return (*addr, writer);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no write fault reported in 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Unmaps a test buffer registered with `u` once `u` is closed (with UNMAP events
+    /// registered, munmap would wait for someone to read its event).
+    fn unmap_after(u: Uffd, r: Range) {
+        drop(u);
+        // SAFETY: the test's own mapping, no longer used.
+        unsafe { libc::syscall(libc::SYS_munmap, r.start, r.len()) };
+    }
+
+    #[test]
+    fn a_trapped_write_saves_the_old_page_and_goes_through() {
+        let buf = buffer(8);
+        fill(buf, 0x11);
+        let (mut e, _pool) = engine(64, buf);
+        let u = protected(&mut e, buf);
+        let page3 = buf.start + 3 * PAGE;
+        let (addr, writer) = trapped_write(&u, page3, 0x22);
+        assert_eq!(page::floor(addr), page3);
+        // The fault path: save the pre-image (and the window after it), unprotect.
+        let pages = e.resolve(addr);
+        assert!((1..=5).contains(&pages), "{pages} pages unprotected");
+        writer.join().unwrap();
+        assert!(e.saved_or_lost(page3));
+        // Version 1 reads the pre-image; the live page has the write.
+        assert_eq!(read_page(&e, 1, page3).unwrap(), vec![0x11; PAGE]);
+        let mut live = vec![0u8; PAGE];
+        assert_eq!(copy_tracked(page3, live.as_mut_ptr(), PAGE), PAGE);
+        assert_eq!(live, vec![0x22; PAGE]);
+        // A page before the trap was not saved: it is still protected, and version 1
+        // reads it live.
+        assert!(!e.saved_or_lost(buf.start));
+        assert_eq!(read_page(&e, 1, buf.start).unwrap(), vec![0x11; PAGE]);
+        unmap_after(u, buf);
+    }
+
+    #[test]
+    fn a_trap_on_fresh_memory_records_the_zeros_after_it_and_unprotects_them() {
+        // Never written: zero at version 1, unpopulated, protected by markers.
+        let buf = buffer(16);
+        let (mut e, _pool) = engine(64, buf);
+        let u = protected(&mut e, buf);
+        let (addr, writer) = trapped_write(&u, buf.start, 0x5a);
+        let pages = e.resolve(addr);
+        writer.join().unwrap();
+        assert_eq!(
+            pages, 16,
+            "the whole never-written run goes writable at once"
+        );
+        // Writes to the rest go through without a trap now.
+        fill(Range::new(buf.start + PAGE, buf.end), 0x6b);
+        for i in 0..16 {
+            assert_eq!(
+                read_page(&e, 1, buf.start + i * PAGE).unwrap(),
+                vec![0; PAGE]
+            );
+        }
+        unmap_after(u, buf);
+    }
+
+    #[test]
+    fn an_abandoned_version_unprotects_everything_and_is_not_readable() {
+        let buf = buffer(4);
+        fill(buf, 3);
+        let (mut e, _pool) = engine(16, buf);
+        let u = protected(&mut e, buf);
+        e.abandon();
+        // No trap any more: this write would hang the test if the page were protected.
+        fill(buf, 4);
+        assert!(matches!(
+            read_page(&e, 1, buf.start),
+            Err(ReadError::Incomplete(1))
+        ));
+        unmap_after(u, buf);
+    }
+
+    #[test]
+    fn pages_saved_before_a_discard_read_back_as_they_were() {
+        // Pages 0..4 written, 4..8 never: the save copies the first and records the
+        // others as zeros.
+        let buf = buffer(8);
+        fill(Range::new(buf.start, buf.start + 4 * PAGE), 0x33);
+        let (mut e, _pool) = engine(64, buf);
+        let u = protected(&mut e, buf);
+        let pagemap = crate::engine::pagemap::Pagemap::shared();
+        assert_eq!(e.save_before_discard(buf, &pagemap), Some(buf.end));
+        assert_eq!(e.pool.used(), 4, "only the written pages are copied");
+        // The program discards and reuses the memory.
+        u.write_protect(buf, false).unwrap();
+        fill(buf, 0x44);
+        for i in 0..8 {
+            let want = if i < 4 { 0x33 } else { 0 };
+            assert_eq!(
+                read_page(&e, 1, buf.start + i * PAGE).unwrap(),
+                vec![want; PAGE],
+                "page {i}"
+            );
+        }
+        unmap_after(u, buf);
     }
 
     #[test]

@@ -24,15 +24,16 @@
 //! `malloc_trim` is interposed, and what remains (a whole non-main arena heap freed at
 //! once) is recorded as lost from the kernel's UNMAP event.
 
+use crate::base::mailbox::Mailbox;
 use crate::base::page::PAGE;
 use crate::base::range::Range;
-use crate::base::sync::SpinLock;
+use crate::engine::pagemap::Pagemap;
 use crate::engine::{self, Engine};
 use crate::{base::shim_thread, base::sys};
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
-const SAVE: u32 = 1;
-const LOST: u32 = 2;
+const SAVE: u64 = 1;
+const LOST: u64 = 2;
 /// Pages saved per engine-lock hold, so faults and a pass are never kept waiting long.
 const PAGES_PER_HOLD: usize = 64;
 /// Most unpopulated pages recorded per step of a hold (a step counts as one page).
@@ -44,16 +45,9 @@ const MAX_RESTARTS: u32 = 4;
 /// The answer when nothing was saved.
 const NOT_SAVED: u64 = u64::MAX;
 
-/// One request at a time; host threads take turns.
-static TURN: SpinLock<()> = SpinLock::new(());
-static KIND: AtomicU32 = AtomicU32::new(0);
-static START: AtomicUsize = AtomicUsize::new(0);
-static END: AtomicUsize = AtomicUsize::new(0);
-/// Requests posted and answered (futex words).
-static POSTED: AtomicU32 = AtomicU32::new(0);
-static ANSWERED: AtomicU32 = AtomicU32::new(0);
-/// The engine stamp (see `engine::stamp`) the pages were saved at, or NOT_SAVED.
-static SAVED_AT: AtomicU64 = AtomicU64::new(NOT_SAVED);
+/// Requests (kind, start, end) from host threads, one at a time; the answer is the
+/// engine stamp (see `engine::stamp`) the pages were saved at, or NOT_SAVED.
+static REQUESTS: Mailbox<3> = Mailbox::new();
 /// The pipe that wakes the fault thread for a request: it polls the read end, host
 /// threads write a byte to the other. A pipe rather than an eventfd: every pipe has an
 /// inode of its own, so the shim can tell that the number is still its pipe (see `fds`).
@@ -129,15 +123,14 @@ pub fn close_kick() {
             crate::base::fds::release(fd);
         }
     }
-    sys::futex_wake(&ANSWERED);
+    REQUESTS.wake_posters();
 }
 
 /// In a forked child: the parent's fault thread answers nothing here.
 pub fn forget_after_fork() {
     close_kick();
-    TURN.release();
     SAVING.store(false, Ordering::Release);
-    ANSWERED.store(POSTED.load(Ordering::Acquire), Ordering::Release);
+    REQUESTS.forget_after_fork();
 }
 
 /// Whether requests can be served: the engine runs and this is a host thread (a shim
@@ -148,13 +141,9 @@ fn active() -> bool {
 }
 
 /// Posts a request and waits for the fault thread's answer.
-fn request(kind: u32, r: Range) -> u64 {
+fn request(kind: u64, r: Range) -> u64 {
     let _s = sys::block_signals();
-    let _turn = TURN.lock();
-    KIND.store(kind, Ordering::Relaxed);
-    START.store(r.start, Ordering::Relaxed);
-    END.store(r.end, Ordering::Relaxed);
-    let ticket = POSTED.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+    let posted = REQUESTS.post([kind, r.start as u64, r.end as u64]);
     let fd = KICK_WRITE_FD.load(Ordering::Acquire);
     if !crate::base::fds::verify(fd) {
         // Lost to a raw system call: no version is readable from now on, and the fault
@@ -164,16 +153,10 @@ fn request(kind: u32, r: Range) -> u64 {
     }
     // SAFETY: writing one byte to our non-blocking pipe (a full pipe already wakes it).
     unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
-    loop {
-        let done = ANSWERED.load(Ordering::Acquire);
-        if done == ticket {
-            return SAVED_AT.load(Ordering::Relaxed);
-        }
-        if KICK_FD.load(Ordering::Acquire) < 0 {
-            return NOT_SAVED; // forked child: the answer will never come
-        }
-        sys::futex_wait(&ANSWERED, done, 100);
-    }
+    // In a forked child (or once the engine stopped) the answer never comes.
+    posted
+        .wait(100, || KICK_FD.load(Ordering::Acquire) < 0)
+        .unwrap_or(NOT_SAVED)
 }
 
 /// Before `r` is discarded: saves the pages retained versions need. Returns what to
@@ -225,12 +208,12 @@ pub fn serve(between: &mut dyn FnMut()) {
         // SAFETY: draining our non-blocking pipe into a local buffer.
         while unsafe { libc::read(fd, bytes.as_mut_ptr().cast(), bytes.len()) } > 0 {}
     }
-    let posted = POSTED.load(Ordering::Acquire);
-    if posted == ANSWERED.load(Ordering::Acquire) {
+    let Some(request) = REQUESTS.pending() else {
         return;
-    }
-    let r = Range::new(START.load(Ordering::Relaxed), END.load(Ordering::Relaxed));
-    let answer = match KIND.load(Ordering::Relaxed) {
+    };
+    let [kind, start, end] = request.words;
+    let r = Range::new(start as usize, end as usize);
+    let answer = match kind {
         SAVE => {
             SAVING.store(true, Ordering::Release);
             let at = save(r, between);
@@ -243,9 +226,7 @@ pub fn serve(between: &mut dyn FnMut()) {
         }
         _ => NOT_SAVED,
     };
-    SAVED_AT.store(answer, Ordering::Relaxed);
-    ANSWERED.store(posted, Ordering::Release);
-    sys::futex_wake(&ANSWERED);
+    REQUESTS.answer(request.ticket, answer);
 }
 
 /// Saves every page of `r` that the newest version needs, all at one stamp. Returns that
@@ -255,7 +236,7 @@ fn save(r: Range, between: &mut dyn FnMut()) -> u64 {
         crate::base::page::floor(r.start),
         crate::base::page::ceil(r.end),
     );
-    let pagemap = crate::engine::pagemap::Pagemap::shared();
+    let pagemap = Pagemap::shared();
     for _ in 0..MAX_RESTARTS {
         let mut at = r.start;
         let mut stamp = None;
@@ -272,7 +253,7 @@ fn save(r: Range, between: &mut dyn FnMut()) -> u64 {
                 if e.version == 0 || e.incomplete || e.pool.retained().is_none() {
                     return Step::Done;
                 }
-                match save_some(e, Range::new(at, r.end), &pagemap) {
+                match e.save_before_discard(Range::new(at, r.end), &pagemap) {
                     Some(next) if next < r.end => Step::Continue(next),
                     Some(_) => Step::Done,
                     None => Step::Full,
@@ -313,57 +294,59 @@ fn wait_for_pass(between: &mut dyn FnMut()) {
     }
 }
 
-/// Saves up to PAGES_PER_HOLD pages of `r` that are tracked at the newest version, not
-/// saved in it yet and not lost; returns where it stopped, or None when the shadow
-/// budget ran out (the snapshot is then given up, as on a trap).
-fn save_some(e: &mut Engine, r: Range, pagemap: &crate::engine::pagemap::Pagemap) -> Option<usize> {
-    let v = e.version;
-    let mut p = r.start;
-    let mut budget = PAGES_PER_HOLD;
-    while p < r.end && budget > 0 {
-        // Skip to the next tracked page.
-        let Some(t) = e.tracked_at_or_after(p) else {
-            return Some(r.end);
-        };
-        if t.range.start >= r.end {
-            return Some(r.end);
-        }
-        p = p.max(t.range.start);
-        let run_end = t.range.end.min(r.end);
-        if t.since > v {
-            p = run_end;
-            continue;
-        }
-        // Runs of pages to save, at most `budget` pages in all.
-        while p < run_end && budget > 0 {
-            if e.saved_or_lost(p) {
-                p += PAGE;
-                budget -= 1;
-                continue;
-            }
-            // Never-written pages hold zeros: recorded, not copied (a program that frees
-            // a large buffer it touched a little of, as sort does with its default
-            // buffer, would otherwise have the whole of it copied).
-            let zeros = pagemap.run(p, run_end, ZERO_PAGES_PER_HOLD, false);
-            if zeros > 0 && e.mark_zero(Range::new(p, p + zeros * PAGE)) {
-                p += zeros * PAGE;
-                budget -= 1;
-                continue;
-            }
-            let run = if zeros > 0 {
-                zeros // no room to record them: copied
-            } else {
-                pagemap.run(p, run_end, budget, true).max(1)
+impl Engine {
+    /// Saves up to PAGES_PER_HOLD pages of `r` that are tracked at the newest version, not
+    /// saved in it yet and not lost; returns where it stopped, or None when the shadow
+    /// budget ran out (the snapshot is then given up, as on a trap).
+    pub fn save_before_discard(&mut self, r: Range, pagemap: &Pagemap) -> Option<usize> {
+        let v = self.version;
+        let mut p = r.start;
+        let mut budget = PAGES_PER_HOLD;
+        while p < r.end && budget > 0 {
+            // Skip to the next tracked page.
+            let Some(t) = self.tracked_at_or_after(p) else {
+                return Some(r.end);
             };
-            let (n, copied) = e.save_run(p, (p + run * PAGE).min(run_end), budget)?;
-            crate::stats::add(
-                memshadow_format::stats::Counter::PagesPreserved,
-                copied as u64,
-            );
-            p += n * PAGE;
-            budget -= n;
+            if t.range.start >= r.end {
+                return Some(r.end);
+            }
+            p = p.max(t.range.start);
+            let run_end = t.range.end.min(r.end);
+            if t.since > v {
+                p = run_end;
+                continue;
+            }
+            // Runs of pages to save, at most `budget` pages in all.
+            while p < run_end && budget > 0 {
+                if self.saved_or_lost(p) {
+                    p += PAGE;
+                    budget -= 1;
+                    continue;
+                }
+                // Never-written pages hold zeros: recorded, not copied (a program that frees
+                // a large buffer it touched a little of, as sort does with its default
+                // buffer, would otherwise have the whole of it copied).
+                let zeros = pagemap.run(p, run_end, ZERO_PAGES_PER_HOLD, false);
+                if zeros > 0 && self.mark_zero(Range::new(p, p + zeros * PAGE)) {
+                    p += zeros * PAGE;
+                    budget -= 1;
+                    continue;
+                }
+                let run = if zeros > 0 {
+                    zeros // no room to record them: copied
+                } else {
+                    pagemap.run(p, run_end, budget, true).max(1)
+                };
+                let (n, copied) = self.save_run(p, (p + run * PAGE).min(run_end), budget)?;
+                crate::stats::add(
+                    memshadow_format::stats::Counter::PagesPreserved,
+                    copied as u64,
+                );
+                p += n * PAGE;
+                budget -= n;
+            }
         }
+        self.publish();
+        Some(p)
     }
-    e.publish();
-    Some(p)
 }

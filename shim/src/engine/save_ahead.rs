@@ -41,64 +41,66 @@ pub fn wait_for_events() {
     }
 }
 
-/// Saves into shadows of the newest version, and unprotects, the pages of `[at, end)`
-/// that still need it, up to `max` of them and up to the first one that does not: ahead
-/// of their first write, while they are protected. The caller holds the engine lock and
-/// has checked the version it copies for.
-pub fn save_ahead(e: &mut Engine, at: usize, end: usize, max: usize) -> CopyOutcome {
-    let v = e.version;
-    if crate::engine::fault::events_in_hand() {
-        return CopyOutcome::Busy;
-    }
-    let Some(t) = e.tracked_at(at, v) else {
-        // Not tracked: skip to where tracking resumes.
-        let next = e
-            .tracked_at_or_after(at)
-            .map_or(end, |t| t.range.start.clamp(at + PAGE, end.max(at + PAGE)));
-        return CopyOutcome::Done {
-            first: at,
-            copied: 0,
-            next,
+impl Engine {
+    /// Saves into shadows of the newest version, and unprotects, the pages of `[at, end)`
+    /// that still need it, up to `max` of them and up to the first one that does not: ahead
+    /// of their first write, while they are protected. The caller holds the engine lock and
+    /// has checked the version it copies for.
+    pub fn save_ahead(&mut self, at: usize, end: usize, max: usize) -> CopyOutcome {
+        let v = self.version;
+        if crate::engine::fault::events_in_hand() {
+            return CopyOutcome::Busy;
+        }
+        let Some(t) = self.tracked_at(at, v) else {
+            // Not tracked: skip to where tracking resumes.
+            let next = self
+                .tracked_at_or_after(at)
+                .map_or(end, |t| t.range.start.clamp(at + PAGE, end.max(at + PAGE)));
+            return CopyOutcome::Done {
+                first: at,
+                copied: 0,
+                next,
+            };
         };
-    };
-    let end = end.min(t.range.end);
-    // Skip what is saved already (by a trap, or by us) or lost.
-    let mut first = at;
-    while first < end && e.saved_or_lost(first) {
-        first += PAGE;
-    }
-    if first == end {
-        return CopyOutcome::Done {
+        let end = end.min(t.range.end);
+        // Skip what is saved already (by a trap, or by us) or lost.
+        let mut first = at;
+        while first < end && self.saved_or_lost(first) {
+            first += PAGE;
+        }
+        if first == end {
+            return CopyOutcome::Done {
+                first,
+                copied: 0,
+                next: end,
+            };
+        }
+        let reserve = self.pool.free_slots() / SLOT_RESERVE_DIVISOR;
+        if (self.pool.free_slots() as usize) < reserve as usize + (end - first) / PAGE {
+            return CopyOutcome::Stop;
+        }
+        let Some((n, copied)) = self.save_run(first, end, max) else {
+            return CopyOutcome::Stop;
+        };
+        if crate::engine::fault::events_in_hand() {
+            // A discard may have zapped a page while it was copied: take the copies back.
+            undo(self, first, n);
+            return CopyOutcome::Busy;
+        }
+        if copied < n {
+            // The rest was unmapped under us: those slots hold zeros, not the page.
+            undo(self, first + copied * PAGE, n - copied);
+        }
+        if copied > 0 {
+            self.unprotect(Range::new(first, first + copied * PAGE));
+            stats::add(Counter::PrefetchCopied, copied as u64);
+            stats::add(Counter::PagesCopied, copied as u64);
+        }
+        CopyOutcome::Done {
             first,
-            copied: 0,
-            next: end,
-        };
-    }
-    let reserve = e.pool.free_slots() / SLOT_RESERVE_DIVISOR;
-    if (e.pool.free_slots() as usize) < reserve as usize + (end - first) / PAGE {
-        return CopyOutcome::Stop;
-    }
-    let Some((n, copied)) = e.save_run(first, end, max) else {
-        return CopyOutcome::Stop;
-    };
-    if crate::engine::fault::events_in_hand() {
-        // A discard may have zapped a page while it was copied: take the copies back.
-        undo(e, first, n);
-        return CopyOutcome::Busy;
-    }
-    if copied < n {
-        // The rest was unmapped under us: those slots hold zeros, not the page.
-        undo(e, first + copied * PAGE, n - copied);
-    }
-    if copied > 0 {
-        e.unprotect(&engine::uffd(), Range::new(first, first + copied * PAGE));
-        stats::add(Counter::PrefetchCopied, copied as u64);
-        stats::add(Counter::PagesCopied, copied as u64);
-    }
-    CopyOutcome::Done {
-        first,
-        copied,
-        next: first + n.max(1) * PAGE,
+            copied,
+            next: first + n.max(1) * PAGE,
+        }
     }
 }
 

@@ -41,7 +41,7 @@
 use crate::base::page::{self, PAGE};
 use crate::base::range::Range;
 use crate::config::Config;
-use crate::engine::save_ahead::{save_ahead, wait_for_events, CopyOutcome};
+use crate::engine::save_ahead::{wait_for_events, CopyOutcome};
 use crate::engine::{self, Engine};
 use crate::predict::{self, Feedback, Guess, Kind, PageNo, Predictor, KINDS};
 use crate::{base::sys, engine::readback, stats};
@@ -339,10 +339,10 @@ fn copy_next(p: &mut Prefetcher) -> bool {
 /// one that does not (one engine-lock hold).
 fn copy_run(v: u64, at: usize, end: usize) -> CopyOutcome {
     let r = politely(&mut |e| {
-        if e.version != v || e.pass_running || e.incomplete {
+        if !e.copying_for(v) {
             return CopyOutcome::Stop;
         }
-        save_ahead(e, at, end, PAGES_PER_HOLD)
+        e.save_ahead(at, end, PAGES_PER_HOLD)
     });
     r.unwrap_or(CopyOutcome::Stop)
 }
@@ -377,7 +377,7 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
         }
     });
     let feedback = audit(p, &copied, previous);
-    let free = politely(&mut |e| e.pool.free_slots()).unwrap_or(0) as usize;
+    let free = politely(&mut |e| e.pool().free_slots()).unwrap_or(0) as usize;
     // The pass's budget follows what its copies saved against what they cost.
     p.pass_budget = next_pass_budget(
         p.pass_budget,
@@ -427,11 +427,7 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
     p.trapped_alone.clear();
     let (order, runs) = plan_runs(&p.guesses, p.threshold, p.budget, p.last_fault);
     p.plan = order;
-    politely(&mut |e| {
-        if e.version == v {
-            e.queued.set_plan(v, &runs);
-        }
-    });
+    politely(&mut |e| e.set_plan(v, &runs));
     publish_boundary(p, true);
 }
 
@@ -700,9 +696,10 @@ fn written_in(e: &Engine, page: usize, v: u64, scratch: &mut [u8]) -> Option<boo
         return None;
     }
     readback::readable(e, v + 1).ok()?;
-    let then = e.pool.find(page, v).filter(|&s| e.pool.stamp_of(s) == v)?;
+    let pool = e.pool();
+    let then = pool.find(page, v).filter(|&s| pool.stamp_of(s) == v)?;
     readback::copy_at(e, v + 1, page, scratch).ok()?;
-    Some(e.pool.slot(then) != scratch)
+    Some(pool.slot(then) != scratch)
 }
 
 #[cfg(test)]

@@ -12,13 +12,14 @@
 //! Before the held writes go on, the pass copies the pages written lately, which the
 //! prefetcher published (see `boundary_copy`), so the program does not trap on them.
 
+use crate::base::mailbox::Mailbox;
 use crate::base::range::{coalesce, Range};
 use crate::base::sync::SpinLock;
 use crate::engine::reprotect::{self, PassWork};
 use crate::engine::uffd::Uffd;
 use crate::engine::{self, RetiredRange, TrackedRange};
 use crate::{base::sys, stats, tracking::regions};
-use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use memshadow_format::stats::Counter;
 
 /// Pages write-protected per ioctl: large enough to be cheap, small enough that a fault
@@ -235,11 +236,8 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     // pass must then need nothing but ioctls and the engine lock until it has released
     // the held faults.
     let mut held = Vec::with_capacity(engine::HELD_CAPACITY);
-    let (v, (unprotected_cap, changed_cap), oldest) = engine::with(|e| {
-        let oldest = e.pool.retained().map_or(e.version + 1, |r| r.0);
-        (e.version + 1, e.reprotect.capacities(), oldest)
-    })
-    .ok_or(SnapshotError::Stopped)?;
+    let (v, (unprotected_cap, changed_cap), oldest) =
+        engine::with(|e| e.next_version()).ok_or(SnapshotError::Stopped)?;
     let mut work = PassWork::with_capacity(unprotected_cap, changed_cap);
     let tracked = carry_since(&last.tracked, &ranges, v);
     // Retired ranges stay while a retained version may need them.
@@ -263,19 +261,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     let mut opened_at;
     loop {
         opened_at = engine::now_ns();
-        let opened = engine::with(|e| {
-            if crate::engine::fault::events_in_hand() {
-                return false;
-            }
-            e.version = v;
-            e.set_pass_running(true);
-            e.incomplete = false;
-            e.pool.begin_version(v);
-            e.prune_lost();
-            e.reprotect.take(scan, &mut work);
-            e.wake_instead_of_retrying(&u);
-            true
-        });
+        let opened = engine::with(|e| e.open_version(v, scan, &mut work));
         if opened != Some(false) {
             break;
         }
@@ -308,8 +294,10 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     // pass's lists (what the copy below may save is what version `v` tracks); before the
     // held writes go on, copy the pages they are most likely to write first.
     engine::with(|e| {
-        core::mem::swap(&mut e.tracked, tracked.as_mut().expect("set above"));
-        core::mem::swap(&mut e.retired, retired.as_mut().expect("set above"));
+        e.install_lists(
+            tracked.as_mut().expect("set above"),
+            retired.as_mut().expect("set above"),
+        )
     });
     if !refused {
         // A fifth of the period in force: when the governor has stretched it, a
@@ -322,20 +310,9 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
 
     // The pass is over. Release the held faults before anything is freed (freeing takes
     // the arena lock).
-    engine::with(|e| {
-        e.set_pass_running(false);
-        core::mem::swap(&mut e.held, &mut held);
-        if refused {
-            // Part of the memory could not be protected: this snapshot would not be a
-            // state that existed. Abandon it, as when the shadow budget runs out.
-            crate::engine::fault::abandon_epoch(e, &u);
-        }
-        e.publish();
-    });
+    engine::with(|e| e.end_pass(&mut held, refused));
     for &addr in &held {
-        engine::with(|e| {
-            crate::engine::fault::resolve(e, addr);
-        });
+        engine::with(|e| e.resolve(addr));
     }
     crate::engine::governor::note_pass(engine::now_ns() - opened_at, held.len());
     crate::prefetch::epoch_opened();
@@ -363,15 +340,11 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
 /// host thread's own writes during the pass (errno, in its TLS, which is tracked memory)
 /// would be held until the pass ends, by itself. Host threads (the C API) post a request
 /// and wait on these futex words, which live in the shim's own memory.
-static REQUESTED: AtomicU32 = AtomicU32::new(0);
-static ANSWERED: AtomicU32 = AtomicU32::new(0);
-static ANSWER: AtomicI64 = AtomicI64::new(0);
+static REQUESTS: Mailbox<0> = Mailbox::new();
 /// Period of automatic snapshots in ms (0: only on request).
 static INTERVAL_MS: AtomicU64 = AtomicU64::new(0);
 static THREAD_STARTED: AtomicBool = AtomicBool::new(false);
 static THREAD_START: SpinLock<()> = SpinLock::new(());
-/// Host threads asking at the same time take turns.
-static API: SpinLock<()> = SpinLock::new(());
 static API_ERROR_SAID: AtomicBool = AtomicBool::new(false);
 static PERIODIC_ERROR_SAID: AtomicBool = AtomicBool::new(false);
 
@@ -388,7 +361,7 @@ pub fn start_thread(
         crate::engine::governor::reset(interval_ms, max_overhead, budget_pages);
     }
     if THREAD_STARTED.load(Ordering::Acquire) {
-        sys::futex_wake(&REQUESTED); // pick up a new interval
+        sys::futex_wake(REQUESTS.posted_word()); // pick up a new interval
         return Ok(());
     }
     let _s = sys::block_signals();
@@ -410,7 +383,7 @@ pub fn forget_after_fork() {
     crate::engine::boundary_copy::forget_after_fork();
     THREAD_STARTED.store(false, Ordering::Release);
     THREAD_START.release();
-    API.release();
+    REQUESTS.forget_after_fork();
     PASS.release();
     let mut pass = PASS.lock();
     core::mem::forget(core::mem::replace(
@@ -430,7 +403,6 @@ pub fn forget_after_fork() {
 extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void {
     // Requests not yet answered are pending, including one posted before this thread
     // first ran.
-    let mut seen = ANSWERED.load(Ordering::Acquire);
     let mut next_due = engine::now_ns();
     let mut last_started = next_due;
     let mut earliest = next_due;
@@ -455,12 +427,12 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
                 .min(configured.max(1))
         };
         if interval == 0 || wait_ms > 0 {
-            sys::futex_wait(&REQUESTED, seen, wait_ms);
+            sys::futex_wait(REQUESTS.posted_word(), REQUESTS.answered(), wait_ms);
         }
         if !crate::tracking::regions::tracking() {
             break;
         }
-        let now = REQUESTED.load(Ordering::Acquire);
+        let request = REQUESTS.pending();
         // Pulled forward by the budget, never sooner than the configured period after
         // the last pass started, nor sooner after it ended than it lasted.
         let pressed = interval > 0
@@ -468,10 +440,10 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
             && engine::now_ns()
                 >= earliest.max(last_started.saturating_add(configured * 1_000_000));
         let due = interval > 0 && engine::now_ns() >= next_due || pressed;
-        if now == seen && !due {
+        if request.is_none() && !due {
             continue;
         }
-        if now == seen && !pressed {
+        if request.is_none() && !pressed {
             // An automatic pass only: it waits if the period so far cost too much.
             if let Some(longer) =
                 crate::engine::governor::before_due_pass(configured, engine::now_ns())
@@ -492,7 +464,7 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
         next_due = started
             .saturating_add(interval.saturating_mul(1_000_000))
             .max(earliest);
-        if now != seen {
+        if let Some(request) = request {
             let answer = match &result {
                 Ok(v) => *v as i64,
                 Err(msg) => {
@@ -503,10 +475,7 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
                     -1
                 }
             };
-            ANSWER.store(answer, Ordering::Relaxed);
-            seen = now;
-            ANSWERED.store(now, Ordering::Release);
-            sys::futex_wake(&ANSWERED);
+            REQUESTS.answer(request.ticket, answer as u64);
         } else if let Err(e) = result {
             if e.passing() {
                 // This snapshot was abandoned (counted); the next one starts afresh.
@@ -542,16 +511,10 @@ pub fn snapshot_for_api() -> i64 {
     }
     let v = {
         let _s = sys::block_signals();
-        let _turn = API.lock();
-        let ticket = REQUESTED.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
-        sys::futex_wake(&REQUESTED);
-        loop {
-            let done = ANSWERED.load(Ordering::Acquire);
-            if done == ticket {
-                break ANSWER.load(Ordering::Relaxed);
-            }
-            sys::futex_wait(&ANSWERED, done, 0);
-        }
+        let posted = REQUESTS.post([]);
+        sys::futex_wake(REQUESTS.posted_word());
+        // The epoch thread answers every request (-1 for a failure).
+        posted.wait(0, || false).map_or(-1, |a| a as i64)
     };
     sys::set_errno(if v < 0 { libc::ENOSYS } else { saved });
     v

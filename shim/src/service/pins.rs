@@ -30,7 +30,7 @@ pub fn grant(conn: i32, args: &[&str]) -> (Vec<u8>, bool) {
     };
     // Refused in the words a read of the version would be refused in.
     let pinned = engine::with(|e| match readback::readable(e, v) {
-        Ok(()) => e.pool.pin(v).map_err(Refusal::Pin),
+        Ok(()) => e.pin(v).map_err(Refusal::Pin),
         Err(r) => Err(Refusal::Read(r)),
     })
     .unwrap_or(Err(Refusal::Read(ReadError::NoEngine)));
@@ -95,7 +95,7 @@ fn release(slot: usize, unpin: bool) {
         return;
     }
     if unpin {
-        engine::with(|e| e.pool.unpin(v));
+        engine::with(|e| e.unpin(v));
     }
     // A connection this module kept open (adopted, see `fds`): closed once, here, if the
     // number is still it.

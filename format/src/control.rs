@@ -23,6 +23,7 @@
 //! | `read V ADDR LEN` | `version`, `bytes` | then exactly `bytes` raw bytes, then EOF |
 //! | `regions V` | `version`, `page_size`, `regions N`, then N lines `region ADDR LEN` | the memory tracked at version `V`, by address |
 //! | `pin V` | `version` | then the server keeps the connection open; see below |
+//! | `changes V SINCE` | `version`, `since`, `page_size`, `regions N`, N lines `region ADDR LEN`, `changes M`, M lines `change ADDR LEN` | then the bytes of every change at version `V` in frames; see below |
 //!
 //! `pin V` keeps version `V` (and so every newer one: retention is oldest first) from
 //! being evicted by new snapshots until the client closes the connection (or sends
@@ -47,6 +48,20 @@
 //! with `read V` (see [`crate::image`]); a version evicted meanwhile makes those reads
 //! fail, never return another version's bytes.
 
+//!
+//! `changes V SINCE` is how a recorder copies a version out in bulk: one connection for
+//! all of it, never one per [`MAX_READ`]. The reply lists the regions of version `V`
+//! (as `regions V` does) and the page-aligned ranges, within them, that may differ from
+//! version `SINCE` (`SINCE` < `V`): pages saved, recorded zero or discarded in the
+//! epochs from `SINCE` up to `V`, and every range tracked at `V` but not at `SINCE`.
+//! `SINCE` 0 asks for every region whole (a base). It is refused like `read`, and also
+//! when `SINCE` is no longer retained (its changes cannot be told any more: ask for a
+//! base). After `end\n` come the bytes of the change ranges in order at version `V`, as
+//! frames: a 4-byte little-endian length from 1 to [`MAX_FRAME`] then that many bytes;
+//! a length of 0 ([`FRAME_END`]) ends a complete body; [`FRAME_ERROR`] is followed by
+//! one `error MESSAGE` line (the version went while it was sent) and the server closes
+//! the connection. A body that stops without either was cut short.
+
 /// Commands the shim answers.
 pub const CMD_PING: &str = "ping";
 pub const CMD_STATS: &str = "stats";
@@ -58,6 +73,14 @@ pub const CMD_READ: &str = "read";
 pub const CMD_REGIONS: &str = "regions";
 /// Pins a version while the connection stays open: `pin V`.
 pub const CMD_PIN: &str = "pin";
+/// What changed in version `V` since version `SINCE`, with the bytes: `changes V SINCE`.
+pub const CMD_CHANGES: &str = "changes";
+/// Most bytes in one frame of a `changes` body (1 MiB).
+pub const MAX_FRAME: usize = 1 << 20;
+/// The frame length that ends a complete `changes` body.
+pub const FRAME_END: u32 = 0;
+/// The frame length that says an `error` line follows instead of more bytes.
+pub const FRAME_ERROR: u32 = u32::MAX;
 /// Most pins a process holds at once.
 pub const MAX_PINS: usize = 8;
 /// Versions kept past `MEMSHADOW_MAX_VERSIONS` behind a pinned one before its pin gives
@@ -209,44 +232,168 @@ impl RegionsReply {
             v.parse()
                 .map_err(|_| bad(format!("{key} {v:?} is not a decimal number")))
         };
-        let (version, page_size, count) =
-            (number("version")?, number("page_size")?, number("regions")?);
-        let mut regions: Vec<(u64, u64)> = Vec::new();
-        for (k, v) in fields {
-            if k != "region" {
-                continue;
-            }
-            let parsed = v
-                .split_once(' ')
-                .and_then(|(a, l)| Some((a.parse::<u64>().ok()?, l.parse::<u64>().ok()?)));
-            let Some((start, len)) = parsed else {
-                return Err(bad(format!("region {v:?} is not ADDR LEN")));
-            };
-            if len == 0 || start.checked_add(len).is_none() {
-                return Err(bad(format!("region {v:?} has an impossible extent")));
-            }
-            if let Some(&(ps, pl)) = regions.last() {
-                if start < ps + pl {
-                    return Err(bad(format!(
-                        "region {start:#x} starts before the end of the previous one ({:#x})",
-                        ps + pl
-                    )));
-                }
-            }
-            regions.push((start, len));
-        }
-        if regions.len() as u64 != count {
-            return Err(bad(format!(
-                "{} region field(s), but regions says {count}",
-                regions.len()
-            )));
-        }
+        let (version, page_size) = (number("version")?, number("page_size")?);
+        let regions = decode_ranges(fields, "region", "regions", CMD_REGIONS)?;
         Ok(RegionsReply {
             version,
             page_size,
             regions,
         })
     }
+}
+
+/// The arguments of a `changes` request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangesRequest {
+    /// The version whose bytes are sent.
+    pub version: u64,
+    /// The version the changes are counted from (0: none, send every region).
+    pub since: u64,
+}
+
+impl ChangesRequest {
+    /// The request line, without its newline: `changes V SINCE`.
+    pub fn encode(&self) -> String {
+        format!("{CMD_CHANGES} {} {}", self.version, self.since)
+    }
+
+    /// Parses the arguments that follow the word `changes` (e.g. `"7 5"`). The message
+    /// of an error is meant for an `error` reply.
+    pub fn parse(args: &str) -> Result<Self, String> {
+        let words: Vec<&str> = args.split_ascii_whitespace().collect();
+        let [v, s] = words[..] else {
+            return Err(format!(
+                "usage: {CMD_CHANGES} VERSION SINCE (decimal), got {} argument(s)",
+                words.len()
+            ));
+        };
+        let num = |what: &str, w: &str| {
+            w.parse::<u64>()
+                .map_err(|_| format!("{CMD_CHANGES}: {what} {w:?} is not a decimal number"))
+        };
+        let (version, since) = (num("VERSION", v)?, num("SINCE", s)?);
+        if since >= version {
+            return Err(format!(
+                "{CMD_CHANGES}: SINCE {since} must be older than VERSION {version}"
+            ));
+        }
+        Ok(ChangesRequest { version, since })
+    }
+}
+
+/// The header of a `changes` reply (its body follows, in frames).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangesReply {
+    pub version: u64,
+    pub since: u64,
+    /// The process's page size, bytes.
+    pub page_size: u64,
+    /// (first address, length) of each region of `version`, in address order.
+    pub regions: Vec<(u64, u64)>,
+    /// (first address, length) of each range sent, in address order, within `regions`.
+    pub changes: Vec<(u64, u64)>,
+}
+
+impl ChangesReply {
+    /// The header, up to and including `end`.
+    pub fn encode(&self) -> String {
+        let mut fields = Vec::with_capacity(self.regions.len() + self.changes.len() + 5);
+        fields.push(("version", self.version.to_string()));
+        fields.push(("since", self.since.to_string()));
+        fields.push(("page_size", self.page_size.to_string()));
+        fields.push(("regions", self.regions.len().to_string()));
+        for (start, len) in &self.regions {
+            fields.push(("region", format!("{start} {len}")));
+        }
+        fields.push(("changes", self.changes.len().to_string()));
+        for (start, len) in &self.changes {
+            fields.push(("change", format!("{start} {len}")));
+        }
+        encode_ok(&fields)
+    }
+
+    /// Decodes the header's fields, checking the ranges as [`RegionsReply::decode`] does
+    /// and that every change lies within a region.
+    pub fn decode(fields: &[(String, String)]) -> Result<Self, ReplyError> {
+        let what = CMD_CHANGES;
+        let bad = |m: String| ReplyError::Malformed(format!("{what} reply: {m}"));
+        let number = |key: &str| -> Result<u64, ReplyError> {
+            let v = field(fields, key).ok_or_else(|| bad(format!("no {key} field")))?;
+            v.parse()
+                .map_err(|_| bad(format!("{key} {v:?} is not a decimal number")))
+        };
+        let regions = decode_ranges(fields, "region", "regions", what)?;
+        let changes = decode_ranges(fields, "change", "changes", what)?;
+        let within = |&(s, l): &(u64, u64)| {
+            let i = regions.partition_point(|&(rs, rl)| rs + rl <= s);
+            regions
+                .get(i)
+                .is_some_and(|&(rs, rl)| rs <= s && s + l <= rs + rl)
+        };
+        if let Some(&(s, l)) = changes.iter().find(|c| !within(c)) {
+            return Err(bad(format!(
+                "change {s:#x}+{l} is not within one region of the version"
+            )));
+        }
+        Ok(ChangesReply {
+            version: number("version")?,
+            since: number("since")?,
+            page_size: number("page_size")?,
+            regions,
+            changes,
+        })
+    }
+
+    /// Bytes the body carries in all.
+    pub fn body_bytes(&self) -> u64 {
+        self.changes.iter().map(|&(_, l)| l).sum()
+    }
+}
+
+/// The `key ADDR LEN` fields of a reply, checked: as many as `count_key` says, each
+/// not empty, in address order, none overlapping.
+fn decode_ranges(
+    fields: &[(String, String)],
+    key: &str,
+    count_key: &str,
+    what: &str,
+) -> Result<Vec<(u64, u64)>, ReplyError> {
+    let bad = |m: String| ReplyError::Malformed(format!("{what} reply: {m}"));
+    let count: u64 = field(fields, count_key)
+        .ok_or_else(|| bad(format!("no {count_key} field")))?
+        .parse()
+        .map_err(|_| bad(format!("{count_key} is not a decimal number")))?;
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (k, v) in fields {
+        if k != key {
+            continue;
+        }
+        let parsed = v
+            .split_once(' ')
+            .and_then(|(a, l)| Some((a.parse::<u64>().ok()?, l.parse::<u64>().ok()?)));
+        let Some((start, len)) = parsed else {
+            return Err(bad(format!("{key} {v:?} is not ADDR LEN")));
+        };
+        if len == 0 || start.checked_add(len).is_none() {
+            return Err(bad(format!("{key} {v:?} has an impossible extent")));
+        }
+        if let Some(&(ps, pl)) = out.last() {
+            if start < ps + pl {
+                return Err(bad(format!(
+                    "{key} {start:#x} starts before the end of the previous one ({:#x})",
+                    ps + pl
+                )));
+            }
+        }
+        out.push((start, len));
+    }
+    if out.len() as u64 != count {
+        return Err(bad(format!(
+            "{} {key} field(s), but {count_key} says {count}",
+            out.len()
+        )));
+    }
+    Ok(out)
 }
 
 /// The value of `key` in decoded reply fields.
@@ -410,5 +557,48 @@ mod tests {
             decode_reply("hello\n"),
             Err(ReplyError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn changes_requests_and_replies() {
+        let req = ChangesRequest {
+            version: 7,
+            since: 5,
+        };
+        assert_eq!(req.encode(), "changes 7 5");
+        assert_eq!(ChangesRequest::parse("7 5"), Ok(req));
+        assert_eq!(
+            ChangesRequest::parse("7 0").map(|r| r.since),
+            Ok(0),
+            "SINCE 0 asks for a base"
+        );
+        for bad in ["7", "7 7", "5 7", "x 1", "7 5 1"] {
+            assert!(ChangesRequest::parse(bad).is_err(), "{bad:?}");
+        }
+        let reply = ChangesReply {
+            version: 7,
+            since: 5,
+            page_size: 4096,
+            regions: vec![(4096, 16384), (65536, 4096)],
+            changes: vec![(8192, 4096), (65536, 4096)],
+        };
+        let fields = decode_reply(&reply.encode()).unwrap();
+        assert_eq!(ChangesReply::decode(&fields), Ok(reply.clone()));
+        assert_eq!(reply.body_bytes(), 8192);
+        // A change outside every region, or across two, is malformed.
+        for changes in [vec![(0, 4096)], vec![(16384, 8192)]] {
+            let fields = decode_reply(
+                &ChangesReply {
+                    changes,
+                    ..reply.clone()
+                }
+                .encode(),
+            )
+            .unwrap();
+            assert!(
+                matches!(ChangesReply::decode(&fields), Err(ReplyError::Malformed(_))),
+                "{fields:?}"
+            );
+        }
     }
 }

@@ -19,6 +19,7 @@
 //!   unmaps meanwhile gives EFAULT instead of crashing the host.
 
 pub mod boundary_copy;
+pub mod changes;
 pub mod fault;
 pub mod fault_window;
 pub mod governor;

@@ -371,6 +371,32 @@ impl ShadowPool {
         self.free_count += 1;
     }
 
+    /// Shadows stamped with a version from `from` up to, not including, `to` (of the
+    /// retained ones).
+    pub fn stamped_between(&self, from: u64, to: u64) -> usize {
+        (0..self.len)
+            .map(|i| self.entry(i))
+            .filter(|e| from <= e.version && e.version < to)
+            .map(|e| e.count as usize)
+            .sum()
+    }
+
+    /// Calls `f` with the page of every shadow stamped with a version from `from` up to,
+    /// not including, `to`.
+    pub fn for_each_stamped_between(&self, from: u64, to: u64, mut f: impl FnMut(usize)) {
+        for i in 0..self.len {
+            let e = self.entry(i);
+            if e.version < from || e.version >= to {
+                continue;
+            }
+            let mut s = e.head;
+            while s != NONE {
+                f(self.page_of[s as usize]);
+                s = self.next_same[s as usize];
+            }
+        }
+    }
+
     /// Versions retained now.
     pub fn versions_retained(&self) -> u64 {
         self.len as u64

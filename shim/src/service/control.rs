@@ -11,8 +11,9 @@ use crate::{base::sys, stats, tracking::regions};
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicI32, Ordering};
 use memshadow_format::control::{
-    encode_error, encode_ok, ReadRequest, RegionsReply, RegionsRequest, CMD_PIN, CMD_PING,
-    CMD_READ, CMD_REGIONS, CMD_SNAPSHOT, CMD_STATS, MAX_REQUEST,
+    encode_error, encode_ok, ChangesReply, ChangesRequest, ReadRequest, RegionsReply,
+    RegionsRequest, CMD_CHANGES, CMD_PIN, CMD_PING, CMD_READ, CMD_REGIONS, CMD_SNAPSHOT, CMD_STATS,
+    FRAME_END, FRAME_ERROR, MAX_FRAME, MAX_REQUEST,
 };
 use memshadow_format::paths::MAX_SOCKET_PATH;
 use memshadow_format::stats::ProcessState;
@@ -26,6 +27,8 @@ use std::path::{Path, PathBuf};
 static LISTEN_FD: AtomicI32 = AtomicI32::new(-1);
 const REFRESH_MS: i32 = 1000;
 const PEER_TIMEOUT_S: libc::time_t = 2;
+/// How long a `changes` reply waits for its reader to take the next frame.
+const CHANGES_TIMEOUT_S: libc::time_t = 30;
 
 /// Why the control socket could not be served.
 #[derive(Debug)]
@@ -168,22 +171,29 @@ fn peer_uid(conn: i32) -> Option<u32> {
 }
 
 fn set_timeouts(conn: i32) {
+    set_timeout(conn, libc::SO_RCVTIMEO, PEER_TIMEOUT_S);
+    set_send_timeout(conn, PEER_TIMEOUT_S);
+}
+
+fn set_send_timeout(conn: i32, seconds: libc::time_t) {
+    set_timeout(conn, libc::SO_SNDTIMEO, seconds);
+}
+
+fn set_timeout(conn: i32, opt: libc::c_int, seconds: libc::time_t) {
     let tv = libc::timeval {
-        tv_sec: PEER_TIMEOUT_S,
+        tv_sec: seconds,
         tv_usec: 0,
     };
-    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: `tv` is a valid timeval of the size given.
-        unsafe {
-            libc::setsockopt(
-                conn,
-                libc::SOL_SOCKET,
-                opt,
-                (&tv as *const libc::timeval).cast(),
-                core::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-    }
+    // SAFETY: `tv` is a valid timeval of the size given.
+    unsafe {
+        libc::setsockopt(
+            conn,
+            libc::SOL_SOCKET,
+            opt,
+            (&tv as *const libc::timeval).cast(),
+            core::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
 }
 
 /// Reads one request line (without the newline), at most MAX_REQUEST bytes.
@@ -219,6 +229,11 @@ fn answer(conn: i32) -> bool {
                 keep = kept;
                 reply
             }
+            Some(req) if req.split_ascii_whitespace().next() == Some(CMD_CHANGES) => {
+                let args: Vec<&str> = req.split_ascii_whitespace().skip(1).collect();
+                send_changes(conn, &args);
+                return false;
+            }
             Some(req) => dispatch(&req),
             None => encode_error("empty request").into_bytes(),
         },
@@ -228,7 +243,12 @@ fn answer(conn: i32) -> bool {
         .into_bytes(),
         None => encode_error("cannot identify the peer").into_bytes(),
     };
-    let mut bytes = &reply[..];
+    send_all(conn, &reply);
+    keep
+}
+
+/// Sends all of `bytes`; false when the peer is gone or stalled past the timeout.
+fn send_all(conn: i32, mut bytes: &[u8]) -> bool {
     while !bytes.is_empty() {
         // SAFETY: sending from a live byte slice; MSG_NOSIGNAL avoids SIGPIPE.
         let n = unsafe { libc::send(conn, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
@@ -236,11 +256,67 @@ fn answer(conn: i32) -> bool {
             if n < 0 && sys::errno() == libc::EINTR {
                 continue;
             }
-            return keep;
+            return false;
         }
         bytes = &bytes[n as usize..];
     }
-    keep
+    true
+}
+
+/// `changes V SINCE`: the header, then the bytes of every change at version V in frames
+/// (see `memshadow_format::control`), read a frame at a time (`readback::read` takes the
+/// engine lock a few pages at a time, so faults never wait long).
+fn send_changes(conn: i32, args: &[&str]) {
+    let req = match ChangesRequest::parse(&args.join(" ")) {
+        Ok(r) => r,
+        Err(e) => {
+            send_all(conn, encode_error(&e).as_bytes());
+            return;
+        }
+    };
+    let (regions, changes) = match crate::engine::changes::changed(req.since, req.version) {
+        Ok(found) => found,
+        Err(e) => {
+            send_all(conn, encode_error(&e.to_string()).as_bytes());
+            return;
+        }
+    };
+    let as_pairs = |v: &[crate::base::range::Range]| -> Vec<(u64, u64)> {
+        v.iter().map(|r| (r.start as u64, r.len() as u64)).collect()
+    };
+    let header = ChangesReply {
+        version: req.version,
+        since: req.since,
+        page_size: crate::base::page::PAGE as u64,
+        regions: as_pairs(&regions),
+        changes: as_pairs(&changes),
+    }
+    .encode();
+    // A recorder writes what it reads to its store between frames: longer than a
+    // request's timeout, still bounded.
+    set_send_timeout(conn, CHANGES_TIMEOUT_S);
+    if !send_all(conn, header.as_bytes()) {
+        return;
+    }
+    let mut frame = vec![0u8; 4 + MAX_FRAME];
+    for c in &changes {
+        let mut at = c.start;
+        while at < c.end {
+            let n = (c.end - at).min(MAX_FRAME);
+            if let Err(e) = crate::engine::readback::read(req.version, at, &mut frame[4..4 + n]) {
+                let mut out = FRAME_ERROR.to_le_bytes().to_vec();
+                out.extend_from_slice(encode_error(&e.to_string()).as_bytes());
+                send_all(conn, &out);
+                return;
+            }
+            frame[..4].copy_from_slice(&(n as u32).to_le_bytes());
+            if !send_all(conn, &frame[..4 + n]) {
+                return;
+            }
+            at += n;
+        }
+    }
+    send_all(conn, &FRAME_END.to_le_bytes());
 }
 
 /// The reply to one request (a `read` reply carries raw bytes after its header).
@@ -275,7 +351,7 @@ pub fn dispatch(req: &str) -> Vec<u8> {
         CMD_REGIONS => regions_reply(&args),
         "" => encode_error("empty request").into_bytes(),
         other => encode_error(&format!(
-            "unknown command {other:?} (known: {CMD_PING}, {CMD_STATS}, {CMD_SNAPSHOT}, {CMD_READ}, {CMD_REGIONS}, {CMD_PIN})"
+            "unknown command {other:?} (known: {CMD_PING}, {CMD_STATS}, {CMD_SNAPSHOT}, {CMD_READ}, {CMD_REGIONS}, {CMD_PIN}, {CMD_CHANGES})"
         ))
         .into_bytes(),
     }

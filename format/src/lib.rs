@@ -7,3 +7,5 @@ pub mod control;
 pub mod image;
 pub mod paths;
 pub mod stats;
+#[cfg(feature = "store")]
+pub mod store;

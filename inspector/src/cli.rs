@@ -47,6 +47,13 @@ pub enum Command {
     /// memory. Fails, and leaves no FILE, when the version is no longer retained or not
     /// taken yet, also when it goes while the image is being written.
     Image(ImageArgs),
+    /// Record a process running under memshadow into a store until it exits.
+    ///
+    /// Takes a snapshot every --every ms and writes it to STORE (a directory, created
+    /// 0700, or s3://BUCKET/PREFIX) as the pages changed since the last one, or as a full
+    /// base now and then. Stops when the process exits, --for runs out or on Ctrl-C. A
+    /// version is published only once all of it is written.
+    Record(RecordArgs),
     /// The workload the demo runs under the shim (internal).
     #[command(hide = true)]
     DemoWorkload,
@@ -63,6 +70,11 @@ pub struct RunArgs {
     /// The shim library [default: $MEMSHADOW_LIB, else libmemshadow.so beside memshadow].
     #[arg(long, value_name = "PATH")]
     pub lib: Option<PathBuf>,
+    /// Record the program from its start into STORE (a directory, or s3://BUCKET/PREFIX).
+    #[arg(long, value_name = "STORE")]
+    pub record: Option<String>,
+    #[command(flatten)]
+    pub recording: RecordingArgs,
     /// The program to run (looked up in PATH) and its arguments.
     #[arg(
         required = true,
@@ -71,6 +83,34 @@ pub struct RunArgs {
         value_name = "PROGRAM"
     )]
     pub command: Vec<OsString>,
+}
+
+/// How often to record and what to keep (`run --record`, `record`).
+#[derive(Debug, clap::Args)]
+pub struct RecordingArgs {
+    /// Milliseconds between recorded versions [default: 1000].
+    #[arg(long, value_name = "MS", value_parser = parse_every)]
+    pub every: Option<u64>,
+    /// Keep only the newest N versions in the store.
+    #[arg(long, value_name = "N", value_parser = parse_keep)]
+    pub keep: Option<usize>,
+    /// Keep only the versions taken within DURATION (e.g. 90s, 10m, 2h, 7d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub keep_for: Option<Duration>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RecordArgs {
+    /// The process to record (running under memshadow).
+    pub pid: u32,
+    /// The store: a directory, or s3://BUCKET/PREFIX.
+    #[arg(long, value_name = "STORE")]
+    pub to: String,
+    #[command(flatten)]
+    pub recording: RecordingArgs,
+    /// Stop after SECS seconds (fractions allowed).
+    #[arg(long = "for", value_name = "SECS", value_parser = parse_seconds)]
+    pub for_secs: Option<Duration>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -211,6 +251,56 @@ fn parse_len(s: &str) -> Result<u64, String> {
             "{s:?} is not a length in bytes (decimal, or hexadecimal with 0x)"
         )),
     }
+}
+
+impl RecordingArgs {
+    /// Whether any of these was given.
+    pub fn any(&self) -> bool {
+        self.every.is_some() || self.keep.is_some() || self.keep_for.is_some()
+    }
+}
+
+/// Recording period when --every is not given.
+pub const DEFAULT_EVERY_MS: u64 = 1000;
+
+/// Shortest recording period.
+pub const MIN_EVERY_MS: u64 = 10;
+
+fn parse_every(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(ms) if ms >= MIN_EVERY_MS => Ok(ms),
+        Ok(_) => Err(format!("the period must be at least {MIN_EVERY_MS} ms")),
+        Err(_) => Err(format!("{s:?} is not a number of milliseconds")),
+    }
+}
+
+fn parse_keep(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("keeping 0 versions would keep nothing: at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a number of versions")),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s.trim()) {
+        Ok(d) if d.is_zero() => Err("the duration must be more than 0".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!(
+            "{s:?} is not a duration like 90s, 10m, 2h or 7d: {e}"
+        )),
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if secs.is_nan() || secs <= 0.0 {
+        return Err("the time must be more than 0 seconds".into());
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
 fn parse_version(s: &str) -> Result<u64, String> {

@@ -25,7 +25,40 @@ pub fn run(args: RunArgs) -> Result<i32> {
         ),
         None => None,
     };
-    let outcome = launch.run(None)?;
+    if args.record.is_none() && args.recording.any() {
+        return Err(Failure::usage(
+            "--every, --keep and --keep-for go with --record STORE",
+        ));
+    }
+    let mut recorder: Option<crate::recorder::Background> = None;
+    let outcome = match &args.record {
+        None => launch.run(None)?,
+        Some(store) => {
+            // The recorder starts as soon as the program's pid is known and waits for
+            // its shim's socket.
+            let mut start = |pid: u32, _: std::time::Duration| {
+                if recorder.is_none() {
+                    recorder = Some(crate::recorder::Background::start(
+                        pid,
+                        store,
+                        &args.recording,
+                    ));
+                }
+            };
+            launch.run(Some((RECORDER_START_POLL, &mut start)))?
+        }
+    };
+    if let Some(r) = recorder {
+        let store = r.store.clone();
+        match r.finish() {
+            Ok(done) => {
+                if !args.quiet {
+                    eprintln!("memshadow: {}", crate::recorder::summary(&done, &store));
+                }
+            }
+            Err(e) => eprintln!("memshadow: {store}: {e}"),
+        }
+    }
     if !args.quiet {
         for line in report::run_summary(&outcome) {
             eprintln!("memshadow: {line}");
@@ -42,6 +75,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
     }
     launch::exit_like(outcome.status)
 }
+
+/// How soon after the program starts `run --record` starts its recorder.
+const RECORDER_START_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// `memshadow ps`.
 pub fn ps(args: PsArgs) -> Result<i32> {

@@ -111,6 +111,8 @@ struct Conn {
     started: Instant,
     limit: Duration,
     stopped_since: Option<Instant>,
+    /// The limit counts from the last byte read, not from the connection (a stream).
+    idle_limit: bool,
 }
 
 impl Read for Conn {
@@ -143,7 +145,12 @@ impl Read for Conn {
                         ));
                     }
                 }
-                r => return r,
+                r => {
+                    if self.idle_limit && matches!(r, Ok(n) if n > 0) {
+                        self.started = Instant::now();
+                    }
+                    return r;
+                }
             }
         }
     }
@@ -210,6 +217,7 @@ fn connect(end: &Endpoint, timeout: Duration) -> Result<Conn, ControlError> {
         started,
         limit: timeout,
         stopped_since: None,
+        idle_limit: false,
     })
 }
 
@@ -354,19 +362,118 @@ pub fn read(
     }
 }
 
+/// How long a `changes` stream may go without a byte before it is given up.
+const STREAM_IDLE: Duration = Duration::from_secs(60);
+/// Longest header a `changes` reply may have (a change line per changed run).
+const MAX_CHANGES_HEADER: usize = 256 << 20;
+
+/// The bytes of a version's changes as the process sends them (`changes V SINCE`): the
+/// header, then [`ChangesStream::read_next`] in the order of `header.changes`.
+pub struct ChangesStream {
+    pub header: control::ChangesReply,
+    reader: BufReader<Conn>,
+    /// Bytes left in the current frame.
+    in_frame: usize,
+}
+
+/// Asks for the changes of `version` since `since` (0: every region whole).
+pub fn changes(socket: &Endpoint, version: u64, since: u64) -> Result<ChangesStream, ControlError> {
+    let req = control::ChangesRequest { version, since };
+    let mut stream = connect(socket, REPLY_TIMEOUT)?;
+    stream.idle_limit = true;
+    stream.limit = STREAM_IDLE;
+    stream
+        .write_all(format!("{}\n", req.encode()).as_bytes())
+        .map_err(io_failure)?;
+    let mut reader = BufReader::with_capacity(control::MAX_FRAME + 4, stream);
+    let fields = read_header_within(&mut reader, MAX_CHANGES_HEADER)?;
+    let header = control::ChangesReply::decode(&fields).map_err(ControlError::Reply)?;
+    if header.version != version || header.since != since {
+        return Err(malformed(format!(
+            "the reply to {:?} is for version {} since {}",
+            req.encode(),
+            header.version,
+            header.since
+        )));
+    }
+    Ok(ChangesStream {
+        header,
+        reader,
+        in_frame: 0,
+    })
+}
+
+impl ChangesStream {
+    /// Fills `out` with the next bytes of the body (the changes in order); an error when
+    /// the body ends first, the process reports a failure, or the connection breaks.
+    pub fn read_next(&mut self, out: &mut [u8]) -> Result<(), ControlError> {
+        let mut got = 0;
+        while got < out.len() {
+            if self.in_frame == 0 {
+                self.in_frame = self.next_frame()?;
+            }
+            let n = (out.len() - got).min(self.in_frame);
+            self.reader
+                .read_exact(&mut out[got..got + n])
+                .map_err(|e| cut_short_or(e, "in the middle of a frame"))?;
+            got += n;
+            self.in_frame -= n;
+        }
+        Ok(())
+    }
+
+    /// The length of the next frame; an error for the end frame or an error frame.
+    fn next_frame(&mut self) -> Result<usize, ControlError> {
+        let mut len = [0u8; 4];
+        self.reader
+            .read_exact(&mut len)
+            .map_err(|e| cut_short_or(e, "before its end"))?;
+        match u32::from_le_bytes(len) {
+            control::FRAME_END => Err(malformed("the body ended before its changes did".into())),
+            control::FRAME_ERROR => {
+                let mut line = String::new();
+                let _ = self.reader.by_ref().take(4096).read_line(&mut line);
+                Err(match control::decode_reply(&line) {
+                    Err(e) => ControlError::Reply(e),
+                    Ok(_) => malformed(format!("an error frame without an error: {line:?}")),
+                })
+            }
+            n if n as usize > control::MAX_FRAME => Err(malformed(format!("a frame of {n} bytes"))),
+            n => Ok(n as usize),
+        }
+    }
+}
+
+/// A read of a `changes` body that failed: cut short (EOF), or the connection's error.
+fn cut_short_or(e: io::Error, where_: &str) -> ControlError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        malformed(format!("the body was cut short {where_}"))
+    } else {
+        io_failure(e)
+    }
+}
+
 /// Reads the text part of a reply: up to `end`, or its single `error` line.
 fn read_header(reader: &mut impl BufRead) -> Result<Vec<(String, String)>, ControlError> {
+    read_header_within(reader, MAX_HEADER)
+}
+
+/// [`read_header`] with its own limit on the header's length.
+fn read_header_within(
+    reader: &mut impl BufRead,
+    max_header: usize,
+) -> Result<Vec<(String, String)>, ControlError> {
     let mut text = String::new();
     loop {
         let before = text.len();
         let n = reader
             .by_ref()
-            .take((MAX_HEADER + 1 - before) as u64)
+            .take((max_header + 1 - before) as u64)
             .read_line(&mut text)
             .map_err(io_failure)?;
-        if text.len() > MAX_HEADER {
+        if text.len() > max_header {
             return Err(malformed(format!(
-                "the reply's header is longer than {MAX_HEADER} bytes"
+                "the reply's header is longer than {max_header} bytes"
             )));
         }
         let line = &text[before..];

@@ -9,6 +9,7 @@ mod demo_workload;
 mod elf_check;
 mod error;
 mod launch;
+mod recorder;
 mod registry;
 mod report;
 mod safe_file;
@@ -33,6 +34,7 @@ fn main() {
         Some(Command::Snapshot(args)) => snapshots::snapshot(args),
         Some(Command::Read(args)) => snapshots::read(args),
         Some(Command::Image(args)) => snapshots::image(args),
+        Some(Command::Record(args)) => recorder::record_command(args),
         Some(Command::DemoWorkload) => Ok(demo_workload::run()),
     };
     match result {

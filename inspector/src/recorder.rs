@@ -1,0 +1,462 @@
+//! The recorder: takes a snapshot of a shimmed process every period and writes each
+//! version into a store (`memshadow_store`), as a delta of the pages that changed since
+//! the last recorded version or as a base, until the process exits, the time is up or
+//! it is interrupted.
+//!
+//! It runs in the `memshadow` process, never in the host: the shim only answers
+//! `snapshot`, `pin` and `changes V SINCE` (which lists the changed ranges and streams
+//! their bytes on one connection).
+//!
+//! A version it still needs is never evicted under it: it pins the version it records
+//! (and keeps the pin of the last recorded one, which the next delta is counted from)
+//! until the store has published it. The next snapshot waits until the last one is
+//! written: when writing takes longer than the period, it says so once and records less
+//! often. A version it could not finish is never published (the store writes its
+//! manifest last). A failure of the store (a full disk, a refused upload) ends the
+//! recording with one line; the program carries on untouched.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use memshadow_store::{PageSource, SourceError, Store, StoreError, VersionInfo};
+
+use crate::commands::Target;
+use crate::control_client::{self, ChangesStream, ControlError, Endpoint, Pin};
+
+/// How long a failed request waits for the process to turn out to have exited.
+const EXIT_PATIENCE: Duration = Duration::from_secs(2);
+
+/// What to record and for how long.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Time between snapshots.
+    pub every: Duration,
+    /// Stop after this long (None: until the process exits or a stop is asked).
+    pub limit: Option<Duration>,
+    /// Keep only the newest N versions.
+    pub keep: Option<usize>,
+    /// Keep only versions younger than this.
+    pub keep_for: Option<Duration>,
+}
+
+/// What a recording did.
+#[derive(Debug, Default, Clone)]
+pub struct Recording {
+    pub versions: u64,
+    pub bases: u64,
+    pub stored_bytes: u64,
+    pub pages: u64,
+    /// The last version recorded.
+    pub last: Option<u64>,
+    /// Periods in which writing took longer than the period.
+    pub behind: u64,
+}
+
+/// Why a recording ended early.
+#[derive(Debug)]
+pub enum RecordError {
+    /// The store could not be opened, or failed while writing (nothing half-written is
+    /// published).
+    Store(StoreError),
+    /// The process refused or broke the connection (the message says which).
+    Process(String),
+    /// The store holds a recording of another process.
+    OtherProcess { store_pid: u32, pid: u32 },
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordError::Store(e) => write!(f, "{e}"),
+            RecordError::Process(m) => write!(f, "{m}"),
+            RecordError::OtherProcess { store_pid, pid } => write!(
+                f,
+                "the store holds a recording of process {store_pid}, not {pid}: record into a new store"
+            ),
+        }
+    }
+}
+
+/// Opens (or creates) the store at `target` for recording process `pid`.
+pub fn open_store(target: &str, pid: u32, page_size: u32) -> Result<Store, RecordError> {
+    let mut store = Store::create_or_open(target, page_size).map_err(RecordError::Store)?;
+    let versions = store.versions().map_err(RecordError::Store)?;
+    if let Some(v) = versions.iter().find(|v| v.pid != pid) {
+        return Err(RecordError::OtherProcess {
+            store_pid: v.pid,
+            pid,
+        });
+    }
+    Ok(store)
+}
+
+/// Records the process `target` into `store` following `plan` until it exits,
+/// `plan.limit` runs out or `stop` is set. `behind` is called once when writing falls
+/// behind the period.
+pub fn record(
+    target: &Target,
+    store: &mut Store,
+    plan: &Plan,
+    stop: &AtomicBool,
+    behind: &mut dyn FnMut(Duration),
+) -> Result<Recording, RecordError> {
+    let (socket, pid) = (&target.socket, target.pid);
+    // A failure of the process side: the end of the recording when the process exited
+    // (a process in the middle of exiting closes its socket before it is a zombie).
+    let failed = |e: ControlError| -> Option<RecordError> {
+        let waited = Instant::now();
+        while !target.gone() {
+            if waited.elapsed() > EXIT_PATIENCE {
+                return Some(RecordError::Process(target.explain(e).message));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    };
+    let started = Instant::now();
+    let mut done = Recording::default();
+    // The last version recorded, pinned: the next delta counts from it.
+    let mut last: Option<(u64, Option<Pin>)> = None;
+    let mut said_behind = false;
+    loop {
+        if stop.load(Ordering::Relaxed) || plan.limit.is_some_and(|l| started.elapsed() >= l) {
+            break;
+        }
+        let period_start = Instant::now();
+        let version = match control_client::snapshot(socket) {
+            Ok(v) => v,
+            Err(e) => match failed(e) {
+                None => break,
+                Some(e) => return Err(e),
+            },
+        };
+        let pin = match control_client::pin(socket, version) {
+            Ok(p) => p,
+            Err(e) => match failed(e) {
+                None => break,
+                Some(e) => return Err(e),
+            },
+        };
+        let since = last.as_ref().map(|(v, _)| *v);
+        let outcome = match record_one(socket, pid, store, version, since) {
+            Ok(o) => o,
+            Err(Failed::Process(e)) => match failed(e) {
+                None => break,
+                Some(e) => return Err(e),
+            },
+            Err(Failed::Store(e)) => return Err(RecordError::Store(e)),
+        };
+        done.versions += 1;
+        done.bases += outcome.base as u64;
+        done.stored_bytes += outcome.stored_bytes;
+        done.pages += outcome.pages;
+        done.last = Some(version);
+        // The new version is published: the old pin can go.
+        last = Some((version, pin));
+        if plan.keep.is_some() || plan.keep_for.is_some() {
+            store
+                .retain(plan.keep, plan.keep_for)
+                .map_err(RecordError::Store)?;
+        }
+        let took = period_start.elapsed();
+        if took > plan.every {
+            done.behind += 1;
+            if !said_behind {
+                said_behind = true;
+                behind(took);
+            }
+            continue;
+        }
+        // Sleep out the period in small steps, so a stop or the end of the process is
+        // noticed soon.
+        let due = period_start + plan.every;
+        while Instant::now() < due && !stop.load(Ordering::Relaxed) {
+            if plan.limit.is_some_and(|l| started.elapsed() >= l) {
+                break;
+            }
+            std::thread::sleep((due - Instant::now()).min(Duration::from_millis(20)));
+        }
+    }
+    Ok(done)
+}
+
+/// Why one version was not recorded.
+enum Failed {
+    Process(ControlError),
+    Store(StoreError),
+}
+
+/// Records version `version` as a delta since `since` (or a base when `since` is None
+/// or no longer retained by the process).
+fn record_one(
+    socket: &Endpoint,
+    pid: u32,
+    store: &mut Store,
+    version: u64,
+    since: Option<u64>,
+) -> Result<memshadow_store::Recorded, Failed> {
+    let base = || control_client::changes(socket, version, 0).map_err(Failed::Process);
+    // Only the pages the store will take: every page when it writes a base.
+    let since = match store.delta_of_next(since).map_err(Failed::Store)? {
+        Some(_) => since,
+        None => None,
+    };
+    let (stream, since) = match since {
+        Some(s) => match control_client::changes(socket, version, s) {
+            Ok(stream) => (stream, Some(s)),
+            // The last recorded version was given up or evicted (its pin gave way): a
+            // base instead.
+            Err(ControlError::Reply(memshadow_format::control::ReplyError::Refused(_))) => {
+                (base()?, None)
+            }
+            Err(e) => return Err(Failed::Process(e)),
+        },
+        None => (base()?, None),
+    };
+    let info = VersionInfo {
+        version,
+        time_ms: now_ms(),
+        pid,
+        regions: stream.header.regions.clone(),
+    };
+    let changed = stream.header.changes.clone();
+    let mut source = StreamSource::new(socket, version, stream);
+    let result = store.record(&info, since, &changed, &mut source);
+    match (result, source.failure.take()) {
+        (Ok(r), _) => Ok(r),
+        // The process side failed: say that, not the store's wrapping of it.
+        (Err(_), Some(e)) => Err(Failed::Process(e)),
+        (Err(e), None) => Err(Failed::Store(e)),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The pages of one version as the store asks for them: from the `changes` stream when
+/// they come next in it (the store asks in address order, as the stream sends), else
+/// with a `read` of the pinned version.
+struct StreamSource<'a> {
+    socket: &'a Endpoint,
+    version: u64,
+    /// The stream while it is read in order; dropped at the first page it cannot give
+    /// in order (the process serves one connection at a time: a `read` beside an open
+    /// stream would wait for the stream, which waits for its reader).
+    stream: Option<ChangesStream>,
+    /// The changes the stream sends, in order.
+    changes: Vec<(u64, u64)>,
+    /// Index in `changes` of the range the stream is in.
+    next: usize,
+    /// Address the stream is at (the next byte it gives).
+    at: u64,
+    skip: Vec<u8>,
+    /// The process side's failure, if a read failed.
+    failure: Option<ControlError>,
+}
+
+impl<'a> StreamSource<'a> {
+    fn new(socket: &'a Endpoint, version: u64, stream: ChangesStream) -> Self {
+        let changes = stream.header.changes.clone();
+        let at = changes.first().map_or(u64::MAX, |c| c.0);
+        StreamSource {
+            socket,
+            version,
+            stream: Some(stream),
+            changes,
+            next: 0,
+            at,
+            skip: Vec::new(),
+            failure: None,
+        }
+    }
+
+    /// Moves the stream forward to `addr` (reading and dropping what comes before it);
+    /// true when the stream's next byte is `addr`'s.
+    fn seek(&mut self, addr: u64) -> Result<bool, ControlError> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(false);
+        };
+        while let Some(&(start, len)) = self.changes.get(self.next) {
+            let end = start + len;
+            if addr < self.at {
+                return Ok(false);
+            }
+            let until = addr.min(end);
+            while self.at < until {
+                let n = ((until - self.at) as usize).min(1 << 20);
+                self.skip.resize(n, 0);
+                stream.read_next(&mut self.skip[..n])?;
+                self.at += n as u64;
+            }
+            if self.at < end {
+                return Ok(self.at == addr);
+            }
+            self.next += 1;
+            self.at = self.changes.get(self.next).map_or(u64::MAX, |c| c.0);
+        }
+        Ok(false)
+    }
+
+    /// Fills `out` with the bytes at `addr`.
+    fn fill(&mut self, addr: u64, out: &mut [u8]) -> Result<(), ControlError> {
+        let mut done = 0usize;
+        while done < out.len() {
+            let a = addr + done as u64;
+            if self.seek(a)? {
+                let (start, len) = self.changes[self.next];
+                let n = ((start + len - a) as usize).min(out.len() - done);
+                let stream = self.stream.as_mut().expect("seek found it open");
+                stream.read_next(&mut out[done..done + n])?;
+                self.at += n as u64;
+                done += n;
+                continue;
+            }
+            // Not next in the stream: the rest is read page range by page range.
+            self.stream = None;
+            let n = (out.len() - done).min(memshadow_format::control::MAX_READ);
+            control_client::read(self.socket, self.version, a, &mut out[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl PageSource for StreamSource<'_> {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), SourceError> {
+        self.fill(addr, buf).map_err(|e| {
+            let message = format!("{e:?}");
+            self.failure = Some(e);
+            SourceError::Refused(message)
+        })
+    }
+}
+
+/// The recording settings of the command line.
+fn plan_of(args: &crate::cli::RecordingArgs, limit: Option<Duration>) -> Plan {
+    Plan {
+        every: Duration::from_millis(args.every.unwrap_or(crate::cli::DEFAULT_EVERY_MS)),
+        limit,
+        keep: args.keep,
+        keep_for: args.keep_for,
+    }
+}
+
+/// Set by SIGINT and SIGTERM while `memshadow record` runs.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// `memshadow record PID --to STORE`.
+pub fn record_command(args: crate::cli::RecordArgs) -> crate::error::Result<i32> {
+    use crate::error::Failure;
+    let target = crate::commands::Target::find(args.pid)?;
+    let page_size = page_size();
+    let mut store = open_store(&args.to, args.pid, page_size)
+        .map_err(|e| Failure::runtime(format!("{}: {e}", args.to)))?;
+    let handler = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(on_interrupt),
+        nix::sys::signal::SaFlags::empty(),
+        nix::sys::signal::SigSet::empty(),
+    );
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { nix::sys::signal::sigaction(sig, &handler) }
+            .map_err(|e| Failure::runtime(format!("cannot handle {sig}: {e}")))?;
+    }
+    let plan = plan_of(&args.recording, args.for_secs);
+    let mut said = |took: Duration| {
+        eprintln!(
+            "memshadow: the recorder falls behind: writing a version took {} ms, more than the {} ms period; recording less often",
+            took.as_millis(),
+            plan.every.as_millis()
+        )
+    };
+    let done = record(&target, &mut store, &plan, &INTERRUPTED, &mut said)
+        .map_err(|e| Failure::runtime(format!("recording stopped: {e}")))?;
+    eprintln!("memshadow: {}", summary(&done, &args.to));
+    Ok(0)
+}
+
+/// One line about a recording.
+pub fn summary(done: &Recording, store: &str) -> String {
+    match done.last {
+        None => format!("recorded nothing into {store}"),
+        Some(last) => format!(
+            "recorded {} version(s) ({} base(s), {} pages, {} bytes stored) into {store}; the last is version {last}",
+            done.versions, done.bases, done.pages, done.stored_bytes
+        ),
+    }
+}
+
+/// The page size of this machine (the shim's granularity).
+pub fn page_size() -> u32 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |n| n as u32)
+}
+
+/// A recorder of a program that `memshadow run --record` starts: begins once the
+/// program's shim has published its socket, ends when the program exits.
+pub struct Background {
+    stop: std::sync::Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<Recording, String>>>,
+    pub store: String,
+}
+
+/// How long `run --record` waits for the program's control socket to appear.
+const SOCKET_WAIT: Duration = Duration::from_secs(10);
+
+impl Background {
+    /// Starts recording `pid` into `store_target` on a thread of its own.
+    pub fn start(pid: u32, store_target: &str, args: &crate::cli::RecordingArgs) -> Background {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let plan = plan_of(args, None);
+        let (flag, target) = (stop.clone(), store_target.to_string());
+        let thread = std::thread::spawn(move || -> Result<Recording, String> {
+            let mut store = open_store(&target, pid, page_size()).map_err(|e| e.to_string())?;
+            let waited = Instant::now();
+            let found = loop {
+                match crate::commands::Target::find(pid) {
+                    Ok(t) => break t,
+                    Err(_) if flag.load(Ordering::Relaxed) => return Ok(Recording::default()),
+                    Err(f) if waited.elapsed() > SOCKET_WAIT => return Err(f.message),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            };
+            let mut said = |took: Duration| {
+                eprintln!(
+                    "memshadow: the recorder falls behind: writing a version took {} ms, more than the {} ms period; recording less often",
+                    took.as_millis(),
+                    plan.every.as_millis()
+                )
+            };
+            record(&found, &mut store, &plan, &flag, &mut said)
+                .map_err(|e| format!("recording stopped: {e}"))
+        });
+        Background {
+            stop,
+            thread: Some(thread),
+            store: store_target.to_string(),
+        }
+    }
+
+    /// Once the program has exited: waits for the recorder and says what it did.
+    pub fn finish(mut self) -> Result<Recording, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err("the recorder thread panicked".into()),
+            None => Ok(Recording::default()),
+        }
+    }
+}

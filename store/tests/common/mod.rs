@@ -2,7 +2,9 @@
 
 #![allow(dead_code)]
 
+pub mod crash;
 pub mod model;
+pub mod weed;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -150,6 +152,14 @@ pub fn round_trip(target: &str, seed: u64, n: u64) {
         assert!(bases > 1 && bases < rows.len() / 2, "{bases} bases");
         assert!(rows.iter().any(|r| r.version - r.base.unwrap() >= 3));
     }
+    // A published object is never overwritten by a new one (conditional put on S3).
+    let name = layout::manifest_name(n);
+    let before = store.backend().get(&name).unwrap();
+    assert!(matches!(
+        store.backend().put_new(&name, b"other"),
+        Err(memshadow_store::BackendError::Exists(_))
+    ));
+    assert_eq!(store.backend().get(&name).unwrap(), before);
     // Versions must be recorded in order; a second writer of the same version loses.
     let mut m = Model::replay(seed, n);
     let info = m.info(n);

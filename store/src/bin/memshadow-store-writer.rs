@@ -6,7 +6,6 @@
 //! Usage: memshadow-store-writer TARGET SEED [--retain N] [--max VERSIONS]
 
 #[path = "../../tests/common/model.rs"]
-#[allow(dead_code)]
 mod model;
 
 use memshadow_store::Store;

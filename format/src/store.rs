@@ -952,10 +952,11 @@ mod tests {
 
     fn object() -> (Vec<u8>, Vec<u64>) {
         let mut w = DataWriter::new(PS, 7, 0xabcd).unwrap();
-        let mut lens = Vec::new();
-        lens.push(w.push(0x1000, &page(1)).unwrap());
-        lens.push(w.push(0x2000, &vec![0u8; PS as usize]).unwrap());
-        lens.push(w.push(0x3000, &random_page(3)).unwrap());
+        let lens = vec![
+            w.push(0x1000, &page(1)).unwrap(),
+            w.push(0x2000, &vec![0u8; PS as usize]).unwrap(),
+            w.push(0x3000, &random_page(3)).unwrap(),
+        ];
         (w.finish(), lens)
     }
 

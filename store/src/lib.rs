@@ -215,6 +215,7 @@ pub struct Store {
     manifests: BTreeMap<u64, Arc<Manifest>>,
     /// Known after the first record or retain.
     tip: Option<Option<Tip>>,
+    object_limit: u64,
 }
 
 fn now_ms() -> u64 {
@@ -292,7 +293,19 @@ impl Store {
             page_size: meta.page_size,
             manifests: BTreeMap::new(),
             tip: None,
+            object_limit: OBJECT_LIMIT,
         }
+    }
+
+    /// The objects, as stored (for tests and tools that inspect or damage a store).
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// Closes data objects at `bytes` instead of [`OBJECT_LIMIT`] (tests).
+    #[doc(hidden)]
+    pub fn set_object_limit(&mut self, bytes: u64) {
+        self.object_limit = bytes.max(1);
     }
 
     /// Page size of the recorded process.
@@ -820,7 +833,7 @@ impl<'a> ObjectsWriter<'a> {
                 bytes: len,
             }),
         }
-        if w.len() >= OBJECT_LIMIT {
+        if w.len() >= self.store.object_limit {
             self.close(written)?;
         }
         Ok(())

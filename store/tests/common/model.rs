@@ -60,7 +60,7 @@ impl Model {
 
     fn slot_free(&self, slot: u64) -> bool {
         let s = SLOT_BASE + slot * SLOT_SIZE;
-        !self.regions.iter().any(|r| r.0 == s)
+        !self.regions.iter().any(|r| r.0 >= s && r.0 < s + SLOT_SIZE)
     }
 
     fn map(&mut self, rng: &mut Rng, content: Option<Vec<Vec<u8>>>) {
@@ -95,7 +95,9 @@ impl Model {
             .map(|k| {
                 let a = start + k * PAGE;
                 self.dirty.remove(&a);
-                self.pages.remove(&a).unwrap_or_else(|| vec![0; PAGE as usize])
+                self.pages
+                    .remove(&a)
+                    .unwrap_or_else(|| vec![0; PAGE as usize])
             })
             .collect()
     }
@@ -106,10 +108,18 @@ impl Model {
             1 => {
                 let b = rng.next() as u8;
                 (0..PAGE as usize)
-                    .map(|i| if i % 32 < 4 { b.wrapping_add(i as u8) } else { 0 })
+                    .map(|i| {
+                        if i % 32 < 4 {
+                            b.wrapping_add(i as u8)
+                        } else {
+                            0
+                        }
+                    })
                     .collect()
             }
-            2 => (0..PAGE / 8).flat_map(|_| rng.next().to_le_bytes()).collect(),
+            2 => (0..PAGE / 8)
+                .flat_map(|_| rng.next().to_le_bytes())
+                .collect(),
             _ => {
                 let mut p = old.cloned().unwrap_or_else(|| vec![0; PAGE as usize]);
                 for _ in 0..1 + rng.below(8) {

@@ -25,8 +25,9 @@ use memshadow_format::control::{self, ReadRequest, MAX_READ};
 use memshadow_format::image::{ImageHeader, ImageReader, HEADER_SIZE, RECORD_SIZE};
 use memshadow_format::paths;
 
+use common::shimmed::{chain_fault, fnv1a64, parse_chains, send_sigusr1, Running};
 use common::{
-    c_program, clean_env, clean_env_in, finish, is_root, memshadow_bin, run_with_timeout, shim_lib,
+    c_program, clean_env, clean_env_in, finish, is_root, memshadow_bin, run_with_timeout,
     spawn_shimmed, temp_dir, Finished, Guard,
 };
 
@@ -63,6 +64,20 @@ thread_local! {
         const { std::cell::Cell::new(&[]) };
 }
 
+/// [`Running::start`] under the prefetch setting of this test thread.
+fn start_running(
+    program: &Path,
+    args: &[&str],
+    dir: &Path,
+    env: &[(&str, &str)],
+    ready_within: Duration,
+    limit: Duration,
+) -> Running {
+    let mut all: Vec<(&str, &str)> = SETTING.get().to_vec();
+    all.extend_from_slice(env);
+    Running::start(program, args, dir, &all, ready_within, limit)
+}
+
 /// Runs `check` once under each of [`PREFETCH_SETTINGS`].
 fn under_each_prefetch_setting(check: impl Fn()) {
     for (name, env) in PREFETCH_SETTINGS {
@@ -78,18 +93,6 @@ fn memshadow(dir: &Path) -> Command {
     let mut c = Command::new(memshadow_bin());
     clean_env_in(&mut c, dir);
     c
-}
-
-/// FNV-1a, 64 bits (as `tu_fnv` in `c-tests/testutil.h`).
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-fn send_sigusr1(pid: u32) {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits in i32"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).expect("send SIGUSR1");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -176,152 +179,6 @@ impl Control {
 // ---------------------------------------------------------------------------------------
 // Programs under the shim
 // ---------------------------------------------------------------------------------------
-
-/// A program running under the shim (`LD_PRELOAD`) that printed `ready`.
-struct Running {
-    guard: Guard,
-    /// The lines it printed before `ready`.
-    lines: Vec<String>,
-    /// Its further lines, read by a thread of their own (closed at EOF).
-    rest: mpsc::Receiver<String>,
-}
-
-impl Running {
-    /// Starts `program` with the shim preloaded and `MEMSHADOW_DIR=dir`, and reads its
-    /// output up to the line `ready`, which must come within `ready_within`. The
-    /// program is killed after `limit` at the latest.
-    fn start(
-        program: &Path,
-        args: &[&str],
-        dir: &Path,
-        env: &[(&str, &str)],
-        ready_within: Duration,
-        limit: Duration,
-    ) -> Running {
-        let mut c = Command::new(program);
-        c.args(args);
-        clean_env_in(&mut c, dir);
-        c.env("LD_PRELOAD", shim_lib())
-            .envs(SETTING.get().iter().copied())
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut guard = Guard::spawn(&mut c, limit);
-        let stdout = BufReader::new(guard.child().stdout.take().expect("stdout is piped"));
-        let (tx, rest) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stdout.lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + ready_within;
-        let mut lines = Vec::new();
-        loop {
-            match rest.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) if line == "ready" => break,
-                Ok(line) => lines.push(line),
-                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
-                    "{} printed no \"ready\" within {:.0} s (killed); its threads were waiting in:\n{}\nits output so far:\n{}",
-                    program.display(),
-                    ready_within.as_secs_f64(),
-                    thread_states(guard.pid()),
-                    lines.join("\n")
-                ),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = guard.wait(Duration::from_secs(5));
-                    panic!(
-                        "{} ended ({}) before printing \"ready\"; its output:\n{}",
-                        program.display(),
-                        common::describe_status(status),
-                        lines.join("\n")
-                    );
-                }
-            }
-        }
-        assert!(
-            !lines.iter().any(|l| l.starts_with("FAIL")),
-            "{} failed its own checks:\n{}",
-            program.display(),
-            lines.join("\n")
-        );
-        Running { guard, lines, rest }
-    }
-
-    fn pid(&self) -> u32 {
-        self.guard.pid()
-    }
-
-    /// The next line the program prints, which must come within `within`; `what` names
-    /// it for the message when it does not.
-    fn next_line(&self, within: Duration, what: &str) -> String {
-        match self.rest.recv_timeout(within) {
-            Ok(line) => line,
-            Err(mpsc::RecvTimeoutError::Timeout) => panic!(
-                "no {what} within {:.0} s (the program is killed); its threads were waiting in:\n{}",
-                within.as_secs_f64(),
-                thread_states(self.pid())
-            ),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                panic!("the program closed its output before printing {what}")
-            }
-        }
-    }
-
-    /// Sends SIGUSR1, expects exit 0 within `limit`, returns what it printed after
-    /// `ready`.
-    fn stop(self, limit: Duration) -> String {
-        send_sigusr1(self.pid());
-        let status = self.guard.wait(limit);
-        // The pipe is closed: the reader thread has seen EOF or soon will.
-        let mut rest = String::new();
-        while let Ok(line) = self.rest.recv_timeout(Duration::from_secs(5)) {
-            rest.push_str(&line);
-            rest.push('\n');
-        }
-        assert!(
-            status.success(),
-            "the program exited with {} after SIGUSR1; it printed:\n{rest}",
-            common::describe_status(status)
-        );
-        rest
-    }
-}
-
-/// Where each thread of `pid` waits in the kernel, one line per thread: its `wchan`,
-/// and its kernel stack when readable (root), innermost first. For a program that
-/// stopped making progress.
-fn thread_states(pid: u32) -> String {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return format!("  (process {pid} is gone)");
-    };
-    let mut out = Vec::new();
-    for t in tasks.flatten() {
-        let p = t.path();
-        let read = |f: &str| fs::read_to_string(p.join(f)).unwrap_or_default();
-        // "[<0>] handle_userfault+0x366/0x840" -> "handle_userfault"
-        let stack: Vec<String> = read("stack")
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .map(|f| f.split('+').next().unwrap_or(f).to_string())
-            .collect();
-        out.push(format!(
-            "  thread {} ({}): {}{}",
-            t.file_name().to_string_lossy(),
-            read("comm").trim(),
-            read("wchan").trim(),
-            if stack.is_empty() {
-                String::new()
-            } else {
-                format!(" [{}]", stack.join(" < "))
-            }
-        ));
-    }
-    out.sort();
-    out.join("\n")
-}
 
 // ---------------------------------------------------------------------------------------
 // The command line, without snapshots
@@ -641,7 +498,7 @@ const RETAINED: usize = 4;
 /// Starts snap_exact under the shim in `dir` and waits for its records: the program,
 /// its records and its six snapshot versions (increasing, from 1 or more).
 fn start_snap_exact(dir: &Path) -> (Running, Vec<Record>, Vec<u64>) {
-    let running = Running::start(
+    let running = start_running(
         &c_program("snap_exact"),
         &[],
         dir,
@@ -1196,7 +1053,7 @@ fn images_are_consistent_under_concurrent_writers() {
     let prog = c_program("snap_consistency");
     let dir = temp_dir("image");
     let d = dir.path();
-    let running = Running::start(
+    let running = start_running(
         &prog,
         &["60"],
         d,
@@ -1266,7 +1123,7 @@ fn image_pins_its_version_while_snapshots_go_on() {
     let dir = temp_dir("image");
     let d = dir.path();
     const RETAINED: u64 = 4;
-    let running = Running::start(
+    let running = start_running(
         &prog,
         &["60"],
         d,
@@ -1335,27 +1192,6 @@ fn image_pins_its_version_while_snapshots_go_on() {
 // Consistency under concurrent writers
 // ---------------------------------------------------------------------------------------
 
-fn parse_chains(lines: &[String]) -> Vec<Vec<u64>> {
-    let mut chains = Vec::new();
-    for (t, l) in lines.iter().enumerate() {
-        let rest = l
-            .strip_prefix(&format!("chain {t} "))
-            .unwrap_or_else(|| panic!("unexpected line from snap_consistency: {l:?}"));
-        let pages: Vec<u64> = rest
-            .split_whitespace()
-            .map(|a| {
-                a.strip_prefix("0x")
-                    .and_then(|h| u64::from_str_radix(h, 16).ok())
-                    .unwrap_or_else(|| panic!("bad address {a:?} in {l:?}"))
-            })
-            .collect();
-        assert_eq!(pages.len(), 64, "{l:?}");
-        assert!(pages.iter().all(|p| p % 4096 == 0), "{l:?}");
-        chains.push(pages);
-    }
-    chains
-}
-
 /// The reads that fetch every chain word (8 bytes at each page address): nearby words
 /// share one request (gaps up to 64 KiB, at most [`MAX_READ`] per request).
 fn read_plan(chains: &[Vec<u64>]) -> Vec<(u64, usize)> {
@@ -1373,21 +1209,6 @@ fn read_plan(chains: &[Vec<u64>]) -> Vec<(u64, usize)> {
         }
     }
     plan
-}
-
-/// What is wrong with one chain's values in a snapshot, if anything: along the chain
-/// they must not increase, and the first minus the last is at most 1.
-fn chain_fault(values: &[u64]) -> Option<String> {
-    if let Some(i) = values.windows(2).position(|w| w[1] > w[0]) {
-        return Some(format!(
-            "increases at position {}: {} then {}",
-            i + 1,
-            values[i],
-            values[i + 1]
-        ));
-    }
-    let (first, last) = (values[0], values[values.len() - 1]);
-    (first - last > 1).then(|| format!("spans {last}..{first}"))
 }
 
 #[test]
@@ -1427,7 +1248,7 @@ fn consistent_under_concurrent_writers(snapshots_wanted: usize) {
     const BUDGET: Duration = Duration::from_secs(95);
     let prog = c_program("snap_consistency");
     let dir = temp_dir("snap");
-    let running = Running::start(
+    let running = start_running(
         &prog,
         &["110"],
         dir.path(),
@@ -1585,7 +1406,7 @@ fn snapshots_from_inside_a_busy_program() {
     const RETAINED: u64 = 4;
     let prog = c_program("snap_consistency");
     let dir = temp_dir("snap");
-    let running = Running::start(
+    let running = start_running(
         &prog,
         &["100", &SELF.to_string()],
         dir.path(),
@@ -1659,7 +1480,7 @@ fn freed_memory_checks() {
     let prog = c_program("snap_freed");
     let dir = temp_dir("freed");
     let d = dir.path();
-    let running = Running::start(
+    let running = start_running(
         &prog,
         &[],
         d,

@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod real;
+pub mod shimmed;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};

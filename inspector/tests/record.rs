@@ -1,0 +1,376 @@
+//! Recording into a store: `memshadow record PID --to STORE` and `memshadow run --record
+//! STORE`, read back through the store library (`memshadow_store`) with no process.
+//!
+//! - what a C program knows it wrote (`c-tests/snap_exact.c`'s checksums) is what the
+//!   store gives back, byte for byte, and the same as a live read of the same version;
+//! - versions of four concurrent writers (`c-tests/snap_consistency.c`) are never torn,
+//!   over hundreds of recorded versions, deltas and bases alike;
+//! - kill -9 of the program or of the recorder at random moments leaves a store that
+//!   verifies and whose every published version restores.
+//!
+//! Needs `cargo build --release --workspace` first, a C compiler and userfaultfd (root).
+//! Every process started has a time limit.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use memshadow_format::image::ImageReader;
+use memshadow_store::Store;
+
+use common::shimmed::{chain_fault, fnv1a64, parse_chains, Running};
+use common::{c_program, clean_env_in, finish, memshadow_bin, temp_dir, Guard};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A command for the memshadow binary with a clean environment and its own run-time dir.
+fn memshadow(dir: &Path) -> Command {
+    let mut c = Command::new(memshadow_bin());
+    clean_env_in(&mut c, dir);
+    c
+}
+
+/// Records `pid` into `store` for `secs` seconds, every `every_ms`; must succeed.
+fn record_for(dir: &Path, pid: u32, store: &Path, every_ms: u64, secs: &str) -> String {
+    let mut c = memshadow(dir);
+    c.args(["record", &pid.to_string(), "--to"])
+        .arg(store)
+        .args(["--every", &every_ms.to_string(), "--for", secs]);
+    let f = finish(&mut c, LIMIT);
+    assert!(f.status.success(), "memshadow record failed: {f:#?}");
+    f.stderr
+}
+
+/// The bytes at `addr` of version `v` in the store.
+fn stored(store: &mut Store, v: u64, addr: u64, len: u64) -> Vec<u8> {
+    store
+        .read(v, addr, len)
+        .unwrap_or_else(|e| panic!("version {v} at {addr:#x}+{len}: {e}"))
+}
+
+#[test]
+fn a_recording_gives_back_what_the_program_wrote_and_what_a_live_read_gives() {
+    let dir = temp_dir("rec-exact");
+    let d = dir.path();
+    let store_dir = d.join("store");
+    // snap_exact writes its buffers, then prints their checksums as they are now
+    // ("live ...") and writes nothing more after "ready".
+    let running = Running::start(
+        &c_program("snap_exact"),
+        &[],
+        d,
+        &[],
+        Duration::from_secs(20),
+        LIMIT,
+    );
+    let pid = running.pid();
+    let said = record_for(d, pid, &store_dir, 50, "0.5");
+    assert!(said.contains("recorded"), "{said}");
+    let mut store = Store::open(store_dir.to_str().unwrap()).expect("the store opens");
+    let versions = store.versions().expect("versions");
+    assert!(versions.len() >= 2, "{versions:?}");
+    assert!(
+        versions[0].base == Some(versions[0].version),
+        "the first is a base"
+    );
+    let last = versions.last().unwrap().version;
+    let mut checked = 0;
+    for line in &running.lines {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let ["live", name, addr, len, sum] = w[..] else {
+            continue;
+        };
+        let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).unwrap();
+        let len: u64 = len.parse().unwrap();
+        let want = u64::from_str_radix(sum, 16).unwrap();
+        // Every recorded version: nothing was written after "ready".
+        for v in &versions {
+            let bytes = stored(&mut store, v.version, addr, len);
+            assert_eq!(
+                fnv1a64(&bytes),
+                want,
+                "buffer {name} at version {} differs from what the program wrote",
+                v.version
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 4, "no live checksums in {:?}", running.lines);
+
+    // The whole last version, restored, is the image a live read of it makes.
+    let restored = d.join("restored.img");
+    let live = d.join("live.img");
+    let mut out = std::fs::File::create(&restored).unwrap();
+    store.restore(last, &mut out).expect("restore");
+    let mut c = memshadow(d);
+    c.args([
+        "image",
+        &pid.to_string(),
+        "--version",
+        &last.to_string(),
+        "--out",
+    ])
+    .arg(&live);
+    let f = finish(&mut c, LIMIT);
+    assert!(f.status.success(), "{f:#?}");
+    assert_same_regions(&restored, &live);
+    running.stop(Duration::from_secs(10));
+}
+
+/// The two images hold the same regions with the same bytes (their headers may differ
+/// in when they were written).
+fn assert_same_regions(a: &Path, b: &Path) {
+    let mut ra = ImageReader::new(std::fs::File::open(a).unwrap()).unwrap();
+    let mut rb = ImageReader::new(std::fs::File::open(b).unwrap()).unwrap();
+    assert_eq!(ra.header().version, rb.header().version);
+    let mut regions = 0;
+    loop {
+        let (x, y) = (ra.next_region().unwrap(), rb.next_region().unwrap());
+        assert_eq!(x, y, "region {regions} differs");
+        let Some(r) = x else { break };
+        let mut left = r.len;
+        let (mut bx, mut by) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+        while left > 0 {
+            let n = left.min(1 << 16) as usize;
+            read_full(&mut ra, &mut bx[..n]);
+            read_full(&mut rb, &mut by[..n]);
+            assert!(
+                bx[..n] == by[..n],
+                "bytes differ in region {:#x} at {:#x}",
+                r.start,
+                r.start + (r.len - left)
+            );
+            left -= n as u64;
+        }
+        regions += 1;
+    }
+    assert!(regions > 0);
+}
+
+fn read_full<R: std::io::Read>(r: &mut ImageReader<R>, buf: &mut [u8]) {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = r.read_bytes(&mut buf[got..]).unwrap();
+        assert!(n > 0, "image cut short");
+        got += n;
+    }
+}
+
+/// Every chain of snap_consistency in version `v`, read from the store.
+fn chains_at(store: &mut Store, v: u64, chains: &[Vec<u64>]) -> Vec<Vec<u64>> {
+    // The chains' pages are 16 runs of 16 adjacent pages: one read per run.
+    let mut pages: Vec<u64> = chains.iter().flatten().copied().collect();
+    pages.sort_unstable();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for p in pages {
+        match runs.last_mut() {
+            Some((_, end)) if *end == p => *end = p + 4096,
+            _ => runs.push((p, p + 4096)),
+        }
+    }
+    let blocks: Vec<(u64, Vec<u8>)> = runs
+        .iter()
+        .map(|&(s, e)| (s, stored(store, v, s, e - s)))
+        .collect();
+    let word = |a: u64| {
+        let (s, b) = blocks
+            .iter()
+            .find(|(s, b)| *s <= a && a + 8 <= s + b.len() as u64)
+            .unwrap();
+        let off = (a - s) as usize;
+        u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+    };
+    chains
+        .iter()
+        .map(|pages| pages.iter().map(|&a| word(a)).collect())
+        .collect()
+}
+
+/// Checks every recorded version of snap_consistency: no chain torn, none going
+/// backwards from one version to the next. Returns how many versions there were.
+fn check_consistent(store_dir: &Path, chains: &[Vec<u64>]) -> usize {
+    let mut store = Store::open(store_dir.to_str().unwrap()).expect("the store opens");
+    let versions = store.versions().expect("versions");
+    let mut prev: Option<(u64, Vec<Vec<u64>>)> = None;
+    for s in &versions {
+        let v = s.version;
+        let values = chains_at(&mut store, v, chains);
+        for (t, vals) in values.iter().enumerate() {
+            if let Some(why) = chain_fault(vals) {
+                panic!("recorded version {v} is torn: chain {t} {why}: {vals:?}");
+            }
+        }
+        if let Some((pv, before)) = &prev {
+            for (t, (now, was)) in values.iter().zip(before).enumerate() {
+                assert!(
+                    now.iter().zip(was).all(|(a, b)| a >= b),
+                    "chain {t} went backwards from recorded version {pv} to {v}"
+                );
+            }
+        }
+        prev = Some((v, values));
+    }
+    versions.len()
+}
+
+#[test]
+fn hundreds_of_recorded_versions_of_concurrent_writers_are_never_torn() {
+    const WANT: usize = 200;
+    let dir = temp_dir("rec-torn");
+    let d = dir.path();
+    let store_dir = d.join("store");
+    let running = Running::start(
+        &c_program("snap_consistency"),
+        &["120"],
+        d,
+        &[],
+        Duration::from_secs(10),
+        Duration::from_secs(150),
+    );
+    let pid = running.pid();
+    let chains = parse_chains(&running.lines);
+    let mut c = memshadow(d);
+    c.args(["record", &pid.to_string(), "--to"])
+        .arg(&store_dir)
+        .args(["--every", "10", "--for", "100"]);
+    let recorder = Guard::spawn(&mut c, Duration::from_secs(110));
+    // Until the store holds WANT versions, then Ctrl-C the recorder.
+    let manifests = store_dir.join("manifests");
+    let deadline = Instant::now() + Duration::from_secs(100);
+    while std::fs::read_dir(&manifests).map_or(0, |d| d.count()) < WANT {
+        assert!(
+            Instant::now() < deadline,
+            "the recorder wrote fewer than {WANT} versions in 100 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(recorder.pid() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert!(recorder.wait(Duration::from_secs(20)).success());
+    let rest = running.stop(Duration::from_secs(10));
+    assert!(rest.ends_with("stopped by SIGUSR1\n"), "{rest}");
+    let n = check_consistent(&store_dir, &chains);
+    assert!(n >= WANT, "{n} versions");
+    let mut store = Store::open(store_dir.to_str().unwrap()).unwrap();
+    let versions = store.versions().unwrap();
+    assert!(
+        versions.iter().any(|v| v.base != Some(v.version)),
+        "no deltas among {n} versions"
+    );
+    let report = store.verify().expect("verify runs");
+    assert!(report.ok(), "{report:?}");
+}
+
+/// A random duration in `[lo, hi)` ms (from the clock: enough for picking moments).
+fn random_ms(lo: u64, hi: u64) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    Duration::from_millis(lo + nanos % (hi - lo))
+}
+
+/// Every published version of the store restores, and the store verifies (leftovers of
+/// an interrupted write are reported as such, not as damage).
+fn assert_store_whole(store_dir: &Path, chains: &[Vec<u64>]) -> usize {
+    let mut store = Store::open(store_dir.to_str().unwrap()).expect("the store opens");
+    let report = store.verify().expect("verify runs");
+    assert!(report.ok(), "after a kill: {report:?}");
+    for v in store.versions().unwrap() {
+        store
+            .restore(v.version, std::io::sink())
+            .unwrap_or_else(|e| panic!("version {} does not restore: {e}", v.version));
+    }
+    check_consistent(store_dir, chains)
+}
+
+#[test]
+fn kill_9_of_the_program_or_the_recorder_leaves_a_store_that_restores() {
+    let dir = temp_dir("rec-kill");
+    let d = dir.path();
+    for round in 0..3 {
+        // The program killed while `memshadow run --record` records it.
+        let store_dir = d.join(format!("prog-{round}"));
+        let mut c = memshadow(d);
+        c.args(["run", "-q", "--record"])
+            .arg(&store_dir)
+            .args(["--every", "10", "--"])
+            .arg(c_program("snap_consistency"))
+            .arg("60")
+            .stdout(std::process::Stdio::piped());
+        let mut run = Guard::spawn(&mut c, LIMIT);
+        let mut out = std::io::BufReader::new(run.child().stdout.take().unwrap());
+        let mut lines = Vec::new();
+        loop {
+            let mut l = String::new();
+            assert!(
+                std::io::BufRead::read_line(&mut out, &mut l).unwrap() > 0,
+                "no ready: {lines:?}"
+            );
+            if l == "ready\n" {
+                break;
+            }
+            lines.push(l.trim_end().to_string());
+        }
+        let chains = parse_chains(&lines);
+        std::thread::sleep(random_ms(200, 1200));
+        let program = program_pid(run.pid());
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(program as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        run.wait(Duration::from_secs(20));
+        let n = assert_store_whole(&store_dir, &chains);
+        assert!(n >= 1, "round {round}: nothing recorded");
+
+        // The recorder killed while it writes.
+        let store_dir = d.join(format!("rec-{round}"));
+        let running = Running::start(
+            &c_program("snap_consistency"),
+            &["60"],
+            d,
+            &[],
+            Duration::from_secs(10),
+            LIMIT,
+        );
+        let chains = parse_chains(&running.lines);
+        let mut c = memshadow(d);
+        c.args(["record", &running.pid().to_string(), "--to"])
+            .arg(&store_dir)
+            .args(["--every", "10"]);
+        let recorder = Guard::spawn(&mut c, LIMIT);
+        std::thread::sleep(random_ms(300, 1500));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(recorder.pid() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        recorder.wait(Duration::from_secs(20));
+        let before = assert_store_whole(&store_dir, &chains);
+        // A new recorder carries on into the same store.
+        record_for(d, running.pid(), &store_dir, 20, "0.3");
+        let after = assert_store_whole(&store_dir, &chains);
+        assert!(
+            after > before,
+            "round {round}: {before} then {after} versions"
+        );
+        running.stop(Duration::from_secs(10));
+    }
+}
+
+/// The program `memshadow run` (pid `launcher`) started: its only child.
+fn program_pid(launcher: u32) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
+        .unwrap_or_default();
+    children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("memshadow run ({launcher}) has no child"))
+}

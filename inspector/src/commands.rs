@@ -50,13 +50,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
     };
     if let Some(r) = recorder {
         let store = r.store.clone();
-        match r.finish() {
-            Ok(done) => {
-                if !args.quiet {
-                    eprintln!("memshadow: {}", crate::recorder::summary(&done, &store));
-                }
-            }
-            Err(e) => eprintln!("memshadow: {store}: {e}"),
+        // A failure was said when it happened.
+        if let (Ok(done), false) = (r.finish(), args.quiet) {
+            eprintln!("memshadow: {}", crate::recorder::summary(&done, &store));
         }
     }
     if !args.quiet {

@@ -443,6 +443,17 @@ impl Background {
             record(&found, &mut store, &plan, &flag, &mut said)
                 .map_err(|e| format!("recording stopped: {e}"))
         });
+        // Said when it happens (the program carries on), not when the program ends.
+        let store_name = store_target.to_string();
+        let thread = std::thread::spawn(move || {
+            let result = thread
+                .join()
+                .unwrap_or_else(|_| Err("the recorder panicked".into()));
+            if let Err(e) = &result {
+                eprintln!("memshadow: {store_name}: {e}");
+            }
+            result
+        });
         Background {
             stop,
             thread: Some(thread),

@@ -374,3 +374,137 @@ fn program_pid(launcher: u32) -> u32 {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("memshadow run ({launcher}) has no child"))
 }
+
+#[path = "../../store/tests/common/weed.rs"]
+mod weed;
+
+/// The AWS_* variables the store reads, as the test server set them (the memshadow
+/// processes the tests start get a clean environment plus these).
+fn aws_env(c: &mut Command) {
+    for k in [
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_ALLOW_HTTP",
+    ] {
+        if let Some(v) = std::env::var_os(k) {
+            c.env(k, v);
+        }
+    }
+}
+
+#[test]
+fn a_recording_into_s3_gives_back_what_the_program_wrote() {
+    let server = weed::Weed::start();
+    let target = server.target("recorded");
+    let dir = temp_dir("rec-s3");
+    let d = dir.path();
+    let running = Running::start(
+        &c_program("snap_exact"),
+        &[],
+        d,
+        &[],
+        Duration::from_secs(20),
+        LIMIT,
+    );
+    let mut c = memshadow(d);
+    aws_env(&mut c);
+    c.args(["record", &running.pid().to_string(), "--to", &target])
+        .args(["--every", "50", "--for", "0.5"]);
+    let f = finish(&mut c, LIMIT);
+    assert!(
+        f.status.success(),
+        "memshadow record into S3 failed: {f:#?}"
+    );
+    let mut store = Store::open(&target).expect("the S3 store opens");
+    let versions = store.versions().expect("versions");
+    assert!(!versions.is_empty());
+    let mut checked = 0;
+    for line in &running.lines {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let ["live", name, addr, len, sum] = w[..] else {
+            continue;
+        };
+        let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).unwrap();
+        let want = u64::from_str_radix(sum, 16).unwrap();
+        for v in &versions {
+            let bytes = stored(&mut store, v.version, addr, len.parse().unwrap());
+            assert_eq!(
+                fnv1a64(&bytes),
+                want,
+                "buffer {name} at version {}",
+                v.version
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 4, "{:?}", running.lines);
+    assert!(store.verify().unwrap().ok());
+    running.stop(Duration::from_secs(10));
+}
+
+/// A tmpfs of `kib` KiB mounted on a new directory, unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(kib: u64) -> SmallDisk {
+        assert!(
+            common::is_root(),
+            "mounting a small tmpfs (a full disk) needs root"
+        );
+        let dir = temp_dir("rec-full");
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={kib}k,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output()
+            .expect("run mount (util-linux)");
+        assert!(out.status.success(), "mount tmpfs: {out:?}");
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).output();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_recording_with_one_line_and_the_program_carries_on() {
+    let disk = SmallDisk::mount(256);
+    let dir = temp_dir("rec-full-rt");
+    let d = dir.path();
+    // A program whose memory does not fit: 8 MiB of bytes that do not compress, written
+    // again and again, then it says it finished.
+    let script = "import os, time\n\
+                  b = bytearray(os.urandom(8 << 20))\n\
+                  for i in range(30):\n    \
+                      b[i * 4096:(i + 1) * 4096] = os.urandom(4096)\n    \
+                      time.sleep(0.02)\n\
+                  print('finished', sum(b[:4096]) >= 0)\n";
+    let mut c = memshadow(d);
+    c.args(["run", "-q", "--record"])
+        .arg(disk.dir.path().join("store"))
+        .args(["--every", "20", "--", "/usr/bin/python3", "-c", script]);
+    let f = finish(&mut c, LIMIT);
+    assert!(f.status.success(), "the program must carry on: {f:#?}");
+    assert_eq!(f.stdout, "finished True\n", "{f:#?}");
+    let lines: Vec<&str> = f.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line about the recording: {f:#?}");
+    assert!(
+        lines[0].starts_with("memshadow: ") && lines[0].contains("No space left on device"),
+        "{f:#?}"
+    );
+    // Nothing half-written is published: what the store holds verifies.
+    let mut store = Store::open(disk.dir.path().join("store").to_str().unwrap()).unwrap();
+    assert!(store.verify().unwrap().ok());
+}

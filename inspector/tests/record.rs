@@ -508,3 +508,35 @@ fn a_full_disk_stops_the_recording_with_one_line_and_the_program_carries_on() {
     let mut store = Store::open(disk.dir.path().join("store").to_str().unwrap()).unwrap();
     assert!(store.verify().unwrap().ok());
 }
+
+#[test]
+fn keep_drops_old_versions_while_recording_and_the_rest_restore() {
+    const KEEP: usize = 5;
+    let dir = temp_dir("rec-keep");
+    let d = dir.path();
+    let store_dir = d.join("store");
+    let running = Running::start(
+        &c_program("snap_consistency"),
+        &["60"],
+        d,
+        &[],
+        Duration::from_secs(10),
+        LIMIT,
+    );
+    let chains = parse_chains(&running.lines);
+    let mut c = memshadow(d);
+    c.args(["record", &running.pid().to_string(), "--to"])
+        .arg(&store_dir)
+        .args(["--every", "10", "--for", "1.5", "--keep", &KEEP.to_string()]);
+    let f = finish(&mut c, LIMIT);
+    assert!(f.status.success(), "{f:#?}");
+    running.stop(Duration::from_secs(10));
+    let mut store = Store::open(store_dir.to_str().unwrap()).unwrap();
+    let versions = store.versions().unwrap();
+    assert_eq!(versions.len(), KEEP, "{versions:?}");
+    // The recording went on well past KEEP versions: the oldest kept is not the first.
+    assert!(versions[0].version > KEEP as u64, "{versions:?}");
+    // The oldest kept version stands alone (its old chain went after a new base).
+    assert_eq!(versions[0].base, Some(versions[0].version), "{versions:?}");
+    assert_store_whole(&store_dir, &chains);
+}

@@ -470,6 +470,29 @@ impl Store {
         Ok(t)
     }
 
+    /// The version a [`Store::record`] with `since` would write a delta of; `None` when
+    /// it would write a base. A recorder asks first, so that it fetches only the pages
+    /// the store will take.
+    pub fn delta_of_next(&mut self, since: Option<u64>) -> Result<Option<u64>, StoreError> {
+        let tip = self.tip()?;
+        Ok(Self::delta_of(tip, since))
+    }
+
+    /// The base rule: a delta of the newest version when `since` is it and its chain is
+    /// short enough.
+    fn delta_of(tip: Option<Tip>, since: Option<u64>) -> Option<u64> {
+        match tip {
+            Some(t)
+                if since == Some(t.version)
+                    && t.deltas < MAX_CHAIN_DELTAS
+                    && t.delta_bytes <= t.base_bytes =>
+            {
+                Some(t.version)
+            }
+            _ => None,
+        }
+    }
+
     /// Records a version (see the layout's base rule): a delta of the pages in `changed`
     /// (page-aligned ranges written since version `since`) when `since` is the newest
     /// stored version and its chain is short enough, else a base of every page. Pages of
@@ -501,16 +524,7 @@ impl Store {
             }
         }
         let regions = ranges::of_regions(&info.regions);
-        let delta_of = match tip {
-            Some(t)
-                if since == Some(t.version)
-                    && t.deltas < MAX_CHAIN_DELTAS
-                    && t.delta_bytes <= t.base_bytes =>
-            {
-                Some(t.version)
-            }
-            _ => None,
-        };
+        let delta_of = Self::delta_of(tip, since);
         let pages = match delta_of {
             None => regions.clone(),
             Some(prev) => {

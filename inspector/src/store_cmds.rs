@@ -282,9 +282,6 @@ pub fn verify(args: VerifyArgs) -> Result<i32> {
     });
     bar.finish_and_clear();
     let report = report.map_err(|e| failure(&args.store, e))?;
-    for orphan in &report.orphans {
-        eprintln!("memshadow: orphaned object (left by an interrupted write or retention; the next retention removes it): {orphan}");
-    }
     if let Some(first) = report.damage.first() {
         let more = match report.damage.len() {
             1 => String::new(),
@@ -303,6 +300,9 @@ pub fn verify(args: VerifyArgs) -> Result<i32> {
             "{} is damaged: {}: {}; it breaks {breaks}{more}",
             args.store, first.object, first.problem
         )));
+    }
+    for orphan in &report.orphans {
+        eprintln!("memshadow: orphaned object (left by an interrupted write or retention; the next retention removes it): {orphan}");
     }
     println!(
         "{}: ok: {} version(s), {} data object(s), {} page record(s) checked; {} orphaned object(s)",

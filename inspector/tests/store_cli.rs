@@ -4,6 +4,8 @@
 mod common;
 #[path = "../../store/tests/common/model.rs"]
 mod model;
+#[path = "../../store/tests/common/weed.rs"]
+mod weed;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -32,6 +34,11 @@ fn stderr(o: &Output) -> String {
 /// A store of versions 1..=VERSIONS of the model, in `dir/store`.
 fn make_store(dir: &Path) -> String {
     let target = dir.join("store").to_str().unwrap().to_string();
+    fill_store(&target);
+    target
+}
+
+fn fill_store(target: &str) {
     let mut store = Store::create_or_open(&target, PAGE as u32).unwrap();
     let mut m = Model::new();
     for v in 1..=VERSIONS {
@@ -41,7 +48,6 @@ fn make_store(dir: &Path) -> String {
             .record(&m.info(v), (v > 1).then(|| v - 1), &changed, &mut m)
             .unwrap();
     }
-    target
 }
 
 fn image_regions(path: &Path) -> Vec<(u64, Vec<u8>)> {
@@ -313,4 +319,51 @@ fn bad_targets_and_help() {
         let text = String::from_utf8(o.stdout).unwrap();
         assert!(text.contains("Usage: memshadow"), "{cmd}: {text}");
     }
+}
+
+#[test]
+fn the_commands_on_an_s3_store() {
+    let weed = weed::Weed::start();
+    let target = weed.target("cli");
+    fill_store(&target);
+    let o = memshadow(&["log", &target, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["versions"].as_array().unwrap().len() as u64, VERSIONS);
+    let dir = common::temp_dir("ss3");
+    let out = dir.path().join("img");
+    let o = memshadow(&[
+        "restore",
+        &target,
+        "--version",
+        "8",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = Model::replay(SEED, 8);
+    assert_eq!(image_regions(&out), m.image());
+    let addr = m.regions[0].0 + 7;
+    let o = memshadow(&["read", &target, "--version", "8", &addr.to_string(), "100"]);
+    assert_eq!(o.stdout, m.bytes(addr, 100));
+    let o = memshadow(&["verify", &target]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Damage on the server: verify names it.
+    let s = Store::open(&target).unwrap();
+    let name = layout::manifest_name(5);
+    let mut b = s.backend().get(&name).unwrap();
+    b[20] ^= 4;
+    s.backend().put_replace(&name, &b).unwrap();
+    let o = memshadow(&["verify", &target]);
+    let e = one_line_failure(&o, 1);
+    assert!(e.contains(&name), "{e}");
+    let o = memshadow(&[
+        "restore",
+        &target,
+        "--version",
+        "4",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }

@@ -39,7 +39,7 @@ fn make_store(dir: &Path) -> String {
 }
 
 fn fill_store(target: &str) {
-    let mut store = Store::create_or_open(&target, PAGE as u32).unwrap();
+    let mut store = Store::create_or_open(target, PAGE as u32).unwrap();
     let mut m = Model::new();
     for v in 1..=VERSIONS {
         m.step(SEED, v);

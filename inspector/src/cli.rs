@@ -33,12 +33,14 @@ pub enum Command {
     /// Prints the version once the snapshot has been taken. The process keeps running;
     /// only its most recent versions stay readable (MEMSHADOW_MAX_VERSIONS, default 4).
     Snapshot(SnapshotArgs),
-    /// Write a process's memory as it was at a snapshot version.
+    /// Write a process's memory as it was at a snapshot version, live or from a store.
     ///
     /// Writes exactly LEN bytes starting at ADDR, raw, to standard output (never to a
-    /// terminal) or to FILE. Fails, and leaves no FILE, when the version is no longer
-    /// retained or not taken yet, or when part of the range was not tracked at that
-    /// version.
+    /// terminal) or to FILE. TARGET is a pid (all digits: the running process) or a
+    /// store (a directory or s3://BUCKET/PREFIX): the same bytes either way for the same
+    /// version. Fails, and leaves no FILE, when the version is no longer retained (or
+    /// not in the store) or not taken yet, or when part of the range was not tracked at
+    /// that version.
     Read(ReadArgs),
     /// Write every region of a process's memory as it was at a snapshot version to FILE.
     ///
@@ -54,6 +56,26 @@ pub enum Command {
     /// base now and then. Stops when the process exits, --for runs out or on Ctrl-C. A
     /// version is published only once all of it is written.
     Record(RecordArgs),
+    /// List the versions in a store: a row per version, then totals and the
+    /// compression ratio.
+    ///
+    /// STORE is a directory or s3://BUCKET/PREFIX (configured by AWS_ENDPOINT_URL,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP).
+    Log(LogArgs),
+    /// Write one version of a store, every region, to FILE in the image format of
+    /// `memshadow image`.
+    ///
+    /// FILE is created 0600 and put in place only when complete. --at takes the newest
+    /// version taken at or before TIME.
+    Restore(RestoreArgs),
+    /// Show how version V2 of a store differs from V1: regions added and removed, pages
+    /// whose bytes differ, bytes changed.
+    Diff(DiffArgs),
+    /// Check a whole store: every checksum, every manifest's references, every chain.
+    ///
+    /// Exits 1 naming the first damaged object and the versions it breaks. Objects left
+    /// by an interrupted write (orphans) are listed, not counted as damage.
+    Verify(VerifyArgs),
     /// The workload the demo runs under the shim (internal).
     #[command(hide = true)]
     DemoWorkload,
@@ -146,8 +168,10 @@ pub struct SnapshotArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ReadArgs {
-    /// The process to read.
-    pub pid: u32,
+    /// The process to read (a pid, all digits) or a store (a directory or
+    /// s3://BUCKET/PREFIX).
+    #[arg(value_name = "TARGET")]
+    pub target: String,
     /// The snapshot version to read (as printed by `memshadow snapshot`).
     #[arg(long = "version", value_name = "V", value_parser = parse_version)]
     pub at_version: u64,
@@ -172,6 +196,69 @@ pub struct ImageArgs {
     /// The image file to write.
     #[arg(long, short, value_name = "FILE")]
     pub out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogArgs {
+    /// The store: a directory or s3://BUCKET/PREFIX.
+    pub store: String,
+    /// Print one JSON object: {"versions": [rows], "totals": {...}}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["at_version", "at"])))]
+pub struct RestoreArgs {
+    /// The store: a directory or s3://BUCKET/PREFIX.
+    pub store: String,
+    /// The version to restore.
+    #[arg(long = "version", value_name = "V", value_parser = parse_version)]
+    pub at_version: Option<u64>,
+    /// The newest version taken at or before TIME: milliseconds since the Unix epoch,
+    /// or RFC 3339 (2026-01-02T03:04:05Z, 2026-01-02T04:04:05.5+01:00).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub at: Option<u64>,
+    /// The image file to write.
+    #[arg(long, short, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// The store: a directory or s3://BUCKET/PREFIX.
+    pub store: String,
+    /// The older version.
+    #[arg(value_parser = parse_version)]
+    pub v1: u64,
+    /// The newer version.
+    #[arg(value_parser = parse_version)]
+    pub v2: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The store: a directory or s3://BUCKET/PREFIX.
+    pub store: String,
+}
+
+/// Milliseconds since the Unix epoch, or an RFC 3339 date and time.
+pub fn parse_time(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t
+            .parse()
+            .map_err(|_| format!("{s:?} is too large for milliseconds since the epoch"));
+    }
+    let when = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| {
+            format!("{s:?} is neither milliseconds since the Unix epoch nor an RFC 3339 time ({e})")
+        })?;
+    let ms = when.unix_timestamp_nanos() / 1_000_000;
+    u64::try_from(ms).map_err(|_| format!("{s:?} is before 1970"))
 }
 
 /// Parses the command line. Help and version go to stdout as usual; any other error is
@@ -380,10 +467,48 @@ mod tests {
         let Some(Command::Read(r)) = cli.command else {
             panic!("not read")
         };
-        assert_eq!((r.pid, r.at_version, r.addr, r.len), (12, 3, 0x1000, 8192));
+        assert_eq!(
+            (r.target.as_str(), r.at_version, r.addr, r.len),
+            ("12", 3, 0x1000, 8192)
+        );
         assert_eq!(r.out, Some(PathBuf::from("f")));
         assert!(Cli::try_parse_from(["memshadow", "read", "12", "0x1000", "8"]).is_err());
         assert!(Cli::try_parse_from(["memshadow", "--version"]).is_err_and(|e| !e.use_stderr()));
+    }
+
+    #[test]
+    fn store_arguments() {
+        let cli =
+            Cli::try_parse_from(["memshadow", "restore", "s", "--at", "1000", "-o", "f"]).unwrap();
+        let Some(Command::Restore(r)) = cli.command else {
+            panic!("not restore")
+        };
+        assert_eq!((r.at_version, r.at), (None, Some(1000)));
+        for bad in [
+            &["memshadow", "restore", "s", "--out", "f"][..],
+            &[
+                "memshadow",
+                "restore",
+                "s",
+                "--version",
+                "1",
+                "--at",
+                "5",
+                "--out",
+                "f",
+            ],
+            &["memshadow", "restore", "s", "--version", "1"],
+            &["memshadow", "diff", "s", "1"],
+            &["memshadow", "log"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_time("1700000000123"), Ok(1_700_000_000_123));
+        assert_eq!(parse_time("1970-01-01T00:00:01.5Z"), Ok(1500));
+        assert_eq!(parse_time("1970-01-01T01:00:02+01:00"), Ok(2000));
+        for bad in ["", "yesterday", "1969-12-31T23:59:59Z", "2026-01-01", "-5"] {
+            assert!(parse_time(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod registry;
 mod report;
 mod safe_file;
 mod snapshots;
+mod store_cmds;
 
 use cli::Command;
 
@@ -35,6 +36,10 @@ fn main() {
         Some(Command::Read(args)) => snapshots::read(args),
         Some(Command::Image(args)) => snapshots::image(args),
         Some(Command::Record(args)) => recorder::record_command(args),
+        Some(Command::Log(args)) => store_cmds::log(args),
+        Some(Command::Restore(args)) => store_cmds::restore(args),
+        Some(Command::Diff(args)) => store_cmds::diff(args),
+        Some(Command::Verify(args)) => store_cmds::verify(args),
         Some(Command::DemoWorkload) => Ok(demo_workload::run()),
     };
     match result {

@@ -37,7 +37,15 @@ pub fn read(args: ReadArgs) -> Result<i32> {
             "refusing to write raw memory to a terminal: use --out FILE or redirect standard output",
         ));
     }
-    let target = Target::find(args.pid)?;
+    // TARGET: a pid (all digits) or a store.
+    if args.target.is_empty() || !args.target.bytes().all(|b| b.is_ascii_digit()) {
+        return crate::store_cmds::read(&args);
+    }
+    let pid = args
+        .target
+        .parse()
+        .map_err(|_| Failure::usage(format!("{} is not a pid", args.target)))?;
+    let target = Target::find(pid)?;
     // Held until the range is written: new snapshots cannot evict the version meanwhile.
     let pin =
         control_client::pin(&target.socket, args.at_version).map_err(|e| target.explain(e))?;
@@ -209,13 +217,13 @@ fn write_image(
 
 /// Where `read` writes: standard output, or a [`SafeFile`] (gone again if the read
 /// fails).
-enum Sink {
+pub(crate) enum Sink {
     Stdout(io::Stdout),
     File { file: SafeFile, path: PathBuf },
 }
 
 impl Sink {
-    fn open(out: Option<&Path>) -> Result<Sink> {
+    pub(crate) fn open(out: Option<&Path>) -> Result<Sink> {
         let Some(path) = out else {
             return Ok(Sink::Stdout(io::stdout()));
         };
@@ -227,14 +235,14 @@ impl Sink {
         })
     }
 
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self {
             Sink::Stdout(s) => s.lock().write_all(bytes),
             Sink::File { file, .. } => file.file().write_all(bytes),
         }
     }
 
-    fn write_error(&self, e: &io::Error) -> String {
+    pub(crate) fn write_error(&self, e: &io::Error) -> String {
         match self {
             Sink::Stdout(_) => format!("cannot write to standard output: {e}"),
             Sink::File { path, .. } => format!("cannot write {}: {e}", path.display()),
@@ -242,7 +250,7 @@ impl Sink {
     }
 
     /// Flushes standard output, or puts the file in place.
-    fn finish(self) -> Result<()> {
+    pub(crate) fn finish(self) -> Result<()> {
         match self {
             Sink::Stdout(s) => s
                 .lock()
@@ -255,7 +263,7 @@ impl Sink {
     }
 
     /// Gives up: a new file is not put in place. True if there was one.
-    fn abandon(self) -> bool {
+    pub(crate) fn abandon(self) -> bool {
         match self {
             Sink::File { file, .. } => file.is_new_file(),
             Sink::Stdout(_) => false,

@@ -516,6 +516,20 @@ impl Store {
                 )));
             }
         }
+        let mut end = 0u64;
+        for (i, &(start, len)) in info.regions.iter().enumerate() {
+            let bad = start % ps != 0
+                || len % ps != 0
+                || len == 0
+                || start.checked_add(len).is_none()
+                || (i > 0 && start < end);
+            if bad {
+                return Err(StoreError::Invalid(format!(
+                    "region {start:#x} + {len} is not whole pages after the regions before it"
+                )));
+            }
+            end = start + len;
+        }
         for &(start, len) in changed {
             if start % ps != 0 || len % ps != 0 {
                 return Err(StoreError::Invalid(format!(

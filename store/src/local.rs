@@ -73,7 +73,7 @@ fn check_dir(path: &Path, st: &FileStat) -> Result<(), BackendError> {
     }
     if st.st_mode & 0o022 != 0 {
         return Err(BackendError::Refused(format!(
-            "refusing {}: others may write into it (mode {:o}); chmod 700 it",
+            "refusing {}: others may write into it (mode {:o}); a store directory must be writable by its owner only",
             path.display(),
             st.st_mode & 0o7777
         )));

@@ -252,9 +252,18 @@ impl Store {
         report
             .damage
             .sort_by(|a, b| order(&a.object).cmp(&order(&b.object)));
+        // Data of a version whose manifest is damaged is that version's, not an orphan.
+        let unreadable: BTreeSet<u64> = numbers
+            .iter()
+            .copied()
+            .filter(|v| !good.contains_key(v))
+            .collect();
         let mut orphans: Vec<String> = listed_data
             .keys()
-            .filter(|n| layout::parse_data_name(n).is_some() && !users.contains_key(*n))
+            .filter(|n| {
+                layout::parse_data_name(n).is_some_and(|(v, _)| !unreadable.contains(&v))
+                    && !users.contains_key(*n)
+            })
             .cloned()
             .collect();
         orphans.sort();

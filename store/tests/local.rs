@@ -148,4 +148,22 @@ fn the_base_rule() {
         assert_eq!(store.read(v, region.0, 4096).unwrap(), vec![v as u8; 4096]);
     }
     assert!(store.verify().unwrap().ok());
+    // Regions out of order, overlapping or not whole pages are refused before any read.
+    for regions in [
+        vec![(0x200000u64, 4096u64), (0x100000, 4096)],
+        vec![(0x100000, 8192), (0x101000, 4096)],
+        vec![(0x100000, 100)],
+    ] {
+        let bad = memshadow_store::VersionInfo {
+            version: 90,
+            time_ms: 0,
+            pid: 1,
+            regions,
+        };
+        let e = store
+            .record(&bad, None, &[], &mut Pages(0, None))
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Invalid(_)), "{e}");
+    }
+    assert_eq!(store.version_numbers().unwrap().len(), 75);
 }

@@ -269,6 +269,7 @@ pub fn damage(target: &str, seed: u64) {
         assert!(!report.ok());
         assert_eq!(report.damage[0].object, name, "{:?}", report.damage);
         assert_eq!(report.damage.len(), 1, "{:?}", report.damage);
+        assert!(report.orphans.is_empty(), "{:?}", report.orphans);
         let breaks = breaks_of(first);
         assert_eq!(report.damage[0].breaks, breaks, "{name}");
         let trailer = at == Some(len - 3);

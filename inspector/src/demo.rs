@@ -126,7 +126,9 @@ Next, try:
   memshadow stats PID [--watch 1]             live statistics of one of them
   memshadow snapshot PID                      take a snapshot of its memory; prints the version
   memshadow read PID --version V ADDR LEN     LEN bytes at ADDR as they were at version V (--out FILE)
-  memshadow image PID --version V --out FILE  all its tracked memory at version V, into FILE"
+  memshadow image PID --version V --out FILE  all its tracked memory at version V, into FILE
+  memshadow run --record DIR -- your-program  record a version every second into a store (or s3://...)
+  memshadow log DIR                           the versions recorded; then restore, read, diff, verify"
     );
     Ok(0)
 }

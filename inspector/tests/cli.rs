@@ -742,6 +742,8 @@ fn demo_takes_snapshots_and_reads_the_past_back() {
         "memshadow snapshot PID",
         "memshadow read PID --version V ADDR LEN",
         "memshadow image PID --version V --out FILE",
+        "memshadow run --record DIR -- your-program",
+        "memshadow log DIR",
     ] {
         assert!(f.stdout.contains(command), "no {command:?}: {f:#?}");
     }

@@ -13,12 +13,12 @@ use memshadow_format::stats::Counter;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::commands::Target;
 use crate::control_client::{self, ControlError};
 use crate::demo_workload::REPORT_ENV;
 use crate::error::{Failure, Result};
 use crate::launch::{self, Launch};
 use crate::report::{self, human_bytes, reply_u64, thousands};
+use crate::target::Target;
 
 /// The hidden subcommand that runs the workload.
 pub const WORKLOAD_COMMAND: &str = "demo-workload";

@@ -15,6 +15,7 @@ mod report;
 mod safe_file;
 mod snapshots;
 mod store_cmds;
+mod target;
 
 use cli::Command;
 

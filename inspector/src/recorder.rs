@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use memshadow_store::{PageSource, SourceError, Store, StoreError, VersionInfo};
 
-use crate::commands::Target;
 use crate::control_client::{self, ChangesStream, ControlError, Endpoint, Pin};
+use crate::target::Target;
 
 /// How long a failed request waits for the process to turn out to have exited.
 const EXIT_PATIENCE: Duration = Duration::from_secs(2);
@@ -355,7 +355,7 @@ extern "C" fn on_interrupt(_: libc::c_int) {
 /// `memshadow record PID --to STORE`.
 pub fn record_command(args: crate::cli::RecordArgs) -> crate::error::Result<i32> {
     use crate::error::Failure;
-    let target = crate::commands::Target::find(args.pid)?;
+    let target = crate::target::Target::find(args.pid)?;
     let page_size = page_size();
     let mut store = open_store(&args.to, args.pid, page_size)
         .map_err(|e| Failure::runtime(format!("{}: {e}", args.to)))?;
@@ -426,7 +426,7 @@ impl Background {
             let mut store = open_store(&target, pid, page_size()).map_err(|e| e.to_string())?;
             let waited = Instant::now();
             let found = loop {
-                match crate::commands::Target::find(pid) {
+                match crate::target::Target::find(pid) {
                     Ok(t) => break t,
                     Err(_) if flag.load(Ordering::Relaxed) => return Ok(Recording::default()),
                     Err(f) if waited.elapsed() > SOCKET_WAIT => return Err(f.message),

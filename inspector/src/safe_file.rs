@@ -8,9 +8,9 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::errno::Errno;
@@ -281,6 +281,61 @@ fn check_replaceable(st: &FileStat) -> Result<(), SafeFileError> {
 /// The message for a file that could not be written: `cannot write PATH: WHY`.
 pub fn cannot_write(path: &Path, e: &SafeFileError) -> String {
     format!("cannot write {}: {e}", path.display())
+}
+
+/// Where `read` (of a process or of a store) writes: standard output, or a [`SafeFile`] (gone again if the read
+/// fails).
+pub enum Sink {
+    Stdout(io::Stdout),
+    File { file: SafeFile, path: PathBuf },
+}
+
+impl Sink {
+    pub fn open(out: Option<&Path>) -> crate::error::Result<Sink> {
+        let Some(path) = out else {
+            return Ok(Sink::Stdout(io::stdout()));
+        };
+        let file = SafeFile::create(path)
+            .map_err(|e| crate::error::Failure::runtime(cannot_write(path, &e)))?;
+        Ok(Sink::File {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Stdout(s) => s.lock().write_all(bytes),
+            Sink::File { file, .. } => file.file().write_all(bytes),
+        }
+    }
+
+    pub fn write_error(&self, e: &io::Error) -> String {
+        match self {
+            Sink::Stdout(_) => format!("cannot write to standard output: {e}"),
+            Sink::File { path, .. } => format!("cannot write {}: {e}", path.display()),
+        }
+    }
+
+    /// Flushes standard output, or puts the file in place.
+    pub fn finish(self) -> crate::error::Result<()> {
+        match self {
+            Sink::Stdout(s) => s.lock().flush().map_err(|e| {
+                crate::error::Failure::runtime(format!("cannot write to standard output: {e}"))
+            }),
+            Sink::File { file, path } => file
+                .commit()
+                .map_err(|e| crate::error::Failure::runtime(cannot_write(&path, &e))),
+        }
+    }
+
+    /// Gives up: a new file is not put in place. True if there was one.
+    pub fn abandon(self) -> bool {
+        match self {
+            Sink::File { file, .. } => file.is_new_file(),
+            Sink::Stdout(_) => false,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,17 +3,16 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
-use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use memshadow_format::control::{RegionsReply, MAX_READ};
 use memshadow_format::image::{ImageError, ImageHeader, ImageWriter};
 
 use crate::cli::{ImageArgs, ReadArgs, SnapshotArgs};
-use crate::commands::Target;
 use crate::control_client;
 use crate::error::{Failure, Result};
-use crate::safe_file::{self, SafeFile};
+use crate::safe_file::{self, SafeFile, Sink};
+use crate::target::Target;
 
 /// `memshadow snapshot`: prints the new version alone on stdout.
 pub fn snapshot(args: SnapshotArgs) -> Result<i32> {
@@ -213,60 +212,4 @@ fn write_image(
     out.flush()
         .map_err(|e| StreamError::File(ImageError::Io(e)))?;
     Ok(())
-}
-
-/// Where `read` writes: standard output, or a [`SafeFile`] (gone again if the read
-/// fails).
-pub(crate) enum Sink {
-    Stdout(io::Stdout),
-    File { file: SafeFile, path: PathBuf },
-}
-
-impl Sink {
-    pub(crate) fn open(out: Option<&Path>) -> Result<Sink> {
-        let Some(path) = out else {
-            return Ok(Sink::Stdout(io::stdout()));
-        };
-        let file = SafeFile::create(path)
-            .map_err(|e| Failure::runtime(safe_file::cannot_write(path, &e)))?;
-        Ok(Sink::File {
-            file,
-            path: path.to_path_buf(),
-        })
-    }
-
-    pub(crate) fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match self {
-            Sink::Stdout(s) => s.lock().write_all(bytes),
-            Sink::File { file, .. } => file.file().write_all(bytes),
-        }
-    }
-
-    pub(crate) fn write_error(&self, e: &io::Error) -> String {
-        match self {
-            Sink::Stdout(_) => format!("cannot write to standard output: {e}"),
-            Sink::File { path, .. } => format!("cannot write {}: {e}", path.display()),
-        }
-    }
-
-    /// Flushes standard output, or puts the file in place.
-    pub(crate) fn finish(self) -> Result<()> {
-        match self {
-            Sink::Stdout(s) => s
-                .lock()
-                .flush()
-                .map_err(|e| Failure::runtime(format!("cannot write to standard output: {e}"))),
-            Sink::File { file, path } => file
-                .commit()
-                .map_err(|e| Failure::runtime(safe_file::cannot_write(&path, &e))),
-        }
-    }
-
-    /// Gives up: a new file is not put in place. True if there was one.
-    pub(crate) fn abandon(self) -> bool {
-        match self {
-            Sink::File { file, .. } => file.is_new_file(),
-            Sink::Stdout(_) => false,
-        }
-    }
 }

@@ -9,8 +9,8 @@ use serde_json::json;
 
 use crate::cli::{DiffArgs, LogArgs, ReadArgs, RestoreArgs, VerifyArgs};
 use crate::error::{Failure, Result};
+use crate::safe_file::Sink;
 use crate::safe_file::{self, SafeFile};
-use crate::snapshots::Sink;
 
 /// Bytes read from a store at a time by `read`.
 const READ_CHUNK: u64 = 1 << 20;

@@ -329,6 +329,27 @@ impl Sink {
         }
     }
 
+    /// Writes `bytes` to `sink`, opening it (on `out`, or standard output) on the first
+    /// write, so that a read refused before its first chunk leaves no file behind. On a
+    /// write error a new file is abandoned and `sink` left empty.
+    pub fn write_opening(
+        sink: &mut Option<Sink>,
+        out: Option<&Path>,
+        bytes: &[u8],
+    ) -> crate::error::Result<()> {
+        let mut s = match sink.take() {
+            Some(s) => s,
+            None => Sink::open(out)?,
+        };
+        if let Err(e) = s.write(bytes) {
+            let message = s.write_error(&e);
+            s.abandon();
+            return Err(crate::error::Failure::runtime(message));
+        }
+        *sink = Some(s);
+        Ok(())
+    }
+
     /// Gives up: a new file is not put in place. True if there was one.
     pub fn abandon(self) -> bool {
         match self {

@@ -75,16 +75,7 @@ pub fn read(args: ReadArgs) -> Result<i32> {
             }
             return Err(failure);
         }
-        let mut s = match sink.take() {
-            Some(s) => s,
-            None => Sink::open(args.out.as_deref())?,
-        };
-        if let Err(e) = s.write(part) {
-            let message = s.write_error(&e);
-            s.abandon();
-            return Err(Failure::runtime(message));
-        }
-        sink = Some(s);
+        Sink::write_opening(&mut sink, args.out.as_deref(), part)?;
         addr += n as u64;
     }
     if let Some(s) = sink {

@@ -158,6 +158,19 @@ fn read_full<R: std::io::Read>(r: &mut ImageReader<R>, buf: &mut [u8]) {
     }
 }
 
+/// snap_consistency under the shim for at most `secs` seconds (killed after `limit`),
+/// its chains printed and its writers running.
+fn concurrent_writers(dir: &Path, secs: u64, limit: Duration) -> Running {
+    Running::start(
+        &c_program("snap_consistency"),
+        &[&secs.to_string()],
+        dir,
+        &[],
+        Duration::from_secs(10),
+        limit,
+    )
+}
+
 /// Every chain of snap_consistency in version `v`, read from the store.
 fn chains_at(store: &mut Store, v: u64, chains: &[Vec<u64>]) -> Vec<Vec<u64>> {
     // The chains' pages are 16 runs of 16 adjacent pages: one read per run.
@@ -221,14 +234,7 @@ fn hundreds_of_recorded_versions_of_concurrent_writers_are_never_torn() {
     let dir = temp_dir("rec-torn");
     let d = dir.path();
     let store_dir = d.join("store");
-    let running = Running::start(
-        &c_program("snap_consistency"),
-        &["120"],
-        d,
-        &[],
-        Duration::from_secs(10),
-        Duration::from_secs(150),
-    );
+    let running = concurrent_writers(d, 120, Duration::from_secs(150));
     let pid = running.pid();
     let chains = parse_chains(&running.lines);
     let mut c = memshadow(d);
@@ -515,14 +521,7 @@ fn keep_drops_old_versions_while_recording_and_the_rest_restore() {
     let dir = temp_dir("rec-keep");
     let d = dir.path();
     let store_dir = d.join("store");
-    let running = Running::start(
-        &c_program("snap_consistency"),
-        &["60"],
-        d,
-        &[],
-        Duration::from_secs(10),
-        LIMIT,
-    );
+    let running = concurrent_writers(d, 60, LIMIT);
     let chains = parse_chains(&running.lines);
     let mut c = memshadow(d);
     c.args(["record", &running.pid().to_string(), "--to"])

@@ -12,7 +12,14 @@ use crate::target::Target;
 
 /// `memshadow run`: never returns on success, it exits like the program did.
 pub fn run(args: RunArgs) -> Result<i32> {
-    let launch = launch::prepare(&args.command, args.lib.as_deref())?;
+    let mut launch = launch::prepare(&args.command, args.lib.as_deref())?;
+    if args.record.is_some() && std::env::var_os(BUDGET_ENV).is_none() {
+        // The recorder pins the version it writes and the last one written while the
+        // program goes on writing: the shadows must hold what it writes meanwhile.
+        launch
+            .env
+            .push((BUDGET_ENV.into(), recording_budget_mb().to_string().into()));
+    }
     let json_out = match &args.stats_json {
         Some(path) => Some(
             SafeFile::create(path)
@@ -65,6 +72,24 @@ pub fn run(args: RunArgs) -> Result<i32> {
             .map_err(|e| Failure::runtime(safe_file::cannot_write(path, &e)))?;
     }
     launch::exit_like(outcome.status)
+}
+
+/// The shim's shadow budget variable.
+const BUDGET_ENV: &str = "MEMSHADOW_SHADOW_BUDGET_MB";
+
+/// The shadow budget `run --record` gives the program when the user set none: a quarter
+/// of the machine's memory, at least the shim's default of 1024 MiB (reserved address
+/// space; memory is used only as versions need it).
+fn recording_budget_mb() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    (total_kib / 1024 / 4).max(1024)
 }
 
 /// How soon after the program starts `run --record` starts its recorder.

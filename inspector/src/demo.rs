@@ -36,6 +36,7 @@ pub fn run() -> Result<i32> {
         program: exe.clone(),
         argv: vec![exe.into_os_string(), WORKLOAD_COMMAND.into()],
         lib: launch::find_library(None)?,
+        env: Vec::new(),
     };
     let report_file = ReportFile::create()?;
     // The workload inherits our environment. No other thread exists yet.

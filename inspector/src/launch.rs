@@ -51,6 +51,8 @@ pub struct Launch {
     pub argv: Vec<OsString>,
     /// The shim library, absolute.
     pub lib: PathBuf,
+    /// Variables set for the program besides the shim's own.
+    pub env: Vec<(OsString, OsString)>,
 }
 
 /// How a run ended and what its shimmed processes reported.
@@ -201,6 +203,7 @@ pub fn prepare(command: &[OsString], lib: Option<&Path>) -> Result<Launch> {
         program,
         argv: command.to_vec(),
         lib: find_library(lib)?,
+        env: Vec::new(),
     })
 }
 
@@ -267,6 +270,7 @@ impl Launch {
         command
             .arg0(&self.argv[0])
             .args(&self.argv[1..])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("LD_PRELOAD", preload);
         // Without a run file the processes would ignore the run id (and say so).
         if let Some(f) = run_file {

@@ -93,13 +93,15 @@ pub fn open_store(target: &str, pid: u32, page_size: u32) -> Result<Store, Recor
 
 /// Records the process `target` into `store` following `plan` until it exits,
 /// `plan.limit` runs out or `stop` is set. `behind` is called once when writing falls
-/// behind the period.
+/// behind the period, `skip` once when the process refused a version (the recording goes
+/// on with a base; it gives up after [`MAX_SKIPPED`] refusals in a row).
 pub fn record(
     target: &Target,
     store: &mut Store,
     plan: &Plan,
     stop: &AtomicBool,
     behind: &mut dyn FnMut(Duration),
+    skip: &mut dyn FnMut(&str),
 ) -> Result<Recording, RecordError> {
     let (socket, pid) = (&target.socket, target.pid);
     // A failure of the process side: the end of the recording when the process exited
@@ -119,33 +121,39 @@ pub fn record(
     // The last version recorded, pinned: the next delta counts from it.
     let mut last: Option<(u64, Option<Pin>)> = None;
     let mut said_behind = false;
+    let (mut skipped, mut said_skipped) = (0, false);
     loop {
         if stop.load(Ordering::Relaxed) || plan.limit.is_some_and(|l| started.elapsed() >= l) {
             break;
         }
         let period_start = Instant::now();
-        let version = match control_client::snapshot(socket) {
-            Ok(v) => v,
-            Err(e) => match failed(e) {
-                None => break,
-                Some(e) => return Err(e),
-            },
-        };
-        let pin = match control_client::pin(socket, version) {
-            Ok(p) => p,
-            Err(e) => match failed(e) {
-                None => break,
-                Some(e) => return Err(e),
-            },
-        };
         let since = last.as_ref().map(|(v, _)| *v);
-        let outcome = match record_one(socket, pid, store, version, since) {
-            Ok(o) => o,
+        let (version, outcome, pin) = match attempt(socket, pid, store, since) {
+            Ok(recorded) => {
+                skipped = 0;
+                recorded
+            }
+            Err(Failed::Store(e)) => return Err(RecordError::Store(e)),
+            // The process refused this version (its snapshot was given up when the
+            // shadow budget ran out, or the version went before it was read): what was
+            // recorded stays, the next version is a base, and the recording goes on.
+            Err(Failed::Process(e)) if refusal(&e) && !target.gone() => {
+                skipped += 1;
+                if skipped > MAX_SKIPPED {
+                    return Err(RecordError::Process(target.explain(e).message));
+                }
+                if !said_skipped {
+                    said_skipped = true;
+                    skip(&target.explain(e).message);
+                }
+                last = None;
+                std::thread::sleep(plan.every.min(Duration::from_millis(100)));
+                continue;
+            }
             Err(Failed::Process(e)) => match failed(e) {
                 None => break,
                 Some(e) => return Err(e),
             },
-            Err(Failed::Store(e)) => return Err(RecordError::Store(e)),
         };
         done.versions += 1;
         done.bases += outcome.base as u64;
@@ -179,6 +187,31 @@ pub fn record(
         }
     }
     Ok(done)
+}
+
+/// Versions refused one after the other before the recording gives up.
+const MAX_SKIPPED: u32 = 5;
+
+/// Whether the process refused the request (as opposed to the connection failing).
+fn refusal(e: &ControlError) -> bool {
+    matches!(
+        e,
+        ControlError::Reply(memshadow_format::control::ReplyError::Refused(_))
+    )
+}
+
+/// Takes a snapshot, pins it and records it as a delta since `since` (or a base): the
+/// version, what the store wrote, and the pin (held until the next one is recorded).
+fn attempt(
+    socket: &Endpoint,
+    pid: u32,
+    store: &mut Store,
+    since: Option<u64>,
+) -> Result<(u64, memshadow_store::Recorded, Option<Pin>), Failed> {
+    let version = control_client::snapshot(socket).map_err(Failed::Process)?;
+    let pin = control_client::pin(socket, version).map_err(Failed::Process)?;
+    let recorded = record_one(socket, pid, store, version, since)?;
+    Ok((version, recorded, pin))
 }
 
 /// Why one version was not recorded.
@@ -380,8 +413,15 @@ pub fn record_command(args: crate::cli::RecordArgs) -> crate::error::Result<i32>
             plan.every.as_millis()
         )
     };
-    let done = record(&target, &mut store, &plan, &INTERRUPTED, &mut said)
-        .map_err(|e| Failure::runtime(format!("recording stopped: {e}")))?;
+    let done = record(
+        &target,
+        &mut store,
+        &plan,
+        &INTERRUPTED,
+        &mut said,
+        &mut skipped_line,
+    )
+    .map_err(|e| Failure::runtime(format!("recording stopped: {e}")))?;
     eprintln!("memshadow: {}", summary(&done, &args.to));
     Ok(0)
 }
@@ -395,6 +435,13 @@ pub fn summary(done: &Recording, store: &str) -> String {
             done.versions, done.bases, done.pages, done.stored_bytes
         ),
     }
+}
+
+/// The line said the first time the process refuses a version.
+fn skipped_line(why: &str) {
+    eprintln!(
+        "memshadow: a version could not be recorded ({why}); recording goes on with a new base"
+    );
 }
 
 /// The page size of this machine (the shim's granularity).
@@ -440,8 +487,15 @@ impl Background {
                     plan.every.as_millis()
                 )
             };
-            record(&found, &mut store, &plan, &flag, &mut said)
-                .map_err(|e| format!("recording stopped: {e}"))
+            record(
+                &found,
+                &mut store,
+                &plan,
+                &flag,
+                &mut said,
+                &mut skipped_line,
+            )
+            .map_err(|e| format!("recording stopped: {e}"))
         });
         // Said when it happens (the program carries on), not when the program ends.
         let store_name = store_target.to_string();

@@ -539,3 +539,49 @@ fn keep_drops_old_versions_while_recording_and_the_rest_restore() {
     assert_eq!(versions[0].base, Some(versions[0].version), "{versions:?}");
     assert_store_whole(&store_dir, &chains);
 }
+
+#[test]
+fn a_version_given_up_for_lack_of_budget_is_skipped_and_the_recording_goes_on() {
+    let dir = temp_dir("rec-skip");
+    let d = dir.path();
+    let store_dir = d.join("store");
+    // 32 MiB that does not compress, recorded; then rewritten whole in one go (more than
+    // the 8 MiB shadow budget holds: that snapshot is given up); then quiet writes.
+    let script = "import os, time\n\
+                  b = bytearray(os.urandom(32 << 20))\n\
+                  time.sleep(0.6)\n\
+                  b[:] = os.urandom(32 << 20)\n\
+                  for i in range(40):\n    \
+                      b[i] = i\n    \
+                      time.sleep(0.02)\n\
+                  print('finished')\n";
+    let mut c = memshadow(d);
+    c.env("MEMSHADOW_SHADOW_BUDGET_MB", "8")
+        .args(["run", "-q", "--record"])
+        .arg(&store_dir)
+        .args(["--every", "100", "--", "/usr/bin/python3", "-c", script]);
+    let f = finish(&mut c, LIMIT);
+    assert!(f.status.success(), "{f:#?}");
+    assert_eq!(f.stdout, "finished\n", "{f:#?}");
+    assert_eq!(
+        f.stderr.matches("a version could not be recorded").count(),
+        1,
+        "said once: {f:#?}"
+    );
+    assert!(!f.stderr.contains("recording stopped"), "{f:#?}");
+    let mut store = Store::open(store_dir.to_str().unwrap()).unwrap();
+    let versions = store.versions().unwrap();
+    // Recorded before the rewrite, and again after it, from a new base.
+    let gap = versions
+        .windows(2)
+        .position(|w| w[1].version > w[0].version + 1);
+    let Some(i) = gap else {
+        panic!("no version was skipped: {versions:?}");
+    };
+    assert_eq!(
+        versions[i + 1].base,
+        Some(versions[i + 1].version),
+        "{versions:?}"
+    );
+    assert!(store.verify().unwrap().ok());
+}

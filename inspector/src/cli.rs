@@ -131,7 +131,12 @@ pub struct RecordArgs {
     #[command(flatten)]
     pub recording: RecordingArgs,
     /// Stop after SECS seconds (fractions allowed).
-    #[arg(long = "for", value_name = "SECS", value_parser = parse_seconds)]
+    #[arg(
+        long = "for",
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        value_parser = parse_seconds
+    )]
     pub for_secs: Option<Duration>,
 }
 

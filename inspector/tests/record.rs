@@ -585,3 +585,65 @@ fn a_version_given_up_for_lack_of_budget_is_skipped_and_the_recording_goes_on() 
     );
     assert!(store.verify().unwrap().ok());
 }
+
+#[test]
+fn bad_recording_requests_get_one_line_and_a_nonzero_exit() {
+    let dir = temp_dir("rec-bad");
+    let d = dir.path();
+    let me = std::process::id().to_string();
+    let store = d.join("store");
+    let store = store.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["record", &me, "--to", store],
+            "not running under memshadow",
+        ),
+        (
+            &["record", "1", "--to", store, "--every", "5"],
+            "at least 10 ms",
+        ),
+        (&["record", "1", "--to", store, "--keep", "0"], "at least 1"),
+        (
+            &["record", "1", "--to", store, "--keep-for", "soon"],
+            "not a duration",
+        ),
+        (
+            &["record", "1", "--to", store, "--for", "-1"],
+            "more than 0",
+        ),
+        (&["run", "--every", "100", "--", "true"], "go with --record"),
+    ];
+    for (args, says) in cases {
+        let mut c = memshadow(d);
+        c.args(*args);
+        let f = finish(&mut c, LIMIT);
+        assert!(!f.status.success(), "{args:?}: {f:#?}");
+        assert_eq!(f.stderr.lines().count(), 1, "{args:?}: {f:#?}");
+        assert!(
+            f.stderr.starts_with("memshadow: ") && f.stderr.contains(says),
+            "{args:?}: {f:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_store_of_another_process_is_refused() {
+    let dir = temp_dir("rec-other");
+    let d = dir.path();
+    let store_dir = d.join("store");
+    let first = concurrent_writers(d, 30, LIMIT);
+    record_for(d, first.pid(), &store_dir, 50, "0.2");
+    first.stop(Duration::from_secs(10));
+    let second = concurrent_writers(d, 30, LIMIT);
+    let mut c = memshadow(d);
+    c.args(["record", &second.pid().to_string(), "--to"])
+        .arg(&store_dir)
+        .args(["--for", "0.2"]);
+    let f = finish(&mut c, LIMIT);
+    assert_eq!(f.status.code(), Some(1), "{f:#?}");
+    assert!(
+        f.stderr.contains("holds a recording of process") && f.stderr.lines().count() == 1,
+        "{f:#?}"
+    );
+    second.stop(Duration::from_secs(10));
+}

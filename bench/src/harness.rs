@@ -1141,6 +1141,7 @@ impl Runner {
         let _ = std::fs::remove_dir_all(self.store_path());
         let _ = std::fs::remove_dir_all(self.dump_dir());
         let _ = std::fs::remove_file(self.restore_path());
+        let _ = std::fs::remove_file(self.record_log());
     }
 
     /// The durable copies a run left, and the restore of the last one; None in modes
@@ -1148,6 +1149,12 @@ impl Runner {
     fn durable(&self, w: Workload, mode: Mode, m: &Measure) -> Result<Option<Durable>, String> {
         match mode {
             Mode::Record => {
+                let log = std::fs::read_to_string(self.record_log()).unwrap_or_default();
+                if let Some(line) = recorder_stopped(&log) {
+                    return Err(format!(
+                        "the recorder stopped before the program ended: {line}"
+                    ));
+                }
                 // The timed part began when the workload copied the stats page.
                 let start = if w.is_c() {
                     Some(durable::mtime_ms(
@@ -1179,8 +1186,14 @@ impl Runner {
         }
     }
 
-    /// The command that runs `prog args` in `mode`, with only the bench's settings.
-    fn command(&self, mode: Mode, prog: &Path, args: &[String]) -> Command {
+    /// Where a `record` run's stderr goes (the recorder's messages among it).
+    fn record_log(&self) -> PathBuf {
+        self.scratch.join("record.stderr")
+    }
+
+    /// The command that runs `prog args` over `mib` MiB of data in `mode`, with only the
+    /// bench's settings.
+    fn command(&self, mode: Mode, mib: u64, prog: &Path, args: &[String]) -> Command {
         let mut c = if mode.shimmed() {
             let mut c = Command::new(&self.memshadow);
             c.arg("run")
@@ -1204,6 +1217,17 @@ impl Runner {
         if mode.shimmed() {
             c.env("MEMSHADOW_DIR", &self.shim_dir)
                 .envs(mode.env(self.interval_ms, self.predict));
+        }
+        if mode == Mode::Record {
+            c.env(
+                "MEMSHADOW_SHADOW_BUDGET_MB",
+                record_budget_mb(mib).to_string(),
+            );
+            // Kept to tell a recording that stopped early (forwarded after the run).
+            let _ = std::fs::remove_file(self.record_log());
+            if let Ok(f) = durable::create_private(&self.record_log()) {
+                c.stderr(f);
+            }
         }
         c
     }
@@ -1251,6 +1275,11 @@ impl Runner {
     fn measure(&self, w: Workload, mib: u64, mode: Mode, run: usize) -> Result<Measure, String> {
         self.clean_durable();
         let m = self.measure_run(w, mib, mode, run);
+        if mode == Mode::Record {
+            if let Ok(log) = std::fs::read_to_string(self.record_log()) {
+                eprint!("{log}");
+            }
+        }
         self.clean_durable();
         m
     }
@@ -1287,7 +1316,7 @@ impl Runner {
                         self.dump_dir().to_string_lossy().into_owned(),
                     ]);
                 }
-                let mut c = self.command(mode, &self.programs[&w], &args);
+                let mut c = self.command(mode, mib, &self.programs[&w], &args);
                 if mode.shimmed() {
                     let _ = std::fs::remove_dir_all(self.copies_dir());
                     make_private_dir(&self.copies_dir())?;
@@ -1327,7 +1356,7 @@ impl Runner {
         }
         let stdin =
             std::fs::File::open(&sql).map_err(|e| format!("cannot open {}: {e}", sql.display()))?;
-        let mut c = self.command(mode, Path::new("sqlite3"), &[":memory:".to_string()]);
+        let mut c = self.command(mode, mib, Path::new("sqlite3"), &[":memory:".to_string()]);
         c.stdin(stdin);
         let t = Instant::now();
         run_limited(&mut c, self.limit(mib) * 2)?;
@@ -1344,6 +1373,7 @@ impl Runner {
         let port = redis::free_port()?;
         let mut c = self.command(
             mode,
+            mib,
             Path::new("redis-server"),
             &redis::server_args(port, &dir),
         );
@@ -1362,6 +1392,22 @@ impl Runner {
             ..Measure::default()
         })
     }
+}
+
+/// The shadow budget of a `record` run over `mib` MiB, MiB: the recorder pins the
+/// version it writes and the last one it wrote (the next delta counts from it), so a
+/// program that rewrites all of its data while a version is written holds up to two
+/// copies of it in shadows, as a fork child holds the parent's old pages. The default
+/// (1024) stopped every 1 GiB recording after the fill ("snapshot 2 is incomplete: the
+/// shadow budget ran out").
+fn record_budget_mb(mib: u64) -> u64 {
+    (2 * mib + 256).max(1024)
+}
+
+/// The line in which `memshadow run --record` says that its recording stopped early.
+fn recorder_stopped(log: &str) -> Option<&str> {
+    log.lines()
+        .find(|l| l.starts_with("memshadow: ") && l.contains(": recording stopped: "))
 }
 
 /// Results of every run, by workload, size and mode (`None` for a run that failed).
@@ -2153,7 +2199,12 @@ mod tests {
         assert!(Mode::Fork.durable() && !Mode::Fork.shimmed());
         assert!(!Mode::Prefetch.durable());
 
-        let scratch = PathBuf::from("/scratch");
+        let dir = Scratch(std::env::temp_dir().join(format!(
+            "memshadow-bench-test-{}-record",
+            std::process::id()
+        )));
+        make_private_dir(&dir.0).unwrap();
+        let scratch = dir.0.clone();
         let runner = Runner {
             memshadow: PathBuf::from("/bin/memshadow"),
             shim_dir: scratch.join("shim"),
@@ -2165,22 +2216,48 @@ mod tests {
             programs: BTreeMap::new(),
         };
         let args = ["--mib".to_string(), "32".to_string()];
-        let line = crate::common::command_line(&runner.command(
-            Mode::Record,
-            Path::new("/w/seq_sweep"),
-            &args,
-        ));
+        let c = runner.command(Mode::Record, 1024, Path::new("/w/seq_sweep"), &args);
+        let s = scratch.display();
         assert_eq!(
-            line,
-            "/bin/memshadow run --quiet --stats-json /scratch/stats.json --record \
-             /scratch/store-record --every 100 -- /w/seq_sweep --mib 32"
+            crate::common::command_line(&c),
+            format!(
+                "/bin/memshadow run --quiet --stats-json {s}/stats.json --record \
+                 {s}/store-record --every 100 -- /w/seq_sweep --mib 32"
+            )
         );
-        let line = crate::common::command_line(&runner.command(
-            Mode::Prefetch,
-            Path::new("/w/seq_sweep"),
-            &args,
-        ));
+        let env_of = |c: &Command, k: &str| {
+            c.get_envs()
+                .find(|(n, _)| *n == k)
+                .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+        };
+        assert_eq!(
+            env_of(&c, "MEMSHADOW_SHADOW_BUDGET_MB").as_deref(),
+            Some("2304")
+        );
+        // Its stderr goes to a new private file, to tell a recording that stopped.
+        let meta = std::fs::metadata(runner.record_log()).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+            0o600
+        );
+        let c = runner.command(Mode::Prefetch, 1024, Path::new("/w/seq_sweep"), &args);
+        let line = crate::common::command_line(&c);
         assert!(!line.contains("--record"), "{line}");
+        assert_eq!(env_of(&c, "MEMSHADOW_SHADOW_BUDGET_MB"), None);
+        assert_eq!(record_budget_mb(32), 1024);
+        assert_eq!(record_budget_mb(256), 1024);
+        assert_eq!(record_budget_mb(4096), 8448);
+        let stopped = "memshadow: shadow budget exhausted: snapshot 2 is incomplete\n\
+                       memshadow: /tmp/s: recording stopped: process 1 (w) refused the request\n";
+        assert_eq!(
+            recorder_stopped(stopped),
+            Some("memshadow: /tmp/s: recording stopped: process 1 (w) refused the request")
+        );
+        assert_eq!(
+            recorder_stopped("memshadow: recorded 3 version(s)\nops 1\n"),
+            None
+        );
+        assert_eq!(recorder_stopped("w: recording stopped: x\n"), None);
         // The store, the dumps and the restored image all live in the scratch directory.
         for p in [
             runner.store_path(),

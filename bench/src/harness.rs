@@ -5,6 +5,7 @@ use crate::common::{
     build_workload, clear_shim_env, in_path, make_private_dir, median_of, memshadow_bin,
     read_stats_copies, run_limited, workspace_root, Guarded, Scratch,
 };
+use crate::durable::{self, Durable};
 use crate::{redis, svg};
 use memshadow_format::stats::{Counter, StatsRecord};
 use serde_json::{Map, Value};
@@ -93,17 +94,20 @@ pub enum Mode {
     Cow,
     /// Snapshots every T ms, prediction on.
     Prefetch,
-    /// The workload forks every T ms and the child reads all of its data out.
+    /// The workload forks every T ms and the child writes all of its data to a file.
     Fork,
+    /// Under `memshadow run --record STORE --every T`: a version every T ms in a store.
+    Record,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 6] = [
         Mode::Baseline,
         Mode::Idle,
         Mode::Cow,
         Mode::Prefetch,
         Mode::Fork,
+        Mode::Record,
     ];
 
     pub fn name(self) -> &'static str {
@@ -113,17 +117,28 @@ impl Mode {
             Mode::Cow => "cow",
             Mode::Prefetch => "prefetch",
             Mode::Fork => "fork",
+            Mode::Record => "record",
         }
     }
 
     /// Whether the mode runs the workload under `memshadow run`.
     pub fn shimmed(self) -> bool {
-        matches!(self, Mode::Idle | Mode::Cow | Mode::Prefetch)
+        matches!(self, Mode::Idle | Mode::Cow | Mode::Prefetch | Mode::Record)
+    }
+
+    /// Whether the mode leaves a durable copy per snapshot (a store, dump files).
+    pub fn durable(self) -> bool {
+        matches!(self, Mode::Fork | Mode::Record)
     }
 
     /// The shim's settings in this mode; `predict` is the predictor of `prefetch`. The
     /// overhead governor is off (`MEMSHADOW_MAX_OVERHEAD=1`): the bench measures what a
     /// snapshot every T ms costs, at the snapshot count `fork` takes, not fewer snapshots.
+    /// `record` runs with the predictor and governor settings of `prefetch` but no
+    /// automatic snapshots: the recorder asks for one every T ms (asked-for snapshots
+    /// are taken at once, governor or not), and automatic ones on top would double the
+    /// snapshot rate and make each recorded delta span two epochs. `WL_SNAPSHOT_MS`
+    /// gives the C workloads the period for their pause before the timed part.
     fn env(self, interval_ms: u32, predict: Predict) -> Vec<(&'static str, String)> {
         let periodic = |predict: &str| {
             vec![
@@ -135,6 +150,11 @@ impl Mode {
         match self {
             Mode::Cow => periodic("off"),
             Mode::Prefetch => periodic(predict.name()),
+            Mode::Record => vec![
+                ("MEMSHADOW_PREDICT", predict.name().to_string()),
+                ("MEMSHADOW_MAX_OVERHEAD", "1".to_string()),
+                ("WL_SNAPSHOT_MS", interval_ms.to_string()),
+            ],
             Mode::Baseline | Mode::Idle | Mode::Fork => vec![],
         }
     }
@@ -146,6 +166,7 @@ impl Mode {
             Mode::Cow => "#d62728",
             Mode::Prefetch => "#2ca02c",
             Mode::Fork => "#ff7f0e",
+            Mode::Record => "#9467bd",
         }
     }
 }
@@ -306,16 +327,32 @@ impl Plan {
 
     /// The line under the command in the report: what every row is measured with.
     fn header(&self) -> String {
-        let predict = if self.modes.contains(&Mode::Prefetch) {
-            format!("; prefetch with MEMSHADOW_PREDICT={}", self.predict.name())
-        } else {
+        let predicting: Vec<&str> = [Mode::Prefetch, Mode::Record]
+            .into_iter()
+            .filter(|m| self.modes.contains(m))
+            .map(Mode::name)
+            .collect();
+        let predict = if predicting.is_empty() {
             String::new()
+        } else {
+            format!(
+                "; {} with MEMSHADOW_PREDICT={}",
+                predicting.join(" and "),
+                self.predict.name()
+            )
+        };
+        let durable = if self.modes.contains(&Mode::Fork) || self.modes.contains(&Mode::Record) {
+            "; fork children write their dump to a file (fsynced), record writes a local \
+             store (fsynced)"
+        } else {
+            ""
         };
         format!(
-            "{} run(s), medians; {} s per C workload run; snapshots (cow, prefetch) and forks \
-             (fork) every {} ms{predict}; multi_writer with {} threads; ratios to the \
-             baseline of the same run and size; stalls: slowest (max) and 99th-percentile \
-             batch minus the median batch (redis: request latencies from redis-benchmark)",
+            "{} run(s), medians; {} s per C workload run; snapshots (cow, prefetch), forks \
+             (fork) and recorded versions (record) every {} ms{predict}{durable}; \
+             multi_writer with {} threads; ratios to the baseline of the same run and size; \
+             stalls: slowest (max) and 99th-percentile batch minus the median batch (redis: \
+             request latencies from redis-benchmark)",
             self.runs, self.seconds, self.interval_ms, self.threads
         )
     }
@@ -352,7 +389,7 @@ pub fn parse_workload_output(out: &str) -> Result<BTreeMap<String, String>, Stri
 }
 
 /// Keys every C workload prints.
-const WORKLOAD_KEYS: [&str; 10] = [
+const WORKLOAD_KEYS: [&str; 12] = [
     "ops",
     "seconds",
     "ops_per_sec",
@@ -362,6 +399,8 @@ const WORKLOAD_KEYS: [&str; 10] = [
     "batch_us_max",
     "forks",
     "fork_pause_us_max",
+    "dumps",
+    "dump_bytes",
     "checksum",
 ];
 
@@ -447,6 +486,13 @@ pub struct Measure {
     pub fork_pause_us_max: Option<f64>,
     /// Batches timed (C workloads: ops / batch_ops), from which the stalls come.
     pub batches: Option<f64>,
+    /// Length of the timed part, seconds (C workloads).
+    pub seconds: Option<f64>,
+    /// Dumps the fork children wrote in all, and their bytes (C workloads).
+    pub dumps: Option<f64>,
+    pub dump_bytes: Option<f64>,
+    /// The durable copies (record, fork); None in other modes.
+    pub durable: Option<Durable>,
     /// None without the shim.
     pub stats: Option<ShimStats>,
 }
@@ -477,6 +523,10 @@ impl Measure {
             forks: Some(n("forks")?),
             fork_pause_us_max: Some(n("fork_pause_us_max")?),
             batches: Some((n("ops")? / n("batch_ops")?.max(1.0)).floor()),
+            seconds: Some(n("seconds")?),
+            dumps: Some(n("dumps")?),
+            dump_bytes: Some(n("dump_bytes")?),
+            durable: None,
             stats: None,
         })
     }
@@ -489,7 +539,7 @@ impl Measure {
     fn hit_rate(&self, mode: Mode) -> Option<f64> {
         match mode {
             Mode::Cow => Some(0.0),
-            Mode::Prefetch => {
+            Mode::Prefetch | Mode::Record => {
                 let s = self.stats.as_ref()?;
                 let (hits, traps) = (s.prefetch_hits?, s.traps?);
                 (hits + traps > 0.0).then(|| hits / (hits + traps))
@@ -502,7 +552,7 @@ impl Measure {
     fn waste_rate(&self, mode: Mode) -> Option<f64> {
         match mode {
             Mode::Cow => Some(0.0),
-            Mode::Prefetch => {
+            Mode::Prefetch | Mode::Record => {
                 let s = self.stats.as_ref()?;
                 let (waste, copied) = (s.prefetch_waste?, s.prefetch_copied?);
                 (copied > 0.0).then(|| waste / copied)
@@ -542,6 +592,23 @@ pub struct Row {
     pub fork_pause_us_max: Option<f64>,
     /// Batches the stalls come from (C workloads).
     pub batches: Option<f64>,
+    /// record: versions in the store; fork: dumps written (the whole run).
+    pub snapshots: Option<f64>,
+    /// Of those, the ones taken in the workload's timed part (all for sqlite and redis).
+    pub timed_snapshots: Option<f64>,
+    /// record: the store's bytes on disk at the end; fork: the bytes of all dumps.
+    pub stored_bytes: Option<f64>,
+    /// stored_bytes / snapshots (per run, then the median).
+    pub bytes_per_snapshot: Option<f64>,
+    /// Milliseconds of the baseline's work lost per snapshot of the timed part:
+    /// (1 - throughput ratio) x timed seconds / timed_snapshots (C workloads).
+    pub cost_per_snapshot_ms: Option<f64>,
+    /// Seconds to restore the last version into an image file.
+    pub restore_s: Option<f64>,
+    /// Bytes that restore wrote (the image's regions).
+    pub restored_bytes: Option<f64>,
+    /// restore_s per GiB restored.
+    pub restore_s_per_gib: Option<f64>,
     /// Runs that produced numbers.
     pub runs: usize,
     /// Runs that failed (the error was printed on stderr).
@@ -558,6 +625,20 @@ pub fn aggregate(
 ) -> Row {
     let ok: Vec<&Measure> = runs.iter().flatten().collect();
     let med = |f: &dyn Fn(&Measure) -> Option<f64>| median_of(ok.iter().filter_map(|m| f(m)));
+    let durable = |f: fn(&Durable) -> f64| med(&|m| m.durable.as_ref().map(f));
+    // Per-snapshot figures, each run against the baseline run of the same index.
+    let per_snapshot: Vec<durable::PerSnapshot> = runs
+        .iter()
+        .zip(
+            baseline
+                .iter()
+                .map(Option::as_ref)
+                .chain(std::iter::repeat(None)),
+        )
+        .filter_map(|(m, b)| m.as_ref().map(|m| durable::per_snapshot(m, b)))
+        .collect();
+    let per =
+        |f: fn(&durable::PerSnapshot) -> Option<f64>| median_of(per_snapshot.iter().filter_map(f));
     let ratios = runs.iter().zip(baseline).filter_map(|(m, b)| match (m, b) {
         (Some(m), Some(b)) if b.ops_per_sec > 0.0 => Some(m.ops_per_sec / b.ops_per_sec),
         _ => None,
@@ -594,6 +675,14 @@ pub fn aggregate(
         forks: med(&|m| m.forks),
         fork_pause_us_max: med(&|m| m.fork_pause_us_max),
         batches: med(&|m| m.batches),
+        snapshots: durable(|d| d.snapshots),
+        timed_snapshots: durable(|d| d.timed_snapshots),
+        stored_bytes: durable(|d| d.stored_bytes),
+        bytes_per_snapshot: per(|p| p.bytes),
+        cost_per_snapshot_ms: per(|p| p.cost_ms),
+        restore_s: durable(|d| d.restore_s),
+        restored_bytes: durable(|d| d.restored_bytes),
+        restore_s_per_gib: per(|p| p.restore_s_per_gib),
         runs: ok.len(),
         failed_runs: runs.len() - ok.len(),
     }
@@ -637,6 +726,14 @@ impl Row {
             ("incomplete_snapshots", self.incomplete_snapshots),
             ("forks", self.forks),
             ("fork_pause_us_max", self.fork_pause_us_max),
+            ("snapshots", self.snapshots),
+            ("timed_snapshots", self.timed_snapshots),
+            ("stored_bytes", self.stored_bytes),
+            ("bytes_per_snapshot", self.bytes_per_snapshot),
+            ("cost_per_snapshot_ms", self.cost_per_snapshot_ms),
+            ("restore_s", self.restore_s),
+            ("restored_bytes", self.restored_bytes),
+            ("restore_s_per_gib", self.restore_s_per_gib),
             ("batches", self.batches),
         ] {
             m.insert(k.into(), num(v));
@@ -684,6 +781,20 @@ fn fmt_us(us: f64) -> String {
     }
 }
 
+/// Bytes in the binary unit that suits them.
+fn fmt_bytes(b: f64) -> String {
+    const KIB: f64 = 1024.0;
+    if b < KIB {
+        format!("{b:.0} B")
+    } else if b < KIB * KIB {
+        format!("{:.1} KiB", b / KIB)
+    } else if b < KIB * KIB * KIB {
+        format!("{:.1} MiB", b / (KIB * KIB))
+    } else {
+        format!("{:.2} GiB", b / (KIB * KIB * KIB))
+    }
+}
+
 fn cell(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map_or_else(|| "-".to_string(), f)
 }
@@ -693,9 +804,9 @@ pub fn table(rows: &[Row]) -> String {
     let mut s = String::from(
         "| workload | MiB | mode | ops/s | ratio | max stall | p99 stall | traps | hit rate | waste \
          | shadow peak | protect pass max | shim CPU | epochs | pages copied | incomplete | forks \
-         | fork pause max |\n",
+         | fork pause max | snapshots | stored | restore |\n",
     );
-    s.push_str(&format!("|{}\n", "---|".repeat(18)));
+    s.push_str(&format!("|{}\n", "---|".repeat(21)));
     let pct = |x: f64| format!("{:.0}%", x * 100.0);
     for r in rows {
         let cells = [
@@ -717,6 +828,9 @@ pub fn table(rows: &[Row]) -> String {
             cell(r.incomplete_snapshots, thousands),
             cell(r.forks, thousands),
             cell(r.fork_pause_us_max, fmt_us),
+            cell(r.snapshots, thousands),
+            cell(r.stored_bytes, fmt_bytes),
+            cell(r.restore_s, |x| fmt_us(x * 1e6)),
         ];
         let mut line = String::from("|");
         for c in cells {
@@ -727,6 +841,115 @@ pub fn table(rows: &[Row]) -> String {
         }
         s.push_str(&line);
         s.push('\n');
+    }
+    s
+}
+
+/// The median over runs of `f(run of mode) / f(fork run)`, each run against the fork run
+/// and the baseline run of the same index; only where both are positive.
+fn ratio_to_fork(
+    mine: &[Option<Measure>],
+    fork: &[Option<Measure>],
+    baseline: &[Option<Measure>],
+    f: fn(&durable::PerSnapshot) -> Option<f64>,
+) -> Option<f64> {
+    fn at(v: &[Option<Measure>], i: usize) -> Option<&Measure> {
+        v.get(i).and_then(Option::as_ref)
+    }
+    median_of((0..mine.len()).filter_map(|i| {
+        let (m, k) = (at(mine, i)?, at(fork, i)?);
+        let b = at(baseline, i);
+        let (x, y) = (
+            f(&durable::per_snapshot(m, b))?,
+            f(&durable::per_snapshot(k, b))?,
+        );
+        (x > 0.0 && y > 0.0).then(|| x / y)
+    }))
+}
+
+/// What the snapshot column says of a record row next to the fork row of the same
+/// workload and size (timed-part snapshots, medians).
+fn snapshot_note(record: Option<f64>, fork: Option<f64>) -> String {
+    match (record, fork) {
+        (Some(r), Some(f)) if r < f => format!(
+            "record took fewer snapshots than fork ({} vs {}): compare per snapshot",
+            thousands(r),
+            thousands(f)
+        ),
+        (Some(r), Some(f)) if r > f => format!(
+            "fork took fewer snapshots than record ({} vs {}): compare per snapshot",
+            thousands(f),
+            thousands(r)
+        ),
+        (Some(_), Some(_)) => "equal snapshot counts".into(),
+        _ => "no fork row to compare with".into(),
+    }
+}
+
+/// The durable-history table: record against fork for every workload and size that ran
+/// either, per snapshot, with the record figures as ratios to fork's of the same runs.
+fn durable_table(rows: &[Row], results: &Results, workloads: &[Workload], sizes: &[u64]) -> String {
+    let mut s = String::from(
+        "| workload | MiB | mode | snapshots (timed part) | throughput ratio | lost per snapshot \
+         | vs fork | stored | per snapshot | vs fork | restore | per GiB | vs fork | snapshots \
+         |\n",
+    );
+    s.push_str(&format!("|{}\n", "---|".repeat(14)));
+    let none: Vec<Option<Measure>> = Vec::new();
+    for &w in workloads {
+        for &mib in sizes {
+            let row = |m: Mode| {
+                rows.iter()
+                    .find(|r| r.workload == w.name() && r.mib == mib && r.mode == m.name())
+            };
+            let runs = |m: Mode| results.get(&(w, mib, m)).map_or(&none[..], |v| &v[..]);
+            let fork = row(Mode::Fork);
+            for mode in [Mode::Fork, Mode::Record] {
+                let Some(r) = row(mode) else { continue };
+                let vs = |f: fn(&durable::PerSnapshot) -> Option<f64>| {
+                    if mode == Mode::Fork {
+                        // Fork against itself: 1 where it has the figure.
+                        let mine = durable::PerSnapshot {
+                            bytes: r.bytes_per_snapshot,
+                            cost_ms: r.cost_per_snapshot_ms,
+                            restore_s_per_gib: r.restore_s_per_gib,
+                        };
+                        return cell(f(&mine).filter(|x| *x > 0.0).map(|_| 1.0), fmt_ratio);
+                    }
+                    cell(
+                        ratio_to_fork(runs(mode), runs(Mode::Fork), runs(Mode::Baseline), f),
+                        fmt_ratio,
+                    )
+                };
+                let note = if mode == Mode::Record {
+                    snapshot_note(r.timed_snapshots, fork.and_then(|f| f.timed_snapshots))
+                } else {
+                    "-".into()
+                };
+                let cells = [
+                    w.name().to_string(),
+                    mib.to_string(),
+                    mode.name().to_string(),
+                    cell(r.timed_snapshots, thousands),
+                    cell(r.throughput_ratio, fmt_ratio),
+                    cell(r.cost_per_snapshot_ms, |x| format!("{x:.1} ms")),
+                    vs(|p| p.cost_ms),
+                    cell(r.stored_bytes, fmt_bytes),
+                    cell(r.bytes_per_snapshot, fmt_bytes),
+                    vs(|p| p.bytes),
+                    cell(r.restore_s, |x| fmt_us(x * 1e6)),
+                    cell(r.restore_s_per_gib, |x| fmt_us(x * 1e6)),
+                    vs(|p| p.restore_s_per_gib),
+                    note,
+                ];
+                let mut line = String::from("|");
+                for c in cells {
+                    line.push_str(&format!(" {c} |"));
+                }
+                s.push_str(&line);
+                s.push('\n');
+            }
+        }
     }
     s
 }
@@ -847,6 +1070,18 @@ pub fn completeness_problems(rows: &[Row], expected: &[(Workload, u64, Mode)]) -
                 ("fork_pause_us_max", r.fork_pause_us_max),
             ]);
         }
+        // Durable copies: every record row; fork rows of the C workloads (redis's
+        // BGSAVE writes its own file, which the bench does not measure).
+        let durable = mode == Mode::Record || (mode == Mode::Fork && w.is_c());
+        if durable {
+            need.extend([
+                ("snapshots", r.snapshots),
+                ("stored_bytes", r.stored_bytes),
+                ("bytes_per_snapshot", r.bytes_per_snapshot),
+                ("restore_s", r.restore_s),
+                ("restore_s_per_gib", r.restore_s_per_gib),
+            ]);
+        }
         for (k, v) in need {
             match v {
                 None => problems.push(format!("{what}: no {k}")),
@@ -859,6 +1094,9 @@ pub fn completeness_problems(rows: &[Row], expected: &[(Workload, u64, Mode)]) -
         }
         if mode == Mode::Fork && r.forks.is_some_and(|f| f < 1.0) {
             problems.push(format!("{what}: the workload never forked"));
+        }
+        if durable && r.snapshots.is_some_and(|n| n < 1.0) {
+            problems.push(format!("{what}: no durable copy was written (snapshots 0)"));
         }
     }
     problems
@@ -882,17 +1120,93 @@ impl Runner {
         self.scratch.join("stats.json")
     }
 
-    /// The command that runs `prog args` in `mode`, with only the bench's settings.
-    fn command(&self, mode: Mode, prog: &Path, args: &[String]) -> Command {
+    /// The store of a `record` run (removed once its row is measured).
+    fn store_path(&self) -> PathBuf {
+        self.scratch.join("store-record")
+    }
+
+    /// Where the children of a `fork` run write their dumps (removed likewise).
+    fn dump_dir(&self) -> PathBuf {
+        self.scratch.join("fork-dumps")
+    }
+
+    /// The image a restore writes (removed once timed).
+    fn restore_path(&self) -> PathBuf {
+        self.scratch.join("restore.img")
+    }
+
+    /// Removes what a run left in the scratch directory: the store, the dumps, the
+    /// restored image.
+    fn clean_durable(&self) {
+        let _ = std::fs::remove_dir_all(self.store_path());
+        let _ = std::fs::remove_dir_all(self.dump_dir());
+        let _ = std::fs::remove_file(self.restore_path());
+        let _ = std::fs::remove_file(self.record_log());
+    }
+
+    /// The durable copies a run left, and the restore of the last one; None in modes
+    /// that leave none (and for redis's BGSAVE, whose file the bench does not measure).
+    fn durable(&self, w: Workload, mode: Mode, m: &Measure) -> Result<Option<Durable>, String> {
+        match mode {
+            Mode::Record => {
+                let log = std::fs::read_to_string(self.record_log()).unwrap_or_default();
+                if let Some(line) = recorder_stopped(&log) {
+                    return Err(format!(
+                        "the recorder stopped before the program ended: {line}"
+                    ));
+                }
+                // The timed part began when the workload copied the stats page.
+                let start = if w.is_c() {
+                    Some(durable::mtime_ms(
+                        &self.copies_dir().join("timed_start.stats"),
+                    )?)
+                } else {
+                    None
+                };
+                durable::from_store(&self.store_path(), &self.restore_path(), start).map(Some)
+            }
+            Mode::Fork if w.is_c() => {
+                let (Some(dumps), Some(bytes)) = (m.dumps, m.dump_bytes) else {
+                    return Err("the workload did not count its dumps".into());
+                };
+                if dumps < 1.0 {
+                    return Err("the workload wrote no dump".into());
+                }
+                let dump = self.dump_dir().join("last.dump");
+                let (restored, took) = durable::restore_dump(&dump, &self.restore_path())?;
+                Ok(Some(Durable {
+                    snapshots: dumps,
+                    timed_snapshots: dumps,
+                    stored_bytes: bytes,
+                    restore_s: took.as_secs_f64(),
+                    restored_bytes: restored as f64,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Where a `record` run's stderr goes (the recorder's messages among it).
+    fn record_log(&self) -> PathBuf {
+        self.scratch.join("record.stderr")
+    }
+
+    /// The command that runs `prog args` over `mib` MiB of data in `mode`, with only the
+    /// bench's settings.
+    fn command(&self, mode: Mode, mib: u64, prog: &Path, args: &[String]) -> Command {
         let mut c = if mode.shimmed() {
             let mut c = Command::new(&self.memshadow);
             c.arg("run")
                 .arg("--quiet")
                 .arg("--stats-json")
-                .arg(self.stats_path())
-                .arg("--")
-                .arg(prog)
-                .args(args);
+                .arg(self.stats_path());
+            if mode == Mode::Record {
+                c.arg("--record")
+                    .arg(self.store_path())
+                    .arg("--every")
+                    .arg(self.interval_ms.to_string());
+            }
+            c.arg("--").arg(prog).args(args);
             c
         } else {
             let mut c = Command::new(prog);
@@ -903,6 +1217,17 @@ impl Runner {
         if mode.shimmed() {
             c.env("MEMSHADOW_DIR", &self.shim_dir)
                 .envs(mode.env(self.interval_ms, self.predict));
+        }
+        if mode == Mode::Record {
+            c.env(
+                "MEMSHADOW_SHADOW_BUDGET_MB",
+                record_budget_mb(mib).to_string(),
+            );
+            // Kept to tell a recording that stopped early (forwarded after the run).
+            let _ = std::fs::remove_file(self.record_log());
+            if let Ok(f) = durable::create_private(&self.record_log()) {
+                c.stderr(f);
+            }
         }
         c
     }
@@ -948,6 +1273,24 @@ impl Runner {
     }
 
     fn measure(&self, w: Workload, mib: u64, mode: Mode, run: usize) -> Result<Measure, String> {
+        self.clean_durable();
+        let m = self.measure_run(w, mib, mode, run);
+        if mode == Mode::Record {
+            if let Ok(log) = std::fs::read_to_string(self.record_log()) {
+                eprint!("{log}");
+            }
+        }
+        self.clean_durable();
+        m
+    }
+
+    fn measure_run(
+        &self,
+        w: Workload,
+        mib: u64,
+        mode: Mode,
+        run: usize,
+    ) -> Result<Measure, String> {
         let _ = std::fs::remove_file(self.stats_path());
         let mut m = match w {
             Workload::Sqlite => self.sqlite(mib, mode)?,
@@ -965,9 +1308,15 @@ impl Runner {
                     args.extend(["--threads".into(), self.threads.to_string()]);
                 }
                 if mode == Mode::Fork {
-                    args.extend(["--fork-every-ms".into(), self.interval_ms.to_string()]);
+                    make_private_dir(&self.dump_dir())?;
+                    args.extend([
+                        "--fork-every-ms".into(),
+                        self.interval_ms.to_string(),
+                        "--fork-dump".into(),
+                        self.dump_dir().to_string_lossy().into_owned(),
+                    ]);
                 }
-                let mut c = self.command(mode, &self.programs[&w], &args);
+                let mut c = self.command(mode, mib, &self.programs[&w], &args);
                 if mode.shimmed() {
                     let _ = std::fs::remove_dir_all(self.copies_dir());
                     make_private_dir(&self.copies_dir())?;
@@ -977,6 +1326,7 @@ impl Runner {
                 Measure::from_workload(&parse_workload_output(&out)?)?
             }
         };
+        m.durable = self.durable(w, mode, &m)?;
         m.stats = self.stats(mode)?;
         if let (Some(s), Some(start)) = (&m.stats, self.timed_start(w, mode)?) {
             // Count the timed part only: the workload filled its buffer under the shim.
@@ -1006,7 +1356,7 @@ impl Runner {
         }
         let stdin =
             std::fs::File::open(&sql).map_err(|e| format!("cannot open {}: {e}", sql.display()))?;
-        let mut c = self.command(mode, Path::new("sqlite3"), &[":memory:".to_string()]);
+        let mut c = self.command(mode, mib, Path::new("sqlite3"), &[":memory:".to_string()]);
         c.stdin(stdin);
         let t = Instant::now();
         run_limited(&mut c, self.limit(mib) * 2)?;
@@ -1023,6 +1373,7 @@ impl Runner {
         let port = redis::free_port()?;
         let mut c = self.command(
             mode,
+            mib,
             Path::new("redis-server"),
             &redis::server_args(port, &dir),
         );
@@ -1038,10 +1389,25 @@ impl Runner {
             p99_stall_us: o.p99_stall_us,
             forks: o.forks,
             fork_pause_us_max: o.fork_pause_us_max,
-            batches: None,
-            stats: None,
+            ..Measure::default()
         })
     }
+}
+
+/// The shadow budget of a `record` run over `mib` MiB, MiB: the recorder pins the
+/// version it writes and the last one it wrote (the next delta counts from it), so a
+/// program that rewrites all of its data while a version is written holds up to two
+/// copies of it in shadows, as a fork child holds the parent's old pages. The default
+/// (1024) stopped every 1 GiB recording after the fill ("snapshot 2 is incomplete: the
+/// shadow budget ran out").
+fn record_budget_mb(mib: u64) -> u64 {
+    (2 * mib + 256).max(1024)
+}
+
+/// The line in which `memshadow run --record` says that its recording stopped early.
+fn recorder_stopped(log: &str) -> Option<&str> {
+    log.lines()
+        .find(|l| l.starts_with("memshadow: ") && l.contains(": recording stopped: "))
 }
 
 /// Results of every run, by workload, size and mode (`None` for a run that failed).
@@ -1071,6 +1437,24 @@ pub fn run(args: Args) -> Result<(), String> {
     println!("command: {command}");
     println!("{}\n", plan.header());
     print!("{}", table(&rows));
+    if plan.modes.iter().any(|m| m.durable()) {
+        println!(
+            "\nDurable copies per snapshot: record (a store, {} ms period) against fork (a \
+             dump file per fork, fsynced). Snapshots: those taken in the timed part; lost per \
+             snapshot: (1 - throughput ratio) x timed seconds / snapshots, in ms of the \
+             baseline's work; stored: the store on disk at the end (record, the whole run: \
+             its base(s) and every version) or the bytes of every dump (fork); per snapshot: \
+             stored over all snapshots of the run; restore: the newest version into an image \
+             file (record: Store::restore; fork: the last dump read back and written as an \
+             image), not fsynced; vs fork: the median of the per-run ratios to fork's figure \
+             of the same run.\n",
+            plan.interval_ms
+        );
+        print!(
+            "{}",
+            durable_table(&rows, &results, &workloads, &plan.sizes)
+        );
+    }
     for n in &notes {
         println!("\nnote: {n}");
     }
@@ -1303,7 +1687,8 @@ mod tests {
 
     const OUT: &str = "ops 1000\nseconds 1.000\nops_per_sec 1000.0\nbatch_ops 10\n\
                        batch_us_p50 100\nbatch_us_p99 250\nbatch_us_max 90\nforks 3\n\
-                       fork_pause_us_max 1200\nchecksum 0849b3ab7f78d4e0\n";
+                       fork_pause_us_max 1200\ndumps 3\ndump_bytes 3000\n\
+                       checksum 0849b3ab7f78d4e0\n";
 
     #[test]
     fn parses_workload_output() {
@@ -1318,6 +1703,9 @@ mod tests {
         assert_eq!(m.forks, Some(3.0));
         assert_eq!(m.fork_pause_us_max, Some(1200.0));
         assert_eq!(m.batches, Some(100.0));
+        assert_eq!((m.dumps, m.dump_bytes), (Some(3.0), Some(3000.0)));
+        assert_eq!(m.seconds, Some(1.0));
+        assert_eq!(m.durable, None);
         assert!(parse_workload_output("ops\n").is_err());
         assert!(parse_workload_output("ops 1 2\n").is_err());
         let bad = |k: &str, v: &str| {
@@ -1331,6 +1719,7 @@ mod tests {
         let short = parse_workload_output("ops 1\nops_per_sec 2\n").unwrap();
         let err = Measure::from_workload(&short).unwrap_err();
         assert!(err.contains("seconds") && err.contains("checksum"), "{err}");
+        assert!(err.contains("dumps, dump_bytes"), "{err}");
     }
 
     #[test]
@@ -1380,6 +1769,7 @@ mod tests {
             fork_pause_us_max: Some(0.0),
             batches: Some(500.0),
             stats,
+            ..Measure::default()
         })
     }
 
@@ -1568,14 +1958,29 @@ mod tests {
         let plan = Plan::from(&parse(&["--quick", "--predict", "stride"]).unwrap());
         assert_eq!(plan.predict, Predict::Stride);
         let h = plan.header();
-        assert!(h.contains("prefetch with MEMSHADOW_PREDICT=stride"), "{h}");
+        assert!(
+            h.contains("prefetch and record with MEMSHADOW_PREDICT=stride"),
+            "{h}"
+        );
+        assert!(
+            h.contains("fork children write their dump to a file"),
+            "{h}"
+        );
+        let plan = Plan::from(&parse(&["--mode", "record", "--predict", "markov"]).unwrap());
+        assert_eq!(plan.modes, [Mode::Baseline, Mode::Record]);
+        assert!(
+            plan.header()
+                .contains("; record with MEMSHADOW_PREDICT=markov"),
+            "{}",
+            plan.header()
+        );
         assert!(
             h.starts_with("1 run(s), medians; 1 s per C workload run;"),
             "{h}"
         );
         let plan = Plan::from(&parse(&["--mode", "cow", "--predict", "stride"]).unwrap());
         assert!(
-            !plan.header().contains("MEMSHADOW_PREDICT"),
+            !plan.header().contains("MEMSHADOW_PREDICT") && !plan.header().contains("dump"),
             "{}",
             plan.header()
         );
@@ -1618,6 +2023,14 @@ mod tests {
                 "incomplete_snapshots",
                 "forks",
                 "fork_pause_us_max",
+                "snapshots",
+                "timed_snapshots",
+                "stored_bytes",
+                "bytes_per_snapshot",
+                "cost_per_snapshot_ms",
+                "restore_s",
+                "restored_bytes",
+                "restore_s_per_gib",
                 "batches",
                 "runs",
                 "failed_runs"
@@ -1714,7 +2127,7 @@ mod tests {
             shim_cpu_us: Some(1.0),
             ..ShimStats::default()
         });
-        let mut fork = measure(90.0, None);
+        let mut fork = durable_measure(90.0, 4.0, 4.0, 4e6, 0.1);
         fork.as_mut().unwrap().forks = Some(4.0);
         let rows = vec![
             aggregate("seq_sweep", 32, Mode::Baseline, &base, &base),
@@ -1753,5 +2166,262 @@ mod tests {
         no_epochs.epochs = Some(0.0);
         let p = completeness_problems(&[no_epochs], &[expect(Mode::Cow)]);
         assert!(p[0].contains("no snapshot"), "{p:?}");
+    }
+
+    fn durable_measure(
+        ops: f64,
+        snapshots: f64,
+        timed: f64,
+        stored: f64,
+        restore_s: f64,
+    ) -> Option<Measure> {
+        let mut m = measure(ops, None)?;
+        m.seconds = Some(5.0);
+        m.durable = Some(Durable {
+            snapshots,
+            timed_snapshots: timed,
+            stored_bytes: stored,
+            restore_s,
+            restored_bytes: (1u64 << 30) as f64,
+        });
+        Some(m)
+    }
+
+    #[test]
+    fn record_mode_runs_the_recorder_with_the_prefetch_settings_and_no_automatic_snapshots() {
+        let env = Mode::Record.env(100, Predict::Stride);
+        let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("MEMSHADOW_PREDICT"), Some("stride"));
+        assert_eq!(get("MEMSHADOW_MAX_OVERHEAD"), Some("1"));
+        assert_eq!(get("WL_SNAPSHOT_MS"), Some("100"));
+        assert_eq!(get("MEMSHADOW_INTERVAL_MS"), None);
+        assert!(Mode::Record.shimmed() && Mode::Record.durable());
+        assert!(Mode::Fork.durable() && !Mode::Fork.shimmed());
+        assert!(!Mode::Prefetch.durable());
+
+        let dir = Scratch(std::env::temp_dir().join(format!(
+            "memshadow-bench-test-{}-record",
+            std::process::id()
+        )));
+        make_private_dir(&dir.0).unwrap();
+        let scratch = dir.0.clone();
+        let runner = Runner {
+            memshadow: PathBuf::from("/bin/memshadow"),
+            shim_dir: scratch.join("shim"),
+            scratch: scratch.clone(),
+            plan_seconds: 1,
+            interval_ms: 100,
+            threads: 2,
+            predict: Predict::Auto,
+            programs: BTreeMap::new(),
+        };
+        let args = ["--mib".to_string(), "32".to_string()];
+        let c = runner.command(Mode::Record, 1024, Path::new("/w/seq_sweep"), &args);
+        let s = scratch.display();
+        assert_eq!(
+            crate::common::command_line(&c),
+            format!(
+                "/bin/memshadow run --quiet --stats-json {s}/stats.json --record \
+                 {s}/store-record --every 100 -- /w/seq_sweep --mib 32"
+            )
+        );
+        let env_of = |c: &Command, k: &str| {
+            c.get_envs()
+                .find(|(n, _)| *n == k)
+                .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+        };
+        assert_eq!(
+            env_of(&c, "MEMSHADOW_SHADOW_BUDGET_MB").as_deref(),
+            Some("2304")
+        );
+        // Its stderr goes to a new private file, to tell a recording that stopped.
+        let meta = std::fs::metadata(runner.record_log()).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+            0o600
+        );
+        let c = runner.command(Mode::Prefetch, 1024, Path::new("/w/seq_sweep"), &args);
+        let line = crate::common::command_line(&c);
+        assert!(!line.contains("--record"), "{line}");
+        assert_eq!(env_of(&c, "MEMSHADOW_SHADOW_BUDGET_MB"), None);
+        assert_eq!(record_budget_mb(32), 1024);
+        assert_eq!(record_budget_mb(256), 1024);
+        assert_eq!(record_budget_mb(4096), 8448);
+        let stopped = "memshadow: shadow budget exhausted: snapshot 2 is incomplete\n\
+                       memshadow: /tmp/s: recording stopped: process 1 (w) refused the request\n";
+        assert_eq!(
+            recorder_stopped(stopped),
+            Some("memshadow: /tmp/s: recording stopped: process 1 (w) refused the request")
+        );
+        assert_eq!(
+            recorder_stopped("memshadow: recorded 3 version(s)\nops 1\n"),
+            None
+        );
+        assert_eq!(recorder_stopped("w: recording stopped: x\n"), None);
+        // The store, the dumps and the restored image all live in the scratch directory.
+        for p in [
+            runner.store_path(),
+            runner.dump_dir(),
+            runner.restore_path(),
+        ] {
+            assert!(p.starts_with(&scratch), "{}", p.display());
+        }
+    }
+
+    #[test]
+    fn record_and_fork_rows_carry_the_durable_copies_per_snapshot() {
+        let base = [measure(100.0, None), measure(100.0, None)];
+        // Record: 30 versions (20 in the timed part), 60 MiB, 0.5 s to restore 1 GiB.
+        let record = [
+            durable_measure(80.0, 30.0, 20.0, 60.0 * 1048576.0, 0.5),
+            durable_measure(60.0, 30.0, 20.0, 60.0 * 1048576.0, 0.7),
+        ];
+        // Fork: 10 dumps of 256 MiB, 0.25 s to restore 1 GiB.
+        let fork = [
+            durable_measure(90.0, 10.0, 10.0, 2560.0 * 1048576.0, 0.25),
+            durable_measure(90.0, 10.0, 10.0, 2560.0 * 1048576.0, 0.35),
+        ];
+        let r = aggregate("seq_sweep", 256, Mode::Record, &record, &base);
+        assert_eq!((r.snapshots, r.timed_snapshots), (Some(30.0), Some(20.0)));
+        assert_eq!(r.bytes_per_snapshot, Some(2.0 * 1048576.0));
+        // Lost 20% and 40% of 5 s over 20 snapshots: 50 and 100 ms, median 75.
+        assert_eq!(r.cost_per_snapshot_ms, Some(75.0));
+        assert_eq!(r.restore_s, Some(0.6));
+        assert_eq!(r.restore_s_per_gib, Some(0.6));
+        let v = r.to_json();
+        assert_eq!(v["snapshots"], 30);
+        assert_eq!(v["stored_bytes"], 60 * 1048576);
+        assert_eq!(v["restore_s"], 0.6);
+        let f = aggregate("seq_sweep", 256, Mode::Fork, &fork, &base);
+        assert_eq!(f.bytes_per_snapshot, Some(256.0 * 1048576.0));
+        let c = aggregate("seq_sweep", 256, Mode::Cow, &base, &base);
+        assert_eq!(
+            (c.snapshots, c.stored_bytes, c.restore_s),
+            (None, None, None)
+        );
+        assert!(c.to_json()["stored_bytes"].is_null());
+
+        let t = table(&[f.clone(), r.clone()]);
+        assert!(
+            t.lines()
+                .nth(2)
+                .unwrap()
+                .ends_with("| 10 | 2.50 GiB | 300.0 ms |"),
+            "{t}"
+        );
+        assert!(
+            t.lines()
+                .nth(3)
+                .unwrap()
+                .ends_with("| 30 | 60.0 MiB | 600.0 ms |"),
+            "{t}"
+        );
+
+        let mut results = Results::new();
+        results.insert((Workload::SeqSweep, 256, Mode::Baseline), base.to_vec());
+        results.insert((Workload::SeqSweep, 256, Mode::Record), record.to_vec());
+        results.insert((Workload::SeqSweep, 256, Mode::Fork), fork.to_vec());
+        let d = durable_table(&[f, r], &results, &[Workload::SeqSweep], &[256]);
+        let lines: Vec<&str> = d.lines().collect();
+        assert_eq!(lines.len(), 4, "{d}");
+        // Per run: record's bytes per snapshot 2 MiB against fork's 256 MiB; restore per
+        // GiB 0.5/0.25 and 0.7/0.35: 2; cost 50 and 100 ms against 50 ms: 1 and 2.
+        assert_eq!(
+            lines[2],
+            "| seq_sweep | 256 | fork | 10 | 0.900 | 50.0 ms | 1.000 | 2.50 GiB | 256.0 MiB \
+             | 1.000 | 300.0 ms | 300.0 ms | 1.000 | - |"
+        );
+        assert_eq!(
+            lines[3],
+            "| seq_sweep | 256 | record | 20 | 0.700 | 75.0 ms | 1.500 | 60.0 MiB | 2.0 MiB \
+             | 0.00781 | 600.0 ms | 600.0 ms | 2.000 | fork took fewer snapshots than record \
+             (10 vs 20): compare per snapshot |"
+        );
+    }
+
+    #[test]
+    fn snapshot_notes() {
+        let n = snapshot_note(Some(5.0), Some(12.0));
+        assert_eq!(
+            n,
+            "record took fewer snapshots than fork (5 vs 12): compare per snapshot"
+        );
+        assert!(snapshot_note(Some(12.0), Some(5.0)).starts_with("fork took fewer"));
+        assert_eq!(snapshot_note(Some(7.0), Some(7.0)), "equal snapshot counts");
+        assert_eq!(
+            snapshot_note(Some(7.0), None),
+            "no fork row to compare with"
+        );
+        assert_eq!(fmt_bytes(512.0), "512 B");
+        assert_eq!(fmt_bytes(1536.0), "1.5 KiB");
+        assert_eq!(fmt_bytes(3.0 * 1048576.0), "3.0 MiB");
+        assert_eq!(fmt_bytes(1.5 * 1073741824.0), "1.50 GiB");
+    }
+
+    #[test]
+    fn durable_rows_need_their_copies() {
+        let base = [measure(100.0, None)];
+        let stats = Some(ShimStats {
+            traps: Some(1.0),
+            epochs: Some(0.0),
+            pages_copied: Some(1.0),
+            pages_preserved: Some(0.0),
+            protect_pass_us_max: Some(1.0),
+            incomplete_snapshots: Some(0.0),
+            shadow_peak_bytes: Some(4096.0),
+            shim_cpu_us: Some(1.0),
+            ..ShimStats::default()
+        });
+        let mut rec = durable_measure(50.0, 3.0, 2.0, 1e6, 0.1);
+        rec.as_mut().unwrap().stats = stats.clone();
+        let mut fork = durable_measure(50.0, 4.0, 4.0, 4e6, 0.1);
+        fork.as_mut().unwrap().forks = Some(4.0);
+        let rows = vec![
+            aggregate("seq_sweep", 32, Mode::Record, &[rec], &base),
+            aggregate("seq_sweep", 32, Mode::Fork, &[fork.clone()], &base),
+        ];
+        let expect = [
+            (Workload::SeqSweep, 32, Mode::Record),
+            (Workload::SeqSweep, 32, Mode::Fork),
+        ];
+        assert_eq!(completeness_problems(&rows, &expect), Vec::<String>::new());
+        // A record run that recorded nothing, a fork run that counted no dump.
+        let mut empty = measure(50.0, stats).unwrap();
+        empty.durable = Some(Durable::default());
+        let mut bare = fork.unwrap();
+        bare.durable = None;
+        let rows = vec![
+            aggregate("seq_sweep", 32, Mode::Record, &[Some(empty)], &base),
+            aggregate("seq_sweep", 32, Mode::Fork, &[Some(bare)], &base),
+        ];
+        let p = completeness_problems(&rows, &expect);
+        assert!(
+            p.iter()
+                .any(|l| l == "seq_sweep 32 MiB record: no durable copy was written (snapshots 0)"),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l == "seq_sweep 32 MiB fork: no stored_bytes"),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|l| l == "seq_sweep 32 MiB fork: no restore_s"),
+            "{p:?}"
+        );
+        // Redis's fork mode writes its own file: no durable figures expected.
+        let mut redis_fork = measure(50.0, None).unwrap();
+        redis_fork.forks = Some(2.0);
+        let rows = vec![aggregate(
+            "redis",
+            32,
+            Mode::Fork,
+            &[Some(redis_fork)],
+            &base,
+        )];
+        assert_eq!(
+            completeness_problems(&rows, &[(Workload::Redis, 32, Mode::Fork)]),
+            Vec::<String>::new()
+        );
     }
 }

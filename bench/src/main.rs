@@ -12,7 +12,11 @@
 //!   same with `MEMSHADOW_PREDICT=NAME`, `--predict NAME`: `auto` (default), `history`,
 //!   `stride`, `markov` or `score`, named in the report's header; the same as `cow` with
 //!   a shim that has no prefetcher, which the output says), `fork` (the workload forks every T ms and the
-//!   child reads all of its data out, as Redis BGSAVE does);
+//!   child writes all of its data to a new file in the scratch directory, fsynced, as Redis
+//!   BGSAVE does), `record` (under `memshadow run --record STORE --every T`, a local store
+//!   in the scratch directory, with the predictor of `prefetch`); record and fork rows
+//!   also carry the durable copies: snapshots, stored bytes and the time to restore the
+//!   last version, and a second table compares them per snapshot;
 //! - workloads: seven C programs (`bench/workloads/*.c`, protocol in `workload.h`:
 //!   `NAME --mib M --seconds S [--threads N] [--fork-every-ms T] [--seed X]`, printing
 //!   `key value` lines), `sqlite` (sqlite3 running `bench/workloads/sqlite_inserts.sql`
@@ -63,6 +67,7 @@
 //! Every child process (compiler, workloads) is killed if it outlives its time limit.
 
 mod common;
+mod durable;
 mod harness;
 mod redis;
 mod snapshot_costs;

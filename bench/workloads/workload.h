@@ -3,7 +3,8 @@
  * snapshots that emulate Redis BGSAVE, and the report.
  *
  * Protocol (memshadow-bench relies on it exactly):
- *   NAME --mib M --seconds S [--threads N] [--fork-every-ms T] [--seed X]
+ *   NAME --mib M --seconds S [--threads N] [--fork-every-ms T [--fork-dump DIR]]
+ *        [--seed X]
  *   Bad arguments: one line on stderr starting with "NAME:" and exit 2.
  *   The workload allocates and initialises its M MiB of data, then runs operations for
  *   S seconds in batches of a fixed number of operations. The clock
@@ -15,13 +16,24 @@
  *   the last fork and no child is alive, fork(); the child reads every byte of the
  *   workload's data (copying it into a 1 MiB buffer, as a serializer would) and writes
  *   it to /dev/null in 1 MiB chunks, then _exit(0). The parent's fork() call is timed.
+ *   --fork-dump DIR (with --fork-every-ms): the child writes the same bytes to a durable
+ *   file instead of /dev/null: a new file DIR/fork-PID.tmp (O_CREAT|O_EXCL|O_NOFOLLOW,
+ *   0600), fsynced, renamed over DIR/last.dump (only the last dump is kept), then DIR
+ *   fsynced, as the store of `memshadow run --record` writes each object. DIR is opened
+ *   once (O_DIRECTORY|O_NOFOLLOW) before the timed part.
+ *   A child that fails (staging buffer, open, write, fsync, rename) makes the parent
+ *   fail: "NAME: a fork child failed ..." on stderr, exit 1.
  *   Output on stdout, nothing else:
  *     ops N / seconds X / ops_per_sec X / batch_ops N / batch_us_p50 X /
- *     batch_us_p99 X / batch_us_max X / forks N / fork_pause_us_max X / checksum HEX
+ *     batch_us_p99 X / batch_us_max X / forks N / fork_pause_us_max X / dumps N /
+ *     dump_bytes N / checksum HEX
+ *   (dumps: children that wrote all of their dump; dump_bytes: the bytes they wrote, in
+ *   all, counted by each child in a page shared with the parent.)
  *   Exit 0. Runtime failures (allocation, fork, threads): "NAME: ..." on stderr, exit 1.
  *   Under the shim with WL_STATS_DIR set, the shim's stats page is copied to
  *   $WL_STATS_DIR/timed_start.stats as the timed part starts (after a pause of 2.5
- *   snapshot periods, MEMSHADOW_INTERVAL_MS, at most 5 s).
+ *   snapshot periods, at most 5 s; the period is WL_SNAPSHOT_MS if set, else
+ *   MEMSHADOW_INTERVAL_MS; without either, no pause).
  *
  * A workload: parse with wl_parse(), allocate and initialise, register its data for the
  * fork child with wl_add_region() (or wl_set_dumper() for data that is not a few flat
@@ -60,6 +72,7 @@ struct wl_opts {
     int threads;            /* --threads, >= 1 */
     uint64_t fork_every_ms; /* --fork-every-ms, 0 = never */
     uint64_t seed;          /* --seed */
+    const char *fork_dump;  /* --fork-dump DIR, NULL = /dev/null */
 };
 
 static const char *wl_name = "workload";
@@ -72,7 +85,8 @@ WL_FN void wl_usage_error(const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     fprintf(stderr, "%s: %s (usage: %s --mib M --seconds S [--threads N] "
-                    "[--fork-every-ms T] [--seed X])\n", wl_name, msg, wl_name);
+                    "[--fork-every-ms T [--fork-dump DIR]] [--seed X])\n", wl_name, msg,
+            wl_name);
     exit(2);
 }
 
@@ -140,10 +154,11 @@ WL_FN struct wl_opts wl_parse(int argc, char **argv, const char *name, int defau
         {"threads", required_argument, 0, 't'},
         {"fork-every-ms", required_argument, 0, 'f'},
         {"seed", required_argument, 0, 'r'},
+        {"fork-dump", required_argument, 0, 'd'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
-    struct wl_opts o = {0, 0.0, default_threads, 0, 0x6d656d736861646fULL};
+    struct wl_opts o = {0, 0.0, default_threads, 0, 0x6d656d736861646fULL, NULL};
     int have_mib = 0, have_seconds = 0;
     wl_name = name;
     opterr = 0;
@@ -176,6 +191,10 @@ WL_FN struct wl_opts wl_parse(int argc, char **argv, const char *name, int defau
         case 'r':
             o.seed = wl_parse_u64("--seed", optarg, 0, UINT64_MAX);
             break;
+        case 'd':
+            if (!*optarg) wl_usage_error("--fork-dump: an empty directory name");
+            o.fork_dump = optarg;
+            break;
         case 'h':
             wl_usage_error("help");
             break;
@@ -184,13 +203,16 @@ WL_FN struct wl_opts wl_parse(int argc, char **argv, const char *name, int defau
                 wl_usage_error("bad option or missing value: --%s",
                                optopt == 'm' ? "mib" : optopt == 's' ? "seconds"
                                : optopt == 't' ? "threads" : optopt == 'f' ? "fork-every-ms"
-                               : optopt == 'r' ? "seed" : "?");
+                               : optopt == 'r' ? "seed" : optopt == 'd' ? "fork-dump"
+                               : "?");
             wl_usage_error("unknown option: '%s'", argv[optind - 1]);
         }
     }
     if (optind < argc) wl_usage_error("unexpected argument: '%s'", argv[optind]);
     if (!have_mib) wl_usage_error("--mib is required");
     if (!have_seconds) wl_usage_error("--seconds is required");
+    if (o.fork_dump && !o.fork_every_ms)
+        wl_usage_error("--fork-dump goes with --fork-every-ms T (T > 0)");
     return o;
 }
 
@@ -229,10 +251,29 @@ static int wl_nregions;
 static void (*wl_dumper)(void *ctx);
 static void *wl_dumper_ctx;
 
-/* The child's staging buffer and /dev/null (child side only). */
+/* The child's staging buffer and /dev/null or its dump file (child side only). */
 static unsigned char *wl_stage;
 static size_t wl_stage_used;
 static int wl_null_fd = -1;
+static int wl_out_fd = -1;
+static uint64_t wl_out_bytes;
+/* --fork-dump: the directory, opened once by the parent. */
+static int wl_dump_dir = -1;
+
+/* Counted by the children, read by the parent once they are reaped: a page shared
+ * across fork() (one child at a time writes it). */
+struct wl_dump_count {
+    uint64_t dumps;
+    uint64_t bytes;
+};
+static struct wl_dump_count *wl_dumped;
+
+/* Exit codes of a failed child (the parent names the step). */
+#define WL_CHILD_WRITE 3
+#define WL_CHILD_STAGE 4
+#define WL_CHILD_OPEN 5
+#define WL_CHILD_FSYNC 6
+#define WL_CHILD_RENAME 7
 
 WL_FN void wl_add_region(const void *p, size_t len)
 {
@@ -257,13 +298,14 @@ static void wl_stage_flush(void)
 {
     size_t off = 0;
     while (off < wl_stage_used) {
-        ssize_t n = write(wl_null_fd, wl_stage + off, wl_stage_used - off);
+        ssize_t n = write(wl_out_fd, wl_stage + off, wl_stage_used - off);
         if (n < 0) {
             if (errno == EINTR) continue;
-            _exit(3);
+            _exit(WL_CHILD_WRITE);
         }
         off += (size_t)n;
     }
+    wl_out_bytes += wl_stage_used;
     wl_stage_used = 0;
 }
 
@@ -284,17 +326,54 @@ WL_FN void wl_dump_bytes(const void *p, size_t len)
 
 static void wl_child(void)
 {
+    char tmp[64];
     wl_stage = mmap(NULL, WL_CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
                     -1, 0);
-    if (wl_stage == MAP_FAILED) _exit(4);
+    if (wl_stage == MAP_FAILED) _exit(WL_CHILD_STAGE);
     wl_stage_used = 0;
+    wl_out_bytes = 0;
+    wl_out_fd = wl_null_fd;
+    if (wl_dump_dir >= 0) {
+        snprintf(tmp, sizeof tmp, "fork-%d.tmp", (int)getpid());
+        wl_out_fd = openat(wl_dump_dir, tmp,
+                           O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (wl_out_fd < 0) _exit(WL_CHILD_OPEN);
+    }
     if (wl_dumper) {
         wl_dumper(wl_dumper_ctx);
     } else {
         for (int i = 0; i < wl_nregions; i++) wl_dump_bytes(wl_regions[i].p, wl_regions[i].len);
     }
     wl_stage_flush();
+    if (wl_dump_dir >= 0) {
+        if (fsync(wl_out_fd) < 0) _exit(WL_CHILD_FSYNC);
+        if (renameat(wl_dump_dir, tmp, wl_dump_dir, "last.dump") < 0) _exit(WL_CHILD_RENAME);
+        if (fsync(wl_dump_dir) < 0) _exit(WL_CHILD_FSYNC);
+    }
+    __atomic_fetch_add(&wl_dumped->bytes, wl_out_bytes, __ATOMIC_SEQ_CST);
+    __atomic_fetch_add(&wl_dumped->dumps, 1, __ATOMIC_SEQ_CST);
     _exit(0);
+}
+
+/* Parent side: a reaped child must have written all of its dump. */
+static void wl_check_child(int status)
+{
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return;
+    const char *step = "";
+    if (WIFEXITED(status)) {
+        switch (WEXITSTATUS(status)) {
+        case WL_CHILD_WRITE: step = " (writing its dump)"; break;
+        case WL_CHILD_STAGE: step = " (mapping its staging buffer)"; break;
+        case WL_CHILD_OPEN: step = " (creating its dump file)"; break;
+        case WL_CHILD_FSYNC: step = " (fsync)"; break;
+        case WL_CHILD_RENAME: step = " (renaming its dump into place)"; break;
+        }
+        fprintf(stderr, "%s: a fork child failed%s: exit status %d\n", wl_name, step,
+                WEXITSTATUS(status));
+    } else {
+        fprintf(stderr, "%s: a fork child failed: status %#x\n", wl_name, status);
+    }
+    exit(1);
 }
 
 /* ---- batch latencies: a log-bucket histogram, 64 sub-buckets per power of two
@@ -408,6 +487,7 @@ static void wl_thread_loop(struct wl_thread *t)
             int status;
             pid_t r = waitpid(child, &status, WNOHANG);
             if (r == child) {
+                wl_check_child(status);
                 child = 0;
             } else if (r < 0 && errno != EINTR) {
                 wl_die("waitpid");
@@ -430,6 +510,7 @@ static void wl_thread_loop(struct wl_thread *t)
         while (waitpid(child, &status, 0) < 0) {
             if (errno != EINTR) wl_die("waitpid");
         }
+        wl_check_child(status);
     }
 }
 
@@ -448,7 +529,8 @@ WL_FN void wl_run(const struct wl_opts *opts, uint64_t batch_ops, wl_batch_fn fn
      * in the timed part only (the buffer was filled under the shim too). First two and
      * a half snapshot periods pass without writes, so that the epochs that saw the fill
      * end and the prefetcher's verdicts on them (counted at the next epoch) are in. */
-    const char *interval = getenv("MEMSHADOW_INTERVAL_MS");
+    const char *interval = getenv("WL_SNAPSHOT_MS");
+    if (!interval) interval = getenv("MEMSHADOW_INTERVAL_MS");
     if (getenv("WL_STATS_DIR") && interval) {
         long ms = atol(interval);
         if (ms > 0) usleep((useconds_t)(ms < 2000 ? ms : 2000) * 2500);
@@ -463,6 +545,13 @@ WL_FN void wl_run(const struct wl_opts *opts, uint64_t batch_ops, wl_batch_fn fn
     if (opts->fork_every_ms > 0) {
         wl_null_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
         if (wl_null_fd < 0) wl_die("/dev/null");
+        wl_dumped = mmap(NULL, sizeof *wl_dumped, PROT_READ | PROT_WRITE,
+                         MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (wl_dumped == MAP_FAILED) wl_die("mapping the dump counters");
+        if (opts->fork_dump) {
+            wl_dump_dir = open(opts->fork_dump, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (wl_dump_dir < 0) wl_die(opts->fork_dump);
+        }
     }
     if (n > 1 && pthread_barrier_init(&wl.barrier, NULL, (unsigned)n)) wl_die("barrier");
     for (int i = 0; i < n; i++) wl.threads[i].tid = i;
@@ -510,6 +599,8 @@ WL_FN void wl_report(uint64_t checksum)
     printf("batch_us_max %.1f\n", (double)wl.all.max / 1e3);
     printf("forks %llu\n", (unsigned long long)wl.forks);
     printf("fork_pause_us_max %.1f\n", (double)wl.fork_pause_max_ns / 1e3);
+    printf("dumps %llu\n", (unsigned long long)(wl_dumped ? wl_dumped->dumps : 0));
+    printf("dump_bytes %llu\n", (unsigned long long)(wl_dumped ? wl_dumped->bytes : 0));
     printf("checksum %016llx\n", (unsigned long long)checksum);
     if (fflush(stdout) != 0) wl_die("stdout");
 }

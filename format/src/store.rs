@@ -661,17 +661,83 @@ fn encoded_len(r: u32, o: u32, n: u32) -> usize {
 /// then the trailer at [`finish`](Self::finish).
 pub struct DataWriter {
     buf: Vec<u8>,
-    page_size: usize,
     records: u64,
+    encoder: PageEncoder,
+}
+
+/// A page as its record carries it: flags, the checksum of its bytes, and its payload
+/// (none for a zero page, zstd-1 bytes, or the page itself when that is not smaller).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncodedPage {
+    pub flags: u32,
+    pub crc: u32,
+    pub payload: Vec<u8>,
+}
+
+/// Encodes pages into [`EncodedPage`]s: one per thread (it keeps a zstd context).
+pub struct PageEncoder {
+    page_size: usize,
     compressor: zstd::bulk::Compressor<'static>,
     scratch: Vec<u8>,
 }
 
-impl DataWriter {
-    pub fn new(page_size: u32, version: u64, nonce: u64) -> Result<Self, FormatError> {
+impl PageEncoder {
+    pub fn new(page_size: u32) -> Result<Self, FormatError> {
         if !valid_page_size(page_size) {
             return Err(FormatError::Invalid(format!("page size {page_size}")));
         }
+        let compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL)
+            .map_err(|e| FormatError::Invalid(format!("zstd: {e}")))?;
+        Ok(PageEncoder {
+            page_size: page_size as usize,
+            compressor,
+            scratch: vec![0u8; page_size as usize],
+        })
+    }
+
+    /// The record contents of `page` (exactly one page).
+    pub fn encode(&mut self, page: &[u8]) -> Result<EncodedPage, FormatError> {
+        let mut out = EncodedPage::default();
+        self.encode_into(page, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`PageEncoder::encode`] into `out`, reusing its payload's allocation.
+    pub fn encode_into(&mut self, page: &[u8], out: &mut EncodedPage) -> Result<(), FormatError> {
+        if page.len() != self.page_size {
+            return Err(FormatError::Invalid(format!(
+                "a page of {} bytes, not {}",
+                page.len(),
+                self.page_size
+            )));
+        }
+        out.crc = checksum(page);
+        out.payload.clear();
+        if page.iter().all(|&b| b == 0) {
+            out.flags = FLAG_ZERO;
+            return Ok(());
+        }
+        match self
+            .compressor
+            .compress_to_buffer(page, &mut self.scratch[..])
+        {
+            Ok(n) if n < self.page_size => {
+                out.flags = 0;
+                out.payload.extend_from_slice(&self.scratch[..n]);
+            }
+            // It did not fit in less than a page.
+            _ => {
+                out.flags = FLAG_RAW;
+                out.payload.extend_from_slice(page);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DataWriter {
+    pub fn new(page_size: u32, version: u64, nonce: u64) -> Result<Self, FormatError> {
+        let encoder = PageEncoder::new(page_size)?;
         let mut buf = Vec::with_capacity(1 << 20);
         buf.extend_from_slice(&DATA_MAGIC);
         buf.extend_from_slice(&STORE_FORMAT_VERSION.to_le_bytes());
@@ -681,14 +747,10 @@ impl DataWriter {
         buf.extend_from_slice(&0u32.to_le_bytes());
         let crc = checksum(&buf);
         buf.extend_from_slice(&crc.to_le_bytes());
-        let compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL)
-            .map_err(|e| FormatError::Invalid(format!("zstd: {e}")))?;
         Ok(DataWriter {
             buf,
-            page_size: page_size as usize,
             records: 0,
-            compressor,
-            scratch: vec![0u8; page_size as usize],
+            encoder,
         })
     }
 
@@ -704,37 +766,24 @@ impl DataWriter {
 
     /// Appends the record of the page at `addr`; returns its length in bytes.
     pub fn push(&mut self, addr: u64, page: &[u8]) -> Result<u64, FormatError> {
-        if page.len() != self.page_size {
-            return Err(FormatError::Invalid(format!(
-                "a page of {} bytes, not {}",
-                page.len(),
-                self.page_size
-            )));
-        }
-        let crc = checksum(page);
-        let (flags, payload): (u32, &[u8]) = if page.iter().all(|&b| b == 0) {
-            (FLAG_ZERO, &[])
-        } else {
-            match self
-                .compressor
-                .compress_to_buffer(page, &mut self.scratch[..])
-            {
-                Ok(n) if n < self.page_size => (0, &self.scratch[..n]),
-                // It did not fit in less than a page.
-                _ => (FLAG_RAW, page),
-            }
-        };
+        let encoded = self.encoder.encode(page)?;
+        Ok(self.push_encoded(addr, &encoded))
+    }
+
+    /// Appends a page record encoded (checksummed and compressed) beforehand, perhaps on
+    /// another thread by another [`PageEncoder`]; returns the record's length.
+    pub fn push_encoded(&mut self, addr: u64, page: &EncodedPage) -> u64 {
         let start = self.buf.len();
         self.buf.extend_from_slice(&addr.to_le_bytes());
-        self.buf.extend_from_slice(&flags.to_le_bytes());
+        self.buf.extend_from_slice(&page.flags.to_le_bytes());
         self.buf
-            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(&crc.to_le_bytes());
+            .extend_from_slice(&(page.payload.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(&page.crc.to_le_bytes());
         let hcrc = checksum(&self.buf[start..]);
         self.buf.extend_from_slice(&hcrc.to_le_bytes());
-        self.buf.extend_from_slice(payload);
+        self.buf.extend_from_slice(&page.payload);
         self.records += 1;
-        Ok((self.buf.len() - start) as u64)
+        (self.buf.len() - start) as u64
     }
 
     /// Appends the trailer and gives the object's bytes.
@@ -949,6 +998,25 @@ mod tests {
                 x as u8
             })
             .collect()
+    }
+
+    #[test]
+    fn pages_encoded_apart_make_the_same_object_as_pages_pushed() {
+        let pages = [page(1), vec![0u8; PS as usize], random_page(3)];
+        let mut pushed = DataWriter::new(PS, 7, 0xabcd).unwrap();
+        let mut apart = DataWriter::new(PS, 7, 0xabcd).unwrap();
+        let mut enc = PageEncoder::new(PS).unwrap();
+        let mut reused = EncodedPage::default();
+        for (i, p) in pages.iter().enumerate() {
+            let addr = 0x1000 * (i as u64 + 1);
+            let a = pushed.push(addr, p).unwrap();
+            enc.encode_into(p, &mut reused).unwrap();
+            assert_eq!(apart.push_encoded(addr, &reused), a);
+        }
+        assert_eq!(pushed.finish(), apart.finish());
+        assert_eq!(enc.encode(&page(1)).unwrap().flags, 0, "compressed");
+        assert_eq!(enc.encode(&random_page(9)).unwrap().flags, FLAG_RAW);
+        assert!(enc.encode(&[0u8; 10]).is_err(), "not a page");
     }
 
     fn object() -> (Vec<u8>, Vec<u64>) {

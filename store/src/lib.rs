@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use memshadow_format::store::{
-    self as layout, DataWriter, FormatError, Kind, Manifest, ObjectRef, Run, StoreMeta,
-    MAX_CHAIN_DELTAS, META_NAME,
+    self as layout, DataWriter, EncodedPage, FormatError, Kind, Manifest, ObjectRef, Run,
+    StoreMeta, MAX_CHAIN_DELTAS, META_NAME,
 };
 
 pub use backend::{Backend, BackendError};
@@ -615,9 +615,7 @@ impl Store {
                 source
                     .read(addr, chunk)
                     .map_err(|error| StoreError::Source { addr, error })?;
-                for (i, page) in chunk.chunks_exact(ps as usize).enumerate() {
-                    w.push(addr + i as u64 * ps, page, written)?;
-                }
+                w.push_chunk(addr, chunk, written)?;
                 addr += n * ps;
             }
         }
@@ -708,9 +706,7 @@ impl Store {
                     let n = ((end - addr) / ps).min(SOURCE_CHUNK_PAGES);
                     let chunk = &mut buf[..(n * ps) as usize];
                     reader.read(&*self.backend, &chain, addr, chunk)?;
-                    for (i, page) in chunk.chunks_exact(ps as usize).enumerate() {
-                        w.push(addr + i as u64 * ps, page, &mut written)?;
-                    }
+                    w.push_chunk(addr, chunk, &mut written)?;
                     addr += n * ps;
                 }
             }
@@ -798,23 +794,99 @@ struct ObjectsWriter<'a> {
     current: Option<(DataWriter, u64)>,
     objects: Vec<ObjectRef>,
     runs: Vec<Run>,
+    /// One page encoder per worker thread, and the pages of a chunk as encoded.
+    encoders: Vec<layout::PageEncoder>,
+    encoded: Vec<EncodedPage>,
 }
+
+/// Most threads that encode (checksum and compress) a chunk's pages at once.
+const MAX_ENCODERS: usize = 8;
+/// Chunks of fewer pages are encoded on the calling thread.
+const MIN_PAGES_TO_SHARE: usize = 64;
 
 impl<'a> ObjectsWriter<'a> {
     fn new(store: &'a Store, version: u64) -> Self {
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_ENCODERS);
         ObjectsWriter {
             store,
             version,
             current: None,
             objects: Vec::new(),
             runs: Vec::new(),
+            encoders: (0..workers)
+                .filter_map(|_| layout::PageEncoder::new(store.page_size).ok())
+                .collect(),
+            encoded: Vec::new(),
         }
+    }
+
+    /// Pushes the pages of `chunk` (whole pages from `addr` on), encoded by all the
+    /// encoders at once (compression is most of a record's cost), appended in order.
+    fn push_chunk(
+        &mut self,
+        addr: u64,
+        chunk: &[u8],
+        written: &mut Vec<String>,
+    ) -> Result<(), StoreError> {
+        let ps = self.store.page_size as usize;
+        let pages = chunk.len() / ps;
+        if self.encoders.is_empty() {
+            return Err(StoreError::Invalid("no zstd encoder could be made".into()));
+        }
+        self.encoded.resize_with(pages, EncodedPage::default);
+        // Threads only where there is enough to share.
+        let workers = if pages < MIN_PAGES_TO_SHARE {
+            1
+        } else {
+            self.encoders.len()
+        };
+        let per = pages.div_ceil(workers).max(1);
+        let failed = std::thread::scope(|scope| {
+            if workers == 1 {
+                let enc = &mut self.encoders[0];
+                return self
+                    .encoded
+                    .iter_mut()
+                    .zip(chunk.chunks_exact(ps))
+                    .find_map(|(o, page)| enc.encode_into(page, o).err());
+            }
+            let jobs: Vec<_> = self
+                .encoders
+                .iter_mut()
+                .zip(self.encoded.chunks_mut(per).zip(chunk.chunks(per * ps)))
+                .map(|(enc, (out, bytes))| {
+                    scope.spawn(move || {
+                        for (o, page) in out.iter_mut().zip(bytes.chunks_exact(ps)) {
+                            enc.encode_into(page, o)?;
+                        }
+                        Ok::<(), FormatError>(())
+                    })
+                })
+                .collect();
+            jobs.into_iter()
+                .map(|j| {
+                    j.join()
+                        .unwrap_or(Err(FormatError::Invalid("an encoder panicked".into())))
+                })
+                .find_map(Result::err)
+        });
+        if let Some(e) = failed {
+            return Err(StoreError::Invalid(e.to_string()));
+        }
+        let encoded = std::mem::take(&mut self.encoded);
+        for (i, page) in encoded.iter().enumerate() {
+            self.push(addr + (i * ps) as u64, page, written)?;
+        }
+        self.encoded = encoded;
+        Ok(())
     }
 
     fn push(
         &mut self,
         addr: u64,
-        page: &[u8],
+        page: &EncodedPage,
         written: &mut Vec<String>,
     ) -> Result<(), StoreError> {
         let ps = u64::from(self.store.page_size);
@@ -826,9 +898,7 @@ impl<'a> ObjectsWriter<'a> {
         }
         let (w, _) = self.current.as_mut().expect("just set");
         let offset = w.len();
-        let len = w
-            .push(addr, page)
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let len = w.push_encoded(addr, page);
         let object = self.objects.len() as u32;
         match self.runs.last_mut() {
             Some(r)

@@ -104,6 +104,7 @@ pub fn record(
     skip: &mut dyn FnMut(&str),
 ) -> Result<Recording, RecordError> {
     let (socket, pid) = (&target.socket, target.pid);
+    lower_priority();
     // A failure of the process side: the end of the recording when the process exited
     // (a process in the middle of exiting closes its socket before it is a zombie).
     let failed = |e: ControlError| -> Option<RecordError> {
@@ -187,6 +188,19 @@ pub fn record(
         }
     }
     Ok(done)
+}
+
+/// The nice value the recorder's threads run at: the program it records comes first.
+const RECORDER_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's priority (and so its encoder threads', which inherit it):
+/// reading, compressing and writing versions must take the CPU the program leaves.
+fn lower_priority() {
+    // SAFETY: gettid has no arguments; setpriority on our own thread id.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, RECORDER_NICE);
+    }
 }
 
 /// Versions refused one after the other before the recording gives up.

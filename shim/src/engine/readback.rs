@@ -198,10 +198,40 @@ pub fn copy_at(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<(), Read
     }
 }
 
+/// How long a reader waits, at most, for faults queued on the userfaultfd to be
+/// served before its next engine-lock hold.
+const FAULTS_FIRST_NS: u64 = 2_000_000;
+
+/// A reader (`read`, `changes`) takes the engine lock thousands of times for a large
+/// version; each hold delays a trap that comes meanwhile. While faults are queued (the
+/// userfaultfd is readable), or the fault thread is handling what it read, it steps
+/// aside: the program's writes go first, for up to [`FAULTS_FIRST_NS`] per hold.
+fn let_faults_go_first() {
+    let fd = engine::uffd_fd();
+    let t0 = engine::now_ns();
+    loop {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd (a negative fd is ignored); a zero timeout never
+        // sleeps.
+        let queued = unsafe { libc::poll(&mut pfd, 1, 0) } > 0;
+        if !(queued || crate::engine::fault::events_in_hand())
+            || engine::now_ns() - t0 > FAULTS_FIRST_NS
+        {
+            return;
+        }
+        crate::base::sys::sleep_us(20);
+    }
+}
+
 /// Fills `out` with the memory at `addr` as it was at version `v`.
 pub fn read(v: u64, addr: usize, out: &mut [u8]) -> Result<(), ReadError> {
     let mut done = 0;
     while done < out.len() {
+        let_faults_go_first();
         let r = engine::with(|e| {
             readable(e, v)?;
             for _ in 0..PAGES_PER_LOCK {

@@ -252,12 +252,7 @@ fn hundreds_of_recorded_versions_of_concurrent_writers_are_never_torn() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(recorder.pid() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    assert!(recorder.wait(Duration::from_secs(20)).success());
+    interrupt(recorder);
     let rest = running.stop(Duration::from_secs(10));
     assert!(rest.ends_with("stopped by SIGUSR1\n"), "{rest}");
     let n = check_consistent(&store_dir, &chains);
@@ -270,6 +265,44 @@ fn hundreds_of_recorded_versions_of_concurrent_writers_are_never_torn() {
     );
     let report = store.verify().expect("verify runs");
     assert!(report.ok(), "{report:?}");
+}
+
+/// The newest version published in the store at `dir` (0 if none), from its manifests'
+/// names (a manifest is published whole, by rename, or not at all).
+fn newest_published(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("manifests"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// Waits (at most 60 s, else the test fails) until the store at `dir` has published a
+/// version numbered `n` or later: tests wait for progress, not for a time.
+fn wait_for_version(dir: &Path, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while newest_published(dir) < n {
+        assert!(
+            Instant::now() < deadline,
+            "the recorder published no version {n} in 60 s (newest {})",
+            newest_published(dir)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Interrupts (SIGINT) a `memshadow record` and expects it to end well.
+fn interrupt(recorder: Guard) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(recorder.pid() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert!(recorder.wait(Duration::from_secs(20)).success());
 }
 
 /// A random duration in `[lo, hi)` ms (from the clock: enough for picking moments).
@@ -324,7 +357,9 @@ fn kill_9_of_the_program_or_the_recorder_leaves_a_store_that_restores() {
             lines.push(l.trim_end().to_string());
         }
         let chains = parse_chains(&lines);
-        std::thread::sleep(random_ms(200, 1200));
+        // Once something is published, at a random moment after.
+        wait_for_version(&store_dir, 1);
+        std::thread::sleep(random_ms(0, 1000));
         let program = program_pid(run.pid());
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(program as i32),
@@ -351,7 +386,8 @@ fn kill_9_of_the_program_or_the_recorder_leaves_a_store_that_restores() {
             .arg(&store_dir)
             .args(["--every", "10"]);
         let recorder = Guard::spawn(&mut c, LIMIT);
-        std::thread::sleep(random_ms(300, 1500));
+        wait_for_version(&store_dir, 1);
+        std::thread::sleep(random_ms(0, 1000));
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(recorder.pid() as i32),
             nix::sys::signal::Signal::SIGKILL,
@@ -360,7 +396,14 @@ fn kill_9_of_the_program_or_the_recorder_leaves_a_store_that_restores() {
         recorder.wait(Duration::from_secs(20));
         let before = assert_store_whole(&store_dir, &chains);
         // A new recorder carries on into the same store.
-        record_for(d, running.pid(), &store_dir, 20, "0.3");
+        let newest = newest_published(&store_dir);
+        let mut c = memshadow(d);
+        c.args(["record", &running.pid().to_string(), "--to"])
+            .arg(&store_dir)
+            .args(["--every", "20"]);
+        let again = Guard::spawn(&mut c, LIMIT);
+        wait_for_version(&store_dir, newest + 2);
+        interrupt(again);
         let after = assert_store_whole(&store_dir, &chains);
         assert!(
             after > before,
@@ -526,9 +569,11 @@ fn keep_drops_old_versions_while_recording_and_the_rest_restore() {
     let mut c = memshadow(d);
     c.args(["record", &running.pid().to_string(), "--to"])
         .arg(&store_dir)
-        .args(["--every", "10", "--for", "1.5", "--keep", &KEEP.to_string()]);
-    let f = finish(&mut c, LIMIT);
-    assert!(f.status.success(), "{f:#?}");
+        .args(["--every", "10", "--keep", &KEEP.to_string()]);
+    let recorder = Guard::spawn(&mut c, LIMIT);
+    // Well past KEEP versions, then Ctrl-C.
+    wait_for_version(&store_dir, 3 * KEEP as u64);
+    interrupt(recorder);
     running.stop(Duration::from_secs(10));
     let mut store = Store::open(store_dir.to_str().unwrap()).unwrap();
     let versions = store.versions().unwrap();

@@ -200,12 +200,13 @@ pub fn copy_at(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<(), Read
 
 /// How long a reader waits, at most, for faults queued on the userfaultfd to be
 /// served before its next engine-lock hold.
-const FAULTS_FIRST_NS: u64 = 2_000_000;
+const FAULTS_FIRST_NS: u64 = 100_000;
 
 /// A reader (`read`, `changes`) takes the engine lock thousands of times for a large
 /// version; each hold delays a trap that comes meanwhile. While faults are queued (the
 /// userfaultfd is readable), or the fault thread is handling what it read, it steps
-/// aside: the program's writes go first, for up to [`FAULTS_FIRST_NS`] per hold.
+/// aside: the program's writes go first, for up to [`FAULTS_FIRST_NS`] per hold (a trap
+/// takes tens of microseconds; a program that traps without end must not starve the reader).
 fn let_faults_go_first() {
     let fd = engine::uffd_fd();
     let t0 = engine::now_ns();

@@ -2113,12 +2113,11 @@ mod tests {
         assert_eq!(p.modes_of(Workload::Redis).0, p.modes);
     }
 
-    #[test]
-    fn completeness() {
-        let base = [measure(100.0, None)];
-        let full = Some(ShimStats {
+    /// Shim statistics with every figure a complete row needs, `epochs` of them.
+    fn complete_stats(epochs: f64) -> Option<ShimStats> {
+        Some(ShimStats {
             traps: Some(1.0),
-            epochs: Some(5.0),
+            epochs: Some(epochs),
             pages_copied: Some(1.0),
             pages_preserved: Some(0.0),
             protect_pass_us_max: Some(1.0),
@@ -2126,7 +2125,13 @@ mod tests {
             shadow_peak_bytes: Some(4096.0),
             shim_cpu_us: Some(1.0),
             ..ShimStats::default()
-        });
+        })
+    }
+
+    #[test]
+    fn completeness() {
+        let base = [measure(100.0, None)];
+        let full = complete_stats(5.0);
         let mut fork = durable_measure(90.0, 4.0, 4.0, 4e6, 0.1);
         fork.as_mut().unwrap().forks = Some(4.0);
         let rows = vec![
@@ -2361,17 +2366,7 @@ mod tests {
     #[test]
     fn durable_rows_need_their_copies() {
         let base = [measure(100.0, None)];
-        let stats = Some(ShimStats {
-            traps: Some(1.0),
-            epochs: Some(0.0),
-            pages_copied: Some(1.0),
-            pages_preserved: Some(0.0),
-            protect_pass_us_max: Some(1.0),
-            incomplete_snapshots: Some(0.0),
-            shadow_peak_bytes: Some(4096.0),
-            shim_cpu_us: Some(1.0),
-            ..ShimStats::default()
-        });
+        let stats = complete_stats(0.0);
         let mut rec = durable_measure(50.0, 3.0, 2.0, 1e6, 0.1);
         rec.as_mut().unwrap().stats = stats.clone();
         let mut fork = durable_measure(50.0, 4.0, 4.0, 4e6, 0.1);

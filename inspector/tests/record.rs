@@ -76,28 +76,7 @@ fn a_recording_gives_back_what_the_program_wrote_and_what_a_live_read_gives() {
         "the first is a base"
     );
     let last = versions.last().unwrap().version;
-    let mut checked = 0;
-    for line in &running.lines {
-        let w: Vec<&str> = line.split_whitespace().collect();
-        let ["live", name, addr, len, sum] = w[..] else {
-            continue;
-        };
-        let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).unwrap();
-        let len: u64 = len.parse().unwrap();
-        let want = u64::from_str_radix(sum, 16).unwrap();
-        // Every recorded version: nothing was written after "ready".
-        for v in &versions {
-            let bytes = stored(&mut store, v.version, addr, len);
-            assert_eq!(
-                fnv1a64(&bytes),
-                want,
-                "buffer {name} at version {} differs from what the program wrote",
-                v.version
-            );
-        }
-        checked += 1;
-    }
-    assert!(checked >= 4, "no live checksums in {:?}", running.lines);
+    check_live_checksums(&mut store, &versions, &running.lines);
 
     // The whole last version, restored, is the image a live read of it makes.
     let restored = d.join("restored.img");
@@ -117,6 +96,36 @@ fn a_recording_gives_back_what_the_program_wrote_and_what_a_live_read_gives() {
     assert!(f.status.success(), "{f:#?}");
     assert_same_regions(&restored, &live);
     running.stop(Duration::from_secs(10));
+}
+
+/// Every buffer snap_exact reported as it left it ("live NAME ADDR LEN CHECKSUM") reads
+/// the same from every version of the store: nothing wrote it after "ready".
+fn check_live_checksums(
+    store: &mut Store,
+    versions: &[memshadow_store::VersionSummary],
+    lines: &[String],
+) {
+    let mut checked = 0;
+    for line in lines {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let ["live", name, addr, len, sum] = w[..] else {
+            continue;
+        };
+        let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).unwrap();
+        let len: u64 = len.parse().unwrap();
+        let want = u64::from_str_radix(sum, 16).unwrap();
+        for v in versions {
+            let bytes = stored(store, v.version, addr, len);
+            assert_eq!(
+                fnv1a64(&bytes),
+                want,
+                "buffer {name} at version {} differs from what the program wrote",
+                v.version
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 4, "no live checksums in {lines:?}");
 }
 
 /// The two images hold the same regions with the same bytes (their headers may differ
@@ -469,26 +478,7 @@ fn a_recording_into_s3_gives_back_what_the_program_wrote() {
     let mut store = Store::open(&target).expect("the S3 store opens");
     let versions = store.versions().expect("versions");
     assert!(!versions.is_empty());
-    let mut checked = 0;
-    for line in &running.lines {
-        let w: Vec<&str> = line.split_whitespace().collect();
-        let ["live", name, addr, len, sum] = w[..] else {
-            continue;
-        };
-        let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).unwrap();
-        let want = u64::from_str_radix(sum, 16).unwrap();
-        for v in &versions {
-            let bytes = stored(&mut store, v.version, addr, len.parse().unwrap());
-            assert_eq!(
-                fnv1a64(&bytes),
-                want,
-                "buffer {name} at version {}",
-                v.version
-            );
-        }
-        checked += 1;
-    }
-    assert!(checked >= 4, "{:?}", running.lines);
+    check_live_checksums(&mut store, &versions, &running.lines);
     assert!(store.verify().unwrap().ok());
     running.stop(Duration::from_secs(10));
 }

@@ -25,6 +25,15 @@ use common::{c_program, clean_env_in, finish, memshadow_bin, temp_dir, Guard};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// The tests here each run a program of four writer threads and a recorder: on a
+/// machine of 2 cores, several at once starve one another's recorders (the recorder
+/// yields to the program by design). One at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A command for the memshadow binary with a clean environment and its own run-time dir.
 fn memshadow(dir: &Path) -> Command {
     let mut c = Command::new(memshadow_bin());
@@ -32,15 +41,34 @@ fn memshadow(dir: &Path) -> Command {
     c
 }
 
-/// Records `pid` into `store` for `secs` seconds, every `every_ms`; must succeed.
-fn record_for(dir: &Path, pid: u32, store: &Path, every_ms: u64, secs: &str) -> String {
+/// Records `pid` into `target` (a directory or s3://...) every `every_ms` until the
+/// store holds `versions` versions, then interrupts the recorder (Ctrl-C), which must
+/// end well; returns what it said. Waits for progress, not for a time (60 s at most).
+fn record_until(dir: &Path, pid: u32, target: &str, every_ms: u64, versions: usize) -> String {
     let mut c = memshadow(dir);
-    c.args(["record", &pid.to_string(), "--to"])
-        .arg(store)
-        .args(["--every", &every_ms.to_string(), "--for", secs]);
-    let f = finish(&mut c, LIMIT);
-    assert!(f.status.success(), "memshadow record failed: {f:#?}");
-    f.stderr
+    aws_env(&mut c);
+    c.args(["record", &pid.to_string(), "--to", target])
+        .args(["--every", &every_ms.to_string()])
+        .stderr(std::process::Stdio::piped());
+    let mut recorder = Guard::spawn(&mut c, LIMIT);
+    let stderr = recorder.child().stderr.take().unwrap();
+    let said = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let held = || {
+        Store::open(target)
+            .and_then(|s| s.version_numbers())
+            .map_or(0, |v| v.len())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while held() < versions {
+        assert!(
+            Instant::now() < deadline,
+            "the recorder published {} of {versions} versions in 60 s",
+            held()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    interrupt(recorder);
+    said.join().unwrap()
 }
 
 /// The bytes at `addr` of version `v` in the store.
@@ -52,6 +80,7 @@ fn stored(store: &mut Store, v: u64, addr: u64, len: u64) -> Vec<u8> {
 
 #[test]
 fn a_recording_gives_back_what_the_program_wrote_and_what_a_live_read_gives() {
+    let _one = one_at_a_time();
     let dir = temp_dir("rec-exact");
     let d = dir.path();
     let store_dir = d.join("store");
@@ -66,8 +95,15 @@ fn a_recording_gives_back_what_the_program_wrote_and_what_a_live_read_gives() {
         LIMIT,
     );
     let pid = running.pid();
-    let said = record_for(d, pid, &store_dir, 50, "0.5");
+    let said = record_until(d, pid, store_dir.to_str().unwrap(), 50, 3);
     assert!(said.contains("recorded"), "{said}");
+    // --for ends a recording by itself, into the same store.
+    let mut c = memshadow(d);
+    c.args(["record", &pid.to_string(), "--to"])
+        .arg(&store_dir)
+        .args(["--every", "50", "--for", "0.2"]);
+    let f = finish(&mut c, LIMIT);
+    assert!(f.status.success(), "{f:#?}");
     let mut store = Store::open(store_dir.to_str().unwrap()).expect("the store opens");
     let versions = store.versions().expect("versions");
     assert!(versions.len() >= 2, "{versions:?}");
@@ -239,6 +275,7 @@ fn check_consistent(store_dir: &Path, chains: &[Vec<u64>]) -> usize {
 
 #[test]
 fn hundreds_of_recorded_versions_of_concurrent_writers_are_never_torn() {
+    let _one = one_at_a_time();
     const WANT: usize = 200;
     let dir = temp_dir("rec-torn");
     let d = dir.path();
@@ -339,6 +376,7 @@ fn assert_store_whole(store_dir: &Path, chains: &[Vec<u64>]) -> usize {
 
 #[test]
 fn kill_9_of_the_program_or_the_recorder_leaves_a_store_that_restores() {
+    let _one = one_at_a_time();
     let dir = temp_dir("rec-kill");
     let d = dir.path();
     for round in 0..3 {
@@ -454,6 +492,7 @@ fn aws_env(c: &mut Command) {
 
 #[test]
 fn a_recording_into_s3_gives_back_what_the_program_wrote() {
+    let _one = one_at_a_time();
     let server = weed::Weed::start();
     let target = server.target("recorded");
     let dir = temp_dir("rec-s3");
@@ -466,15 +505,7 @@ fn a_recording_into_s3_gives_back_what_the_program_wrote() {
         Duration::from_secs(20),
         LIMIT,
     );
-    let mut c = memshadow(d);
-    aws_env(&mut c);
-    c.args(["record", &running.pid().to_string(), "--to", &target])
-        .args(["--every", "50", "--for", "0.5"]);
-    let f = finish(&mut c, LIMIT);
-    assert!(
-        f.status.success(),
-        "memshadow record into S3 failed: {f:#?}"
-    );
+    record_until(d, running.pid(), &target, 50, 2);
     let mut store = Store::open(&target).expect("the S3 store opens");
     let versions = store.versions().expect("versions");
     assert!(!versions.is_empty());
@@ -519,14 +550,16 @@ impl Drop for SmallDisk {
 
 #[test]
 fn a_full_disk_stops_the_recording_with_one_line_and_the_program_carries_on() {
+    let _one = one_at_a_time();
     let disk = SmallDisk::mount(256);
     let dir = temp_dir("rec-full-rt");
     let d = dir.path();
     // A program whose memory does not fit: 8 MiB of bytes that do not compress, written
-    // again and again, then it says it finished.
+    // again and again for 3 s (the recorder's first version fills the disk long before),
+    // then it says it finished.
     let script = "import os, time\n\
                   b = bytearray(os.urandom(8 << 20))\n\
-                  for i in range(30):\n    \
+                  for i in range(150):\n    \
                       b[i * 4096:(i + 1) * 4096] = os.urandom(4096)\n    \
                       time.sleep(0.02)\n\
                   print('finished', sum(b[:4096]) >= 0)\n";
@@ -550,6 +583,7 @@ fn a_full_disk_stops_the_recording_with_one_line_and_the_program_carries_on() {
 
 #[test]
 fn keep_drops_old_versions_while_recording_and_the_rest_restore() {
+    let _one = one_at_a_time();
     const KEEP: usize = 5;
     let dir = temp_dir("rec-keep");
     let d = dir.path();
@@ -577,6 +611,7 @@ fn keep_drops_old_versions_while_recording_and_the_rest_restore() {
 
 #[test]
 fn a_version_given_up_for_lack_of_budget_is_skipped_and_the_recording_goes_on() {
+    let _one = one_at_a_time();
     let dir = temp_dir("rec-skip");
     let d = dir.path();
     let store_dir = d.join("store");
@@ -598,31 +633,34 @@ fn a_version_given_up_for_lack_of_budget_is_skipped_and_the_recording_goes_on() 
     let f = finish(&mut c, LIMIT);
     assert!(f.status.success(), "{f:#?}");
     assert_eq!(f.stdout, "finished\n", "{f:#?}");
-    assert_eq!(
-        f.stderr.matches("a version could not be recorded").count(),
-        1,
-        "said once: {f:#?}"
+    // The snapshot given up is the recorder's own (then it says so, once) or one the
+    // version after it no longer finds its delta's start in: either way a new base.
+    assert!(
+        f.stderr.matches("a version could not be recorded").count() <= 1,
+        "said once at most: {f:#?}"
     );
+    assert!(f.stderr.contains("shadow budget exhausted"), "{f:#?}");
     assert!(!f.stderr.contains("recording stopped"), "{f:#?}");
     let mut store = Store::open(store_dir.to_str().unwrap()).unwrap();
     let versions = store.versions().unwrap();
     // Recorded before the rewrite, and again after it, from a new base.
-    let gap = versions
-        .windows(2)
-        .position(|w| w[1].version > w[0].version + 1);
-    let Some(i) = gap else {
-        panic!("no version was skipped: {versions:?}");
+    let rebased = versions
+        .iter()
+        .skip(1)
+        .position(|v| v.base == Some(v.version));
+    let Some(i) = rebased else {
+        panic!("no new base after the budget ran out: {versions:?}");
     };
-    assert_eq!(
-        versions[i + 1].base,
-        Some(versions[i + 1].version),
-        "{versions:?}"
+    assert!(
+        versions.len() > i + 2,
+        "the recording stopped: {versions:?}"
     );
     assert!(store.verify().unwrap().ok());
 }
 
 #[test]
 fn bad_recording_requests_get_one_line_and_a_nonzero_exit() {
+    let _one = one_at_a_time();
     let dir = temp_dir("rec-bad");
     let d = dir.path();
     let me = std::process::id().to_string();
@@ -663,11 +701,12 @@ fn bad_recording_requests_get_one_line_and_a_nonzero_exit() {
 
 #[test]
 fn a_store_of_another_process_is_refused() {
+    let _one = one_at_a_time();
     let dir = temp_dir("rec-other");
     let d = dir.path();
     let store_dir = d.join("store");
     let first = concurrent_writers(d, 30, LIMIT);
-    record_for(d, first.pid(), &store_dir, 50, "0.2");
+    record_until(d, first.pid(), store_dir.to_str().unwrap(), 50, 1);
     first.stop(Duration::from_secs(10));
     let second = concurrent_writers(d, 30, LIMIT);
     let mut c = memshadow(d);

@@ -21,6 +21,16 @@ use serde_json::Value;
 /// slower under 1-10 ms snapshots.
 const LIMIT: Duration = Duration::from_secs(180);
 
+/// The governor reacts to what a period costs, and the budget check to how fast the
+/// shadows fill: each test here runs a program that writes flat out, and several at once
+/// on 2 cores starve the shim's epoch thread of the CPU it reacts with (a CI run gave a
+/// budget-exhausted line once that way). One at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The part of the governor's one line that does not depend on the figures.
 const SAID: &str = "automatic snapshots now every";
 
@@ -32,6 +42,7 @@ fn writer(args: &[&str]) -> Prog {
 
 #[test]
 fn a_scattered_writer_gets_its_interval_stretched() {
+    let _one = one_at_a_time();
     for interval in ["1", "10"] {
         let prog = writer(&[]).env("MEMSHADOW_INTERVAL_MS", interval);
         let native = prog.run_native();
@@ -57,6 +68,7 @@ fn a_scattered_writer_gets_its_interval_stretched() {
 
 #[test]
 fn max_overhead_1_turns_the_governor_off() {
+    let _one = one_at_a_time();
     // Fewer writes: without the governor this run is many times slower.
     let prog = writer(&["32", "1"])
         .env("MEMSHADOW_INTERVAL_MS", "10")
@@ -77,6 +89,7 @@ fn max_overhead_1_turns_the_governor_off() {
 
 #[test]
 fn the_governor_speaks_once_at_info_and_not_at_the_default_level() {
+    let _one = one_at_a_time();
     let prog = writer(&[]).env("MEMSHADOW_INTERVAL_MS", "1");
     let native = prog.run_native();
     assert_native_ok("scatter_writer", &native, 0);
@@ -126,6 +139,7 @@ fn key(j: &Value, k: &str) -> u64 {
 
 #[test]
 fn explicit_snapshots_are_taken_while_the_interval_is_stretched() {
+    let _one = one_at_a_time();
     let dir = temp_dir("gov");
     // Long enough to outlive the test: it is killed when the guard goes.
     let mut c = Command::new(c_program("scatter_writer"));
@@ -168,6 +182,7 @@ fn explicit_snapshots_are_taken_while_the_interval_is_stretched() {
 
 #[test]
 fn a_stretched_epoch_never_outgrows_the_shadow_budget() {
+    let _one = one_at_a_time();
     // big_heap rewrites 1 GiB; a governor that stretches at the least cost
     // (MEMSHADOW_MAX_OVERHEAD=0.01) made one epoch of it hold more than a 256 MiB budget:
     // the snapshot was given up (one stderr line, incomplete_snapshots 1). A version that

@@ -420,13 +420,7 @@ pub fn record_command(args: crate::cli::RecordArgs) -> crate::error::Result<i32>
             .map_err(|e| Failure::runtime(format!("cannot handle {sig}: {e}")))?;
     }
     let plan = plan_of(&args.recording, args.for_secs);
-    let mut said = |took: Duration| {
-        eprintln!(
-            "memshadow: the recorder falls behind: writing a version took {} ms, more than the {} ms period; recording less often",
-            took.as_millis(),
-            plan.every.as_millis()
-        )
-    };
+    let mut said = |took: Duration| behind_line(took, plan.every);
     let done = record(
         &target,
         &mut store,
@@ -449,6 +443,15 @@ pub fn summary(done: &Recording, store: &str) -> String {
             done.versions, done.bases, done.pages, done.stored_bytes
         ),
     }
+}
+
+/// The line said the first time writing a version takes longer than the period.
+fn behind_line(took: Duration, every: Duration) {
+    eprintln!(
+        "memshadow: the recorder falls behind: writing a version took {} ms, more than the {} ms period; recording less often",
+        took.as_millis(),
+        every.as_millis()
+    );
 }
 
 /// The line said the first time the process refuses a version.
@@ -494,13 +497,7 @@ impl Background {
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             };
-            let mut said = |took: Duration| {
-                eprintln!(
-                    "memshadow: the recorder falls behind: writing a version took {} ms, more than the {} ms period; recording less often",
-                    took.as_millis(),
-                    plan.every.as_millis()
-                )
-            };
+            let mut said = |took: Duration| behind_line(took, plan.every);
             record(
                 &found,
                 &mut store,

@@ -84,16 +84,7 @@ fn a_recording_gives_back_what_the_program_wrote_and_what_a_live_read_gives() {
     let dir = temp_dir("rec-exact");
     let d = dir.path();
     let store_dir = d.join("store");
-    // snap_exact writes its buffers, then prints their checksums as they are now
-    // ("live ...") and writes nothing more after "ready".
-    let running = Running::start(
-        &c_program("snap_exact"),
-        &[],
-        d,
-        &[],
-        Duration::from_secs(20),
-        LIMIT,
-    );
+    let running = exact_writer(d);
     let pid = running.pid();
     let said = record_until(d, pid, store_dir.to_str().unwrap(), 50, 3);
     assert!(said.contains("recorded"), "{said}");
@@ -201,6 +192,19 @@ fn read_full<R: std::io::Read>(r: &mut ImageReader<R>, buf: &mut [u8]) {
         assert!(n > 0, "image cut short");
         got += n;
     }
+}
+
+/// snap_exact under the shim, past "ready": its buffers written, their checksums
+/// printed ("live ..."), nothing written after.
+fn exact_writer(dir: &Path) -> Running {
+    Running::start(
+        &c_program("snap_exact"),
+        &[],
+        dir,
+        &[],
+        Duration::from_secs(20),
+        LIMIT,
+    )
 }
 
 /// snap_consistency under the shim for at most `secs` seconds (killed after `limit`),
@@ -497,14 +501,7 @@ fn a_recording_into_s3_gives_back_what_the_program_wrote() {
     let target = server.target("recorded");
     let dir = temp_dir("rec-s3");
     let d = dir.path();
-    let running = Running::start(
-        &c_program("snap_exact"),
-        &[],
-        d,
-        &[],
-        Duration::from_secs(20),
-        LIMIT,
-    );
+    let running = exact_writer(d);
     record_until(d, running.pid(), &target, 50, 2);
     let mut store = Store::open(&target).expect("the S3 store opens");
     let versions = store.versions().expect("versions");

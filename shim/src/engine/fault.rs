@@ -129,22 +129,11 @@ pub fn forget_after_fork() {
     IN_HAND.store(false, Ordering::SeqCst);
 }
 
-/// Whether an event is queued now.
-fn ready(u: &Uffd) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: u.fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd; a zero timeout never sleeps.
-    unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
-}
-
 /// Reads and handles the events queued now (without waiting); if there were any,
 /// retries the unprotects the kernel refused while they were queued. Returns how many
 /// it read.
 fn read_events(u: &Uffd) -> usize {
-    if !ready(u) {
+    if !u.events_queued() {
         return 0;
     }
     handle_ready(u)

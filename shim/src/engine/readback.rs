@@ -208,17 +208,10 @@ const FAULTS_FIRST_NS: u64 = 100_000;
 /// aside: the program's writes go first, for up to [`FAULTS_FIRST_NS`] per hold (a trap
 /// takes tens of microseconds; a program that traps without end must not starve the reader).
 fn let_faults_go_first() {
-    let fd = engine::uffd_fd();
+    let u = engine::uffd();
     let t0 = engine::now_ns();
     loop {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd (a negative fd is ignored); a zero timeout never
-        // sleeps.
-        let queued = unsafe { libc::poll(&mut pfd, 1, 0) } > 0;
+        let queued = u.events_queued();
         if !(queued || crate::engine::fault::events_in_hand())
             || engine::now_ns() - t0 > FAULTS_FIRST_NS
         {

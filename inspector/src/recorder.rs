@@ -51,6 +51,8 @@ pub struct Recording {
     pub last: Option<u64>,
     /// Periods in which writing took longer than the period.
     pub behind: u64,
+    /// Time spent waiting for the program to stop trapping (see [`Courtesy`]).
+    pub gave_way: Duration,
 }
 
 /// Why a recording ended early.
@@ -129,7 +131,10 @@ pub fn record(
         }
         let period_start = Instant::now();
         let since = last.as_ref().map(|(v, _)| *v);
-        let (version, outcome, pin) = match attempt(socket, pid, store, since) {
+        let mut courtesy = Courtesy::new(target, (plan.every / 2).min(MAX_COURTESY));
+        let attempted = attempt(socket, pid, store, since, &mut courtesy);
+        done.gave_way += courtesy.waited;
+        let (version, outcome, pin) = match attempted {
             Ok(recorded) => {
                 skipped = 0;
                 recorded
@@ -221,11 +226,81 @@ fn attempt(
     pid: u32,
     store: &mut Store,
     since: Option<u64>,
+    courtesy: &mut Courtesy,
 ) -> Result<(u64, memshadow_store::Recorded, Option<Pin>), Failed> {
     let version = control_client::snapshot(socket).map_err(Failed::Process)?;
     let pin = control_client::pin(socket, version).map_err(Failed::Process)?;
-    let recorded = record_one(socket, pid, store, version, since)?;
+    let recorded = record_one(socket, pid, store, version, since, courtesy)?;
     Ok((version, recorded, pin))
+}
+
+/// The recorder's courtesy to the program it records: it reads (and so compresses and
+/// writes) a version only while the program is not trapping hard. Right after a
+/// snapshot a program that writes scattered pages traps on most of its writes, each one
+/// waiting on the shim's fault thread; on a machine with few cores the recorder's work
+/// then takes CPU from that thread and lengthens the program's stall. It waits, in steps
+/// of [`CALM_CHECK`], while the trap rate is above [`CALM_TRAPS_PER_S`], for at most
+/// `patience` per version (half the period, at most [`MAX_COURTESY`]: a program that
+/// traps without end is still recorded).
+struct Courtesy<'a> {
+    target: &'a Target,
+    patience: Duration,
+    waited: Duration,
+    /// The trap counter and when it was read.
+    last: Option<(u64, Instant)>,
+    /// Whether [`Courtesy::wait_for_calm`] has looked yet (its first look always reads).
+    checked: bool,
+}
+
+/// The longest the recorder waits for calm per version: the shim gives a stream's
+/// reader 30 s per frame, and a storm of first writes lasts well under a second.
+const MAX_COURTESY: Duration = Duration::from_secs(2);
+
+/// How often the recorder looks at the trap counter.
+const CALM_CHECK: Duration = Duration::from_millis(5);
+
+/// The trap rate under which the program counts as calm: a trap costs it 10-40 us here,
+/// so 2,000 a second is a few percent of one thread's time.
+const CALM_TRAPS_PER_S: u64 = 2_000;
+
+impl<'a> Courtesy<'a> {
+    /// Reads the trap counter now: call it just before the snapshot, so the first check
+    /// after it sees the traps the snapshot set off.
+    fn new(target: &'a Target, patience: Duration) -> Self {
+        Courtesy {
+            target,
+            patience,
+            waited: Duration::ZERO,
+            last: target.traps().map(|t| (t, Instant::now())),
+            checked: false,
+        }
+    }
+
+    /// Returns once the program is calm, or at once when it was calm less than
+    /// [`CALM_CHECK`] ago, or when the patience is spent.
+    fn wait_for_calm(&mut self) {
+        if self.checked && self.last.is_some_and(|(_, at)| at.elapsed() < CALM_CHECK) {
+            return;
+        }
+        self.checked = true;
+        while self.waited < self.patience {
+            let Some(traps) = self.target.traps() else {
+                return;
+            };
+            let now = Instant::now();
+            let previous = self.last.replace((traps, now));
+            if previous.is_some_and(|(before, at)| calm(traps.saturating_sub(before), now - at)) {
+                return;
+            }
+            std::thread::sleep(CALM_CHECK);
+            self.waited += CALM_CHECK;
+        }
+    }
+}
+
+/// Whether `traps` taken over `over` is a calm program's rate.
+fn calm(traps: u64, over: Duration) -> bool {
+    (traps as f64) < CALM_TRAPS_PER_S as f64 * over.as_secs_f64()
 }
 
 /// Why one version was not recorded.
@@ -242,7 +317,11 @@ fn record_one(
     store: &mut Store,
     version: u64,
     since: Option<u64>,
+    courtesy: &mut Courtesy,
 ) -> Result<memshadow_store::Recorded, Failed> {
+    // The snapshot just taken makes the program trap on its next writes: reading the
+    // version meanwhile would take CPU from the fault thread it waits on.
+    courtesy.wait_for_calm();
     let base = || control_client::changes(socket, version, 0).map_err(Failed::Process);
     // Only the pages the store will take: every page when it writes a base.
     let since = match store.delta_of_next(since).map_err(Failed::Store)? {
@@ -268,7 +347,7 @@ fn record_one(
         regions: stream.header.regions.clone(),
     };
     let changed = stream.header.changes.clone();
-    let mut source = StreamSource::new(socket, version, stream);
+    let mut source = StreamSource::new(socket, version, stream, courtesy);
     let result = store.record(&info, since, &changed, &mut source);
     match (result, source.failure.take()) {
         (Ok(r), _) => Ok(r),
@@ -287,7 +366,7 @@ fn now_ms() -> u64 {
 /// The pages of one version as the store asks for them: from the `changes` stream when
 /// they come next in it (the store asks in address order, as the stream sends), else
 /// with a `read` of the pinned version.
-struct StreamSource<'a> {
+struct StreamSource<'a, 't> {
     socket: &'a Endpoint,
     version: u64,
     /// The stream while it is read in order; dropped at the first page it cannot give
@@ -303,10 +382,16 @@ struct StreamSource<'a> {
     skip: Vec<u8>,
     /// The process side's failure, if a read failed.
     failure: Option<ControlError>,
+    courtesy: &'a mut Courtesy<'t>,
 }
 
-impl<'a> StreamSource<'a> {
-    fn new(socket: &'a Endpoint, version: u64, stream: ChangesStream) -> Self {
+impl<'a, 't> StreamSource<'a, 't> {
+    fn new(
+        socket: &'a Endpoint,
+        version: u64,
+        stream: ChangesStream,
+        courtesy: &'a mut Courtesy<'t>,
+    ) -> Self {
         let changes = stream.header.changes.clone();
         let at = changes.first().map_or(u64::MAX, |c| c.0);
         StreamSource {
@@ -318,6 +403,7 @@ impl<'a> StreamSource<'a> {
             at,
             skip: Vec::new(),
             failure: None,
+            courtesy,
         }
     }
 
@@ -372,8 +458,9 @@ impl<'a> StreamSource<'a> {
     }
 }
 
-impl PageSource for StreamSource<'_> {
+impl PageSource for StreamSource<'_, '_> {
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), SourceError> {
+        self.courtesy.wait_for_calm();
         self.fill(addr, buf).map_err(|e| {
             let message = format!("{e:?}");
             self.failure = Some(e);
@@ -439,8 +526,8 @@ pub fn summary(done: &Recording, store: &str) -> String {
     match done.last {
         None => format!("recorded nothing into {store}"),
         Some(last) => format!(
-            "recorded {} version(s) ({} base(s), {} pages, {} bytes stored) into {store}; the last is version {last}",
-            done.versions, done.bases, done.pages, done.stored_bytes
+            "recorded {} version(s) ({} base(s), {} pages, {} bytes stored) into {store}; the last is version {last}; gave way to the program's traps for {} ms",
+            done.versions, done.bases, done.pages, done.stored_bytes, done.gave_way.as_millis()
         ),
     }
 }
@@ -534,5 +621,22 @@ impl Background {
             Some(Err(_)) => Err("the recorder thread panicked".into()),
             None => Ok(Recording::default()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_program_trapping_after_a_snapshot_is_not_calm() {
+        // A storm of first writes: a trap every 25 us is 40,000 a second.
+        assert!(!calm(200, Duration::from_millis(5)));
+        // Just at the limit is not calm; under it is.
+        assert!(!calm(10, Duration::from_millis(5)));
+        assert!(calm(9, Duration::from_millis(5)));
+        assert!(calm(0, Duration::from_millis(5)));
+        // The rate, not the count: a slow check sees more traps of a calm program.
+        assert!(calm(150, Duration::from_millis(100)));
     }
 }

@@ -18,6 +18,8 @@ pub struct Target {
     start_time_ticks: u64,
     uid: u32,
     pub socket: Endpoint,
+    /// The directory of its stats page and socket.
+    dir: RunDir,
 }
 
 impl Target {
@@ -77,6 +79,7 @@ impl Target {
                             pid,
                             _dir: Some(dir.handle()),
                         },
+                        dir,
                     });
                 }
                 // Left by an earlier process with this pid.
@@ -120,6 +123,14 @@ impl Target {
         Err(Failure::runtime(format!(
             "process {pid} ({comm}) is not running under memshadow"
         )))
+    }
+
+    /// The traps the process has taken so far (its stats page's counter), or None when
+    /// the page cannot be read (the process is gone).
+    pub fn traps(&self) -> Option<u64> {
+        let page = self.dir.read_page(self.pid).ok()?;
+        (page.pid == self.pid && page.start_time_ticks == self.start_time_ticks)
+            .then(|| page.counters[memshadow_format::stats::Counter::Traps.index()])
     }
 
     /// Whether the process has exited (or its pid now names another process).

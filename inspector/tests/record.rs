@@ -718,3 +718,78 @@ fn a_store_of_another_process_is_refused() {
     );
     second.stop(Duration::from_secs(10));
 }
+
+/// The number after `key` in `line` (digits up to the next space).
+fn number_after(line: &str, key: &str) -> u64 {
+    let at = line
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key:?} in {line:?}"))
+        + key.len();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number after {key:?} in {line:?}"))
+}
+
+/// The recorder reads a version only once the program stops trapping (or its patience
+/// per version runs out): a program that writes scattered pages flat out traps on most
+/// writes after each snapshot, and the recorder gives way to it, and still records it
+/// whole; a program that writes nothing never makes it wait.
+#[test]
+fn the_recorder_gives_way_to_a_trapping_program_and_not_to_a_quiet_one() {
+    let _one = one_at_a_time();
+    let dir = temp_dir("rec-courtesy");
+    let d = dir.path();
+    // 200 million 8-byte writes at random places of 64 MiB: 16,384 pages, each trapping
+    // once after every snapshot; natively about 2 s (half of it the replay check).
+    let args = ["64", "200"];
+    let native = finish(Command::new(c_program("scatter_writer")).args(args), LIMIT);
+    assert!(native.status.success(), "{native:#?}");
+    let store_dir = d.join("store");
+    let mut c = memshadow(d);
+    c.args(["run", "--record"])
+        .arg(&store_dir)
+        .args(["--every", "300", "--"])
+        .arg(c_program("scatter_writer"))
+        .args(args);
+    let f = finish(&mut c, LIMIT);
+    assert!(f.status.success(), "{f:#?}");
+    assert_eq!(f.stdout, native.stdout, "the program's output is unchanged");
+    let line = f
+        .stderr
+        .lines()
+        .find(|l| l.contains(" version(s) "))
+        .unwrap_or_else(|| panic!("no summary of the recording: {f:#?}"));
+    assert!(number_after(line, "recorded ") >= 2, "{line}");
+    assert!(
+        number_after(line, "gave way to the program's traps for ") > 0,
+        "a program trapping flat out must make the recorder wait: {line}"
+    );
+    let mut store = Store::open(store_dir.to_str().unwrap()).unwrap();
+    assert!(store.verify().unwrap().ok());
+
+    // snap_exact past "ready" writes nothing: no traps, no waiting.
+    let quiet_dir = temp_dir("rec-courtesy-quiet");
+    let running = exact_writer(quiet_dir.path());
+    let quiet_store = quiet_dir.path().join("store");
+    let said = record_until(
+        quiet_dir.path(),
+        running.pid(),
+        quiet_store.to_str().unwrap(),
+        50,
+        3,
+    );
+    running.stop(Duration::from_secs(10));
+    let line = said
+        .lines()
+        .find(|l| l.contains(" version(s) "))
+        .unwrap_or_else(|| panic!("no summary of the recording: {said}"));
+    assert_eq!(
+        number_after(line, "gave way to the program's traps for "),
+        0,
+        "{line}"
+    );
+}

@@ -98,6 +98,13 @@ pub enum Mode {
     Fork,
     /// Under `memshadow run --record STORE --every T`: a version every T ms in a store.
     Record,
+    /// `cow` at the cadence `fork` reached in the same run (`--matched`): as many
+    /// snapshots in the timed part as fork made.
+    #[value(skip)]
+    CowAtForkCadence,
+    /// `prefetch` at the cadence `fork` reached in the same run (`--matched`).
+    #[value(skip)]
+    PrefetchAtForkCadence,
 }
 
 impl Mode {
@@ -118,17 +125,45 @@ impl Mode {
             Mode::Prefetch => "prefetch",
             Mode::Fork => "fork",
             Mode::Record => "record",
+            Mode::CowAtForkCadence => "cow@fork",
+            Mode::PrefetchAtForkCadence => "prefetch@fork",
         }
+    }
+
+    /// The mode a matched mode runs as (at another cadence); the mode itself otherwise.
+    pub fn base(self) -> Mode {
+        match self {
+            Mode::CowAtForkCadence => Mode::Cow,
+            Mode::PrefetchAtForkCadence => Mode::Prefetch,
+            m => m,
+        }
+    }
+
+    /// The mode that runs this one at fork's cadence (`--matched`), for snapshot modes.
+    pub fn at_fork_cadence(self) -> Option<Mode> {
+        match self {
+            Mode::Cow => Some(Mode::CowAtForkCadence),
+            Mode::Prefetch => Some(Mode::PrefetchAtForkCadence),
+            _ => None,
+        }
+    }
+
+    /// Whether the mode's period comes from the same run's fork (`--matched`).
+    pub fn matched(self) -> bool {
+        self.base() != self
     }
 
     /// Whether the mode runs the workload under `memshadow run`.
     pub fn shimmed(self) -> bool {
-        matches!(self, Mode::Idle | Mode::Cow | Mode::Prefetch | Mode::Record)
+        matches!(
+            self.base(),
+            Mode::Idle | Mode::Cow | Mode::Prefetch | Mode::Record
+        )
     }
 
     /// Whether the mode leaves a durable copy per snapshot (a store, dump files).
     pub fn durable(self) -> bool {
-        matches!(self, Mode::Fork | Mode::Record)
+        matches!(self.base(), Mode::Fork | Mode::Record)
     }
 
     /// The shim's settings in this mode; `predict` is the predictor of `prefetch`. The
@@ -147,7 +182,7 @@ impl Mode {
                 ("MEMSHADOW_MAX_OVERHEAD", "1".to_string()),
             ]
         };
-        match self {
+        match self.base() {
             Mode::Cow => periodic("off"),
             Mode::Prefetch => periodic(predict.name()),
             Mode::Record => vec![
@@ -155,7 +190,7 @@ impl Mode {
                 ("MEMSHADOW_MAX_OVERHEAD", "1".to_string()),
                 ("WL_SNAPSHOT_MS", interval_ms.to_string()),
             ],
-            Mode::Baseline | Mode::Idle | Mode::Fork => vec![],
+            _ => vec![],
         }
     }
 
@@ -167,6 +202,8 @@ impl Mode {
             Mode::Prefetch => "#2ca02c",
             Mode::Fork => "#ff7f0e",
             Mode::Record => "#9467bd",
+            Mode::CowAtForkCadence => "#ff9896",
+            Mode::PrefetchAtForkCadence => "#98df8a",
         }
     }
 }
@@ -254,6 +291,11 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_THREADS,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: u32,
+    /// Also runs cow and prefetch at the cadence fork reached in the same run (rows
+    /// `cow@fork`, `prefetch@fork`: as many snapshots in the timed part as fork made),
+    /// and prints the comparison with fork at equal snapshot counts; adds fork.
+    #[arg(long)]
+    pub matched: bool,
     /// The predictor of the prefetch mode (its MEMSHADOW_PREDICT).
     #[arg(long, value_name = "NAME", value_enum, default_value_t = Predict::Auto)]
     pub predict: Predict,
@@ -273,6 +315,8 @@ struct Plan {
     quick: bool,
     /// The workloads were named on the command line.
     explicit: bool,
+    /// Snapshot modes also run at fork's cadence (`--matched`).
+    matched: bool,
 }
 
 impl Plan {
@@ -292,6 +336,11 @@ impl Plan {
             a.mode.clone()
         };
         modes.push(Mode::Baseline);
+        if a.matched {
+            modes.push(Mode::Fork);
+            let at_fork: Vec<Mode> = modes.iter().filter_map(|m| m.at_fork_cadence()).collect();
+            modes.extend(at_fork);
+        }
         modes.sort();
         modes.dedup();
         let sizes = if !a.mib.is_empty() {
@@ -322,6 +371,7 @@ impl Plan {
             predict: a.predict,
             quick: a.quick,
             explicit: !a.workload.is_empty(),
+            matched: a.matched,
         }
     }
 
@@ -347,9 +397,14 @@ impl Plan {
         } else {
             ""
         };
+        let matched = if self.matched {
+            "; cow@fork and prefetch@fork at the cadence fork reached in the same run"
+        } else {
+            ""
+        };
         format!(
             "{} run(s), medians; {} s per C workload run; snapshots (cow, prefetch), forks \
-             (fork) and recorded versions (record) every {} ms{predict}{durable}; \
+             (fork) and recorded versions (record) every {} ms{matched}{predict}{durable}; \
              multi_writer with {} threads; ratios to the baseline of the same run and size; \
              stalls: slowest (max) and 99th-percentile batch minus the median batch (redis: \
              request latencies from redis-benchmark)",
@@ -360,7 +415,12 @@ impl Plan {
     /// The modes a workload runs in, and the line saying why a mode is left out.
     fn modes_of(&self, w: Workload) -> (Vec<Mode>, Option<String>) {
         if w == Workload::Sqlite && self.modes.contains(&Mode::Fork) {
-            let modes = self.modes.iter().copied().filter(|&m| m != Mode::Fork);
+            // Nor the modes at fork's cadence: there is no fork count to match.
+            let modes = self
+                .modes
+                .iter()
+                .copied()
+                .filter(|&m| m != Mode::Fork && !m.matched());
             return (
                 modes.collect(),
                 Some(
@@ -537,27 +597,27 @@ impl Measure {
 
     /// First writes that found their page already copied, of all first writes.
     fn hit_rate(&self, mode: Mode) -> Option<f64> {
-        match mode {
+        match mode.base() {
             Mode::Cow => Some(0.0),
             Mode::Prefetch | Mode::Record => {
                 let s = self.stats.as_ref()?;
                 let (hits, traps) = (s.prefetch_hits?, s.traps?);
                 (hits + traps > 0.0).then(|| hits / (hits + traps))
             }
-            Mode::Baseline | Mode::Idle | Mode::Fork => None,
+            _ => None,
         }
     }
 
     /// Pages copied ahead that were not written, of all pages copied ahead.
     fn waste_rate(&self, mode: Mode) -> Option<f64> {
-        match mode {
+        match mode.base() {
             Mode::Cow => Some(0.0),
             Mode::Prefetch | Mode::Record => {
                 let s = self.stats.as_ref()?;
                 let (waste, copied) = (s.prefetch_waste?, s.prefetch_copied?);
                 (copied > 0.0).then(|| waste / copied)
             }
-            Mode::Baseline | Mode::Idle | Mode::Fork => None,
+            _ => None,
         }
     }
 }
@@ -676,7 +736,14 @@ pub fn aggregate(
         fork_pause_us_max: med(&|m| m.fork_pause_us_max),
         batches: med(&|m| m.batches),
         snapshots: durable(|d| d.snapshots),
-        timed_snapshots: durable(|d| d.timed_snapshots),
+        // Every snapshot mode says how many it took: the durable copies (record, fork of
+        // the C workloads), the epochs of the timed part (cow, prefetch: their counters
+        // are the timed part's), the forks (redis's BGSAVEs).
+        timed_snapshots: durable(|d| d.timed_snapshots).or_else(|| match mode.base() {
+            Mode::Cow | Mode::Prefetch => stat(|s| s.epochs),
+            Mode::Fork => med(&|m| m.forks),
+            _ => None,
+        }),
         stored_bytes: durable(|d| d.stored_bytes),
         bytes_per_snapshot: per(|p| p.bytes),
         cost_per_snapshot_ms: per(|p| p.cost_ms),
@@ -954,6 +1021,56 @@ fn durable_table(rows: &[Row], results: &Results, workloads: &[Workload], sizes:
     s
 }
 
+/// The comparison at equal snapshot counts (`--matched`): per workload and size, fork
+/// and each snapshot mode run at the cadence fork reached in the same run: snapshots of
+/// the timed part, throughput ratio and worst stall (medians), and the ratios of those
+/// medians to fork's.
+pub fn matched_table(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| workload | MiB | mode | snapshots (timed part) | fork's | throughput ratio | fork's          | vs fork | max stall | fork's | vs fork |\n",
+    );
+    s.push_str(&format!("|{}\n", "---|".repeat(11)));
+    let vs = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => fmt_ratio(a / b),
+        _ => "-".into(),
+    };
+    for r in rows {
+        let matched = Mode::ALL
+            .iter()
+            .filter_map(|m| m.at_fork_cadence())
+            .any(|m| m.name() == r.mode);
+        if !matched {
+            continue;
+        }
+        let Some(fork) = rows
+            .iter()
+            .find(|f| f.workload == r.workload && f.mib == r.mib && f.mode == Mode::Fork.name())
+        else {
+            continue;
+        };
+        let cells = [
+            r.workload.clone(),
+            r.mib.to_string(),
+            r.mode.clone(),
+            cell(r.timed_snapshots, thousands),
+            cell(fork.timed_snapshots, thousands),
+            cell(r.throughput_ratio, fmt_ratio),
+            cell(fork.throughput_ratio, fmt_ratio),
+            vs(r.throughput_ratio, fork.throughput_ratio),
+            cell(r.max_stall_us, fmt_us),
+            cell(fork.max_stall_us, fmt_us),
+            vs(r.max_stall_us, fork.max_stall_us),
+        ];
+        let mut line = String::from("|");
+        for c in cells {
+            line.push_str(&format!(" {c} |"));
+        }
+        s.push_str(&line);
+        s.push('\n');
+    }
+    s
+}
+
 /// The chart: throughput ratio and worst stall per mode, one group per workload and size.
 pub fn chart(rows: &[Row], modes: &[Mode], title: &str) -> String {
     let mut groups: Vec<(String, u64)> = Vec::new();
@@ -1061,8 +1178,11 @@ pub fn completeness_problems(rows: &[Row], expected: &[(Workload, u64, Mode)]) -
                 ("shim_cpu_s", r.shim_cpu_s),
             ]);
         }
-        if mode == Mode::Cow {
+        if mode.base() == Mode::Cow {
             need.extend([("hit_rate", r.hit_rate), ("waste_rate", r.waste_rate)]);
+        }
+        if matches!(mode.base(), Mode::Cow | Mode::Prefetch | Mode::Fork) {
+            need.push(("timed_snapshots", r.timed_snapshots));
         }
         if mode == Mode::Fork {
             need.extend([
@@ -1089,7 +1209,7 @@ pub fn completeness_problems(rows: &[Row], expected: &[(Workload, u64, Mode)]) -
                 Some(_) => {}
             }
         }
-        if matches!(mode, Mode::Cow | Mode::Prefetch) && r.epochs.is_some_and(|e| e < 1.0) {
+        if matches!(mode.base(), Mode::Cow | Mode::Prefetch) && r.epochs.is_some_and(|e| e < 1.0) {
             problems.push(format!("{what}: no snapshot was taken (epochs 0)"));
         }
         if mode == Mode::Fork && r.forks.is_some_and(|f| f < 1.0) {
@@ -1103,6 +1223,7 @@ pub fn completeness_problems(rows: &[Row], expected: &[(Workload, u64, Mode)]) -
 }
 
 /// Runs workloads in a mode and measures them.
+#[derive(Clone)]
 struct Runner {
     memshadow: PathBuf,
     /// MEMSHADOW_DIR of the shimmed runs.
@@ -1116,6 +1237,14 @@ struct Runner {
 }
 
 impl Runner {
+    /// The same runner with another snapshot (and fork) period.
+    fn at_interval(&self, interval_ms: u32) -> Runner {
+        Runner {
+            interval_ms,
+            ..self.clone()
+        }
+    }
+
     fn stats_path(&self) -> PathBuf {
         self.scratch.join("stats.json")
     }
@@ -1455,6 +1584,15 @@ pub fn run(args: Args) -> Result<(), String> {
             durable_table(&rows, &results, &workloads, &plan.sizes)
         );
     }
+    if plan.matched {
+        println!(
+            "\nAt equal snapshot counts: cow@fork and prefetch@fork take a snapshot every \
+             (fork's timed seconds / fork's forks) of the same run, so as many in the timed \
+             part as fork made; throughput ratios against the baseline, medians; vs fork: \
+             the ratio of the medians.\n"
+        );
+        print!("{}", matched_table(&rows));
+    }
     for n in &notes {
         println!("\nnote: {n}");
     }
@@ -1551,6 +1689,8 @@ fn measure_all(
                 let mut order = modes.clone();
                 order.rotate_left(rotation % modes.len());
                 rotation += 1;
+                // The modes at fork's cadence after fork (their period is its count).
+                order.sort_by_key(|m| m.matched());
                 for &mode in &order {
                     eprintln!(
                         "memshadow-bench: run {}/{}: {} {mib} MiB {} ({:.0} s so far)",
@@ -1560,7 +1700,19 @@ fn measure_all(
                         mode.name(),
                         started.elapsed().as_secs_f64()
                     );
-                    let m = runner.measure(w, mib, mode, run).map_err(|e| {
+                    let m = if mode.matched() {
+                        let fork = results
+                            .get(&(w, mib, Mode::Fork))
+                            .and_then(|runs| runs.get(run))
+                            .and_then(Option::as_ref);
+                        match fork.and_then(|f| fork_cadence_ms(f, plan.seconds)) {
+                            Some(ms) => runner.at_interval(ms).measure(w, mib, mode, run),
+                            None => Err("no fork run of this run to take the cadence of".into()),
+                        }
+                    } else {
+                        runner.measure(w, mib, mode, run)
+                    };
+                    let m = m.map_err(|e| {
                         let line = format!(
                             "run {}: {} {mib} MiB {}: {e}",
                             run + 1,
@@ -1576,6 +1728,14 @@ fn measure_all(
         }
     }
     (results, failures, expected)
+}
+
+/// The snapshot period that gives as many snapshots in the timed part as `fork` made:
+/// its timed seconds over its forks, ms (at least 1); None when it never forked.
+fn fork_cadence_ms(fork: &Measure, plan_seconds: u32) -> Option<u32> {
+    let forks = fork.forks.filter(|&f| f >= 1.0)?;
+    let seconds = fork.seconds.unwrap_or(plan_seconds as f64);
+    Some(((seconds * 1000.0 / forks).round() as u32).max(1))
 }
 
 /// A row per workload, size and mode, in the plan's order, ratios against the baseline
@@ -2111,6 +2271,101 @@ mod tests {
         assert_eq!(modes, [Mode::Baseline, Mode::Cow]);
         assert!(note.unwrap().contains("not applicable"));
         assert_eq!(p.modes_of(Workload::Redis).0, p.modes);
+    }
+
+    #[test]
+    fn matched_adds_fork_and_the_snapshot_modes_at_its_cadence() {
+        let p = Plan::from(&Args {
+            mode: vec![Mode::Prefetch],
+            matched: true,
+            interval_ms: 100,
+            runs: 1,
+            threads: 2,
+            ..Args::default()
+        });
+        assert_eq!(
+            p.modes,
+            [
+                Mode::Baseline,
+                Mode::Prefetch,
+                Mode::Fork,
+                Mode::PrefetchAtForkCadence
+            ]
+        );
+        // sqlite has no fork, so no cadence to match.
+        assert_eq!(
+            p.modes_of(Workload::Sqlite).0,
+            [Mode::Baseline, Mode::Prefetch]
+        );
+        // Whatever the rotation, the matched modes run after fork.
+        let mut order = p.modes.clone();
+        order.rotate_left(3);
+        order.sort_by_key(|m| m.matched());
+        let at = |m: Mode| order.iter().position(|&x| x == m).unwrap();
+        assert!(
+            at(Mode::Fork) < at(Mode::PrefetchAtForkCadence),
+            "{order:?}"
+        );
+        // A matched mode runs as its base mode.
+        assert_eq!(Mode::PrefetchAtForkCadence.base(), Mode::Prefetch);
+        assert!(Mode::CowAtForkCadence.shimmed() && !Mode::CowAtForkCadence.durable());
+        assert_eq!(
+            Mode::CowAtForkCadence.env(40, Predict::Auto),
+            Mode::Cow.env(40, Predict::Auto)
+        );
+    }
+
+    #[test]
+    fn fork_cadence_gives_as_many_snapshots_as_fork_made() {
+        let fork = |forks: f64, seconds: Option<f64>| Measure {
+            forks: Some(forks),
+            seconds,
+            ..Measure::default()
+        };
+        // 17 forks in a 5 s timed part: a snapshot every 294 ms.
+        assert_eq!(fork_cadence_ms(&fork(17.0, Some(5.0)), 9), Some(294));
+        // No timed length printed (redis): the plan's seconds.
+        assert_eq!(fork_cadence_ms(&fork(4.0, None), 10), Some(2500));
+        // Never forked: nothing to match.
+        assert_eq!(fork_cadence_ms(&fork(0.0, Some(5.0)), 5), None);
+        // Never under 1 ms.
+        assert_eq!(fork_cadence_ms(&fork(1e6, Some(1.0)), 1), Some(1));
+    }
+
+    #[test]
+    fn the_matched_table_sets_each_snapshot_mode_against_fork_of_its_size() {
+        let row = |mode: Mode, mib: u64, snaps: f64, ratio: f64, stall: f64| Row {
+            workload: "zipf_updates".into(),
+            mode: mode.name().into(),
+            mib,
+            timed_snapshots: Some(snaps),
+            throughput_ratio: Some(ratio),
+            max_stall_us: Some(stall),
+            ..Row::default()
+        };
+        let rows = [
+            row(Mode::Fork, 256, 15.0, 0.30, 40_000.0),
+            row(Mode::Prefetch, 256, 50.0, 0.10, 90_000.0),
+            row(Mode::PrefetchAtForkCadence, 256, 15.0, 0.45, 20_000.0),
+            row(Mode::Fork, 1024, 4.0, 0.20, 100_000.0),
+            row(Mode::PrefetchAtForkCadence, 1024, 4.0, 0.10, 50_000.0),
+        ];
+        let t = matched_table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(
+            lines[2].starts_with(
+                "| zipf_updates | 256 | prefetch@fork | 15 | 15 | 0.450 | 0.300 | 1.500 |"
+            ),
+            "{t}"
+        );
+        assert!(lines[2].ends_with("| 0.500 |"), "{t}");
+        assert!(
+            lines[3].contains("| 1024 | prefetch@fork | 4 | 4 | 0.100 | 0.200 | 0.500 |"),
+            "{t}"
+        );
+        // Rows at the plan's own cadence are not in it.
+        assert!(!t.contains("| prefetch |"), "{t}");
     }
 
     /// Shim statistics with every figure a complete row needs, `epochs` of them.

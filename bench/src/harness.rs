@@ -1027,7 +1027,7 @@ fn durable_table(rows: &[Row], results: &Results, workloads: &[Workload], sizes:
 /// medians to fork's.
 pub fn matched_table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| workload | MiB | mode | snapshots (timed part) | fork's | throughput ratio | fork's          | vs fork | max stall | fork's | vs fork |\n",
+        "| workload | MiB | mode | snapshots (timed part) | fork's | throughput ratio | fork's | vs fork | max stall | fork's | vs fork |\n",
     );
     s.push_str(&format!("|{}\n", "---|".repeat(11)));
     let vs = |a: Option<f64>, b: Option<f64>| match (a, b) {

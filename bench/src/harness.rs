@@ -866,6 +866,15 @@ fn cell(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map_or_else(|| "-".to_string(), f)
 }
 
+/// One markdown table line of `cells` (no line end).
+fn table_line(cells: &[String]) -> String {
+    let mut line = String::from("|");
+    for c in cells {
+        line.push_str(&format!(" {c} |"));
+    }
+    line
+}
+
 /// The markdown table of the rows.
 pub fn table(rows: &[Row]) -> String {
     let mut s = String::from(
@@ -899,10 +908,7 @@ pub fn table(rows: &[Row]) -> String {
             cell(r.stored_bytes, fmt_bytes),
             cell(r.restore_s, |x| fmt_us(x * 1e6)),
         ];
-        let mut line = String::from("|");
-        for c in cells {
-            line.push_str(&format!(" {c} |"));
-        }
+        let mut line = table_line(&cells);
         if r.failed_runs > 0 {
             line.push_str(&format!(" {} run(s) failed", r.failed_runs));
         }
@@ -1009,11 +1015,7 @@ fn durable_table(rows: &[Row], results: &Results, workloads: &[Workload], sizes:
                     vs(|p| p.restore_s_per_gib),
                     note,
                 ];
-                let mut line = String::from("|");
-                for c in cells {
-                    line.push_str(&format!(" {c} |"));
-                }
-                s.push_str(&line);
+                s.push_str(&table_line(&cells));
                 s.push('\n');
             }
         }
@@ -1061,11 +1063,7 @@ pub fn matched_table(rows: &[Row]) -> String {
             cell(fork.max_stall_us, fmt_us),
             vs(r.max_stall_us, fork.max_stall_us),
         ];
-        let mut line = String::from("|");
-        for c in cells {
-            line.push_str(&format!(" {c} |"));
-        }
-        s.push_str(&line);
+        s.push_str(&table_line(&cells));
         s.push('\n');
     }
     s

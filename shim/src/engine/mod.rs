@@ -23,6 +23,7 @@ pub mod changes;
 pub mod fault;
 pub mod fault_window;
 pub mod governor;
+pub mod holder;
 pub mod pagemap;
 pub mod preserve;
 pub mod readback;

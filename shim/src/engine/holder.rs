@@ -1,0 +1,365 @@
+//! A version held by the kernel: a *holder* is a child of the host made with a raw
+//! `clone` whose address space is this process's memory as it was at that instant. The
+//! program's later writes are copied by the kernel's copy-on-write (a few microseconds,
+//! no trap, no shim thread involved); the version is read back from the holder with
+//! `process_vm_readv`.
+//!
+//! The holder changes nothing the host can see:
+//! - a raw `clone`, so no atfork handler runs (glibc's, the host's, the shim's own);
+//! - exit signal 0: the host gets no SIGCHLD, and its `wait(-1)`/`waitpid(-1)` never see
+//!   it (the kernel skips such "clone children" unless asked with `__WALL`/`__WCLONE`);
+//! - `CLONE_FILES`: it shares the host's descriptor table instead of holding a copy, so a
+//!   pipe or socket the host closes is closed (its reader sees EOF), and it opens nothing;
+//! - `CLONE_PIDFD`: the shim reaches it only through a descriptor of its own (see `fds`),
+//!   so a holder the host reaped anyway (`waitpid(-1, __WALL)`) can never make the shim
+//!   signal or read a process that reused its pid;
+//! - it runs no host code and takes no lock: with every signal blocked (inherited from
+//!   the shim thread that made it) it asks the kernel to kill it when that thread ends
+//!   (`PR_SET_PDEATHSIG`) and waits in `pause` until the shim kills it.
+//!
+//! Making one costs the page-table copy, like fork (tens of ms per GiB: a stall, counted
+//! as one); killing and reaping it costs the kernel freeing those tables, so it is done
+//! off the fault path.
+
+use crate::base::range::Range;
+
+/// Why no holder could be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HolderError {
+    /// `clone` failed (errno): no memory for the page tables, a process limit.
+    Clone(i32),
+    /// Its pidfd could not be kept among the shim's descriptors.
+    Pidfd(crate::base::fds::FdError),
+}
+
+impl core::fmt::Display for HolderError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            HolderError::Clone(e) => write!(f, "clone failed (errno {e})"),
+            HolderError::Pidfd(e) => write!(f, "the holder's pidfd: {e}"),
+        }
+    }
+}
+
+/// Why a read from a holder gave nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HolderReadError {
+    /// The holder is gone (killed by someone else, or its pidfd lost).
+    Gone,
+    /// The range is not mapped in the holder (not memory of that version).
+    Unmapped,
+}
+
+/// A live holder: its pid (for `process_vm_readv`) and its pidfd (to tell whether that
+/// pid is still it, and to kill it).
+#[derive(Debug)]
+pub struct Holder {
+    pid: i32,
+    pidfd: i32,
+}
+
+impl Holder {
+    /// Makes a holder of this process's memory as it is now. The calling thread must be
+    /// a shim thread with every signal blocked (the child inherits the mask), which
+    /// lives as long as the holders it makes (their `PR_SET_PDEATHSIG`).
+    pub fn hold_now() -> Result<Holder, HolderError> {
+        let parent = std::process::id() as libc::pid_t;
+        let mut pidfd: libc::c_int = -1;
+        let pid = raw_clone(&mut pidfd);
+        if pid == 0 {
+            holder_body(parent);
+        }
+        if pid < 0 {
+            return Err(HolderError::Clone(crate::base::sys::errno()));
+        }
+        let pid = pid as i32;
+        match crate::base::fds::adopt(pidfd) {
+            Ok(fd) => Ok(Holder { pid, pidfd: fd }),
+            Err(e) => {
+                kill_and_reap(pidfd);
+                Err(HolderError::Pidfd(e))
+            }
+        }
+    }
+
+    /// The holder's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Fills `dst` with the held memory at `addr`. Checked after the read through the
+    /// pidfd: bytes read from a pid that has been reused are never returned.
+    pub fn read(&self, addr: usize, dst: &mut [u8]) -> Result<(), HolderReadError> {
+        if !self.alive() {
+            return Err(HolderReadError::Gone);
+        }
+        let local = libc::iovec {
+            iov_base: dst.as_mut_ptr().cast(),
+            iov_len: dst.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut _,
+            iov_len: dst.len(),
+        };
+        // SAFETY: `dst` is writable for its length; the kernel reads the holder's
+        // address space and stops cleanly where it is unmapped.
+        let n = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
+        if !self.alive() {
+            return Err(HolderReadError::Gone);
+        }
+        if n < 0 || n as usize != dst.len() {
+            return Err(HolderReadError::Unmapped);
+        }
+        Ok(())
+    }
+
+    /// Whether the holder still runs (its pidfd is not readable: it has not exited).
+    pub fn alive(&self) -> bool {
+        if !crate::base::fds::verify(self.pidfd) {
+            return false;
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; a zero timeout never sleeps.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n == 0
+    }
+
+    /// Bytes of memory only the holder keeps now: the pages the program wrote since it
+    /// was made, which the kernel copied (its private resident memory). Walks its page
+    /// tables: not for the fault path.
+    pub fn pinned_bytes(&self) -> u64 {
+        let path = format!("/proc/{}/smaps_rollup\0", self.pid);
+        let Ok(path) = core::ffi::CStr::from_bytes_with_nul(path.as_bytes()) else {
+            return 0;
+        };
+        let text = crate::base::fds::read_file(path, 4096);
+        let kib = |key: &str| -> u64 {
+            text.split(|&b| b == b'\n')
+                .find_map(|l| l.strip_prefix(key.as_bytes()))
+                .and_then(|v| core::str::from_utf8(v).ok())
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        if !self.alive() {
+            return 0;
+        }
+        (kib("Private_Clean:") + kib("Private_Dirty:")) * 1024
+    }
+
+    /// Kills and reaps the holder, giving its copied pages back (the kernel frees its
+    /// page tables: milliseconds per GiB).
+    pub fn release(self) {
+        kill_and_reap(self.pidfd);
+        crate::base::fds::release(self.pidfd);
+    }
+
+    /// In a forked child: the parent's holders are not the child's children; forget them
+    /// (their pidfds are closed with the other inherited shim descriptors).
+    pub fn forget(self) {
+        core::mem::forget(self);
+    }
+}
+
+/// `clone(CLONE_FILES | CLONE_PIDFD, exit signal 0)` on the caller's stack (the child
+/// runs on its own copy of it, as after fork). Returns the child's pid, 0 in the child,
+/// or -1 with errno set.
+fn raw_clone(pidfd: &mut libc::c_int) -> libc::c_long {
+    let flags = (libc::CLONE_FILES | libc::CLONE_PIDFD) as libc::c_ulong;
+    // SAFETY: no new stack and no CLONE_VM: the child gets a copy-on-write copy of this
+    // address space and returns here on its copy of this stack, like fork; `pidfd` is a
+    // valid int for the kernel to fill (CLONE_PIDFD uses the parent-tid argument).
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            0usize,
+            pidfd as *mut libc::c_int,
+            0usize,
+            0usize,
+        )
+    }
+}
+
+/// The holder's whole life: only raw system calls (no lock, no allocation, nothing of
+/// the host's). It dies when the shim thread that made it ends, or when killed.
+fn holder_body(parent: libc::pid_t) -> ! {
+    // SAFETY: raw system calls with integer arguments; none touches memory.
+    unsafe {
+        libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        // The maker may have ended before the prctl took effect.
+        if libc::syscall(libc::SYS_getppid) as libc::pid_t != parent {
+            libc::syscall(libc::SYS_exit_group, 0);
+        }
+        loop {
+            libc::syscall(libc::SYS_pause);
+        }
+    }
+}
+
+/// Kills the holder through its pidfd (never by pid) and waits for it (`__WALL`: it is
+/// a clone child).
+fn kill_and_reap(pidfd: i32) {
+    if crate::base::fds::verify(pidfd) {
+        // SAFETY: signalling through our own pidfd; no memory is passed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd,
+                libc::SIGKILL,
+                core::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+    let mut info: libc::siginfo_t = zeroed_siginfo();
+    loop {
+        // SAFETY: `info` is a valid out-pointer; P_PIDFD waits for that process only,
+        // so a pid reused meanwhile is never reaped by us.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::__WALL,
+            )
+        };
+        if r == 0 || crate::base::sys::errno() != libc::EINTR {
+            break;
+        }
+    }
+}
+
+fn zeroed_siginfo() -> libc::siginfo_t {
+    // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
+    unsafe { core::mem::zeroed() }
+}
+
+/// The ranges of `wanted` a holder would not hold as they are: mappings marked
+/// `MADV_DONTFORK` (absent in a child) or `MADV_WIPEONFORK` (zero in a child), read from
+/// `VmFlags` in /proc/self/smaps (`dc`, `wf`).
+pub fn not_held(smaps: &[u8], out: &mut Vec<Range>) {
+    let mut current: Option<Range> = None;
+    for line in smaps.split(|&b| b == b'\n') {
+        if let Some(r) = mapping_range(line) {
+            current = Some(r);
+            continue;
+        }
+        if let (Some(flags), Some(r)) = (line.strip_prefix(b"VmFlags:"), current) {
+            let has = |f: &[u8]| flags.split(|&b| b == b' ').any(|w| w == f);
+            if has(b"dc") || has(b"wf") {
+                out.push(r);
+            }
+        }
+    }
+}
+
+/// The range of an smaps mapping header line (`START-END PERMS ...`), if it is one.
+fn mapping_range(line: &[u8]) -> Option<Range> {
+    let first = line.split(|&b| b == b' ').next()?;
+    let dash = first.iter().position(|&b| b == b'-')?;
+    let hex = |s: &[u8]| {
+        core::str::from_utf8(s)
+            .ok()
+            .and_then(|s| usize::from_str_radix(s, 16).ok())
+    };
+    let (start, end) = (hex(&first[..dash])?, hex(&first[dash + 1..])?);
+    // Header lines have a permissions word next; field lines ("Rss:") have no dash.
+    (start < end).then(|| Range::new(start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::page::PAGE;
+
+    fn buffer(pages: usize, byte: u8) -> Range {
+        let p = crate::base::sys::map_anon(pages * PAGE, false).unwrap() as usize;
+        // SAFETY: the mapping was just made, `pages * PAGE` bytes.
+        unsafe { core::ptr::write_bytes(p as *mut u8, byte, pages * PAGE) };
+        Range::new(p, p + pages * PAGE)
+    }
+
+    fn hold() -> Holder {
+        let _s = crate::base::sys::block_signals();
+        Holder::hold_now().expect("a holder")
+    }
+
+    #[test]
+    fn a_holder_keeps_the_memory_as_it_was_while_the_program_writes() {
+        let buf = buffer(16, 1);
+        let h = hold();
+        // SAFETY: our own mapping.
+        unsafe { core::ptr::write_bytes(buf.start as *mut u8, 2, buf.len()) };
+        let mut then = vec![0u8; buf.len()];
+        h.read(buf.start, &mut then).unwrap();
+        assert!(then.iter().all(|&b| b == 1), "the holder saw a later write");
+        // Memory it never had is refused, not invented.
+        let later = buffer(1, 3);
+        let mut page = vec![0u8; PAGE];
+        assert_eq!(
+            h.read(later.start, &mut page),
+            Err(HolderReadError::Unmapped)
+        );
+        h.release();
+    }
+
+    #[test]
+    fn the_hosts_wait_never_sees_a_holder_and_a_released_one_is_gone() {
+        let h = hold();
+        let pid = h.pid();
+        let mut status = 0;
+        // SAFETY: waitpid with a valid status pointer; WNOHANG never blocks.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        assert_eq!(r, -1, "waitpid without __WALL found the holder");
+        assert_eq!(crate::base::sys::errno(), libc::ECHILD);
+        assert!(h.alive());
+        h.release();
+        // SAFETY: kill with signal 0 only checks for existence.
+        assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "the holder still exists");
+    }
+
+    #[test]
+    fn a_pipe_the_host_closes_reaches_eof_with_a_holder_alive() {
+        let mut ends = [0; 2];
+        // SAFETY: `ends` is two ints for the kernel to fill.
+        assert_eq!(
+            unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_NONBLOCK) },
+            0
+        );
+        let h = hold();
+        // SAFETY: closing the write end we made; the holder shares the table, so this
+        // was the last reference.
+        unsafe { libc::close(ends[1]) };
+        let mut byte = [0u8; 1];
+        // SAFETY: reading into a local byte.
+        let n = unsafe { libc::read(ends[0], byte.as_mut_ptr().cast(), 1) };
+        assert_eq!(n, 0, "no EOF: the holder kept the write end open");
+        h.release();
+        // SAFETY: our read end.
+        unsafe { libc::close(ends[0]) };
+    }
+
+    #[test]
+    fn dontfork_and_wipeonfork_mappings_are_named() {
+        let smaps = b"7f0000000000-7f0000002000 rw-p 00000000 00:00 0 \n\
+Rss:                   8 kB\n\
+VmFlags: rd wr mr mw me ac sd \n\
+7f0000010000-7f0000011000 rw-p 00000000 00:00 0 \n\
+VmFlags: rd wr mr mw me dc ac sd \n\
+7f0000020000-7f0000023000 rw-p 00000000 00:00 0 \n\
+VmFlags: rd wr mr mw me ac wf sd \n";
+        let mut out = Vec::new();
+        not_held(smaps, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                Range::new(0x7f00_0001_0000, 0x7f00_0001_1000),
+                Range::new(0x7f00_0002_0000, 0x7f00_0002_3000)
+            ]
+        );
+    }
+}

@@ -124,6 +124,9 @@ pub extern "C" fn on_load() {
         }
     };
     crate::base::log::set_level(config.log);
+    if let Some(e) = &config.backend_refused {
+        error!("{e}; using shadow");
+    }
     // Chosen once: a forked child publishes beside its parent.
     config.dir = Some(run_dir(&config));
     check_run_id(&mut config);

@@ -177,6 +177,8 @@ pub extern "C" fn on_unload() {
         return;
     }
     let _blocked = sys::block_signals();
+    // The holders go with the process: killed and reaped now, not left to init.
+    crate::engine::release_all_holders();
     regions::rescan();
     control::stop_listening();
     stats::set_state(ProcessState::Exited);

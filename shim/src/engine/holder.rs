@@ -83,6 +83,7 @@ impl Holder {
     }
 
     /// The holder's pid.
+    #[cfg(test)]
     pub fn pid(&self) -> i32 {
         self.pid
     }
@@ -113,6 +114,52 @@ impl Holder {
         Ok(())
     }
 
+    /// Whether the holder still runs (its pidfd is not readable: it has not exited).
+    pub fn alive(&self) -> bool {
+        self.view().alive()
+    }
+
+    /// The holder's ids, for the thread that alone releases holders (the epoch thread)
+    /// to look at it outside the engine lock.
+    pub fn view(&self) -> HolderView {
+        HolderView {
+            pid: self.pid,
+            pidfd: self.pidfd,
+        }
+    }
+
+    /// Sends the holder SIGKILL through its pidfd, without waiting ([`release`]
+    /// (Self::release) reaps it).
+    pub fn kill(&self) {
+        send_kill(self.pidfd);
+    }
+
+    /// Kills and reaps the holder, giving its copied pages back (the kernel frees its
+    /// page tables: milliseconds per GiB).
+    pub fn release(self) {
+        kill_and_reap(self.pidfd);
+        crate::base::fds::release(self.pidfd);
+    }
+
+    /// In a forked child: the parent's holders are not the child's children; forget them
+    /// (their pidfds are closed with the other inherited shim descriptors).
+    pub fn forget(self) {
+        // A Holder has no Drop: only `release` signals or waits for its process, so
+        // letting it go here leaves the parent's holder alone.
+        let Holder { pid: _, pidfd: _ } = self;
+    }
+}
+
+/// A holder's pid and pidfd, copied: valid while the holder is not released (only the
+/// epoch thread releases holders, so it may use a view outside the engine lock). Every
+/// use checks the pidfd is still the shim's and the process still runs.
+#[derive(Clone, Copy, Debug)]
+pub struct HolderView {
+    pid: i32,
+    pidfd: i32,
+}
+
+impl HolderView {
     /// Whether the holder still runs (its pidfd is not readable: it has not exited).
     pub fn alive(&self) -> bool {
         if !crate::base::fds::verify(self.pidfd) {
@@ -148,19 +195,6 @@ impl Holder {
             return 0;
         }
         (kib("Private_Clean:") + kib("Private_Dirty:")) * 1024
-    }
-
-    /// Kills and reaps the holder, giving its copied pages back (the kernel frees its
-    /// page tables: milliseconds per GiB).
-    pub fn release(self) {
-        kill_and_reap(self.pidfd);
-        crate::base::fds::release(self.pidfd);
-    }
-
-    /// In a forked child: the parent's holders are not the child's children; forget them
-    /// (their pidfds are closed with the other inherited shim descriptors).
-    pub fn forget(self) {
-        core::mem::forget(self);
     }
 }
 
@@ -203,18 +237,7 @@ fn holder_body(parent: libc::pid_t) -> ! {
 /// Kills the holder through its pidfd (never by pid) and waits for it (`__WALL`: it is
 /// a clone child).
 fn kill_and_reap(pidfd: i32) {
-    if crate::base::fds::verify(pidfd) {
-        // SAFETY: signalling through our own pidfd; no memory is passed.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                pidfd,
-                libc::SIGKILL,
-                core::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-    }
+    send_kill(pidfd);
     let mut info: libc::siginfo_t = zeroed_siginfo();
     loop {
         // SAFETY: `info` is a valid out-pointer; P_PIDFD waits for that process only,
@@ -230,6 +253,22 @@ fn kill_and_reap(pidfd: i32) {
         if r == 0 || crate::base::sys::errno() != libc::EINTR {
             break;
         }
+    }
+}
+
+/// SIGKILL through the pidfd (never by pid), if it is still the shim's.
+fn send_kill(pidfd: i32) {
+    if crate::base::fds::verify(pidfd) {
+        // SAFETY: signalling through our own pidfd; no memory is passed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd,
+                libc::SIGKILL,
+                core::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
     }
 }
 
@@ -269,6 +308,147 @@ fn mapping_range(line: &[u8]) -> Option<Range> {
     let (start, end) = (hex(&first[..dash])?, hex(&first[dash + 1..])?);
     // Header lines have a permissions word next; field lines ("Rss:") have no dash.
     (start < end).then(|| Range::new(start, end))
+}
+
+/// A version held by a holder: the holder, and the ranges it would not hold as they
+/// were (see [`not_held`]), whose reads are refused. Keeping those ranges on shadows
+/// instead is a later step of issue 15.
+#[derive(Debug)]
+pub struct HeldVersion {
+    pub version: u64,
+    pub holder: Holder,
+    pub not_held: Vec<Range>,
+}
+
+impl HeldVersion {
+    /// Whether `page` lies in a range the holder does not hold as it was.
+    pub fn not_held_at(&self, page: usize) -> bool {
+        self.not_held
+            .iter()
+            .any(|r| r.start <= page && page < r.end)
+    }
+}
+
+/// Whether this process ever kept a holder (the shadow backend never looks further).
+static HOLDERS_MADE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Whether a holder was ever installed in this process (or a parent it was forked from).
+pub fn any_made() -> bool {
+    HOLDERS_MADE.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Most holders the engine keeps: one per retained version at most.
+pub fn capacity(max_versions: usize) -> usize {
+    max_versions.max(1) + crate::engine::shadow::PIN_EXTRA_VERSIONS + 1
+}
+
+impl crate::engine::Engine {
+    /// The holder of version `v`, if a holder holds it.
+    pub fn held(&self, v: u64) -> Option<&HeldVersion> {
+        self.holders.iter().find(|h| h.version == v)
+    }
+
+    /// How many holders the engine keeps (retained versions' and evicted ones' not yet
+    /// released).
+    pub fn holder_count(&self) -> usize {
+        self.holders.len()
+    }
+
+    /// Whether the newest version is held by a holder.
+    pub fn newest_held(&self) -> bool {
+        self.held(self.version).is_some()
+    }
+
+    /// Hands the engine the holder of the newest version (opened by `open_version`),
+    /// after [`take_released`](Self::take_released) made room; nothing allocates. The
+    /// pages that lose protection meanwhile are not tracked by the holder version, so
+    /// the next shadow pass protects everything. Gives `h` back when there is no room.
+    pub fn install_holder(&mut self, h: HeldVersion) -> Result<(), HeldVersion> {
+        if h.version != self.version || self.holders.len() == self.holders.capacity() {
+            return Err(h);
+        }
+        self.holders.push(h);
+        HOLDERS_MADE.store(true, core::sync::atomic::Ordering::Relaxed);
+        self.reprotect.note_all();
+        Ok(())
+    }
+
+    /// Moves the holders whose versions are no longer retained (every holder when `all`)
+    /// into `out` (without growing it: as many as fit) for the caller to release
+    /// outside the engine lock.
+    pub fn take_released(&mut self, out: &mut Vec<HeldVersion>, all: bool) {
+        let oldest = self.pool.retained().map(|r| r.0);
+        let mut i = 0;
+        while i < self.holders.len() && out.len() < out.capacity() {
+            let gone = all || oldest.is_none_or(|o| self.holders[i].version < o);
+            if gone {
+                out.push(self.holders.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Whether no retained version needs shadows: every one is held by a holder (a save
+    /// before a discard, a copy ahead, would then be for no version).
+    pub fn only_holders_retained(&self) -> bool {
+        match self.pool.retained() {
+            None => false,
+            Some((oldest, newest)) => (oldest..=newest).all(|v| self.held(v).is_some()),
+        }
+    }
+
+    /// The live holders' views (as many as `out` has room for), for the epoch thread to
+    /// measure outside the engine lock.
+    pub fn holder_views(&self, out: &mut Vec<HolderView>) {
+        let room = out.capacity() - out.len();
+        out.extend(self.holders.iter().take(room).map(|h| h.holder.view()));
+    }
+}
+
+/// Holders taken from an engine that was torn down (`engine::stop`, on whatever
+/// thread found the descriptor lost): killed at once, reaped by the epoch thread or at
+/// exit ([`release_parked`]), never on the fault path.
+static PARKED: crate::base::sync::SpinLock<Vec<HeldVersion>> =
+    crate::base::sync::SpinLock::new(Vec::new());
+
+/// Kills every holder of `list` now (through its pidfd: no wait) and parks them to be
+/// reaped by [`release_parked`].
+pub fn park(mut list: Vec<HeldVersion>) {
+    for h in &list {
+        h.holder.kill();
+    }
+    let _s = crate::base::sys::block_signals();
+    let mut parked = PARKED.lock();
+    if parked.is_empty() {
+        core::mem::swap(&mut *parked, &mut list);
+    } else {
+        parked.append(&mut list);
+    }
+}
+
+/// Reaps the parked holders (the epoch thread, and exit).
+pub fn release_parked() {
+    let list = {
+        let _s = crate::base::sys::block_signals();
+        let mut parked = PARKED.lock();
+        if parked.is_empty() {
+            return;
+        }
+        core::mem::take(&mut *parked)
+    };
+    for h in list {
+        h.holder.release();
+    }
+}
+
+/// In a forked child: the parked holders are the parent's children; forget them.
+pub fn forget_parked_after_fork() {
+    PARKED.release();
+    let list = core::mem::take(&mut *PARKED.lock());
+    for h in list {
+        h.holder.forget();
+    }
 }
 
 #[cfg(test)]
@@ -326,10 +506,8 @@ mod tests {
     fn a_pipe_the_host_closes_reaches_eof_with_a_holder_alive() {
         let mut ends = [0; 2];
         // SAFETY: `ends` is two ints for the kernel to fill.
-        assert_eq!(
-            unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_NONBLOCK) },
-            0
-        );
+        let made = unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_NONBLOCK) };
+        assert_eq!(made, 0);
         let h = hold();
         // SAFETY: closing the write end we made; the holder shares the table, so this
         // was the last reference.

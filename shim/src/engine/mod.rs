@@ -162,6 +162,10 @@ pub struct Engine {
     trap_max_ns: u64,
     /// The userfaultfd the engine's ioctls go to (see [`Engine::attach`]); -1 before.
     uffd: i32,
+    /// Versions held by holder children (`MEMSHADOW_BACKEND=holder`), at most one per
+    /// retained version (preallocated). A holder whose version is evicted stays here
+    /// until the epoch thread takes it out to release it (see `holder`).
+    holders: Vec<crate::engine::holder::HeldVersion>,
 }
 
 impl Engine {
@@ -186,6 +190,7 @@ impl Engine {
             trap_ns: [0; 40],
             trap_max_ns: 0,
             uffd: -1,
+            holders: Vec::with_capacity(crate::engine::holder::capacity(config.max_versions)),
         }
     }
 
@@ -212,7 +217,7 @@ impl Engine {
     /// Whether pages may be copied ahead for version `v` now: it is the newest, no pass
     /// runs and it was not given up.
     pub fn copying_for(&self, v: u64) -> bool {
-        self.version == v && !self.pass_running && !self.incomplete
+        self.version == v && !self.pass_running && !self.incomplete && !self.newest_held()
     }
 
     /// Keeps version `v` (and every newer one) from eviction (see `ShadowPool::pin`).
@@ -731,8 +736,11 @@ fn tear_down(fd: i32) {
         crate::base::fds::release(fd);
     }
     crate::engine::preserve::close_kick();
-    if let Some(e) = engine {
+    if let Some(mut e) = engine {
         e.pool.discard_all();
+        // Killed now, reaped by the epoch thread or at exit (this may be the fault
+        // thread, which never waits for a holder to go).
+        crate::engine::holder::park(core::mem::take(&mut e.holders));
         // Its lists are the shim's memory, freed with the arena lock: not under ours.
         drop(e);
     }
@@ -916,8 +924,43 @@ pub fn forget_after_fork() {
     }
     ENGINE.release();
     START.release();
-    // The parent's engine memory stays mapped in the child, unused.
-    core::mem::forget(ENGINE.lock().take());
+    // The parent's engine memory stays mapped in the child, unused. Its holders are the
+    // parent's children: forgotten (their pidfds went with the inherited descriptors).
+    if let Some(mut e) = ENGINE.lock().take() {
+        for h in e.holders.drain(..) {
+            h.holder.forget();
+        }
+        core::mem::forget(e);
+    }
+    crate::engine::holder::forget_parked_after_fork();
+}
+
+/// Kills and reaps every holder (exit, and the shim's tear-down): those of retained
+/// versions and the parked ones. Not on the fault path, never under the engine lock.
+pub fn release_all_holders() {
+    release_holders(true);
+}
+
+/// Reaps the holders of versions no longer retained (evicted by a new version, by the
+/// shadow budget, or when a pin went), and the parked ones. The epoch thread's.
+pub fn release_expired_holders() {
+    release_holders(false);
+}
+
+fn release_holders(all: bool) {
+    if !crate::engine::holder::any_made() {
+        return;
+    }
+    // Sized outside the engine lock; any that came meanwhile go next time.
+    let n = with(|e| e.holders.len()).unwrap_or(0);
+    if n > 0 {
+        let mut out = Vec::with_capacity(n);
+        with(|e| e.take_released(&mut out, all));
+        for h in out {
+            h.holder.release();
+        }
+    }
+    crate::engine::holder::release_parked();
 }
 
 #[cfg(test)]

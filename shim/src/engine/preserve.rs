@@ -250,7 +250,12 @@ fn save(r: Range, between: &mut dyn FnMut()) -> u64 {
                     return Step::Restart;
                 }
                 stamp = Some(now);
-                if e.version == 0 || e.incomplete || e.pool.retained().is_none() {
+                // Holders keep their versions whole: nothing to save for them.
+                if e.version == 0
+                    || e.incomplete
+                    || e.pool.retained().is_none()
+                    || e.only_holders_retained()
+                {
                     return Step::Done;
                 }
                 match e.save_before_discard(Range::new(at, r.end), &pagemap) {

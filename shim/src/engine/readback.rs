@@ -1,7 +1,10 @@
 //! Reading memory as it was at a version.
 //!
-//! Per page, under the engine lock: the slot [`ShadowPool::find`] names, else the live
-//! page. A page with no shadow at or after the version has not been unprotected since
+//! A version a holder child holds (`MEMSHADOW_BACKEND=holder`) is read from that
+//! holder, by `process_vm_readv`, under the engine lock (so the epoch thread cannot
+//! release it meanwhile); a holder gone, or a range it does not hold as it was, is
+//! refused. Otherwise, per page, under the engine lock: the slot [`ShadowPool::find`]
+//! names, else the live page. A page with no shadow at or after the version has not been unprotected since
 //! the newest snapshot (every unprotect follows a copy), so no write can land while the
 //! engine lock keeps the fault thread from unprotecting it: the live copy is exact.
 //!
@@ -15,6 +18,7 @@
 
 use crate::base::page::PAGE;
 use crate::base::range::{coalesce, Range};
+use crate::engine::holder::HolderReadError;
 use crate::engine::{self, Engine, Holding};
 
 /// Why a read was refused.
@@ -37,6 +41,17 @@ pub enum ReadError {
         version: u64,
     },
     Gone {
+        page: usize,
+        version: u64,
+    },
+    /// The version is held by a holder child that is gone (killed by someone else):
+    /// nothing of it can be read.
+    HolderGone {
+        version: u64,
+    },
+    /// A holder holds the version, but `page` lies in a range it does not hold as it
+    /// was (`MADV_DONTFORK`: absent in the holder; `MADV_WIPEONFORK`: zero there).
+    NotHeld {
         page: usize,
         version: u64,
     },
@@ -84,6 +99,14 @@ impl core::fmt::Display for ReadError {
             ReadError::Gone { page, version } => write!(
                 f,
                 "{page:#x} was unmapped or discarded after version {version} and its contents were not kept"
+            ),
+            ReadError::HolderGone { version } => write!(
+                f,
+                "version {version} was held by a child process that is gone (killed outside memshadow); it cannot be read"
+            ),
+            ReadError::NotHeld { page, version } => write!(
+                f,
+                "{page:#x} is in a MADV_DONTFORK or MADV_WIPEONFORK range, which the holder of version {version} does not hold"
             ),
         }
     }
@@ -161,6 +184,18 @@ pub fn copy_at(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<(), Read
     let Some(holding) = e.holding(page, v) else {
         return Err(ReadError::NotTracked { page, version: v });
     };
+    // A version a holder holds is read from it, and only from it.
+    if let Some(h) = e.held(v) {
+        if h.not_held_at(page) {
+            return Err(ReadError::NotHeld { page, version: v });
+        }
+        return match h.holder.read(at, dst) {
+            Ok(()) => Ok(()),
+            Err(HolderReadError::Gone) => Err(ReadError::HolderGone { version: v }),
+            // Unmapped between the region scan and the clone.
+            Err(HolderReadError::Unmapped) => Err(ReadError::Gone { page, version: v }),
+        };
+    }
     // The oldest record at or after `v`: a shadow, or a zero record (the page was
     // discarded unpopulated, see `Engine::zeros`), whichever is older.
     let slot = e.pool.find(page, v);

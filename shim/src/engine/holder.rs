@@ -128,12 +128,6 @@ impl Holder {
         }
     }
 
-    /// Sends the holder SIGKILL through its pidfd, without waiting ([`release`]
-    /// (Self::release) reaps it).
-    pub fn kill(&self) {
-        send_kill(self.pidfd);
-    }
-
     /// Kills and reaps the holder, giving its copied pages back (the kernel frees its
     /// page tables: milliseconds per GiB).
     pub fn release(self) {
@@ -407,17 +401,14 @@ impl crate::engine::Engine {
 }
 
 /// Holders taken from an engine that was torn down (`engine::stop`, on whatever
-/// thread found the descriptor lost): killed at once, reaped by the epoch thread or at
-/// exit ([`release_parked`]), never on the fault path.
+/// thread found the descriptor lost): killed and reaped by the epoch thread or at exit
+/// ([`release_parked`]), never on the fault path.
 static PARKED: crate::base::sync::SpinLock<Vec<HeldVersion>> =
     crate::base::sync::SpinLock::new(Vec::new());
 
-/// Kills every holder of `list` now (through its pidfd: no wait) and parks them to be
-/// reaped by [`release_parked`].
+/// Parks the holders of `list` to be killed and reaped by [`release_parked`] (this may
+/// run on the fault thread, which never signals or waits for a holder).
 pub fn park(mut list: Vec<HeldVersion>) {
-    for h in &list {
-        h.holder.kill();
-    }
     let _s = crate::base::sys::block_signals();
     let mut parked = PARKED.lock();
     if parked.is_empty() {

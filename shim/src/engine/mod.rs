@@ -261,6 +261,9 @@ impl Engine {
         if crate::engine::fault::events_in_hand() {
             return false;
         }
+        // Before the stamp changes: a discard that saw the old stamp and skipped its
+        // save for holders is then recorded lost for this version (`after_discard`).
+        ONLY_HOLDERS.store(false, Ordering::Release);
         self.version = v;
         self.set_pass_running(true);
         self.incomplete = false;
@@ -574,6 +577,7 @@ impl Engine {
             .counter(Counter::ShadowPeakBytes)
             .fetch_max(bytes, Ordering::Relaxed);
         stats::set(Counter::VersionsRetained, self.pool.versions_retained());
+        ONLY_HOLDERS.store(self.only_holders_retained(), Ordering::Release);
         stats::set(Counter::Version, self.version);
         let (newest, capacity) = self.pool.newest_use();
         NEWEST_OVER_HALF.store(newest * 2 > capacity, Ordering::Relaxed);
@@ -587,6 +591,15 @@ impl Engine {
 static ENGINE: SpinLock<Option<Engine>> = SpinLock::new(None);
 /// The newest version holds more than half of the shadow budget (see [`budget_pressed`]).
 static NEWEST_OVER_HALF: AtomicBool = AtomicBool::new(false);
+
+/// Every retained version is held by a holder (as of the last `Engine::publish`): a
+/// discard needs no save (see `preserve::before_discard`).
+static ONLY_HOLDERS: AtomicBool = AtomicBool::new(false);
+
+/// See [`ONLY_HOLDERS`]; read by host threads, which never take the engine lock.
+pub fn only_holders_retained() -> bool {
+    ONLY_HOLDERS.load(Ordering::Acquire)
+}
 
 /// Whether the newest version's shadows fill more than half of the budget: the next
 /// snapshot should come now. When one version alone outgrows the budget it is given up
@@ -738,8 +751,8 @@ fn tear_down(fd: i32) {
     crate::engine::preserve::close_kick();
     if let Some(mut e) = engine {
         e.pool.discard_all();
-        // Killed now, reaped by the epoch thread or at exit (this may be the fault
-        // thread, which never waits for a holder to go).
+        // Killed and reaped by the epoch thread or at exit (this may be the fault
+        // thread, which never signals or waits for a holder).
         crate::engine::holder::park(core::mem::take(&mut e.holders));
         // Its lists are the shim's memory, freed with the arena lock: not under ours.
         drop(e);
@@ -912,6 +925,7 @@ pub fn now_ns() -> u64 {
 pub fn forget_after_fork() {
     STARTED.store(false, Ordering::Release);
     STAMP.store(0, Ordering::Release);
+    ONLY_HOLDERS.store(false, Ordering::Release);
     PID.store(0, Ordering::Release);
     crate::engine::preserve::forget_after_fork();
     STOPPED.store(false, Ordering::Release);

@@ -352,7 +352,10 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     for &addr in &held {
         engine::with(|e| e.resolve(addr));
     }
-    crate::engine::governor::note_pass(engine::now_ns() - opened_at, held.len());
+    // A holder's clone stalled the program too (the page-table copy), before the version
+    // opened: the governor counts it with the pass.
+    let stalled_from = holder_us.map_or(opened_at, |us| opened_at.saturating_sub(us * 1000));
+    crate::engine::governor::note_pass(engine::now_ns() - stalled_from, held.len());
     crate::prefetch::epoch_opened();
     drop(tracked); // the previous lists
     drop(retired);

@@ -14,15 +14,28 @@
  *   forkexec  fork + exec of `sh -c 'exit N'`, posix_spawn of /bin/echo, system()
  *   wipe      a MADV_WIPEONFORK buffer keeps its bytes in the host (and reads zero in
  *             a forked child), as without the shim
+ *   refused   the holders' clones refused with ENOMEM (a seccomp filter, all threads:
+ *             `clone` without CLONE_VM and with CLONE_PIDFD; threads, fork and exec are
+ *             untouched), then the same writes and a fork: the shim must fall back to
+ *             shadows and the program notice nothing
  *   serve     the byte-exact check: writes known patterns into a buffer, takes a
  *             snapshot with memshadow_snapshot() after each round and prints
  *             "V 0xADDR LEN CHECKSUM" (FNV-1a 64) of the buffer as it was then; also
  *             "wipe 0xADDR LEN" for a MADV_WIPEONFORK buffer; then "ready", and waits for
  *             SIGUSR1 (nothing is written after "ready")
  *
+ * `serve refused` does serve with the holders' clones refused, as `refused` does.
+ *
  * Output is deterministic except serve's addresses and versions. */
 #include <errno.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/sched.h>
+#include <linux/seccomp.h>
 #include <pthread.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdint.h>
@@ -258,6 +271,61 @@ static void mode_wipe(void)
     }
 }
 
+/* Makes every `clone` that a holder would be made with (no CLONE_VM, CLONE_PIDFD) fail
+ * with ENOMEM, in every thread of the process (the shim's included): as a clone
+ * refused for memory. */
+static void refuse_holder_clones(void)
+{
+#if defined(__x86_64__)
+#define TU_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define TU_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#else
+#error "holder_host: no seccomp arch for this machine"
+#endif
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TU_AUDIT_ARCH, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* The low 32 bits of the flags (little endian). */
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CLONE_VM, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CLONE_PIDFD, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOMEM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {.len = sizeof f / sizeof f[0], .filter = f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        DIE("PR_SET_NO_NEW_PRIVS: %s", tu_errno_name(errno));
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) != 0)
+        DIE("seccomp: %s", tu_errno_name(errno));
+}
+
+static void mode_refused(void)
+{
+    refuse_holder_clones();
+    for (int round = 0; round < 3; round++) {
+        keep_busy(60);
+        long long v = memshadow_snapshot();
+        /* Without the shim: ENOSYS; with it, a version (from shadows). */
+        printf("round %d: snapshot %s\n", round, v > 0 || errno == ENOSYS ? "answered" : "failed");
+        /* A forked child sees the memory as it was at the fork. */
+        uint64_t sum = tu_fnv(TU_FNV_INIT, busy, BUSY_BYTES);
+        pid_t pid = fork();
+        if (pid < 0)
+            DIE("fork");
+        if (pid == 0)
+            _exit(tu_fnv(TU_FNV_INIT, busy, BUSY_BYTES) == sum ? 3 : 4);
+        int status = 0;
+        CHECK(waitpid(pid, &status, 0) == pid, "waitpid");
+        printf("round %d: child exited %d\n", round, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    }
+}
+
 #define SERVE_BYTES (64 * 4096)
 
 static void mode_serve(void)
@@ -302,10 +370,14 @@ int main(int argc, char **argv)
         mode_forkexec();
     else if (strcmp(mode, "wipe") == 0)
         mode_wipe();
+    else if (strcmp(mode, "refused") == 0)
+        mode_refused();
     else if (strcmp(mode, "serve") == 0) {
+        if (argc > 2 && strcmp(argv[2], "refused") == 0)
+            refuse_holder_clones();
         mode_serve();
         return 0;
     } else
-        DIE("usage: holder_host pipe|wait|forkexec|wipe|serve");
+        DIE("usage: holder_host pipe|wait|forkexec|wipe|refused|serve [refused]");
     return tu_finish(mode, 0);
 }

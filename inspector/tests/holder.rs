@@ -113,16 +113,54 @@ fn children(pid: u32) -> Vec<i32> {
 }
 
 #[test]
+fn a_clone_refused_falls_back_to_shadows_unnoticed() {
+    let prog = Prog::new(c_program("holder_host"))
+        .arg("refused")
+        .timeout(LIMIT);
+    let native = prog.run_native();
+    assert_native_ok("refused", &native, 0);
+    let shimmed = prog.run_shimmed_with(HOLDER);
+    assert_same_behaviour("refused (holders every 10 ms)", &native, &shimmed, false);
+    let stderr = String::from_utf8_lossy(&shimmed.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one line for all the refused clones: {stderr}"
+    );
+    assert!(
+        lines[0].starts_with("memshadow: cannot make a holder") && lines[0].contains("use shadows"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_holder_version_reads_as_the_program_wrote_it() {
+    serve_and_read(false);
+}
+
+#[test]
+fn versions_read_as_written_when_the_clones_are_refused() {
+    serve_and_read(true);
+}
+
+/// `holder_host serve` (`refused`: with the holders' clones refused): each version read
+/// back byte-exact; with holders, the MADV_WIPEONFORK range and killed holders refused.
+fn serve_and_read(refused: bool) {
     let dir = temp_dir("holder-serve");
     let d = dir.path();
     // Many versions kept: the program's own (C API) snapshots stay readable for ten
     // seconds of 10 ms snapshots after it printed them.
     let mut env = HOLDER.to_vec();
     env.push(("MEMSHADOW_MAX_VERSIONS", "1024"));
+    let args: &[&str] = if refused {
+        &["serve", "refused"]
+    } else {
+        &["serve"]
+    };
     let running = Running::start(
         &c_program("holder_host"),
-        &["serve"],
+        args,
         d,
         &env,
         LIMIT,
@@ -161,6 +199,20 @@ fn a_holder_version_reads_as_the_program_wrote_it() {
             "version {v} read back other bytes (those of round {:?})",
             sums.iter().position(|s| *s == got)
         );
+    }
+
+    if refused {
+        // Every version came from shadows, and was read back exact above.
+        let json = finish(
+            memshadow(d).args(["stats", "--json", &pid.to_string()]),
+            LIMIT,
+        );
+        let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("stats JSON");
+        assert_eq!(v["holder_snapshots"].as_u64(), Some(0), "{v}");
+        assert!(v["pages_protected"].as_u64() > Some(0), "{v}");
+        let rest = running.stop(LIMIT);
+        assert_eq!(rest, "", "holder_host printed after ready");
+        return;
     }
 
     // The MADV_WIPEONFORK buffer is zero in a holder: its reads are refused, never zeros.

@@ -105,7 +105,8 @@ impl Holder {
         // SAFETY: `dst` is writable for its length; the kernel reads the holder's
         // address space and stops cleanly where it is unmapped.
         let n = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
-        if !self.alive() {
+        // ESRCH: exiting (its memory goes before its pidfd says so).
+        if !self.alive() || (n < 0 && crate::base::sys::errno() == libc::ESRCH) {
             return Err(HolderReadError::Gone);
         }
         if n < 0 || n as usize != dst.len() {

@@ -1057,6 +1057,80 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_holder_version_reads_from_its_holder_and_refuses_what_it_cannot() {
+        use crate::engine::holder::{HeldVersion, Holder};
+        let buf = buffer(8);
+        fill(buf, 0x11);
+        let (mut e, _pool) = engine(16, buf);
+        let wiped = Range::new(buf.start + 6 * PAGE, buf.end);
+        let holder = {
+            let _s = sys::block_signals();
+            Holder::hold_now().expect("a holder")
+        };
+        let h = HeldVersion {
+            version: 1,
+            holder,
+            not_held: vec![wiped],
+        };
+        e.install_holder(h).expect("room for it");
+        assert!(e.newest_held() && e.only_holders_retained());
+        assert!(
+            !e.copying_for(1),
+            "nothing is copied ahead for a holder version"
+        );
+        fill(buf, 0x22);
+        // Page by page and in one span, the version as it was at the clone.
+        assert_eq!(
+            read_page(&e, 1, buf.start + PAGE).unwrap(),
+            vec![0x11; PAGE]
+        );
+        let mut span = vec![0u8; 8 * PAGE];
+        let n = crate::engine::readback::copy_held(&e, 1, buf.start + 10, &mut span).unwrap();
+        assert_eq!(n, 6 * PAGE - 10, "stops before the range it does not hold");
+        assert!(span[..n].iter().all(|&b| b == 0x11));
+        assert!(matches!(
+            read_page(&e, 1, wiped.start),
+            Err(ReadError::NotHeld { .. })
+        ));
+        // The version evicted: its holder comes out, to be released outside the lock.
+        e.pool.clear();
+        let mut out = Vec::with_capacity(4);
+        e.take_released(&mut out, false);
+        assert_eq!(out.len(), 1);
+        // A holder gone (killed from outside) is refused, never read.
+        e.pool.begin_version(1);
+        e.install_holder(out.pop().unwrap()).expect("room for it");
+        let mut out = Vec::with_capacity(4);
+        e.take_released(&mut out, true);
+        let h = out.pop().unwrap();
+        let pid = h.holder.pid();
+        // SAFETY: kill of the holder this test made (not reaped yet: its pid is its).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let mut page = vec![0u8; PAGE];
+        for _ in 0..1000 {
+            if h.holder.read(buf.start, &mut page).is_err() {
+                break;
+            }
+            sys::sleep_ms(1);
+        }
+        assert_eq!(
+            h.holder.read(buf.start, &mut page),
+            Err(crate::engine::holder::HolderReadError::Gone),
+            "a killed holder still answered, or not as gone"
+        );
+        e.install_holder(h).expect("room for it");
+        assert_eq!(
+            read_page(&e, 1, buf.start),
+            Err(ReadError::HolderGone { version: 1 })
+        );
+        let mut out = Vec::with_capacity(4);
+        e.take_released(&mut out, true);
+        for h in out {
+            h.holder.release();
+        }
+    }
+
     /// A userfaultfd with what the engine needs, `r` registered and write-protected
     /// (as a protect pass leaves it), attached to `e`.
     fn protected(e: &mut Engine, r: Range) -> Uffd {

@@ -233,6 +233,62 @@ pub fn copy_at(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<(), Read
     }
 }
 
+/// Bytes read from a holder per engine-lock hold, in one `process_vm_readv`.
+const HELD_BYTES_PER_LOCK: usize = 256 << 10;
+
+/// Fills the start of `dst` (at least one byte, at most [`HELD_BYTES_PER_LOCK`]) with
+/// the memory at `at` as the holder of version `v` holds it, in one read, up to the
+/// first page the version does not hold (which the next call refuses); returns the bytes
+/// filled. Under the engine lock; `v` is readable and held.
+pub fn copy_held(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<usize, ReadError> {
+    let Some(h) = e.held(v) else {
+        return Err(ReadError::NoEngine);
+    };
+    let want = dst.len().min(HELD_BYTES_PER_LOCK);
+    let mut page = crate::base::page::floor(at);
+    let mut n = 0;
+    while n < want {
+        let refused = if e.holding(page, v).is_none() {
+            Some(ReadError::NotTracked { page, version: v })
+        } else if h.not_held_at(page) {
+            Some(ReadError::NotHeld { page, version: v })
+        } else {
+            None
+        };
+        if let Some(r) = refused {
+            if n == 0 {
+                return Err(r);
+            }
+            break;
+        }
+        n = (page + PAGE - at).min(want);
+        page += PAGE;
+    }
+    let first = (crate::base::page::floor(at) + PAGE - at).min(n);
+    match h.holder.read(at, &mut dst[..n]) {
+        Ok(()) => Ok(n),
+        // Part of the span is not there: its first page alone, so the refusal (on the
+        // next call) names the page that is missing.
+        Err(HolderReadError::Unmapped) if n > first => h
+            .holder
+            .read(at, &mut dst[..first])
+            .map(|()| first)
+            .map_err(|e| match e {
+                HolderReadError::Gone => ReadError::HolderGone { version: v },
+                HolderReadError::Unmapped => ReadError::Gone {
+                    page: crate::base::page::floor(at),
+                    version: v,
+                },
+            }),
+        Err(HolderReadError::Gone) => Err(ReadError::HolderGone { version: v }),
+        // Unmapped between the region scan and the clone.
+        Err(HolderReadError::Unmapped) => Err(ReadError::Gone {
+            page: crate::base::page::floor(at),
+            version: v,
+        }),
+    }
+}
+
 /// How long a reader waits, at most, for faults queued on the userfaultfd to be
 /// served before its next engine-lock hold.
 const FAULTS_FIRST_NS: u64 = 100_000;
@@ -263,6 +319,10 @@ pub fn read(v: u64, addr: usize, out: &mut [u8]) -> Result<(), ReadError> {
         let_faults_go_first();
         let r = engine::with(|e| {
             readable(e, v)?;
+            if e.held(v).is_some() {
+                done += copy_held(e, v, addr + done, &mut out[done..])?;
+                return Ok(());
+            }
             for _ in 0..PAGES_PER_LOCK {
                 if done == out.len() {
                     break;

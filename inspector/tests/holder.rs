@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::shimmed::{fnv1a64, Running};
 use common::{
     assert_native_ok, assert_same_behaviour, c_program, clean_env_in, finish, memshadow_bin,
-    temp_dir, Finished, Prog,
+    temp_dir, wait_until, Finished, Prog,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -235,6 +235,22 @@ fn serve_and_read(refused: bool) {
             .unwrap_or_else(|| panic!("no {key} line: {text:#?}"))
     };
     assert!(value("holder_snapshots") >= 6, "{text:#?}");
+    // The holders of the first versions kept the pages the program rewrote after them.
+    let pinned = |d: &Path| -> u64 {
+        let json = finish(
+            memshadow(d).args(["stats", "--json", &pid.to_string()]),
+            LIMIT,
+        );
+        let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("stats JSON");
+        v["holder_pinned_bytes"]
+            .as_u64()
+            .expect("holder_pinned_bytes")
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || pinned(d) >= 4096),
+        "holder_pinned_bytes stays {}",
+        pinned(d)
+    );
     assert!(value("holder_pause_us_max") > 0, "{text:#?}");
     assert_eq!(value("traps"), 0, "{text:#?}");
 

@@ -428,14 +428,26 @@ const SMAPS_MAX: usize = 64 << 20;
 static HOLDER_ERROR_SAID: AtomicBool = AtomicBool::new(false);
 
 /// `holder_pinned_bytes`: the memory the live holders alone keep, measured here (it
-/// walks their page tables), never on the fault path.
+/// walks their page tables: about a millisecond per GiB and holder), never on the fault
+/// path; at most every [`PINNED_EVERY_NS`], so 10 ms snapshots do not spend the epoch
+/// thread's time on it.
 fn publish_pinned() {
+    let now = engine::now_ns();
+    let last = PINNED_AT.load(Ordering::Relaxed);
+    if last != 0 && now.saturating_sub(last) < PINNED_EVERY_NS {
+        return;
+    }
+    PINNED_AT.store(now, Ordering::Relaxed);
     let mut views = Vec::with_capacity(engine::with(|e| e.holder_count()).unwrap_or(0));
     engine::with(|e| e.holder_views(&mut views));
     // Only this thread releases holders: the views stay valid while they are measured.
     let bytes: u64 = views.iter().map(|v| v.pinned_bytes()).sum();
     stats::set(Counter::HolderPinnedBytes, bytes);
 }
+
+/// When `holder_pinned_bytes` was last measured (0: never).
+static PINNED_AT: AtomicU64 = AtomicU64::new(0);
+const PINNED_EVERY_NS: u64 = 100_000_000;
 
 thread_local! {
     /// Set on the epoch thread: only it makes holders.

@@ -81,6 +81,24 @@ fn a_wipeonfork_buffer_reads_in_the_host_as_without_the_shim() {
     same_as_native("wipe");
 }
 
+#[test]
+fn stray_closes_never_take_a_holders_pidfd_or_cost_the_program_a_descriptor() {
+    // stray_close closes, close_range()s and dup2()s over every number it did not
+    // open, then runs its records through pipes on the lowest numbers: with a holder
+    // (a new pidfd, at a low number until the shim moves it) every millisecond, a
+    // pidfd the program closed first must never be taken back from it.
+    let prog = Prog::new(c_program("stray_close")).timeout(LIMIT);
+    let native = prog.run_native();
+    assert_native_ok("stray_close", &native, 0);
+    for _ in 0..3 {
+        let shimmed = prog.run_shimmed_with(&[
+            ("MEMSHADOW_BACKEND", "holder"),
+            ("MEMSHADOW_INTERVAL_MS", "1"),
+        ]);
+        assert_same_behaviour("stray_close (holders every 1 ms)", &native, &shimmed, true);
+    }
+}
+
 fn memshadow(dir: &Path) -> Command {
     let mut c = Command::new(memshadow_bin());
     clean_env_in(&mut c, dir);
@@ -150,7 +168,8 @@ fn serve_and_read(refused: bool) {
     let dir = temp_dir("holder-serve");
     let d = dir.path();
     // Many versions kept: the program's own (C API) snapshots stay readable for ten
-    // seconds of 10 ms snapshots after it printed them.
+    // seconds of 10 ms snapshots after it printed them (past the most holders the shim
+    // keeps alive, `holder::MAX_HOLDERS`, versions are shadow snapshots, with one line).
     let mut env = HOLDER.to_vec();
     env.push(("MEMSHADOW_MAX_VERSIONS", "1024"));
     let args: &[&str] = if refused {
@@ -252,7 +271,6 @@ fn serve_and_read(refused: bool) {
         pinned(d)
     );
     assert!(value("holder_pause_us_max") > 0, "{text:#?}");
-    assert_eq!(value("traps"), 0, "{text:#?}");
 
     // Holders killed from outside: the versions they held are refused in one line,
     // never answered with other bytes.

@@ -30,6 +30,9 @@ pub enum HolderError {
     Clone(i32),
     /// Its pidfd could not be kept among the shim's descriptors.
     Pidfd(crate::base::fds::FdError),
+    /// Its pidfd was closed (or its number reused) by the program before the shim
+    /// could keep it.
+    PidfdLost,
 }
 
 impl core::fmt::Display for HolderError {
@@ -37,6 +40,7 @@ impl core::fmt::Display for HolderError {
         match self {
             HolderError::Clone(e) => write!(f, "clone failed (errno {e})"),
             HolderError::Pidfd(e) => write!(f, "the holder's pidfd: {e}"),
+            HolderError::PidfdLost => write!(f, "the holder's pidfd was closed by the program"),
         }
     }
 }
@@ -73,10 +77,22 @@ impl Holder {
             return Err(HolderError::Clone(crate::base::sys::errno()));
         }
         let pid = pid as i32;
+        // The number the kernel gave the pidfd is low and not guarded yet: a program
+        // that closes numbers it did not open may have closed it, and its next pipe or
+        // open may have taken it. Only a live pidfd of a child of ours is adopted (and
+        // so moved away and closed); anything else is left alone, as the program's.
+        if !is_childs_pidfd(pidfd) {
+            kill_and_reap_by_pid(pid);
+            return Err(HolderError::PidfdLost);
+        }
         match crate::base::fds::adopt(pidfd) {
             Ok(fd) => Ok(Holder { pid, pidfd: fd }),
             Err(e) => {
-                kill_and_reap(pidfd);
+                // The pidfd is not ours any more (the host closed or replaced that
+                // number before the shim could guard it). The holder is microseconds
+                // old and not reaped (no SIGCHLD, invisible to wait(-1)): its pid is
+                // still it.
+                kill_and_reap_by_pid(pid);
                 Err(HolderError::Pidfd(e))
             }
         }
@@ -251,6 +267,46 @@ fn kill_and_reap(pidfd: i32) {
     }
 }
 
+/// Whether `fd` is a pidfd of a live child of this process: `waitid` on it (without
+/// waiting or reaping) fails for anything else (EINVAL or EBADF for another file,
+/// ECHILD for another process's pidfd) and reports no exit.
+fn is_childs_pidfd(fd: i32) -> bool {
+    let mut info: libc::siginfo_t = zeroed_siginfo();
+    // SAFETY: `info` is a valid out-pointer; WNOHANG never blocks, WNOWAIT reaps nothing.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            fd as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT | libc::__WALL,
+        )
+    };
+    // SAFETY: reading the pid field of a siginfo the kernel filled (zero: no event).
+    r == 0 && unsafe { info.si_pid() } == 0
+}
+
+/// Only for a holder just made whose pidfd was lost before the shim could keep it: by
+/// pid (unreaped, so not reused), then reaped (`__WALL`: a clone child).
+fn kill_and_reap_by_pid(pid: i32) {
+    // SAFETY: signalling our own child, which nothing has reaped; no memory is passed.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let mut info: libc::siginfo_t = zeroed_siginfo();
+    loop {
+        // SAFETY: `info` is a valid out-pointer; waits for that child only.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::__WALL,
+            )
+        };
+        if r == 0 || crate::base::sys::errno() != libc::EINTR {
+            break;
+        }
+    }
+}
+
 /// SIGKILL through the pidfd (never by pid), if it is still the shim's.
 fn send_kill(pidfd: i32) {
     if crate::base::fds::verify(pidfd) {
@@ -331,6 +387,12 @@ static HOLDERS_MADE: core::sync::atomic::AtomicBool = core::sync::atomic::Atomic
 pub fn any_made() -> bool {
     HOLDERS_MADE.load(core::sync::atomic::Ordering::Relaxed)
 }
+
+/// Most holders alive at once: each keeps a pidfd among the shim's descriptors
+/// (`fds::SLOTS`, which also holds the shim's own few and one per request or file being
+/// read). Versions past it (`MEMSHADOW_MAX_VERSIONS` above it, or pins) are shadow
+/// snapshots.
+pub const MAX_HOLDERS: usize = 40;
 
 /// Most holders the engine keeps: one per retained version at most.
 pub fn capacity(max_versions: usize) -> usize {

@@ -16,6 +16,7 @@ use crate::base::mailbox::Mailbox;
 use crate::base::range::{coalesce, Range};
 use crate::base::sync::SpinLock;
 use crate::config::Backend;
+use crate::engine::holder;
 use crate::engine::reprotect::{self, PassWork};
 use crate::engine::uffd::Uffd;
 use crate::engine::{self, RetiredRange, TrackedRange};
@@ -229,7 +230,17 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     // it). Nothing is registered or protected for it. A clone refused: this version
     // is a shadow snapshot, protecting everything.
     let holding = if config.backend == Backend::Holder && ON_EPOCH_THREAD.with(|t| t.get()) {
-        hold()
+        if engine::with(|e| e.holder_count()).unwrap_or(0) < holder::MAX_HOLDERS {
+            hold()
+        } else {
+            if !HOLDERS_FULL_SAID.swap(true, Ordering::Relaxed) {
+                crate::base::log::error!(
+                    "{} holders are alive (the most the shim keeps): versions past them use shadows",
+                    holder::MAX_HOLDERS
+                );
+            }
+            None
+        }
     } else {
         None
     };
@@ -258,8 +269,13 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     // pass must then need nothing but ioctls and the engine lock until it has released
     // the held faults.
     let mut held = Vec::with_capacity(engine::HELD_CAPACITY);
-    let (v, (unprotected_cap, changed_cap), oldest) =
-        engine::with(|e| e.next_version()).ok_or(SnapshotError::Stopped)?;
+    let Some((v, (unprotected_cap, changed_cap), oldest)) = engine::with(|e| e.next_version())
+    else {
+        if let Some((h, _)) = holding {
+            h.holder.release();
+        }
+        return Err(SnapshotError::Stopped);
+    };
     let mut work = PassWork::with_capacity(unprotected_cap, changed_cap);
     let tracked = carry_since(&last.tracked, &ranges, v);
     // Retired ranges stay while a retained version may need them.
@@ -302,11 +318,14 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
         // is over. No room for it (never, with one holder per retained version): the
         // version is given up.
         holder_us = Some(us);
-        let unplaced = engine::with(|e| {
+        let mut unplaced = Some(h);
+        engine::with(|e| {
             e.take_released(&mut released, false);
-            e.install_holder(h).err()
-        })
-        .flatten();
+            if let Some(h) = unplaced.take() {
+                unplaced = e.install_holder(h).err();
+            }
+        });
+        // No room, or the engine stopped meanwhile: released with the others.
         if let Some(h) = unplaced {
             refused = true;
             released.push(h);
@@ -392,13 +411,27 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
 /// and the clone's duration in microseconds (a stall of the program, like fork's).
 /// `None`, said once, when the clone is refused: the caller takes a shadow snapshot.
 fn hold() -> Option<(crate::engine::holder::HeldVersion, u64)> {
-    use crate::engine::holder::{self, HeldVersion, Holder};
+    use crate::engine::holder::{HeldVersion, Holder};
     let smaps = crate::base::fds::read_file(c"/proc/self/smaps", SMAPS_MAX);
     let mut not_held = Vec::new();
     holder::not_held(&smaps, &mut not_held);
     drop(smaps);
-    let t0 = engine::now_ns();
-    match Holder::hold_now() {
+    let mut t0 = engine::now_ns();
+    let mut made = Holder::hold_now();
+    // A pidfd lost to the host before the shim could guard it (a program that closes
+    // or dup2s onto numbers it did not open, in the microseconds between): the holder
+    // was reaped; try again.
+    for _ in 0..PIDFD_RETRIES {
+        if !matches!(
+            made,
+            Err(holder::HolderError::Pidfd(_) | holder::HolderError::PidfdLost)
+        ) {
+            break;
+        }
+        t0 = engine::now_ns();
+        made = Holder::hold_now();
+    }
+    match made {
         Ok(h) => {
             let us = (engine::now_ns() - t0) / 1000;
             // Nothing allocates once the version is open: the version is set there.
@@ -422,10 +455,14 @@ fn hold() -> Option<(crate::engine::holder::HeldVersion, u64)> {
     }
 }
 
+/// Clones tried again when the pidfd was lost (see [`hold`]).
+const PIDFD_RETRIES: usize = 3;
+
 /// Most of /proc/self/smaps read for the holder's ranges (about 1 KiB per mapping).
 const SMAPS_MAX: usize = 64 << 20;
 
 static HOLDER_ERROR_SAID: AtomicBool = AtomicBool::new(false);
+static HOLDERS_FULL_SAID: AtomicBool = AtomicBool::new(false);
 
 /// `holder_pinned_bytes`: the memory the live holders alone keep, measured here (it
 /// walks their page tables: about a millisecond per GiB and holder), never on the fault

@@ -18,6 +18,8 @@
  *             `clone` without CLONE_VM and with CLONE_PIDFD; threads, fork and exec are
  *             untouched), then the same writes and a fork: the shim must fall back to
  *             shadows and the program notice nothing
+ *   undumpable as refused, but the program makes itself not dumpable (PR_SET_DUMPABLE 0)
+ *             instead: a holder could not be read, so the shim must use shadows
  *   serve     the byte-exact check: writes known patterns into a buffer, takes a
  *             snapshot with memshadow_snapshot() after each round and prints
  *             "V 0xADDR LEN CHECKSUM" (FNV-1a 64) of the buffer as it was then; also
@@ -305,9 +307,13 @@ static void refuse_holder_clones(void)
         DIE("seccomp: %s", tu_errno_name(errno));
 }
 
-static void mode_refused(void)
+static void mode_refused(int undumpable)
 {
-    refuse_holder_clones();
+    if (undumpable) {
+        if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+            DIE("PR_SET_DUMPABLE: %s", tu_errno_name(errno));
+    } else
+        refuse_holder_clones();
     for (int round = 0; round < 3; round++) {
         keep_busy(60);
         long long v = memshadow_snapshot();
@@ -371,13 +377,15 @@ int main(int argc, char **argv)
     else if (strcmp(mode, "wipe") == 0)
         mode_wipe();
     else if (strcmp(mode, "refused") == 0)
-        mode_refused();
+        mode_refused(0);
+    else if (strcmp(mode, "undumpable") == 0)
+        mode_refused(1);
     else if (strcmp(mode, "serve") == 0) {
         if (argc > 2 && strcmp(argv[2], "refused") == 0)
             refuse_holder_clones();
         mode_serve();
         return 0;
     } else
-        DIE("usage: holder_host pipe|wait|forkexec|wipe|refused|serve [refused]");
+        DIE("usage: holder_host pipe|wait|forkexec|wipe|refused|undumpable|serve [refused]");
     return tu_finish(mode, 0);
 }

@@ -132,22 +132,32 @@ fn children(pid: u32) -> Vec<i32> {
 
 #[test]
 fn a_clone_refused_falls_back_to_shadows_unnoticed() {
-    let prog = Prog::new(c_program("holder_host"))
-        .arg("refused")
-        .timeout(LIMIT);
+    falls_back("refused", "memshadow: cannot make a holder");
+}
+
+#[test]
+fn a_program_that_is_not_dumpable_keeps_its_versions_on_shadows() {
+    falls_back("undumpable", "memshadow: the program is not dumpable");
+}
+
+/// `holder_host MODE` behaves as natively, and the shim says in one line, starting with
+/// `line`, that its snapshots use shadows.
+fn falls_back(mode: &str, line: &str) {
+    let prog = Prog::new(c_program("holder_host")).arg(mode).timeout(LIMIT);
     let native = prog.run_native();
-    assert_native_ok("refused", &native, 0);
+    assert_native_ok(mode, &native, 0);
     let shimmed = prog.run_shimmed_with(HOLDER);
-    assert_same_behaviour("refused (holders every 10 ms)", &native, &shimmed, false);
+    assert_same_behaviour(
+        &format!("{mode} (holders every 10 ms)"),
+        &native,
+        &shimmed,
+        false,
+    );
     let stderr = String::from_utf8_lossy(&shimmed.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "one line for all the refused clones: {stderr}"
-    );
+    assert_eq!(lines.len(), 1, "one line for all the snapshots: {stderr}");
     assert!(
-        lines[0].starts_with("memshadow: cannot make a holder") && lines[0].contains("use shadows"),
+        lines[0].starts_with(line) && lines[0].contains("shadows"),
         "{stderr}"
     );
 }

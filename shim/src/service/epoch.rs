@@ -412,6 +412,18 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
 /// `None`, said once, when the clone is refused: the caller takes a shadow snapshot.
 fn hold() -> Option<(crate::engine::holder::HeldVersion, u64)> {
     use crate::engine::holder::{HeldVersion, Holder};
+    // A program that made itself not dumpable (PR_SET_DUMPABLE 0: ssh-agent, gpg-agent)
+    // makes its children so too: a holder then could not be read (process_vm_readv of
+    // another process needs ptrace access), so its versions stay on shadows.
+    // SAFETY: PR_GET_DUMPABLE takes no pointer.
+    if unsafe { libc::prctl(libc::PR_GET_DUMPABLE) } != 1 {
+        if !HOLDER_ERROR_SAID.swap(true, Ordering::Relaxed) {
+            crate::base::log::error!(
+                "the program is not dumpable (PR_SET_DUMPABLE), so a holder of its memory could not be read; its snapshots use shadows"
+            );
+        }
+        return None;
+    }
     let smaps = crate::base::fds::read_file(c"/proc/self/smaps", SMAPS_MAX);
     let mut not_held = Vec::new();
     holder::not_held(&smaps, &mut not_held);

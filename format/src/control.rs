@@ -54,7 +54,10 @@
 //! (as `regions V` does) and the page-aligned ranges, within them, that may differ from
 //! version `SINCE` (`SINCE` < `V`): pages saved, recorded zero or discarded in the
 //! epochs from `SINCE` up to `V`, and every range tracked at `V` but not at `SINCE`.
-//! `SINCE` 0 asks for every region whole (a base). It is refused like `read`, and also
+//! `SINCE` 0 asks for every region whole (a base). When `V` or `SINCE` is held by a
+//! holder child (`MEMSHADOW_BACKEND=holder`), every page of `V`'s regions is listed as
+//! changed: a holder keeps a version, not the pages written since another (exact dirty
+//! tracking for holders is a later step of issue 15). It is refused like `read`, and also
 //! when `SINCE` is no longer retained (its changes cannot be told any more: ask for a
 //! base). After `end\n` come the bytes of the change ranges in order at version `V`, as
 //! frames: a 4-byte little-endian length from 1 to [`MAX_FRAME`] then that many bytes;

@@ -172,11 +172,20 @@ pub enum Counter {
     /// Pages whose first write after a snapshot found them unpopulated (never written):
     /// recorded as zero at that version and made writable without a copy.
     PagesZeroed = 44,
+    /// Snapshots held by a holder child (`MEMSHADOW_BACKEND=holder`) instead of shadows.
+    HolderSnapshots = 45,
+    /// The longest holder clone, microseconds: the page-table copy stalls the program
+    /// (like fork's), so it counts as a pause.
+    HolderPauseUsMax = 46,
+    /// Bytes only live holders keep: the pages the program wrote since each holder was
+    /// made, which the kernel copied (their private resident memory, summed; refreshed
+    /// by the epoch thread at each snapshot).
+    HolderPinnedBytes = 47,
 }
 
 impl Counter {
     /// Every assigned counter, in slot order.
-    pub const ALL: [Counter; 45] = [
+    pub const ALL: [Counter; 48] = [
         Counter::TrackedRegions,
         Counter::TrackedBytes,
         Counter::Rescans,
@@ -222,6 +231,9 @@ impl Counter {
         Counter::IntervalMsEffective,
         Counter::GovernorStretches,
         Counter::PagesZeroed,
+        Counter::HolderSnapshots,
+        Counter::HolderPauseUsMax,
+        Counter::HolderPinnedBytes,
     ];
 
     pub const fn index(self) -> usize {
@@ -275,6 +287,9 @@ impl Counter {
             Counter::IntervalMsEffective => "interval_ms_effective",
             Counter::GovernorStretches => "governor_stretches",
             Counter::PagesZeroed => "pages_zeroed",
+            Counter::HolderSnapshots => "holder_snapshots",
+            Counter::HolderPauseUsMax => "holder_pause_us_max",
+            Counter::HolderPinnedBytes => "holder_pinned_bytes",
         }
     }
 }

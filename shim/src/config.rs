@@ -11,6 +11,7 @@
 //! | `MEMSHADOW_FAULT_AROUND` | pages copied and unprotected per trap (1 = just the page) | `64` |
 //! | `MEMSHADOW_MAX_VERSIONS` | snapshot versions kept readable, >= 1 | `4` |
 //! | `MEMSHADOW_SHADOW_BUDGET_MB` | memory for shadow copies, MiB, 1 to 1048576 | `1024` |
+//! | `MEMSHADOW_BACKEND` | `shadow`, `holder`, `auto` (see [`Backend`]; a bad value: one line, `shadow`) | `shadow` |
 //! | `MEMSHADOW_PREDICT` | `auto`, `history`, `stride`, `markov`, `score`, `off` | `auto` |
 //! | `MEMSHADOW_CONFIDENCE` | least predicted write probability prefetched, 0 to 1 | `0.2` |
 //! | `MEMSHADOW_PREFETCH_CPU` | share of one core the prefetch thread may use, (0, 1] | `0.5` |
@@ -33,6 +34,32 @@ pub enum TrackMode {
     HeapAndStacks,
 }
 
+/// How a snapshot holds its version (`MEMSHADOW_BACKEND`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Write-protect and copy each page's first write into a shadow (the default).
+    Shadow,
+    /// A holder child made with a raw `clone` keeps the version (see `engine::holder`);
+    /// a clone refused falls back to a shadow snapshot for that version.
+    Holder,
+}
+
+impl Backend {
+    /// `shadow`, `holder`, or `auto`, which is accepted and means `shadow` for now
+    /// (choosing per snapshot comes in a later step of issue 15).
+    pub fn parse(value: Option<&str>) -> Result<Backend, ConfigError> {
+        match value {
+            None | Some("shadow") | Some("auto") => Ok(Backend::Shadow),
+            Some("holder") => Ok(Backend::Holder),
+            Some(v) => Err(ConfigError {
+                var: "MEMSHADOW_BACKEND",
+                value: v.to_string(),
+                expected: "shadow, holder or auto",
+            }),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub track: TrackMode,
@@ -48,6 +75,10 @@ pub struct Config {
     pub confidence: f32,
     pub prefetch_cpu: f32,
     pub predict_params: Params,
+    pub backend: Backend,
+    /// A `MEMSHADOW_BACKEND` that did not parse (then `backend` is `Shadow`): unlike
+    /// the other variables it does not stop tracking; start-up says so in one line.
+    pub backend_refused: Option<ConfigError>,
 }
 
 /// The configuration the shim runs with, once it tracks this process: set at start-up
@@ -219,7 +250,13 @@ impl Config {
             beta: weight("MEMSHADOW_SCORE_BETA", 1.0)?,
             gamma: weight("MEMSHADOW_SCORE_GAMMA", 0.5)?,
         };
+        let (backend, backend_refused) = match Backend::parse(get("MEMSHADOW_BACKEND").as_deref()) {
+            Ok(b) => (b, None),
+            Err(e) => (Backend::Shadow, Some(e)),
+        };
         Ok(Config {
+            backend,
+            backend_refused,
             track,
             log,
             interval_ms,
@@ -270,6 +307,26 @@ mod tests {
         assert_eq!(c.predict, Choice::Auto);
         assert_eq!((c.confidence, c.prefetch_cpu), (0.2, 0.5));
         assert_eq!(c.predict_params, Params::default());
+        assert_eq!((c.backend, c.backend_refused), (Backend::Shadow, None));
+    }
+
+    #[test]
+    fn backends() {
+        for (v, want) in [
+            ("shadow", Backend::Shadow),
+            ("holder", Backend::Holder),
+            ("auto", Backend::Shadow),
+        ] {
+            let c = parse(&[("MEMSHADOW_BACKEND", v)]).unwrap();
+            assert_eq!((c.backend, c.backend_refused), (want, None), "{v}");
+        }
+        // A bad value keeps the shim tracking, with shadows, and says why.
+        let c = parse(&[("MEMSHADOW_BACKEND", "fork")]).unwrap();
+        assert_eq!(c.backend, Backend::Shadow);
+        let e = c.backend_refused.expect("refused");
+        assert_eq!(e.var, "MEMSHADOW_BACKEND");
+        assert!(e.to_string().contains("\"fork\""), "{e}");
+        assert!(e.to_string().contains("shadow, holder or auto"), "{e}");
     }
 
     #[test]

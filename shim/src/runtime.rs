@@ -124,6 +124,9 @@ pub extern "C" fn on_load() {
         }
     };
     crate::base::log::set_level(config.log);
+    if let Some(e) = &config.backend_refused {
+        error!("{e}; using shadow");
+    }
     // Chosen once: a forked child publishes beside its parent.
     config.dir = Some(run_dir(&config));
     check_run_id(&mut config);
@@ -174,6 +177,8 @@ pub extern "C" fn on_unload() {
         return;
     }
     let _blocked = sys::block_signals();
+    // The holders go with the process: killed and reaped now, not left to init.
+    crate::engine::release_all_holders();
     regions::rescan();
     control::stop_listening();
     stats::set_state(ProcessState::Exited);

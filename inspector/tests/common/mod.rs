@@ -398,6 +398,9 @@ pub fn describe_status(s: ExitStatus) -> String {
 
 /// Removes everything from the inherited environment that would change how a program
 /// runs under test: any `LD_PRELOAD`, every `MEMSHADOW_*` variable; and sets `LC_ALL=C`.
+/// The one exception: `MEMSHADOW_TEST_BACKEND` (if set when the tests run) becomes the
+/// programs' `MEMSHADOW_BACKEND`, so a suite runs under another snapshot backend
+/// (`MEMSHADOW_TEST_BACKEND=holder cargo test ...`); unset, the shim's default.
 pub fn clean_env(cmd: &mut Command) {
     cmd.env_remove("LD_PRELOAD");
     for (k, _) in std::env::vars_os() {
@@ -405,7 +408,17 @@ pub fn clean_env(cmd: &mut Command) {
             cmd.env_remove(&k);
         }
     }
+    if let Some(b) = test_backend() {
+        cmd.env("MEMSHADOW_BACKEND", b);
+    }
     cmd.env("LC_ALL", "C");
+}
+
+/// `MEMSHADOW_TEST_BACKEND`, the backend the shimmed programs of this test run use.
+pub fn test_backend() -> Option<String> {
+    std::env::var("MEMSHADOW_TEST_BACKEND")
+        .ok()
+        .filter(|b| !b.is_empty())
 }
 
 /// [`clean_env`] plus `MEMSHADOW_DIR=dir`: the command sees only the run-time

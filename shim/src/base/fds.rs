@@ -30,8 +30,9 @@ use core::ffi::{c_int, c_uint};
 use core::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 /// How many descriptors the shim can hold at once (it keeps four, plus one per request
-/// being answered and per file being read).
-const SLOTS: usize = 32;
+/// being answered and per file being read, plus a pidfd per holder child: see
+/// `engine::holder::MAX_HOLDERS`).
+pub const SLOTS: usize = 64;
 const FREE: i32 = -1;
 const CLAIMED: i32 = -2;
 
@@ -234,7 +235,15 @@ impl Drop for ShimFd {
     }
 }
 
-/// Reads a whole file (of /proc) through a descriptor out of the program's way; empty if
+/// Whether `fd` is open on a file of /proc.
+fn on_procfs(fd: i32) -> bool {
+    // SAFETY: all-zero is a valid statfs buffer.
+    let mut st: libc::statfs = unsafe { core::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer; a number that is not open just fails.
+    unsafe { libc::fstatfs(fd, &mut st) == 0 && st.f_type == libc::PROC_SUPER_MAGIC }
+}
+
+/// Reads a whole file of /proc through a descriptor out of the program's way; empty if
 /// it cannot be read, at most `max` bytes.
 pub fn read_file(path: &core::ffi::CStr, max: usize) -> Vec<u8> {
     // SAFETY: `path` is a valid C string; the flags open it for reading only.
@@ -245,6 +254,12 @@ pub fn read_file(path: &core::ffi::CStr, max: usize) -> Vec<u8> {
         )
     };
     if fd < 0 {
+        return Vec::new();
+    }
+    // Until it is adopted the number is low and unguarded: a program that closes
+    // numbers it did not open may have closed it and reopened the number as its own
+    // (a pipe). Only a file of /proc is taken (and so moved away and closed).
+    if !on_procfs(fd) {
         return Vec::new();
     }
     let Ok(f) = ShimFd::adopt(fd) else {

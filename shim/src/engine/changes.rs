@@ -10,6 +10,10 @@
 //! ranges tracked at `to` and not at `from`. Pages copied ahead and never written are
 //! among them too (a few pages more, never fewer). What is no longer tracked at `to` is
 //! told by its regions.
+//!
+//! When either version is held by a holder child (`MEMSHADOW_BACKEND=holder`), every
+//! page of `to`'s regions counts as changed: a holder keeps a version, not the list of
+//! pages written since the one before.
 
 use crate::base::page::{self, PAGE};
 use crate::base::range::{coalesce, Range};
@@ -67,6 +71,16 @@ impl Engine {
 pub fn changed(from: u64, to: u64) -> Result<(Vec<Range>, Vec<Range>), ReadError> {
     let regions = regions_at(to)?;
     if from == 0 {
+        return Ok((regions.clone(), regions));
+    }
+    // A holder gives its version, not the pages written since another: every page of
+    // `to`'s regions counts as changed (exact dirty tracking is a later step).
+    let held = engine::with(|e| {
+        readable(e, from)?;
+        Ok(e.held(from).is_some() || e.held(to).is_some())
+    })
+    .ok_or(ReadError::NoEngine)??;
+    if held {
         return Ok((regions.clone(), regions));
     }
     // Nothing may allocate under the engine lock: the list is sized outside it.

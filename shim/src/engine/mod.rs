@@ -23,6 +23,7 @@ pub mod changes;
 pub mod fault;
 pub mod fault_window;
 pub mod governor;
+pub mod holder;
 pub mod pagemap;
 pub mod preserve;
 pub mod readback;
@@ -161,6 +162,10 @@ pub struct Engine {
     trap_max_ns: u64,
     /// The userfaultfd the engine's ioctls go to (see [`Engine::attach`]); -1 before.
     uffd: i32,
+    /// Versions held by holder children (`MEMSHADOW_BACKEND=holder`), at most one per
+    /// retained version (preallocated). A holder whose version is evicted stays here
+    /// until the epoch thread takes it out to release it (see `holder`).
+    holders: Vec<crate::engine::holder::HeldVersion>,
 }
 
 impl Engine {
@@ -185,6 +190,7 @@ impl Engine {
             trap_ns: [0; 40],
             trap_max_ns: 0,
             uffd: -1,
+            holders: Vec::with_capacity(crate::engine::holder::capacity(config.max_versions)),
         }
     }
 
@@ -211,7 +217,7 @@ impl Engine {
     /// Whether pages may be copied ahead for version `v` now: it is the newest, no pass
     /// runs and it was not given up.
     pub fn copying_for(&self, v: u64) -> bool {
-        self.version == v && !self.pass_running && !self.incomplete
+        self.version == v && !self.pass_running && !self.incomplete && !self.newest_held()
     }
 
     /// Keeps version `v` (and every newer one) from eviction (see `ShadowPool::pin`).
@@ -255,6 +261,9 @@ impl Engine {
         if crate::engine::fault::events_in_hand() {
             return false;
         }
+        // Before the stamp changes: a discard that saw the old stamp and skipped its
+        // save for holders is then recorded lost for this version (`after_discard`).
+        ONLY_HOLDERS.store(false, Ordering::Release);
         self.version = v;
         self.set_pass_running(true);
         self.incomplete = false;
@@ -568,6 +577,7 @@ impl Engine {
             .counter(Counter::ShadowPeakBytes)
             .fetch_max(bytes, Ordering::Relaxed);
         stats::set(Counter::VersionsRetained, self.pool.versions_retained());
+        ONLY_HOLDERS.store(self.only_holders_retained(), Ordering::Release);
         stats::set(Counter::Version, self.version);
         let (newest, capacity) = self.pool.newest_use();
         NEWEST_OVER_HALF.store(newest * 2 > capacity, Ordering::Relaxed);
@@ -581,6 +591,15 @@ impl Engine {
 static ENGINE: SpinLock<Option<Engine>> = SpinLock::new(None);
 /// The newest version holds more than half of the shadow budget (see [`budget_pressed`]).
 static NEWEST_OVER_HALF: AtomicBool = AtomicBool::new(false);
+
+/// Every retained version is held by a holder (as of the last `Engine::publish`): a
+/// discard needs no save (see `preserve::before_discard`).
+static ONLY_HOLDERS: AtomicBool = AtomicBool::new(false);
+
+/// See [`ONLY_HOLDERS`]; read by host threads, which never take the engine lock.
+pub fn only_holders_retained() -> bool {
+    ONLY_HOLDERS.load(Ordering::Acquire)
+}
 
 /// Whether the newest version's shadows fill more than half of the budget: the next
 /// snapshot should come now. When one version alone outgrows the budget it is given up
@@ -730,8 +749,11 @@ fn tear_down(fd: i32) {
         crate::base::fds::release(fd);
     }
     crate::engine::preserve::close_kick();
-    if let Some(e) = engine {
+    if let Some(mut e) = engine {
         e.pool.discard_all();
+        // Killed and reaped by the epoch thread or at exit (this may be the fault
+        // thread, which never signals or waits for a holder).
+        crate::engine::holder::park(core::mem::take(&mut e.holders));
         // Its lists are the shim's memory, freed with the arena lock: not under ours.
         drop(e);
     }
@@ -903,6 +925,7 @@ pub fn now_ns() -> u64 {
 pub fn forget_after_fork() {
     STARTED.store(false, Ordering::Release);
     STAMP.store(0, Ordering::Release);
+    ONLY_HOLDERS.store(false, Ordering::Release);
     PID.store(0, Ordering::Release);
     crate::engine::preserve::forget_after_fork();
     STOPPED.store(false, Ordering::Release);
@@ -915,8 +938,43 @@ pub fn forget_after_fork() {
     }
     ENGINE.release();
     START.release();
-    // The parent's engine memory stays mapped in the child, unused.
-    core::mem::forget(ENGINE.lock().take());
+    // The parent's engine memory stays mapped in the child, unused. Its holders are the
+    // parent's children: forgotten (their pidfds went with the inherited descriptors).
+    if let Some(mut e) = ENGINE.lock().take() {
+        for h in e.holders.drain(..) {
+            h.holder.forget();
+        }
+        core::mem::forget(e);
+    }
+    crate::engine::holder::forget_parked_after_fork();
+}
+
+/// Kills and reaps every holder (exit, and the shim's tear-down): those of retained
+/// versions and the parked ones. Not on the fault path, never under the engine lock.
+pub fn release_all_holders() {
+    release_holders(true);
+}
+
+/// Reaps the holders of versions no longer retained (evicted by a new version, by the
+/// shadow budget, or when a pin went), and the parked ones. The epoch thread's.
+pub fn release_expired_holders() {
+    release_holders(false);
+}
+
+fn release_holders(all: bool) {
+    if !crate::engine::holder::any_made() {
+        return;
+    }
+    // Sized outside the engine lock; any that came meanwhile go next time.
+    let n = with(|e| e.holders.len()).unwrap_or(0);
+    if n > 0 {
+        let mut out = Vec::with_capacity(n);
+        with(|e| e.take_released(&mut out, all));
+        for h in out {
+            h.holder.release();
+        }
+    }
+    crate::engine::holder::release_parked();
 }
 
 #[cfg(test)]
@@ -997,6 +1055,80 @@ mod tests {
             read_page(&e, 1, buf.start + 2 * PAGE).unwrap(),
             vec![0x77; PAGE]
         );
+    }
+
+    #[test]
+    fn a_holder_version_reads_from_its_holder_and_refuses_what_it_cannot() {
+        use crate::engine::holder::{HeldVersion, Holder};
+        let buf = buffer(8);
+        fill(buf, 0x11);
+        let (mut e, _pool) = engine(16, buf);
+        let wiped = Range::new(buf.start + 6 * PAGE, buf.end);
+        let holder = {
+            let _s = sys::block_signals();
+            Holder::hold_now().expect("a holder")
+        };
+        let h = HeldVersion {
+            version: 1,
+            holder,
+            not_held: vec![wiped],
+        };
+        e.install_holder(h).expect("room for it");
+        assert!(e.newest_held() && e.only_holders_retained());
+        assert!(
+            !e.copying_for(1),
+            "nothing is copied ahead for a holder version"
+        );
+        fill(buf, 0x22);
+        // Page by page and in one span, the version as it was at the clone.
+        assert_eq!(
+            read_page(&e, 1, buf.start + PAGE).unwrap(),
+            vec![0x11; PAGE]
+        );
+        let mut span = vec![0u8; 8 * PAGE];
+        let n = crate::engine::readback::copy_held(&e, 1, buf.start + 10, &mut span).unwrap();
+        assert_eq!(n, 6 * PAGE - 10, "stops before the range it does not hold");
+        assert!(span[..n].iter().all(|&b| b == 0x11));
+        assert!(matches!(
+            read_page(&e, 1, wiped.start),
+            Err(ReadError::NotHeld { .. })
+        ));
+        // The version evicted: its holder comes out, to be released outside the lock.
+        e.pool.clear();
+        let mut out = Vec::with_capacity(4);
+        e.take_released(&mut out, false);
+        assert_eq!(out.len(), 1);
+        // A holder gone (killed from outside) is refused, never read.
+        e.pool.begin_version(1);
+        e.install_holder(out.pop().unwrap()).expect("room for it");
+        let mut out = Vec::with_capacity(4);
+        e.take_released(&mut out, true);
+        let h = out.pop().unwrap();
+        let pid = h.holder.pid();
+        // SAFETY: kill of the holder this test made (not reaped yet: its pid is its).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let mut page = vec![0u8; PAGE];
+        for _ in 0..1000 {
+            if h.holder.read(buf.start, &mut page).is_err() {
+                break;
+            }
+            sys::sleep_ms(1);
+        }
+        assert_eq!(
+            h.holder.read(buf.start, &mut page),
+            Err(crate::engine::holder::HolderReadError::Gone),
+            "a killed holder still answered, or not as gone"
+        );
+        e.install_holder(h).expect("room for it");
+        assert_eq!(
+            read_page(&e, 1, buf.start),
+            Err(ReadError::HolderGone { version: 1 })
+        );
+        let mut out = Vec::with_capacity(4);
+        e.take_released(&mut out, true);
+        for h in out {
+            h.holder.release();
+        }
     }
 
     /// A userfaultfd with what the engine needs, `r` registered and write-protected

@@ -1,7 +1,10 @@
 //! Reading memory as it was at a version.
 //!
-//! Per page, under the engine lock: the slot [`ShadowPool::find`] names, else the live
-//! page. A page with no shadow at or after the version has not been unprotected since
+//! A version a holder child holds (`MEMSHADOW_BACKEND=holder`) is read from that
+//! holder, by `process_vm_readv`, under the engine lock (so the epoch thread cannot
+//! release it meanwhile); a holder gone, or a range it does not hold as it was, is
+//! refused. Otherwise, per page, under the engine lock: the slot [`ShadowPool::find`]
+//! names, else the live page. A page with no shadow at or after the version has not been unprotected since
 //! the newest snapshot (every unprotect follows a copy), so no write can land while the
 //! engine lock keeps the fault thread from unprotecting it: the live copy is exact.
 //!
@@ -15,6 +18,7 @@
 
 use crate::base::page::PAGE;
 use crate::base::range::{coalesce, Range};
+use crate::engine::holder::HolderReadError;
 use crate::engine::{self, Engine, Holding};
 
 /// Why a read was refused.
@@ -37,6 +41,17 @@ pub enum ReadError {
         version: u64,
     },
     Gone {
+        page: usize,
+        version: u64,
+    },
+    /// The version is held by a holder child that is gone (killed by someone else):
+    /// nothing of it can be read.
+    HolderGone {
+        version: u64,
+    },
+    /// A holder holds the version, but `page` lies in a range it does not hold as it
+    /// was (`MADV_DONTFORK`: absent in the holder; `MADV_WIPEONFORK`: zero there).
+    NotHeld {
         page: usize,
         version: u64,
     },
@@ -84,6 +99,14 @@ impl core::fmt::Display for ReadError {
             ReadError::Gone { page, version } => write!(
                 f,
                 "{page:#x} was unmapped or discarded after version {version} and its contents were not kept"
+            ),
+            ReadError::HolderGone { version } => write!(
+                f,
+                "version {version} was held by a child process that is gone (killed outside memshadow); it cannot be read"
+            ),
+            ReadError::NotHeld { page, version } => write!(
+                f,
+                "{page:#x} is in a MADV_DONTFORK or MADV_WIPEONFORK range, which the holder of version {version} does not hold"
             ),
         }
     }
@@ -161,6 +184,18 @@ pub fn copy_at(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<(), Read
     let Some(holding) = e.holding(page, v) else {
         return Err(ReadError::NotTracked { page, version: v });
     };
+    // A version a holder holds is read from it, and only from it.
+    if let Some(h) = e.held(v) {
+        if h.not_held_at(page) {
+            return Err(ReadError::NotHeld { page, version: v });
+        }
+        return match h.holder.read(at, dst) {
+            Ok(()) => Ok(()),
+            Err(HolderReadError::Gone) => Err(ReadError::HolderGone { version: v }),
+            // Unmapped between the region scan and the clone.
+            Err(HolderReadError::Unmapped) => Err(ReadError::Gone { page, version: v }),
+        };
+    }
     // The oldest record at or after `v`: a shadow, or a zero record (the page was
     // discarded unpopulated, see `Engine::zeros`), whichever is older.
     let slot = e.pool.find(page, v);
@@ -198,6 +233,62 @@ pub fn copy_at(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<(), Read
     }
 }
 
+/// Bytes read from a holder per engine-lock hold, in one `process_vm_readv`.
+const HELD_BYTES_PER_LOCK: usize = 256 << 10;
+
+/// Fills the start of `dst` (at least one byte, at most [`HELD_BYTES_PER_LOCK`]) with
+/// the memory at `at` as the holder of version `v` holds it, in one read, up to the
+/// first page the version does not hold (which the next call refuses); returns the bytes
+/// filled. Under the engine lock; `v` is readable and held.
+pub fn copy_held(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<usize, ReadError> {
+    let Some(h) = e.held(v) else {
+        return Err(ReadError::NoEngine);
+    };
+    let want = dst.len().min(HELD_BYTES_PER_LOCK);
+    let mut page = crate::base::page::floor(at);
+    let mut n = 0;
+    while n < want {
+        let refused = if e.holding(page, v).is_none() {
+            Some(ReadError::NotTracked { page, version: v })
+        } else if h.not_held_at(page) {
+            Some(ReadError::NotHeld { page, version: v })
+        } else {
+            None
+        };
+        if let Some(r) = refused {
+            if n == 0 {
+                return Err(r);
+            }
+            break;
+        }
+        n = (page + PAGE - at).min(want);
+        page += PAGE;
+    }
+    let first = (crate::base::page::floor(at) + PAGE - at).min(n);
+    match h.holder.read(at, &mut dst[..n]) {
+        Ok(()) => Ok(n),
+        // Part of the span is not there: its first page alone, so the refusal (on the
+        // next call) names the page that is missing.
+        Err(HolderReadError::Unmapped) if n > first => h
+            .holder
+            .read(at, &mut dst[..first])
+            .map(|()| first)
+            .map_err(|e| match e {
+                HolderReadError::Gone => ReadError::HolderGone { version: v },
+                HolderReadError::Unmapped => ReadError::Gone {
+                    page: crate::base::page::floor(at),
+                    version: v,
+                },
+            }),
+        Err(HolderReadError::Gone) => Err(ReadError::HolderGone { version: v }),
+        // Unmapped between the region scan and the clone.
+        Err(HolderReadError::Unmapped) => Err(ReadError::Gone {
+            page: crate::base::page::floor(at),
+            version: v,
+        }),
+    }
+}
+
 /// How long a reader waits, at most, for faults queued on the userfaultfd to be
 /// served before its next engine-lock hold.
 const FAULTS_FIRST_NS: u64 = 100_000;
@@ -228,6 +319,10 @@ pub fn read(v: u64, addr: usize, out: &mut [u8]) -> Result<(), ReadError> {
         let_faults_go_first();
         let r = engine::with(|e| {
             readable(e, v)?;
+            if e.held(v).is_some() {
+                done += copy_held(e, v, addr + done, &mut out[done..])?;
+                return Ok(());
+            }
             for _ in 0..PAGES_PER_LOCK {
                 if done == out.len() {
                     break;

@@ -343,9 +343,9 @@ pub fn dispatch(req: &str) -> Vec<u8> {
             fields.extend(r.fields().into_iter().map(|(k, v)| (k, v.to_string())));
             encode_ok(&fields).into_bytes()
         }
-        CMD_SNAPSHOT => match crate::service::epoch::snapshot() {
+        CMD_SNAPSHOT => match crate::service::epoch::snapshot_for_control() {
             Ok(v) => encode_ok(&[("version", v.to_string())]).into_bytes(),
-            Err(e) => encode_error(&e.to_string()).into_bytes(),
+            Err(e) => encode_error(&e).into_bytes(),
         },
         CMD_READ => read_reply(&args),
         CMD_REGIONS => regions_reply(&args),

@@ -15,6 +15,8 @@
 use crate::base::mailbox::Mailbox;
 use crate::base::range::{coalesce, Range};
 use crate::base::sync::SpinLock;
+use crate::config::Backend;
+use crate::engine::holder;
 use crate::engine::reprotect::{self, PassWork};
 use crate::engine::uffd::Uffd;
 use crate::engine::{self, RetiredRange, TrackedRange};
@@ -223,21 +225,57 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     regions::rescan();
     let wanted = regions::with_table(|t| t.tracked_ranges());
     let u = engine::uffd();
+    // Under `holder`, a holder child keeps this version: made now, after the scan (its
+    // instant is the clone), on this thread (the epoch thread: its PDEATHSIG is tied to
+    // it). Nothing is registered or protected for it. A clone refused: this version
+    // is a shadow snapshot, protecting everything.
+    let holding = if config.backend == Backend::Holder && ON_EPOCH_THREAD.with(|t| t.get()) {
+        if engine::with(|e| e.holder_count()).unwrap_or(0) < holder::MAX_HOLDERS {
+            hold()
+        } else {
+            if !HOLDERS_FULL_SAID.swap(true, Ordering::Relaxed) {
+                crate::base::log::error!(
+                    "{} holders are alive (the most the shim keeps): versions past them use shadows",
+                    holder::MAX_HOLDERS
+                );
+            }
+            None
+        }
+    } else {
+        None
+    };
     let mut ranges = Vec::with_capacity(wanted.len());
-    for r in wanted {
-        match u.register(r) {
-            Ok(()) => ranges.push(r),
-            // Gone meanwhile, or already registered by the program's own userfaultfd.
-            Err(e) => crate::base::log::debug!("not tracking {:#x}..{:#x}: {e}", r.start, r.end),
+    if holding.is_some() {
+        ranges = wanted;
+    } else {
+        for r in wanted {
+            match u.register(r) {
+                Ok(()) => ranges.push(r),
+                // Gone meanwhile, or already registered by the program's own userfaultfd.
+                Err(e) => {
+                    crate::base::log::debug!("not tracking {:#x}..{:#x}: {e}", r.start, r.end)
+                }
+            }
         }
     }
+    // Room for every holder there is, and this one.
+    let mut released = Vec::with_capacity(if holding.is_some() {
+        engine::with(|e| e.holder_count()).unwrap_or(0) + 1
+    } else {
+        0
+    });
     // Everything that allocates happens before the version opens. Once faults are held,
     // a forking host thread may be among the held, holding the arena lock (atfork): the
     // pass must then need nothing but ioctls and the engine lock until it has released
     // the held faults.
     let mut held = Vec::with_capacity(engine::HELD_CAPACITY);
-    let (v, (unprotected_cap, changed_cap), oldest) =
-        engine::with(|e| e.next_version()).ok_or(SnapshotError::Stopped)?;
+    let Some((v, (unprotected_cap, changed_cap), oldest)) = engine::with(|e| e.next_version())
+    else {
+        if let Some((h, _)) = holding {
+            h.holder.release();
+        }
+        return Err(SnapshotError::Stopped);
+    };
     let mut work = PassWork::with_capacity(unprotected_cap, changed_cap);
     let tracked = carry_since(&last.tracked, &ranges, v);
     // Retired ranges stay while a retained version may need them.
@@ -273,7 +311,26 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     let mut pages = 0u64;
     let deadline = engine::now_ns() + EAGAIN_LIMIT_NS;
     let mut refused = false;
-    if work.all {
+    let mut holder_us = None;
+    if let Some((mut h, us)) = holding {
+        h.version = v;
+        // The holder is the version; the holders of evicted versions go once the pass
+        // is over. No room for it (never, with one holder per retained version): the
+        // version is given up.
+        holder_us = Some(us);
+        let mut unplaced = Some(h);
+        engine::with(|e| {
+            e.take_released(&mut released, false);
+            if let Some(h) = unplaced.take() {
+                unplaced = e.install_holder(h).err();
+            }
+        });
+        // No room, or the engine stopped meanwhile: released with the others.
+        if let Some(h) = unplaced {
+            refused = true;
+            released.push(h);
+        }
+    } else if work.all {
         for &r in &ranges {
             pages += protect_within(&u, &ranges, r, deadline, &mut refused);
         }
@@ -299,7 +356,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
             retired.as_mut().expect("set above"),
         )
     });
-    if !refused {
+    if !refused && holder_us.is_none() {
         // A fifth of the period in force: when the governor has stretched it, a
         // program that rewrites its working set every period has more of it copied
         // here, in runs, instead of page by page in traps.
@@ -314,12 +371,25 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     for &addr in &held {
         engine::with(|e| e.resolve(addr));
     }
-    crate::engine::governor::note_pass(engine::now_ns() - opened_at, held.len());
+    // A holder's clone stalled the program too (the page-table copy), before the version
+    // opened: the governor counts it with the pass.
+    let stalled_from = holder_us.map_or(opened_at, |us| opened_at.saturating_sub(us * 1000));
+    crate::engine::governor::note_pass(engine::now_ns() - stalled_from, held.len());
     crate::prefetch::epoch_opened();
     drop(tracked); // the previous lists
     drop(retired);
     drop(held);
     drop(work);
+    // Killed and reaped here, on the epoch thread, outside the engine lock.
+    for h in released {
+        h.holder.release();
+    }
+    if let Some(clone_us) = holder_us {
+        stats::add(Counter::HolderSnapshots, 1);
+        let max = stats::page().counter(Counter::HolderPauseUsMax);
+        max.fetch_max(clone_us, Ordering::Relaxed);
+        publish_pinned();
+    }
 
     let us = (engine::now_ns() - started) / 1000;
     stats::add(Counter::Epochs, 1);
@@ -334,6 +404,103 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
         });
     }
     Ok(v)
+}
+
+/// Makes the holder of the version about to open, with the ranges it would not hold as
+/// they are (read from /proc/self/smaps now, on this thread, never on the fault path)
+/// and the clone's duration in microseconds (a stall of the program, like fork's).
+/// `None`, said once, when the clone is refused: the caller takes a shadow snapshot.
+fn hold() -> Option<(crate::engine::holder::HeldVersion, u64)> {
+    use crate::engine::holder::{HeldVersion, Holder};
+    // A program that made itself not dumpable (PR_SET_DUMPABLE 0: ssh-agent, gpg-agent)
+    // makes its children so too: a holder then could not be read (process_vm_readv of
+    // another process needs ptrace access), so its versions stay on shadows.
+    // SAFETY: PR_GET_DUMPABLE takes no pointer.
+    if unsafe { libc::prctl(libc::PR_GET_DUMPABLE) } != 1 {
+        if !HOLDER_ERROR_SAID.swap(true, Ordering::Relaxed) {
+            crate::base::log::error!(
+                "the program is not dumpable (PR_SET_DUMPABLE), so a holder of its memory could not be read; its snapshots use shadows"
+            );
+        }
+        return None;
+    }
+    let smaps = crate::base::fds::read_file(c"/proc/self/smaps", SMAPS_MAX);
+    let mut not_held = Vec::new();
+    holder::not_held(&smaps, &mut not_held);
+    drop(smaps);
+    let mut t0 = engine::now_ns();
+    let mut made = Holder::hold_now();
+    // A pidfd lost to the host before the shim could guard it (a program that closes
+    // or dup2s onto numbers it did not open, in the microseconds between): the holder
+    // was reaped; try again.
+    for _ in 0..PIDFD_RETRIES {
+        if !matches!(
+            made,
+            Err(holder::HolderError::Pidfd(_) | holder::HolderError::PidfdLost)
+        ) {
+            break;
+        }
+        t0 = engine::now_ns();
+        made = Holder::hold_now();
+    }
+    match made {
+        Ok(h) => {
+            let us = (engine::now_ns() - t0) / 1000;
+            // Nothing allocates once the version is open: the version is set there.
+            Some((
+                HeldVersion {
+                    version: 0,
+                    holder: h,
+                    not_held,
+                },
+                us,
+            ))
+        }
+        Err(e) => {
+            if !HOLDER_ERROR_SAID.swap(true, Ordering::Relaxed) {
+                crate::base::log::error!(
+                    "cannot make a holder ({e}); this snapshot and others like it use shadows"
+                );
+            }
+            None
+        }
+    }
+}
+
+/// Clones tried again when the pidfd was lost (see [`hold`]).
+const PIDFD_RETRIES: usize = 3;
+
+/// Most of /proc/self/smaps read for the holder's ranges (about 1 KiB per mapping).
+const SMAPS_MAX: usize = 64 << 20;
+
+static HOLDER_ERROR_SAID: AtomicBool = AtomicBool::new(false);
+static HOLDERS_FULL_SAID: AtomicBool = AtomicBool::new(false);
+
+/// `holder_pinned_bytes`: the memory the live holders alone keep, measured here (it
+/// walks their page tables: about a millisecond per GiB and holder), never on the fault
+/// path; at most every [`PINNED_EVERY_NS`], so 10 ms snapshots do not spend the epoch
+/// thread's time on it.
+fn publish_pinned() {
+    let now = engine::now_ns();
+    let last = PINNED_AT.load(Ordering::Relaxed);
+    if last != 0 && now.saturating_sub(last) < PINNED_EVERY_NS {
+        return;
+    }
+    PINNED_AT.store(now, Ordering::Relaxed);
+    let mut views = Vec::with_capacity(engine::with(|e| e.holder_count()).unwrap_or(0));
+    engine::with(|e| e.holder_views(&mut views));
+    // Only this thread releases holders: the views stay valid while they are measured.
+    let bytes: u64 = views.iter().map(|v| v.pinned_bytes()).sum();
+    stats::set(Counter::HolderPinnedBytes, bytes);
+}
+
+/// When `holder_pinned_bytes` was last measured (0: never).
+static PINNED_AT: AtomicU64 = AtomicU64::new(0);
+const PINNED_EVERY_NS: u64 = 100_000_000;
+
+thread_local! {
+    /// Set on the epoch thread: only it makes holders.
+    static ON_EPOCH_THREAD: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
 }
 
 /// Requests to the epoch thread. A protect pass must never run on a host thread: a
@@ -384,6 +551,9 @@ pub fn forget_after_fork() {
     THREAD_STARTED.store(false, Ordering::Release);
     THREAD_START.release();
     REQUESTS.forget_after_fork();
+    CONTROL_REQUEST.release();
+    REQUEST_ERROR.release();
+    core::mem::forget(REQUEST_ERROR.lock().take());
     PASS.release();
     let mut pass = PASS.lock();
     core::mem::forget(core::mem::replace(
@@ -408,8 +578,12 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
     let mut earliest = next_due;
     let mut due_interval = 0;
     let mut cpu = 0;
+    ON_EPOCH_THREAD.with(|t| t.set(true));
     loop {
         crate::stats::account_cpu(&mut cpu);
+        // Holders whose versions went (a pin released, the shadow budget) or whose
+        // engine stopped: reaped here, never on the fault path.
+        engine::release_expired_holders();
         let configured = INTERVAL_MS.load(Ordering::Relaxed);
         let interval = crate::engine::governor::interval_ms(configured);
         if interval != due_interval {
@@ -468,6 +642,8 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
             let answer = match &result {
                 Ok(v) => *v as i64,
                 Err(msg) => {
+                    let text = msg.to_string();
+                    *REQUEST_ERROR.lock() = Some(text);
                     // A stop has said why already, in its own line.
                     if !engine::stopped() && !API_ERROR_SAID.swap(true, Ordering::Relaxed) {
                         crate::base::log::error!("memshadow_snapshot: {msg}");
@@ -519,6 +695,34 @@ pub fn snapshot_for_api() -> i64 {
     sys::set_errno(if v < 0 { libc::ENOSYS } else { saved });
     v
 }
+
+/// `snapshot` over the control socket. Under `holder` the epoch thread takes it (a
+/// holder is made there, see [`hold`]): the request goes through the same mailbox as
+/// the C API's, and the error, if any, comes back in [`REQUEST_ERROR`]. Otherwise the
+/// control thread runs the pass itself, as it always has.
+pub fn snapshot_for_control() -> Result<u64, String> {
+    let config = crate::config::current().ok_or(SnapshotError::NotTracking.to_string())?;
+    if config.backend != Backend::Holder {
+        return snapshot().map_err(|e| e.to_string());
+    }
+    start_thread(&config).map_err(|e| e.to_string())?;
+    let _s = sys::block_signals();
+    let _one = CONTROL_REQUEST.lock();
+    let posted = REQUESTS.post([]);
+    sys::futex_wake(REQUESTS.posted_word());
+    match posted.wait(0, || false) {
+        Some(a) if (a as i64) >= 0 => Ok(a),
+        _ => Err(REQUEST_ERROR
+            .lock()
+            .take()
+            .unwrap_or_else(|| "the snapshot failed".to_string())),
+    }
+}
+
+/// The last failed request's error, for [`snapshot_for_control`] (one control request
+/// at a time: [`CONTROL_REQUEST`]).
+static REQUEST_ERROR: SpinLock<Option<String>> = SpinLock::new(None);
+static CONTROL_REQUEST: SpinLock<()> = SpinLock::new(());
 
 #[cfg(test)]
 mod tests {

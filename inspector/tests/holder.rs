@@ -1,0 +1,305 @@
+//! `MEMSHADOW_BACKEND=holder`: snapshots kept by holder children (raw clones that only
+//! wait) instead of write-protection. With a snapshot every 10 ms, a host behaves
+//! exactly as without the shim (`c-tests/holder_host.c`: pipe EOF, `wait(-1)`, fork and
+//! exec, a `MADV_WIPEONFORK` buffer), and a version read back from its holder is what
+//! the program wrote at that version, byte for byte; a range the holder does not hold as
+//! it was, or a holder killed from outside, is refused in one line, never read.
+//!
+//! Needs `cargo build --release --workspace` first and a C compiler (`cc`). Every test
+//! uses its own `MEMSHADOW_DIR`, and every process it starts has a time limit.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::shimmed::{fnv1a64, Running};
+use common::{
+    assert_native_ok, assert_same_behaviour, c_program, clean_env_in, finish, memshadow_bin,
+    temp_dir, wait_until, Finished, Prog,
+};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// The shim's settings for every run here: holders, a snapshot every 10 ms.
+const HOLDER: &[(&str, &str)] = &[
+    ("MEMSHADOW_BACKEND", "holder"),
+    ("MEMSHADOW_INTERVAL_MS", "10"),
+];
+
+/// Runs `holder_host MODE` natively, under the shim with holders every 10 ms and
+/// through `memshadow run` the same way: identical output and exit status each time,
+/// and the shim did keep its snapshots in holders (and never trapped).
+fn same_as_native(mode: &str) {
+    let mut prog = Prog::new(c_program("holder_host")).arg(mode).timeout(LIMIT);
+    let native = prog.run_native();
+    assert_native_ok(mode, &native, 0);
+    let shimmed = prog.run_shimmed_with(HOLDER);
+    assert_same_behaviour(
+        &format!("{mode} (holders every 10 ms)"),
+        &native,
+        &shimmed,
+        true,
+    );
+    for (k, v) in HOLDER {
+        prog = prog.env(k, v);
+    }
+    let run = prog.run_memshadow();
+    assert_same_behaviour(
+        &format!("{mode} (holders, through memshadow run)"),
+        &native,
+        &run.output,
+        false,
+    );
+    assert!(
+        run.u64("holder_snapshots") >= 3,
+        "{mode}: no holder snapshots: {:#}",
+        run.json
+    );
+    assert_eq!(run.u64("traps"), 0, "{mode}: {:#}", run.json);
+    assert_eq!(run.u64("pages_protected"), 0, "{mode}: {:#}", run.json);
+}
+
+#[test]
+fn a_pipe_the_host_closes_reaches_eof() {
+    same_as_native("pipe");
+}
+
+#[test]
+fn wait_sees_only_the_hosts_children_and_their_statuses() {
+    same_as_native("wait");
+}
+
+#[test]
+fn fork_and_exec_work() {
+    same_as_native("forkexec");
+}
+
+#[test]
+fn a_wipeonfork_buffer_reads_in_the_host_as_without_the_shim() {
+    same_as_native("wipe");
+}
+
+#[test]
+fn stray_closes_never_take_a_holders_pidfd_or_cost_the_program_a_descriptor() {
+    // stray_close closes, close_range()s and dup2()s over every number it did not
+    // open, then runs its records through pipes on the lowest numbers: with a holder
+    // (a new pidfd, at a low number until the shim moves it) every millisecond, a
+    // pidfd the program closed first must never be taken back from it.
+    let prog = Prog::new(c_program("stray_close")).timeout(LIMIT);
+    let native = prog.run_native();
+    assert_native_ok("stray_close", &native, 0);
+    for _ in 0..3 {
+        let shimmed = prog.run_shimmed_with(&[
+            ("MEMSHADOW_BACKEND", "holder"),
+            ("MEMSHADOW_INTERVAL_MS", "1"),
+        ]);
+        assert_same_behaviour("stray_close (holders every 1 ms)", &native, &shimmed, true);
+    }
+}
+
+fn memshadow(dir: &Path) -> Command {
+    let mut c = Command::new(memshadow_bin());
+    clean_env_in(&mut c, dir);
+    c
+}
+
+/// `memshadow read PID --version V ADDR LEN --out FILE`.
+fn read(dir: &Path, pid: u32, v: u64, addr: &str, len: usize, out: &Path) -> Finished {
+    finish(
+        memshadow(dir)
+            .args(["read", &pid.to_string(), "--version", &v.to_string()])
+            .args([addr, &len.to_string(), "--out"])
+            .arg(out),
+        LIMIT,
+    )
+}
+
+/// The pids of `pid`'s children (its holders: `holder_host serve` starts no other).
+fn children(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("its tasks");
+    for t in tasks.flatten() {
+        let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
+    }
+    out
+}
+
+#[test]
+fn a_clone_refused_falls_back_to_shadows_unnoticed() {
+    falls_back("refused", "memshadow: cannot make a holder");
+}
+
+#[test]
+fn a_program_that_is_not_dumpable_keeps_its_versions_on_shadows() {
+    falls_back("undumpable", "memshadow: the program is not dumpable");
+}
+
+/// `holder_host MODE` behaves as natively, and the shim says in one line, starting with
+/// `line`, that its snapshots use shadows.
+fn falls_back(mode: &str, line: &str) {
+    let prog = Prog::new(c_program("holder_host")).arg(mode).timeout(LIMIT);
+    let native = prog.run_native();
+    assert_native_ok(mode, &native, 0);
+    let shimmed = prog.run_shimmed_with(HOLDER);
+    assert_same_behaviour(
+        &format!("{mode} (holders every 10 ms)"),
+        &native,
+        &shimmed,
+        false,
+    );
+    let stderr = String::from_utf8_lossy(&shimmed.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line for all the snapshots: {stderr}");
+    assert!(
+        lines[0].starts_with(line) && lines[0].contains("shadows"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_holder_version_reads_as_the_program_wrote_it() {
+    serve_and_read(false);
+}
+
+#[test]
+fn versions_read_as_written_when_the_clones_are_refused() {
+    serve_and_read(true);
+}
+
+/// `holder_host serve` (`refused`: with the holders' clones refused): each version read
+/// back byte-exact; with holders, the MADV_WIPEONFORK range and killed holders refused.
+fn serve_and_read(refused: bool) {
+    let dir = temp_dir("holder-serve");
+    let d = dir.path();
+    // Many versions kept: the program's own (C API) snapshots stay readable for ten
+    // seconds of 10 ms snapshots after it printed them (past the most holders the shim
+    // keeps alive, `holder::MAX_HOLDERS`, versions are shadow snapshots, with one line).
+    let mut env = HOLDER.to_vec();
+    env.push(("MEMSHADOW_MAX_VERSIONS", "1024"));
+    let args: &[&str] = if refused {
+        &["serve", "refused"]
+    } else {
+        &["serve"]
+    };
+    let running = Running::start(
+        &c_program("holder_host"),
+        args,
+        d,
+        &env,
+        LIMIT,
+        Duration::from_secs(120),
+    );
+    let pid = running.pid();
+    let mut versions = Vec::new();
+    let mut wipe = None;
+    for l in &running.lines {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        match w.as_slice() {
+            ["wipe", addr, len] => wipe = Some((addr.to_string(), len.parse().unwrap())),
+            [v, addr, len, sum] => versions.push((
+                v.parse::<u64>().unwrap(),
+                addr.to_string(),
+                len.parse::<usize>().unwrap(),
+                u64::from_str_radix(sum, 16).unwrap(),
+            )),
+            _ => panic!("unexpected line from holder_host serve: {l:?}"),
+        }
+    }
+    assert_eq!(versions.len(), 6, "{:?}", running.lines);
+
+    // Byte-exact: each version as the program wrote it then (it wrote each round over
+    // the last, so a read of any other version's bytes has another checksum).
+    let sums: Vec<u64> = versions.iter().map(|v| v.3).collect();
+    for (v, addr, len, sum) in &versions {
+        let out = d.join(format!("v{v}"));
+        let f = read(d, pid, *v, addr, *len, &out);
+        assert!(f.status.success(), "read of version {v}: {f:#?}");
+        let bytes = std::fs::read(&out).unwrap();
+        let got = fnv1a64(&bytes);
+        assert_eq!(
+            got,
+            *sum,
+            "version {v} read back other bytes (those of round {:?})",
+            sums.iter().position(|s| *s == got)
+        );
+    }
+
+    if refused {
+        // Every version came from shadows, and was read back exact above.
+        let json = finish(
+            memshadow(d).args(["stats", "--json", &pid.to_string()]),
+            LIMIT,
+        );
+        let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("stats JSON");
+        assert_eq!(v["holder_snapshots"].as_u64(), Some(0), "{v}");
+        assert!(v["pages_protected"].as_u64() > Some(0), "{v}");
+        let rest = running.stop(LIMIT);
+        assert_eq!(rest, "", "holder_host printed after ready");
+        return;
+    }
+
+    // The MADV_WIPEONFORK buffer is zero in a holder: its reads are refused, never zeros.
+    let (wipe_addr, wipe_len) = wipe.expect("a wipe line");
+    let newest = versions.last().unwrap().0;
+    let f = read(d, pid, newest, &wipe_addr, wipe_len, &d.join("wipe"));
+    assert!(!f.status.success(), "{f:#?}");
+    assert!(f.stderr_line().contains("MADV_WIPEONFORK"), "{f:#?}");
+
+    // The counters say holders were used: `memshadow stats` shows them.
+    let text = finish(memshadow(d).args(["stats", &pid.to_string()]), LIMIT);
+    assert!(text.status.success(), "{text:#?}");
+    let value = |key: &str| -> u64 {
+        text.stdout
+            .lines()
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some(key)).then(|| w.next().and_then(|v| v.parse().ok()))?
+            })
+            .unwrap_or_else(|| panic!("no {key} line: {text:#?}"))
+    };
+    assert!(value("holder_snapshots") >= 6, "{text:#?}");
+    // The holders of the first versions kept the pages the program rewrote after them.
+    let pinned = |d: &Path| -> u64 {
+        let json = finish(
+            memshadow(d).args(["stats", "--json", &pid.to_string()]),
+            LIMIT,
+        );
+        let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("stats JSON");
+        v["holder_pinned_bytes"]
+            .as_u64()
+            .expect("holder_pinned_bytes")
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || pinned(d) >= 4096),
+        "holder_pinned_bytes stays {}",
+        pinned(d)
+    );
+    assert!(value("holder_pause_us_max") > 0, "{text:#?}");
+
+    // Holders killed from outside: the versions they held are refused in one line,
+    // never answered with other bytes.
+    let kids = children(pid);
+    assert!(!kids.is_empty(), "no holder children of {pid}");
+    for k in &kids {
+        // SAFETY: kill with a pid our own test process found among the program's
+        // children; no memory is passed.
+        unsafe { libc::kill(*k, libc::SIGKILL) };
+    }
+    let (v, addr, len, _) = &versions[0];
+    let f = read(d, pid, *v, addr, *len, &d.join("gone"));
+    assert!(!f.status.success(), "{f:#?}");
+    assert!(
+        f.stderr_line()
+            .contains("held by a child process that is gone"),
+        "{f:#?}"
+    );
+
+    let rest = running.stop(LIMIT);
+    assert_eq!(rest, "", "holder_host printed after ready");
+}

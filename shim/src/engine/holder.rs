@@ -1,0 +1,597 @@
+//! A version held by the kernel: a *holder* is a child of the host made with a raw
+//! `clone` whose address space is this process's memory as it was at that instant. The
+//! program's later writes are copied by the kernel's copy-on-write (a few microseconds,
+//! no trap, no shim thread involved); the version is read back from the holder with
+//! `process_vm_readv`.
+//!
+//! The holder changes nothing the host can see:
+//! - a raw `clone`, so no atfork handler runs (glibc's, the host's, the shim's own);
+//! - exit signal 0: the host gets no SIGCHLD, and its `wait(-1)`/`waitpid(-1)` never see
+//!   it (the kernel skips such "clone children" unless asked with `__WALL`/`__WCLONE`);
+//! - `CLONE_FILES`: it shares the host's descriptor table instead of holding a copy, so a
+//!   pipe or socket the host closes is closed (its reader sees EOF), and it opens nothing;
+//! - `CLONE_PIDFD`: the shim reaches it only through a descriptor of its own (see `fds`),
+//!   so a holder the host reaped anyway (`waitpid(-1, __WALL)`) can never make the shim
+//!   signal or read a process that reused its pid;
+//! - it runs no host code and takes no lock: with every signal blocked (inherited from
+//!   the shim thread that made it) it asks the kernel to kill it when that thread ends
+//!   (`PR_SET_PDEATHSIG`) and waits in `pause` until the shim kills it.
+//!
+//! Making one costs the page-table copy, like fork (tens of ms per GiB: a stall, counted
+//! as one); killing and reaping it costs the kernel freeing those tables, so it is done
+//! off the fault path.
+
+use crate::base::range::Range;
+
+/// Why no holder could be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HolderError {
+    /// `clone` failed (errno): no memory for the page tables, a process limit.
+    Clone(i32),
+    /// Its pidfd could not be kept among the shim's descriptors.
+    Pidfd(crate::base::fds::FdError),
+    /// Its pidfd was closed (or its number reused) by the program before the shim
+    /// could keep it.
+    PidfdLost,
+}
+
+impl core::fmt::Display for HolderError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            HolderError::Clone(e) => write!(f, "clone failed (errno {e})"),
+            HolderError::Pidfd(e) => write!(f, "the holder's pidfd: {e}"),
+            HolderError::PidfdLost => write!(f, "the holder's pidfd was closed by the program"),
+        }
+    }
+}
+
+/// Why a read from a holder gave nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HolderReadError {
+    /// The holder is gone (killed by someone else, or its pidfd lost).
+    Gone,
+    /// The range is not mapped in the holder (not memory of that version).
+    Unmapped,
+}
+
+/// A live holder: its pid (for `process_vm_readv`) and its pidfd (to tell whether that
+/// pid is still it, and to kill it).
+#[derive(Debug)]
+pub struct Holder {
+    pid: i32,
+    pidfd: i32,
+}
+
+impl Holder {
+    /// Makes a holder of this process's memory as it is now. The calling thread must be
+    /// a shim thread with every signal blocked (the child inherits the mask), which
+    /// lives as long as the holders it makes (their `PR_SET_PDEATHSIG`).
+    pub fn hold_now() -> Result<Holder, HolderError> {
+        let parent = std::process::id() as libc::pid_t;
+        let mut pidfd: libc::c_int = -1;
+        let pid = raw_clone(&mut pidfd);
+        if pid == 0 {
+            holder_body(parent);
+        }
+        if pid < 0 {
+            return Err(HolderError::Clone(crate::base::sys::errno()));
+        }
+        let pid = pid as i32;
+        // The number the kernel gave the pidfd is low and not guarded yet: a program
+        // that closes numbers it did not open may have closed it, and its next pipe or
+        // open may have taken it. Only a live pidfd of a child of ours is adopted (and
+        // so moved away and closed); anything else is left alone, as the program's.
+        if !is_childs_pidfd(pidfd) {
+            kill_and_reap_by_pid(pid);
+            return Err(HolderError::PidfdLost);
+        }
+        match crate::base::fds::adopt(pidfd) {
+            Ok(fd) => Ok(Holder { pid, pidfd: fd }),
+            Err(e) => {
+                // The pidfd is not ours any more (the host closed or replaced that
+                // number before the shim could guard it). The holder is microseconds
+                // old and not reaped (no SIGCHLD, invisible to wait(-1)): its pid is
+                // still it.
+                kill_and_reap_by_pid(pid);
+                Err(HolderError::Pidfd(e))
+            }
+        }
+    }
+
+    /// The holder's pid.
+    #[cfg(test)]
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Fills `dst` with the held memory at `addr`. Checked after the read through the
+    /// pidfd: bytes read from a pid that has been reused are never returned.
+    pub fn read(&self, addr: usize, dst: &mut [u8]) -> Result<(), HolderReadError> {
+        if !self.alive() {
+            return Err(HolderReadError::Gone);
+        }
+        let local = libc::iovec {
+            iov_base: dst.as_mut_ptr().cast(),
+            iov_len: dst.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut _,
+            iov_len: dst.len(),
+        };
+        // SAFETY: `dst` is writable for its length; the kernel reads the holder's
+        // address space and stops cleanly where it is unmapped.
+        let n = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
+        // ESRCH: exiting (its memory goes before its pidfd says so).
+        if !self.alive() || (n < 0 && crate::base::sys::errno() == libc::ESRCH) {
+            return Err(HolderReadError::Gone);
+        }
+        if n < 0 || n as usize != dst.len() {
+            return Err(HolderReadError::Unmapped);
+        }
+        Ok(())
+    }
+
+    /// Whether the holder still runs (its pidfd is not readable: it has not exited).
+    pub fn alive(&self) -> bool {
+        self.view().alive()
+    }
+
+    /// The holder's ids, for the thread that alone releases holders (the epoch thread)
+    /// to look at it outside the engine lock.
+    pub fn view(&self) -> HolderView {
+        HolderView {
+            pid: self.pid,
+            pidfd: self.pidfd,
+        }
+    }
+
+    /// Kills and reaps the holder, giving its copied pages back (the kernel frees its
+    /// page tables: milliseconds per GiB).
+    pub fn release(self) {
+        kill_and_reap(self.pidfd);
+        crate::base::fds::release(self.pidfd);
+    }
+
+    /// In a forked child: the parent's holders are not the child's children; forget them
+    /// (their pidfds are closed with the other inherited shim descriptors).
+    pub fn forget(self) {
+        // A Holder has no Drop: only `release` signals or waits for its process, so
+        // letting it go here leaves the parent's holder alone.
+        let Holder { pid: _, pidfd: _ } = self;
+    }
+}
+
+/// A holder's pid and pidfd, copied: valid while the holder is not released (only the
+/// epoch thread releases holders, so it may use a view outside the engine lock). Every
+/// use checks the pidfd is still the shim's and the process still runs.
+#[derive(Clone, Copy, Debug)]
+pub struct HolderView {
+    pid: i32,
+    pidfd: i32,
+}
+
+impl HolderView {
+    /// Whether the holder still runs (its pidfd is not readable: it has not exited).
+    pub fn alive(&self) -> bool {
+        if !crate::base::fds::verify(self.pidfd) {
+            return false;
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; a zero timeout never sleeps.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n == 0
+    }
+
+    /// Bytes of memory only the holder keeps now: the pages the program wrote since it
+    /// was made, which the kernel copied (its private resident memory). Walks its page
+    /// tables: not for the fault path.
+    pub fn pinned_bytes(&self) -> u64 {
+        let path = format!("/proc/{}/smaps_rollup\0", self.pid);
+        let Ok(path) = core::ffi::CStr::from_bytes_with_nul(path.as_bytes()) else {
+            return 0;
+        };
+        let text = crate::base::fds::read_file(path, 4096);
+        let kib = |key: &str| -> u64 {
+            text.split(|&b| b == b'\n')
+                .find_map(|l| l.strip_prefix(key.as_bytes()))
+                .and_then(|v| core::str::from_utf8(v).ok())
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        if !self.alive() {
+            return 0;
+        }
+        (kib("Private_Clean:") + kib("Private_Dirty:")) * 1024
+    }
+}
+
+/// `clone(CLONE_FILES | CLONE_PIDFD, exit signal 0)` on the caller's stack (the child
+/// runs on its own copy of it, as after fork). Returns the child's pid, 0 in the child,
+/// or -1 with errno set.
+fn raw_clone(pidfd: &mut libc::c_int) -> libc::c_long {
+    let flags = (libc::CLONE_FILES | libc::CLONE_PIDFD) as libc::c_ulong;
+    // SAFETY: no new stack and no CLONE_VM: the child gets a copy-on-write copy of this
+    // address space and returns here on its copy of this stack, like fork; `pidfd` is a
+    // valid int for the kernel to fill (CLONE_PIDFD uses the parent-tid argument).
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            0usize,
+            pidfd as *mut libc::c_int,
+            0usize,
+            0usize,
+        )
+    }
+}
+
+/// The holder's whole life: only raw system calls (no lock, no allocation, nothing of
+/// the host's). It dies when the shim thread that made it ends, or when killed.
+fn holder_body(parent: libc::pid_t) -> ! {
+    // SAFETY: raw system calls with integer arguments; none touches memory.
+    unsafe {
+        libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        // The maker may have ended before the prctl took effect.
+        if libc::syscall(libc::SYS_getppid) as libc::pid_t != parent {
+            libc::syscall(libc::SYS_exit_group, 0);
+        }
+        loop {
+            libc::syscall(libc::SYS_pause);
+        }
+    }
+}
+
+/// Kills the holder through its pidfd (never by pid) and waits for it (`__WALL`: it is
+/// a clone child).
+fn kill_and_reap(pidfd: i32) {
+    send_kill(pidfd);
+    let mut info: libc::siginfo_t = zeroed_siginfo();
+    loop {
+        // SAFETY: `info` is a valid out-pointer; P_PIDFD waits for that process only,
+        // so a pid reused meanwhile is never reaped by us.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::__WALL,
+            )
+        };
+        if r == 0 || crate::base::sys::errno() != libc::EINTR {
+            break;
+        }
+    }
+}
+
+/// Whether `fd` is a pidfd of a live child of this process: `waitid` on it (without
+/// waiting or reaping) fails for anything else (EINVAL or EBADF for another file,
+/// ECHILD for another process's pidfd) and reports no exit.
+fn is_childs_pidfd(fd: i32) -> bool {
+    let mut info: libc::siginfo_t = zeroed_siginfo();
+    // SAFETY: `info` is a valid out-pointer; WNOHANG never blocks, WNOWAIT reaps nothing.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            fd as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT | libc::__WALL,
+        )
+    };
+    // SAFETY: reading the pid field of a siginfo the kernel filled (zero: no event).
+    r == 0 && unsafe { info.si_pid() } == 0
+}
+
+/// Only for a holder just made whose pidfd was lost before the shim could keep it: by
+/// pid (unreaped, so not reused), then reaped (`__WALL`: a clone child).
+fn kill_and_reap_by_pid(pid: i32) {
+    // SAFETY: signalling our own child, which nothing has reaped; no memory is passed.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let mut info: libc::siginfo_t = zeroed_siginfo();
+    loop {
+        // SAFETY: `info` is a valid out-pointer; waits for that child only.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::__WALL,
+            )
+        };
+        if r == 0 || crate::base::sys::errno() != libc::EINTR {
+            break;
+        }
+    }
+}
+
+/// SIGKILL through the pidfd (never by pid), if it is still the shim's.
+fn send_kill(pidfd: i32) {
+    if crate::base::fds::verify(pidfd) {
+        // SAFETY: signalling through our own pidfd; no memory is passed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd,
+                libc::SIGKILL,
+                core::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+}
+
+fn zeroed_siginfo() -> libc::siginfo_t {
+    // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
+    unsafe { core::mem::zeroed() }
+}
+
+/// The ranges of `wanted` a holder would not hold as they are: mappings marked
+/// `MADV_DONTFORK` (absent in a child) or `MADV_WIPEONFORK` (zero in a child), read from
+/// `VmFlags` in /proc/self/smaps (`dc`, `wf`).
+pub fn not_held(smaps: &[u8], out: &mut Vec<Range>) {
+    let mut current: Option<Range> = None;
+    for line in smaps.split(|&b| b == b'\n') {
+        if let Some(r) = mapping_range(line) {
+            current = Some(r);
+            continue;
+        }
+        if let (Some(flags), Some(r)) = (line.strip_prefix(b"VmFlags:"), current) {
+            let has = |f: &[u8]| flags.split(|&b| b == b' ').any(|w| w == f);
+            if has(b"dc") || has(b"wf") {
+                out.push(r);
+            }
+        }
+    }
+}
+
+/// The range of an smaps mapping header line (`START-END PERMS ...`), if it is one.
+fn mapping_range(line: &[u8]) -> Option<Range> {
+    let first = line.split(|&b| b == b' ').next()?;
+    let dash = first.iter().position(|&b| b == b'-')?;
+    let hex = |s: &[u8]| {
+        core::str::from_utf8(s)
+            .ok()
+            .and_then(|s| usize::from_str_radix(s, 16).ok())
+    };
+    let (start, end) = (hex(&first[..dash])?, hex(&first[dash + 1..])?);
+    // Header lines have a permissions word next; field lines ("Rss:") have no dash.
+    (start < end).then(|| Range::new(start, end))
+}
+
+/// A version held by a holder: the holder, and the ranges it would not hold as they
+/// were (see [`not_held`]), whose reads are refused. Keeping those ranges on shadows
+/// instead is a later step of issue 15.
+#[derive(Debug)]
+pub struct HeldVersion {
+    pub version: u64,
+    pub holder: Holder,
+    pub not_held: Vec<Range>,
+}
+
+impl HeldVersion {
+    /// Whether `page` lies in a range the holder does not hold as it was.
+    pub fn not_held_at(&self, page: usize) -> bool {
+        self.not_held
+            .iter()
+            .any(|r| r.start <= page && page < r.end)
+    }
+}
+
+/// Whether this process ever kept a holder (the shadow backend never looks further).
+static HOLDERS_MADE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Whether a holder was ever installed in this process (or a parent it was forked from).
+pub fn any_made() -> bool {
+    HOLDERS_MADE.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Most holders alive at once: each keeps a pidfd among the shim's descriptors
+/// (`fds::SLOTS`, which also holds the shim's own few and one per request or file being
+/// read). Versions past it (`MEMSHADOW_MAX_VERSIONS` above it, or pins) are shadow
+/// snapshots.
+pub const MAX_HOLDERS: usize = 40;
+
+/// Most holders the engine keeps: one per retained version at most.
+pub fn capacity(max_versions: usize) -> usize {
+    max_versions.max(1) + crate::engine::shadow::PIN_EXTRA_VERSIONS + 1
+}
+
+impl crate::engine::Engine {
+    /// The holder of version `v`, if a holder holds it.
+    pub fn held(&self, v: u64) -> Option<&HeldVersion> {
+        self.holders.iter().find(|h| h.version == v)
+    }
+
+    /// How many holders the engine keeps (retained versions' and evicted ones' not yet
+    /// released).
+    pub fn holder_count(&self) -> usize {
+        self.holders.len()
+    }
+
+    /// Whether the newest version is held by a holder.
+    pub fn newest_held(&self) -> bool {
+        self.held(self.version).is_some()
+    }
+
+    /// Hands the engine the holder of the newest version (opened by `open_version`),
+    /// after [`take_released`](Self::take_released) made room; nothing allocates. The
+    /// pages that lose protection meanwhile are not tracked by the holder version, so
+    /// the next shadow pass protects everything. Gives `h` back when there is no room.
+    pub fn install_holder(&mut self, h: HeldVersion) -> Result<(), HeldVersion> {
+        if h.version != self.version || self.holders.len() == self.holders.capacity() {
+            return Err(h);
+        }
+        self.holders.push(h);
+        HOLDERS_MADE.store(true, core::sync::atomic::Ordering::Relaxed);
+        self.reprotect.note_all();
+        Ok(())
+    }
+
+    /// Moves the holders whose versions are no longer retained (every holder when `all`)
+    /// into `out` (without growing it: as many as fit) for the caller to release
+    /// outside the engine lock.
+    pub fn take_released(&mut self, out: &mut Vec<HeldVersion>, all: bool) {
+        let oldest = self.pool.retained().map(|r| r.0);
+        let mut i = 0;
+        while i < self.holders.len() && out.len() < out.capacity() {
+            let gone = all || oldest.is_none_or(|o| self.holders[i].version < o);
+            if gone {
+                out.push(self.holders.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Whether no retained version needs shadows: every one is held by a holder (a save
+    /// before a discard, a copy ahead, would then be for no version).
+    pub fn only_holders_retained(&self) -> bool {
+        match self.pool.retained() {
+            None => false,
+            Some((oldest, newest)) => (oldest..=newest).all(|v| self.held(v).is_some()),
+        }
+    }
+
+    /// The live holders' views (as many as `out` has room for), for the epoch thread to
+    /// measure outside the engine lock.
+    pub fn holder_views(&self, out: &mut Vec<HolderView>) {
+        let room = out.capacity() - out.len();
+        out.extend(self.holders.iter().take(room).map(|h| h.holder.view()));
+    }
+}
+
+/// Holders taken from an engine that was torn down (`engine::stop`, on whatever
+/// thread found the descriptor lost): killed and reaped by the epoch thread or at exit
+/// ([`release_parked`]), never on the fault path.
+static PARKED: crate::base::sync::SpinLock<Vec<HeldVersion>> =
+    crate::base::sync::SpinLock::new(Vec::new());
+
+/// Parks the holders of `list` to be killed and reaped by [`release_parked`] (this may
+/// run on the fault thread, which never signals or waits for a holder).
+pub fn park(mut list: Vec<HeldVersion>) {
+    let _s = crate::base::sys::block_signals();
+    let mut parked = PARKED.lock();
+    if parked.is_empty() {
+        core::mem::swap(&mut *parked, &mut list);
+    } else {
+        parked.append(&mut list);
+    }
+}
+
+/// Reaps the parked holders (the epoch thread, and exit).
+pub fn release_parked() {
+    let list = {
+        let _s = crate::base::sys::block_signals();
+        let mut parked = PARKED.lock();
+        if parked.is_empty() {
+            return;
+        }
+        core::mem::take(&mut *parked)
+    };
+    for h in list {
+        h.holder.release();
+    }
+}
+
+/// In a forked child: the parked holders are the parent's children; forget them.
+pub fn forget_parked_after_fork() {
+    PARKED.release();
+    let list = core::mem::take(&mut *PARKED.lock());
+    for h in list {
+        h.holder.forget();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::page::PAGE;
+
+    fn buffer(pages: usize, byte: u8) -> Range {
+        let p = crate::base::sys::map_anon(pages * PAGE, false).unwrap() as usize;
+        // SAFETY: the mapping was just made, `pages * PAGE` bytes.
+        unsafe { core::ptr::write_bytes(p as *mut u8, byte, pages * PAGE) };
+        Range::new(p, p + pages * PAGE)
+    }
+
+    fn hold() -> Holder {
+        let _s = crate::base::sys::block_signals();
+        Holder::hold_now().expect("a holder")
+    }
+
+    #[test]
+    fn a_holder_keeps_the_memory_as_it_was_while_the_program_writes() {
+        let buf = buffer(16, 1);
+        let h = hold();
+        // SAFETY: our own mapping.
+        unsafe { core::ptr::write_bytes(buf.start as *mut u8, 2, buf.len()) };
+        let mut then = vec![0u8; buf.len()];
+        h.read(buf.start, &mut then).unwrap();
+        assert!(then.iter().all(|&b| b == 1), "the holder saw a later write");
+        // Memory it never had is refused, not invented.
+        let later = buffer(1, 3);
+        let mut page = vec![0u8; PAGE];
+        assert_eq!(
+            h.read(later.start, &mut page),
+            Err(HolderReadError::Unmapped)
+        );
+        h.release();
+    }
+
+    #[test]
+    fn the_hosts_wait_never_sees_a_holder_and_a_released_one_is_gone() {
+        let h = hold();
+        let pid = h.pid();
+        let mut status = 0;
+        // SAFETY: waitpid with a valid status pointer; WNOHANG never blocks.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        assert_eq!(r, -1, "waitpid without __WALL found the holder");
+        assert_eq!(crate::base::sys::errno(), libc::ECHILD);
+        assert!(h.alive());
+        h.release();
+        // SAFETY: kill with signal 0 only checks for existence.
+        assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "the holder still exists");
+    }
+
+    #[test]
+    fn a_pipe_the_host_closes_reaches_eof_with_a_holder_alive() {
+        let mut ends = [0; 2];
+        // SAFETY: `ends` is two ints for the kernel to fill.
+        let made = unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_NONBLOCK) };
+        assert_eq!(made, 0);
+        let h = hold();
+        // SAFETY: closing the write end we made; the holder shares the table, so this
+        // was the last reference.
+        unsafe { libc::close(ends[1]) };
+        let mut byte = [0u8; 1];
+        // SAFETY: reading into a local byte.
+        let n = unsafe { libc::read(ends[0], byte.as_mut_ptr().cast(), 1) };
+        assert_eq!(n, 0, "no EOF: the holder kept the write end open");
+        h.release();
+        // SAFETY: our read end.
+        unsafe { libc::close(ends[0]) };
+    }
+
+    #[test]
+    fn dontfork_and_wipeonfork_mappings_are_named() {
+        let smaps = b"7f0000000000-7f0000002000 rw-p 00000000 00:00 0 \n\
+Rss:                   8 kB\n\
+VmFlags: rd wr mr mw me ac sd \n\
+7f0000010000-7f0000011000 rw-p 00000000 00:00 0 \n\
+VmFlags: rd wr mr mw me dc ac sd \n\
+7f0000020000-7f0000023000 rw-p 00000000 00:00 0 \n\
+VmFlags: rd wr mr mw me ac wf sd \n";
+        let mut out = Vec::new();
+        not_held(smaps, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                Range::new(0x7f00_0001_0000, 0x7f00_0001_1000),
+                Range::new(0x7f00_0002_0000, 0x7f00_0002_3000)
+            ]
+        );
+    }
+}

@@ -98,6 +98,9 @@ pub enum Mode {
     Fork,
     /// Under `memshadow run --record STORE --every T`: a version every T ms in a store.
     Record,
+    /// Snapshots every T ms held by holder children (`MEMSHADOW_BACKEND=holder`): the
+    /// kernel's copy-on-write keeps each version, no trap.
+    Holder,
     /// `cow` at the cadence `fork` reached in the same run (`--matched`): as many
     /// snapshots in the timed part as fork made.
     #[value(skip)]
@@ -105,16 +108,20 @@ pub enum Mode {
     /// `prefetch` at the cadence `fork` reached in the same run (`--matched`).
     #[value(skip)]
     PrefetchAtForkCadence,
+    /// `holder` at the cadence `fork` reached in the same run (`--matched`).
+    #[value(skip)]
+    HolderAtForkCadence,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 7] = [
         Mode::Baseline,
         Mode::Idle,
         Mode::Cow,
         Mode::Prefetch,
         Mode::Fork,
         Mode::Record,
+        Mode::Holder,
     ];
 
     pub fn name(self) -> &'static str {
@@ -125,8 +132,10 @@ impl Mode {
             Mode::Prefetch => "prefetch",
             Mode::Fork => "fork",
             Mode::Record => "record",
+            Mode::Holder => "holder",
             Mode::CowAtForkCadence => "cow@fork",
             Mode::PrefetchAtForkCadence => "prefetch@fork",
+            Mode::HolderAtForkCadence => "holder@fork",
         }
     }
 
@@ -135,6 +144,7 @@ impl Mode {
         match self {
             Mode::CowAtForkCadence => Mode::Cow,
             Mode::PrefetchAtForkCadence => Mode::Prefetch,
+            Mode::HolderAtForkCadence => Mode::Holder,
             m => m,
         }
     }
@@ -144,6 +154,7 @@ impl Mode {
         match self {
             Mode::Cow => Some(Mode::CowAtForkCadence),
             Mode::Prefetch => Some(Mode::PrefetchAtForkCadence),
+            Mode::Holder => Some(Mode::HolderAtForkCadence),
             _ => None,
         }
     }
@@ -157,7 +168,7 @@ impl Mode {
     pub fn shimmed(self) -> bool {
         matches!(
             self.base(),
-            Mode::Idle | Mode::Cow | Mode::Prefetch | Mode::Record
+            Mode::Idle | Mode::Cow | Mode::Prefetch | Mode::Record | Mode::Holder
         )
     }
 
@@ -184,6 +195,11 @@ impl Mode {
         };
         match self.base() {
             Mode::Cow => periodic("off"),
+            Mode::Holder => {
+                let mut env = periodic("off");
+                env.push(("MEMSHADOW_BACKEND", "holder".to_string()));
+                env
+            }
             Mode::Prefetch => periodic(predict.name()),
             Mode::Record => vec![
                 ("MEMSHADOW_PREDICT", predict.name().to_string()),
@@ -202,8 +218,10 @@ impl Mode {
             Mode::Prefetch => "#2ca02c",
             Mode::Fork => "#ff7f0e",
             Mode::Record => "#9467bd",
+            Mode::Holder => "#8c564b",
             Mode::CowAtForkCadence => "#ff9896",
             Mode::PrefetchAtForkCadence => "#98df8a",
+            Mode::HolderAtForkCadence => "#c49c94",
         }
     }
 }
@@ -398,7 +416,7 @@ impl Plan {
             ""
         };
         let matched = if self.matched {
-            "; cow@fork and prefetch@fork at the cadence fork reached in the same run"
+            "; the @fork rows at the cadence fork reached in the same run"
         } else {
             ""
         };
@@ -482,6 +500,8 @@ pub struct ShimStats {
     pub prefetch_late: Option<f64>,
     pub prefetch_cpu_us: Option<f64>,
     pub prefetch_at_pass: Option<f64>,
+    pub holder_snapshots: Option<f64>,
+    pub holder_pause_us_max: Option<f64>,
 }
 
 impl ShimStats {
@@ -503,6 +523,7 @@ impl ShimStats {
             prefetch_late: minus(self.prefetch_late, Counter::PrefetchLate),
             prefetch_cpu_us: minus(self.prefetch_cpu_us, Counter::PrefetchCpuUs),
             prefetch_at_pass: minus(self.prefetch_at_pass, Counter::PrefetchAtPass),
+            holder_snapshots: minus(self.holder_snapshots, Counter::HolderSnapshots),
             ..self.clone()
         }
     }
@@ -532,6 +553,8 @@ impl ShimStats {
             prefetch_late: k("prefetch_late"),
             prefetch_cpu_us: k("prefetch_cpu_us"),
             prefetch_at_pass: k("prefetch_at_pass"),
+            holder_snapshots: k("holder_snapshots"),
+            holder_pause_us_max: k("holder_pause_us_max"),
         })
     }
 }
@@ -669,6 +692,9 @@ pub struct Row {
     pub restored_bytes: Option<f64>,
     /// restore_s per GiB restored.
     pub restore_s_per_gib: Option<f64>,
+    /// Snapshots held by holders, and the longest holder clone (its stall).
+    pub holder_snapshots: Option<f64>,
+    pub holder_pause_us_max: Option<f64>,
     /// Runs that produced numbers.
     pub runs: usize,
     /// Runs that failed (the error was printed on stderr).
@@ -740,7 +766,7 @@ pub fn aggregate(
         // the C workloads), the epochs of the timed part (cow, prefetch: their counters
         // are the timed part's), the forks (redis's BGSAVEs).
         timed_snapshots: durable(|d| d.timed_snapshots).or_else(|| match mode.base() {
-            Mode::Cow | Mode::Prefetch => stat(|s| s.epochs),
+            Mode::Cow | Mode::Prefetch | Mode::Holder => stat(|s| s.epochs),
             Mode::Fork => med(&|m| m.forks),
             _ => None,
         }),
@@ -750,6 +776,8 @@ pub fn aggregate(
         restore_s: durable(|d| d.restore_s),
         restored_bytes: durable(|d| d.restored_bytes),
         restore_s_per_gib: per(|p| p.restore_s_per_gib),
+        holder_snapshots: stat(|s| s.holder_snapshots),
+        holder_pause_us_max: stat(|s| s.holder_pause_us_max),
         runs: ok.len(),
         failed_runs: runs.len() - ok.len(),
     }
@@ -802,6 +830,8 @@ impl Row {
             ("restored_bytes", self.restored_bytes),
             ("restore_s_per_gib", self.restore_s_per_gib),
             ("batches", self.batches),
+            ("holder_snapshots", self.holder_snapshots),
+            ("holder_pause_us_max", self.holder_pause_us_max),
         ] {
             m.insert(k.into(), num(v));
         }
@@ -1179,8 +1209,20 @@ pub fn completeness_problems(rows: &[Row], expected: &[(Workload, u64, Mode)]) -
         if mode.base() == Mode::Cow {
             need.extend([("hit_rate", r.hit_rate), ("waste_rate", r.waste_rate)]);
         }
-        if matches!(mode.base(), Mode::Cow | Mode::Prefetch | Mode::Fork) {
+        if matches!(
+            mode.base(),
+            Mode::Cow | Mode::Prefetch | Mode::Fork | Mode::Holder
+        ) {
             need.push(("timed_snapshots", r.timed_snapshots));
+        }
+        if mode.base() == Mode::Holder {
+            need.extend([
+                ("holder_snapshots", r.holder_snapshots),
+                ("holder_pause_us_max", r.holder_pause_us_max),
+            ]);
+            if r.holder_snapshots.is_some_and(|n| n < 1.0) {
+                problems.push(format!("{what}: no snapshot was held by a holder"));
+            }
         }
         if mode == Mode::Fork {
             need.extend([
@@ -1584,7 +1626,7 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     if plan.matched {
         println!(
-            "\nAt equal snapshot counts: cow@fork and prefetch@fork take a snapshot every \
+            "\nAt equal snapshot counts: the @fork rows take a snapshot every \
              (fork's timed seconds / fork's forks) of the same run, so as many in the timed \
              part as fork made; throughput ratios against the baseline, medians; vs fork: \
              the ratio of the medians.\n"
@@ -2190,6 +2232,8 @@ mod tests {
                 "restored_bytes",
                 "restore_s_per_gib",
                 "batches",
+                "holder_snapshots",
+                "holder_pause_us_max",
                 "runs",
                 "failed_runs"
             ]

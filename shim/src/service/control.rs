@@ -331,6 +331,7 @@ pub fn dispatch(req: &str) -> Vec<u8> {
         }
         CMD_STATS => {
             regions::rescan();
+            crate::service::epoch::measure_pinned_for_control();
             let r = stats::page().read();
             let mut fields = vec![
                 ("pid", r.pid.to_string()),

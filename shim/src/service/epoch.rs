@@ -388,7 +388,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
         stats::add(Counter::HolderSnapshots, 1);
         let max = stats::page().counter(Counter::HolderPauseUsMax);
         max.fetch_max(clone_us, Ordering::Relaxed);
-        publish_pinned();
+        publish_pinned(false);
     }
 
     let us = (engine::now_ns() - started) / 1000;
@@ -477,13 +477,19 @@ static HOLDER_ERROR_SAID: AtomicBool = AtomicBool::new(false);
 static HOLDERS_FULL_SAID: AtomicBool = AtomicBool::new(false);
 
 /// `holder_pinned_bytes`: the memory the live holders alone keep, measured here (it
-/// walks their page tables: about a millisecond per GiB and holder), never on the fault
-/// path; at most every [`PINNED_EVERY_NS`], so 10 ms snapshots do not spend the epoch
-/// thread's time on it.
-fn publish_pinned() {
+/// walks their page tables), never on the fault path: when asked (a `stats` request,
+/// see [`measure_pinned_for_control`]) and after a holder pass at most every
+/// [`PINNED_EVERY_NS`].
+/// The walk slows the program itself, not only the epoch thread: reading the
+/// smaps_rollup of 4 holders of 256 MiB takes 21-23 ms here, and a parent writing
+/// random pages meanwhile (`../shared/probes/holder_rollup.c`, every 100 ms) lost 37% of
+/// its throughput and its worst batch went from 11-13 ms to 35-39 ms; zipf_updates at
+/// fork's cadence under `holder` went from 0.25-0.34 to 0.37-0.39 of its baseline, and
+/// its worst batch from 49-51 ms to 23-27 ms, once the walk was left out.
+fn publish_pinned(asked: bool) {
     let now = engine::now_ns();
     let last = PINNED_AT.load(Ordering::Relaxed);
-    if last != 0 && now.saturating_sub(last) < PINNED_EVERY_NS {
+    if !asked && last != 0 && now.saturating_sub(last) < PINNED_EVERY_NS {
         return;
     }
     PINNED_AT.store(now, Ordering::Relaxed);
@@ -496,7 +502,7 @@ fn publish_pinned() {
 
 /// When `holder_pinned_bytes` was last measured (0: never).
 static PINNED_AT: AtomicU64 = AtomicU64::new(0);
-const PINNED_EVERY_NS: u64 = 100_000_000;
+const PINNED_EVERY_NS: u64 = 10_000_000_000;
 
 thread_local! {
     /// Set on the epoch thread: only it makes holders.
@@ -507,7 +513,10 @@ thread_local! {
 /// host thread's own writes during the pass (errno, in its TLS, which is tracked memory)
 /// would be held until the pass ends, by itself. Host threads (the C API) post a request
 /// and wait on these futex words, which live in the shim's own memory.
-static REQUESTS: Mailbox<0> = Mailbox::new();
+static REQUESTS: Mailbox<1> = Mailbox::new();
+/// What a request asks (its word): a snapshot, or a fresh `holder_pinned_bytes`.
+const ASK_SNAPSHOT: u64 = 0;
+const ASK_PINNED: u64 = 1;
 /// Period of automatic snapshots in ms (0: only on request).
 static INTERVAL_MS: AtomicU64 = AtomicU64::new(0);
 static THREAD_STARTED: AtomicBool = AtomicBool::new(false);
@@ -607,6 +616,11 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
             break;
         }
         let request = REQUESTS.pending();
+        if let Some(r) = request.filter(|r| r.words[0] == ASK_PINNED) {
+            publish_pinned(true);
+            REQUESTS.answer(r.ticket, 0);
+            continue;
+        }
         // Pulled forward by the budget, never sooner than the configured period after
         // the last pass started, nor sooner after it ended than it lasted.
         let pressed = interval > 0
@@ -687,7 +701,7 @@ pub fn snapshot_for_api() -> i64 {
     }
     let v = {
         let _s = sys::block_signals();
-        let posted = REQUESTS.post([]);
+        let posted = REQUESTS.post([ASK_SNAPSHOT]);
         sys::futex_wake(REQUESTS.posted_word());
         // The epoch thread answers every request (-1 for a failure).
         posted.wait(0, || false).map_or(-1, |a| a as i64)
@@ -708,7 +722,7 @@ pub fn snapshot_for_control() -> Result<u64, String> {
     start_thread(&config).map_err(|e| e.to_string())?;
     let _s = sys::block_signals();
     let _one = CONTROL_REQUEST.lock();
-    let posted = REQUESTS.post([]);
+    let posted = REQUESTS.post([ASK_SNAPSHOT]);
     sys::futex_wake(REQUESTS.posted_word());
     match posted.wait(0, || false) {
         Some(a) if (a as i64) >= 0 => Ok(a),
@@ -717,6 +731,20 @@ pub fn snapshot_for_control() -> Result<u64, String> {
             .take()
             .unwrap_or_else(|| "the snapshot failed".to_string())),
     }
+}
+
+/// `stats` over the control socket under `holder`: the epoch thread measures
+/// `holder_pinned_bytes` now (only it may touch the holders: it alone releases them),
+/// and this waits for it. Nothing to do without holders or without the epoch thread.
+pub fn measure_pinned_for_control() {
+    if !crate::engine::holder::any_made() || !THREAD_STARTED.load(Ordering::Acquire) {
+        return;
+    }
+    let _s = sys::block_signals();
+    let _one = CONTROL_REQUEST.lock();
+    let posted = REQUESTS.post([ASK_PINNED]);
+    sys::futex_wake(REQUESTS.posted_word());
+    let _ = posted.wait(0, || false);
 }
 
 /// The last failed request's error, for [`snapshot_for_control`] (one control request

@@ -28,11 +28,13 @@ const HOLDER: &[(&str, &str)] = &[
     ("MEMSHADOW_INTERVAL_MS", "10"),
 ];
 
-/// Runs `holder_host MODE` natively, under the shim with holders every 10 ms and
-/// through `memshadow run` the same way: identical output and exit status each time,
-/// and the shim did keep its snapshots in holders (and never trapped).
-fn same_as_native(mode: &str) {
-    let mut prog = Prog::new(c_program("holder_host")).arg(mode).timeout(LIMIT);
+/// `holder_host MODE` natively and under the shim with holders every 10 ms: the same
+/// behaviour (`compare_stderr`: stderr too). The program, and both runs' output.
+fn native_and_shimmed(
+    mode: &str,
+    compare_stderr: bool,
+) -> (Prog, std::process::Output, std::process::Output) {
+    let prog = Prog::new(c_program("holder_host")).arg(mode).timeout(LIMIT);
     let native = prog.run_native();
     assert_native_ok(mode, &native, 0);
     let shimmed = prog.run_shimmed_with(HOLDER);
@@ -40,8 +42,16 @@ fn same_as_native(mode: &str) {
         &format!("{mode} (holders every 10 ms)"),
         &native,
         &shimmed,
-        true,
+        compare_stderr,
     );
+    (prog, native, shimmed)
+}
+
+/// Runs `holder_host MODE` natively, under the shim with holders every 10 ms and
+/// through `memshadow run` the same way: identical output and exit status each time,
+/// and the shim did keep its snapshots in holders (and never trapped).
+fn same_as_native(mode: &str) {
+    let (mut prog, native, _) = native_and_shimmed(mode, true);
     for (k, v) in HOLDER {
         prog = prog.env(k, v);
     }
@@ -143,16 +153,7 @@ fn a_program_that_is_not_dumpable_keeps_its_versions_on_shadows() {
 /// `holder_host MODE` behaves as natively, and the shim says in one line, starting with
 /// `line`, that its snapshots use shadows.
 fn falls_back(mode: &str, line: &str) {
-    let prog = Prog::new(c_program("holder_host")).arg(mode).timeout(LIMIT);
-    let native = prog.run_native();
-    assert_native_ok(mode, &native, 0);
-    let shimmed = prog.run_shimmed_with(HOLDER);
-    assert_same_behaviour(
-        &format!("{mode} (holders every 10 ms)"),
-        &native,
-        &shimmed,
-        false,
-    );
+    let (_, _, shimmed) = native_and_shimmed(mode, false);
     let stderr = String::from_utf8_lossy(&shimmed.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line for all the snapshots: {stderr}");

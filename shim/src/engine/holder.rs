@@ -249,18 +249,17 @@ fn holder_body(parent: libc::pid_t) -> ! {
 /// a clone child).
 fn kill_and_reap(pidfd: i32) {
     send_kill(pidfd);
+    // P_PIDFD waits for that process only, so a pid reused meanwhile is never reaped.
+    reap(libc::P_PIDFD, pidfd as libc::id_t);
+}
+
+/// Waits for the child `id` names (`idtype` P_PIDFD or P_PID) to exit and reaps it
+/// (`__WALL`: a holder is a clone child), through interruptions.
+fn reap(idtype: libc::idtype_t, id: libc::id_t) {
     let mut info: libc::siginfo_t = zeroed_siginfo();
     loop {
-        // SAFETY: `info` is a valid out-pointer; P_PIDFD waits for that process only,
-        // so a pid reused meanwhile is never reaped by us.
-        let r = unsafe {
-            libc::waitid(
-                libc::P_PIDFD,
-                pidfd as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::__WALL,
-            )
-        };
+        // SAFETY: `info` is a valid out-pointer; waits for that one child only.
+        let r = unsafe { libc::waitid(idtype, id, &mut info, libc::WEXITED | libc::__WALL) };
         if r == 0 || crate::base::sys::errno() != libc::EINTR {
             break;
         }
@@ -290,21 +289,7 @@ fn is_childs_pidfd(fd: i32) -> bool {
 fn kill_and_reap_by_pid(pid: i32) {
     // SAFETY: signalling our own child, which nothing has reaped; no memory is passed.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    let mut info: libc::siginfo_t = zeroed_siginfo();
-    loop {
-        // SAFETY: `info` is a valid out-pointer; waits for that child only.
-        let r = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::__WALL,
-            )
-        };
-        if r == 0 || crate::base::sys::errno() != libc::EINTR {
-            break;
-        }
-    }
+    reap(libc::P_PID, pid as libc::id_t);
 }
 
 /// SIGKILL through the pidfd (never by pid), if it is still the shim's.

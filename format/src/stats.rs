@@ -181,11 +181,14 @@ pub enum Counter {
     /// made, which the kernel copied (their private resident memory, summed; refreshed
     /// by the epoch thread at each snapshot).
     HolderPinnedBytes = 47,
+    /// Times `MEMSHADOW_BACKEND=auto` changed the backend of the next snapshot (shadows
+    /// to a holder or back).
+    BackendSwitches = 48,
 }
 
 impl Counter {
     /// Every assigned counter, in slot order.
-    pub const ALL: [Counter; 48] = [
+    pub const ALL: [Counter; 49] = [
         Counter::TrackedRegions,
         Counter::TrackedBytes,
         Counter::Rescans,
@@ -234,6 +237,7 @@ impl Counter {
         Counter::HolderSnapshots,
         Counter::HolderPauseUsMax,
         Counter::HolderPinnedBytes,
+        Counter::BackendSwitches,
     ];
 
     pub const fn index(self) -> usize {
@@ -290,6 +294,7 @@ impl Counter {
             Counter::HolderSnapshots => "holder_snapshots",
             Counter::HolderPauseUsMax => "holder_pause_us_max",
             Counter::HolderPinnedBytes => "holder_pinned_bytes",
+            Counter::BackendSwitches => "backend_switches",
         }
     }
 }

@@ -305,3 +305,48 @@ fn serve_and_read(refused: bool) {
     let rest = running.stop(LIMIT);
     assert_eq!(rest, "", "holder_host printed after ready");
 }
+
+/// `MEMSHADOW_BACKEND=auto` moves a program that writes scattered pages flat out
+/// (scatter_writer: every first write after a snapshot traps, nothing predicts it) to
+/// holders within a few snapshots, and the program's output stays as natively; a program
+/// that writes little after its start (alloc_api) stays on shadows.
+#[test]
+fn auto_moves_a_scattered_writer_to_holders_and_leaves_a_quiet_program_on_shadows() {
+    let auto = [
+        ("MEMSHADOW_BACKEND", "auto"),
+        ("MEMSHADOW_INTERVAL_MS", "200"),
+        ("MEMSHADOW_MAX_OVERHEAD", "1"),
+    ];
+    // 60 million writes over 64 MiB: natively about half a second.
+    let mut scattered = Prog::new(c_program("scatter_writer"))
+        .args(["64", "60"])
+        .timeout(LIMIT);
+    for (k, v) in auto {
+        scattered = scattered.env(k, v);
+    }
+    let native = scattered.run_native();
+    assert_native_ok("scatter_writer", &native, 0);
+    let run = scattered.run_memshadow();
+    assert_same_behaviour("scatter_writer (auto)", &native, &run.output, false);
+    assert!(run.u64("traps") > 0, "it began on shadows: {:#}", run.json);
+    assert!(
+        run.u64("backend_switches") >= 1 && run.u64("holder_snapshots") >= 1,
+        "a scattered writer must move to holders: {:#}",
+        run.json
+    );
+
+    let mut quiet = Prog::new(c_program("alloc_api")).timeout(LIMIT);
+    for (k, v) in auto {
+        quiet = quiet.env(k, v);
+    }
+    let native = quiet.run_native();
+    assert_native_ok("alloc_api", &native, 0);
+    let run = quiet.run_memshadow();
+    assert_same_behaviour("alloc_api (auto)", &native, &run.output, false);
+    assert_eq!(
+        (run.u64("backend_switches"), run.u64("holder_snapshots")),
+        (0, 0),
+        "{:#}",
+        run.json
+    );
+}

@@ -42,15 +42,18 @@ pub enum Backend {
     /// A holder child made with a raw `clone` keeps the version (see `engine::holder`);
     /// a clone refused falls back to a shadow snapshot for that version.
     Holder,
+    /// Per snapshot, whichever of the two the last epochs say costs the program less
+    /// (see `service::backend_choice`).
+    Auto,
 }
 
 impl Backend {
-    /// `shadow`, `holder`, or `auto`, which is accepted and means `shadow` for now
-    /// (choosing per snapshot comes in a later step of issue 15).
+    /// `shadow` (also when unset: `auto` is not the default yet), `holder` or `auto`.
     pub fn parse(value: Option<&str>) -> Result<Backend, ConfigError> {
         match value {
-            None | Some("shadow") | Some("auto") => Ok(Backend::Shadow),
+            None | Some("shadow") => Ok(Backend::Shadow),
             Some("holder") => Ok(Backend::Holder),
+            Some("auto") => Ok(Backend::Auto),
             Some(v) => Err(ConfigError {
                 var: "MEMSHADOW_BACKEND",
                 value: v.to_string(),
@@ -315,7 +318,7 @@ mod tests {
         for (v, want) in [
             ("shadow", Backend::Shadow),
             ("holder", Backend::Holder),
-            ("auto", Backend::Shadow),
+            ("auto", Backend::Auto),
         ] {
             let c = parse(&[("MEMSHADOW_BACKEND", v)]).unwrap();
             assert_eq!((c.backend, c.backend_refused), (want, None), "{v}");

@@ -20,6 +20,7 @@ use crate::engine::holder;
 use crate::engine::reprotect::{self, PassWork};
 use crate::engine::uffd::Uffd;
 use crate::engine::{self, RetiredRange, TrackedRange};
+use crate::service::backend_choice::{Chooser, Epoch};
 use crate::{base::sys, stats, tracking::regions};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use memshadow_format::stats::Counter;
@@ -229,7 +230,13 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     // instant is the clone), on this thread (the epoch thread: its PDEATHSIG is tied to
     // it). Nothing is registered or protected for it. A clone refused: this version
     // is a shadow snapshot, protecting everything.
-    let holding = if config.backend == Backend::Holder && ON_EPOCH_THREAD.with(|t| t.get()) {
+    let on_epoch_thread = ON_EPOCH_THREAD.with(|t| t.get());
+    let wants_holder = match config.backend {
+        Backend::Shadow => false,
+        Backend::Holder => true,
+        Backend::Auto => on_epoch_thread && auto_wants_holder(&wanted),
+    };
+    let holding = if wants_holder && on_epoch_thread {
         if engine::with(|e| e.holder_count()).unwrap_or(0) < holder::MAX_HOLDERS {
             hold()
         } else {
@@ -384,6 +391,9 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     for h in released {
         h.holder.release();
     }
+    if config.backend == Backend::Auto {
+        AUTO.lock().1.held_ns = holder_us.map(|us| us * 1000);
+    }
     if let Some(clone_us) = holder_us {
         stats::add(Counter::HolderSnapshots, 1);
         let max = stats::page().counter(Counter::HolderPauseUsMax);
@@ -404,6 +414,74 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
         });
     }
     Ok(v)
+}
+
+/// `MEMSHADOW_BACKEND=auto`: the rule, and what the last pass left for it (the counters
+/// then, and whether it made a holder and how long the clone took). The epoch thread
+/// alone takes it, once per pass.
+static AUTO: SpinLock<(Chooser, AutoMark)> = SpinLock::new((Chooser::new(), AutoMark::NONE));
+
+/// The counters at the last pass under `auto`, and what that pass was.
+#[derive(Clone, Copy)]
+struct AutoMark {
+    /// No pass yet.
+    first: bool,
+    traps: u64,
+    prefetch_hits: u64,
+    minor_faults: u64,
+    /// The clone's duration when the last pass made a holder.
+    held_ns: Option<u64>,
+}
+
+impl AutoMark {
+    const NONE: AutoMark = AutoMark {
+        first: true,
+        traps: 0,
+        prefetch_hits: 0,
+        minor_faults: 0,
+        held_ns: None,
+    };
+}
+
+/// The program's minor faults so far (a copy-on-write fault is one).
+fn minor_faults() -> u64 {
+    // SAFETY: an all-zero rusage is valid; getrusage fills it.
+    let mut usage: libc::rusage = unsafe { core::mem::zeroed() };
+    // SAFETY: a valid out-pointer for the calling process's usage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    usage.ru_minflt as u64
+}
+
+/// Under `auto`, on the epoch thread before a pass over `tracked`: the epoch since the
+/// last pass goes to the rule, which says whether this snapshot is a holder's.
+fn auto_wants_holder(tracked: &[Range]) -> bool {
+    let counter = |c: Counter| stats::page().counter(c).load(Ordering::Relaxed);
+    let now = AutoMark {
+        first: false,
+        traps: counter(Counter::Traps),
+        prefetch_hits: counter(Counter::PrefetchHits),
+        minor_faults: minor_faults(),
+        held_ns: None,
+    };
+    let mut auto = AUTO.lock();
+    let (chooser, last) = &mut *auto;
+    if !last.first {
+        let epoch = Epoch {
+            held: last.held_ns.is_some(),
+            traps: now.traps.saturating_sub(last.traps),
+            prefetch_hits: now.prefetch_hits.saturating_sub(last.prefetch_hits),
+            minor_faults: now.minor_faults.saturating_sub(last.minor_faults),
+            clone_ns: last.held_ns.unwrap_or(0),
+            tracked_bytes: tracked.iter().map(|r| r.len() as u64).sum(),
+        };
+        if chooser.after_epoch(&epoch) {
+            stats::add(Counter::BackendSwitches, 1);
+        }
+    }
+    *last = now;
+    chooser.holder_next()
 }
 
 /// Makes the holder of the version about to open, with the ranges it would not hold as
@@ -560,6 +638,9 @@ pub fn forget_after_fork() {
     THREAD_STARTED.store(false, Ordering::Release);
     THREAD_START.release();
     REQUESTS.forget_after_fork();
+    // The child's `auto` starts afresh (its counters are not the parent's epochs).
+    AUTO.release();
+    *AUTO.lock() = (Chooser::new(), AutoMark::NONE);
     CONTROL_REQUEST.release();
     REQUEST_ERROR.release();
     core::mem::forget(REQUEST_ERROR.lock().take());
@@ -716,7 +797,7 @@ pub fn snapshot_for_api() -> i64 {
 /// control thread runs the pass itself, as it always has.
 pub fn snapshot_for_control() -> Result<u64, String> {
     let config = crate::config::current().ok_or(SnapshotError::NotTracking.to_string())?;
-    if config.backend != Backend::Holder {
+    if config.backend == Backend::Shadow {
         return snapshot().map_err(|e| e.to_string());
     }
     start_thread(&config).map_err(|e| e.to_string())?;

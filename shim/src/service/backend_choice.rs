@@ -1,0 +1,214 @@
+//! `MEMSHADOW_BACKEND=auto`: each snapshot is held by shadows or by a holder child,
+//! whichever the last epochs say costs the program less.
+//!
+//! What an epoch costs the program, per backend, from what each measures:
+//! - shadows: every first write that the prefetcher did not copy ahead traps, and a trap
+//!   stops its thread for [`TRAP_NS`] in all (bench/RESULTS.md, "Where a trap's time
+//!   goes": 13.8-16.8 us with the handler polling);
+//! - a holder: the clone stops the program (the page-table copy: measured at each holder
+//!   pass; before the first, [`CLONE_NS_PER_MIB`] per MiB tracked), and every first write
+//!   after it is copied by the kernel, [`COW_NS`] each (2.4-2.8 us measured with a child
+//!   that only waits, `../shared/probes/holder.c`).
+//!
+//! Shadow epochs count their first writes exactly (traps plus prefetched pages written);
+//! holder epochs count the program's minor faults (`getrusage`: a copy-on-write fault is
+//! one; so is a first touch of fresh memory, which makes the count a little high). The
+//! backend in use is compared with the other's cost predicted for the same first writes
+//! (for shadows, with the hit rate the prefetcher last earned); it changes after
+//! [`SWITCH_AFTER`] epochs in a row in which the other would have cost less than
+//! 1 / [`MARGIN`] of it. Switching has a cost (a holder after shadows leaves protection
+//! behind that traps once per page; shadows after holders protect everything), so one
+//! odd epoch does not switch.
+
+/// A first write that traps, all told (the writer's stop).
+pub const TRAP_NS: u64 = 15_000;
+/// A first write the kernel copies for a holder.
+pub const COW_NS: u64 = 3_000;
+/// The clone's page-table copy per MiB tracked, before one is measured (7.7-8.4 ms for
+/// 256 MiB, 11-35 ms per GiB here).
+pub const CLONE_NS_PER_MIB: u64 = 32_000;
+/// How much cheaper the other backend must look.
+pub const MARGIN: u64 = 2;
+/// Epochs in a row that must favour the other backend.
+pub const SWITCH_AFTER: u32 = 3;
+
+/// What one epoch measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Epoch {
+    /// Its snapshot was held by a holder.
+    pub held: bool,
+    /// Shadow epoch: traps, and prefetched pages written (first writes that did not
+    /// trap).
+    pub traps: u64,
+    pub prefetch_hits: u64,
+    /// Holder epoch: the program's minor faults, and the clone's duration.
+    pub minor_faults: u64,
+    pub clone_ns: u64,
+    /// Bytes tracked (for the clone's estimate before one is measured).
+    pub tracked_bytes: u64,
+}
+
+/// The rule's state: kept by the epoch thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chooser {
+    /// The next snapshot is to be held by a holder.
+    holder: bool,
+    /// Epochs in a row that favoured the other backend.
+    streak: u32,
+    /// The last clone measured, ns (0: none yet).
+    clone_ns: u64,
+    /// The prefetcher's hit rate in the last shadow epoch, per mille.
+    hits_per_mille: u64,
+}
+
+impl Default for Chooser {
+    fn default() -> Self {
+        Chooser::new()
+    }
+}
+
+impl Chooser {
+    /// Shadows first: they cost nothing until the program writes.
+    pub const fn new() -> Chooser {
+        Chooser {
+            holder: false,
+            streak: 0,
+            clone_ns: 0,
+            hits_per_mille: 0,
+        }
+    }
+
+    /// Whether the next snapshot should be held by a holder.
+    pub fn holder_next(&self) -> bool {
+        self.holder
+    }
+
+    /// Takes in the epoch that just ended (between the last two passes); true when the
+    /// backend changes for the next snapshot.
+    pub fn after_epoch(&mut self, e: &Epoch) -> bool {
+        let (used, other) = if e.held {
+            self.clone_ns = e.clone_ns;
+            let used = e.clone_ns + e.minor_faults * COW_NS;
+            let missed = 1000 - self.hits_per_mille.min(1000);
+            (used, e.minor_faults * missed / 1000 * TRAP_NS)
+        } else {
+            let writes = e.traps + e.prefetch_hits;
+            if let Some(rate) = (e.prefetch_hits * 1000).checked_div(writes) {
+                self.hits_per_mille = rate;
+            }
+            let clone = if self.clone_ns > 0 {
+                self.clone_ns
+            } else {
+                (e.tracked_bytes >> 20) * CLONE_NS_PER_MIB
+            };
+            (e.traps * TRAP_NS, clone + writes * COW_NS)
+        };
+        // The epoch tells about the backend it ran with; a snapshot taken with the
+        // other one (a fallback) says nothing about switching.
+        if e.held != self.holder {
+            self.streak = 0;
+            return false;
+        }
+        if other.saturating_mul(MARGIN) < used {
+            self.streak += 1;
+        } else {
+            self.streak = 0;
+        }
+        if self.streak >= SWITCH_AFTER {
+            self.holder = !self.holder;
+            self.streak = 0;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shadow(traps: u64, hits: u64) -> Epoch {
+        Epoch {
+            held: false,
+            traps,
+            prefetch_hits: hits,
+            tracked_bytes: 256 << 20,
+            ..Epoch::default()
+        }
+    }
+
+    fn holder(minor_faults: u64, clone_ms: u64) -> Epoch {
+        Epoch {
+            held: true,
+            minor_faults,
+            clone_ns: clone_ms * 1_000_000,
+            tracked_bytes: 256 << 20,
+            ..Epoch::default()
+        }
+    }
+
+    #[test]
+    fn a_scattered_writer_moves_to_holders_after_three_epochs() {
+        let mut c = Chooser::new();
+        assert!(!c.holder_next(), "shadows first");
+        // 60,000 traps an epoch (0.9 s of stops) against a clone of ~8 ms and 60,000
+        // copies (0.18 s).
+        assert!(!c.after_epoch(&shadow(60_000, 1_000)));
+        assert!(!c.after_epoch(&shadow(60_000, 1_000)));
+        assert!(c.after_epoch(&shadow(60_000, 1_000)));
+        assert!(c.holder_next());
+        // It stays with holders while the writes stay scattered.
+        for _ in 0..10 {
+            assert!(!c.after_epoch(&holder(61_000, 8)));
+        }
+        assert!(c.holder_next());
+    }
+
+    #[test]
+    fn a_hot_set_the_prefetcher_catches_stays_on_shadows() {
+        let mut c = Chooser::new();
+        // 2,000 first writes, nearly all copied ahead: 40 traps (0.6 ms) against a clone.
+        for _ in 0..20 {
+            assert!(!c.after_epoch(&shadow(40, 1_960)));
+        }
+        assert!(!c.holder_next());
+    }
+
+    #[test]
+    fn one_odd_epoch_does_not_switch() {
+        let mut c = Chooser::new();
+        for _ in 0..5 {
+            c.after_epoch(&shadow(60_000, 0));
+            c.after_epoch(&shadow(60_000, 0));
+            assert!(!c.after_epoch(&shadow(10, 0)), "the streak starts over");
+        }
+        assert!(!c.holder_next());
+    }
+
+    #[test]
+    fn a_program_that_calms_down_goes_back_to_shadows() {
+        let mut c = Chooser::new();
+        for _ in 0..3 {
+            c.after_epoch(&shadow(60_000, 30_000));
+        }
+        assert!(c.holder_next());
+        // A few minor faults an epoch: the 8 ms clone is the larger cost, and half of
+        // those writes would be caught ahead (the hit rate the shadows last earned).
+        assert!(!c.after_epoch(&holder(100, 8)));
+        assert!(!c.after_epoch(&holder(100, 8)));
+        assert!(c.after_epoch(&holder(100, 8)));
+        assert!(!c.holder_next());
+    }
+
+    #[test]
+    fn a_fallback_snapshot_neither_counts_nor_switches() {
+        let mut c = Chooser::new();
+        c.after_epoch(&shadow(60_000, 0));
+        c.after_epoch(&shadow(60_000, 0));
+        // Holders chosen, but this one came back a shadow (a clone refused): no switch
+        // back on its word, and the streak towards holders is not carried on either.
+        c.holder = true;
+        assert!(!c.after_epoch(&shadow(10, 0)));
+        assert!(c.holder_next());
+    }
+}

@@ -101,6 +101,9 @@ pub enum Mode {
     /// Snapshots every T ms held by holder children (`MEMSHADOW_BACKEND=holder`): the
     /// kernel's copy-on-write keeps each version, no trap.
     Holder,
+    /// Snapshots every T ms with `MEMSHADOW_BACKEND=auto` (shadows with prediction, or
+    /// holders, per snapshot, whichever the last epochs say costs less).
+    Auto,
     /// `cow` at the cadence `fork` reached in the same run (`--matched`): as many
     /// snapshots in the timed part as fork made.
     #[value(skip)]
@@ -111,10 +114,13 @@ pub enum Mode {
     /// `holder` at the cadence `fork` reached in the same run (`--matched`).
     #[value(skip)]
     HolderAtForkCadence,
+    /// `auto` at the cadence `fork` reached in the same run (`--matched`).
+    #[value(skip)]
+    AutoAtForkCadence,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 7] = [
+    pub const ALL: [Mode; 8] = [
         Mode::Baseline,
         Mode::Idle,
         Mode::Cow,
@@ -122,6 +128,7 @@ impl Mode {
         Mode::Fork,
         Mode::Record,
         Mode::Holder,
+        Mode::Auto,
     ];
 
     pub fn name(self) -> &'static str {
@@ -133,9 +140,11 @@ impl Mode {
             Mode::Fork => "fork",
             Mode::Record => "record",
             Mode::Holder => "holder",
+            Mode::Auto => "auto",
             Mode::CowAtForkCadence => "cow@fork",
             Mode::PrefetchAtForkCadence => "prefetch@fork",
             Mode::HolderAtForkCadence => "holder@fork",
+            Mode::AutoAtForkCadence => "auto@fork",
         }
     }
 
@@ -145,6 +154,7 @@ impl Mode {
             Mode::CowAtForkCadence => Mode::Cow,
             Mode::PrefetchAtForkCadence => Mode::Prefetch,
             Mode::HolderAtForkCadence => Mode::Holder,
+            Mode::AutoAtForkCadence => Mode::Auto,
             m => m,
         }
     }
@@ -155,6 +165,7 @@ impl Mode {
             Mode::Cow => Some(Mode::CowAtForkCadence),
             Mode::Prefetch => Some(Mode::PrefetchAtForkCadence),
             Mode::Holder => Some(Mode::HolderAtForkCadence),
+            Mode::Auto => Some(Mode::AutoAtForkCadence),
             _ => None,
         }
     }
@@ -168,7 +179,7 @@ impl Mode {
     pub fn shimmed(self) -> bool {
         matches!(
             self.base(),
-            Mode::Idle | Mode::Cow | Mode::Prefetch | Mode::Record | Mode::Holder
+            Mode::Idle | Mode::Cow | Mode::Prefetch | Mode::Record | Mode::Holder | Mode::Auto
         )
     }
 
@@ -200,6 +211,11 @@ impl Mode {
                 env.push(("MEMSHADOW_BACKEND", "holder".to_string()));
                 env
             }
+            Mode::Auto => {
+                let mut env = periodic(predict.name());
+                env.push(("MEMSHADOW_BACKEND", "auto".to_string()));
+                env
+            }
             Mode::Prefetch => periodic(predict.name()),
             Mode::Record => vec![
                 ("MEMSHADOW_PREDICT", predict.name().to_string()),
@@ -222,6 +238,8 @@ impl Mode {
             Mode::CowAtForkCadence => "#ff9896",
             Mode::PrefetchAtForkCadence => "#98df8a",
             Mode::HolderAtForkCadence => "#c49c94",
+            Mode::Auto => "#17becf",
+            Mode::AutoAtForkCadence => "#9edae5",
         }
     }
 }
@@ -395,7 +413,7 @@ impl Plan {
 
     /// The line under the command in the report: what every row is measured with.
     fn header(&self) -> String {
-        let predicting: Vec<&str> = [Mode::Prefetch, Mode::Record]
+        let predicting: Vec<&str> = [Mode::Prefetch, Mode::Record, Mode::Auto]
             .into_iter()
             .filter(|m| self.modes.contains(m))
             .map(Mode::name)
@@ -403,11 +421,12 @@ impl Plan {
         let predict = if predicting.is_empty() {
             String::new()
         } else {
-            format!(
-                "; {} with MEMSHADOW_PREDICT={}",
-                predicting.join(" and "),
-                self.predict.name()
-            )
+            let names = match predicting.split_last() {
+                Some((last, [])) => last.to_string(),
+                Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+                None => String::new(),
+            };
+            format!("; {names} with MEMSHADOW_PREDICT={}", self.predict.name())
         };
         let durable = if self.modes.contains(&Mode::Fork) || self.modes.contains(&Mode::Record) {
             "; fork children write their dump to a file (fsynced), record writes a local \
@@ -622,7 +641,7 @@ impl Measure {
     fn hit_rate(&self, mode: Mode) -> Option<f64> {
         match mode.base() {
             Mode::Cow => Some(0.0),
-            Mode::Prefetch | Mode::Record => {
+            Mode::Prefetch | Mode::Record | Mode::Auto => {
                 let s = self.stats.as_ref()?;
                 let (hits, traps) = (s.prefetch_hits?, s.traps?);
                 (hits + traps > 0.0).then(|| hits / (hits + traps))
@@ -635,7 +654,7 @@ impl Measure {
     fn waste_rate(&self, mode: Mode) -> Option<f64> {
         match mode.base() {
             Mode::Cow => Some(0.0),
-            Mode::Prefetch | Mode::Record => {
+            Mode::Prefetch | Mode::Record | Mode::Auto => {
                 let s = self.stats.as_ref()?;
                 let (waste, copied) = (s.prefetch_waste?, s.prefetch_copied?);
                 (copied > 0.0).then(|| waste / copied)
@@ -766,7 +785,7 @@ pub fn aggregate(
         // the C workloads), the epochs of the timed part (cow, prefetch: their counters
         // are the timed part's), the forks (redis's BGSAVEs).
         timed_snapshots: durable(|d| d.timed_snapshots).or_else(|| match mode.base() {
-            Mode::Cow | Mode::Prefetch | Mode::Holder => stat(|s| s.epochs),
+            Mode::Cow | Mode::Prefetch | Mode::Holder | Mode::Auto => stat(|s| s.epochs),
             Mode::Fork => med(&|m| m.forks),
             _ => None,
         }),
@@ -1211,7 +1230,7 @@ pub fn completeness_problems(rows: &[Row], expected: &[(Workload, u64, Mode)]) -
         }
         if matches!(
             mode.base(),
-            Mode::Cow | Mode::Prefetch | Mode::Fork | Mode::Holder
+            Mode::Cow | Mode::Prefetch | Mode::Fork | Mode::Holder | Mode::Auto
         ) {
             need.push(("timed_snapshots", r.timed_snapshots));
         }
@@ -2159,7 +2178,7 @@ mod tests {
         assert_eq!(plan.predict, Predict::Stride);
         let h = plan.header();
         assert!(
-            h.contains("prefetch and record with MEMSHADOW_PREDICT=stride"),
+            h.contains("prefetch, record and auto with MEMSHADOW_PREDICT=stride"),
             "{h}"
         );
         assert!(

@@ -199,6 +199,12 @@ pub fn after_pass(configured_ms: u64, now: u64) -> u64 {
     d.interval_ms
 }
 
+/// What snapshots have cost the program since the last pass ended (the current window
+/// so far, which the next pass ends): traps, held faults, the shim's CPU.
+pub fn cost_so_far_ns(now: u64) -> u64 {
+    window(now, false).1
+}
+
 /// The current window at `now`: when it began (0: not yet), what snapshots have cost the
 /// program in it (traps, held faults, the shim's CPU) and the pages copied in it (for the
 /// budget cap). `end` ends it: the next window counts from `now`.

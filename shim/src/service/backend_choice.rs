@@ -2,13 +2,16 @@
 //! whichever the last epochs say costs the program less.
 //!
 //! What an epoch costs the program, per backend, from what each measures:
-//! - shadows: every first write that the prefetcher did not copy ahead traps, and a trap
-//!   stops its thread for [`TRAP_NS`] in all (bench/RESULTS.md, "Where a trap's time
-//!   goes": 13.8-16.8 us with the handler polling);
+//! - shadows: what the overhead governor measures the snapshots cost the program in the
+//!   epoch (traps, faults held by the pass, the shim's CPU; see `engine::governor`), at
+//!   least [`TRAP_NS`] per trap (bench/RESULTS.md, "Where a trap's time goes": 13.8-16.8
+//!   us with the handler polling); per trap, that is what a first write not copied ahead
+//!   costs;
 //! - a holder: the clone stops the program (the page-table copy: measured at each holder
 //!   pass; before the first, [`CLONE_NS_PER_MIB`] per MiB tracked), and every first write
 //!   after it is copied by the kernel, [`COW_NS`] each (2.4-2.8 us measured with a child
-//!   that only waits, `../shared/probes/holder.c`).
+//!   that only waits, `../shared/probes/holder.c`), plus the governor's measure (the
+//!   shim's CPU).
 //!
 //! Shadow epochs count their first writes exactly (traps plus prefetched pages written);
 //! holder epochs count the program's minor faults (`getrusage`: a copy-on-write fault is
@@ -46,6 +49,8 @@ pub struct Epoch {
     pub clone_ns: u64,
     /// Bytes tracked (for the clone's estimate before one is measured).
     pub tracked_bytes: u64,
+    /// What the governor measured the snapshots cost the program in the epoch.
+    pub cost_ns: u64,
 }
 
 /// The rule's state: kept by the epoch thread.
@@ -59,6 +64,8 @@ pub struct Chooser {
     clone_ns: u64,
     /// The prefetcher's hit rate in the last shadow epoch, per mille.
     hits_per_mille: u64,
+    /// What a trap cost the program in the last shadow epoch with traps, ns.
+    trap_ns: u64,
 }
 
 impl Default for Chooser {
@@ -75,6 +82,7 @@ impl Chooser {
             streak: 0,
             clone_ns: 0,
             hits_per_mille: 0,
+            trap_ns: TRAP_NS,
         }
     }
 
@@ -88,9 +96,9 @@ impl Chooser {
     pub fn after_epoch(&mut self, e: &Epoch) -> bool {
         let (used, other) = if e.held {
             self.clone_ns = e.clone_ns;
-            let used = e.clone_ns + e.minor_faults * COW_NS;
+            let used = e.clone_ns + e.minor_faults * COW_NS + e.cost_ns;
             let missed = 1000 - self.hits_per_mille.min(1000);
-            (used, e.minor_faults * missed / 1000 * TRAP_NS)
+            (used, e.minor_faults * missed / 1000 * self.trap_ns)
         } else {
             let writes = e.traps + e.prefetch_hits;
             if let Some(rate) = (e.prefetch_hits * 1000).checked_div(writes) {
@@ -101,7 +109,11 @@ impl Chooser {
             } else {
                 (e.tracked_bytes >> 20) * CLONE_NS_PER_MIB
             };
-            (e.traps * TRAP_NS, clone + writes * COW_NS)
+            let used = e.cost_ns.max(e.traps * TRAP_NS);
+            if let Some(per_trap) = used.checked_div(e.traps) {
+                self.trap_ns = per_trap;
+            }
+            (used, clone + writes * COW_NS)
         };
         // The epoch tells about the backend it ran with; a snapshot taken with the
         // other one (a fallback) says nothing about switching.
@@ -172,6 +184,27 @@ mod tests {
             assert!(!c.after_epoch(&shadow(40, 1_960)));
         }
         assert!(!c.holder_next());
+    }
+
+    #[test]
+    fn what_the_governor_measured_counts_beyond_the_traps() {
+        let mut c = Chooser::new();
+        // 500 traps (7.5 ms at 15 us) but 80 ms of the program lost in all (held faults,
+        // the shim's CPU): against a clone of ~8 ms and 3 ms of copies.
+        let costly = Epoch {
+            cost_ns: 80_000_000,
+            ..shadow(500, 500)
+        };
+        assert!(!c.after_epoch(&costly));
+        assert!(!c.after_epoch(&costly));
+        assert!(c.after_epoch(&costly));
+        assert!(c.holder_next());
+        // Back on holders, a write not copied ahead is priced at what a trap cost then
+        // (160 us): 600 minor faults, half caught ahead, would cost 48 ms against 10 ms.
+        for _ in 0..5 {
+            assert!(!c.after_epoch(&holder(600, 8)));
+        }
+        assert!(c.holder_next());
     }
 
     #[test]

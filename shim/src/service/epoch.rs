@@ -475,6 +475,7 @@ fn auto_wants_holder(tracked: &[Range]) -> bool {
             minor_faults: now.minor_faults.saturating_sub(last.minor_faults),
             clone_ns: last.held_ns.unwrap_or(0),
             tracked_bytes: tracked.iter().map(|r| r.len() as u64).sum(),
+            cost_ns: crate::engine::governor::cost_so_far_ns(engine::now_ns()),
         };
         if chooser.after_epoch(&epoch) {
             stats::add(Counter::BackendSwitches, 1);

@@ -255,14 +255,22 @@ fn serve_and_read(refused: bool) {
     // The counters say holders were used: `memshadow stats` shows them.
     let text = finish(memshadow(d).args(["stats", &pid.to_string()]), LIMIT);
     assert!(text.status.success(), "{text:#?}");
-    let value = |key: &str| -> u64 {
+    assert!(
         text.stdout
             .lines()
-            .find_map(|l| {
-                let mut w = l.split_whitespace();
-                (w.next() == Some(key)).then(|| w.next().and_then(|v| v.parse().ok()))?
-            })
-            .unwrap_or_else(|| panic!("no {key} line: {text:#?}"))
+            .any(|l| l.starts_with("holder_snapshots ")),
+        "{text:#?}"
+    );
+    // The figures from --json (the text shows durations in ms or us as they come).
+    let json = finish(
+        memshadow(d).args(["stats", "--json", &pid.to_string()]),
+        LIMIT,
+    );
+    let stats: serde_json::Value = serde_json::from_str(&json.stdout).expect("stats JSON");
+    let value = |key: &str| -> u64 {
+        stats[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {key}: {stats:#}"))
     };
     assert!(value("holder_snapshots") >= 6, "{text:#?}");
     // The holders of the first versions kept the pages the program rewrote after them.

@@ -806,7 +806,7 @@ pub fn snapshot_for_control() -> Result<u64, String> {
     let _one = CONTROL_REQUEST.lock();
     let posted = REQUESTS.post([ASK_SNAPSHOT]);
     sys::futex_wake(REQUESTS.posted_word());
-    match posted.wait(0, || false) {
+    match posted.wait(EPOCH_GONE_CHECK_MS, epoch_thread_gone) {
         Some(a) if (a as i64) >= 0 => Ok(a),
         _ => Err(REQUEST_ERROR
             .lock()
@@ -826,7 +826,15 @@ pub fn measure_pinned_for_control() {
     let _one = CONTROL_REQUEST.lock();
     let posted = REQUESTS.post([ASK_PINNED]);
     sys::futex_wake(REQUESTS.posted_word());
-    let _ = posted.wait(0, || false);
+    let _ = posted.wait(EPOCH_GONE_CHECK_MS, epoch_thread_gone);
+}
+
+/// How often a control request waiting on the epoch thread looks whether it is gone.
+const EPOCH_GONE_CHECK_MS: u64 = 100;
+
+/// The epoch thread ended its loop (tracking stopped): it answers no more requests.
+fn epoch_thread_gone() -> bool {
+    !crate::tracking::regions::tracking()
 }
 
 /// The last failed request's error, for [`snapshot_for_control`] (one control request

@@ -163,6 +163,18 @@ pub fn futex_wake(word: &core::sync::atomic::AtomicU32) {
     };
 }
 
+/// `poll` of `fd` for input with a zero timeout (never sleeps): 1 when readable now, 0
+/// when not, -1 on an error (a number that is not open, say).
+pub fn poll_in_now(fd: i32) -> i32 {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd (a negative fd is ignored); a zero timeout never sleeps.
+    unsafe { libc::poll(&mut pfd, 1, 0) }
+}
+
 /// Sleeps for `ms` milliseconds.
 pub fn sleep_ms(ms: u64) {
     sleep_us(ms * 1000);

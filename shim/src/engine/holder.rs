@@ -176,14 +176,7 @@ impl HolderView {
         if !crate::base::fds::verify(self.pidfd) {
             return false;
         }
-        let mut pfd = libc::pollfd {
-            fd: self.pidfd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd; a zero timeout never sleeps.
-        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-        n == 0
+        crate::base::sys::poll_in_now(self.pidfd) == 0
     }
 
     /// Bytes of memory only the holder keeps now: the pages the program wrote since it
@@ -313,42 +306,9 @@ fn zeroed_siginfo() -> libc::siginfo_t {
     unsafe { core::mem::zeroed() }
 }
 
-/// The ranges of `wanted` a holder would not hold as they are: mappings marked
-/// `MADV_DONTFORK` (absent in a child) or `MADV_WIPEONFORK` (zero in a child), read from
-/// `VmFlags` in /proc/self/smaps (`dc`, `wf`).
-pub fn not_held(smaps: &[u8], out: &mut Vec<Range>) {
-    let mut current: Option<Range> = None;
-    for line in smaps.split(|&b| b == b'\n') {
-        if let Some(r) = mapping_range(line) {
-            current = Some(r);
-            continue;
-        }
-        if let (Some(flags), Some(r)) = (line.strip_prefix(b"VmFlags:"), current) {
-            let has = |f: &[u8]| flags.split(|&b| b == b' ').any(|w| w == f);
-            if has(b"dc") || has(b"wf") {
-                out.push(r);
-            }
-        }
-    }
-}
-
-/// The range of an smaps mapping header line (`START-END PERMS ...`), if it is one.
-fn mapping_range(line: &[u8]) -> Option<Range> {
-    let first = line.split(|&b| b == b' ').next()?;
-    let dash = first.iter().position(|&b| b == b'-')?;
-    let hex = |s: &[u8]| {
-        core::str::from_utf8(s)
-            .ok()
-            .and_then(|s| usize::from_str_radix(s, 16).ok())
-    };
-    let (start, end) = (hex(&first[..dash])?, hex(&first[dash + 1..])?);
-    // Header lines have a permissions word next; field lines ("Rss:") have no dash.
-    (start < end).then(|| Range::new(start, end))
-}
-
 /// A version held by a holder: the holder, and the ranges it would not hold as they
-/// were (see [`not_held`]), whose reads are refused. Keeping those ranges on shadows
-/// instead is a later step of issue 15.
+/// were (`tracking::maps::not_inherited`, read by the epoch thread), whose reads are
+/// refused. Keeping those ranges on shadows instead is a later step of issue 15.
 #[derive(Debug)]
 pub struct HeldVersion {
     pub version: u64,
@@ -558,25 +518,5 @@ mod tests {
         h.release();
         // SAFETY: our read end.
         unsafe { libc::close(ends[0]) };
-    }
-
-    #[test]
-    fn dontfork_and_wipeonfork_mappings_are_named() {
-        let smaps = b"7f0000000000-7f0000002000 rw-p 00000000 00:00 0 \n\
-Rss:                   8 kB\n\
-VmFlags: rd wr mr mw me ac sd \n\
-7f0000010000-7f0000011000 rw-p 00000000 00:00 0 \n\
-VmFlags: rd wr mr mw me dc ac sd \n\
-7f0000020000-7f0000023000 rw-p 00000000 00:00 0 \n\
-VmFlags: rd wr mr mw me ac wf sd \n";
-        let mut out = Vec::new();
-        not_held(smaps, &mut out);
-        assert_eq!(
-            out,
-            vec![
-                Range::new(0x7f00_0001_0000, 0x7f00_0001_1000),
-                Range::new(0x7f00_0002_0000, 0x7f00_0002_3000)
-            ]
-        );
     }
 }

@@ -189,12 +189,10 @@ pub fn copy_at(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<(), Read
         if h.not_held_at(page) {
             return Err(ReadError::NotHeld { page, version: v });
         }
-        return match h.holder.read(at, dst) {
-            Ok(()) => Ok(()),
-            Err(HolderReadError::Gone) => Err(ReadError::HolderGone { version: v }),
-            // Unmapped between the region scan and the clone.
-            Err(HolderReadError::Unmapped) => Err(ReadError::Gone { page, version: v }),
-        };
+        return h
+            .holder
+            .read(at, dst)
+            .map_err(|e| held_read_error(e, page, v));
     }
     // The oldest record at or after `v`: a shadow, or a zero record (the page was
     // discarded unpopulated, see `Engine::zeros`), whichever is older.
@@ -273,19 +271,17 @@ pub fn copy_held(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<usize,
             .holder
             .read(at, &mut dst[..first])
             .map(|()| first)
-            .map_err(|e| match e {
-                HolderReadError::Gone => ReadError::HolderGone { version: v },
-                HolderReadError::Unmapped => ReadError::Gone {
-                    page: crate::base::page::floor(at),
-                    version: v,
-                },
-            }),
-        Err(HolderReadError::Gone) => Err(ReadError::HolderGone { version: v }),
+            .map_err(|e| held_read_error(e, crate::base::page::floor(at), v)),
+        Err(e) => Err(held_read_error(e, crate::base::page::floor(at), v)),
+    }
+}
+
+/// A holder's refusal to read `page` of version `v`, as readers say it.
+fn held_read_error(e: HolderReadError, page: usize, v: u64) -> ReadError {
+    match e {
+        HolderReadError::Gone => ReadError::HolderGone { version: v },
         // Unmapped between the region scan and the clone.
-        Err(HolderReadError::Unmapped) => Err(ReadError::Gone {
-            page: crate::base::page::floor(at),
-            version: v,
-        }),
+        HolderReadError::Unmapped => ReadError::Gone { page, version: v },
     }
 }
 

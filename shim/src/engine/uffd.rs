@@ -208,14 +208,7 @@ impl Uffd {
 
     /// Whether an event is queued on the descriptor now (never waits).
     pub fn events_queued(&self) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: self.fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd (a negative fd is ignored); a zero timeout never
-        // sleeps.
-        unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
+        crate::base::sys::poll_in_now(self.fd) > 0
     }
 
     pub fn fd(&self) -> i32 {

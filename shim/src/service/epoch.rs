@@ -505,7 +505,7 @@ fn hold() -> Option<(crate::engine::holder::HeldVersion, u64)> {
     }
     let smaps = crate::base::fds::read_file(c"/proc/self/smaps", SMAPS_MAX);
     let mut not_held = Vec::new();
-    holder::not_held(&smaps, &mut not_held);
+    crate::tracking::maps::not_inherited(&smaps, &mut not_held);
     drop(smaps);
     let mut t0 = engine::now_ns();
     let mut made = Holder::hold_now();

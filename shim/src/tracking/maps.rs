@@ -57,6 +57,30 @@ pub fn parse_line(line: &str) -> Option<MapsLine<'_>> {
     })
 }
 
+/// The mappings of /proc/self/smaps text marked `MADV_DONTFORK` (`dc`) or
+/// `MADV_WIPEONFORK` (`wf`) in their `VmFlags`, into `out`: a child made with clone or
+/// fork does not have them as they are (absent, or zero), so a holder does not hold them.
+pub fn not_inherited(smaps: &[u8], out: &mut Vec<Range>) {
+    let mut current = None;
+    for line in smaps.split(|&b| b == b'\n') {
+        if let Some(flags) = line.strip_prefix(b"VmFlags:") {
+            let has = |f: &[u8]| flags.split(|&b| b == b' ').any(|w| w == f);
+            if let Some(r) = current.filter(|_| has(b"dc") || has(b"wf")) {
+                out.push(r);
+            }
+            continue;
+        }
+        // A path need not be UTF-8; the fields before it are.
+        let text = match core::str::from_utf8(line) {
+            Ok(t) => t,
+            Err(e) => core::str::from_utf8(&line[..e.valid_up_to()]).unwrap_or(""),
+        };
+        if let Some(m) = parse_line(text) {
+            current = Some(m.range);
+        }
+    }
+}
+
 /// Turns maps text into candidate regions, in address order. `stacks` are thread stacks
 /// known to the shim: the parts of a candidate inside one become [`Kind::Stack`]. `own`
 /// ranges (the shim's memory) are cut out. Lines that do not parse are skipped.
@@ -184,6 +208,26 @@ garbage line
                 &(0x7f2000100000, 0x7f2000180000, Kind::Anon),
                 &(0x7f2000180000, 0x7f20001c0000, Kind::Stack),
                 &(0x7f20001c0000, 0x7f2000200000, Kind::Anon),
+            ]
+        );
+    }
+
+    #[test]
+    fn dontfork_and_wipeonfork_mappings_are_named() {
+        let smaps = b"7f0000000000-7f0000002000 rw-p 00000000 00:00 0 \n\
+Rss:                   8 kB\n\
+VmFlags: rd wr mr mw me ac sd \n\
+7f0000010000-7f0000011000 rw-p 00000000 00:00 0 \n\
+VmFlags: rd wr mr mw me dc ac sd \n\
+7f0000020000-7f0000023000 rw-p 00000000 00:00 0 \n\
+VmFlags: rd wr mr mw me ac wf sd \n";
+        let mut out = Vec::new();
+        not_inherited(smaps, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                Range::new(0x7f00_0001_0000, 0x7f00_0001_1000),
+                Range::new(0x7f00_0002_0000, 0x7f00_0002_3000)
             ]
         );
     }

@@ -51,11 +51,8 @@ fn native_and_shimmed(
 /// through `memshadow run` the same way: identical output and exit status each time,
 /// and the shim did keep its snapshots in holders (and never trapped).
 fn same_as_native(mode: &str) {
-    let (mut prog, native, _) = native_and_shimmed(mode, true);
-    for (k, v) in HOLDER {
-        prog = prog.env(k, v);
-    }
-    let run = prog.run_memshadow();
+    let (prog, native, _) = native_and_shimmed(mode, true);
+    let run = prog.envs(HOLDER).run_memshadow();
     assert_same_behaviour(
         &format!("{mode} (holders, through memshadow run)"),
         &native,
@@ -326,12 +323,10 @@ fn auto_moves_a_scattered_writer_to_holders_and_leaves_a_quiet_program_on_shadow
         ("MEMSHADOW_MAX_OVERHEAD", "1"),
     ];
     // 60 million writes over 64 MiB: natively about half a second.
-    let mut scattered = Prog::new(c_program("scatter_writer"))
+    let scattered = Prog::new(c_program("scatter_writer"))
         .args(["64", "60"])
-        .timeout(LIMIT);
-    for (k, v) in auto {
-        scattered = scattered.env(k, v);
-    }
+        .timeout(LIMIT)
+        .envs(&auto);
     let native = scattered.run_native();
     assert_native_ok("scatter_writer", &native, 0);
     let run = scattered.run_memshadow();
@@ -343,10 +338,7 @@ fn auto_moves_a_scattered_writer_to_holders_and_leaves_a_quiet_program_on_shadow
         run.json
     );
 
-    let mut quiet = Prog::new(c_program("alloc_api")).timeout(LIMIT);
-    for (k, v) in auto {
-        quiet = quiet.env(k, v);
-    }
+    let quiet = Prog::new(c_program("alloc_api")).timeout(LIMIT).envs(&auto);
     let native = quiet.run_native();
     assert_native_ok("alloc_api", &native, 0);
     let run = quiet.run_memshadow();

@@ -651,6 +651,11 @@ impl Prog {
         self
     }
 
+    /// [`Prog::env`] for each pair.
+    pub fn envs(self, pairs: &[(&str, &str)]) -> Self {
+        pairs.iter().fold(self, |p, (k, v)| p.env(k, v))
+    }
+
     pub fn current_dir(mut self, d: impl Into<PathBuf>) -> Self {
         self.cwd = Some(d.into());
         self

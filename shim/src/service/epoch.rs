@@ -230,13 +230,13 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     // instant is the clone), on this thread (the epoch thread: its PDEATHSIG is tied to
     // it). Nothing is registered or protected for it. A clone refused: this version
     // is a shadow snapshot, protecting everything.
-    let on_epoch_thread = ON_EPOCH_THREAD.with(|t| t.get());
-    let wants_holder = match config.backend {
-        Backend::Shadow => false,
-        Backend::Holder => true,
-        Backend::Auto => on_epoch_thread && auto_wants_holder(&wanted),
-    };
-    let holding = if wants_holder && on_epoch_thread {
+    let wants_holder = ON_EPOCH_THREAD.with(|t| t.get())
+        && match config.backend {
+            Backend::Shadow => false,
+            Backend::Holder => true,
+            Backend::Auto => auto_wants_holder(&wanted),
+        };
+    let holding = if wants_holder {
         if engine::with(|e| e.holder_count()).unwrap_or(0) < holder::MAX_HOLDERS {
             hold()
         } else {
@@ -802,11 +802,7 @@ pub fn snapshot_for_control() -> Result<u64, String> {
         return snapshot().map_err(|e| e.to_string());
     }
     start_thread(&config).map_err(|e| e.to_string())?;
-    let _s = sys::block_signals();
-    let _one = CONTROL_REQUEST.lock();
-    let posted = REQUESTS.post([ASK_SNAPSHOT]);
-    sys::futex_wake(REQUESTS.posted_word());
-    match posted.wait(EPOCH_GONE_CHECK_MS, epoch_thread_gone) {
+    match ask_epoch_thread(ASK_SNAPSHOT) {
         Some(a) if (a as i64) >= 0 => Ok(a),
         _ => Err(REQUEST_ERROR
             .lock()
@@ -822,11 +818,17 @@ pub fn measure_pinned_for_control() {
     if !crate::engine::holder::any_made() || !THREAD_STARTED.load(Ordering::Acquire) {
         return;
     }
+    ask_epoch_thread(ASK_PINNED);
+}
+
+/// A control-socket request to the epoch thread (one at a time: [`CONTROL_REQUEST`]):
+/// its answer, or None once the thread has stopped answering.
+fn ask_epoch_thread(what: u64) -> Option<u64> {
     let _s = sys::block_signals();
     let _one = CONTROL_REQUEST.lock();
-    let posted = REQUESTS.post([ASK_PINNED]);
+    let posted = REQUESTS.post([what]);
     sys::futex_wake(REQUESTS.posted_word());
-    let _ = posted.wait(EPOCH_GONE_CHECK_MS, epoch_thread_gone);
+    posted.wait(EPOCH_GONE_CHECK_MS, epoch_thread_gone)
 }
 
 /// How often a control request waiting on the epoch thread looks whether it is gone.

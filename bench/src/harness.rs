@@ -197,26 +197,21 @@ impl Mode {
     /// snapshot rate and make each recorded delta span two epochs. `WL_SNAPSHOT_MS`
     /// gives the C workloads the period for their pause before the timed part.
     fn env(self, interval_ms: u32, predict: Predict) -> Vec<(&'static str, String)> {
-        let periodic = |predict: &str| {
-            vec![
+        // Snapshots every T ms, the governor off; `backend` when not the shim's default.
+        let periodic = |predict: &str, backend: Option<&str>| {
+            let mut env = vec![
                 ("MEMSHADOW_INTERVAL_MS", interval_ms.to_string()),
                 ("MEMSHADOW_PREDICT", predict.to_string()),
                 ("MEMSHADOW_MAX_OVERHEAD", "1".to_string()),
-            ]
+            ];
+            env.extend(backend.map(|b| ("MEMSHADOW_BACKEND", b.to_string())));
+            env
         };
         match self.base() {
-            Mode::Cow => periodic("off"),
-            Mode::Holder => {
-                let mut env = periodic("off");
-                env.push(("MEMSHADOW_BACKEND", "holder".to_string()));
-                env
-            }
-            Mode::Auto => {
-                let mut env = periodic(predict.name());
-                env.push(("MEMSHADOW_BACKEND", "auto".to_string()));
-                env
-            }
-            Mode::Prefetch => periodic(predict.name()),
+            Mode::Cow => periodic("off", None),
+            Mode::Holder => periodic("off", Some("holder")),
+            Mode::Auto => periodic(predict.name(), Some("auto")),
+            Mode::Prefetch => periodic(predict.name(), None),
             Mode::Record => vec![
                 ("MEMSHADOW_PREDICT", predict.name().to_string()),
                 ("MEMSHADOW_MAX_OVERHEAD", "1".to_string()),

@@ -350,6 +350,15 @@ impl crate::engine::Engine {
         self.holders.iter().find(|h| h.version == v)
     }
 
+    /// The holder of the oldest retained version after `v`, if one is held by a holder.
+    pub fn first_held_after(&self, v: u64) -> Option<&HeldVersion> {
+        let oldest = self.pool.retained().map(|r| r.0);
+        self.holders
+            .iter()
+            .filter(|h| h.version > v && oldest.is_some_and(|o| h.version >= o))
+            .min_by_key(|h| h.version)
+    }
+
     /// How many holders the engine keeps (retained versions' and evicted ones' not yet
     /// released).
     pub fn holder_count(&self) -> usize {
@@ -369,9 +378,19 @@ impl crate::engine::Engine {
         if h.version != self.version || self.holders.len() == self.holders.capacity() {
             return Err(h);
         }
+        let after_shadows = !self.holders.iter().any(|h| h.version + 1 == self.version);
         self.holders.push(h);
         HOLDERS_MADE.store(true, core::sync::atomic::Ordering::Relaxed);
         self.reprotect.note_all();
+        // After a shadow version, what its pass protected would trap once per page for
+        // nothing: the holder holds those pages now, and reads of older versions take
+        // from it what no record before it covers (see `readback::copy_at`).
+        if after_shadows {
+            for i in 0..self.tracked.len() {
+                let r = self.tracked[i].range;
+                self.unprotect(r);
+            }
+        }
         Ok(())
     }
 

@@ -194,11 +194,22 @@ pub fn copy_at(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<(), Read
             .read(at, dst)
             .map_err(|e| held_read_error(e, page, v));
     }
-    // The oldest record at or after `v`: a shadow, or a zero record (the page was
-    // discarded unpopulated, see `Engine::zeros`), whichever is older.
-    let slot = e.pool.find(page, v);
+    // The first holder after `v`, if one is retained: it holds every page not written
+    // since `v` (a write before it trapped and left a record stamped before it), and
+    // records stamped at or after it are not to be trusted for `v` (protection may have
+    // been dropped at it: later writes leave none).
+    let next_holder = e.first_held_after(v);
+    let before_holder = |stamp: u64| next_holder.is_none_or(|h| stamp < h.version);
+    // The oldest record at or after `v` (and before that holder): a shadow, or a zero
+    // record (the page was discarded unpopulated, see `Engine::zeros`), whichever is
+    // older.
+    let slot = e
+        .pool
+        .find(page, v)
+        .filter(|&s| before_holder(e.pool.stamp_of(s)));
     let zero = e
         .zero_since(page, v)
+        .filter(|&z| before_holder(z))
         .filter(|&z| slot.is_none_or(|s| z < e.pool.stamp_of(s)));
     if let Some(z) = zero {
         if z > v && e.lost_between(page, v, z) {
@@ -216,6 +227,23 @@ pub fn copy_at(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<(), Read
         Some(slot) => {
             dst.copy_from_slice(&e.pool.slot(slot)[at - page..at - page + n]);
             Ok(())
+        }
+        None if next_holder.is_some() => {
+            let h = next_holder.expect("checked");
+            if e.lost_between(page, v, h.version) {
+                return Err(ReadError::Gone { page, version: v });
+            }
+            if h.not_held_at(page) {
+                return Err(ReadError::NotHeld {
+                    page,
+                    version: h.version,
+                });
+            }
+            match h.holder.read(at, dst) {
+                Ok(()) => Ok(()),
+                Err(HolderReadError::Gone) => Err(ReadError::HolderGone { version: h.version }),
+                Err(HolderReadError::Unmapped) => Err(ReadError::Gone { page, version: v }),
+            }
         }
         None => {
             // The live page holds version `v` only where the newest snapshot still

@@ -28,6 +28,12 @@
  *
  * `serve refused` does serve with the holders' clones refused, as `refused` does.
  *
+ *   switch    serve's rounds for MEMSHADOW_BACKEND=auto, each after a phase that moves
+ *             the shim from one backend to the other: 700 ms of scattered writes
+ *             (every first write traps: auto moves to holders) before rounds 0, 2, 4,
+ *             700 ms of quiet (a holder costs more than nothing: back to shadows) before
+ *             rounds 1, 3, 5; prints serve's lines (no wipe line), then "ready"
+ *
  * Output is deterministic except serve's addresses and versions. */
 #include <errno.h>
 #include <linux/audit.h>
@@ -362,12 +368,55 @@ static void mode_serve(void)
     sigwait(&set, &sig);
 }
 
+#define SWITCH_BALLAST (128 << 20)
+
+/* Sleeps `ms` milliseconds, writing nothing. */
+static void quiet(int ms)
+{
+    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&t, &t) != 0 && errno == EINTR)
+        ;
+}
+
+static void mode_switch(void)
+{
+    unsigned char *b = malloc(SERVE_BYTES);
+    /* Populated and never written again: a holder's clone copies its page tables (a
+     * cost that outweighs the shim's own few page faults in a quiet epoch). */
+    unsigned char *ballast = malloc(SWITCH_BALLAST);
+    if (!b || !ballast)
+        DIE("malloc");
+    memset(ballast, 7, SWITCH_BALLAST);
+    for (int round = 0; round < 6; round++) {
+        if (round % 2 == 0)
+            keep_busy(700);
+        else
+            quiet(700);
+        for (size_t page = 0; page < SERVE_BYTES / 4096; page++)
+            if ((page + round) % 3 != 0)
+                tu_fill_words(b + page * 4096, 4096 / (1 + round % 2), round * 1000 + page);
+        long long v = memshadow_snapshot();
+        if (v < 0)
+            DIE("snapshot failed: %s", errno == ENOSYS ? "ENOSYS" : tu_errno_name(errno));
+        printf("%lld %p %d %016llx\n", v, (void *)b, SERVE_BYTES,
+               (unsigned long long)tu_fnv(TU_FNV_INIT, b, SERVE_BYTES));
+    }
+    printf("ready\n");
+    fflush(stdout);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    int sig;
+    sigwait(&set, &sig);
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     const char *mode = argc > 1 ? argv[1] : "";
     /* A hang (a pipe that never reaches EOF, a wait that never returns) ends here. */
-    alarm(strcmp(mode, "serve") == 0 ? 0 : 30);
+    alarm(strcmp(mode, "serve") == 0 || strcmp(mode, "switch") == 0 ? 0 : 30);
     if (strcmp(mode, "pipe") == 0)
         mode_pipe();
     else if (strcmp(mode, "wait") == 0)
@@ -380,12 +429,15 @@ int main(int argc, char **argv)
         mode_refused(0);
     else if (strcmp(mode, "undumpable") == 0)
         mode_refused(1);
-    else if (strcmp(mode, "serve") == 0) {
+    else if (strcmp(mode, "switch") == 0) {
+        mode_switch();
+        return 0;
+    } else if (strcmp(mode, "serve") == 0) {
         if (argc > 2 && strcmp(argv[2], "refused") == 0)
             refuse_holder_clones();
         mode_serve();
         return 0;
     } else
-        DIE("usage: holder_host pipe|wait|forkexec|wipe|refused|undumpable|serve [refused]");
+        DIE("usage: holder_host pipe|wait|forkexec|wipe|refused|undumpable|switch|serve [refused]");
     return tu_finish(mode, 0);
 }

@@ -194,39 +194,9 @@ fn serve_and_read(refused: bool) {
         Duration::from_secs(120),
     );
     let pid = running.pid();
-    let mut versions = Vec::new();
-    let mut wipe = None;
-    for l in &running.lines {
-        let w: Vec<&str> = l.split_whitespace().collect();
-        match w.as_slice() {
-            ["wipe", addr, len] => wipe = Some((addr.to_string(), len.parse().unwrap())),
-            [v, addr, len, sum] => versions.push((
-                v.parse::<u64>().unwrap(),
-                addr.to_string(),
-                len.parse::<usize>().unwrap(),
-                u64::from_str_radix(sum, 16).unwrap(),
-            )),
-            _ => panic!("unexpected line from holder_host serve: {l:?}"),
-        }
-    }
+    let (versions, wipe) = served_versions(&running.lines);
     assert_eq!(versions.len(), 6, "{:?}", running.lines);
-
-    // Byte-exact: each version as the program wrote it then (it wrote each round over
-    // the last, so a read of any other version's bytes has another checksum).
-    let sums: Vec<u64> = versions.iter().map(|v| v.3).collect();
-    for (v, addr, len, sum) in &versions {
-        let out = d.join(format!("v{v}"));
-        let f = read(d, pid, *v, addr, *len, &out);
-        assert!(f.status.success(), "read of version {v}: {f:#?}");
-        let bytes = std::fs::read(&out).unwrap();
-        let got = fnv1a64(&bytes);
-        assert_eq!(
-            got,
-            *sum,
-            "version {v} read back other bytes (those of round {:?})",
-            sums.iter().position(|s| *s == got)
-        );
-    }
+    assert_versions_read_as_written(d, pid, &versions);
 
     if refused {
         // Every version came from shadows, and was read back exact above.
@@ -307,6 +277,94 @@ fn serve_and_read(refused: bool) {
         "{f:#?}"
     );
 
+    let rest = running.stop(LIMIT);
+    assert_eq!(rest, "", "holder_host printed after ready");
+}
+
+/// A version holder_host printed: version, address, length, FNV-1a 64 of the bytes.
+type Served = (u64, String, usize, u64);
+
+/// holder_host serve/switch's lines: the versions, and the wipe buffer if it has one.
+fn served_versions(lines: &[String]) -> (Vec<Served>, Option<(String, usize)>) {
+    let mut versions = Vec::new();
+    let mut wipe = None;
+    for l in lines {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        match w.as_slice() {
+            ["wipe", addr, len] => wipe = Some((addr.to_string(), len.parse().unwrap())),
+            [v, addr, len, sum] => versions.push((
+                v.parse::<u64>().unwrap(),
+                addr.to_string(),
+                len.parse::<usize>().unwrap(),
+                u64::from_str_radix(sum, 16).unwrap(),
+            )),
+            _ => panic!("unexpected line from holder_host: {l:?}"),
+        }
+    }
+    (versions, wipe)
+}
+
+/// Byte-exact: each version as the program wrote it then (it wrote each round over the
+/// last, so a read of any other version's bytes has another checksum).
+fn assert_versions_read_as_written(d: &Path, pid: u32, versions: &[Served]) {
+    let sums: Vec<u64> = versions.iter().map(|v| v.3).collect();
+    for (v, addr, len, sum) in versions {
+        let out = d.join(format!("v{v}"));
+        let f = read(d, pid, *v, addr, *len, &out);
+        assert!(f.status.success(), "read of version {v}: {f:#?}");
+        let bytes = std::fs::read(&out).unwrap();
+        let got = fnv1a64(&bytes);
+        assert_eq!(
+            got,
+            *sum,
+            "version {v} read back other bytes (those of round {:?})",
+            sums.iter().position(|s| *s == got)
+        );
+    }
+}
+
+/// Under `auto`, a program that alternates scattered writes and quiet moves to holders
+/// and back to shadows; versions of both kinds, in one history, read as written, the
+/// shadow versions taken before a holder included (their pages nothing recorded before
+/// that holder are read from it: its pass dropped the protection).
+#[test]
+fn versions_of_both_kinds_read_as_written_across_switches() {
+    let dir = temp_dir("holder-switch");
+    let d = dir.path();
+    let env = [
+        ("MEMSHADOW_BACKEND", "auto"),
+        // About 7 snapshots a phase: all versions kept, fewer than the 40 holders the
+        // shim keeps alive at most (past them a holder snapshot falls back to shadows).
+        ("MEMSHADOW_INTERVAL_MS", "100"),
+        ("MEMSHADOW_MAX_OVERHEAD", "1"),
+        ("MEMSHADOW_MAX_VERSIONS", "1024"),
+    ];
+    let running = Running::start(
+        &c_program("holder_host"),
+        &["switch"],
+        d,
+        &env,
+        LIMIT,
+        Duration::from_secs(120),
+    );
+    let pid = running.pid();
+    let (versions, _) = served_versions(&running.lines);
+    assert_eq!(versions.len(), 6, "{:?}", running.lines);
+    let json = finish(
+        memshadow(d).args(["stats", "--json", &pid.to_string()]),
+        LIMIT,
+    );
+    let stats: serde_json::Value = serde_json::from_str(&json.stdout).expect("stats JSON");
+    let value = |key: &str| {
+        stats[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {key}: {stats:#}"))
+    };
+    assert!(
+        value("backend_switches") >= 2 && value("holder_snapshots") > 0 && value("traps") > 0,
+        "the program must have gone to holders and back: {stats:#}"
+    );
+    assert_versions_read_as_written(d, pid, &versions);
     let rest = running.stop(LIMIT);
     assert_eq!(rest, "", "holder_host printed after ready");
 }

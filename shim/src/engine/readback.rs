@@ -18,7 +18,7 @@
 
 use crate::base::page::PAGE;
 use crate::base::range::{coalesce, Range};
-use crate::engine::holder::HolderReadError;
+use crate::engine::holder::{HeldVersion, HolderReadError};
 use crate::engine::{self, Engine, Holding};
 
 /// Why a read was refused.
@@ -186,13 +186,7 @@ pub fn copy_at(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<(), Read
     };
     // A version a holder holds is read from it, and only from it.
     if let Some(h) = e.held(v) {
-        if h.not_held_at(page) {
-            return Err(ReadError::NotHeld { page, version: v });
-        }
-        return h
-            .holder
-            .read(at, dst)
-            .map_err(|e| held_read_error(e, page, v));
+        return read_held(h, at, dst, v);
     }
     // The first holder after `v`, if one is retained: it holds every page not written
     // since `v` (a write before it trapped and left a record stamped before it), and
@@ -233,17 +227,7 @@ pub fn copy_at(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<(), Read
             if e.lost_between(page, v, h.version) {
                 return Err(ReadError::Gone { page, version: v });
             }
-            if h.not_held_at(page) {
-                return Err(ReadError::NotHeld {
-                    page,
-                    version: h.version,
-                });
-            }
-            match h.holder.read(at, dst) {
-                Ok(()) => Ok(()),
-                Err(HolderReadError::Gone) => Err(ReadError::HolderGone { version: h.version }),
-                Err(HolderReadError::Unmapped) => Err(ReadError::Gone { page, version: v }),
-            }
+            read_held(h, at, dst, v)
         }
         None => {
             // The live page holds version `v` only where the newest snapshot still
@@ -299,15 +283,31 @@ pub fn copy_held(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<usize,
             .holder
             .read(at, &mut dst[..first])
             .map(|()| first)
-            .map_err(|e| held_read_error(e, crate::base::page::floor(at), v)),
-        Err(e) => Err(held_read_error(e, crate::base::page::floor(at), v)),
+            .map_err(|e| held_read_error(e, crate::base::page::floor(at), v, v)),
+        Err(e) => Err(held_read_error(e, crate::base::page::floor(at), v, v)),
     }
 }
 
-/// A holder's refusal to read `page` of version `v`, as readers say it.
-fn held_read_error(e: HolderReadError, page: usize, v: u64) -> ReadError {
+/// Reads `dst` at `at` from holder `h`, for version `v` (`h`'s own, or an older shadow
+/// version whose page nothing recorded before `h`).
+fn read_held(h: &HeldVersion, at: usize, dst: &mut [u8], v: u64) -> Result<(), ReadError> {
+    let page = crate::base::page::floor(at);
+    if h.not_held_at(page) {
+        return Err(ReadError::NotHeld {
+            page,
+            version: h.version,
+        });
+    }
+    h.holder
+        .read(at, dst)
+        .map_err(|e| held_read_error(e, page, v, h.version))
+}
+
+/// A refusal of the holder of version `held` to read `page` of version `v` (`held`
+/// itself or an older one), as readers say it.
+fn held_read_error(e: HolderReadError, page: usize, v: u64, held: u64) -> ReadError {
     match e {
-        HolderReadError::Gone => ReadError::HolderGone { version: v },
+        HolderReadError::Gone => ReadError::HolderGone { version: held },
         // Unmapped between the region scan and the clone.
         HolderReadError::Unmapped => ReadError::Gone { page, version: v },
     }

@@ -20,12 +20,17 @@
 //! (for shadows, with the hit rate the prefetcher last earned); it changes after
 //! [`SWITCH_AFTER`] epochs in a row in which the other would have cost less than
 //! 1 / [`MARGIN`] of it, or (from shadows to a holder) at once when it would have cost
-//! less than 1 / [`DECISIVE`]. Switching has a cost (a holder after shadows leaves protection
-//! behind that traps once per page; shadows after holders protect everything), so one
-//! odd epoch does not switch.
+//! less than 1 / [`DECISIVE`]. Switching has a cost (a holder after shadows drops the
+//! protection the shadows' passes set; shadows after holders protect everything again), so
+//! one odd epoch does not switch.
 
 /// A first write that traps, all told (the writer's stop).
 pub const TRAP_NS: u64 = 15_000;
+/// The most a trap is priced at: traps measured 6-37 us here; an epoch's cost beyond
+/// that per trap is the pass's own work (the first after the start registers all the
+/// program's memory), which a write would not cost, and priced into the traps it kept a
+/// quiet program on holders for the few faults of the shim's own pages.
+pub const MAX_TRAP_NS: u64 = 60_000;
 /// A first write the kernel copies for a holder.
 pub const COW_NS: u64 = 3_000;
 /// The clone's page-table copy per MiB tracked, before one is measured (7.7-8.4 ms for
@@ -116,7 +121,7 @@ impl Chooser {
             };
             let used = e.cost_ns.max(e.traps * TRAP_NS);
             if let Some(per_trap) = used.checked_div(e.traps) {
-                self.trap_ns = per_trap;
+                self.trap_ns = per_trap.min(MAX_TRAP_NS);
             }
             (used, clone + writes * COW_NS)
         };
@@ -231,6 +236,28 @@ mod tests {
             assert!(!c.after_epoch(&shadow(10, 0)), "the streak starts over");
         }
         assert!(!c.holder_next());
+    }
+
+    #[test]
+    fn a_dear_first_epoch_does_not_price_every_trap_at_its_cost() {
+        let mut c = Chooser::new();
+        // 186 traps in an epoch whose passes cost 48 ms (the start registering all the
+        // memory): 258 us a trap as measured, priced at MAX_TRAP_NS.
+        c.after_epoch(&Epoch {
+            cost_ns: 48_000_000,
+            ..shadow(186, 0)
+        });
+        assert_eq!(c.trap_ns, MAX_TRAP_NS);
+        // Then quiet on a holder: 42 faults of the shim's own pages an epoch against a
+        // 3 ms clone and 6.6 ms of the governor's cost; back to shadows after three.
+        c.holder = true;
+        let quiet = Epoch {
+            cost_ns: 6_600_000,
+            ..holder(42, 3)
+        };
+        assert!(!c.after_epoch(&quiet));
+        assert!(!c.after_epoch(&quiet));
+        assert!(c.after_epoch(&quiet));
     }
 
     #[test]

@@ -477,6 +477,15 @@ fn auto_wants_holder(tracked: &[Range]) -> bool {
             tracked_bytes: tracked.iter().map(|r| r.len() as u64).sum(),
             cost_ns: crate::engine::governor::cost_so_far_ns(engine::now_ns()),
         };
+        crate::base::log::debug!(
+            "auto: held {} traps {} hits {} minor {} clone {} cost {}",
+            epoch.held,
+            epoch.traps,
+            epoch.prefetch_hits,
+            epoch.minor_faults,
+            epoch.clone_ns,
+            epoch.cost_ns
+        );
         if chooser.after_epoch(&epoch) {
             stats::add(Counter::BackendSwitches, 1);
         }

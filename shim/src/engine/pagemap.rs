@@ -9,6 +9,7 @@
 //! (see `fds`); without it every page counts as populated and is copied, as before.
 
 use crate::base::page::PAGE;
+use crate::base::range::Range;
 use core::sync::atomic::{AtomicI32, Ordering};
 
 /// Whether a pagemap entry is a page with contents: present (the shared zero page too),
@@ -95,6 +96,111 @@ impl Pagemap {
     }
 }
 
+/// `PAGEMAP_SCAN` (Linux 6.7): `_IOWR('f', 16, struct pm_scan_arg)`.
+const PAGEMAP_SCAN: u64 = (3 << 30) | (96 << 16) | (0x66 << 8) | 16;
+/// Protect again (uffd-wp) the pages the scan reports, in the same walk.
+const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+/// Fail (EPERM) on memory not registered with an asynchronous write-protect descriptor.
+const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+/// A page written since it was last protected (its uffd-wp bit is clear).
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
+
+/// `struct pm_scan_arg`.
+#[repr(C)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// `struct page_region`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+/// Why the written pages of a range could not be listed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ScanError {
+    /// No usable pagemap descriptor.
+    NoPagemap,
+    /// The kernel refused the scan (errno); EPERM: part of the range is not registered
+    /// with the asynchronous descriptor (unmapped and mapped again meanwhile).
+    Refused(i32),
+    /// More written runs than the caller keeps.
+    TooMany,
+}
+
+impl Pagemap {
+    /// Appends to `out` the runs of pages in `r` written since they were last protected
+    /// through the asynchronous write-protect descriptor, and protects them again, in one
+    /// walk (`PAGEMAP_SCAN` with `PM_SCAN_WP_MATCHING`); at most `max` runs in `out`.
+    /// `r` must be registered with that descriptor.
+    pub fn take_written(
+        &self,
+        r: Range,
+        out: &mut Vec<Range>,
+        max: usize,
+    ) -> Result<(), ScanError> {
+        let fd = self.0.ok_or(ScanError::NoPagemap)?;
+        if !crate::base::fds::verify(fd) {
+            let _ = FD.compare_exchange(fd, -1, Ordering::AcqRel, Ordering::Acquire);
+            return Err(ScanError::NoPagemap);
+        }
+        let mut found = [PageRegion {
+            start: 0,
+            end: 0,
+            categories: 0,
+        }; 256];
+        let mut start = r.start as u64;
+        while start < r.end as u64 {
+            let mut arg = PmScanArg {
+                size: core::mem::size_of::<PmScanArg>() as u64,
+                flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+                start,
+                end: r.end as u64,
+                walk_end: 0,
+                vec: found.as_mut_ptr() as u64,
+                vec_len: found.len() as u64,
+                max_pages: 0,
+                category_inverted: 0,
+                category_mask: PAGE_IS_WRITTEN,
+                category_anyof_mask: 0,
+                return_mask: PAGE_IS_WRITTEN,
+            };
+            // SAFETY: PAGEMAP_SCAN reads `arg` and writes at most `vec_len` regions into
+            // `found` (which holds them) and `walk_end` into `arg`.
+            let n = unsafe { libc::ioctl(fd, PAGEMAP_SCAN as _, &mut arg as *mut PmScanArg) };
+            if n < 0 {
+                return Err(ScanError::Refused(crate::base::sys::errno()));
+            }
+            for f in &found[..n as usize] {
+                if out.len() >= max {
+                    return Err(ScanError::TooMany);
+                }
+                out.push(Range::new(f.start as usize, f.end as usize));
+            }
+            if arg.walk_end <= start {
+                break;
+            }
+            start = arg.walk_end;
+        }
+        Ok(())
+    }
+}
+
 /// In a forked child: the parent's descriptor was closed with the others (see `fds`).
 pub fn forget_after_fork() {
     FD.store(-1, Ordering::Release);
@@ -118,6 +224,60 @@ mod tests {
         assert!(!is_populated(0));
         assert!(!is_populated(uffd_wp));
         assert!(!is_populated(swap | uffd_wp | 31 | (1 << 5)));
+    }
+
+    #[test]
+    fn pagemap_scan_takes_the_pages_written_since_the_last_scan() {
+        use crate::engine::uffd::{Uffd, WANTED_ASYNC};
+        assert_eq!(core::mem::size_of::<PmScanArg>(), 96);
+        assert_eq!(PAGEMAP_SCAN, 0xc060_6610);
+        let u = Uffd::open(WANTED_ASYNC).unwrap_or_else(|e| {
+            panic!("userfaultfd with WP_ASYNC is required for this test and the kernel refused it: {e}")
+        });
+        let pm = Pagemap::shared();
+        let len = 32 * PAGE;
+        let base = crate::base::sys::map_anon(len, false).unwrap() as usize;
+        let r = Range::new(base, base + len);
+        let write = |i: usize| {
+            // SAFETY: page `i` of the mapping made above.
+            unsafe { ((base + i * PAGE + 8) as *mut u64).write_volatile(i as u64 + 1) }
+        };
+        write(1);
+        u.register(r).unwrap();
+        u.write_protect(r, true).unwrap();
+        let mut out = Vec::new();
+        pm.take_written(r, &mut out, 64).unwrap();
+        assert_eq!(out, vec![], "nothing written since the protection");
+        // Populated before, never touched before (a marker), and a run of two: each
+        // write goes on at once (the kernel resolves it) and is listed once.
+        write(1);
+        write(7);
+        write(20);
+        write(21);
+        pm.take_written(r, &mut out, 64).unwrap();
+        let at = |i: usize, j: usize| Range::new(base + i * PAGE, base + j * PAGE);
+        assert_eq!(out, vec![at(1, 2), at(7, 8), at(20, 22)]);
+        // Taken means protected again: only what is written after shows next time.
+        out.clear();
+        write(7);
+        pm.take_written(r, &mut out, 64).unwrap();
+        assert_eq!(out, vec![at(7, 8)]);
+        // A read of a page never written maps the zero page: not a write.
+        out.clear();
+        // SAFETY: page 30 of the mapping.
+        let _ = unsafe { ((base + 30 * PAGE) as *const u64).read_volatile() };
+        write(3);
+        write(5);
+        assert_eq!(pm.take_written(r, &mut out, 1), Err(ScanError::TooMany));
+        // Memory not registered with an asynchronous descriptor is refused.
+        u.unregister(r).unwrap();
+        out.clear();
+        assert_eq!(
+            pm.take_written(r, &mut out, 64),
+            Err(ScanError::Refused(libc::EPERM))
+        );
+        // SAFETY: our mapping, no longer used.
+        unsafe { libc::syscall(libc::SYS_munmap, base, len) };
     }
 
     #[test]

@@ -18,6 +18,7 @@ const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
 
 const UFFDIO_API: u64 = ioc(IOC_READ | IOC_WRITE, 0x3f, 24);
 const UFFDIO_REGISTER: u64 = ioc(IOC_READ | IOC_WRITE, 0x00, 32);
+const UFFDIO_UNREGISTER: u64 = ioc(IOC_READ, 0x01, 16);
 const UFFDIO_WAKE: u64 = ioc(IOC_READ, 0x02, 16);
 const UFFDIO_WRITEPROTECT: u64 = ioc(IOC_READ | IOC_WRITE, 0x06, 24);
 /// `/dev/userfaultfd`'s ioctl that returns a new descriptor (Linux 6.1).
@@ -31,6 +32,7 @@ pub const FEATURE_EVENT_REMOVE: u64 = 1 << 3;
 pub const FEATURE_EVENT_UNMAP: u64 = 1 << 6;
 pub const FEATURE_THREAD_ID: u64 = 1 << 8;
 pub const FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+pub const FEATURE_WP_ASYNC: u64 = 1 << 15;
 const FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
 
 const EVENT_PAGEFAULT: u8 = 0x12;
@@ -139,6 +141,14 @@ pub const WANTED: u64 = FEATURE_PAGEFAULT_FLAG_WP
     | FEATURE_EVENT_REMAP
     | FEATURE_THREAD_ID;
 
+/// The features of the second descriptor, for dirty tracking under holders: the kernel
+/// resolves a write to a protected page itself (it only clears the page's uffd-wp bit, no
+/// message, no wait), and `PAGEMAP_SCAN` lists and protects again the pages written
+/// (see `pagemap::Pagemap::take_written`). Pages never touched are protected too, so a
+/// read that maps the zero page does not count as a write. No events: nothing reads
+/// this descriptor, and an event would hold the unmapping thread until read.
+pub const WANTED_ASYNC: u64 = FEATURE_WP_ASYNC | FEATURE_WP_UNPOPULATED;
+
 fn ioctl<T>(fd: i32, req: u64, arg: &mut T) -> bool {
     // SAFETY: `arg` is the argument structure the request is defined with; the kernel
     // reads and writes only within it.
@@ -234,6 +244,20 @@ impl Uffd {
             Ok(())
         } else {
             fail("UFFDIO_REGISTER")
+        }
+    }
+
+    /// Unregisters `r` (what of it is registered with this descriptor): its pages lose
+    /// their protection and the threads waiting on faults in it are woken.
+    pub fn unregister(&self, r: Range) -> Result<(), UffdError> {
+        let mut range = UffdioRange {
+            start: r.start as u64,
+            len: r.len() as u64,
+        };
+        if ioctl(self.fd, UFFDIO_UNREGISTER, &mut range) {
+            Ok(())
+        } else {
+            fail("UFFDIO_UNREGISTER")
         }
     }
 
@@ -343,6 +367,7 @@ mod tests {
     fn ioctl_numbers_match_the_kernel_abi() {
         assert_eq!(UFFDIO_API, 0xc018_aa3f);
         assert_eq!(UFFDIO_REGISTER, 0xc020_aa00);
+        assert_eq!(UFFDIO_UNREGISTER, 0x8010_aa01);
         assert_eq!(UFFDIO_WRITEPROTECT, 0xc018_aa06);
         assert_eq!(UFFDIO_WAKE, 0x8010_aa02);
         assert_eq!(core::mem::size_of::<RawMsg>(), 32);

@@ -11,9 +11,11 @@
 //! among them too (a few pages more, never fewer). What is no longer tracked at `to` is
 //! told by its regions.
 //!
-//! When either version is held by a holder child (`MEMSHADOW_BACKEND=holder`), every
-//! page of `to`'s regions counts as changed: a holder keeps a version, not the list of
-//! pages written since the one before.
+//! In a holder epoch (version `k` held by a holder child) nothing traps: the pages written
+//! are those the asynchronous write-protect scans listed, stamped `k` like the records
+//! (see `written`), once a recorder asked for changes. An epoch in `[from, to)` held by a
+//! holder and not listed (before any recorder asked) makes every page of `to`'s regions
+//! count as changed.
 
 use crate::base::page::{self, PAGE};
 use crate::base::range::{coalesce, Range};
@@ -29,6 +31,7 @@ impl Engine {
             + self.lost.len()
             + self.tracked.len()
             + self.retired.len()
+            + self.written.count_between(from, to)
     }
 
     /// Appends to `out` (without growing it: false when it is too small) the ranges that
@@ -42,6 +45,7 @@ impl Engine {
             .for_each_stamped_between(from, to, |p| out.push(Range::new(p, p + PAGE)));
         out.extend(self.zeros.iter().filter(|z| stamped(z.1)).map(|z| z.0));
         out.extend(self.lost.iter().filter(|l| stamped(l.1)).map(|l| l.0));
+        self.written.for_each_between(from, to, |r| out.push(r));
         let new_since = |since: u64| from < since && since <= to;
         out.extend(
             self.tracked
@@ -59,9 +63,14 @@ impl Engine {
     }
 
     /// Whether every page must be taken as changed since `from`: the loss list
-    /// overflowed in an epoch since.
-    fn all_lost_since(&self, from: u64, to: u64) -> bool {
+    /// overflowed in an epoch since, or an epoch since was held by a holder and its
+    /// writes were not listed.
+    fn all_changed_since(&self, from: u64, to: u64) -> bool {
         self.lost_all_since.is_some_and(|l| from <= l && l < to)
+            || self
+                .holders
+                .iter()
+                .any(|h| from <= h.version && h.version < to && !self.written.covers(h.version))
     }
 }
 
@@ -73,16 +82,6 @@ pub fn changed(from: u64, to: u64) -> Result<(Vec<Range>, Vec<Range>), ReadError
     if from == 0 {
         return Ok((regions.clone(), regions));
     }
-    // A holder gives its version, not the pages written since another: every page of
-    // `to`'s regions counts as changed (exact dirty tracking is a later step).
-    let held = engine::with(|e| {
-        readable(e, from)?;
-        Ok(e.held(from).is_some() || e.held(to).is_some())
-    })
-    .ok_or(ReadError::NoEngine)??;
-    if held {
-        return Ok((regions.clone(), regions));
-    }
     // Nothing may allocate under the engine lock: the list is sized outside it.
     let mut capacity = 0;
     let mut out: Vec<Range> = loop {
@@ -90,7 +89,7 @@ pub fn changed(from: u64, to: u64) -> Result<(Vec<Range>, Vec<Range>), ReadError
         let need = engine::with(|e| {
             readable(e, to)?;
             readable(e, from)?;
-            if e.all_lost_since(from, to) {
+            if e.all_changed_since(from, to) {
                 return Ok(Some(None));
             }
             if e.changed_between(from, to, &mut out) {

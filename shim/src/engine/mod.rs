@@ -32,6 +32,7 @@ pub mod save_ahead;
 pub mod shadow;
 pub mod trap_notes;
 pub mod uffd;
+pub mod written;
 
 use crate::base::page::{self, PAGE};
 use crate::base::range::Range;
@@ -166,6 +167,8 @@ pub struct Engine {
     /// retained version (preallocated). A holder whose version is evicted stays here
     /// until the epoch thread takes it out to release it (see `holder`).
     holders: Vec<crate::engine::holder::HeldVersion>,
+    /// The pages written in holder epochs (see `written`).
+    written: crate::engine::written::WrittenLists,
 }
 
 impl Engine {
@@ -191,6 +194,7 @@ impl Engine {
             trap_max_ns: 0,
             uffd: -1,
             holders: Vec::with_capacity(crate::engine::holder::capacity(config.max_versions)),
+            written: crate::engine::written::WrittenLists::new(),
         }
     }
 

@@ -274,6 +274,8 @@ fn send_changes(conn: i32, args: &[&str]) {
             return;
         }
     };
+    // A recorder reads deltas: holder epochs are tracked from the next holder pass on.
+    crate::service::written::want();
     let (regions, changes) = match crate::engine::changes::changed(req.since, req.version) {
         Ok(found) => found,
         Err(e) => {

@@ -21,6 +21,7 @@ use crate::engine::reprotect::{self, PassWork};
 use crate::engine::uffd::Uffd;
 use crate::engine::{self, RetiredRange, TrackedRange};
 use crate::service::backend_choice::{Chooser, Epoch};
+use crate::service::written;
 use crate::{base::sys, stats, tracking::regions};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use memshadow_format::stats::Counter;
@@ -35,12 +36,16 @@ const PROTECT_CHUNK: usize = 512 * 4096;
 struct PassState {
     tracked: Vec<TrackedRange>,
     retired: Vec<RetiredRange>,
+    /// The ranges registered with the asynchronous write-protect descriptor (holder
+    /// epochs tracked for a recorder, see `written`), sorted.
+    async_ranges: Vec<Range>,
 }
 
 /// Passes run one at a time, holding this lock.
 static PASS: SpinLock<PassState> = SpinLock::new(PassState {
     tracked: Vec::new(),
     retired: Vec::new(),
+    async_ranges: Vec::new(),
 });
 
 /// The parts of `old` that `new` no longer holds, retired at version `v` (tracked from
@@ -236,6 +241,13 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
             Backend::Holder => true,
             Backend::Auto => auto_wants_holder(&wanted),
         };
+    // Holder epochs tracked for a recorder (see `written`): the pages written in the
+    // epoch ending, scanned just before the clone.
+    let track_writes = wants_holder && written::wanted() && written::prepare();
+    let mut before_clone = Vec::new();
+    if track_writes {
+        written::take(&last.async_ranges, &mut before_clone);
+    }
     let holding = if wants_holder {
         if engine::with(|e| e.holder_count()).unwrap_or(0) < holder::MAX_HOLDERS {
             hold()
@@ -251,6 +263,23 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     } else {
         None
     };
+    // ... and just after it (pages written around the clone count in both epochs).
+    let tracking = track_writes && holding.is_some();
+    let mut after_clone = Vec::new();
+    if tracking {
+        written::take(&last.async_ranges, &mut after_clone);
+    }
+    let mut moves = if tracking {
+        written::Moves::with_room(&wanted, &last.async_ranges)
+    } else {
+        written::Moves::with_room(&[], &[])
+    };
+    // Shadows after tracked holder epochs: the memory goes back to the synchronous
+    // descriptor (below), written whole in the epoch ending.
+    let moved_back = (!tracking && !last.async_ranges.is_empty()).then(|| {
+        written::move_back(&last.async_ranges);
+        core::mem::take(&mut last.async_ranges)
+    });
     let mut ranges = Vec::with_capacity(wanted.len());
     if holding.is_some() {
         ranges = wanted;
@@ -320,6 +349,9 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     let mut refused = false;
     let mut holder_us = None;
     if let Some((mut h, us)) = holding {
+        if tracking {
+            written::move_to_async(&u, &ranges, &last.async_ranges, &mut moves);
+        }
         h.version = v;
         // The holder is the version; the holders of evicted versions go once the pass
         // is over. No room for it (never, with one holder per retained version): the
@@ -387,6 +419,15 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     drop(retired);
     drop(held);
     drop(work);
+    note_written(
+        v,
+        tracking,
+        before_clone,
+        after_clone,
+        moves,
+        moved_back,
+        &mut last,
+    );
     // Killed and reaped here, on the epoch thread, outside the engine lock.
     for h in released {
         h.holder.release();
@@ -415,6 +456,51 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     }
     Ok(v)
 }
+
+/// Hands the engine what a pass learnt of the pages written (see `written`): under a
+/// tracked holder, epoch `v - 1`'s pages (scanned before and after the clone) and epoch
+/// `v`'s so far (after the clone, and the memory newly registered, whole); back on
+/// shadows, the memory that left the asynchronous descriptor, whole, in epoch `v - 1`.
+/// Lists no retained version needs come back out and are dropped here, outside the
+/// engine lock.
+fn note_written(
+    v: u64,
+    tracking: bool,
+    mut before_clone: Vec<Range>,
+    mut after_clone: Vec<Range>,
+    moves: written::Moves,
+    moved_back: Option<Vec<Range>>,
+    last: &mut PassState,
+) {
+    let mut lists = Vec::with_capacity(2);
+    if tracking {
+        before_clone.extend_from_slice(&after_clone);
+        after_clone.extend_from_slice(&moves.whole);
+        lists.push((v - 1, before_clone));
+        lists.push((v, after_clone));
+        last.async_ranges = moves.now_async;
+    } else if let Some(back) = moved_back {
+        lists.push((v - 1, back));
+    }
+    let kept = engine::with(|e| e.written_lists()).unwrap_or(0);
+    if lists.is_empty() && kept == 0 {
+        return;
+    }
+    let mut old = Vec::with_capacity(kept);
+    let began = tracking.then_some(v);
+    let noted = engine::with(|e| {
+        let noted = e.note_written(began, &mut lists);
+        e.take_old_written(&mut old);
+        noted
+    });
+    if noted == Some(false) && !WRITTEN_FULL_SAID.swap(true, Ordering::Relaxed) {
+        crate::base::log::debug!("written lists full: holder epochs count whole until the next");
+    }
+    drop(old);
+    drop(lists);
+}
+
+static WRITTEN_FULL_SAID: AtomicBool = AtomicBool::new(false);
 
 /// `MEMSHADOW_BACKEND=auto`: the rule, and what the last pass left for it (the counters
 /// then, and whether it made a holder and how long the clone took). The epoch thread
@@ -661,8 +747,10 @@ pub fn forget_after_fork() {
         PassState {
             tracked: Vec::new(),
             retired: Vec::new(),
+            async_ranges: Vec::new(),
         },
     ));
+    written::forget_after_fork();
 }
 
 /// The epoch thread: a snapshot on every request, and every `MEMSHADOW_INTERVAL_MS`.

@@ -7,3 +7,4 @@ pub mod epoch;
 pub mod exit_files;
 pub mod leftovers;
 pub mod pins;
+pub mod written;

@@ -76,6 +76,16 @@ pub enum Command {
     /// Exits 1 naming the first damaged object and the versions it breaks. Objects left
     /// by an interrupted write (orphans) are listed, not counted as damage.
     Verify(VerifyArgs),
+    /// Write one version of a process or a store as an ELF core file: `gdb PROGRAM FILE`
+    /// prints its globals and heap with the program's symbols.
+    ///
+    /// TARGET is a pid (a process under memshadow) or a store. The core holds the
+    /// version's memory, plus what gdb needs that memshadow does not version (auxiliary
+    /// vector, mappings, the executable's and libraries' .data, ld.so's pages) as read
+    /// at another moment (by the recorder after the snapshot, or now for a pid): its
+    /// MEMSHADOW note lists which is which. No registers: no backtrace. FILE is created
+    /// new (0600); an existing FILE is refused.
+    Core(CoreArgs),
     /// The workload the demo runs under the shim (internal).
     #[command(hide = true)]
     DemoWorkload,
@@ -225,6 +235,23 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub at: Option<u64>,
     /// The image file to write.
+    #[arg(long, short, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["at_version", "at"])))]
+pub struct CoreArgs {
+    /// A pid (all digits) or a store (a directory or s3://BUCKET/PREFIX).
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+    /// The version, or `last` (the store's newest, the process's newest snapshot).
+    #[arg(long = "version", value_name = "V", value_parser = crate::core_file::parse_which)]
+    pub at_version: Option<crate::core_file::Which>,
+    /// The newest version of the store taken at or before TIME (as for restore).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub at: Option<u64>,
+    /// The core file to create.
     #[arg(long, short, value_name = "FILE")]
     pub out: PathBuf,
 }

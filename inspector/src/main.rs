@@ -4,6 +4,8 @@
 mod cli;
 mod commands;
 mod control_client;
+mod core_context;
+mod core_file;
 mod demo;
 mod demo_workload;
 mod elf_check;
@@ -41,6 +43,7 @@ fn main() {
         Some(Command::Restore(args)) => store_cmds::restore(args),
         Some(Command::Diff(args)) => store_cmds::diff(args),
         Some(Command::Verify(args)) => store_cmds::verify(args),
+        Some(Command::Core(args)) => core_file::core(args),
         Some(Command::DemoWorkload) => Ok(demo_workload::run()),
     };
     match result {

@@ -230,8 +230,23 @@ fn attempt(
 ) -> Result<(u64, memshadow_store::Recorded, Option<Pin>), Failed> {
     let version = control_client::snapshot(socket).map_err(Failed::Process)?;
     let pin = control_client::pin(socket, version).map_err(Failed::Process)?;
+    // What a core file of the version needs beside its pages, read as close to the
+    // snapshot as possible and stored before the version is published.
+    match crate::core_context::read(pid, version) {
+        Ok(ctx) => store.put_context(&ctx).map_err(Failed::Store)?,
+        Err(e) => context_failed(&e),
+    }
     let recorded = record_one(socket, pid, store, version, since, courtesy)?;
     Ok((version, recorded, pin))
+}
+
+/// Said once per recorder: the versions recorded meanwhile have no context (a core file
+/// of them says so).
+fn context_failed(e: &crate::core_context::ContextError) {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        eprintln!("memshadow: the process's context for core files could not be read ({e}); versions are recorded without it");
+    }
 }
 
 /// The recorder's courtesy to the program it records: it reads (and so compresses and

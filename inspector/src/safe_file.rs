@@ -34,6 +34,9 @@ pub enum SafeFileError {
     /// Something other than a regular file or a symlink is at the target (a device, a
     /// FIFO, a directory): it is never replaced.
     NotRegular(&'static str),
+    /// Something is at the target already (a file, a symlink...), and this file is
+    /// only ever created new ([`SafeFile::create_new`]).
+    Exists,
     /// Creating, writing, syncing or renaming failed.
     Io(io::Error),
 }
@@ -50,6 +53,10 @@ impl fmt::Display for SafeFileError {
                     "refusing to replace it: it is {kind}, not a regular file"
                 )
             }
+            SafeFileError::Exists => write!(
+                f,
+                "it exists already (it is never replaced: give a new name)"
+            ),
             SafeFileError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -81,6 +88,8 @@ pub struct SafeFile {
     tmp_name: Option<OsString>,
     name: OsString,
     committed: bool,
+    /// Put in place only if nothing is at the target by then ([`SafeFile::create_new`]).
+    no_replace: bool,
 }
 
 /// Makes temporary names unique within this process.
@@ -129,10 +138,39 @@ impl SafeFile {
             tmp_name: Some(tmp_name),
             name,
             committed: false,
+            no_replace: false,
         };
         // The umask may have narrowed the mode further; this file is ours, set it exactly.
         fchmod(out.file.as_raw_fd(), Mode::from_bits_truncate(FILE_MODE))?;
         Ok(out)
+    }
+
+    /// Like [`create`](Self::create), but for a file that must be new: anything at the
+    /// target (a file, a symlink, a FIFO...) is refused now, and at [`commit`] the
+    /// file is renamed into place with `RENAME_NOREPLACE`, so one made there meanwhile
+    /// is not replaced either.
+    ///
+    /// [`commit`]: SafeFile::commit
+    pub fn create_new(target: &Path) -> Result<SafeFile, SafeFileError> {
+        let name = match target.file_name() {
+            Some(n) if n != ".." => n.to_os_string(),
+            _ => return Err(SafeFileError::NoFileName),
+        };
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = open_dir(parent)?;
+        if stat_entry(&dir, &name)?.is_some() {
+            return Err(SafeFileError::Exists);
+        }
+        drop(dir);
+        let mut f = Self::create(target)?;
+        if !f.is_new_file() {
+            return Err(SafeFileError::Exists);
+        }
+        f.no_replace = true;
+        Ok(f)
     }
 
     /// Opens our own pipe or device at `name` for writing, checking after the open that
@@ -159,6 +197,7 @@ impl SafeFile {
             tmp_name: None,
             name,
             committed: false,
+            no_replace: false,
         })
     }
 
@@ -183,14 +222,30 @@ impl SafeFile {
         self.file.sync_all()?;
         // The target may have changed since create(): check again right before.
         if let Some(st) = stat_entry(&self.dir, &self.name)? {
+            if self.no_replace {
+                return Err(SafeFileError::Exists);
+            }
             check_replaceable(&st)?;
         }
-        renameat(
-            Some(self.dir.as_raw_fd()),
-            tmp_name.as_os_str(),
-            Some(self.dir.as_raw_fd()),
-            self.name.as_os_str(),
-        )?;
+        if self.no_replace {
+            match nix::fcntl::renameat2(
+                Some(self.dir.as_raw_fd()),
+                tmp_name.as_os_str(),
+                Some(self.dir.as_raw_fd()),
+                self.name.as_os_str(),
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Err(Errno::EEXIST) => return Err(SafeFileError::Exists),
+                r => r?,
+            }
+        } else {
+            renameat(
+                Some(self.dir.as_raw_fd()),
+                tmp_name.as_os_str(),
+                Some(self.dir.as_raw_fd()),
+                self.name.as_os_str(),
+            )?;
+        }
         self.committed = true;
         // The rename is done; a failed directory sync only weakens durability.
         let _ = nix::unistd::fsync(self.dir.as_raw_fd());
@@ -412,6 +467,37 @@ mod tests {
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
         assert_eq!(std::fs::metadata(&victim).unwrap().mode() & 0o7777, 0o644);
         assert!(std::fs::symlink_metadata(&target).unwrap().is_file());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_new_file_never_replaces_anything() {
+        let d = tmp("new");
+        let victim = d.join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, d.join("link")).unwrap();
+        for name in ["victim", "link"] {
+            assert!(matches!(
+                SafeFile::create_new(&d.join(name)),
+                Err(SafeFileError::Exists)
+            ));
+        }
+        // Made by someone else between create_new and commit: still not replaced.
+        let f = SafeFile::create_new(&d.join("late")).unwrap();
+        f.file().write_all(b"core").unwrap();
+        std::fs::write(d.join("late"), b"theirs").unwrap();
+        assert!(matches!(f.commit(), Err(SafeFileError::Exists)));
+        assert_eq!(std::fs::read(d.join("late")).unwrap(), b"theirs");
+        let f = SafeFile::create_new(&d.join("fresh")).unwrap();
+        f.file().write_all(b"core").unwrap();
+        f.commit().unwrap();
+        assert_eq!(std::fs::read(d.join("fresh")).unwrap(), b"core");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(
+            std::fs::read_dir(&d).unwrap().count(),
+            4,
+            "temporary file left"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 

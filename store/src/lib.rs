@@ -25,6 +25,7 @@ use memshadow_format::store::{
     self as layout, DataWriter, EncodedPage, FormatError, Kind, Manifest, ObjectRef, Run,
     StoreMeta, MAX_CHAIN_DELTAS, META_NAME,
 };
+use memshadow_format::store_context::{self as context_layout, CoreContext};
 
 pub use backend::{Backend, BackendError};
 pub use read::Diff;
@@ -643,6 +644,33 @@ impl Store {
         }
     }
 
+    /// Stores the context of a version (what `memshadow core` needs beside its pages).
+    /// Call it before [`record`](Self::record) publishes the version, as for its data: a
+    /// context whose version was never published is an orphan retention removes.
+    pub fn put_context(&self, ctx: &CoreContext) -> Result<(), StoreError> {
+        let name = context_layout::context_name(ctx.version);
+        let bytes = ctx.encode();
+        match self.backend.put_new(&name, &bytes) {
+            // Left by an attempt at this version that never published it.
+            Err(BackendError::Exists(_)) => Ok(self.backend.put_replace(&name, &bytes)?),
+            r => Ok(r?),
+        }
+    }
+
+    /// The context of `version`: None when the store has none for it (written by an
+    /// older memshadow, or the process's context could not be read); an error when it is
+    /// damaged.
+    pub fn context(&self, version: u64) -> Result<Option<CoreContext>, StoreError> {
+        let name = context_layout::context_name(version);
+        match self.backend.get(&name) {
+            Ok(b) => CoreContext::decode(&b, version)
+                .map(Some)
+                .map_err(|e| damaged(name, e)),
+            Err(BackendError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Drops old versions: all but the `keep` newest, and those taken more than
     /// `keep_for` ago (the newest version is always kept). If the oldest version kept
     /// is a delta it is first rewritten as a base (published by replacing its manifest),
@@ -682,6 +710,10 @@ impl Store {
                 self.backend.delete(&layout::manifest_name(v))?;
                 self.manifests.remove(&v);
                 out.dropped.push(v);
+            }
+            // Without its manifest a context is garbage; it never holds a version up.
+            for &v in &numbers[..first_kept] {
+                self.backend.delete(&context_layout::context_name(v))?;
             }
             out.dropped.reverse();
         }
@@ -743,6 +775,8 @@ impl Store {
     /// of writers that are gone. Returns how many went.
     fn collect_garbage(&mut self, newest: u64) -> Result<usize, StoreError> {
         let mut referenced = std::collections::HashSet::new();
+        let published: std::collections::HashSet<u64> =
+            self.version_numbers()?.into_iter().collect();
         for v in self.version_numbers()? {
             match self.manifest(v) {
                 Ok(m) => referenced.extend(m.objects.iter().map(ObjectRef::name)),
@@ -753,11 +787,17 @@ impl Store {
             }
         }
         let mut deleted = 0;
-        for dir in [layout::DATA_DIR, layout::MANIFEST_DIR] {
+        for dir in [
+            layout::DATA_DIR,
+            layout::MANIFEST_DIR,
+            context_layout::CONTEXT_DIR,
+        ] {
             for (name, _) in self.backend.list(dir)? {
                 let file = name.rsplit('/').next().unwrap_or("");
                 let drop = if let Some(pid) = local::temp_file_pid(file) {
                     !process_alive(pid)
+                } else if let Some(v) = context_layout::parse_context_name(&name) {
+                    v < newest && !published.contains(&v)
                 } else if let Some((v, _)) = layout::parse_data_name(&name) {
                     v < newest && !referenced.contains(&name)
                 } else {

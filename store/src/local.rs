@@ -21,6 +21,7 @@ use nix::unistd::{fsync, geteuid, linkat, unlinkat, UnlinkatFlags};
 
 use crate::backend::{Backend, BackendError};
 use memshadow_format::store::{DATA_DIR, MANIFEST_DIR};
+use memshadow_format::store_context::CONTEXT_DIR;
 
 /// Files the store writes.
 const FILE_MODE: u32 = 0o600;
@@ -34,6 +35,8 @@ pub struct LocalDir {
     root: OwnedFd,
     manifests: OwnedFd,
     data: OwnedFd,
+    /// `context/`: absent in a store written by an older memshadow and opened to read.
+    context: Option<OwnedFd>,
 }
 
 /// Whether `name` is a temporary file this backend writes, and the pid that wrote it.
@@ -135,11 +138,17 @@ impl LocalDir {
         let sub = |name: &str| open_dir(Some(&root), Path::new(name), &path.join(name), create);
         let manifests = sub(MANIFEST_DIR)?;
         let data = sub(DATA_DIR)?;
+        let context = match sub(CONTEXT_DIR) {
+            Ok(fd) => Some(fd),
+            Err(BackendError::NotFound(_)) if !create => None,
+            Err(e) => return Err(e),
+        };
         Ok(LocalDir {
             path: path.to_path_buf(),
             root,
             manifests,
             data,
+            context,
         })
     }
 
@@ -148,6 +157,10 @@ impl LocalDir {
         let (dir, file) = match name.split_once('/') {
             Some((MANIFEST_DIR, f)) => (&self.manifests, f),
             Some((DATA_DIR, f)) => (&self.data, f),
+            Some((CONTEXT_DIR, f)) => match &self.context {
+                Some(d) => (d, f),
+                None => return Err(BackendError::NotFound(name.to_string())),
+            },
             None => (&self.root, name),
             Some(_) => return Err(BackendError::Refused(format!("bad object name {name}"))),
         };
@@ -304,6 +317,10 @@ impl Backend for LocalDir {
         let fd = match dir {
             MANIFEST_DIR => &self.manifests,
             DATA_DIR => &self.data,
+            CONTEXT_DIR => match &self.context {
+                Some(d) => d,
+                None => return Ok(Vec::new()),
+            },
             _ => return Err(BackendError::Refused(format!("bad folder {dir}"))),
         };
         let shown = self.path.join(dir);
@@ -338,6 +355,10 @@ impl Backend for LocalDir {
             // Temporary files (leading dot) may be deleted too.
             Some((MANIFEST_DIR, f)) => (&self.manifests, f),
             Some((DATA_DIR, f)) => (&self.data, f),
+            Some((CONTEXT_DIR, f)) => match &self.context {
+                Some(d) => (d, f),
+                None => return Ok(()),
+            },
             _ => return Err(BackendError::Refused(format!("bad object name {name}"))),
         };
         if file.is_empty() || file.contains('/') || file == "." || file == ".." {

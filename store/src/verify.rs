@@ -7,6 +7,8 @@ use memshadow_format::store::{
     META_NAME,
 };
 
+use memshadow_format::store_context::{parse_context_name, CoreContext, CONTEXT_DIR};
+
 use crate::backend::BackendError;
 use crate::{local, Store, StoreError};
 
@@ -30,6 +32,8 @@ pub struct VerifyReport {
     pub data_objects: usize,
     /// Page records checked.
     pub pages: u64,
+    /// Context objects checked (see `memshadow_format::store_context`).
+    pub contexts: usize,
     /// Damage, `STORE` first, then manifests by version, then data objects by name.
     pub damage: Vec<Damage>,
     /// Objects no readable manifest references (left by an interrupted write or
@@ -85,6 +89,13 @@ impl Store {
         let numbers = self.version_numbers()?;
         let listed_data: HashMap<String, u64> =
             self.backend.list(layout::DATA_DIR)?.into_iter().collect();
+        let contexts = self.backend.list(CONTEXT_DIR)?;
+        for (name, _) in &contexts {
+            let file = name.rsplit('/').next().unwrap_or("");
+            if local::temp_file_pid(file).is_some() {
+                report.orphans.push(name.clone());
+            }
+        }
         for dir in [layout::MANIFEST_DIR, layout::DATA_DIR] {
             let names = if dir == layout::DATA_DIR {
                 listed_data.keys().cloned().collect()
@@ -234,6 +245,32 @@ impl Store {
                     );
                 }
             }
+        }
+        // Contexts: checked whole; damage breaks no version's memory, only its core file.
+        for (name, _) in &contexts {
+            let Some(v) = parse_context_name(name) else {
+                continue;
+            };
+            if !numbers.contains(&v) {
+                report.orphans.push(name.clone());
+                continue;
+            }
+            let problem = match self.backend.get(name) {
+                Ok(b) => match CoreContext::decode(&b, v) {
+                    Ok(_) => None,
+                    Err(e) => Some(e.to_string()),
+                },
+                Err(BackendError::NotFound(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(p) = problem {
+                note(
+                    name.clone(),
+                    format!("{p} (`memshadow core` of version {v} cannot use it; its memory still reads)"),
+                    &[],
+                );
+            }
+            report.contexts += 1;
         }
         // What each damage breaks: its direct users and every version built on them.
         for (object, (problem, direct)) in found {

@@ -76,6 +76,13 @@ pub enum Command {
     /// Exits 1 naming the first damaged object and the versions it breaks. Objects left
     /// by an interrupted write (orphans) are listed, not counted as damage.
     Verify(VerifyArgs),
+    /// A live view of the processes running under memshadow, or of one.
+    ///
+    /// Snapshots and traps per second, prefetch hit rate and waste, shadow and holder
+    /// memory against the shadow budget, versions retained, trap latency; refreshed
+    /// every second. Keys: s takes a snapshot of the selected process, up/down or tab
+    /// switch process, q or Esc quits. Needs a terminal.
+    Top(TopArgs),
     /// The workload the demo runs under the shim (internal).
     #[command(hide = true)]
     DemoWorkload,
@@ -163,6 +170,12 @@ pub struct StatsArgs {
         value_parser = parse_interval
     )]
     pub watch: Option<Duration>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TopArgs {
+    /// Show only this process.
+    pub pid: Option<u32>,
 }
 
 #[derive(Debug, clap::Args)]

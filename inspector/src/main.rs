@@ -16,6 +16,7 @@ mod safe_file;
 mod snapshots;
 mod store_cmds;
 mod target;
+mod top;
 
 use cli::Command;
 
@@ -41,6 +42,7 @@ fn main() {
         Some(Command::Restore(args)) => store_cmds::restore(args),
         Some(Command::Diff(args)) => store_cmds::diff(args),
         Some(Command::Verify(args)) => store_cmds::verify(args),
+        Some(Command::Top(args)) => top::top(args),
         Some(Command::DemoWorkload) => Ok(demo_workload::run()),
     };
     match result {

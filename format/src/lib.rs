@@ -9,3 +9,5 @@ pub mod paths;
 pub mod stats;
 #[cfg(feature = "store")]
 pub mod store;
+#[cfg(feature = "store")]
+pub mod version_stats;

@@ -83,6 +83,12 @@ pub enum Command {
     /// every second. Keys: s takes a snapshot of the selected process, up/down or tab
     /// switch process, q or Esc quits. Needs a terminal.
     Top(TopArgs),
+    /// Write one self-contained HTML page about a recorded store: a write heat map,
+    /// the version timeline, prefetch hits and waste and trap latency per version, and
+    /// the counters.
+    ///
+    /// The charts are inline SVG; the page loads nothing from anywhere.
+    Report(ReportArgs),
     /// The workload the demo runs under the shim (internal).
     #[command(hide = true)]
     DemoWorkload,
@@ -176,6 +182,16 @@ pub struct StatsArgs {
 pub struct TopArgs {
     /// Show only this process.
     pub pid: Option<u32>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// The store: a directory or s3://BUCKET/PREFIX.
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+    /// The HTML file to write.
+    #[arg(long, short, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]

@@ -8,6 +8,7 @@ mod demo;
 mod demo_workload;
 mod elf_check;
 mod error;
+mod html_report;
 mod launch;
 mod recorder;
 mod registry;
@@ -43,6 +44,7 @@ fn main() {
         Some(Command::Diff(args)) => store_cmds::diff(args),
         Some(Command::Verify(args)) => store_cmds::verify(args),
         Some(Command::Top(args)) => top::top(args),
+        Some(Command::Report(args)) => html_report::report(args),
         Some(Command::DemoWorkload) => Ok(demo_workload::run()),
     };
     match result {

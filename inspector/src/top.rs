@@ -294,7 +294,7 @@ impl View {
             [
                 "PID", "COMMAND", "SNAP/S", "TRAPS/S", "VERSION", "KEPT", "SHADOW", "HIT%",
             ]
-            .map(|h| Cell::from(h)),
+            .map(Cell::from),
         )
         .style(Style::new().add_modifier(Modifier::BOLD));
         let rows = self.procs.iter().map(|p| {

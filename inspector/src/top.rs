@@ -269,10 +269,13 @@ impl View {
             ])),
             title,
         );
-        self.draw_list(f, list);
         match self.selected_index() {
-            Some(i) => draw_detail(f, detail, &self.procs[i]),
-            None => f.render_widget(Block::bordered().title(" selected "), detail),
+            Some(i) => {
+                self.draw_list(f, list);
+                draw_detail(f, detail, &self.procs[i]);
+            }
+            // Nothing to detail: the list (or what says it is empty) takes the room.
+            None => self.draw_list(f, list.union(detail)),
         }
         f.render_widget(
             Paragraph::new(self.status.as_str()).style(Style::new().fg(Color::Yellow)),
@@ -301,7 +304,7 @@ impl View {
             let r = &p.rec;
             Row::new(vec![
                 Cell::from(r.pid.to_string()),
-                Cell::from(r.command.clone()),
+                Cell::from(short_command(&r.command)),
                 Cell::from(per_s(p.snapshots_per_s)),
                 Cell::from(per_s(p.traps_per_s)),
                 Cell::from(r.counter(Counter::Version).to_string()),
@@ -337,6 +340,18 @@ fn per_s(rate: Option<f64>) -> String {
         None => "-".into(),
         Some(r) if r < 10.0 => format!("{r:.1}"),
         Some(r) => thousands(r.round() as u64),
+    }
+}
+
+/// The command line with its program's directory left out (the list is narrow; the
+/// selected process's box shows it whole).
+fn short_command(command: &str) -> String {
+    let (program, args) = command.split_once(' ').unwrap_or((command, ""));
+    let name = program.rsplit('/').next().unwrap_or(program);
+    if args.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name} {args}")
     }
 }
 
@@ -437,13 +452,20 @@ fn draw_detail(f: &mut Frame, area: Rect, p: &Proc) {
             .map_or(0.0, |b| (bytes as f64 / b as f64).clamp(0.0, 1.0));
         f.render_widget(
             Gauge::default()
-                .gauge_style(Style::new().fg(if ratio > 0.9 {
-                    Color::Red
-                } else {
-                    Color::Green
-                }))
+                .gauge_style(
+                    Style::new()
+                        .fg(if ratio > 0.9 {
+                            Color::Red
+                        } else {
+                            Color::Green
+                        })
+                        .bg(Color::DarkGray),
+                )
                 .ratio(ratio)
-                .label(format!("{what} {} of {budget_text}", human_bytes(bytes))),
+                .label(Span::styled(
+                    format!("{what} {} of {budget_text}", human_bytes(bytes)),
+                    Style::new().fg(Color::White),
+                )),
             area,
         );
     }
@@ -503,5 +525,7 @@ mod tests {
         assert_eq!(per_s(Some(1234.4)), "1,234");
         assert_eq!(per_s(Some(2.25)), "2.2");
         assert_eq!(per_s(None), "-");
+        assert_eq!(short_command("/usr/bin/python3 -c x"), "python3 -c x");
+        assert_eq!(short_command("redis-server"), "redis-server");
     }
 }

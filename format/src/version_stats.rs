@@ -28,9 +28,12 @@ const MAX_TEXT: usize = 64 << 10;
 
 const WHAT: &str = "version statistics";
 
+/// What every such object's name starts with.
+pub const VERSION_STATS_PREFIX: &str = "stats-";
+
 /// The object's name for `version`.
 pub fn version_stats_name(version: u64) -> String {
-    format!("stats-{version:020}")
+    format!("{VERSION_STATS_PREFIX}{version:020}")
 }
 
 /// Encodes the statistics of `version`.

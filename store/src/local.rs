@@ -338,6 +338,10 @@ impl Backend for LocalDir {
             // Temporary files (leading dot) may be deleted too.
             Some((MANIFEST_DIR, f)) => (&self.manifests, f),
             Some((DATA_DIR, f)) => (&self.data, f),
+            // A version's statistics, at the top (never `STORE`).
+            None if name.starts_with(memshadow_format::version_stats::VERSION_STATS_PREFIX) => {
+                (&self.root, name)
+            }
             _ => return Err(BackendError::Refused(format!("bad object name {name}"))),
         };
         if file.is_empty() || file.contains('/') || file == "." || file == ".." {

@@ -54,8 +54,11 @@ pub fn top(args: TopArgs) -> Result<i32> {
     if let Some(pid) = args.pid {
         Target::find(pid)?;
     }
-    let mut terminal = ratatui::try_init()
-        .map_err(|e| Failure::runtime(format!("cannot set up the terminal: {e}")))?;
+    let mut terminal = ratatui::try_init().map_err(|e| {
+        // Whatever part of the set-up was done is undone.
+        ratatui::restore();
+        Failure::runtime(format!("cannot set up the terminal: {e}"))
+    })?;
     let result = View::new(args.pid).run(&mut terminal);
     ratatui::restore();
     result

@@ -248,11 +248,12 @@ td, th {{ text-align: left; }} td.v, #store-totals td + td {{ text-align: right;
 .absent {{ color: #a00; }}
 </style></head><body>
 <h1>memshadow report: {t}</h1>
-<p>{n} versions ({first_v} to {last_v}) of process {pid}, recorded over {secs:.1} s; page size {page_size} bytes.</p>
+<p>{n} version{s} ({first_v} to {last_v}) of process {pid}, recorded over {secs:.1} s; page size {page_size} bytes.</p>
 "#,
         t = escape(target),
         w = WIDTH + 40,
         n = versions.len(),
+        s = if versions.len() == 1 { "" } else { "s" },
         first_v = versions[0].summary.version,
         last_v = versions[versions.len() - 1].summary.version,
         pid = versions[versions.len() - 1].summary.pid,
@@ -446,6 +447,15 @@ fn heat_legend(max: u64) -> String {
     })
 }
 
+/// A version number on an axis: whole numbers only (plotters may put ticks between).
+fn whole(x: &f64) -> String {
+    if x.fract() == 0.0 {
+        format!("{x:.0}")
+    } else {
+        String::new()
+    }
+}
+
 /// Seconds since the first version, for the time axes.
 fn seconds(versions: &[Version]) -> Vec<f64> {
     let t0 = versions[0].summary.time_ms;
@@ -457,7 +467,7 @@ fn seconds(versions: &[Version]) -> Vec<f64> {
 
 fn timeline(versions: &[Version]) -> String {
     let t = seconds(versions);
-    let t_max = t.last().copied().unwrap_or(0.0).max(0.001);
+    let t_max = t.last().copied().unwrap_or(0.0).max(1.0);
     let pages_max = versions
         .iter()
         .map(|v| v.summary.changed_pages)
@@ -549,7 +559,7 @@ fn prefetch_chart(versions: &[Version]) -> String {
     let rows = prefetch_per_version(versions);
     let v_lo = rows.first().map_or(0, |r| r.0);
     let v_hi = rows.last().map_or(1, |r| r.0) + 1;
-    let y_max = rows.iter().map(|r| r.1.max(r.2)).max().unwrap_or(0).max(1) as f64;
+    let y_max = rows.iter().map(|r| r.1.max(r.2)).max().unwrap_or(0).max(4) as f64;
     svg(WIDTH, 300, |root| {
         let _ = root.fill(&WHITE);
         let Ok(mut chart) = ChartBuilder::on(root)
@@ -564,8 +574,14 @@ fn prefetch_chart(versions: &[Version]) -> String {
             .configure_mesh()
             .x_desc("version")
             .y_desc("prefetched pages")
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| thousands(*y as u64))
+            .x_label_formatter(&whole)
+            .y_label_formatter(&|y| {
+                if y.fract() == 0.0 {
+                    thousands(*y as u64)
+                } else {
+                    String::new()
+                }
+            })
             .light_line_style(RGBColor(235, 235, 235))
             .draw();
         let green = RGBColor(44, 160, 44);
@@ -626,7 +642,7 @@ fn latency_chart(versions: &[Version]) -> String {
             .configure_mesh()
             .x_desc("version")
             .y_desc("trap latency")
-            .x_label_formatter(&|x| format!("{x:.0}"))
+            .x_label_formatter(&whole)
             .y_label_formatter(&|y| human_us(*y as u64))
             .light_line_style(RGBColor(235, 235, 235))
             .draw();

@@ -12,16 +12,32 @@ use std::time::Duration;
 
 use common::{c_program, clean_env_in, finish, memshadow_bin, temp_dir};
 
+#[path = "../../store/tests/common/weed.rs"]
+mod weed;
+
+/// `memshadow` with a clean environment, `MEMSHADOW_DIR=rt`, and the AWS_* variables a
+/// test S3 server set, if any.
 fn memshadow(rt: &Path) -> Command {
     let mut c = Command::new(memshadow_bin());
     clean_env_in(&mut c, rt);
+    for k in [
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_ALLOW_HTTP",
+    ] {
+        if let Some(v) = std::env::var_os(k) {
+            c.env(k, v);
+        }
+    }
     c
 }
 
 /// Records `snap_consistency` (four writer threads) for about 3 s, a version every
 /// 100 ms, into `store` (fewer on a busy machine: the recorder gives way to the
 /// program).
-fn record(rt: &Path, store: &Path) {
+fn record(rt: &Path, store: impl AsRef<std::ffi::OsStr>) {
     let prog = c_program("snap_consistency");
     let mut c = memshadow(rt);
     c.arg("run")
@@ -34,7 +50,7 @@ fn record(rt: &Path, store: &Path) {
     assert!(done.status.success(), "the recording failed: {done:#?}");
 }
 
-fn report(rt: &Path, store: &Path, out: &Path) -> String {
+fn report(rt: &Path, store: impl AsRef<std::ffi::OsStr>, out: &Path) -> String {
     let mut c = memshadow(rt);
     c.arg("report").arg(store).arg("--out").arg(out);
     let done = finish(&mut c, Duration::from_secs(60));
@@ -268,4 +284,19 @@ fn statistics_go_with_the_versions_retention_drops_and_the_store_verifies() {
     c.arg("verify").arg(&store);
     let done = finish(&mut c, Duration::from_secs(30));
     assert!(done.status.success(), "verify: {done:#?}");
+}
+
+#[test]
+fn a_store_on_s3_gives_the_same_page_with_its_statistics() {
+    let server = weed::Weed::start();
+    let target = server.target("report");
+    let rt = temp_dir("report-s3");
+    record(rt.path(), &target);
+    let html = report(rt.path(), &target, &rt.path().join("s3.html"));
+    let heat = section(&html, "heatmap");
+    assert!(attr(heat, "data-versions") >= 2, "{heat:.300}");
+    for id in ["prefetch", "latency"] {
+        let s = section(&html, id);
+        assert!(!s.contains("Absent"), "{id} is absent:\n{s:.400}");
+    }
 }

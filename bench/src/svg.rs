@@ -1,13 +1,14 @@
 //! The chart of the default command: grouped bars, one group per workload and size, one
 //! bar per mode, in panels stacked vertically (throughput ratio; worst stall).
 //!
-//! Written by hand rather than with a plotting crate: the chart is a few dozen `<rect>`,
-//! `<line>` and `<text>` elements, and `plotters` (even with only its SVG backend) brings
-//! several crates and a font stack to draw the same thing, with less control over the
-//! log-scale axes (ratios from 0.0001 to 1, stalls from microseconds to seconds) and
-//! the "n/a" marks this chart needs.
+//! Drawn with `plotters` (its SVG backend), the crate `memshadow report` draws its
+//! charts with. The vertical axes are logarithmic (ratios from 0.0001 to 1, stalls from
+//! microseconds to seconds): values are drawn at their log10 on a linear axis whose
+//! ticks are the decades, a value of 0 as an empty bar, a value not measured as "n/a".
 
-use std::fmt::Write;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// How a panel's vertical axis maps values: decades, the lowest below the smallest
 /// positive value (a value of 0 is drawn as an empty bar); `reference` draws a dashed
@@ -29,20 +30,24 @@ pub struct Panel<'a> {
     pub values: Vec<Vec<Option<f64>>>,
 }
 
-/// A series: its name in the legend and its fill colour.
+/// A series: its name in the legend and its fill colour (`#rrggbb`).
 pub struct Series<'a> {
     pub name: &'a str,
     pub color: &'a str,
 }
 
-const LEFT: f64 = 80.0;
-const RIGHT: f64 = 20.0;
+const LEFT: u32 = 80;
+const RIGHT: u32 = 20;
 const BAR: f64 = 12.0;
 const GAP: f64 = 16.0;
-const HEADER: f64 = 60.0;
-const PANEL_TITLE: f64 = 26.0;
-const PLOT: f64 = 180.0;
-const LABELS: f64 = 96.0;
+const HEADER: u32 = 60;
+const PANEL_TITLE: u32 = 26;
+const PLOT: u32 = 180;
+const LABELS: u32 = 140;
+/// The opacity bars are drawn with, which marks them in plotters' output so that each
+/// gets its tooltip (`<title>`) afterwards; drawn as opaque.
+const BAR_MARK: f64 = 0.999;
+const BAR_MARK_ATTR: &str = "opacity=\"0.999\"";
 
 /// Escapes text for an SVG text node or attribute.
 pub fn escape(s: &str) -> String {
@@ -73,6 +78,17 @@ fn log_range(values: impl Iterator<Item = f64>) -> (i32, i32) {
     (lo, hi)
 }
 
+/// `#rrggbb` as a colour (grey when it is not one).
+fn color(hex: &str) -> RGBColor {
+    let h = hex.trim_start_matches('#');
+    let byte = |i: usize| {
+        h.get(i..i + 2)
+            .and_then(|b| u8::from_str_radix(b, 16).ok())
+            .unwrap_or(128)
+    };
+    RGBColor(byte(0), byte(2), byte(4))
+}
+
 /// The chart as an SVG document.
 pub fn render(title: &str, groups: &[String], series: &[Series], panels: &[Panel]) -> String {
     let group_w = series.len().max(1) as f64 * BAR + GAP;
@@ -84,129 +100,190 @@ pub fn render(title: &str, groups: &[String], series: &[Series], panels: &[Panel
         .max()
         .unwrap_or(0);
     let plot_w = (groups.len().max(1) as f64 * group_w).max(longest as f64 * 7.5);
-    let width = LEFT + plot_w + RIGHT;
+    let width = LEFT + plot_w.ceil() as u32 + RIGHT;
     let panel_h = PANEL_TITLE + PLOT + LABELS;
-    let height = HEADER + panels.len() as f64 * panel_h;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="11">"#
-    );
-    let _ = writeln!(
-        s,
-        r#"<rect x="0" y="0" width="{width:.0}" height="{height:.0}" fill="white"/>"#
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="{LEFT}" y="20" font-size="14" font-weight="bold">{}</text>"#,
-        escape(title)
-    );
-    let mut x = LEFT;
-    for se in series {
-        let _ = writeln!(
-            s,
-            r#"<rect x="{x:.1}" y="32" width="12" height="12" fill="{}"/><text x="{:.1}" y="42">{}</text>"#,
-            escape(se.color),
-            x + 16.0,
-            escape(se.name)
-        );
-        x += 24.0 + 7.0 * se.name.len() as f64;
+    let height = HEADER + panels.len() as u32 * panel_h;
+    let mut out = String::new();
+    let mut titles = Vec::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (width, height)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let font = |size: u32| ("sans-serif", size).into_font();
+        let _ = root.draw(&Text::new(
+            title.to_string(),
+            (LEFT as i32, 8),
+            font(14).style(FontStyle::Bold),
+        ));
+        let mut x = LEFT as i32;
+        for se in series {
+            let _ = root.draw(&Rectangle::new(
+                [(x, 32), (x + 12, 44)],
+                color(se.color).filled(),
+            ));
+            let _ = root.draw(&Text::new(se.name.to_string(), (x + 16, 33), font(11)));
+            x += 24 + 7 * se.name.len() as i32;
+        }
+        let (_, below) = root.split_vertically(HEADER);
+        for (p, panel) in panels.iter().enumerate() {
+            let top = p as u32 * panel_h;
+            let area = below.clone().shrink((0, top), (width, panel_h));
+            titles.extend(draw_panel(&area, panel, groups, series, plot_w, group_w));
+        }
+        let _ = root.present();
     }
-    for (p, panel) in panels.iter().enumerate() {
-        let top = HEADER + p as f64 * panel_h;
-        let y0 = top + PANEL_TITLE; // top of the plot area
-        let base = y0 + PLOT; // the x axis
-        let _ = writeln!(
-            s,
-            r#"<text x="{LEFT}" y="{:.1}" font-size="12" font-weight="bold">{}</text>"#,
-            top + 16.0,
-            escape(panel.title)
-        );
-        let all = panel.values.iter().flatten().flatten().copied();
-        // Where a value goes: its height above the axis, in pixels.
-        let Scale::Log10 { reference } = panel.scale;
-        let (lo, hi) = log_range(all.chain(reference));
-        let ticks: Vec<f64> = (lo..=hi).map(|e| 10f64.powi(e)).collect();
-        let span = (hi - lo) as f64;
-        // Where a value goes: its height above the axis, in pixels.
-        let to_px = |v: f64| {
-            if v > 0.0 {
-                ((v.log10() - lo as f64) / span * PLOT).clamp(0.0, PLOT)
-            } else {
-                0.0
-            }
+    with_titles(&out, &titles)
+}
+
+/// Gives the marked bars of `svg`, in order, their tooltips and full opacity.
+fn with_titles(svg: &str, titles: &[String]) -> String {
+    let mut out = String::with_capacity(svg.len() + titles.len() * 40);
+    let mut rest = svg;
+    let mut titles = titles.iter();
+    while let Some(at) = rest.find(BAR_MARK_ATTR) {
+        let Some(end) = rest[at..].find("/>").map(|e| e + at) else {
+            break;
         };
-        for t in &ticks {
-            let y = base - to_px(*t);
-            let _ = writeln!(
-                s,
-                r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#dddddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-                LEFT + plot_w,
-                LEFT - 6.0,
-                y + 4.0,
-                escape(&(panel.tick)(*t))
-            );
+        out.push_str(&rest[..at]);
+        out.push_str("opacity=\"1\"");
+        out.push_str(&rest[at + BAR_MARK_ATTR.len()..end]);
+        match titles.next() {
+            Some(t) => {
+                out.push_str("><title>");
+                out.push_str(&escape(t));
+                out.push_str("</title></rect>");
+            }
+            None => out.push_str("/>"),
         }
-        if let Some(r) = reference {
-            let y = base - to_px(r);
-            let _ = writeln!(
-                s,
-                r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#333333" stroke-dasharray="4 3"/>"##,
-                LEFT + plot_w
-            );
-        }
-        let _ = writeln!(
-            s,
-            r##"<line x1="{LEFT}" y1="{y0:.1}" x2="{LEFT}" y2="{base:.1}" stroke="#333333"/><line x1="{LEFT}" y1="{base:.1}" x2="{:.1}" y2="{base:.1}" stroke="#333333"/>"##,
-            LEFT + plot_w
-        );
-        for (g, name) in groups.iter().enumerate() {
-            let gx = LEFT + g as f64 * group_w + GAP / 2.0;
-            for (k, se) in series.iter().enumerate() {
-                let bx = gx + k as f64 * BAR;
-                match panel
-                    .values
-                    .get(g)
-                    .and_then(|v| v.get(k))
-                    .copied()
-                    .flatten()
-                {
-                    Some(v) => {
-                        let h = to_px(v);
-                        let _ = writeln!(
-                            s,
-                            r#"<rect x="{bx:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="{}"><title>{} {}: {}</title></rect>"#,
-                            base - h,
-                            BAR - 1.0,
-                            escape(se.color),
-                            escape(name),
-                            escape(se.name),
-                            escape(&(panel.value)(v))
-                        );
-                    }
-                    None => {
-                        let _ = writeln!(
-                            s,
-                            r##"<text x="{:.1}" y="{:.1}" font-size="8" fill="#888888" transform="rotate(-90 {:.1} {:.1})">n/a</text>"##,
-                            bx + BAR / 2.0 + 3.0,
-                            base - 3.0,
-                            bx + BAR / 2.0 + 3.0,
-                            base - 3.0
-                        );
+        rest = &rest[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn draw_panel(
+    area: &DrawingArea<SVGBackend, Shift>,
+    panel: &Panel,
+    groups: &[String],
+    series: &[Series],
+    plot_w: f64,
+    group_w: f64,
+) -> Vec<String> {
+    let mut titles = Vec::new();
+    let font = |size: u32| ("sans-serif", size).into_font();
+    let _ = area.draw(&Text::new(
+        panel.title.to_string(),
+        (LEFT as i32, 4),
+        font(12).style(FontStyle::Bold),
+    ));
+    let Scale::Log10 { reference } = panel.scale;
+    let all = panel.values.iter().flatten().flatten().copied();
+    let (lo, hi) = log_range(all.chain(reference));
+    // x in pixels from the left of the plot, y in log10 of the value.
+    let Ok(mut chart) = ChartBuilder::on(area)
+        .margin_top(PANEL_TITLE)
+        .margin_right(RIGHT)
+        .x_label_area_size(LABELS)
+        .y_label_area_size(LEFT)
+        .build_cartesian_2d(0f64..plot_w, f64::from(lo)..f64::from(hi))
+    else {
+        return titles;
+    };
+    let tick = panel.tick;
+    let _ = chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .disable_x_axis()
+        .disable_y_mesh()
+        .y_labels((hi - lo + 1) as usize)
+        .y_label_formatter(&|e: &f64| {
+            if e.fract() == 0.0 {
+                tick(10f64.powf(*e))
+            } else {
+                String::new()
+            }
+        })
+        .axis_style(RGBColor(51, 51, 51))
+        .label_style(font(11))
+        .draw();
+    // The decades' grid lines, and the reference line dashed.
+    for e in lo..=hi {
+        let y = f64::from(e);
+        let _ = chart.draw_series(LineSeries::new(
+            [(0.0, y), (plot_w, y)],
+            RGBColor(221, 221, 221),
+        ));
+    }
+    if let Some(r) = reference.filter(|r| *r > 0.0) {
+        let y = r.log10();
+        let _ = chart.draw_series(DashedLineSeries::new(
+            [(0.0, y), (plot_w, y)],
+            4,
+            3,
+            RGBColor(51, 51, 51).into(),
+        ));
+    }
+    // The x axis.
+    let _ = chart.draw_series(LineSeries::new(
+        [(0.0, f64::from(lo)), (plot_w, f64::from(lo))],
+        RGBColor(51, 51, 51),
+    ));
+    // Pixel positions relative to the panel (chart coordinates give the backend's).
+    let (ox, oy) = area.get_base_pixel();
+    let (xr, yr) = chart.plotting_area().get_pixel_range();
+    let at = |x: f64, y: f64| {
+        let px = f64::from(xr.start) + x / plot_w * f64::from(xr.end - xr.start);
+        let fy = (y - f64::from(lo)) / f64::from(hi - lo);
+        let py = f64::from(yr.end) - fy * f64::from(yr.end - yr.start);
+        (px.round() as i32 - ox, py.round() as i32 - oy)
+    };
+    // Where a value goes: its log10, clamped to the axis.
+    let to_y = |v: f64| v.log10().clamp(f64::from(lo), f64::from(hi));
+    let label_style = TextStyle::from(font(11)).pos(Pos::new(HPos::Right, VPos::Center));
+    for (g, name) in groups.iter().enumerate() {
+        let gx = g as f64 * group_w + GAP / 2.0;
+        for (k, se) in series.iter().enumerate() {
+            let bx = gx + k as f64 * BAR;
+            match panel
+                .values
+                .get(g)
+                .and_then(|v| v.get(k))
+                .copied()
+                .flatten()
+            {
+                Some(v) => {
+                    // A value of 0 is an empty bar (still there, with its tooltip).
+                    let top = if v > 0.0 { to_y(v) } else { f64::from(lo) };
+                    let drawn = chart.draw_series([Rectangle::new(
+                        [(bx, f64::from(lo)), (bx + BAR - 1.0, top)],
+                        color(se.color).mix(BAR_MARK).filled(),
+                    )]);
+                    if drawn.is_ok() {
+                        titles.push(format!("{name} {}: {}", se.name, (panel.value)(v)));
                     }
                 }
+                None => {
+                    let (px, py) = at(bx + BAR / 2.0, f64::from(lo));
+                    let _ = area.draw(&Text::new(
+                        "n/a",
+                        (px, py - 3),
+                        font(8)
+                            .color(&RGBColor(136, 136, 136))
+                            .transform(FontTransform::Rotate270)
+                            .pos(Pos::new(HPos::Left, VPos::Center)),
+                    ));
+                }
             }
-            let lx = gx + series.len() as f64 * BAR / 2.0;
-            let ly = base + 12.0;
-            let _ = writeln!(
-                s,
-                r#"<text x="{lx:.1}" y="{ly:.1}" text-anchor="end" transform="rotate(-35 {lx:.1} {ly:.1})">{}</text>"#,
-                escape(name)
-            );
         }
+        // The group's name under its bars, reading upwards.
+        let lx = gx + series.len() as f64 * BAR / 2.0;
+        let (px, py) = at(lx, f64::from(lo));
+        let _ = area.draw(&Text::new(
+            name.clone(),
+            (px, py + 8),
+            label_style.clone().transform(FontTransform::Rotate270),
+        ));
     }
-    s.push_str("</svg>\n");
-    s
+    titles
 }
 
 #[cfg(test)]
@@ -268,6 +345,7 @@ mod tests {
             .descendants()
             .filter(|n| n.has_tag_name("text"))
             .filter_map(|n| n.text())
+            .map(str::trim)
             .collect();
         assert!(texts.contains(&"memshadow <bench>"), "{texts:?}");
         assert!(texts.contains(&"a<b & \"c\""), "{texts:?}");

@@ -11,3 +11,5 @@ pub mod stats;
 pub mod store;
 #[cfg(feature = "store")]
 pub mod store_context;
+#[cfg(feature = "store")]
+pub mod version_stats;

@@ -86,6 +86,19 @@ pub enum Command {
     /// MEMSHADOW note lists which is which. No registers: no backtrace. FILE is created
     /// new (0600); an existing FILE is refused.
     Core(CoreArgs),
+    /// A live view of the processes running under memshadow, or of one.
+    ///
+    /// Snapshots and traps per second, prefetch hit rate and waste, shadow and holder
+    /// memory against the shadow budget, versions retained, trap latency; refreshed
+    /// every second. Keys: s takes a snapshot of the selected process, up/down or tab
+    /// switch process, q or Esc quits. Needs a terminal.
+    Top(TopArgs),
+    /// Write one self-contained HTML page about a recorded store: a write heat map,
+    /// the version timeline, prefetch hits and waste and trap latency per version, and
+    /// the counters.
+    ///
+    /// The charts are inline SVG; the page loads nothing from anywhere.
+    Report(ReportArgs),
     /// The workload the demo runs under the shim (internal).
     #[command(hide = true)]
     DemoWorkload,
@@ -173,6 +186,22 @@ pub struct StatsArgs {
         value_parser = parse_interval
     )]
     pub watch: Option<Duration>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TopArgs {
+    /// Show only this process.
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// The store: a directory or s3://BUCKET/PREFIX.
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+    /// The HTML file to write.
+    #[arg(long, short, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]

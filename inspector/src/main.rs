@@ -10,6 +10,7 @@ mod demo;
 mod demo_workload;
 mod elf_check;
 mod error;
+mod html_report;
 mod launch;
 mod recorder;
 mod registry;
@@ -18,6 +19,7 @@ mod safe_file;
 mod snapshots;
 mod store_cmds;
 mod target;
+mod top;
 
 use cli::Command;
 
@@ -44,6 +46,8 @@ fn main() {
         Some(Command::Diff(args)) => store_cmds::diff(args),
         Some(Command::Verify(args)) => store_cmds::verify(args),
         Some(Command::Core(args)) => core_file::core(args),
+        Some(Command::Top(args)) => top::top(args),
+        Some(Command::Report(args)) => html_report::report(args),
         Some(Command::DemoWorkload) => Ok(demo_workload::run()),
     };
     match result {

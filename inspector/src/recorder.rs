@@ -166,12 +166,14 @@ pub fn record(
         done.stored_bytes += outcome.stored_bytes;
         done.pages += outcome.pages;
         done.last = Some(version);
+        keep_version_stats(target, store, version, &[]);
         // The new version is published: the old pin can go.
         last = Some((version, pin));
         if plan.keep.is_some() || plan.keep_for.is_some() {
-            store
+            let retained = store
                 .retain(plan.keep, plan.keep_for)
                 .map_err(RecordError::Store)?;
+            keep_version_stats(target, store, 0, &retained.dropped);
         }
         let took = period_start.elapsed();
         if took > plan.every {
@@ -193,6 +195,27 @@ pub fn record(
         }
     }
     Ok(done)
+}
+
+/// Writes the process's statistics as they are now beside `version` (0: none), for
+/// `memshadow report` (`memshadow_format::version_stats`), and removes those of the
+/// versions in `dropped`. Best effort: a version's statistics are an extra the report
+/// says are absent when missing, never a reason to stop recording.
+fn keep_version_stats(target: &Target, store: &Store, version: u64, dropped: &[u64]) {
+    use memshadow_format::version_stats;
+    if version > 0 {
+        if let Some(page) = target.page() {
+            let bytes = version_stats::encode(version, &page.fields());
+            let _ = store
+                .backend()
+                .put_replace(&version_stats::version_stats_name(version), &bytes);
+        }
+    }
+    for &v in dropped {
+        let _ = store
+            .backend()
+            .delete(&version_stats::version_stats_name(v));
+    }
 }
 
 /// The nice value the recorder's threads run at: the program it records comes first.

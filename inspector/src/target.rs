@@ -128,9 +128,14 @@ impl Target {
     /// The traps the process has taken so far (its stats page's counter), or None when
     /// the page cannot be read (the process is gone).
     pub fn traps(&self) -> Option<u64> {
+        self.page()
+            .map(|page| page.counters[memshadow_format::stats::Counter::Traps.index()])
+    }
+
+    /// The process's stats page, or None when it cannot be read (the process is gone).
+    pub fn page(&self) -> Option<memshadow_format::stats::StatsRecord> {
         let page = self.dir.read_page(self.pid).ok()?;
-        (page.pid == self.pid && page.start_time_ticks == self.start_time_ticks)
-            .then(|| page.counters[memshadow_format::stats::Counter::Traps.index()])
+        (page.pid == self.pid && page.start_time_ticks == self.start_time_ticks).then_some(page)
     }
 
     /// Whether the process has exited (or its pid now names another process).

@@ -359,6 +359,10 @@ impl Backend for LocalDir {
                 Some(d) => (d, f),
                 None => return Ok(()),
             },
+            // A version's statistics, at the top (never `STORE`).
+            None if name.starts_with(memshadow_format::version_stats::VERSION_STATS_PREFIX) => {
+                (&self.root, name)
+            }
             _ => return Err(BackendError::Refused(format!("bad object name {name}"))),
         };
         if file.is_empty() || file.contains('/') || file == "." || file == ".." {

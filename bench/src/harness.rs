@@ -197,21 +197,20 @@ impl Mode {
     /// snapshot rate and make each recorded delta span two epochs. `WL_SNAPSHOT_MS`
     /// gives the C workloads the period for their pause before the timed part.
     fn env(self, interval_ms: u32, predict: Predict) -> Vec<(&'static str, String)> {
-        // Snapshots every T ms, the governor off; `backend` when not the shim's default.
-        let periodic = |predict: &str, backend: Option<&str>| {
-            let mut env = vec![
+        // Snapshots every T ms with `backend`, the governor off.
+        let periodic = |predict: &str, backend: &str| {
+            vec![
                 ("MEMSHADOW_INTERVAL_MS", interval_ms.to_string()),
                 ("MEMSHADOW_PREDICT", predict.to_string()),
                 ("MEMSHADOW_MAX_OVERHEAD", "1".to_string()),
-            ];
-            env.extend(backend.map(|b| ("MEMSHADOW_BACKEND", b.to_string())));
-            env
+                ("MEMSHADOW_BACKEND", backend.to_string()),
+            ]
         };
         match self.base() {
-            Mode::Cow => periodic("off", None),
-            Mode::Holder => periodic("off", Some("holder")),
-            Mode::Auto => periodic(predict.name(), Some("auto")),
-            Mode::Prefetch => periodic(predict.name(), None),
+            Mode::Cow => periodic("off", "shadow"),
+            Mode::Holder => periodic("off", "holder"),
+            Mode::Auto => periodic(predict.name(), "auto"),
+            Mode::Prefetch => periodic(predict.name(), "shadow"),
             Mode::Record => vec![
                 ("MEMSHADOW_PREDICT", predict.name().to_string()),
                 ("MEMSHADOW_MAX_OVERHEAD", "1".to_string()),

@@ -34,10 +34,14 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 /// The part of the governor's one line that does not depend on the figures.
 const SAID: &str = "automatic snapshots now every";
 
+/// scatter_writer on shadows: the governor weighs what the traps cost it (under the
+/// default `auto` a writer this scattered moves to holders, where nothing traps; the
+/// governor still counts their clones).
 fn writer(args: &[&str]) -> Prog {
     Prog::new(c_program("scatter_writer"))
         .args(args)
         .timeout(LIMIT)
+        .env("MEMSHADOW_BACKEND", "shadow")
 }
 
 #[test]

@@ -369,6 +369,59 @@ fn versions_of_both_kinds_read_as_written_across_switches() {
     assert_eq!(rest, "", "holder_host printed after ready");
 }
 
+/// The holders' copied pages count against `MEMSHADOW_SHADOW_BUDGET_MB` with the
+/// shadows: a program that rewrites 64 MiB every snapshot keeps the versions it asks for
+/// under the default budget, and past a 16 MiB one gives up the older versions with one
+/// line, its output unchanged.
+#[test]
+fn holders_stay_within_the_shadow_budget() {
+    let env = [
+        ("MEMSHADOW_BACKEND", "holder"),
+        ("MEMSHADOW_INTERVAL_MS", "100"),
+        ("MEMSHADOW_MAX_OVERHEAD", "1"),
+        ("MEMSHADOW_MAX_VERSIONS", "8"),
+    ];
+    // 200 million writes over 64 MiB: natively about 2 s, every page rewritten in each
+    // 100 ms epoch.
+    let writer = Prog::new(c_program("scatter_writer"))
+        .args(["64", "200"])
+        .timeout(LIMIT)
+        .envs(&env);
+    let native = writer.run_native();
+    assert_native_ok("scatter_writer", &native, 0);
+    let roomy = writer.run_memshadow();
+    assert_same_behaviour("scatter_writer (holder)", &native, &roomy.output, true);
+    assert!(
+        roomy.u64("holder_snapshots") >= 8 && roomy.u64("versions_retained") == 8,
+        "{:#}",
+        roomy.json
+    );
+    let tight = writer
+        .clone()
+        .envs(&[("MEMSHADOW_SHADOW_BUDGET_MB", "16")])
+        .run_memshadow();
+    assert_same_behaviour(
+        "scatter_writer (holder, 16 MiB)",
+        &native,
+        &tight.output,
+        false,
+    );
+    assert!(
+        tight.u64("holder_snapshots") >= 8 && tight.u64("versions_retained") < 8,
+        "{:#}",
+        tight.json
+    );
+    let stderr = String::from_utf8_lossy(&tight.output.stderr);
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.contains("MEMSHADOW_SHADOW_BUDGET_MB (16 MiB)"))
+            .count(),
+        1,
+        "{stderr}"
+    );
+}
+
 /// `MEMSHADOW_BACKEND=auto` moves a program that writes scattered pages flat out
 /// (scatter_writer: every first write after a snapshot traps, nothing predicts it) to
 /// holders within a few snapshots, and the program's output stays as natively; a program

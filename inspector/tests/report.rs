@@ -40,7 +40,10 @@ fn memshadow(rt: &Path) -> Command {
 fn record(rt: &Path, store: impl AsRef<std::ffi::OsStr>) {
     let prog = c_program("snap_consistency");
     let mut c = memshadow(rt);
-    c.arg("run")
+    // On shadows: the trap latency chart needs traps (under the default `auto` these
+    // four scattered writers move to holders, where nothing traps).
+    c.env("MEMSHADOW_BACKEND", "shadow")
+        .arg("run")
         .arg("--record")
         .arg(store)
         .args(["--every", "100", "--"])

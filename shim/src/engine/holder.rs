@@ -410,6 +410,20 @@ impl crate::engine::Engine {
         }
     }
 
+    /// Gives up the oldest retained version for the budget (see the epoch thread's
+    /// `keep_holders_within_budget`), unless it is the newest; false when nothing went.
+    pub fn evict_oldest_for_budget(&mut self) -> bool {
+        match self.pool.retained() {
+            Some((oldest, newest)) if oldest < newest => {
+                self.pool.evict_oldest();
+                self.prune_lost();
+                self.publish();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether no retained version needs shadows: every one is held by a holder (a save
     /// before a discard, a copy ahead, would then be for no version).
     pub fn only_holders_retained(&self) -> bool {

@@ -440,6 +440,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
         let max = stats::page().counter(Counter::HolderPauseUsMax);
         max.fetch_max(clone_us, Ordering::Relaxed);
         publish_pinned(false);
+        keep_holders_within_budget(config.shadow_budget_mb);
     }
 
     let us = (engine::now_ns() - started) / 1000;
@@ -667,6 +668,7 @@ fn publish_pinned(asked: bool) {
         return;
     }
     PINNED_AT.store(now, Ordering::Relaxed);
+    PINNED_FAULTS.store(minor_faults(), Ordering::Relaxed);
     let mut views = Vec::with_capacity(engine::with(|e| e.holder_count()).unwrap_or(0));
     engine::with(|e| e.holder_views(&mut views));
     // Only this thread releases holders: the views stay valid while they are measured.
@@ -674,8 +676,67 @@ fn publish_pinned(asked: bool) {
     stats::set(Counter::HolderPinnedBytes, bytes);
 }
 
-/// When `holder_pinned_bytes` was last measured (0: never).
+/// When `holder_pinned_bytes` was last measured (0: never), and the program's minor
+/// faults then.
 static PINNED_AT: AtomicU64 = AtomicU64::new(0);
+static PINNED_FAULTS: AtomicU64 = AtomicU64::new(0);
+static HOLDER_BUDGET_SAID: AtomicBool = AtomicBool::new(false);
+
+/// The holders' copied pages, at most: the last measure, and a page for every minor fault
+/// since (a copy-on-write is one; so are faults on memory no holder shares, so this
+/// errs high).
+fn pinned_estimate() -> u64 {
+    let measured = stats::page()
+        .counter(Counter::HolderPinnedBytes)
+        .load(Ordering::Relaxed);
+    let since = minor_faults().saturating_sub(PINNED_FAULTS.load(Ordering::Relaxed));
+    measured + since * crate::base::page::PAGE as u64
+}
+
+/// Shadows and holders' copied pages together stay within `MEMSHADOW_SHADOW_BUDGET_MB`:
+/// after a holder pass, when the shadows and the holders' estimate ([`pinned_estimate`])
+/// are over it, the holders are measured; while that is over it, the oldest retained
+/// version goes (its holder released, a pin on it giving way as when shadows run out)
+/// and they are measured again; the newest version always stays. A holder only keeps
+/// pages the program wrote after it, so what holders pin is within the written set of
+/// the retained versions.
+fn keep_holders_within_budget(budget_mb: usize) {
+    let budget = (budget_mb as u64) << 20;
+    let mut measured = false;
+    for _ in 0..=holder::MAX_HOLDERS {
+        let shadows = stats::page()
+            .counter(Counter::ShadowBytes)
+            .load(Ordering::Relaxed);
+        if shadows + pinned_estimate() <= budget {
+            return;
+        }
+        // The estimate errs high: measure before giving anything up.
+        if !measured {
+            publish_pinned(true);
+            measured = true;
+            continue;
+        }
+        let mut released = Vec::with_capacity(engine::with(|e| e.holder_count()).unwrap_or(0));
+        let evicted = engine::with(|e| {
+            let evicted = e.evict_oldest_for_budget();
+            e.take_released(&mut released, false);
+            evicted
+        })
+        .unwrap_or(false);
+        for h in released {
+            h.holder.release();
+        }
+        if !evicted {
+            return;
+        }
+        if !HOLDER_BUDGET_SAID.swap(true, Ordering::Relaxed) {
+            crate::base::log::error!(
+                "holders and shadows hold more than MEMSHADOW_SHADOW_BUDGET_MB ({budget_mb} MiB): older versions are given up"
+            );
+        }
+        publish_pinned(true);
+    }
+}
 const PINNED_EVERY_NS: u64 = 10_000_000_000;
 
 thread_local! {

@@ -199,10 +199,11 @@ pub fn after_pass(configured_ms: u64, now: u64) -> u64 {
     d.interval_ms
 }
 
-/// What snapshots have cost the program since the last pass ended (the current window
-/// so far, which the next pass ends): traps, held faults, the shim's CPU.
-pub fn cost_so_far_ns(now: u64) -> u64 {
-    window(now, false).1
+/// What snapshots have cost the program's own threads since the last pass ended: traps
+/// and held faults, without the shim's CPU (on another core, the prefetcher's copying
+/// delays no program thread).
+pub fn program_cost_so_far_ns() -> u64 {
+    COST_NS.load(Ordering::Relaxed)
 }
 
 /// The current window at `now`: when it began (0: not yet), what snapshots have cost the

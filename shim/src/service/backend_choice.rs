@@ -2,16 +2,16 @@
 //! whichever the last epochs say costs the program less.
 //!
 //! What an epoch costs the program, per backend, from what each measures:
-//! - shadows: what the overhead governor measures the snapshots cost the program in the
-//!   epoch (traps, faults held by the pass, the shim's CPU; see `engine::governor`), at
-//!   least [`TRAP_NS`] per trap (bench/RESULTS.md, "Where a trap's time goes": 13.8-16.8
+//! - shadows: what the overhead governor measures the snapshots cost the program's own
+//!   threads in the epoch (traps, faults held by the pass; see `engine::governor`; not
+//!   the shim's CPU: priced in, the prefetcher's copying on another core moved sweeps and
+//!   hot sets to holders, where they ran slower), at least [`TRAP_NS`] per trap (bench/RESULTS.md, "Where a trap's time goes": 13.8-16.8
 //!   us with the handler polling); per trap, that is what a first write not copied ahead
 //!   costs;
 //! - a holder: the clone stops the program (the page-table copy: measured at each holder
 //!   pass; before the first, [`CLONE_NS_PER_MIB`] per MiB tracked), and every first write
 //!   after it is copied by the kernel, [`COW_NS`] each (2.4-2.8 us measured with a child
-//!   that only waits, `../shared/probes/holder.c`), plus the governor's measure (the
-//!   shim's CPU).
+//!   that only waits, `../shared/probes/holder.c`), plus the governor's measure.
 //!
 //! Shadow epochs count their first writes exactly (traps plus prefetched pages written);
 //! holder epochs count the program's minor faults (`getrusage`: a copy-on-write fault is
@@ -59,7 +59,8 @@ pub struct Epoch {
     pub clone_ns: u64,
     /// Bytes tracked (for the clone's estimate before one is measured).
     pub tracked_bytes: u64,
-    /// What the governor measured the snapshots cost the program in the epoch.
+    /// What the governor measured the snapshots cost the program's threads in the epoch
+    /// (traps, held faults; not the shim's CPU).
     pub cost_ns: u64,
 }
 

@@ -562,7 +562,7 @@ fn auto_wants_holder(tracked: &[Range]) -> bool {
             minor_faults: now.minor_faults.saturating_sub(last.minor_faults),
             clone_ns: last.held_ns.unwrap_or(0),
             tracked_bytes: tracked.iter().map(|r| r.len() as u64).sum(),
-            cost_ns: crate::engine::governor::cost_so_far_ns(engine::now_ns()),
+            cost_ns: crate::engine::governor::program_cost_so_far_ns(),
         };
         crate::base::log::debug!(
             "auto: held {} traps {} hits {} minor {} clone {} cost {}",

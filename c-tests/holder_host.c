@@ -29,8 +29,8 @@
  * `serve refused` does serve with the holders' clones refused, as `refused` does.
  *
  *   switch    serve's rounds for MEMSHADOW_BACKEND=auto, each after a phase that moves
- *             the shim from one backend to the other: 700 ms of scattered writes
- *             (every first write traps: auto moves to holders) before rounds 0, 2, 4,
+ *             the shim from one backend to the other: 700 ms of writes to random pages
+ *             of 64 MiB (every first write traps: auto moves to holders) before rounds 0, 2, 4,
  *             700 ms of quiet (a holder costs more than nothing: back to shadows) before
  *             rounds 1, 3, 5; prints serve's lines (no wipe line), then "ready"
  *
@@ -340,24 +340,23 @@ static void mode_refused(int undumpable)
 
 #define SERVE_BYTES (64 * 4096)
 
-static void mode_serve(void)
+/* One round of serve and switch: a different subset of pages of `b` each round, partly;
+ * a snapshot; its line "V 0xADDR LEN CHECKSUM". */
+static void serve_round(unsigned char *b, int round)
 {
-    unsigned char *b = malloc(SERVE_BYTES);
-    unsigned char *w = wipe_buffer();
-    if (!b)
-        DIE("malloc");
-    for (int round = 0; round < 6; round++) {
-        /* A different subset of pages each round, partly. */
-        for (size_t page = 0; page < SERVE_BYTES / 4096; page++)
-            if ((page + round) % 3 != 0)
-                tu_fill_words(b + page * 4096, 4096 / (1 + round % 2), round * 1000 + page);
-        long long v = memshadow_snapshot();
-        if (v < 0)
-            DIE("snapshot failed: %s", errno == ENOSYS ? "ENOSYS" : tu_errno_name(errno));
-        printf("%lld %p %d %016llx\n", v, (void *)b, SERVE_BYTES,
-               (unsigned long long)tu_fnv(TU_FNV_INIT, b, SERVE_BYTES));
-    }
-    printf("wipe %p %d\n", (void *)w, WIPE_BYTES);
+    for (size_t page = 0; page < SERVE_BYTES / 4096; page++)
+        if ((page + round) % 3 != 0)
+            tu_fill_words(b + page * 4096, 4096 / (1 + round % 2), round * 1000 + page);
+    long long v = memshadow_snapshot();
+    if (v < 0)
+        DIE("snapshot failed: %s", errno == ENOSYS ? "ENOSYS" : tu_errno_name(errno));
+    printf("%lld %p %d %016llx\n", v, (void *)b, SERVE_BYTES,
+           (unsigned long long)tu_fnv(TU_FNV_INIT, b, SERVE_BYTES));
+}
+
+/* Says "ready" and waits for SIGUSR1, writing nothing. */
+static void ready_then_wait(void)
+{
     printf("ready\n");
     fflush(stdout);
     sigset_t set;
@@ -366,6 +365,18 @@ static void mode_serve(void)
     sigprocmask(SIG_BLOCK, &set, NULL);
     int sig;
     sigwait(&set, &sig);
+}
+
+static void mode_serve(void)
+{
+    unsigned char *b = malloc(SERVE_BYTES);
+    unsigned char *w = wipe_buffer();
+    if (!b)
+        DIE("malloc");
+    for (int round = 0; round < 6; round++)
+        serve_round(b, round);
+    printf("wipe %p %d\n", (void *)w, WIPE_BYTES);
+    ready_then_wait();
 }
 
 #define SWITCH_BALLAST (128 << 20)
@@ -378,37 +389,44 @@ static void quiet(int ms)
         ;
 }
 
+#define SCATTER_BYTES (64 << 20)
+
+/* Writes a byte of a random page of `buf` (SCATTER_BYTES) flat out for about `ms`
+ * milliseconds: a different random set of pages every epoch, which no predictor foresees,
+ * so on shadows nearly every first write traps. */
+static void scatter_busy(unsigned char *buf, int ms)
+{
+    uint64_t x = 88172645463325252ULL;
+    double end = now_s() + ms / 1000.0;
+    while (now_s() < end) {
+        for (int i = 0; i < 64; i++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            buf[(x % (SCATTER_BYTES / 4096)) * 4096]++;
+        }
+    }
+}
+
 static void mode_switch(void)
 {
     unsigned char *b = malloc(SERVE_BYTES);
     /* Populated and never written again: a holder's clone copies its page tables (a
      * cost that outweighs the shim's own few page faults in a quiet epoch). */
     unsigned char *ballast = malloc(SWITCH_BALLAST);
-    if (!b || !ballast)
+    unsigned char *scattered = malloc(SCATTER_BYTES);
+    if (!b || !ballast || !scattered)
         DIE("malloc");
     memset(ballast, 7, SWITCH_BALLAST);
+    memset(scattered, 1, SCATTER_BYTES);
     for (int round = 0; round < 6; round++) {
         if (round % 2 == 0)
-            keep_busy(700);
+            scatter_busy(scattered, 700);
         else
             quiet(700);
-        for (size_t page = 0; page < SERVE_BYTES / 4096; page++)
-            if ((page + round) % 3 != 0)
-                tu_fill_words(b + page * 4096, 4096 / (1 + round % 2), round * 1000 + page);
-        long long v = memshadow_snapshot();
-        if (v < 0)
-            DIE("snapshot failed: %s", errno == ENOSYS ? "ENOSYS" : tu_errno_name(errno));
-        printf("%lld %p %d %016llx\n", v, (void *)b, SERVE_BYTES,
-               (unsigned long long)tu_fnv(TU_FNV_INIT, b, SERVE_BYTES));
+        serve_round(b, round);
     }
-    printf("ready\n");
-    fflush(stdout);
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGUSR1);
-    sigprocmask(SIG_BLOCK, &set, NULL);
-    int sig;
-    sigwait(&set, &sig);
+    ready_then_wait();
 }
 
 int main(int argc, char **argv)

@@ -129,7 +129,10 @@ Next, try:
   memshadow read PID --version V ADDR LEN     LEN bytes at ADDR as they were at version V (--out FILE)
   memshadow image PID --version V --out FILE  all its tracked memory at version V, into FILE
   memshadow run --record DIR -- your-program  record a version every second into a store (or s3://...)
-  memshadow log DIR                           the versions recorded; then restore, read, diff, verify"
+  memshadow log DIR                           the versions recorded; then restore, read, diff, verify
+  memshadow core DIR --version V --out FILE   a version as an ELF core: gdb your-program FILE
+  memshadow report DIR --out report.html      one page of pictures: where and when it wrote
+  memshadow top                               a live view of the programs under memshadow"
     );
     Ok(0)
 }

@@ -269,11 +269,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     if tracking {
         written::take(&last.async_ranges, &mut after_clone);
     }
-    let mut moves = if tracking {
-        written::Moves::with_room(&wanted, &last.async_ranges)
-    } else {
-        written::Moves::with_room(&[], &[])
-    };
+    let mut moves = tracking.then(|| written::Moves::with_room(&wanted, &last.async_ranges));
     // Shadows after tracked holder epochs: the memory goes back to the synchronous
     // descriptor (below), written whole in the epoch ending.
     let moved_back = (!tracking && !last.async_ranges.is_empty()).then(|| {
@@ -349,8 +345,8 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     let mut refused = false;
     let mut holder_us = None;
     if let Some((mut h, us)) = holding {
-        if tracking {
-            written::move_to_async(&u, &ranges, &last.async_ranges, &mut moves);
+        if let Some(m) = moves.as_mut() {
+            written::move_to_async(&u, &ranges, &last.async_ranges, m);
         }
         h.version = v;
         // The holder is the version; the holders of evicted versions go once the pass
@@ -419,15 +415,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     drop(retired);
     drop(held);
     drop(work);
-    note_written(
-        v,
-        tracking,
-        before_clone,
-        after_clone,
-        moves,
-        moved_back,
-        &mut last,
-    );
+    note_written(v, before_clone, after_clone, moves, moved_back, &mut last);
     // Killed and reaped here, on the epoch thread, outside the engine lock.
     for h in released {
         h.holder.release();
@@ -459,22 +447,22 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
 }
 
 /// Hands the engine what a pass learnt of the pages written (see `written`): under a
-/// tracked holder, epoch `v - 1`'s pages (scanned before and after the clone) and epoch
+/// tracked holder (`moves`: what the pass registered), epoch `v - 1`'s pages (scanned before and after the clone) and epoch
 /// `v`'s so far (after the clone, and the memory newly registered, whole); back on
 /// shadows, the memory that left the asynchronous descriptor, whole, in epoch `v - 1`.
 /// Lists no retained version needs come back out and are dropped here, outside the
 /// engine lock.
 fn note_written(
     v: u64,
-    tracking: bool,
     mut before_clone: Vec<Range>,
     mut after_clone: Vec<Range>,
-    moves: written::Moves,
+    moves: Option<written::Moves>,
     moved_back: Option<Vec<Range>>,
     last: &mut PassState,
 ) {
     let mut lists = Vec::with_capacity(2);
-    if tracking {
+    let tracking = moves.is_some();
+    if let Some(moves) = moves {
         before_clone.extend_from_slice(&after_clone);
         after_clone.extend_from_slice(&moves.whole);
         lists.push((v - 1, before_clone));
@@ -680,6 +668,7 @@ fn publish_pinned(asked: bool) {
 /// faults then.
 static PINNED_AT: AtomicU64 = AtomicU64::new(0);
 static PINNED_FAULTS: AtomicU64 = AtomicU64::new(0);
+const PINNED_EVERY_NS: u64 = 10_000_000_000;
 static HOLDER_BUDGET_SAID: AtomicBool = AtomicBool::new(false);
 
 /// The holders' copied pages, at most: the last measure, and a page for every minor fault
@@ -716,16 +705,8 @@ fn keep_holders_within_budget(budget_mb: usize) {
             measured = true;
             continue;
         }
-        let mut released = Vec::with_capacity(engine::with(|e| e.holder_count()).unwrap_or(0));
-        let evicted = engine::with(|e| {
-            let evicted = e.evict_oldest_for_budget();
-            e.take_released(&mut released, false);
-            evicted
-        })
-        .unwrap_or(false);
-        for h in released {
-            h.holder.release();
-        }
+        let evicted = engine::with(|e| e.evict_oldest_for_budget()).unwrap_or(false);
+        engine::release_expired_holders();
         if !evicted {
             return;
         }
@@ -737,7 +718,6 @@ fn keep_holders_within_budget(budget_mb: usize) {
         publish_pinned(true);
     }
 }
-const PINNED_EVERY_NS: u64 = 10_000_000_000;
 
 thread_local! {
     /// Set on the epoch thread: only it makes holders.

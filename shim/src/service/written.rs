@@ -48,16 +48,25 @@ pub fn wanted() -> bool {
     WANTED.load(Ordering::Relaxed)
 }
 
+/// The asynchronous descriptor if it is open and still the shim's.
+fn opened() -> Option<core::mem::ManuallyDrop<Uffd>> {
+    let fd = ASYNC_FD.load(Ordering::Acquire);
+    if fd < 0 {
+        return None;
+    }
+    if !crate::base::fds::verify(fd) {
+        ASYNC_FD.store(-1, Ordering::Release);
+        return None;
+    }
+    // SAFETY: our descriptor (verified), kept open until `forget_after_fork` or the
+    // process ends.
+    Some(unsafe { Uffd::borrowed(fd) })
+}
+
 /// The asynchronous descriptor, opened on first use (on the epoch thread).
 fn async_uffd() -> Option<core::mem::ManuallyDrop<Uffd>> {
-    let fd = ASYNC_FD.load(Ordering::Acquire);
-    if fd >= 0 {
-        if crate::base::fds::verify(fd) {
-            // SAFETY: our descriptor (verified), kept open until `forget_after_fork`
-            // or the process ends.
-            return Some(unsafe { Uffd::borrowed(fd) });
-        }
-        ASYNC_FD.store(-1, Ordering::Release);
+    if let Some(u) = opened() {
+        return Some(u);
     }
     match Uffd::open(WANTED_ASYNC) {
         Ok(u) => {
@@ -120,7 +129,7 @@ impl Moves {
 /// unregistered. Runs with faults held: it only makes ioctls and fills `m`'s room.
 /// False when there is no asynchronous descriptor (nothing moved).
 pub fn move_to_async(sync: &Uffd, wanted: &[Range], was_async: &[Range], m: &mut Moves) -> bool {
-    let Some(a) = async_uffd_opened() else {
+    let Some(a) = opened() else {
         return false;
     };
     for &w in wanted {
@@ -154,12 +163,9 @@ pub fn move_to_async(sync: &Uffd, wanted: &[Range], was_async: &[Range], m: &mut
 /// (the synchronous one takes it in the pass) and counts as written whole in the epoch
 /// ending (its writes after the last scan are not seen one by one).
 pub fn move_back(was_async: &[Range]) {
-    let fd = ASYNC_FD.load(Ordering::Acquire);
-    if fd < 0 || !crate::base::fds::verify(fd) {
+    let Some(a) = opened() else {
         return;
-    }
-    // SAFETY: our verified descriptor, open until the process ends or forks.
-    let a = unsafe { Uffd::borrowed(fd) };
+    };
     for &r in was_async {
         let _ = a.unregister(r);
     }
@@ -169,12 +175,6 @@ pub fn move_back(was_async: &[Range]) {
 /// descriptor table); [`move_to_async`] only uses it.
 pub fn prepare() -> bool {
     async_uffd().is_some()
-}
-
-fn async_uffd_opened() -> Option<core::mem::ManuallyDrop<Uffd>> {
-    let fd = ASYNC_FD.load(Ordering::Acquire);
-    // SAFETY: opened by `prepare` on this thread in this pass and kept open.
-    (fd >= 0).then(|| unsafe { Uffd::borrowed(fd) })
 }
 
 /// In a forked child: the parent's descriptor was closed with the shim's others (see

@@ -95,20 +95,26 @@ pub struct SafeFile {
 /// Makes temporary names unique within this process.
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The file name of `target` and the directory it is in (`.` for a bare name).
+fn name_and_parent(target: &Path) -> Result<(OsString, &Path), SafeFileError> {
+    let name = match target.file_name() {
+        Some(n) if n != ".." => n.to_os_string(),
+        _ => return Err(SafeFileError::NoFileName),
+    };
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Ok((name, parent))
+}
+
 impl SafeFile {
     /// Creates the temporary file for `target`. Refuses a directory another user
     /// (not root, not us) owns or may write into without the sticky bit, and a target
     /// that exists and is neither a regular file, a symlink, nor a pipe or device of
     /// ours or root's.
     pub fn create(target: &Path) -> Result<SafeFile, SafeFileError> {
-        let name = match target.file_name() {
-            Some(n) if n != ".." => n.to_os_string(),
-            _ => return Err(SafeFileError::NoFileName),
-        };
-        let parent = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
+        let (name, parent) = name_and_parent(target)?;
         let dir = open_dir(parent)?;
         check_directory(&fstat(dir.as_raw_fd())?)?;
         if let Some(st) = stat_entry(&dir, &name)? {
@@ -152,14 +158,7 @@ impl SafeFile {
     ///
     /// [`commit`]: SafeFile::commit
     pub fn create_new(target: &Path) -> Result<SafeFile, SafeFileError> {
-        let name = match target.file_name() {
-            Some(n) if n != ".." => n.to_os_string(),
-            _ => return Err(SafeFileError::NoFileName),
-        };
-        let parent = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
+        let (name, parent) = name_and_parent(target)?;
         let dir = open_dir(parent)?;
         if stat_entry(&dir, &name)?.is_some() {
             return Err(SafeFileError::Exists);

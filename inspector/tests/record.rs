@@ -21,7 +21,7 @@ use memshadow_format::image::ImageReader;
 use memshadow_store::Store;
 
 use common::shimmed::{chain_fault, fnv1a64, parse_chains, Running};
-use common::{c_program, clean_env_in, finish, memshadow_bin, temp_dir, Guard};
+use common::{aws_env, c_program, clean_env_in, finish, memshadow_bin, temp_dir, Guard};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -516,22 +516,6 @@ fn program_pid(launcher: u32) -> u32 {
 
 #[path = "../../store/tests/common/weed.rs"]
 mod weed;
-
-/// The AWS_* variables the store reads, as the test server set them (the memshadow
-/// processes the tests start get a clean environment plus these).
-fn aws_env(c: &mut Command) {
-    for k in [
-        "AWS_ENDPOINT_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_REGION",
-        "AWS_ALLOW_HTTP",
-    ] {
-        if let Some(v) = std::env::var_os(k) {
-            c.env(k, v);
-        }
-    }
-}
 
 #[test]
 fn a_recording_into_s3_gives_back_what_the_program_wrote() {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{c_program, clean_env_in, finish, memshadow_bin, temp_dir};
+use common::{aws_env, c_program, clean_env_in, finish, memshadow_bin, temp_dir};
 
 #[path = "../../store/tests/common/weed.rs"]
 mod weed;
@@ -20,17 +20,7 @@ mod weed;
 fn memshadow(rt: &Path) -> Command {
     let mut c = Command::new(memshadow_bin());
     clean_env_in(&mut c, rt);
-    for k in [
-        "AWS_ENDPOINT_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_REGION",
-        "AWS_ALLOW_HTTP",
-    ] {
-        if let Some(v) = std::env::var_os(k) {
-            c.env(k, v);
-        }
-    }
+    aws_env(&mut c);
     c
 }
 

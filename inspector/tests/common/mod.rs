@@ -1015,3 +1015,19 @@ pub fn require_tool(tool: &str, debian_package: &str) -> PathBuf {
         "`{tool}` is not installed: install the Debian package `{debian_package}` (apt-get install -y {debian_package}); CI installs it"
     );
 }
+
+/// Passes to `c` the AWS_* variables the store reads, as a test S3 server set them (the
+/// memshadow processes the tests start get a clean environment plus these).
+pub fn aws_env(c: &mut Command) {
+    for k in [
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_ALLOW_HTTP",
+    ] {
+        if let Some(v) = std::env::var_os(k) {
+            c.env(k, v);
+        }
+    }
+}

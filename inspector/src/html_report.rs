@@ -10,7 +10,7 @@
 //!   max) per version, from the statistics the recorder keeps beside each version
 //!   (`memshadow_format::version_stats`; a store recorded before that has none, and the
 //!   page says so);
-//! - the counters: the store's totals and the last version's statistics.
+//! - the counters: the store's totals and the newest statistics kept beside a version.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -683,15 +683,18 @@ fn counters(versions: &[Version]) -> String {
         human_bytes(last.summary.region_bytes),
     );
     h.push_str("</table>");
-    match &last.stats {
-        None => h.push_str(
-            "<p class=\"absent\">Absent: the last version has no statistics beside it.</p>",
-        ),
-        Some(stats) => {
+    // The newest version with statistics beside it: they are written after the version
+    // is published, and the last one of a program that exits may have none.
+    let with_stats = versions
+        .iter()
+        .rev()
+        .find_map(|v| Some((v.summary.version, v.stats.as_ref()?)));
+    match with_stats {
+        None => h.push_str("<p class=\"absent\">Absent: no version has statistics beside it.</p>"),
+        Some((version, stats)) => {
             let _ = write!(
                 h,
-                "<p class=\"note\">The process's statistics when version {} was recorded (the keys of <code>memshadow stats --json</code>):</p><table id=\"stats\">",
-                last.summary.version
+                "<p class=\"note\">The process's statistics when version {version} was recorded (the keys of <code>memshadow stats --json</code>):</p><table id=\"stats\">"
             );
             for (i, (k, v)) in stats.iter().enumerate() {
                 let shown = if k.ends_with("_bytes") {

@@ -28,14 +28,32 @@
  * memshadow_snapshot() right after "ready", while the writers run (on a machine with
  * fewer cores than writers it is preempted all the time), then prints
  *     self SELF LAST-VERSION
- * or "snapshot failed: ENOSYS" (or the error text) and then exits 1 at the end. */
+ * or "snapshot failed: ENOSYS" (or the error text) and then exits 1 at the end.
+ *
+ * With SNAP_OWN_UFFD=1 in the environment, the block is an anonymous mapping the program
+ * registers with a userfaultfd of its own (write-protect mode; it never protects a page,
+ * so its writes never stop) before printing the chains, and says
+ *     own userfaultfd registered
+ * A range registered with one userfaultfd cannot be registered with another: the shim
+ * must still see the writes to it (it cannot track them by write-protection), and must
+ * leave the program's registration alone: at the end the program un-protects the block
+ * through its descriptor (which works only while the block is registered with it) and
+ * prints
+ *     own userfaultfd still registered
+ * (or a FAIL line). */
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "memshadow.h"
 #include "testutil.h"
@@ -57,6 +75,25 @@ struct chain {
 
 static struct chain chains[THREADS];
 static int stop;
+
+/* A userfaultfd of the program's own with `block` registered for write-protection;
+ * dies if the kernel refuses. */
+static int register_own_userfaultfd(unsigned char *block, size_t len)
+{
+    int u = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (u < 0)
+        DIE("userfaultfd: %s", strerror(errno));
+    struct uffdio_api api = {.api = UFFD_API};
+    if (ioctl(u, UFFDIO_API, &api) != 0)
+        DIE("UFFDIO_API: %s", strerror(errno));
+    struct uffdio_register reg = {
+        .range = {(unsigned long)block, len},
+        .mode = UFFDIO_REGISTER_MODE_WP,
+    };
+    if (ioctl(u, UFFDIO_REGISTER, &reg) != 0)
+        DIE("UFFDIO_REGISTER: %s", strerror(errno));
+    return u;
+}
 
 static void *writer(void *arg)
 {
@@ -86,9 +123,20 @@ int main(int argc, char **argv)
     sigaddset(&usr1, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &usr1, NULL); /* inherited by the writers */
 
-    unsigned char *region = aligned_alloc(PAGE, REGION);
-    if (!region)
-        DIE("cannot allocate %u bytes", REGION);
+    const char *own = getenv("SNAP_OWN_UFFD");
+    int own_uffd = -1;
+    unsigned char *region;
+    if (own && strcmp(own, "1") == 0) {
+        region = mmap(NULL, REGION, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (region == MAP_FAILED)
+            DIE("cannot map %u bytes", REGION);
+        own_uffd = register_own_userfaultfd(region, REGION);
+        printf("own userfaultfd registered\n");
+    } else {
+        region = aligned_alloc(PAGE, REGION);
+        if (!region)
+            DIE("cannot allocate %u bytes", REGION);
+    }
 
     /* The chain pages: run k (k = 0..15) starts at a varying page of MiB k. One shuffle
      * of all of them; thread t takes the t-th stretch of 64. */
@@ -149,6 +197,13 @@ int main(int argc, char **argv)
         pthread_join(th[t], NULL);
     for (int t = 0; t < THREADS; t++)
         printf("rounds %d %llu\n", t, (unsigned long long)chains[t].rounds);
+    if (own_uffd >= 0) {
+        struct uffdio_writeprotect wp = {.range = {(unsigned long)region, REGION}, .mode = 0};
+        if (ioctl(own_uffd, UFFDIO_WRITEPROTECT, &wp) != 0)
+            FAIL("own userfaultfd lost its registration: %s", strerror(errno));
+        else
+            printf("own userfaultfd still registered\n");
+    }
     printf("stopped by %s\n", sig == SIGUSR1 ? "SIGUSR1" : "the time limit");
     return failed || tu_failures ? 1 : 0;
 }

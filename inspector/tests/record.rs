@@ -251,11 +251,14 @@ fn chains_at(store: &mut Store, v: u64, chains: &[Vec<u64>]) -> Vec<Vec<u64>> {
 }
 
 /// Checks every recorded version of snap_consistency: no chain torn, none going
-/// backwards from one version to the next. Returns how many versions there were.
+/// backwards from one version to the next, and the writers' progress seen (a delta that
+/// missed the pages written would restore them as they were: frozen, not torn). Returns
+/// how many versions there were.
 fn check_consistent(store_dir: &Path, chains: &[Vec<u64>]) -> usize {
     let mut store = Store::open(store_dir.to_str().unwrap()).expect("the store opens");
     let versions = store.versions().expect("versions");
     let mut prev: Option<(u64, Vec<Vec<u64>>)> = None;
+    let mut unchanged = Vec::new();
     for s in &versions {
         let v = s.version;
         let values = chains_at(&mut store, v, chains);
@@ -271,9 +274,21 @@ fn check_consistent(store_dir: &Path, chains: &[Vec<u64>]) -> usize {
                     "chain {t} went backwards from recorded version {pv} to {v}"
                 );
             }
+            if &values == before {
+                unchanged.push(v);
+            }
         }
         prev = Some((v, values));
     }
+    // The writers never stop: at most a few versions may catch none of them between two
+    // recordings.
+    assert!(
+        unchanged.len() * 10 <= versions.len(),
+        "{} of {} recorded versions show no write since the one before (stale deltas?), the first: {:?}",
+        unchanged.len(),
+        versions.len(),
+        &unchanged[..unchanged.len().min(8)]
+    );
     versions.len()
 }
 
@@ -282,13 +297,27 @@ fn hundreds_of_recorded_versions_of_concurrent_writers_are_never_torn() {
     record_concurrent_writers(&[]);
 }
 
+/// Memory the program registered with a userfaultfd of its own cannot be registered with
+/// the shim's asynchronous one, so no scan lists its writes: under holders every epoch
+/// must count it whole (a delta without it would restore the chains frozen), and the
+/// program's registration must survive.
+#[test]
+fn recorded_holder_versions_hold_writes_to_memory_the_program_registered_itself() {
+    let (_dir, rest) =
+        record_concurrent_writers(&[("MEMSHADOW_BACKEND", "holder"), ("SNAP_OWN_UFFD", "1")]);
+    assert!(
+        rest.contains("own userfaultfd still registered\n"),
+        "{rest}"
+    );
+}
+
 /// Under holders nothing traps: the deltas come from the pages the asynchronous
 /// write-protect scans listed (shim/src/service/written.rs). A page they missed would
 /// restore stale and tear a chain; pages they listed needlessly would make every delta
 /// the whole memory.
 #[test]
 fn recorded_holder_versions_are_never_torn_and_take_only_the_pages_written() {
-    let dir = record_concurrent_writers(&[("MEMSHADOW_BACKEND", "holder")]);
+    let (dir, _) = record_concurrent_writers(&[("MEMSHADOW_BACKEND", "holder")]);
     let store_dir = dir.path().join("store");
     let mut store = Store::open(store_dir.to_str().unwrap()).unwrap();
     let versions = store.versions().unwrap();
@@ -308,8 +337,8 @@ fn recorded_holder_versions_are_never_torn_and_take_only_the_pages_written() {
 
 /// Records 200 versions of snap_consistency's writers every 10 ms under `env`, checks
 /// that none is torn and the store verifies; returns the temporary directory that holds
-/// the store (`store`).
-fn record_concurrent_writers(env: &[(&str, &str)]) -> tempfile::TempDir {
+/// the store (`store`) and what the program printed after it was told to stop.
+fn record_concurrent_writers(env: &[(&str, &str)]) -> (tempfile::TempDir, String) {
     let _one = one_at_a_time();
     const WANT: usize = 200;
     let dir = temp_dir("rec-torn");
@@ -353,7 +382,7 @@ fn record_concurrent_writers(env: &[(&str, &str)]) -> tempfile::TempDir {
     );
     let report = store.verify().expect("verify runs");
     assert!(report.ok(), "{report:?}");
-    dir
+    (dir, rest)
 }
 
 /// The newest version published in the store at `dir` (0 if none), from its manifests'

@@ -168,9 +168,12 @@ pub fn thread_states(pid: u32) -> String {
     out.join("\n")
 }
 
+/// snap_consistency's chains from the lines it printed before "ready" (and, with
+/// SNAP_OWN_UFFD=1, the line saying its block is registered with its own userfaultfd).
 pub fn parse_chains(lines: &[String]) -> Vec<Vec<u64>> {
     let mut chains = Vec::new();
-    for (t, l) in lines.iter().enumerate() {
+    let chain_lines = lines.iter().filter(|l| *l != "own userfaultfd registered");
+    for (t, l) in chain_lines.enumerate() {
         let rest = l
             .strip_prefix(&format!("chain {t} "))
             .unwrap_or_else(|| panic!("unexpected line from snap_consistency: {l:?}"));

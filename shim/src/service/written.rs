@@ -127,27 +127,30 @@ impl Moves {
 /// there stays (its pages were scanned), the rest leaves the synchronous descriptor
 /// `sync` first and counts as written whole; what was there and is no longer wanted is
 /// unregistered. Runs with faults held: it only makes ioctls and fills `m`'s room.
-/// False when there is no asynchronous descriptor (nothing moved).
-pub fn move_to_async(sync: &Uffd, wanted: &[Range], was_async: &[Range], m: &mut Moves) -> bool {
+///
+/// A part the descriptor will not take (the program's own userfaultfd holds it, or it
+/// went meanwhile), and everything when the descriptor is gone, counts as written whole
+/// in the new epoch: no scan will list its writes, and it is tried again next pass.
+pub fn move_to_async(sync: &Uffd, wanted: &[Range], was_async: &[Range], m: &mut Moves) {
+    fn push(list: &mut Vec<Range>, r: Range) {
+        if list.len() < list.capacity() {
+            list.push(r);
+        }
+    }
     let Some(a) = opened() else {
-        return false;
+        for &w in wanted {
+            push(&mut m.whole, w);
+        }
+        return;
     };
     for &w in wanted {
-        within(was_async, w, &mut |kept| {
-            if m.now_async.len() < m.now_async.capacity() {
-                m.now_async.push(kept);
-            }
-        });
+        within(was_async, w, &mut |kept| push(&mut m.now_async, kept));
         subtract(w, was_async, &mut |part| {
             let _ = sync.unregister(part);
             if a.register(part).is_ok() && a.write_protect(part, true).is_ok() {
-                if m.now_async.len() < m.now_async.capacity() {
-                    m.now_async.push(part);
-                }
-                if m.whole.len() < m.whole.capacity() {
-                    m.whole.push(part);
-                }
+                push(&mut m.now_async, part);
             }
+            push(&mut m.whole, part);
         });
     }
     for &r in was_async {
@@ -156,7 +159,6 @@ pub fn move_to_async(sync: &Uffd, wanted: &[Range], was_async: &[Range], m: &mut
         });
     }
     m.now_async.sort_unstable_by_key(|r| r.start);
-    true
 }
 
 /// Shadows again: every range registered with the asynchronous descriptor leaves it

@@ -24,6 +24,7 @@
 //! | `regions V` | `version`, `page_size`, `regions N`, then N lines `region ADDR LEN` | the memory tracked at version `V`, by address |
 //! | `pin V` | `version` | then the server keeps the connection open; see below |
 //! | `changes V SINCE` | `version`, `since`, `page_size`, `regions N`, N lines `region ADDR LEN`, `changes M`, M lines `change ADDR LEN` | then the bytes of every change at version `V` in frames; see below |
+//! | `recorded V` | `let_go` | a recorder has every version up to `V` in its store: their holders go (reads of them are then refused, saying so) |
 //!
 //! `pin V` keeps version `V` (and so every newer one: retention is oldest first) from
 //! being evicted by new snapshots until the client closes the connection (or sends
@@ -78,6 +79,10 @@ pub const CMD_REGIONS: &str = "regions";
 pub const CMD_PIN: &str = "pin";
 /// What changed in version `V` since version `SINCE`, with the bytes: `changes V SINCE`.
 pub const CMD_CHANGES: &str = "changes";
+/// A recorder has every version up to `V` in its store: `recorded V`. The holders of
+/// those versions are let go (their reads then say to read the store); the reply's
+/// `let_go` field says how many.
+pub const CMD_RECORDED: &str = "recorded";
 /// Most bytes in one frame of a `changes` body (1 MiB).
 pub const MAX_FRAME: usize = 1 << 20;
 /// The frame length that ends a complete `changes` body.

@@ -260,6 +260,15 @@ pub fn snapshot(socket: &Endpoint) -> Result<u64, ControlError> {
     }
 }
 
+/// Tells the shim every version up to `version` is in the recorder's store (it lets go
+/// of their holders); how many holders went.
+pub fn recorded(socket: &Endpoint, version: u64) -> Result<usize, ControlError> {
+    let fields = request(socket, &format!("{} {version}", control::CMD_RECORDED))?;
+    control::field(&fields, "let_go")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| malformed(format!("no let_go count in the reply: {fields:?}")))
+}
+
 /// The ranges `version` holds, in address order, and the process's page size.
 pub fn regions(socket: &Endpoint, version: u64) -> Result<control::RegionsReply, ControlError> {
     let req = control::RegionsRequest { version };

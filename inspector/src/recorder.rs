@@ -167,8 +167,12 @@ pub fn record(
         done.pages += outcome.pages;
         done.last = Some(version);
         keep_version_stats(target, store, version, &[]);
-        // The new version is published: the old pin can go.
+        // The new version is published: the old pin can go, and the holders of the
+        // versions up to it (their copies of the program's pages are in the store now;
+        // a holder let go stops the program's writes copying pages for it). A shim
+        // that cannot only keeps them longer: nothing to say.
         last = Some((version, pin));
+        let _ = control_client::recorded(socket, version);
         if plan.keep.is_some() || plan.keep_for.is_some() {
             let retained = store
                 .retain(plan.keep, plan.keep_for)

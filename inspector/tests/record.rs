@@ -335,6 +335,105 @@ fn recorded_holder_versions_are_never_torn_and_take_only_the_pages_written() {
     );
 }
 
+/// Holder children the process `pid` has alive now (from every thread's `children`).
+fn live_children(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .map(|t| {
+                    std::fs::read_to_string(t.path().join("children"))
+                        .map_or(0, |c| c.split_whitespace().count())
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Once a version is in the store its holder goes (`recorded V`): the program's later
+/// writes no longer copy pages for it. Four snapshots taken before recording keep four
+/// holders alive (the live history); recording every 20 ms, once the first recorded
+/// version is published at most two are alive at any moment (the version being
+/// recorded, and the next being taken). A recorded version
+/// read live says to read the store, and the store gives it.
+#[test]
+fn recorded_holder_versions_let_their_holders_go() {
+    let _one = one_at_a_time();
+    let dir = temp_dir("rec-let-go");
+    let d = dir.path();
+    let store_dir = d.join("store");
+    let running = Running::start(
+        &c_program("snap_consistency"),
+        &["60"],
+        d,
+        &[("MEMSHADOW_BACKEND", "holder")],
+        Duration::from_secs(10),
+        Duration::from_secs(90),
+    );
+    let pid = running.pid();
+    let chains = parse_chains(&running.lines);
+    for _ in 0..4 {
+        let out = memshadow(d)
+            .args(["snapshot", &pid.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert_eq!(
+        live_children(pid),
+        4,
+        "four retained holder versions, four holders"
+    );
+    let mut c = memshadow(d);
+    c.args(["record", &pid.to_string(), "--to"])
+        .arg(&store_dir)
+        .args(["--every", "20"]);
+    let recorder = Guard::spawn(&mut c, Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(50);
+    let mut most = 0;
+    while newest_published(&store_dir) < 40 {
+        assert!(Instant::now() < deadline, "fewer than 40 versions in 50 s");
+        // From the second version on (the first found the four taken before).
+        if newest_published(&store_dir) >= 6 {
+            most = most.max(live_children(pid));
+        }
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    interrupt(recorder);
+    assert!(most <= 2, "{most} holders alive at once while recording");
+    let recorded = newest_published(&store_dir);
+    let page = format!("{:#x}", chains[0][0]);
+    let live = memshadow(d)
+        .args([
+            "read",
+            "--version",
+            &recorded.to_string(),
+            &pid.to_string(),
+            &page,
+            "8",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&live.stderr);
+    assert!(
+        !live.status.success() && said.contains("recorder's store") && said.lines().count() == 1,
+        "{live:?}"
+    );
+    let from_store = memshadow(d)
+        .args(["read", "--version", &recorded.to_string()])
+        .arg(&store_dir)
+        .args([&page, "8"])
+        .output()
+        .unwrap();
+    assert!(
+        from_store.status.success() && from_store.stdout.len() == 8,
+        "{from_store:?}"
+    );
+    let rest = running.stop(Duration::from_secs(10));
+    assert!(rest.ends_with("stopped by SIGUSR1\n"), "{rest}");
+    check_consistent(&store_dir, &chains);
+}
+
 /// Records 200 versions of snap_consistency's writers every 10 ms under `env`, checks
 /// that none is torn and the store verifies; returns the temporary directory that holds
 /// the store (`store`) and what the program printed after it was told to stop.

@@ -52,6 +52,8 @@ pub enum HolderReadError {
     Gone,
     /// The range is not mapped in the holder (not memory of that version).
     Unmapped,
+    /// The shim let the holder go once a recorder said the version is in its store.
+    Recorded,
 }
 
 /// A live holder: its pid (for `process_vm_readv`) and its pidfd (to tell whether that
@@ -309,14 +311,50 @@ fn zeroed_siginfo() -> libc::siginfo_t {
 /// A version held by a holder: the holder, and the ranges it would not hold as they
 /// were (`tracking::maps::not_inherited`, read by the epoch thread), whose reads are
 /// refused. Keeping those ranges on shadows instead is a later step of issue 15.
+///
+/// Once a recorder says the version is in its store (`recorded V`), the holder process
+/// is let go (`holder` None: the program's later writes no longer copy pages for it,
+/// fork's economics) while the version stays in the history: its epoch's written list
+/// still counts for the recorder's next delta, and its reads say where to read it.
 #[derive(Debug)]
 pub struct HeldVersion {
     pub version: u64,
-    pub holder: Holder,
+    pub holder: Option<Holder>,
     pub not_held: Vec<Range>,
 }
 
 impl HeldVersion {
+    /// A version the new holder `holder` holds (its number set when the version opens).
+    pub fn new(holder: Holder, not_held: Vec<Range>) -> HeldVersion {
+        HeldVersion {
+            version: 0,
+            holder: Some(holder),
+            not_held,
+        }
+    }
+
+    /// Reads `dst` at `addr` from the holder (see [`Holder::read`]).
+    pub fn read(&self, addr: usize, dst: &mut [u8]) -> Result<(), HolderReadError> {
+        match &self.holder {
+            Some(h) => h.read(addr, dst),
+            None => Err(HolderReadError::Recorded),
+        }
+    }
+
+    /// Kills and reaps the holder, if it was not let go already.
+    pub fn release(self) {
+        if let Some(h) = self.holder {
+            h.release();
+        }
+    }
+
+    /// In a forked child: see [`Holder::forget`].
+    pub fn forget(self) {
+        if let Some(h) = self.holder {
+            h.forget();
+        }
+    }
+
     /// Whether `page` lies in a range the holder does not hold as it was.
     pub fn not_held_at(&self, page: usize) -> bool {
         self.not_held
@@ -359,10 +397,31 @@ impl crate::engine::Engine {
             .min_by_key(|h| h.version)
     }
 
-    /// How many holders the engine keeps (retained versions' and evicted ones' not yet
-    /// released).
+    /// How many holder versions the engine keeps (retained versions' and evicted ones'
+    /// not yet released), their holder processes let go or not.
     pub fn holder_count(&self) -> usize {
         self.holders.len()
+    }
+
+    /// How many holder processes are alive (each keeps a pidfd among the shim's
+    /// descriptors: at most [`MAX_HOLDERS`]).
+    pub fn live_holder_count(&self) -> usize {
+        self.holders.iter().filter(|h| h.holder.is_some()).count()
+    }
+
+    /// A recorder has every version up to `v` in its store: takes out (into `out`,
+    /// without growing it) the holder processes of the versions up to `v`, to be killed
+    /// and reaped outside the engine lock. The versions stay (see [`HeldVersion`]).
+    pub fn let_go_recorded(&mut self, v: u64, out: &mut Vec<Holder>) {
+        for h in self.holders.iter_mut().filter(|h| h.version <= v) {
+            if out.len() == out.capacity() {
+                break;
+            }
+            if let Some(p) = h.holder.take() {
+                out.push(p);
+            }
+        }
+        self.publish();
     }
 
     /// Whether the newest version is held by a holder.
@@ -437,7 +496,13 @@ impl crate::engine::Engine {
     /// measure outside the engine lock.
     pub fn holder_views(&self, out: &mut Vec<HolderView>) {
         let room = out.capacity() - out.len();
-        out.extend(self.holders.iter().take(room).map(|h| h.holder.view()));
+        out.extend(
+            self.holders
+                .iter()
+                .filter_map(|h| h.holder.as_ref())
+                .take(room)
+                .map(|h| h.view()),
+        );
     }
 }
 
@@ -470,7 +535,7 @@ pub fn release_parked() {
         core::mem::take(&mut *parked)
     };
     for h in list {
-        h.holder.release();
+        h.release();
     }
 }
 
@@ -479,7 +544,7 @@ pub fn forget_parked_after_fork() {
     PARKED.release();
     let list = core::mem::take(&mut *PARKED.lock());
     for h in list {
-        h.holder.forget();
+        h.forget();
     }
 }
 

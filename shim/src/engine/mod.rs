@@ -946,7 +946,7 @@ pub fn forget_after_fork() {
     // parent's children: forgotten (their pidfds went with the inherited descriptors).
     if let Some(mut e) = ENGINE.lock().take() {
         for h in e.holders.drain(..) {
-            h.holder.forget();
+            h.forget();
         }
         core::mem::forget(e);
     }
@@ -975,7 +975,7 @@ fn release_holders(all: bool) {
         let mut out = Vec::with_capacity(n);
         with(|e| e.take_released(&mut out, all));
         for h in out {
-            h.holder.release();
+            h.release();
         }
     }
     crate::engine::holder::release_parked();
@@ -1074,8 +1074,7 @@ mod tests {
         };
         let h = HeldVersion {
             version: 1,
-            holder,
-            not_held: vec![wiped],
+            ..HeldVersion::new(holder, vec![wiped])
         };
         e.install_holder(h).expect("room for it");
         assert!(e.newest_held() && e.only_holders_retained());
@@ -1108,18 +1107,18 @@ mod tests {
         let mut out = Vec::with_capacity(4);
         e.take_released(&mut out, true);
         let h = out.pop().unwrap();
-        let pid = h.holder.pid();
+        let pid = h.holder.as_ref().unwrap().pid();
         // SAFETY: kill of the holder this test made (not reaped yet: its pid is its).
         unsafe { libc::kill(pid, libc::SIGKILL) };
         let mut page = vec![0u8; PAGE];
         for _ in 0..1000 {
-            if h.holder.read(buf.start, &mut page).is_err() {
+            if h.read(buf.start, &mut page).is_err() {
                 break;
             }
             sys::sleep_ms(1);
         }
         assert_eq!(
-            h.holder.read(buf.start, &mut page),
+            h.read(buf.start, &mut page),
             Err(crate::engine::holder::HolderReadError::Gone),
             "a killed holder still answered, or not as gone"
         );
@@ -1131,7 +1130,7 @@ mod tests {
         let mut out = Vec::with_capacity(4);
         e.take_released(&mut out, true);
         for h in out {
-            h.holder.release();
+            h.release();
         }
     }
 

@@ -55,6 +55,12 @@ pub enum ReadError {
         page: usize,
         version: u64,
     },
+    /// Version `version` (or, for an older version, the page the holder of `held` kept
+    /// for it) was let go once a recorder had it in its store.
+    Recorded {
+        version: u64,
+        held: u64,
+    },
 }
 
 impl core::fmt::Display for ReadError {
@@ -103,6 +109,14 @@ impl core::fmt::Display for ReadError {
             ReadError::HolderGone { version } => write!(
                 f,
                 "version {version} was held by a child process that is gone (killed outside memshadow); it cannot be read"
+            ),
+            ReadError::Recorded { version, held } if version == held => write!(
+                f,
+                "version {version} is in the recorder's store and was let go here once recorded; read it from the store"
+            ),
+            ReadError::Recorded { version, held } => write!(
+                f,
+                "version {version} shares pages with version {held}, which is in the recorder's store and was let go here once recorded; read it from the store"
             ),
             ReadError::NotHeld { page, version } => write!(
                 f,
@@ -275,12 +289,11 @@ pub fn copy_held(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<usize,
         page += PAGE;
     }
     let first = (crate::base::page::floor(at) + PAGE - at).min(n);
-    match h.holder.read(at, &mut dst[..n]) {
+    match h.read(at, &mut dst[..n]) {
         Ok(()) => Ok(n),
         // Part of the span is not there: its first page alone, so the refusal (on the
         // next call) names the page that is missing.
         Err(HolderReadError::Unmapped) if n > first => h
-            .holder
             .read(at, &mut dst[..first])
             .map(|()| first)
             .map_err(|e| held_read_error(e, crate::base::page::floor(at), v, v)),
@@ -298,8 +311,7 @@ fn read_held(h: &HeldVersion, at: usize, dst: &mut [u8], v: u64) -> Result<(), R
             version: h.version,
         });
     }
-    h.holder
-        .read(at, dst)
+    h.read(at, dst)
         .map_err(|e| held_read_error(e, page, v, h.version))
 }
 
@@ -310,6 +322,7 @@ fn held_read_error(e: HolderReadError, page: usize, v: u64, held: u64) -> ReadEr
         HolderReadError::Gone => ReadError::HolderGone { version: held },
         // Unmapped between the region scan and the clone.
         HolderReadError::Unmapped => ReadError::Gone { page, version: v },
+        HolderReadError::Recorded => ReadError::Recorded { version: v, held },
     }
 }
 

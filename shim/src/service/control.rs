@@ -12,8 +12,8 @@ use core::ffi::c_void;
 use core::sync::atomic::{AtomicI32, Ordering};
 use memshadow_format::control::{
     encode_error, encode_ok, ChangesReply, ChangesRequest, ReadRequest, RegionsReply,
-    RegionsRequest, CMD_CHANGES, CMD_PIN, CMD_PING, CMD_READ, CMD_REGIONS, CMD_SNAPSHOT, CMD_STATS,
-    FRAME_END, FRAME_ERROR, MAX_FRAME, MAX_REQUEST,
+    RegionsRequest, CMD_CHANGES, CMD_PIN, CMD_PING, CMD_READ, CMD_RECORDED, CMD_REGIONS,
+    CMD_SNAPSHOT, CMD_STATS, FRAME_END, FRAME_ERROR, MAX_FRAME, MAX_REQUEST,
 };
 use memshadow_format::paths::MAX_SOCKET_PATH;
 use memshadow_format::stats::ProcessState;
@@ -352,9 +352,19 @@ pub fn dispatch(req: &str) -> Vec<u8> {
         },
         CMD_READ => read_reply(&args),
         CMD_REGIONS => regions_reply(&args),
+        CMD_RECORDED => match args.as_slice() {
+            [v] => match v.parse::<u64>() {
+                Ok(v) => match crate::service::epoch::let_go_recorded_for_control(v) {
+                    Some(n) => encode_ok(&[("let_go", n.to_string())]).into_bytes(),
+                    None => encode_error("snapshots have stopped in this process").into_bytes(),
+                },
+                Err(_) => encode_error("usage: recorded VERSION (decimal)").into_bytes(),
+            },
+            _ => encode_error("usage: recorded VERSION (decimal)").into_bytes(),
+        },
         "" => encode_error("empty request").into_bytes(),
         other => encode_error(&format!(
-            "unknown command {other:?} (known: {CMD_PING}, {CMD_STATS}, {CMD_SNAPSHOT}, {CMD_READ}, {CMD_REGIONS}, {CMD_PIN}, {CMD_CHANGES})"
+            "unknown command {other:?} (known: {CMD_PING}, {CMD_STATS}, {CMD_SNAPSHOT}, {CMD_READ}, {CMD_REGIONS}, {CMD_PIN}, {CMD_CHANGES}, {CMD_RECORDED})"
         ))
         .into_bytes(),
     }

@@ -249,7 +249,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
         written::take(&last.async_ranges, &mut before_clone);
     }
     let holding = if wants_holder {
-        if engine::with(|e| e.holder_count()).unwrap_or(0) < holder::MAX_HOLDERS {
+        if engine::with(|e| e.live_holder_count()).unwrap_or(0) < holder::MAX_HOLDERS {
             hold()
         } else {
             if !HOLDERS_FULL_SAID.swap(true, Ordering::Relaxed) {
@@ -304,7 +304,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     let Some((v, (unprotected_cap, changed_cap), oldest)) = engine::with(|e| e.next_version())
     else {
         if let Some((h, _)) = holding {
-            h.holder.release();
+            h.release();
         }
         return Err(SnapshotError::Stopped);
     };
@@ -418,7 +418,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     note_written(v, before_clone, after_clone, moves, moved_back, &mut last);
     // Killed and reaped here, on the epoch thread, outside the engine lock.
     for h in released {
-        h.holder.release();
+        h.release();
     }
     if config.backend == Backend::Auto {
         AUTO.lock().1.held_ns = holder_us.map(|us| us * 1000);
@@ -610,14 +610,7 @@ fn hold() -> Option<(crate::engine::holder::HeldVersion, u64)> {
         Ok(h) => {
             let us = (engine::now_ns() - t0) / 1000;
             // Nothing allocates once the version is open: the version is set there.
-            Some((
-                HeldVersion {
-                    version: 0,
-                    holder: h,
-                    not_held,
-                },
-                us,
-            ))
+            Some((HeldVersion::new(h, not_held), us))
         }
         Err(e) => {
             if !HOLDER_ERROR_SAID.swap(true, Ordering::Relaxed) {
@@ -728,10 +721,12 @@ thread_local! {
 /// host thread's own writes during the pass (errno, in its TLS, which is tracked memory)
 /// would be held until the pass ends, by itself. Host threads (the C API) post a request
 /// and wait on these futex words, which live in the shim's own memory.
-static REQUESTS: Mailbox<1> = Mailbox::new();
-/// What a request asks (its word): a snapshot, or a fresh `holder_pinned_bytes`.
+static REQUESTS: Mailbox<2> = Mailbox::new();
+/// What a request asks (its first word): a snapshot, a fresh `holder_pinned_bytes`, or
+/// to let go the holders of the versions up to the second word (recorded).
 const ASK_SNAPSHOT: u64 = 0;
 const ASK_PINNED: u64 = 1;
+const ASK_LET_GO: u64 = 2;
 /// Period of automatic snapshots in ms (0: only on request).
 static INTERVAL_MS: AtomicU64 = AtomicU64::new(0);
 static THREAD_STARTED: AtomicBool = AtomicBool::new(false);
@@ -841,6 +836,11 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
             REQUESTS.answer(r.ticket, 0);
             continue;
         }
+        if let Some(r) = request.filter(|r| r.words[0] == ASK_LET_GO) {
+            let n = let_go_recorded(r.words[1]);
+            REQUESTS.answer(r.ticket, n as u64);
+            continue;
+        }
         // Pulled forward by the budget, never sooner than the configured period after
         // the last pass started, nor sooner after it ended than it lasted.
         let pressed = interval > 0
@@ -921,7 +921,7 @@ pub fn snapshot_for_api() -> i64 {
     }
     let v = {
         let _s = sys::block_signals();
-        let posted = REQUESTS.post([ASK_SNAPSHOT]);
+        let posted = REQUESTS.post([ASK_SNAPSHOT, 0]);
         sys::futex_wake(REQUESTS.posted_word());
         // The epoch thread answers every request (-1 for a failure).
         posted.wait(0, || false).map_or(-1, |a| a as i64)
@@ -940,7 +940,7 @@ pub fn snapshot_for_control() -> Result<u64, String> {
         return snapshot().map_err(|e| e.to_string());
     }
     start_thread(&config).map_err(|e| e.to_string())?;
-    match ask_epoch_thread(ASK_SNAPSHOT) {
+    match ask_epoch_thread([ASK_SNAPSHOT, 0]) {
         Some(a) if (a as i64) >= 0 => Ok(a),
         _ => Err(REQUEST_ERROR
             .lock()
@@ -956,15 +956,41 @@ pub fn measure_pinned_for_control() {
     if !crate::engine::holder::any_made() || !THREAD_STARTED.load(Ordering::Acquire) {
         return;
     }
-    ask_epoch_thread(ASK_PINNED);
+    ask_epoch_thread([ASK_PINNED, 0]);
+}
+
+/// `recorded V` over the control socket: a recorder has every version up to `v` in its
+/// store, so the holders of those versions go (the program's writes stop copying pages
+/// for them); the epoch thread kills and reaps them (only it releases holders). How many
+/// went, or None without holders or an epoch thread.
+pub fn let_go_recorded_for_control(v: u64) -> Option<usize> {
+    if !crate::engine::holder::any_made() || !THREAD_STARTED.load(Ordering::Acquire) {
+        return Some(0);
+    }
+    ask_epoch_thread([ASK_LET_GO, v]).map(|n| n as usize)
+}
+
+/// The epoch thread's part of [`let_go_recorded_for_control`].
+fn let_go_recorded(v: u64) -> usize {
+    let n = engine::with(|e| e.holder_count()).unwrap_or(0);
+    let mut out = Vec::with_capacity(n);
+    engine::with(|e| e.let_go_recorded(v, &mut out));
+    let gone = out.len();
+    for h in out {
+        h.release();
+    }
+    if gone > 0 {
+        publish_pinned(true);
+    }
+    gone
 }
 
 /// A control-socket request to the epoch thread (one at a time: [`CONTROL_REQUEST`]):
 /// its answer, or None once the thread has stopped answering.
-fn ask_epoch_thread(what: u64) -> Option<u64> {
+fn ask_epoch_thread(what: [u64; 2]) -> Option<u64> {
     let _s = sys::block_signals();
     let _one = CONTROL_REQUEST.lock();
-    let posted = REQUESTS.post([what]);
+    let posted = REQUESTS.post(what);
     sys::futex_wake(REQUESTS.posted_word());
     posted.wait(EPOCH_GONE_CHECK_MS, epoch_thread_gone)
 }

@@ -371,8 +371,9 @@ fn versions_of_both_kinds_read_as_written_across_switches() {
 
 /// The holders' copied pages count against `MEMSHADOW_SHADOW_BUDGET_MB` with the
 /// shadows: a program that rewrites 64 MiB every snapshot keeps the versions it asks for
-/// under the default budget, and past a 16 MiB one gives up the older versions with one
-/// line, its output unchanged.
+/// under the default budget, and past a 16 MiB one gives up the older versions, as
+/// shadows make room in their pool: retention, not a failure, so no line; its output
+/// unchanged.
 #[test]
 fn holders_stay_within_the_shadow_budget() {
     let env = [
@@ -381,10 +382,10 @@ fn holders_stay_within_the_shadow_budget() {
         ("MEMSHADOW_MAX_OVERHEAD", "1"),
         ("MEMSHADOW_MAX_VERSIONS", "8"),
     ];
-    // 100 million writes over 64 MiB: natively about 1 s, every page rewritten in each
+    // 40 million writes over 64 MiB: natively about 0.4 s, every page rewritten in each
     // 100 ms epoch (under holders the copies make it many times that).
     let writer = Prog::new(c_program("scatter_writer"))
-        .args(["64", "100"])
+        .args(["64", "40"])
         .timeout(LIMIT)
         .envs(&env);
     let native = writer.run_native();
@@ -404,21 +405,12 @@ fn holders_stay_within_the_shadow_budget() {
         "scatter_writer (holder, 16 MiB)",
         &native,
         &tight.output,
-        false,
+        true,
     );
     assert!(
         tight.u64("holder_snapshots") >= 8 && tight.u64("versions_retained") < 8,
         "{:#}",
         tight.json
-    );
-    let stderr = String::from_utf8_lossy(&tight.output.stderr);
-    assert_eq!(
-        stderr
-            .lines()
-            .filter(|l| l.contains("MEMSHADOW_SHADOW_BUDGET_MB (16 MiB)"))
-            .count(),
-        1,
-        "{stderr}"
     );
 }
 

@@ -11,7 +11,7 @@
 //! | `MEMSHADOW_FAULT_AROUND` | pages copied and unprotected per trap (1 = just the page) | `64` |
 //! | `MEMSHADOW_MAX_VERSIONS` | snapshot versions kept readable, >= 1 | `4` |
 //! | `MEMSHADOW_SHADOW_BUDGET_MB` | memory for shadow copies, MiB, 1 to 1048576 | `1024` |
-//! | `MEMSHADOW_BACKEND` | `shadow`, `holder`, `auto` (see [`Backend`]; a bad value: one line, `shadow`) | `shadow` |
+//! | `MEMSHADOW_BACKEND` | `shadow`, `holder`, `auto` (see [`Backend`]; a bad value: one line, `auto`) | `auto` |
 //! | `MEMSHADOW_PREDICT` | `auto`, `history`, `stride`, `markov`, `score`, `off` | `auto` |
 //! | `MEMSHADOW_CONFIDENCE` | least predicted write probability prefetched, 0 to 1 | `0.2` |
 //! | `MEMSHADOW_PREFETCH_CPU` | share of one core the prefetch thread may use, (0, 1] | `0.5` |
@@ -37,25 +37,23 @@ pub enum TrackMode {
 /// How a snapshot holds its version (`MEMSHADOW_BACKEND`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
-    /// Write-protect and copy each page's first write into a shadow (the default).
+    /// Write-protect and copy each page's first write into a shadow.
     Shadow,
     /// A holder child made with a raw `clone` keeps the version (see `engine::holder`);
     /// a clone refused falls back to a shadow snapshot for that version.
     Holder,
     /// Per snapshot, whichever of the two the last epochs say costs the program less
-    /// (see `service::backend_choice`); shadows first. Not the default: measured at
-    /// equal snapshot counts it moves predictable writers (sweeps, hot sets) to holders
-    /// where shadows with prefetch cost them less (bench/RESULTS.md).
+    /// (see `service::backend_choice`); shadows first. The default.
     Auto,
 }
 
 impl Backend {
-    /// `shadow` (also when unset), `holder` or `auto`.
+    /// `shadow`, `holder` or `auto` (also when unset).
     pub fn parse(value: Option<&str>) -> Result<Backend, ConfigError> {
         match value {
-            None | Some("shadow") => Ok(Backend::Shadow),
+            Some("shadow") => Ok(Backend::Shadow),
             Some("holder") => Ok(Backend::Holder),
-            Some("auto") => Ok(Backend::Auto),
+            None | Some("auto") => Ok(Backend::Auto),
             Some(v) => Err(ConfigError {
                 var: "MEMSHADOW_BACKEND",
                 value: v.to_string(),
@@ -257,7 +255,7 @@ impl Config {
         };
         let (backend, backend_refused) = match Backend::parse(get("MEMSHADOW_BACKEND").as_deref()) {
             Ok(b) => (b, None),
-            Err(e) => (Backend::Shadow, Some(e)),
+            Err(e) => (Backend::Auto, Some(e)),
         };
         Ok(Config {
             backend,
@@ -312,7 +310,7 @@ mod tests {
         assert_eq!(c.predict, Choice::Auto);
         assert_eq!((c.confidence, c.prefetch_cpu), (0.2, 0.5));
         assert_eq!(c.predict_params, Params::default());
-        assert_eq!((c.backend, c.backend_refused), (Backend::Shadow, None));
+        assert_eq!((c.backend, c.backend_refused), (Backend::Auto, None));
     }
 
     #[test]
@@ -327,7 +325,7 @@ mod tests {
         }
         // A bad value keeps the shim tracking, with the default, and says why.
         let c = parse(&[("MEMSHADOW_BACKEND", "fork")]).unwrap();
-        assert_eq!(c.backend, Backend::Shadow);
+        assert_eq!(c.backend, Backend::Auto);
         let e = c.backend_refused.expect("refused");
         assert_eq!(e.var, "MEMSHADOW_BACKEND");
         assert!(e.to_string().contains("\"fork\""), "{e}");

@@ -703,8 +703,10 @@ fn keep_holders_within_budget(budget_mb: usize) {
         if !evicted {
             return;
         }
+        // Like shadows making room in their pool: retention, not a failure (the
+        // versions retained say it), so no line but a debug one.
         if !HOLDER_BUDGET_SAID.swap(true, Ordering::Relaxed) {
-            crate::base::log::error!(
+            crate::base::log::debug!(
                 "holders and shadows hold more than MEMSHADOW_SHADOW_BUDGET_MB ({budget_mb} MiB): older versions are given up"
             );
         }

@@ -229,6 +229,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
 
     let scan = engine::start_scan();
     regions::rescan();
+    let rescanned = engine::now_ns();
     let wanted = regions::with_table(|t| t.tracked_ranges());
     let u = engine::uffd();
     // Under `holder`, a holder child keeps this version: made now, after the scan (its
@@ -248,6 +249,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     if track_writes {
         written::take(&last.async_ranges, &mut before_clone);
     }
+    let hold_started = engine::now_ns();
     let holding = if wants_holder {
         if engine::with(|e| e.live_holder_count()).unwrap_or(0) < holder::MAX_HOLDERS {
             hold()
@@ -416,10 +418,12 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     drop(held);
     drop(work);
     note_written(v, before_clone, after_clone, moves, moved_back, &mut last);
+    let reap_started = engine::now_ns();
     // Killed and reaped here, on the epoch thread, outside the engine lock.
     for h in released {
         h.release();
     }
+    let reaped = engine::now_ns();
     if config.backend == Backend::Auto {
         AUTO.lock().1.held_ns = holder_us.map(|us| us * 1000);
     }
@@ -429,6 +433,15 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
         max.fetch_max(clone_us, Ordering::Relaxed);
         publish_pinned(false);
         keep_holders_within_budget(config.shadow_budget_mb);
+        let us = |from: u64, to: u64| to.saturating_sub(from) / 1000;
+        crate::base::log::debug!(
+            "holder pass {v}: rescan {} us, smaps and clone {} us (clone {clone_us}), held faults {} us, reap {} us, pinned and budget {} us",
+            us(started, rescanned),
+            us(hold_started, stalled_from + clone_us * 1000),
+            us(stalled_from, reap_started),
+            us(reap_started, reaped),
+            us(reaped, engine::now_ns())
+        );
     }
 
     let us = (engine::now_ns() - started) / 1000;

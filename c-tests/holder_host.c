@@ -33,6 +33,8 @@
  *             of 64 MiB (every first write traps: auto moves to holders) before rounds 0, 2, 4,
  *             700 ms of quiet (a holder costs more than nothing: back to shadows) before
  *             rounds 1, 3, 5; prints serve's lines (no wipe line), then "ready"
+ *   switch wipe  the same with a MADV_WIPEONFORK buffer (its "wipe" line before
+ *             "ready"): a holder would not keep it, so auto must stay on shadows
  *
  * Output is deterministic except serve's addresses and versions. */
 #include <errno.h>
@@ -408,8 +410,9 @@ static void scatter_busy(unsigned char *buf, int ms)
     }
 }
 
-static void mode_switch(void)
+static void mode_switch(int with_wipe)
 {
+    unsigned char *w = with_wipe ? wipe_buffer() : NULL;
     unsigned char *b = malloc(SERVE_BYTES);
     /* Populated and never written again: a holder's clone copies its page tables (a
      * cost that outweighs the shim's own few page faults in a quiet epoch). */
@@ -426,6 +429,8 @@ static void mode_switch(void)
             quiet(700);
         serve_round(b, round);
     }
+    if (w)
+        printf("wipe %p %d\n", (void *)w, WIPE_BYTES);
     ready_then_wait();
 }
 
@@ -448,7 +453,7 @@ int main(int argc, char **argv)
     else if (strcmp(mode, "undumpable") == 0)
         mode_refused(1);
     else if (strcmp(mode, "switch") == 0) {
-        mode_switch();
+        mode_switch(argc > 2 && strcmp(argv[2], "wipe") == 0);
         return 0;
     } else if (strcmp(mode, "serve") == 0) {
         if (argc > 2 && strcmp(argv[2], "refused") == 0)
@@ -456,6 +461,6 @@ int main(int argc, char **argv)
         mode_serve();
         return 0;
     } else
-        DIE("usage: holder_host pipe|wait|forkexec|wipe|refused|undumpable|switch|serve [refused]");
+        DIE("usage: holder_host pipe|wait|forkexec|wipe|refused|undumpable|switch [wipe]|serve [refused]");
     return tu_finish(mode, 0);
 }

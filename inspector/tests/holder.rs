@@ -369,6 +369,56 @@ fn versions_of_both_kinds_read_as_written_across_switches() {
     assert_eq!(rest, "", "holder_host printed after ready");
 }
 
+/// A holder would not keep a `MADV_WIPEONFORK` buffer (zero in the child), so `auto`
+/// (the default) keeps such a program on shadows, whose versions hold every range: the
+/// scattered phases that move `switch` to holders leave it trapping, and the buffer
+/// reads back at a version as it was (under `holder` it is refused).
+#[test]
+fn auto_keeps_a_program_with_memory_a_holder_would_not_keep_on_shadows() {
+    let dir = temp_dir("holder-switch-wipe");
+    let d = dir.path();
+    let env = [
+        ("MEMSHADOW_BACKEND", "auto"),
+        ("MEMSHADOW_INTERVAL_MS", "100"),
+        ("MEMSHADOW_MAX_OVERHEAD", "1"),
+        ("MEMSHADOW_MAX_VERSIONS", "1024"),
+    ];
+    let running = Running::start(
+        &c_program("holder_host"),
+        &["switch", "wipe"],
+        d,
+        &env,
+        LIMIT,
+        Duration::from_secs(120),
+    );
+    let pid = running.pid();
+    let (versions, wipe) = served_versions(&running.lines);
+    assert_eq!(versions.len(), 6, "{:?}", running.lines);
+    let json = finish(
+        memshadow(d).args(["stats", "--json", &pid.to_string()]),
+        LIMIT,
+    );
+    let stats: serde_json::Value = serde_json::from_str(&json.stdout).expect("stats JSON");
+    assert!(
+        stats["holder_snapshots"].as_u64() == Some(0) && stats["traps"].as_u64() > Some(0),
+        "the program must have stayed on shadows: {stats:#}"
+    );
+    assert_versions_read_as_written(d, pid, &versions);
+    let (wipe_addr, wipe_len) = wipe.expect("a wipe line");
+    let newest = versions.last().unwrap().0;
+    let out = d.join("wipe");
+    let f = read(d, pid, newest, &wipe_addr, wipe_len, &out);
+    assert!(f.status.success(), "{f:#?}");
+    let bytes = std::fs::read(&out).unwrap();
+    assert!(
+        bytes.len() == wipe_len && bytes.iter().any(|&b| b != 0),
+        "the wipe buffer read back {} bytes, all zero or short",
+        bytes.len()
+    );
+    let rest = running.stop(LIMIT);
+    assert_eq!(rest, "", "holder_host printed after ready");
+}
+
 /// The holders' copied pages count against `MEMSHADOW_SHADOW_BUDGET_MB` with the
 /// shadows: a program that rewrites 64 MiB every snapshot keeps the versions it asks for
 /// under the default budget, and past a 16 MiB one gives up the older versions, as

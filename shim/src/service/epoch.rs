@@ -242,6 +242,25 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
             Backend::Holder => true,
             Backend::Auto => auto_wants_holder(&wanted),
         };
+    // The ranges a holder would not keep as they are (`MADV_DONTFORK`: absent in it;
+    // `MADV_WIPEONFORK`: zero there), read from /proc/self/smaps now, never on the fault
+    // path. `holder` refuses their reads; `auto` keeps such a program on shadows, which
+    // keep every range.
+    let not_held = if wants_holder {
+        not_held_in(&wanted)
+    } else {
+        Vec::new()
+    };
+    let wants_holder = wants_holder
+        && (config.backend != Backend::Auto || {
+            let keep = not_held.is_empty();
+            if !keep && !AUTO_NOT_HELD_SAID.swap(true, Ordering::Relaxed) {
+                crate::base::log::debug!(
+                    "auto: MADV_DONTFORK or MADV_WIPEONFORK memory a holder would not keep: shadows"
+                );
+            }
+            keep
+        });
     // Holder epochs tracked for a recorder (see `written`): the pages written in the
     // epoch ending, scanned just before the clone.
     let track_writes = wants_holder && written::wanted() && written::prepare();
@@ -252,7 +271,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     let hold_started = engine::now_ns();
     let holding = if wants_holder {
         if engine::with(|e| e.live_holder_count()).unwrap_or(0) < holder::MAX_HOLDERS {
-            hold()
+            hold(not_held)
         } else {
             if !HOLDERS_FULL_SAID.swap(true, Ordering::Relaxed) {
                 crate::base::log::error!(
@@ -582,11 +601,27 @@ fn auto_wants_holder(tracked: &[Range]) -> bool {
     chooser.holder_next()
 }
 
-/// Makes the holder of the version about to open, with the ranges it would not hold as
-/// they are (read from /proc/self/smaps now, on this thread, never on the fault path)
-/// and the clone's duration in microseconds (a stall of the program, like fork's).
-/// `None`, said once, when the clone is refused: the caller takes a shadow snapshot.
-fn hold() -> Option<(crate::engine::holder::HeldVersion, u64)> {
+/// The parts of `tracked` a holder would not keep as they are (see
+/// `tracking::maps::not_inherited`), from /proc/self/smaps read now.
+fn not_held_in(tracked: &[Range]) -> Vec<Range> {
+    let smaps = crate::base::fds::read_file(c"/proc/self/smaps", SMAPS_MAX);
+    let mut all = Vec::new();
+    crate::tracking::maps::not_inherited(&smaps, &mut all);
+    drop(smaps);
+    let mut out = Vec::new();
+    for &r in &all {
+        reprotect::within(tracked, r, &mut |part| out.push(part));
+    }
+    out
+}
+
+static AUTO_NOT_HELD_SAID: AtomicBool = AtomicBool::new(false);
+
+/// Makes the holder of the version about to open, with `not_held`, the ranges it would
+/// not hold as they are, and the clone's duration in microseconds (a stall of the
+/// program, like fork's). `None`, said once, when the clone is refused: the caller
+/// takes a shadow snapshot.
+fn hold(not_held: Vec<Range>) -> Option<(crate::engine::holder::HeldVersion, u64)> {
     use crate::engine::holder::{HeldVersion, Holder};
     // A program that made itself not dumpable (PR_SET_DUMPABLE 0: ssh-agent, gpg-agent)
     // makes its children so too: a holder then could not be read (process_vm_readv of
@@ -600,10 +635,6 @@ fn hold() -> Option<(crate::engine::holder::HeldVersion, u64)> {
         }
         return None;
     }
-    let smaps = crate::base::fds::read_file(c"/proc/self/smaps", SMAPS_MAX);
-    let mut not_held = Vec::new();
-    crate::tracking::maps::not_inherited(&smaps, &mut not_held);
-    drop(smaps);
     let mut t0 = engine::now_ns();
     let mut made = Holder::hold_now();
     // A pidfd lost to the host before the shim could guard it (a program that closes

@@ -109,6 +109,17 @@ What happened:
                 first = taken.first().map_or(0, |t| t.version),
                 newest = taken.last().map_or(0, |t| t.version),
             );
+            let held = rec.counter(Counter::HolderSnapshots);
+            if held > 0 {
+                println!(
+                    "  * {held} of the snapshots (\"by holders\") were held by the kernel instead: the
+    workload's writes were scattered over many pages, where a trap per page costs more
+    than the kernel's own copy-on-write, so the default MEMSHADOW_BACKEND=auto kept those
+    versions in a child made with a raw clone that only waits, whose memory is the
+    version; the kernel copied the pages the program wrote afterwards, and reads of the
+    version came from the child. Versions of both kinds read the same."
+                );
+            }
         }
         Snapshots::Taking(_) => println!(
             "  * The workload ended before the demo could take a snapshot of it, so there are
@@ -263,9 +274,13 @@ impl Demo {
         };
         self.peak_tracked = self.peak_tracked.max(reply_u64(&fields, "tracked_bytes"));
         self.oldest_retained = reply_u64(&fields, "oldest_version");
+        let held = match reply_u64(&fields, "holder_snapshots") {
+            0 => String::new(),
+            n => format!(", {} by holders", thousands(n)),
+        };
         let snapshot_part = match taken {
             Some(version) => format!(
-                " | v{version}: {} epochs, {} traps, {} pages copied, {} shadow, {} kept",
+                " | v{version}: {} epochs, {} traps, {} pages copied, {} shadow{held}, {} kept",
                 thousands(reply_u64(&fields, "epochs")),
                 thousands(reply_u64(&fields, "traps")),
                 thousands(reply_u64(&fields, "pages_copied")),

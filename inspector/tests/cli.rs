@@ -789,6 +789,13 @@ fn demo_takes_snapshots_and_reads_the_past_back() {
         f.stdout.contains("version 1 is no longer retained"),
         "{f:#?}"
     );
+    // Versions the default `auto` kept in holders are counted on the live lines and
+    // explained after, never one without the other.
+    assert_eq!(
+        f.stdout.contains(" by holders, "),
+        f.stdout.contains("held by the kernel instead"),
+        "{f:#?}"
+    );
 }
 
 /// Where userfaultfd is refused (uid 65534 with vm.unprivileged_userfaultfd=0), the

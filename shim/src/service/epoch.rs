@@ -365,6 +365,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     let deadline = engine::now_ns() + EAGAIN_LIMIT_NS;
     let mut refused = false;
     let mut holder_us = None;
+    let (mut install_started, mut installed) = (0, 0);
     if let Some((mut h, us)) = holding {
         if let Some(m) = moves.as_mut() {
             written::move_to_async(&u, &ranges, &last.async_ranges, m);
@@ -375,12 +376,14 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
         // version is given up.
         holder_us = Some(us);
         let mut unplaced = Some(h);
+        install_started = engine::now_ns();
         engine::with(|e| {
             e.take_released(&mut released, false);
             if let Some(h) = unplaced.take() {
                 unplaced = e.install_holder(h).err();
             }
         });
+        installed = engine::now_ns();
         // No room, or the engine stopped meanwhile: released with the others.
         if let Some(h) = unplaced {
             refused = true;
@@ -423,10 +426,13 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
 
     // The pass is over. Release the held faults before anything is freed (freeing takes
     // the arena lock).
+    let ending = engine::now_ns();
     engine::with(|e| e.end_pass(&mut held, refused));
     for &addr in &held {
         engine::with(|e| e.resolve(addr));
     }
+    let ended = engine::now_ns();
+    let held_count = held.len();
     // A holder's clone stalled the program too (the page-table copy), before the version
     // opened: the governor counts it with the pass.
     let stalled_from = holder_us.map_or(opened_at, |us| opened_at.saturating_sub(us * 1000));
@@ -436,6 +442,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     drop(retired);
     drop(held);
     drop(work);
+    let noting = engine::now_ns();
     note_written(v, before_clone, after_clone, moves, moved_back, &mut last);
     let reap_started = engine::now_ns();
     // Killed and reaped here, on the epoch thread, outside the engine lock.
@@ -454,10 +461,17 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
         keep_holders_within_budget(config.shadow_budget_mb);
         let us = |from: u64, to: u64| to.saturating_sub(from) / 1000;
         crate::base::log::debug!(
-            "holder pass {v}: rescan {} us, smaps and clone {} us (clone {clone_us}), held faults {} us, reap {} us, pinned and budget {} us",
+            "holder pass {v}: rescan {} us, smaps and clone {} us; the program stopped {} us (clone {clone_us}, opening {} us, installing {} us, listing {} us, {} held faults resolved in {} us); then {} us, noting written {} us, reap {} us, pinned and budget {} us",
             us(started, rescanned),
             us(hold_started, stalled_from + clone_us * 1000),
-            us(stalled_from, reap_started),
+            us(stalled_from, ended),
+            us(opened_at, install_started),
+            us(install_started, installed),
+            us(installed, ending),
+            held_count,
+            us(ending, ended),
+            us(ended, noting),
+            us(noting, reap_started),
             us(reap_started, reaped),
             us(reaped, engine::now_ns())
         );

@@ -159,6 +159,11 @@ pub extern "C" fn on_load() {
     stats::set_state(ProcessState::Running);
     regions::set_tracking(true);
     start_interval_snapshots(&config);
+    if config.flight {
+        if let Err(e) = crate::service::flight::install(&config) {
+            error!("the flight recorder is off: {e}");
+        }
+    }
 }
 
 /// Starts the epoch thread when `MEMSHADOW_INTERVAL_MS` asks for periodic snapshots (it

@@ -101,6 +101,7 @@ fn the_base_rule() {
         time_ms: v,
         pid: 1,
         regions: vec![region],
+        crash_signal: 0,
     };
     let one_page = [(region.0, 4096)];
     let mut bases = Vec::new();
@@ -159,6 +160,7 @@ fn the_base_rule() {
             time_ms: 0,
             pid: 1,
             regions,
+            crash_signal: 0,
         };
         let e = store
             .record(&bad, None, &[], &mut Pages(0, None))

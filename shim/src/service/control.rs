@@ -12,8 +12,8 @@ use core::ffi::c_void;
 use core::sync::atomic::{AtomicI32, Ordering};
 use memshadow_format::control::{
     encode_error, encode_ok, ChangesReply, ChangesRequest, ReadRequest, RegionsReply,
-    RegionsRequest, CMD_CHANGES, CMD_PIN, CMD_PING, CMD_READ, CMD_RECORDED, CMD_REGIONS,
-    CMD_SNAPSHOT, CMD_STATS, FRAME_END, FRAME_ERROR, MAX_FRAME, MAX_REQUEST,
+    RegionsRequest, CMD_CHANGES, CMD_FLIGHT, CMD_PIN, CMD_PING, CMD_READ, CMD_RECORDED,
+    CMD_REGIONS, CMD_SNAPSHOT, CMD_STATS, FRAME_END, FRAME_ERROR, MAX_FRAME, MAX_REQUEST,
 };
 use memshadow_format::paths::MAX_SOCKET_PATH;
 use memshadow_format::stats::ProcessState;
@@ -362,9 +362,10 @@ pub fn dispatch(req: &str) -> Vec<u8> {
             },
             _ => encode_error("usage: recorded VERSION (decimal)").into_bytes(),
         },
+        CMD_FLIGHT => crate::service::flight::recorded_reply(&args),
         "" => encode_error("empty request").into_bytes(),
         other => encode_error(&format!(
-            "unknown command {other:?} (known: {CMD_PING}, {CMD_STATS}, {CMD_SNAPSHOT}, {CMD_READ}, {CMD_REGIONS}, {CMD_PIN}, {CMD_CHANGES}, {CMD_RECORDED})"
+            "unknown command {other:?} (known: {CMD_PING}, {CMD_STATS}, {CMD_SNAPSHOT}, {CMD_READ}, {CMD_REGIONS}, {CMD_PIN}, {CMD_CHANGES}, {CMD_RECORDED}, {CMD_FLIGHT})"
         ))
         .into_bytes(),
     }

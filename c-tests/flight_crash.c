@@ -1,0 +1,112 @@
+/* The flight recorder's test program (inspector/tests/flight.rs). A global pointer to a
+ * linked list on the heap and a global counter: after push(s) the list is s, s-1, ..., 1
+ * and counter is s.
+ *
+ * Usage: flight_crash MODE [NODES]
+ *   segv N     sleeps 600 ms (the recorder's first, periodic, version is taken
+ *              meanwhile), builds N nodes, then dereferences NULL: dies of SIGSEGV.
+ *   abort N    the same, then abort(): dies of SIGABRT.
+ *   handler N  signal(SIGSEGV, h) (prints what it returned), checks that sigaction
+ *              shows h, builds N nodes, then dereferences NULL: h prints "handled"
+ *              and calls _exit(3).
+ *   query      prints "SIGSEGV=SIG_DFL" (or the handler) as sigaction reports it and
+ *              the SigCgt line of /proc/self/status, then exits 0.
+ *
+ * The globals are page-aligned: past the executable's last file page, in anonymous
+ * .bss, which memshadow versions (see core_list.c). */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct node {
+    long value;
+    struct node *next;
+    char pad[200];
+};
+
+long counter __attribute__((aligned(4096)));
+struct node *head __attribute__((aligned(4096)));
+
+static void push(long s)
+{
+    struct node *n = malloc(sizeof *n);
+    if (!n)
+        abort();
+    n->value = s;
+    n->next = head;
+    head = n;
+    counter = s;
+}
+
+static void build(long nodes)
+{
+    usleep(600 * 1000);
+    for (long s = 1; s <= nodes; s++)
+        push(s);
+    printf("built %ld\n", counter);
+    fflush(stdout);
+}
+
+static void crash(void)
+{
+    volatile long *nothing = NULL;
+    *nothing = counter;
+}
+
+static void handled(int sig)
+{
+    static const char msg[] = "handled\n";
+    (void)sig;
+    write(1, msg, sizeof msg - 1);
+    _exit(3);
+}
+
+static void print_sigcgt(void)
+{
+    char line[256];
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "SigCgt:", 7) == 0)
+            fputs(line, stdout);
+    fclose(f);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2)
+        return 2;
+    const char *mode = argv[1];
+    long nodes = argc > 2 ? atol(argv[2]) : 0;
+    if (strcmp(mode, "segv") == 0) {
+        build(nodes);
+        crash();
+        return 1;
+    }
+    if (strcmp(mode, "abort") == 0) {
+        build(nodes);
+        abort();
+    }
+    if (strcmp(mode, "handler") == 0) {
+        void (*old)(int) = signal(SIGSEGV, handled);
+        printf("old=%s\n", old == SIG_DFL ? "SIG_DFL" : "other");
+        struct sigaction now;
+        if (sigaction(SIGSEGV, NULL, &now) != 0 || now.sa_handler != handled)
+            return 4;
+        build(nodes);
+        crash();
+        return 1;
+    }
+    if (strcmp(mode, "query") == 0) {
+        struct sigaction now;
+        if (sigaction(SIGSEGV, NULL, &now) != 0)
+            return 4;
+        printf("SIGSEGV=%s\n", now.sa_handler == SIG_DFL ? "SIG_DFL" : "other");
+        print_sigcgt();
+        return 0;
+    }
+    return 2;
+}

@@ -9,6 +9,8 @@
  *   handler N  signal(SIGSEGV, h) (prints what it returned), checks that sigaction
  *              shows h, builds N nodes, then dereferences NULL: h prints "handled"
  *              and calls _exit(3).
+ *   fork N     builds N nodes, forks; the child dereferences NULL, the parent prints
+ *              how the child ended ("child SIGSEGV") and exits 0.
  *   query      prints "SIGSEGV=SIG_DFL" (or the handler) as sigaction reports it and
  *              the SigCgt line of /proc/self/status, then exits 0.
  *
@@ -18,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 struct node {
@@ -49,10 +52,14 @@ static void build(long nodes)
     fflush(stdout);
 }
 
-static void crash(void)
+/* NULL, but the compiler cannot know it (a store through a known NULL is undefined
+ * and optimised away). */
+long *volatile nowhere;
+
+static __attribute__((noinline)) void crash(void)
 {
-    volatile long *nothing = NULL;
-    *nothing = counter;
+    long *p = nowhere;
+    *p = counter;
 }
 
 static void handled(int sig)
@@ -99,6 +106,21 @@ int main(int argc, char **argv)
         build(nodes);
         crash();
         return 1;
+    }
+    if (strcmp(mode, "fork") == 0) {
+        build(nodes);
+        pid_t child = fork();
+        if (child < 0)
+            return 5;
+        if (child == 0) {
+            crash();
+            _exit(1);
+        }
+        int status;
+        if (waitpid(child, &status, 0) != child)
+            return 6;
+        printf("child %s\n", WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV ? "SIGSEGV" : "other");
+        return 0;
     }
     if (strcmp(mode, "query") == 0) {
         struct sigaction now;

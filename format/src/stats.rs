@@ -189,11 +189,17 @@ pub enum Counter {
     FlightSignal = 49,
     /// The version of that last snapshot, once taken (0 before), for the recorder.
     FlightVersion = 50,
+    /// The newest version a recorder (`memshadow record`, `run --record`) has written to
+    /// its store (0: none), as it told the process (control `recorded V MS`).
+    RecordedVersion = 51,
+    /// When that version was taken, ms since the Unix epoch: `memshadow top` shows how
+    /// far the store is behind the program.
+    RecordedTimeMs = 52,
 }
 
 impl Counter {
     /// Every assigned counter, in slot order.
-    pub const ALL: [Counter; 51] = [
+    pub const ALL: [Counter; 53] = [
         Counter::TrackedRegions,
         Counter::TrackedBytes,
         Counter::Rescans,
@@ -245,6 +251,8 @@ impl Counter {
         Counter::BackendSwitches,
         Counter::FlightSignal,
         Counter::FlightVersion,
+        Counter::RecordedVersion,
+        Counter::RecordedTimeMs,
     ];
 
     pub const fn index(self) -> usize {
@@ -304,6 +312,8 @@ impl Counter {
             Counter::BackendSwitches => "backend_switches",
             Counter::FlightSignal => "flight_signal",
             Counter::FlightVersion => "flight_version",
+            Counter::RecordedVersion => "recorded_version",
+            Counter::RecordedTimeMs => "recorded_time_ms",
         }
     }
 }

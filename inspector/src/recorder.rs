@@ -140,6 +140,7 @@ pub fn record(
         let period_start = Instant::now();
         let since = last.as_ref().map(|(v, _)| *v);
         let mut courtesy = Courtesy::new(target, (plan.every / 2).min(MAX_COURTESY));
+        let taken_ms = now_ms();
         let attempted = attempt(socket, pid, store, since, &mut courtesy);
         done.gave_way += courtesy.waited;
         let (version, outcome, pin) = match attempted {
@@ -180,7 +181,7 @@ pub fn record(
         // a holder let go stops the program's writes copying pages for it). A shim
         // that cannot only keeps them longer: nothing to say.
         last = Some((version, pin));
-        let _ = control_client::recorded(socket, version);
+        let _ = control_client::recorded(socket, version, Some(taken_ms));
         if plan.keep.is_some() || plan.keep_for.is_some() {
             let retained = store
                 .retain(plan.keep, plan.keep_for)

@@ -104,6 +104,20 @@ fn a_recording_gives_back_what_the_program_wrote_and_what_a_live_read_gives() {
     );
     let last = versions.last().unwrap().version;
     check_live_checksums(&mut store, &versions, &running.lines);
+    // The recorder told the process what it wrote (`memshadow top`'s recording lag).
+    let f = finish(
+        memshadow(d).args(["stats", &pid.to_string(), "--json"]),
+        LIMIT,
+    );
+    assert!(f.status.success(), "{f:#?}");
+    let stats: serde_json::Value = serde_json::from_str(&f.stdout).unwrap();
+    assert_eq!(stats["recorded_version"].as_u64(), Some(last), "{f:#?}");
+    let taken = stats["recorded_time_ms"].as_u64().unwrap();
+    assert!(
+        taken > 0 && taken <= versions.last().unwrap().time_ms,
+        "recorded_time_ms {taken}, the version's time {}",
+        versions.last().unwrap().time_ms
+    );
 
     // The whole last version, restored, is the image a live read makes of a snapshot
     // taken now (nothing was written since "ready"; a recorded version itself may have

@@ -6,6 +6,11 @@
  *   segv N     sleeps 600 ms (the recorder's first, periodic, version is taken
  *              meanwhile), builds N nodes, then dereferences NULL: dies of SIGSEGV.
  *   abort N    the same, then abort(): dies of SIGABRT.
+ *   fpe N      the same, then an integer division by zero: SIGFPE.
+ *   ill N      the same, then an undefined instruction (__builtin_trap): SIGILL.
+ *   bus N      the same, then a read of a file mapping past the file's end: SIGBUS.
+ *   thread N   the same, with another thread writing 4 MiB of heap flat out meanwhile,
+ *              then dereferences NULL: SIGSEGV while the other thread runs on.
  *   handler N  signal(SIGSEGV, h) (prints what it returned), checks that sigaction
  *              shows h, builds N nodes, then dereferences NULL: h prints "handled"
  *              and calls _exit(3).
@@ -16,10 +21,12 @@
  *
  * The globals are page-aligned: past the executable's last file page, in anonymous
  * .bss, which memshadow versions (see core_list.c). */
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -62,6 +69,34 @@ static __attribute__((noinline)) void crash(void)
     *p = counter;
 }
 
+volatile long zero;
+
+static __attribute__((noinline)) long divide(void)
+{
+    return counter / zero;
+}
+
+/* A page of a file mapped, then the file cut to nothing: reading it is SIGBUS. */
+static __attribute__((noinline)) long bus(void)
+{
+    FILE *f = tmpfile();
+    if (!f || ftruncate(fileno(f), 4096) != 0)
+        return -1;
+    volatile long *p = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fileno(f), 0);
+    if (p == MAP_FAILED || ftruncate(fileno(f), 0) != 0)
+        return -1;
+    return *p;
+}
+
+static void *keep_writing(void *arg)
+{
+    volatile char *buf = arg;
+    for (;;)
+        for (long i = 0; i < (4L << 20); i += 4096)
+            buf[i]++;
+    return NULL;
+}
+
 static void handled(int sig)
 {
     static const char msg[] = "handled\n";
@@ -96,6 +131,30 @@ int main(int argc, char **argv)
     if (strcmp(mode, "abort") == 0) {
         build(nodes);
         abort();
+    }
+    if (strcmp(mode, "fpe") == 0) {
+        build(nodes);
+        printf("%ld\n", divide());
+        return 1;
+    }
+    if (strcmp(mode, "ill") == 0) {
+        build(nodes);
+        __builtin_trap();
+    }
+    if (strcmp(mode, "bus") == 0) {
+        build(nodes);
+        printf("%ld\n", bus());
+        return 1;
+    }
+    if (strcmp(mode, "thread") == 0) {
+        build(nodes);
+        char *buf = calloc(4, 1 << 20);
+        pthread_t writer;
+        if (!buf || pthread_create(&writer, NULL, keep_writing, buf) != 0)
+            return 5;
+        usleep(100 * 1000);
+        crash();
+        return 1;
     }
     if (strcmp(mode, "handler") == 0) {
         void (*old)(int) = signal(SIGSEGV, handled);

@@ -354,7 +354,22 @@ fn record_crash(
             target.explain(e).message
         ),
     }
-    if let Err(e) = said {
+    // The shim lets the dying thread go as it answers: the process may die before its
+    // answer arrives. Only a process still alive after that did not hear it.
+    let still_alive = || {
+        let waited = Instant::now();
+        while waited.elapsed() < EXIT_PATIENCE {
+            if target.gone() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    };
+    if let Err(e) = said
+        .map(drop)
+        .or_else(|e| if still_alive() { Err(e) } else { Ok(()) })
+    {
         eprintln!(
             "memshadow: could not tell the dying program its last snapshot is recorded ({}); it waits out its time",
             target.explain(e).message

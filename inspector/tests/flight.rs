@@ -121,6 +121,7 @@ fn a_crash_is_the_last_version_and_opens_in_gdb_as_it_was() {
     let run = recorded(dir.path(), &store, &["segv", &n]);
     assert_same_death(&plain, &run, libc::SIGSEGV);
     assert!(run.stdout.contains(&format!("built {NODES}")), "{run:#?}");
+    assert!(!run.stderr.contains("could not"), "{run:#?}");
     assert!(
         run.stderr.contains("taken as the program died of SIGSEGV"),
         "{run:#?}"
@@ -169,13 +170,23 @@ fn a_crash_is_the_last_version_and_opens_in_gdb_as_it_was() {
 }
 
 #[test]
-fn abort_is_recorded_as_sigabrt_and_dies_as_without_the_shim() {
-    let dir = temp_dir("flight-abort");
-    let plain = plain(dir.path(), &["abort", "5"]);
-    let store = dir.path().join("store");
-    let run = recorded(dir.path(), &store, &["abort", "5"]);
-    assert_same_death(&plain, &run, libc::SIGABRT);
-    assert_last_is_crash(dir.path(), &store, "SIGABRT");
+fn abort_fpe_ill_bus_and_a_threaded_crash_are_recorded_and_die_as_without_the_shim() {
+    for (mode, sig, name) in [
+        ("abort", libc::SIGABRT, "SIGABRT"),
+        ("fpe", libc::SIGFPE, "SIGFPE"),
+        ("ill", libc::SIGILL, "SIGILL"),
+        ("bus", libc::SIGBUS, "SIGBUS"),
+        // Another thread writes the heap flat out while the crashing one waits.
+        ("thread", libc::SIGSEGV, "SIGSEGV"),
+    ] {
+        let dir = temp_dir(&format!("flight-{mode}"));
+        let plain = plain(dir.path(), &[mode, "5"]);
+        let store = dir.path().join("store");
+        let run = recorded(dir.path(), &store, &[mode, "5"]);
+        assert_same_death(&plain, &run, sig);
+        assert!(!run.stderr.contains("could not"), "{run:#?}");
+        assert_last_is_crash(dir.path(), &store, name);
+    }
 }
 
 #[test]

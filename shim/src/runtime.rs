@@ -116,6 +116,7 @@ pub extern "C" fn on_load() {
     // The C library's functions, found now from the constructor, so that a `close` or
     // `_exit` in a signal handler or a vfork child never runs dlsym.
     let _ = crate::base::forward::real();
+    crate::service::flight::resolve_real();
     let mut config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {

@@ -184,6 +184,13 @@ fn real_signal() -> Option<SignalFn> {
     (p != 0).then(|| unsafe { core::mem::transmute::<usize, SignalFn>(p) })
 }
 
+/// Looks up the C library's `sigaction` and `signal` now, from the constructor, so that
+/// the interposed ones never run dlsym later (a program may call `sigaction` in a signal
+/// handler).
+pub fn resolve_real() {
+    let _ = (real_sigaction(), real_signal());
+}
+
 /// Why the flight recorder could not be set up.
 #[derive(Debug)]
 pub enum FlightError {

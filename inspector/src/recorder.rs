@@ -107,6 +107,23 @@ pub fn record(
     behind: &mut dyn FnMut(Duration),
     skip: &mut dyn FnMut(&str),
 ) -> Result<Recording, RecordError> {
+    let recorded = record_until_done(target, store, plan, stop, behind, skip);
+    // Nothing records the process any more (a dying thread of it must not wait for a
+    // recorder, see the shim's `service::flight`). Best effort: it may be gone.
+    if !target.gone() {
+        let _ = control_client::recorded(&target.socket, 0, Some(0));
+    }
+    recorded
+}
+
+fn record_until_done(
+    target: &Target,
+    store: &mut Store,
+    plan: &Plan,
+    stop: &AtomicBool,
+    behind: &mut dyn FnMut(Duration),
+    skip: &mut dyn FnMut(&str),
+) -> Result<Recording, RecordError> {
     let (socket, pid) = (&target.socket, target.pid);
     lower_priority();
     // A failure of the process side: the end of the recording when the process exited

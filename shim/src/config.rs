@@ -17,7 +17,7 @@
 //! | `MEMSHADOW_PREFETCH_CPU` | share of one core the prefetch thread may use, (0, 1] | `0.5` |
 //! | `MEMSHADOW_SEGMENT_KB` | `score`'s segment, 4 to 1024 KiB, a power of two | `64` |
 //! | `MEMSHADOW_SCORE_ALPHA`, `_BETA`, `_GAMMA` | `score`'s weights, >= 0 | `1`, `1`, `0.5` |
-//! | `MEMSHADOW_FLIGHT` | `1`: the flight recorder (set by `memshadow run --record`): a last snapshot when the program dies of SIGSEGV, SIGBUS, SIGABRT, SIGFPE or SIGILL, see `service::flight`; `0` off | `0` |
+//! | `MEMSHADOW_FLIGHT` | `1`: the flight recorder (set by `memshadow run --record`): a last snapshot, which the recorder writes, when the program dies of SIGSEGV, SIGBUS, SIGABRT, SIGFPE or SIGILL, see `service::flight`; `0` off | `0` |
 
 use crate::base::log::Level;
 use crate::predict::{Choice, Kind, Params};

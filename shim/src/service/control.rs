@@ -362,7 +362,6 @@ pub fn dispatch(req: &str) -> Vec<u8> {
     }
 }
 
-/// `regions V`: the ranges version V holds.
 /// `recorded V [MS]`: a recorder has every version up to `V` in its store: their holders
 /// go. With `MS` (when `V` was taken) the stats page keeps both, for `memshadow top`'s
 /// recording lag and the flight recorder (`0 0`: the recorder stopped).
@@ -389,6 +388,7 @@ fn recorded_reply(args: &[&str]) -> Vec<u8> {
     }
 }
 
+/// `regions V`: the ranges version V holds.
 fn regions_reply(args: &[&str]) -> Vec<u8> {
     let req = match RegionsRequest::parse(&args.join(" ")) {
         Ok(r) => r,

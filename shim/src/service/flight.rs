@@ -25,9 +25,12 @@
 //!   signal, pending, is delivered as the handler returns, so the exit status and the
 //!   core are the kernel's own.
 //!
-//! No waiting when: the fault is in the shim's own code, the thread is already crashing
-//! (a crash inside the handler), or this is a forked child (the recorder records the
-//! parent). Another thread crashing meanwhile waits for the same version.
+//! No waiting when: no recorder has written a version of this process yet (stats
+//! `recorded_version` is 0: a crash in the first moments, a program started by `exec`
+//! from the recorded one, `MEMSHADOW_FLIGHT=1` without a recorder), the fault is in the
+//! shim's own code, the thread is already crashing (a crash inside the handler), or this
+//! is a forked child (the recorder records the parent). Another thread crashing
+//! meanwhile waits for the same version.
 
 use crate::base::sync::SpinLock;
 use crate::base::sys;
@@ -414,7 +417,7 @@ extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_voi
 fn die(sig: c_int, uctx: *mut c_void) {
     // SAFETY: gettid and getpid cannot fail.
     let (pid, tid) = unsafe { (libc::getpid(), libc::syscall(libc::SYS_gettid) as c_int) };
-    let armed = ARMED_PID.load(Ordering::Acquire) == pid && !in_shim(uctx);
+    let armed = ARMED_PID.load(Ordering::Acquire) == pid && recorder_heard() && !in_shim(uctx);
     if armed && CRASH_TID.load(Ordering::Acquire) != tid {
         if CRASH_SIGNAL
             .compare_exchange(0, sig, Ordering::AcqRel, Ordering::Acquire)
@@ -427,6 +430,16 @@ fn die(sig: c_int, uctx: *mut c_void) {
         wait_recorded();
     }
     default_action(pid, tid, sig);
+}
+
+/// Whether a recorder has written a version of this process (it says so with
+/// `recorded V MS`): only then is there one to wait for. Not after an `exec` (the
+/// recording ends there), nor with `MEMSHADOW_FLIGHT=1` and no recorder.
+fn recorder_heard() -> bool {
+    stats::page()
+        .counter(Counter::RecordedVersion)
+        .load(Ordering::Relaxed)
+        > 0
 }
 
 /// Waits until the last snapshot is recorded (or failed), at most [`WAIT_MS`].

@@ -417,7 +417,11 @@ extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_voi
 fn die(sig: c_int, uctx: *mut c_void) {
     // SAFETY: gettid and getpid cannot fail.
     let (pid, tid) = unsafe { (libc::getpid(), libc::syscall(libc::SYS_gettid) as c_int) };
-    let armed = ARMED_PID.load(Ordering::Acquire) == pid && recorder_heard() && !in_shim(uctx);
+    // Without tracking the epoch thread has stopped: no snapshot can come.
+    let armed = ARMED_PID.load(Ordering::Acquire) == pid
+        && crate::tracking::regions::tracking()
+        && recorder_heard()
+        && !in_shim(uctx);
     if armed && CRASH_TID.load(Ordering::Acquire) != tid {
         if CRASH_SIGNAL
             .compare_exchange(0, sig, Ordering::AcqRel, Ordering::Acquire)
@@ -465,6 +469,9 @@ fn wait_recorded() {
                 ),
             }
             return;
+        }
+        if phase == ASKED && !crate::tracking::regions::tracking() {
+            return; // the epoch thread stopped (and said why)
         }
         if phase == ASKED {
             crate::service::epoch::wake_for_flight();

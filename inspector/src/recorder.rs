@@ -335,7 +335,7 @@ fn record_crash(
         }
         // A version recorded after the crash began would come after this one.
         let since = since.filter(|&s| s < crash.version);
-        record_one(
+        let recorded = record_one(
             socket,
             pid,
             store,
@@ -343,7 +343,10 @@ fn record_crash(
             since,
             &mut courtesy,
             crash.signal,
-        )
+        )?;
+        // Its statistics too, while the process still waits.
+        keep_version_stats(target, store, crash.version, &[]);
+        Ok(recorded)
     })();
     let said = control_client::request(
         socket,
@@ -361,7 +364,6 @@ fn record_crash(
             done.pages += outcome.pages;
             done.last = Some(crash.version);
             done.crash = Some((crash.version, crash.signal));
-            keep_version_stats(target, store, crash.version, &[]);
         }
         Err(Failed::Store(e)) => return Err(RecordError::Store(e)),
         Err(Failed::Process(e)) => eprintln!(

@@ -283,6 +283,7 @@ mod tests {
                 time_ms: t,
                 pid: 7,
                 regions: regions.clone(),
+                crash_signal: 0,
             };
             let (since, changed) = if v == 1 {
                 (None, regions.clone())

@@ -24,7 +24,8 @@
 //! | `regions V` | `version`, `page_size`, `regions N`, then N lines `region ADDR LEN` | the memory tracked at version `V`, by address |
 //! | `pin V` | `version` | then the server keeps the connection open; see below |
 //! | `changes V SINCE` | `version`, `since`, `page_size`, `regions N`, N lines `region ADDR LEN`, `changes M`, M lines `change ADDR LEN` | then the bytes of every change at version `V` in frames; see below |
-//! | `recorded V` | `let_go` | a recorder has every version up to `V` in its store: their holders go (reads of them are then refused, saying so) |
+//! | `recorded V [MS]` | `let_go` | a recorder has every version up to `V` in its store: their holders go (reads of them are then refused, saying so). With `MS`, when `V` was taken (ms since the Unix epoch): the process keeps `V` and `MS` as the stats `recorded_version` and `recorded_time_ms` (`memshadow top`'s recording lag; the flight recorder waits for a recorder only while one has written a version); `recorded 0 0`: the recorder stopped |
+//! | `flight V` | `version` | the recorder has written (or given up on) version `V`, the flight recorder's last snapshot (stats `flight_version`): the crashing thread that waits for it goes on dying |
 //!
 //! `pin V` keeps version `V` (and so every newer one: retention is oldest first) from
 //! being evicted by new snapshots until the client closes the connection (or sends
@@ -82,7 +83,11 @@ pub const CMD_CHANGES: &str = "changes";
 /// A recorder has every version up to `V` in its store: `recorded V`. The holders of
 /// those versions are let go (their reads then say to read the store); the reply's
 /// `let_go` field says how many.
+/// With `MS` (`recorded V MS`, when `V` was taken) the stats `recorded_version` and
+/// `recorded_time_ms` say what the store holds (`recorded 0 0`: the recorder stopped).
 pub const CMD_RECORDED: &str = "recorded";
+/// The recorder has written the crash version `V`: `flight V`.
+pub const CMD_FLIGHT: &str = "flight";
 /// Most bytes in one frame of a `changes` body (1 MiB).
 pub const MAX_FRAME: usize = 1 << 20;
 /// The frame length that ends a complete `changes` body.

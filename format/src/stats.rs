@@ -184,11 +184,22 @@ pub enum Counter {
     /// Times `MEMSHADOW_BACKEND=auto` changed the backend of the next snapshot (shadows
     /// to a holder or back).
     BackendSwitches = 48,
+    /// The fatal signal the program is dying of, under the flight recorder
+    /// (`MEMSHADOW_FLIGHT=1`): set when its crashing thread asks for a last snapshot.
+    FlightSignal = 49,
+    /// The version of that last snapshot, once taken (0 before), for the recorder.
+    FlightVersion = 50,
+    /// The newest version a recorder (`memshadow record`, `run --record`) has written to
+    /// its store (0: none), as it told the process (control `recorded V MS`).
+    RecordedVersion = 51,
+    /// When that version was taken, ms since the Unix epoch: `memshadow top` shows how
+    /// far the store is behind the program.
+    RecordedTimeMs = 52,
 }
 
 impl Counter {
     /// Every assigned counter, in slot order.
-    pub const ALL: [Counter; 49] = [
+    pub const ALL: [Counter; 53] = [
         Counter::TrackedRegions,
         Counter::TrackedBytes,
         Counter::Rescans,
@@ -238,6 +249,10 @@ impl Counter {
         Counter::HolderPauseUsMax,
         Counter::HolderPinnedBytes,
         Counter::BackendSwitches,
+        Counter::FlightSignal,
+        Counter::FlightVersion,
+        Counter::RecordedVersion,
+        Counter::RecordedTimeMs,
     ];
 
     pub const fn index(self) -> usize {
@@ -295,6 +310,10 @@ impl Counter {
             Counter::HolderPauseUsMax => "holder_pause_us_max",
             Counter::HolderPinnedBytes => "holder_pinned_bytes",
             Counter::BackendSwitches => "backend_switches",
+            Counter::FlightSignal => "flight_signal",
+            Counter::FlightVersion => "flight_version",
+            Counter::RecordedVersion => "recorded_version",
+            Counter::RecordedTimeMs => "recorded_time_ms",
         }
     }
 }

@@ -54,7 +54,7 @@
 //! | 48 | 4 | R, number of regions |
 //! | 52 | 4 | O, number of data objects referenced |
 //! | 56 | 4 | N, number of page runs |
-//! | 60 | 4 | reserved, written 0 |
+//! | 60 | 4 | crash signal: the fatal signal the program was dying of when this version was taken (the flight recorder, `memshadow run --record`), 0 otherwise; stores older than it wrote 0 here |
 //! | 64 | 8 | pages recorded by this version (sum of the runs' page counts) |
 //! | 72 | 8 | stored bytes: sum of the sizes of the data objects referenced |
 //!
@@ -388,6 +388,9 @@ pub struct Manifest {
     pub regions: Vec<(u64, u64)>,
     pub objects: Vec<ObjectRef>,
     pub runs: Vec<Run>,
+    /// The fatal signal the program was dying of when this version was taken (the
+    /// flight recorder), 0 for an ordinary version.
+    pub crash_signal: u32,
 }
 
 impl Manifest {
@@ -520,7 +523,7 @@ impl Manifest {
         b.extend_from_slice(&prev.to_le_bytes());
         b.extend_from_slice(&self.pid.to_le_bytes());
         b.extend_from_slice(&self.page_size.to_le_bytes());
-        for x in [r, o, n, 0] {
+        for x in [r, o, n, self.crash_signal] {
             b.extend_from_slice(&x.to_le_bytes());
         }
         b.extend_from_slice(&self.changed_pages().to_le_bytes());
@@ -636,6 +639,7 @@ impl Manifest {
             regions,
             objects,
             runs,
+            crash_signal: u32_at(b, 60),
         };
         m.check().map_err(|e| match e {
             FormatError::Invalid(m) => FormatError::Corrupt(m),
@@ -1051,6 +1055,7 @@ mod tests {
                 offset: DATA_HEADER_SIZE as u64,
                 bytes: lens.iter().sum(),
             }],
+            crash_signal: 0,
         }
     }
 
@@ -1115,6 +1120,15 @@ mod tests {
             ..m.clone()
         };
         assert_eq!(Manifest::decode(&base.encode().unwrap()).unwrap(), base);
+        // The crash signal sits in what older stores wrote as a reserved 0.
+        assert_eq!(u32_at(&b, 60), 0);
+        let crashed = Manifest {
+            crash_signal: 11,
+            ..m.clone()
+        };
+        let c = crashed.encode().unwrap();
+        assert_eq!(u32_at(&c, 60), 11);
+        assert_eq!(Manifest::decode(&c).unwrap(), crashed);
     }
 
     #[test]

@@ -13,6 +13,10 @@ use crate::target::Target;
 /// `memshadow run`: never returns on success, it exits like the program did.
 pub fn run(args: RunArgs) -> Result<i32> {
     let mut launch = launch::prepare(&args.command, args.lib.as_deref())?;
+    if args.record.is_some() {
+        // The flight recorder: a last snapshot, recorded, when the program crashes.
+        launch.env.push((FLIGHT_ENV.into(), "1".into()));
+    }
     if args.record.is_some() && std::env::var_os(BUDGET_ENV).is_none() {
         // The recorder pins the version it writes and the last one written while the
         // program goes on writing: the shadows must hold what it writes meanwhile.
@@ -73,6 +77,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
     }
     launch::exit_like(outcome.status)
 }
+
+/// The shim's flight recorder variable (see the shim's `service::flight`).
+const FLIGHT_ENV: &str = "MEMSHADOW_FLIGHT";
 
 /// The shim's shadow budget variable.
 const BUDGET_ENV: &str = "MEMSHADOW_SHADOW_BUDGET_MB";

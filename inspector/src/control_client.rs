@@ -261,9 +261,18 @@ pub fn snapshot(socket: &Endpoint) -> Result<u64, ControlError> {
 }
 
 /// Tells the shim every version up to `version` is in the recorder's store (it lets go
-/// of their holders); how many holders went.
-pub fn recorded(socket: &Endpoint, version: u64) -> Result<usize, ControlError> {
-    let fields = request(socket, &format!("{} {version}", control::CMD_RECORDED))?;
+/// of their holders), and with `taken_ms` when that version was taken (kept on its
+/// stats page: `memshadow top`'s recording lag); how many holders went.
+pub fn recorded(
+    socket: &Endpoint,
+    version: u64,
+    taken_ms: Option<u64>,
+) -> Result<usize, ControlError> {
+    let command = match taken_ms {
+        Some(ms) => format!("{} {version} {ms}", control::CMD_RECORDED),
+        None => format!("{} {version}", control::CMD_RECORDED),
+    };
+    let fields = request(socket, &command)?;
     control::field(&fields, "let_go")
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| malformed(format!("no let_go count in the reply: {fields:?}")))

@@ -53,6 +53,8 @@ pub struct Recording {
     pub behind: u64,
     /// Time spent waiting for the program to stop trapping (see [`Courtesy`]).
     pub gave_way: Duration,
+    /// The program's last snapshot as it died (the flight recorder): version, signal.
+    pub crash: Option<(u64, u32)>,
 }
 
 /// Why a recording ended early.
@@ -105,6 +107,23 @@ pub fn record(
     behind: &mut dyn FnMut(Duration),
     skip: &mut dyn FnMut(&str),
 ) -> Result<Recording, RecordError> {
+    let recorded = record_until_done(target, store, plan, stop, behind, skip);
+    // Nothing records the process any more (a dying thread of it must not wait for a
+    // recorder, see the shim's `service::flight`). Best effort: it may be gone.
+    if !target.gone() {
+        let _ = control_client::recorded(&target.socket, 0, Some(0));
+    }
+    recorded
+}
+
+fn record_until_done(
+    target: &Target,
+    store: &mut Store,
+    plan: &Plan,
+    stop: &AtomicBool,
+    behind: &mut dyn FnMut(Duration),
+    skip: &mut dyn FnMut(&str),
+) -> Result<Recording, RecordError> {
     let (socket, pid) = (&target.socket, target.pid);
     lower_priority();
     // A failure of the process side: the end of the recording when the process exited
@@ -129,9 +148,16 @@ pub fn record(
         if stop.load(Ordering::Relaxed) || plan.limit.is_some_and(|l| started.elapsed() >= l) {
             break;
         }
+        // The program is dying and waits for its last snapshot to be written: that
+        // version ends the recording.
+        if let Some(crash) = crashed(target) {
+            record_crash(target, store, crash, last.as_ref().map(|l| l.0), &mut done)?;
+            break;
+        }
         let period_start = Instant::now();
         let since = last.as_ref().map(|(v, _)| *v);
         let mut courtesy = Courtesy::new(target, (plan.every / 2).min(MAX_COURTESY));
+        let taken_ms = now_ms();
         let attempted = attempt(socket, pid, store, since, &mut courtesy);
         done.gave_way += courtesy.waited;
         let (version, outcome, pin) = match attempted {
@@ -172,7 +198,7 @@ pub fn record(
         // a holder let go stops the program's writes copying pages for it). A shim
         // that cannot only keeps them longer: nothing to say.
         last = Some((version, pin));
-        let _ = control_client::recorded(socket, version);
+        let _ = control_client::recorded(socket, version, Some(taken_ms));
         if plan.keep.is_some() || plan.keep_for.is_some() {
             let retained = store
                 .retain(plan.keep, plan.keep_for)
@@ -192,7 +218,7 @@ pub fn record(
         // noticed soon.
         let due = period_start + plan.every;
         while Instant::now() < due && !stop.load(Ordering::Relaxed) {
-            if plan.limit.is_some_and(|l| started.elapsed() >= l) {
+            if plan.limit.is_some_and(|l| started.elapsed() >= l) || crashed(target).is_some() {
                 break;
             }
             std::thread::sleep((due - Instant::now()).min(Duration::from_millis(20)));
@@ -263,8 +289,120 @@ fn attempt(
         Ok(ctx) => store.put_context(&ctx).map_err(Failed::Store)?,
         Err(e) => context_failed(&e),
     }
-    let recorded = record_one(socket, pid, store, version, since, courtesy)?;
+    let recorded = record_one(socket, pid, store, version, since, courtesy, 0)?;
     Ok((version, recorded, pin))
+}
+
+/// The flight recorder's last snapshot: the fatal signal and the version.
+#[derive(Debug, Clone, Copy)]
+struct Crash {
+    signal: u32,
+    version: u64,
+}
+
+/// The last snapshot of a dying program, once its shim has taken it (stats
+/// `flight_signal` and `flight_version`, see the shim's `service::flight`).
+fn crashed(target: &Target) -> Option<Crash> {
+    use memshadow_format::stats::Counter;
+    let page = target.page()?;
+    let (signal, version) = (
+        page.counters[Counter::FlightSignal.index()],
+        page.counters[Counter::FlightVersion.index()],
+    );
+    (signal > 0 && version > 0).then_some(Crash {
+        signal: signal as u32,
+        version,
+    })
+}
+
+/// Records the crash version, marked with its signal, as a delta since `since` (or a
+/// base), then tells the shim (`flight V`) so that the dying thread goes on, also when
+/// the version could not be written (it says so). A store failure ends the recording.
+fn record_crash(
+    target: &Target,
+    store: &mut Store,
+    crash: Crash,
+    since: Option<u64>,
+    done: &mut Recording,
+) -> Result<(), RecordError> {
+    let (socket, pid) = (&target.socket, target.pid);
+    let mut courtesy = Courtesy::new(target, Duration::ZERO);
+    let result = (|| -> Result<memshadow_store::Recorded, Failed> {
+        let _pin = control_client::pin(socket, crash.version).map_err(Failed::Process)?;
+        match crate::core_context::read(pid, crash.version) {
+            Ok(ctx) => store.put_context(&ctx).map_err(Failed::Store)?,
+            Err(e) => context_failed(&e),
+        }
+        // A version recorded after the crash began would come after this one.
+        let since = since.filter(|&s| s < crash.version);
+        let recorded = record_one(
+            socket,
+            pid,
+            store,
+            crash.version,
+            since,
+            &mut courtesy,
+            crash.signal,
+        )?;
+        // Its statistics too, while the process still waits.
+        keep_version_stats(target, store, crash.version, &[]);
+        Ok(recorded)
+    })();
+    let said = control_client::request(
+        socket,
+        &format!(
+            "{} {}",
+            memshadow_format::control::CMD_FLIGHT,
+            crash.version
+        ),
+    );
+    match result {
+        Ok(outcome) => {
+            done.versions += 1;
+            done.bases += outcome.base as u64;
+            done.stored_bytes += outcome.stored_bytes;
+            done.pages += outcome.pages;
+            done.last = Some(crash.version);
+            done.crash = Some((crash.version, crash.signal));
+        }
+        Err(Failed::Store(e)) => return Err(RecordError::Store(e)),
+        Err(Failed::Process(e)) => eprintln!(
+            "memshadow: the program's last snapshot (version {}, {}) could not be recorded: {}",
+            crash.version,
+            signal_name(crash.signal),
+            target.explain(e).message
+        ),
+    }
+    // The shim lets the dying thread go as it answers: the process may die before its
+    // answer arrives. Only a process still alive after that did not hear it.
+    let still_alive = || {
+        let waited = Instant::now();
+        while waited.elapsed() < EXIT_PATIENCE {
+            if target.gone() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    };
+    if let Err(e) = said
+        .map(drop)
+        .or_else(|e| if still_alive() { Err(e) } else { Ok(()) })
+    {
+        eprintln!(
+            "memshadow: could not tell the dying program its last snapshot is recorded ({}); it waits out its time",
+            target.explain(e).message
+        );
+    }
+    Ok(())
+}
+
+/// `SIGSEGV` and the like for the flight recorder's signals, else `signal N`.
+pub fn signal_name(sig: u32) -> String {
+    match nix::sys::signal::Signal::try_from(sig as i32) {
+        Ok(s) => s.as_str().to_string(),
+        Err(_) => format!("signal {sig}"),
+    }
 }
 
 /// Said once per recorder: the versions recorded meanwhile have no context (a core file
@@ -360,6 +498,7 @@ fn record_one(
     version: u64,
     since: Option<u64>,
     courtesy: &mut Courtesy,
+    crash_signal: u32,
 ) -> Result<memshadow_store::Recorded, Failed> {
     // The snapshot just taken makes the program trap on its next writes: reading the
     // version meanwhile would take CPU from the fault thread it waits on.
@@ -387,6 +526,7 @@ fn record_one(
         time_ms: now_ms(),
         pid,
         regions: stream.header.regions.clone(),
+        crash_signal,
     };
     let changed = stream.header.changes.clone();
     let mut source = StreamSource::new(socket, version, stream, courtesy);
@@ -568,8 +708,16 @@ pub fn summary(done: &Recording, store: &str) -> String {
     match done.last {
         None => format!("recorded nothing into {store}"),
         Some(last) => format!(
-            "recorded {} version(s) ({} base(s), {} pages, {} bytes stored) into {store}; the last is version {last}; gave way to the program's traps for {} ms",
-            done.versions, done.bases, done.pages, done.stored_bytes, done.gave_way.as_millis()
+            "recorded {} version(s) ({} base(s), {} pages, {} bytes stored) into {store}; the last is version {last}{}; gave way to the program's traps for {} ms",
+            done.versions,
+            done.bases,
+            done.pages,
+            done.stored_bytes,
+            match done.crash {
+                Some((v, sig)) if v == last => format!(", taken as the program died of {}", signal_name(sig)),
+                _ => String::new(),
+            },
+            done.gave_way.as_millis()
         ),
     }
 }

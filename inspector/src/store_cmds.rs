@@ -111,6 +111,7 @@ pub fn log(args: LogArgs) -> Result<i32> {
                     "changed_pages": r.changed_pages,
                     "stored_bytes": r.stored_bytes,
                     "base": r.base,
+                    "crash": (r.crash_signal > 0).then(|| crate::recorder::signal_name(r.crash_signal)),
                 })
             })
             .collect();
@@ -139,9 +140,14 @@ pub fn log(args: LogArgs) -> Result<i32> {
             let base = r
                 .base
                 .map_or_else(|| "broken".to_string(), |b| b.to_string());
+            // The flight recorder's last snapshot of a program that crashed.
+            let crash = match r.crash_signal {
+                0 => String::new(),
+                sig => format!("  crash: {}", crate::recorder::signal_name(sig)),
+            };
             writeln!(
                 w,
-                "{:>8}  {:<24}  {:>13}  {:>12}  {:>8}",
+                "{:>8}  {:<24}  {:>13}  {:>12}  {:>8}{crash}",
                 r.version,
                 rfc3339(r.time_ms),
                 r.changed_pages,
@@ -305,11 +311,13 @@ pub fn verify(args: VerifyArgs) -> Result<i32> {
         eprintln!("memshadow: orphaned object (left by an interrupted write or retention; the next retention removes it): {orphan}");
     }
     println!(
-        "{}: ok: {} version(s), {} data object(s), {} page record(s) checked; {} orphaned object(s)",
+        "{}: ok: {} version(s), {} data object(s), {} page record(s), {} context(s) and {} statistics object(s) checked; {} orphaned object(s)",
         args.store,
         report.versions,
         report.data_objects,
         report.pages,
+        report.contexts,
+        report.version_stats,
         report.orphans.len()
     );
     Ok(0)

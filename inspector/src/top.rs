@@ -338,6 +338,31 @@ impl View {
 }
 
 /// `1234.5` -> `1,235`; small rates keep a decimal; none yet: `-`.
+/// How far a recorder's store is behind the program (stats `recorded_version` and
+/// `recorded_time_ms`, which the recorder sets): None when nothing records it.
+fn recording_lag(r: &StatsRecord, now_ms: u64) -> Option<String> {
+    let recorded = r.counter(Counter::RecordedVersion);
+    if recorded == 0 {
+        return None;
+    }
+    let behind = r.counter(Counter::Version).saturating_sub(recorded);
+    Some(if behind == 0 {
+        format!("recorded {recorded}: up to date")
+    } else {
+        let ms = now_ms.saturating_sub(r.counter(Counter::RecordedTimeMs));
+        format!(
+            "recorded {recorded}: {behind} version(s), {:.1} s behind",
+            ms as f64 / 1000.0
+        )
+    })
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn per_s(rate: Option<f64>) -> String {
     match rate {
         None => "-".into(),
@@ -392,12 +417,13 @@ fn draw_detail(f: &mut Frame, area: Rect, p: &Proc) {
         Line::from(vec![
             Span::styled("snapshots ", label),
             Span::raw(format!(
-                "{}/s  {} taken ({interval})  version {} (oldest {}, {} retained)",
+                "{}/s  {} taken ({interval})  version {} (oldest {}, {} retained){}",
                 per_s(p.snapshots_per_s),
                 thousands(r.counter(Counter::Epochs)),
                 r.counter(Counter::Version),
                 r.counter(Counter::OldestVersion),
                 r.counter(Counter::VersionsRetained),
+                recording_lag(r, unix_ms()).map_or(String::new(), |l| format!("  {l}")),
             )),
         ]),
         Line::from(vec![
@@ -516,6 +542,24 @@ mod tests {
         // A counter that went back (a restarted shim) and no elapsed time give none.
         assert_eq!(rate(&b, &a, Counter::Epochs), None);
         assert_eq!(rate(&a, &a, Counter::Epochs), None);
+    }
+
+    #[test]
+    fn the_recording_lag_is_versions_and_seconds_behind() {
+        let mut r = record(0, 0);
+        r.counters[Counter::Version.index()] = 12;
+        assert_eq!(recording_lag(&r, 5_000), None, "nothing records it");
+        r.counters[Counter::RecordedVersion.index()] = 9;
+        r.counters[Counter::RecordedTimeMs.index()] = 3_500;
+        assert_eq!(
+            recording_lag(&r, 5_000).as_deref(),
+            Some("recorded 9: 3 version(s), 1.5 s behind")
+        );
+        r.counters[Counter::RecordedVersion.index()] = 12;
+        assert_eq!(
+            recording_lag(&r, 5_000).as_deref(),
+            Some("recorded 12: up to date")
+        );
     }
 
     #[test]

@@ -21,7 +21,9 @@ use memshadow_format::image::ImageReader;
 use memshadow_store::Store;
 
 use common::shimmed::{chain_fault, fnv1a64, parse_chains, Running};
-use common::{aws_env, c_program, clean_env_in, finish, memshadow_bin, temp_dir, Guard};
+use common::{
+    aws_env, c_program, clean_env_in, finish, memshadow_bin, temp_dir, wait_until, Guard,
+};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -104,6 +106,43 @@ fn a_recording_gives_back_what_the_program_wrote_and_what_a_live_read_gives() {
     );
     let last = versions.last().unwrap().version;
     check_live_checksums(&mut store, &versions, &running.lines);
+    // A recorder tells the process what it wrote (`memshadow top`'s recording lag)
+    // while it records, and that nothing records it once it stopped.
+    let recorded = || -> (u64, u64) {
+        let f = finish(
+            memshadow(d).args(["stats", &pid.to_string(), "--json"]),
+            LIMIT,
+        );
+        assert!(f.status.success(), "{f:#?}");
+        let stats: serde_json::Value = serde_json::from_str(&f.stdout).unwrap();
+        (
+            stats["recorded_version"].as_u64().unwrap(),
+            stats["recorded_time_ms"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(recorded(), (0, 0), "the recorder stopped");
+    let lag_store = d.join("lag-store");
+    let mut c = memshadow(d);
+    c.args(["record", &pid.to_string(), "--to"])
+        .arg(&lag_store)
+        .args(["--every", "50"]);
+    let recorder = Guard::spawn(&mut c, LIMIT);
+    assert!(
+        wait_until(Duration::from_secs(30), || recorded().0 >= 2),
+        "the process never heard of a second recorded version"
+    );
+    let (v, ms) = recorded();
+    let lag_versions = Store::open(lag_store.to_str().unwrap())
+        .unwrap()
+        .versions()
+        .unwrap();
+    let told = lag_versions.iter().find(|r| r.version == v);
+    assert!(
+        told.is_some_and(|r| ms > 0 && ms <= r.time_ms),
+        "told version {v} taken at {ms}: {lag_versions:?}"
+    );
+    interrupt(recorder);
+    assert_eq!(recorded(), (0, 0), "the recorder stopped");
 
     // The whole last version, restored, is the image a live read makes of a snapshot
     // taken now (nothing was written since "ready"; a recorded version itself may have

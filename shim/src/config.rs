@@ -17,6 +17,7 @@
 //! | `MEMSHADOW_PREFETCH_CPU` | share of one core the prefetch thread may use, (0, 1] | `0.5` |
 //! | `MEMSHADOW_SEGMENT_KB` | `score`'s segment, 4 to 1024 KiB, a power of two | `64` |
 //! | `MEMSHADOW_SCORE_ALPHA`, `_BETA`, `_GAMMA` | `score`'s weights, >= 0 | `1`, `1`, `0.5` |
+//! | `MEMSHADOW_FLIGHT` | `1`: the flight recorder (set by `memshadow run --record`): a last snapshot, which the recorder writes, when the program dies of SIGSEGV, SIGBUS, SIGABRT, SIGFPE or SIGILL, see `service::flight`; `0` off | `0` |
 
 use crate::base::log::Level;
 use crate::predict::{Choice, Kind, Params};
@@ -82,6 +83,8 @@ pub struct Config {
     /// A `MEMSHADOW_BACKEND` that did not parse (then `backend` is `Shadow`): unlike
     /// the other variables it does not stop tracking; start-up says so in one line.
     pub backend_refused: Option<ConfigError>,
+    /// `MEMSHADOW_FLIGHT=1`: the flight recorder is on (see `service::flight`).
+    pub flight: bool,
 }
 
 /// The configuration the shim runs with, once it tracks this process: set at start-up
@@ -257,7 +260,13 @@ impl Config {
             Ok(b) => (b, None),
             Err(e) => (Backend::Auto, Some(e)),
         };
+        let flight = match get("MEMSHADOW_FLIGHT").as_deref().map(str::trim) {
+            None | Some("0") | Some("") => false,
+            Some("1") => true,
+            Some(v) => return Err(bad("MEMSHADOW_FLIGHT", v, "0 or 1")),
+        };
         Ok(Config {
+            flight,
             backend,
             backend_refused,
             track,
@@ -311,6 +320,17 @@ mod tests {
         assert_eq!((c.confidence, c.prefetch_cpu), (0.2, 0.5));
         assert_eq!(c.predict_params, Params::default());
         assert_eq!((c.backend, c.backend_refused), (Backend::Auto, None));
+        assert!(!c.flight);
+    }
+
+    #[test]
+    fn flight() {
+        assert!(parse(&[("MEMSHADOW_FLIGHT", "1")]).unwrap().flight);
+        assert!(!parse(&[("MEMSHADOW_FLIGHT", "0")]).unwrap().flight);
+        assert_eq!(
+            parse(&[("MEMSHADOW_FLIGHT", "yes")]).unwrap_err().var,
+            "MEMSHADOW_FLIGHT"
+        );
     }
 
     #[test]

@@ -116,6 +116,7 @@ pub extern "C" fn on_load() {
     // The C library's functions, found now from the constructor, so that a `close` or
     // `_exit` in a signal handler or a vfork child never runs dlsym.
     let _ = crate::base::forward::real();
+    crate::service::flight::resolve_real();
     let mut config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -159,6 +160,11 @@ pub extern "C" fn on_load() {
     stats::set_state(ProcessState::Running);
     regions::set_tracking(true);
     start_interval_snapshots(&config);
+    if config.flight {
+        if let Err(e) = crate::service::flight::install(&config) {
+            error!("the flight recorder is off: {e}");
+        }
+    }
 }
 
 /// Starts the epoch thread when `MEMSHADOW_INTERVAL_MS` asks for periodic snapshots (it
@@ -253,6 +259,9 @@ extern "C" fn fork_child() {
     crate::prefetch::forget_after_fork();
     crate::service::epoch::forget_after_fork();
     crate::service::pins::forget_after_fork();
+    // The parent's recorder records the parent, not this child.
+    stats::set(memshadow_format::stats::Counter::RecordedVersion, 0);
+    stats::set(memshadow_format::stats::Counter::RecordedTimeMs, 0);
     if regions::tracking() {
         control::stop_listening();
         let old = RUNTIME.lock().take();

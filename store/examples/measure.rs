@@ -44,6 +44,7 @@ fn main() {
         time_ms: 0,
         pid,
         regions: regions.clone(),
+        crash_signal: 0,
     };
     let t = Instant::now();
     let r = store

@@ -71,6 +71,9 @@ pub struct VersionInfo {
     pub pid: u32,
     /// (start, len); sorted, page-aligned, not overlapping.
     pub regions: Vec<(u64, u64)>,
+    /// The fatal signal the program was dying of when the version was taken (the flight
+    /// recorder), 0 for an ordinary version.
+    pub crash_signal: u32,
 }
 
 /// What [`Store::record`] wrote.
@@ -110,6 +113,8 @@ pub struct VersionSummary {
     pub region_bytes: u64,
     /// The base its chain ends at (itself for a base); None if the chain is broken.
     pub base: Option<u64>,
+    /// The fatal signal the program was dying of when it was taken (0: none).
+    pub crash_signal: u32,
 }
 
 /// Why a store operation failed.
@@ -410,6 +415,7 @@ impl Store {
                 stored_bytes: m.stored_bytes(),
                 region_bytes: m.regions.iter().map(|r| r.1).sum(),
                 base,
+                crash_signal: m.crash_signal,
             });
         }
         Ok(out)
@@ -630,6 +636,7 @@ impl Store {
             regions: info.regions.clone(),
             objects,
             runs,
+            crash_signal: info.crash_signal,
         };
         let bytes = manifest.encode().map_err(|e| match e {
             FormatError::Invalid(m) => StoreError::Invalid(m),

@@ -8,6 +8,7 @@ use memshadow_format::store::{
 };
 
 use memshadow_format::store_context::{parse_context_name, CoreContext, CONTEXT_DIR};
+use memshadow_format::version_stats;
 
 use crate::backend::BackendError;
 use crate::{local, Store, StoreError};
@@ -34,6 +35,9 @@ pub struct VerifyReport {
     pub pages: u64,
     /// Context objects checked (see `memshadow_format::store_context`).
     pub contexts: usize,
+    /// Per-version statistics objects checked (`stats-V`, see
+    /// `memshadow_format::version_stats`).
+    pub version_stats: usize,
     /// Damage, `STORE` first, then manifests by version, then data objects by name.
     pub damage: Vec<Damage>,
     /// Objects no readable manifest references (left by an interrupted write or
@@ -271,6 +275,29 @@ impl Store {
                 );
             }
             report.contexts += 1;
+        }
+        // Per-version statistics: checked whole; damage breaks no version, only what
+        // `memshadow report` shows of it. A version has none when the recorder could
+        // not read them (or predates them).
+        for &v in &numbers {
+            let name = version_stats::version_stats_name(v);
+            let problem = match self.backend.get(&name) {
+                Ok(b) => match version_stats::decode(&b) {
+                    Ok((found, _)) if found == v => None,
+                    Ok((found, _)) => Some(format!("it names version {found}")),
+                    Err(e) => Some(e.to_string()),
+                },
+                Err(BackendError::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(p) = problem {
+                note(
+                    name,
+                    format!("{p} (`memshadow report` leaves out version {v}'s statistics; its memory still reads)"),
+                    &[],
+                );
+            }
+            report.version_stats += 1;
         }
         // What each damage breaks: its direct users and every version built on them.
         for (object, (problem, direct)) in found {

@@ -101,6 +101,7 @@ fn the_base_rule() {
         time_ms: v,
         pid: 1,
         regions: vec![region],
+        crash_signal: 0,
     };
     let one_page = [(region.0, 4096)];
     let mut bases = Vec::new();
@@ -159,6 +160,7 @@ fn the_base_rule() {
             time_ms: 0,
             pid: 1,
             regions,
+            crash_signal: 0,
         };
         let e = store
             .record(&bad, None, &[], &mut Pages(0, None))
@@ -166,4 +168,74 @@ fn the_base_rule() {
         assert!(matches!(e, StoreError::Invalid(_)), "{e}");
     }
     assert_eq!(store.version_numbers().unwrap().len(), 75);
+}
+
+#[test]
+fn a_crash_mark_survives_a_rebase_and_verify_checks_version_statistics() {
+    use memshadow_format::version_stats;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::create_or_open(&target(&dir), 4096).unwrap();
+    let region = (0x100000u64, 4 * 4096u64);
+    let info = |v: u64, crash_signal: u32| memshadow_store::VersionInfo {
+        version: v,
+        time_ms: v,
+        pid: 1,
+        regions: vec![region],
+        crash_signal,
+    };
+    let one_page = [(region.0, 4096)];
+    for v in 1..=3 {
+        let crash = if v == 3 { 11 } else { 0 };
+        store
+            .record(
+                &info(v, crash),
+                v.checked_sub(1).filter(|&p| p > 0),
+                &one_page,
+                &mut Pages(v, Some(v as u8)),
+            )
+            .unwrap();
+    }
+    let marks = |store: &mut Store| -> Vec<(u64, u32)> {
+        store
+            .versions()
+            .unwrap()
+            .iter()
+            .map(|r| (r.version, r.crash_signal))
+            .collect()
+    };
+    assert_eq!(marks(&mut store), [(1, 0), (2, 0), (3, 11)]);
+    // Keeping the newest rewrites version 3 as a base: the mark stays.
+    store.retain(Some(1), None).unwrap();
+    assert_eq!(marks(&mut store), [(3, 11)]);
+    let mut reopened = Store::open(&target(&dir)).unwrap();
+    assert_eq!(marks(&mut reopened), [(3, 11)]);
+
+    // Statistics beside the version: checked by verify, damage named, no version broken.
+    let name = version_stats::version_stats_name(3);
+    let good = version_stats::encode(3, &[("traps", 5)]);
+    store.backend().put_replace(&name, &good).unwrap();
+    let report = store.verify().unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.version_stats, 1);
+    let mut bad = good.clone();
+    bad[26] ^= 1;
+    store.backend().put_replace(&name, &bad).unwrap();
+    let report = store.verify().unwrap();
+    assert_eq!(report.damage.len(), 1, "{report:?}");
+    assert_eq!(report.damage[0].object, name);
+    assert!(report.damage[0].breaks.is_empty(), "{report:?}");
+    assert!(
+        report.damage[0].problem.contains("memshadow report"),
+        "{report:?}"
+    );
+    // Another version's statistics under this version's name.
+    store
+        .backend()
+        .put_replace(&name, &version_stats::encode(2, &[("traps", 5)]))
+        .unwrap();
+    let report = store.verify().unwrap();
+    assert!(
+        report.damage[0].problem.contains("names version 2"),
+        "{report:?}"
+    );
 }

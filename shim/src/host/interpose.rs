@@ -267,3 +267,38 @@ pub unsafe extern "C" fn _exit(status: c_int) -> ! {
 pub unsafe extern "C" fn _Exit(status: c_int) -> ! {
     crate::service::exit_files::quick_exit(status)
 }
+
+/// `sigaction(2)`: under the flight recorder the program sees and sets its own action
+/// of the five fatal signals (see `service::flight`); otherwise forwarded.
+///
+/// # Safety
+/// `sigaction(2)`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn sigaction(
+    sig: c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> c_int {
+    // SAFETY: same contract.
+    unsafe { crate::service::flight::sigaction(sig, act, old) }
+}
+
+/// `signal(3)`: as `sigaction`.
+///
+/// # Safety
+/// `signal(3)`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    // SAFETY: same contract.
+    unsafe { crate::service::flight::signal(sig, handler) }
+}
+
+/// `bsd_signal(3)`: the same as `signal`.
+///
+/// # Safety
+/// `bsd_signal(3)`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn bsd_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    // SAFETY: same contract.
+    unsafe { crate::service::flight::signal(sig, handler) }
+}

@@ -12,11 +12,11 @@ use core::ffi::c_void;
 use core::sync::atomic::{AtomicI32, Ordering};
 use memshadow_format::control::{
     encode_error, encode_ok, ChangesReply, ChangesRequest, ReadRequest, RegionsReply,
-    RegionsRequest, CMD_CHANGES, CMD_PIN, CMD_PING, CMD_READ, CMD_RECORDED, CMD_REGIONS,
-    CMD_SNAPSHOT, CMD_STATS, FRAME_END, FRAME_ERROR, MAX_FRAME, MAX_REQUEST,
+    RegionsRequest, CMD_CHANGES, CMD_FLIGHT, CMD_PIN, CMD_PING, CMD_READ, CMD_RECORDED,
+    CMD_REGIONS, CMD_SNAPSHOT, CMD_STATS, FRAME_END, FRAME_ERROR, MAX_FRAME, MAX_REQUEST,
 };
 use memshadow_format::paths::MAX_SOCKET_PATH;
-use memshadow_format::stats::ProcessState;
+use memshadow_format::stats::{Counter, ProcessState};
 use std::os::fd::IntoRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
@@ -352,21 +352,39 @@ pub fn dispatch(req: &str) -> Vec<u8> {
         },
         CMD_READ => read_reply(&args),
         CMD_REGIONS => regions_reply(&args),
-        CMD_RECORDED => match args.as_slice() {
-            [v] => match v.parse::<u64>() {
-                Ok(v) => match crate::service::epoch::let_go_recorded_for_control(v) {
-                    Some(n) => encode_ok(&[("let_go", n.to_string())]).into_bytes(),
-                    None => encode_error("snapshots have stopped in this process").into_bytes(),
-                },
-                Err(_) => encode_error("usage: recorded VERSION (decimal)").into_bytes(),
-            },
-            _ => encode_error("usage: recorded VERSION (decimal)").into_bytes(),
-        },
+        CMD_RECORDED => recorded_reply(&args),
+        CMD_FLIGHT => crate::service::flight::recorded_reply(&args),
         "" => encode_error("empty request").into_bytes(),
         other => encode_error(&format!(
-            "unknown command {other:?} (known: {CMD_PING}, {CMD_STATS}, {CMD_SNAPSHOT}, {CMD_READ}, {CMD_REGIONS}, {CMD_PIN}, {CMD_CHANGES}, {CMD_RECORDED})"
+            "unknown command {other:?} (known: {CMD_PING}, {CMD_STATS}, {CMD_SNAPSHOT}, {CMD_READ}, {CMD_REGIONS}, {CMD_PIN}, {CMD_CHANGES}, {CMD_RECORDED}, {CMD_FLIGHT})"
         ))
         .into_bytes(),
+    }
+}
+
+/// `recorded V [MS]`: a recorder has every version up to `V` in its store: their holders
+/// go. With `MS` (when `V` was taken) the stats page keeps both, for `memshadow top`'s
+/// recording lag and the flight recorder (`0 0`: the recorder stopped).
+fn recorded_reply(args: &[&str]) -> Vec<u8> {
+    const USAGE: &str = "usage: recorded VERSION [MS] (decimal)";
+    let (v, ms) = match args {
+        [v] => (v.parse::<u64>().ok(), None),
+        [v, ms] => match ms.parse::<u64>() {
+            Ok(ms) => (v.parse::<u64>().ok(), Some(ms)),
+            Err(_) => (None, None),
+        },
+        _ => (None, None),
+    };
+    let Some(v) = v else {
+        return encode_error(USAGE).into_bytes();
+    };
+    if let Some(ms) = ms {
+        stats::set(Counter::RecordedVersion, v);
+        stats::set(Counter::RecordedTimeMs, ms);
+    }
+    match crate::service::epoch::let_go_recorded_for_control(v) {
+        Some(n) => encode_ok(&[("let_go", n.to_string())]).into_bytes(),
+        None => encode_error("snapshots have stopped in this process").into_bytes(),
     }
 }
 

@@ -890,6 +890,11 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
         if !crate::tracking::regions::tracking() {
             break;
         }
+        if crate::service::flight::asked() {
+            // A crashing thread waits for its last snapshot (`service::flight`).
+            crate::service::flight::taken(snapshot());
+            continue;
+        }
         let request = REQUESTS.pending();
         if let Some(r) = request.filter(|r| r.words[0] == ASK_PINNED) {
             publish_pinned(true);
@@ -988,6 +993,11 @@ pub fn snapshot_for_api() -> i64 {
     };
     sys::set_errno(if v < 0 { libc::ENOSYS } else { saved });
     v
+}
+
+/// Wakes the epoch thread to look at the flight recorder's request (async-signal-safe).
+pub fn wake_for_flight() {
+    sys::futex_wake(REQUESTS.posted_word());
 }
 
 /// `snapshot` over the control socket. Under `holder` the epoch thread takes it (a

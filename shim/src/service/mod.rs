@@ -5,6 +5,7 @@ pub mod backend_choice;
 pub mod control;
 pub mod epoch;
 pub mod exit_files;
+pub mod flight;
 pub mod leftovers;
 pub mod pins;
 pub mod written;

@@ -344,6 +344,7 @@ pub fn failed_source(target: &str) {
         pid: 1,
         // Two objects' worth would take long; 3000 pages with a failure at the end.
         regions: vec![(0x10000, 3000 * PAGE)],
+        crash_signal: 0,
     };
     store.set_object_limit(16 << 10);
     let e = store

@@ -187,6 +187,7 @@ impl Model {
             time_ms: 1_000_000 + version * 1000,
             pid: 4242,
             regions: self.regions.clone(),
+            crash_signal: 0,
         }
     }
 

@@ -815,7 +815,10 @@ fn a_version_given_up_for_lack_of_budget_is_skipped_and_the_recording_goes_on() 
                       time.sleep(0.02)\n\
                   print('finished')\n";
     let mut c = memshadow(d);
+    // On shadows: the budget running out mid-snapshot is theirs (holders give up older
+    // versions instead; the default `auto` may choose either).
     c.env("MEMSHADOW_SHADOW_BUDGET_MB", "8")
+        .env("MEMSHADOW_BACKEND", "shadow")
         .args(["run", "-q", "--record"])
         .arg(&store_dir)
         .args(["--every", "100", "--", "/usr/bin/python3", "-c", script]);

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use memshadow_format::store::{
     self as layout, DataWriter, EncodedPage, FormatError, Kind, Manifest, ObjectRef, PageDecoder,
-    Run, DATA_HEADER_SIZE, RECORD_HEADER_SIZE,
+    Run, DATA_HEADER_SIZE, DATA_TRAILER_SIZE, RECORD_HEADER_SIZE,
 };
 use nix::errno::Errno;
 use nix::fcntl::{renameat2, RenameFlags};
@@ -132,8 +132,10 @@ pub struct Metrics {
     /// Bytes fetched in runs for records of pages a newer version replaced (a run is
     /// fetched whole: its records' boundaries are not known before it is read).
     pub unneeded_bytes: u64,
-    /// Runs the sync found in the replica already (a restart) and did not fetch.
-    pub reused_runs: u64,
+    /// Pages the sync found in the replica already (a restart) and did not fetch.
+    pub reused_pages: u64,
+    /// Record headers read one by one (to fetch only some records of a sparse run).
+    pub header_reads: u64,
     /// Times the sync moved its target to a newer version.
     pub retargets: u64,
     /// The version the sync published.
@@ -148,22 +150,74 @@ pub struct Metrics {
     pub lag_s: f64,
 }
 
-/// A run of records held by the replica.
+/// Records held by the replica, consecutive, one per page: a run of a data object copied
+/// as stored, or a slice fetched by a sync (a staged file, a data object of its records).
 #[derive(Debug, Clone)]
 struct LocalRun {
+    /// Data object name, or file name in `follow/staged/`.
     object: String,
+    staged: bool,
     offset: u64,
     bytes: u64,
+    pages: u64,
 }
 
 /// Identity of a record run of the source: its object and offset.
 type RunId = (String, u64);
 
-/// The nonce of the replica object holding the source run `id`: a hash of its name, so a
-/// restarted follower finds it.
-fn stage_nonce(id: &RunId) -> u64 {
+/// Records `first..first + pages` of a source run, fetched by a sync and kept in
+/// `follow/staged/<file>`, a data object of those records alone. The file's name says
+/// which (see [`slice_name`]): a restarted follower knows what it has from the names.
+#[derive(Debug, Clone)]
+struct Slice {
+    file: String,
+    /// Version of the source object (and of the data object the slice becomes).
+    version: u64,
+    first: u64,
+    pages: u64,
+    size: u64,
+}
+
+/// Runs of at most this many bytes are fetched whole.
+const SMALL_RUN: u64 = 64 << 10;
+/// Runs whose records take fewer bytes than this on average are fetched whole.
+const SMALL_RECORD: u64 = 1024;
+
+/// `follow/staged/` in a replica.
+const STAGED_DIR: &str = "staged";
+
+/// Name of the staged slice of records `first..first + pages` of source run `id`.
+fn slice_name(id: &RunId, first: u64, pages: u64) -> Option<String> {
+    let (v, n) = layout::parse_data_name(&id.0)?;
+    Some(format!("{v:020}-{n:016x}-{:x}-{first}-{pages}", id.1))
+}
+
+/// The source run a staged file's name stands for, and its slice.
+fn parse_slice_name(file: &str) -> Option<(RunId, u64, u64)> {
+    let mut parts = file.split('-');
+    let (v, n, off, first, pages) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    if parts.next().is_some() {
+        return None;
+    }
+    let object = format!("{}/{v}-{n}", layout::DATA_DIR);
+    layout::parse_data_name(&object)?;
+    Some((
+        (object, u64::from_str_radix(off, 16).ok()?),
+        first.parse().ok()?,
+        pages.parse().ok().filter(|&p| p > 0)?,
+    ))
+}
+
+/// FNV-1a of a staged file's name: the nonce of the data object it becomes.
+fn stage_nonce(file: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.0.bytes().chain(id.1.to_le_bytes()) {
+    for b in file.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -180,6 +234,9 @@ pub struct Follower {
     have: BTreeSet<u64>,
     /// Record lengths of local runs read so far.
     lengths: HashMap<(String, u64), Arc<Vec<u64>>>,
+    /// `follow/staged/` and the slices in it, by source run.
+    staged_dir: PathBuf,
+    staged: HashMap<RunId, Vec<Slice>>,
     pub metrics: Metrics,
 }
 
@@ -330,12 +387,46 @@ impl Follower {
             .filter(|(n, _)| layout::parse_data_name(n).is_some())
             .collect();
         let have = dst.version_numbers()?.into_iter().collect();
+        let staged_dir = dir.join(FOLLOW_DIR).join(STAGED_DIR);
+        let mut b = fs::DirBuilder::new();
+        b.mode(0o700);
+        match b.create(&staged_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(format!("cannot create {}", staged_dir.display()))(e)),
+        }
+        let mut staged: HashMap<RunId, Vec<Slice>> = HashMap::new();
+        let entries = fs::read_dir(&staged_dir)
+            .map_err(io_err(format!("cannot list {}", staged_dir.display())))?;
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let meta = entry.metadata().ok().filter(|m| m.is_file());
+            match (parse_slice_name(&file), meta) {
+                (Some((id, first, pages)), Some(meta)) => {
+                    let version = layout::parse_data_name(&id.0).map_or(0, |x| x.0);
+                    staged.entry(id).or_default().push(Slice {
+                        file,
+                        version,
+                        first,
+                        pages,
+                        size: meta.len(),
+                    });
+                }
+                // Left by a follower killed while writing one.
+                _ if file.ends_with(".tmp") => {
+                    let _ = fs::remove_file(entry.path());
+                }
+                _ => {}
+            }
+        }
         Ok(Follower {
             src,
             dst,
             held,
             have,
             lengths: HashMap::new(),
+            staged_dir,
+            staged,
             metrics: Metrics::default(),
         })
     }
@@ -473,83 +564,247 @@ impl Follower {
         Ok(())
     }
 
-    /// Where the replica holds the source run `run` of `m`, if it does.
-    fn local_run(&self, m: &Manifest, run: &Run) -> Option<LocalRun> {
-        let obj = &m.objects[run.object as usize];
-        let name = obj.name();
+    /// Where the replica holds the record of page `k` of the source run `run` of `m`:
+    /// the local run and the page's index in it.
+    fn held_record(&self, m: &Manifest, run: &Run, k: u64) -> Option<(LocalRun, u64)> {
+        let name = m.objects[run.object as usize].name();
         if self.held.contains_key(&name) {
-            return Some(LocalRun {
+            let lr = LocalRun {
                 object: name,
+                staged: false,
                 offset: run.offset,
                 bytes: run.bytes,
-            });
+                pages: run.pages,
+            };
+            return Some((lr, k));
         }
-        let staged = layout::data_name(obj.version, stage_nonce(&(name, run.offset)));
-        self.held.contains_key(&staged).then_some(LocalRun {
-            object: staged,
+        let slices = self.staged.get(&(name, run.offset))?;
+        let s = slices
+            .iter()
+            .find(|s| (s.first..s.first + s.pages).contains(&k))?;
+        let lr = LocalRun {
+            object: s.file.clone(),
+            staged: true,
             offset: DATA_HEADER_SIZE as u64,
-            bytes: run.bytes,
-        })
+            bytes: s.size - (DATA_HEADER_SIZE + DATA_TRAILER_SIZE) as u64,
+            pages: s.pages,
+        };
+        Some((lr, k - s.first))
     }
 
-    /// Fetches the source run `run` of `m`, checks every record and keeps it as a data
-    /// object of the replica.
-    fn fetch_run(
-        &mut self,
-        m: &Manifest,
-        run: &Run,
-        wanted: &[(u64, u64)],
-    ) -> Result<(), ReplicaError> {
-        let obj = &m.objects[run.object as usize];
+    /// Reads `len` bytes at `offset` of a local run's object.
+    fn read_local(&self, lr: &LocalRun) -> Result<Vec<u8>, ReplicaError> {
+        if !lr.staged {
+            return Ok(self
+                .dst
+                .backend
+                .get_range(&lr.object, lr.offset, lr.bytes)?);
+        }
+        let path = self.staged_dir.join(&lr.object);
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(io_err(format!("cannot open {}", path.display())))?;
+        let mut b = vec![0u8; lr.bytes as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, lr.offset)
+            .map_err(io_err(format!("cannot read {}", path.display())))?;
+        Ok(b)
+    }
+
+    /// Fetches the records `want` (page indices, ascending) of the source run `run` of
+    /// `m`, checks each and keeps them as staged slices (one per stretch of consecutive
+    /// pages). A dense run is fetched in one read; a sparse one by reading its record
+    /// headers one by one up to the last page wanted, then each stretch.
+    fn fetch_records(&mut self, m: &Manifest, run: &Run, want: &[u64]) -> Result<(), ReplicaError> {
+        let obj = m.objects[run.object as usize];
         let name = obj.name();
-        let b = self.src.backend.get_range(&name, run.offset, run.bytes)?;
-        self.metrics.sync_bytes += b.len() as u64;
-        let ps = self.src.page_size;
-        let mut decoder = PageDecoder::new(ps).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let nonce = stage_nonce(&(name.clone(), run.offset));
-        let mut w = DataWriter::new(ps, obj.version, nonce)
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let mut page = vec![0u8; ps as usize];
-        let mut at = 0usize;
-        for i in 0..run.pages {
-            let addr = run.addr + i * u64::from(ps);
-            let n = decoder
-                .decode_record(&b[at..], addr, &mut page)
-                .map_err(|e| damaged(name.clone(), e))?;
-            let rec = &b[at..at + n];
-            let encoded = EncodedPage {
-                flags: u32::from_le_bytes(rec[8..12].try_into().expect("4 bytes")),
-                crc: u32::from_le_bytes(rec[16..20].try_into().expect("4 bytes")),
-                payload: rec[RECORD_HEADER_SIZE..].to_vec(),
-            };
-            w.push_encoded(addr, &encoded);
-            let ps = u64::from(ps);
-            if !wanted
-                .iter()
-                .any(|&(a, pages)| (a..a + pages * ps).contains(&addr))
-            {
-                self.metrics.unneeded_bytes += n as u64;
+        let ps = u64::from(self.src.page_size);
+        // Stretches of consecutive wanted pages: (first, pages).
+        let mut stretches: Vec<(u64, u64)> = Vec::new();
+        for &k in want {
+            match stretches.last_mut() {
+                Some((f, n)) if *f + *n == k => *n += 1,
+                _ => stretches.push((k, 1)),
             }
-            at += n;
         }
-        if at != b.len() {
-            return Err(damaged(name, FormatError::Corrupt("a run's length".into())).into());
+        // Walk the run's records up to the last one wanted. A wanted record is read in a
+        // window that covers the rest of its stretch (a record takes at most a header and
+        // a page); an unwanted one is skipped by its length, from the window when it is
+        // there, else from its header alone (a 24-byte read).
+        let max_record = RECORD_HEADER_SIZE as u64 + ps;
+        let last = *want.last().expect("something is wanted");
+        let mut window: Vec<u8> = Vec::new();
+        let window_at = 0u64;
+        let mut fetched_bytes = 0u64;
+        // Small runs, or runs of small (compressed) records, are read whole: skipping a
+        // record by its header would save less than a request costs.
+        if run.bytes <= SMALL_RUN || run.bytes / run.pages < SMALL_RECORD {
+            window = self.src.backend.get_range(&name, run.offset, run.bytes)?;
+            fetched_bytes += run.bytes;
         }
-        let staged = layout::data_name(obj.version, nonce);
-        self.put_data(&staged, &w.finish())
+        let mut window_at = window_at;
+        let mut records: HashMap<u64, Vec<u8>> = HashMap::new();
+        let mut at = 0u64;
+        let mut wi = 0usize;
+        for i in 0..=last {
+            let addr = run.addr + i * ps;
+            let has = |from: u64, len: u64, w: &Vec<u8>, w_at: u64| {
+                from >= w_at && from + len <= w_at + w.len() as u64
+            };
+            if want.get(wi) == Some(&i) {
+                let mut n = 1;
+                while want.get(wi + n) == Some(&(i + n as u64)) {
+                    n += 1;
+                }
+                let span = (n as u64 * max_record).min(run.bytes - at);
+                if !has(at, RECORD_HEADER_SIZE as u64, &window, window_at) {
+                    window = self.src.backend.get_range(&name, run.offset + at, span)?;
+                    window_at = at;
+                    fetched_bytes += span;
+                }
+                let from = (at - window_at) as usize;
+                let len = header_length(&window[from..from + RECORD_HEADER_SIZE], addr, &name)?;
+                if !has(at, len, &window, window_at) {
+                    window = self.src.backend.get_range(&name, run.offset + at, span)?;
+                    window_at = at;
+                    fetched_bytes += span;
+                }
+                let from = (at - window_at) as usize;
+                records.insert(i, window[from..from + len as usize].to_vec());
+                wi += 1;
+                at += len;
+            } else if has(at, RECORD_HEADER_SIZE as u64, &window, window_at) {
+                let from = (at - window_at) as usize;
+                at += header_length(&window[from..from + RECORD_HEADER_SIZE], addr, &name)?;
+            } else {
+                let h = self.src.backend.get_range(
+                    &name,
+                    run.offset + at,
+                    RECORD_HEADER_SIZE as u64,
+                )?;
+                self.metrics.header_reads += 1;
+                self.metrics.sync_bytes += h.len() as u64;
+                at += header_length(&h, addr, &name)?;
+            }
+        }
+        let wanted_bytes: u64 = records.values().map(|r| r.len() as u64).sum();
+        self.metrics.sync_bytes += fetched_bytes;
+        self.metrics.unneeded_bytes += fetched_bytes.saturating_sub(wanted_bytes);
+        let mut decoder =
+            PageDecoder::new(ps as u32).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut page = vec![0u8; ps as usize];
+        for (first, pages) in stretches {
+            let id = (name.clone(), run.offset);
+            let file = slice_name(&id, first, pages)
+                .ok_or_else(|| ReplicaError::Refused(format!("bad object name {name}")))?;
+            let mut w = DataWriter::new(ps as u32, obj.version, stage_nonce(&file))
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            for k in first..first + pages {
+                let addr = run.addr + k * ps;
+                let rec = &records[&k];
+                let n = decoder
+                    .decode_record(rec, addr, &mut page)
+                    .map_err(|e| damaged(name.clone(), e))?;
+                if n != rec.len() {
+                    return Err(damaged(
+                        name,
+                        FormatError::Corrupt(format!("the record of page {addr:#x}")),
+                    )
+                    .into());
+                }
+                let encoded = EncodedPage {
+                    flags: u32::from_le_bytes(rec[8..12].try_into().expect("4 bytes")),
+                    crc: u32::from_le_bytes(rec[16..20].try_into().expect("4 bytes")),
+                    payload: rec[RECORD_HEADER_SIZE..].to_vec(),
+                };
+                w.push_encoded(addr, &encoded);
+            }
+            let object = w.finish();
+            self.write_staged(&file, &object)?;
+            self.staged.entry(id).or_default().push(Slice {
+                file,
+                version: obj.version,
+                first,
+                pages,
+                size: object.len() as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes `follow/staged/<file>` whole: a new temporary file (0600), fsynced, renamed
+    /// into place, the directory fsynced.
+    fn write_staged(&self, file: &str, bytes: &[u8]) -> Result<(), ReplicaError> {
+        let tmp = self
+            .staged_dir
+            .join(format!(".{file}.{}.tmp", std::process::id()));
+        let path = self.staged_dir.join(file);
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(io_err(format!("cannot create {}", tmp.display())))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(io_err(format!("cannot write {}", tmp.display())))?;
+        match renameat2(None, &tmp, None, &path, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => {}
+            // The same records, fetched before a kill.
+            Err(Errno::EEXIST) => {
+                let _ = fs::remove_file(&tmp);
+            }
+            Err(e) => return Err(io_err(format!("cannot rename {}", tmp.display()))(e.into())),
+        }
+        fs::File::open(&self.staged_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(format!("cannot sync {}", self.staged_dir.display())))
+    }
+
+    /// The data object a staged slice becomes (hard-linked into `data/`).
+    fn adopt(&mut self, lr: &LocalRun) -> Result<String, ReplicaError> {
+        if !lr.staged {
+            return Ok(lr.object.clone());
+        }
+        let version = self
+            .staged
+            .values()
+            .flatten()
+            .find(|s| s.file == lr.object)
+            .map_or(0, |s| s.version);
+        let name = layout::data_name(version, stage_nonce(&lr.object));
+        if !self.held.contains_key(&name) {
+            let data_dir = self.dst_dir().join(layout::DATA_DIR);
+            let to = data_dir.join(name.rsplit('/').next().expect("a name"));
+            match fs::hard_link(self.staged_dir.join(&lr.object), &to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(format!("cannot link {}", to.display()))(e)),
+            }
+            let size = lr.bytes + (DATA_HEADER_SIZE + DATA_TRAILER_SIZE) as u64;
+            self.held.insert(name.clone(), size);
+        }
+        Ok(name)
+    }
+
+    fn dst_dir(&self) -> PathBuf {
+        self.staged_dir
+            .parent()
+            .and_then(Path::parent)
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
     }
 
     /// The record lengths of a local run.
-    fn lengths_of(&mut self, lr: &LocalRun, pages: u64) -> Result<Arc<Vec<u64>>, ReplicaError> {
+    fn lengths_of(&mut self, lr: &LocalRun) -> Result<Arc<Vec<u64>>, ReplicaError> {
         let key = (lr.object.clone(), lr.offset);
         if let Some(l) = self.lengths.get(&key) {
             return Ok(l.clone());
         }
-        let b = self
-            .dst
-            .backend
-            .get_range(&lr.object, lr.offset, lr.bytes)?;
-        let l = Arc::new(record_lengths(&b, pages, &lr.object)?);
+        let b = self.read_local(lr)?;
+        let l = Arc::new(record_lengths(&b, lr.pages, &lr.object)?);
         self.lengths.insert(key, l.clone());
         Ok(l)
     }
@@ -595,31 +850,36 @@ impl Follower {
         let mut listed = Instant::now();
         let mut first_pass = true;
         'target: loop {
-            // Source runs that hold a newest copy, with the pages they hold one of.
-            let mut needed: HashMap<(usize, usize), Vec<(u64, u64)>> = HashMap::new();
+            // Source runs holding a newest copy, with the indices of those pages in them.
+            let mut needed: HashMap<(usize, usize), Vec<u64>> = HashMap::new();
             for p in pieces_of(&chain, ps)? {
-                needed
-                    .entry((p.member, p.run))
-                    .or_default()
-                    .push((p.addr, p.pages));
+                let e = needed.entry((p.member, p.run)).or_default();
+                e.extend(p.skip..p.skip + p.pages);
             }
-            let mut missing: Vec<(u64, usize, usize)> = Vec::new();
-            for &(member, run) in needed.keys() {
+            let mut missing: Vec<(u64, usize, usize, Vec<u64>)> = Vec::new();
+            for (&(member, run), want) in &needed {
                 let m = &chain[member];
-                match self.local_run(m, &m.runs[run]) {
-                    None => missing.push((m.version, member, run)),
-                    Some(_) if first_pass => self.metrics.reused_runs += 1,
-                    Some(_) => {}
+                let r = m.runs[run];
+                let lacking: Vec<u64> = want
+                    .iter()
+                    .copied()
+                    .filter(|&k| self.held_record(m, &r, k).is_none())
+                    .collect();
+                if first_pass {
+                    self.metrics.reused_pages += (want.len() - lacking.len()) as u64;
+                }
+                if !lacking.is_empty() {
+                    missing.push((m.version, member, run, lacking));
                 }
             }
             first_pass = false;
             // Coldest first: records of older versions, then by address.
-            missing.sort_unstable_by_key(|&(v, member, run)| (v, chain[member].runs[run].addr));
-            for (_, member, run_i) in missing {
+            missing.sort_unstable_by_key(|x| (x.0, chain[x.1].runs[x.2].addr));
+            for (_, member, run_i, mut want) in missing {
+                want.sort_unstable();
                 let m = chain[member].clone();
                 let run = m.runs[run_i];
-                let wanted = &needed[&(member, run_i)];
-                match self.fetch_run(&m, &run, wanted) {
+                match self.fetch_records(&m, &run, &want) {
                     Ok(()) => {}
                     Err(ReplicaError::Store(e)) if is_gone(&e) => {
                         // Retention dropped or rebased it: on to the newest version.
@@ -631,10 +891,8 @@ impl Follower {
                     Err(e) => return Err(e),
                 }
                 let id = (m.objects[run.object as usize].name(), run.offset);
-                for &(addr, pages) in wanted {
-                    for i in 0..pages {
-                        fetched.insert(addr + i * ps, id.clone());
-                    }
+                for &k in &want {
+                    fetched.insert(run.addr + k * ps, id.clone());
                 }
                 if listed.elapsed() >= RELIST_EVERY {
                     listed = Instant::now();
@@ -666,28 +924,29 @@ impl Follower {
         for p in pieces_of(&chain, ps)? {
             let m = chain[p.member].clone();
             let src_run = m.runs[p.run];
-            let lr = self.local_run(&m, &src_run).ok_or_else(|| {
-                ReplicaError::Refused(format!("internal: page {:#x} was not fetched", p.addr))
-            })?;
-            let lens = self.lengths_of(&lr, src_run.pages)?;
-            let obj = match index.get(&lr.object) {
-                Some(&i) => i,
-                None => {
-                    let (version, nonce) = layout::parse_data_name(&lr.object)
-                        .ok_or_else(|| ReplicaError::Refused(format!("bad name {}", lr.object)))?;
-                    objects.push(ObjectRef {
-                        version,
-                        nonce,
-                        size: self.held[&lr.object],
-                    });
-                    index.insert(lr.object.clone(), objects.len() as u32 - 1);
-                    objects.len() as u32 - 1
-                }
-            };
-            let mut off = lr.offset + lens[..p.skip as usize].iter().sum::<u64>();
             for i in 0..p.pages {
                 let addr = p.addr + i * ps;
-                let len = lens[(p.skip + i) as usize];
+                let (lr, k) = self.held_record(&m, &src_run, p.skip + i).ok_or_else(|| {
+                    ReplicaError::Refused(format!("internal: page {addr:#x} was not fetched"))
+                })?;
+                let lens = self.lengths_of(&lr)?;
+                let name = self.adopt(&lr)?;
+                let obj = match index.get(&name) {
+                    Some(&i) => i,
+                    None => {
+                        let (version, nonce) = layout::parse_data_name(&name)
+                            .ok_or_else(|| ReplicaError::Refused(format!("bad name {name}")))?;
+                        objects.push(ObjectRef {
+                            version,
+                            nonce,
+                            size: self.held[&name],
+                        });
+                        index.insert(name.clone(), objects.len() as u32 - 1);
+                        objects.len() as u32 - 1
+                    }
+                };
+                let off = lr.offset + lens[..k as usize].iter().sum::<u64>();
+                let len = lens[k as usize];
                 match runs.last_mut() {
                     Some(r)
                         if r.object == obj
@@ -706,9 +965,12 @@ impl Follower {
                         bytes: len,
                     }),
                 }
-                off += len;
             }
         }
+        // The links into data/ are durable before the manifest names them.
+        fs::File::open(self.dst_dir().join(layout::DATA_DIR))
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("cannot sync the replica's data/"))?;
         let base = Manifest {
             kind: Kind::Base,
             objects,
@@ -760,9 +1022,31 @@ impl Follower {
             self.dst.backend.delete(&name).map_err(StoreError::from)?;
             self.held.remove(&name);
         }
+        // What the published version uses is linked into data/; the rest is garbage.
+        for s in self.staged.drain().flat_map(|(_, v)| v) {
+            let _ = fs::remove_file(self.staged_dir.join(&s.file));
+        }
         self.lengths.clear();
         Ok(())
     }
+}
+
+/// The length of the record whose header is `h`, which must be the page at `addr`.
+fn header_length(h: &[u8], addr: u64, name: &str) -> Result<u64, StoreError> {
+    let u32_at = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().expect("4 bytes"));
+    if h.len() != RECORD_HEADER_SIZE || layout::checksum(&h[..20]) != u32_at(20) {
+        return Err(damaged(
+            name,
+            FormatError::Checksum(format!("the record header of page {addr:#x}")),
+        ));
+    }
+    if u64::from_le_bytes(h[..8].try_into().expect("8 bytes")) != addr {
+        return Err(damaged(
+            name,
+            FormatError::Corrupt(format!("the record of page {addr:#x} is of another page")),
+        ));
+    }
+    Ok((RECORD_HEADER_SIZE + u32_at(12) as usize) as u64)
 }
 
 fn encoded_len(m: &Manifest) -> u64 {

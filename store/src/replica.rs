@@ -238,6 +238,9 @@ pub struct Follower {
     staged_dir: PathBuf,
     staged: HashMap<RunId, Vec<Slice>>,
     pub metrics: Metrics,
+    /// Called after each run a sync fetches (tests change the source there).
+    #[doc(hidden)]
+    pub between_fetches: Option<Box<dyn FnMut()>>,
 }
 
 /// Creates or opens the replica `dir` of `source` (named so in its `follow/SOURCE`).
@@ -428,6 +431,7 @@ impl Follower {
             staged_dir,
             staged,
             metrics: Metrics::default(),
+            between_fetches: None,
         })
     }
 
@@ -894,6 +898,9 @@ impl Follower {
                 for &k in &want {
                     fetched.insert(run.addr + k * ps, id.clone());
                 }
+                if let Some(f) = self.between_fetches.as_mut() {
+                    f();
+                }
                 if listed.elapsed() >= RELIST_EVERY {
                     listed = Instant::now();
                     if self.source_target(until)? > Some(chain[0].version) {
@@ -912,6 +919,13 @@ impl Follower {
                         }
                     }
                 }
+            }
+            // Dropped by the source's retention meanwhile: on to the newest version.
+            if !self.src.version_numbers()?.contains(&chain[0].version) {
+                self.src.manifests.clear();
+                chain = self.target_chain(until)?;
+                self.metrics.retargets += 1;
+                continue 'target;
             }
             break;
         }

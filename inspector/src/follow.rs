@@ -133,6 +133,7 @@ pub fn follow(args: FollowArgs) -> Result<i32> {
         unsafe { nix::sys::signal::sigaction(sig, &handler) }
             .map_err(|e| Failure::runtime(format!("cannot handle {sig}: {e}")))?;
     }
+    f.interrupt = Some(&INTERRUPTED);
     let waiter = Waiter::new(store);
     let mut backoff = Duration::from_millis(250);
     let mut down = false;
@@ -168,6 +169,7 @@ pub fn follow(args: FollowArgs) -> Result<i32> {
                 }
                 waiter.wait();
             }
+            Err(ReplicaError::Interrupted) => break,
             Err(ReplicaError::Empty) => {
                 if !said_empty {
                     eprintln!("memshadow: {store} has no version yet; waiting for one");

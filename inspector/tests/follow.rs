@@ -298,6 +298,24 @@ fn a_follower_killed_mid_sync_resumes_without_fetching_again_and_is_never_torn()
     );
     let kept = staged_files(&replica);
     assert_eq!(assert_replica_matches(d, target, &replica), 0);
+    // Ctrl-C mid-sync: it stops between two fetches, says what it did, declares nothing
+    // it has not finished.
+    let mut g = Guard::spawn(&mut follow(&replica), LIMIT);
+    let out = g.child().stdout.take().unwrap();
+    let out = std::thread::spawn(move || std::io::read_to_string(out).unwrap_or_default());
+    std::thread::sleep(Duration::from_millis(150));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(g.pid() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert!(g.wait(Duration::from_secs(10)).success());
+    let j = json_of(&out.join().unwrap());
+    assert_eq!(
+        j["synced_version"].is_null(),
+        versions(replica.to_str().unwrap()).is_empty(),
+        "{j}"
+    );
     // Then at random moments.
     for i in 0..4u64 {
         let g = Guard::spawn(&mut follow(&replica), LIMIT);

@@ -66,6 +66,8 @@ pub enum ReplicaError {
     Io { what: String, source: io::Error },
     /// The source has no version yet.
     Empty,
+    /// The sync was interrupted (see [`Follower::interrupt`]); what it fetched is kept.
+    Interrupted,
 }
 
 impl fmt::Display for ReplicaError {
@@ -75,6 +77,7 @@ impl fmt::Display for ReplicaError {
             ReplicaError::Refused(why) => write!(f, "{why}"),
             ReplicaError::Io { what, source } => write!(f, "{what}: {source}"),
             ReplicaError::Empty => write!(f, "the store has no version yet"),
+            ReplicaError::Interrupted => write!(f, "interrupted"),
         }
     }
 }
@@ -182,6 +185,9 @@ struct Slice {
 const SMALL_RUN: u64 = 64 << 10;
 /// Runs whose records take fewer bytes than this on average are fetched whole.
 const SMALL_RECORD: u64 = 1024;
+/// Gaps of unwanted records up to this many bytes (at a header and a page each) are read
+/// through rather than skipped header by header: a request costs more than that.
+const READ_THROUGH: u64 = 256 << 10;
 
 /// `follow/staged/` in a replica.
 const STAGED_DIR: &str = "staged";
@@ -241,6 +247,8 @@ pub struct Follower {
     /// Called after each run a sync fetches (tests change the source there).
     #[doc(hidden)]
     pub between_fetches: Option<Box<dyn FnMut()>>,
+    /// Set (by a signal handler) to stop a sync between two fetches.
+    pub interrupt: Option<&'static std::sync::atomic::AtomicBool>,
 }
 
 /// Creates or opens the replica `dir` of `source` (named so in its `follow/SOURCE`).
@@ -432,6 +440,7 @@ impl Follower {
             staged,
             metrics: Metrics::default(),
             between_fetches: None,
+            interrupt: None,
         })
     }
 
@@ -617,71 +626,56 @@ impl Follower {
     }
 
     /// Fetches the records `want` (page indices, ascending) of the source run `run` of
-    /// `m`, checks each and keeps them as staged slices (one per stretch of consecutive
-    /// pages). A dense run is fetched in one read; a sparse one by reading its record
-    /// headers one by one up to the last page wanted, then each stretch.
+    /// `m`, checks each and keeps them as staged slices. The run's records are walked up
+    /// to the last one wanted: wanted records, and gaps of unwanted ones small enough to
+    /// read through ([`READ_THROUGH`]), are read in windows (a record takes at most a
+    /// header and a page, so a window of that many bytes per record holds them all);
+    /// a longer gap is skipped record by record by reading their headers alone. Small
+    /// runs, and runs of small (compressed) records, are read whole.
     fn fetch_records(&mut self, m: &Manifest, run: &Run, want: &[u64]) -> Result<(), ReplicaError> {
         let obj = m.objects[run.object as usize];
         let name = obj.name();
         let ps = u64::from(self.src.page_size);
-        // Stretches of consecutive wanted pages: (first, pages).
-        let mut stretches: Vec<(u64, u64)> = Vec::new();
-        for &k in want {
-            match stretches.last_mut() {
-                Some((f, n)) if *f + *n == k => *n += 1,
-                _ => stretches.push((k, 1)),
-            }
-        }
-        // Walk the run's records up to the last one wanted. A wanted record is read in a
-        // window that covers the rest of its stretch (a record takes at most a header and
-        // a page); an unwanted one is skipped by its length, from the window when it is
-        // there, else from its header alone (a 24-byte read).
         let max_record = RECORD_HEADER_SIZE as u64 + ps;
         let last = *want.last().expect("something is wanted");
-        let mut window: Vec<u8> = Vec::new();
-        let window_at = 0u64;
-        let mut fetched_bytes = 0u64;
-        // Small runs, or runs of small (compressed) records, are read whole: skipping a
-        // record by its header would save less than a request costs.
-        if run.bytes <= SMALL_RUN || run.bytes / run.pages < SMALL_RECORD {
-            window = self.src.backend.get_range(&name, run.offset, run.bytes)?;
-            fetched_bytes += run.bytes;
+        let wanted: HashSet<u64> = want.iter().copied().collect();
+        let whole = run.bytes <= SMALL_RUN || run.bytes / run.pages < SMALL_RECORD;
+        // Windows of records [first, end) to read, in order: wanted stretches merged
+        // across small gaps.
+        let mut windows: Vec<(u64, u64)> = Vec::new();
+        if whole {
+            windows.push((0, run.pages));
+        } else {
+            let gap_pages = (READ_THROUGH / max_record).max(1);
+            let mut i = 0;
+            while i <= last {
+                if !wanted.contains(&i) {
+                    i += 1;
+                    continue;
+                }
+                let first = i;
+                let mut end = i + 1;
+                loop {
+                    while end <= last && wanted.contains(&end) {
+                        end += 1;
+                    }
+                    let gap = (end..=last).take_while(|k| !wanted.contains(k)).count() as u64;
+                    if end > last || gap > gap_pages {
+                        break;
+                    }
+                    end += gap;
+                }
+                windows.push((first, end));
+                i = end;
+            }
         }
-        let mut window_at = window_at;
-        let mut records: HashMap<u64, Vec<u8>> = HashMap::new();
-        let mut at = 0u64;
-        let mut wi = 0usize;
-        for i in 0..=last {
-            let addr = run.addr + i * ps;
-            let has = |from: u64, len: u64, w: &Vec<u8>, w_at: u64| {
-                from >= w_at && from + len <= w_at + w.len() as u64
-            };
-            if want.get(wi) == Some(&i) {
-                let mut n = 1;
-                while want.get(wi + n) == Some(&(i + n as u64)) {
-                    n += 1;
-                }
-                let span = (n as u64 * max_record).min(run.bytes - at);
-                if !has(at, RECORD_HEADER_SIZE as u64, &window, window_at) {
-                    window = self.src.backend.get_range(&name, run.offset + at, span)?;
-                    window_at = at;
-                    fetched_bytes += span;
-                }
-                let from = (at - window_at) as usize;
-                let len = header_length(&window[from..from + RECORD_HEADER_SIZE], addr, &name)?;
-                if !has(at, len, &window, window_at) {
-                    window = self.src.backend.get_range(&name, run.offset + at, span)?;
-                    window_at = at;
-                    fetched_bytes += span;
-                }
-                let from = (at - window_at) as usize;
-                records.insert(i, window[from..from + len as usize].to_vec());
-                wi += 1;
-                at += len;
-            } else if has(at, RECORD_HEADER_SIZE as u64, &window, window_at) {
-                let from = (at - window_at) as usize;
-                at += header_length(&window[from..from + RECORD_HEADER_SIZE], addr, &name)?;
-            } else {
+        let mut decoder =
+            PageDecoder::new(ps as u32).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut page = vec![0u8; ps as usize];
+        // Offset of record `k` from the run's start, walking forward.
+        let (mut k, mut at) = (0u64, 0u64);
+        for (first, end) in windows {
+            while k < first {
                 let h = self.src.backend.get_range(
                     &name,
                     run.offset + at,
@@ -689,33 +683,26 @@ impl Follower {
                 )?;
                 self.metrics.header_reads += 1;
                 self.metrics.sync_bytes += h.len() as u64;
-                at += header_length(&h, addr, &name)?;
+                at += header_length(&h, run.addr + k * ps, &name)?;
+                k += 1;
             }
-        }
-        let wanted_bytes: u64 = records.values().map(|r| r.len() as u64).sum();
-        self.metrics.sync_bytes += fetched_bytes;
-        self.metrics.unneeded_bytes += fetched_bytes.saturating_sub(wanted_bytes);
-        let mut decoder =
-            PageDecoder::new(ps as u32).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let mut page = vec![0u8; ps as usize];
-        for (first, pages) in stretches {
+            let span = ((end - first) * max_record).min(run.bytes - at);
+            let bytes = self.src.backend.get_range(&name, run.offset + at, span)?;
+            self.metrics.sync_bytes += span;
             let id = (name.clone(), run.offset);
-            let file = slice_name(&id, first, pages)
+            let file = slice_name(&id, first, end - first)
                 .ok_or_else(|| ReplicaError::Refused(format!("bad object name {name}")))?;
             let mut w = DataWriter::new(ps as u32, obj.version, stage_nonce(&file))
                 .map_err(|e| StoreError::Invalid(e.to_string()))?;
-            for k in first..first + pages {
+            let mut used = 0usize;
+            for k in first..end {
                 let addr = run.addr + k * ps;
-                let rec = &records[&k];
                 let n = decoder
-                    .decode_record(rec, addr, &mut page)
+                    .decode_record(&bytes[used..], addr, &mut page)
                     .map_err(|e| damaged(name.clone(), e))?;
-                if n != rec.len() {
-                    return Err(damaged(
-                        name,
-                        FormatError::Corrupt(format!("the record of page {addr:#x}")),
-                    )
-                    .into());
+                let rec = &bytes[used..used + n];
+                if !wanted.contains(&k) {
+                    self.metrics.unneeded_bytes += n as u64;
                 }
                 let encoded = EncodedPage {
                     flags: u32::from_le_bytes(rec[8..12].try_into().expect("4 bytes")),
@@ -723,14 +710,19 @@ impl Follower {
                     payload: rec[RECORD_HEADER_SIZE..].to_vec(),
                 };
                 w.push_encoded(addr, &encoded);
+                used += n;
             }
+            // Read past the window's last record (records smaller than a page).
+            self.metrics.unneeded_bytes += span - used as u64;
+            at += used as u64;
+            k = end;
             let object = w.finish();
             self.write_staged(&file, &object)?;
             self.staged.entry(id).or_default().push(Slice {
                 file,
                 version: obj.version,
                 first,
-                pages,
+                pages: end - first,
                 size: object.len() as u64,
             });
         }
@@ -900,6 +892,13 @@ impl Follower {
                 }
                 if let Some(f) = self.between_fetches.as_mut() {
                     f();
+                }
+                if self
+                    .interrupt
+                    .is_some_and(|i| i.load(std::sync::atomic::Ordering::Relaxed))
+                {
+                    self.metrics.sync_s += started.elapsed().as_secs_f64();
+                    return Err(ReplicaError::Interrupted);
                 }
                 if listed.elapsed() >= RELIST_EVERY {
                     listed = Instant::now();

@@ -297,6 +297,22 @@ fn a_follower_killed_mid_sync_resumes_without_fetching_again_and_is_never_torn()
         "the follower published before it was killed: the sync is too quick to test"
     );
     let kept = staged_files(&replica);
+    // A staged file cut short (as a crash of the machine could leave one: they are not
+    // fsynced one by one) is dropped at the restart, not used.
+    let staged = replica.join("follow").join("staged");
+    let first = std::fs::read_dir(&staged)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let len = std::fs::metadata(&first).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&first)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     assert_eq!(assert_replica_matches(d, target, &replica), 0);
     // Ctrl-C mid-sync: it stops between two fetches, says what it did, declares nothing
     // it has not finished.
@@ -333,7 +349,7 @@ fn a_follower_killed_mid_sync_resumes_without_fetching_again_and_is_never_torn()
     } else {
         assert_eq!(u(&j, "synced_version"), v, "{j}");
         assert!(
-            u(&j, "reused_pages") as usize >= kept,
+            u(&j, "reused_pages") as usize >= kept - 1,
             "{kept} slices were there: {j}"
         );
         assert!(

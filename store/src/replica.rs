@@ -189,6 +189,16 @@ const SMALL_RECORD: u64 = 1024;
 /// through rather than skipped header by header: a request costs more than that.
 const READ_THROUGH: u64 = 256 << 10;
 
+/// Runs read whole that lie within [`READ_THROUGH`] of one another in one object are
+/// read in one request of at most this many bytes.
+const MAX_BATCH: u64 = 8 << 20;
+
+/// Whether a run is read whole: small, or of small (compressed) records, so that
+/// skipping a record by its header would save less than a request costs.
+fn read_whole(run: &Run) -> bool {
+    run.bytes <= SMALL_RUN || run.bytes / run.pages < SMALL_RECORD
+}
+
 /// `follow/staged/` in a replica.
 const STAGED_DIR: &str = "staged";
 
@@ -218,6 +228,16 @@ fn parse_slice_name(file: &str) -> Option<(RunId, u64, u64)> {
         first.parse().ok()?,
         pages.parse().ok().filter(|&p| p > 0)?,
     ))
+}
+
+/// Whether the staged file at `path` is whole: a data object of `pages` records whose
+/// header names it.
+fn staged_file_ok(path: &Path, file: &str, pages: u64) -> bool {
+    let Ok(b) = fs::read(path) else {
+        return false;
+    };
+    layout::check_data_object(&b)
+        .is_ok_and(|d| d.nonce == stage_nonce(file) && d.records.len() as u64 == pages)
 }
 
 /// FNV-1a of a staged file's name: the nonce of the data object it becomes.
@@ -413,7 +433,9 @@ impl Follower {
             let file = entry.file_name().to_string_lossy().into_owned();
             let meta = entry.metadata().ok().filter(|m| m.is_file());
             match (parse_slice_name(&file), meta) {
-                (Some((id, first, pages)), Some(meta)) => {
+                (Some((id, first, pages)), Some(meta))
+                    if staged_file_ok(&entry.path(), &file, pages) =>
+                {
                     let version = layout::parse_data_name(&id.0).map_or(0, |x| x.0);
                     staged.entry(id).or_default().push(Slice {
                         file,
@@ -423,7 +445,11 @@ impl Follower {
                         size: meta.len(),
                     });
                 }
-                // Left by a follower killed while writing one.
+                // Left by a follower killed while writing one, or not written whole
+                // before a crash.
+                (Some(_), Some(_)) => {
+                    let _ = fs::remove_file(entry.path());
+                }
                 _ if file.ends_with(".tmp") => {
                     let _ = fs::remove_file(entry.path());
                 }
@@ -632,14 +658,20 @@ impl Follower {
     /// header and a page, so a window of that many bytes per record holds them all);
     /// a longer gap is skipped record by record by reading their headers alone. Small
     /// runs, and runs of small (compressed) records, are read whole.
-    fn fetch_records(&mut self, m: &Manifest, run: &Run, want: &[u64]) -> Result<(), ReplicaError> {
+    fn fetch_records(
+        &mut self,
+        m: &Manifest,
+        run: &Run,
+        want: &[u64],
+        pre_read: Option<&[u8]>,
+    ) -> Result<(), ReplicaError> {
         let obj = m.objects[run.object as usize];
         let name = obj.name();
         let ps = u64::from(self.src.page_size);
         let max_record = RECORD_HEADER_SIZE as u64 + ps;
         let last = *want.last().expect("something is wanted");
         let wanted: HashSet<u64> = want.iter().copied().collect();
-        let whole = run.bytes <= SMALL_RUN || run.bytes / run.pages < SMALL_RECORD;
+        let whole = read_whole(run);
         // Windows of records [first, end) to read, in order: wanted stretches merged
         // across small gaps.
         let mut windows: Vec<(u64, u64)> = Vec::new();
@@ -687,8 +719,14 @@ impl Follower {
                 k += 1;
             }
             let span = ((end - first) * max_record).min(run.bytes - at);
-            let bytes = self.src.backend.get_range(&name, run.offset + at, span)?;
-            self.metrics.sync_bytes += span;
+            let bytes = match pre_read {
+                Some(b) if whole => b.to_vec(),
+                _ => {
+                    let b = self.src.backend.get_range(&name, run.offset + at, span)?;
+                    self.metrics.sync_bytes += span;
+                    b
+                }
+            };
             let id = (name.clone(), run.offset);
             let file = slice_name(&id, first, end - first)
                 .ok_or_else(|| ReplicaError::Refused(format!("bad object name {name}")))?;
@@ -729,8 +767,10 @@ impl Follower {
         Ok(())
     }
 
-    /// Writes `follow/staged/<file>` whole: a new temporary file (0600), fsynced, renamed
-    /// into place, the directory fsynced.
+    /// Writes `follow/staged/<file>` whole: a new temporary file (0600) renamed into
+    /// place. Not fsynced one by one (thousands of them): a restarted follower checks
+    /// every staged file whole and drops a damaged one, and publishing syncs them all
+    /// at once (`syncfs`) before any manifest names them.
     fn write_staged(&self, file: &str, bytes: &[u8]) -> Result<(), ReplicaError> {
         let tmp = self
             .staged_dir
@@ -745,7 +785,6 @@ impl Follower {
             .open(&tmp)
             .map_err(io_err(format!("cannot create {}", tmp.display())))?;
         f.write_all(bytes)
-            .and_then(|()| f.sync_all())
             .map_err(io_err(format!("cannot write {}", tmp.display())))?;
         match renameat2(None, &tmp, None, &path, RenameFlags::RENAME_NOREPLACE) {
             Ok(()) => {}
@@ -755,9 +794,20 @@ impl Follower {
             }
             Err(e) => return Err(io_err(format!("cannot rename {}", tmp.display()))(e.into())),
         }
-        fs::File::open(&self.staged_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(format!("cannot sync {}", self.staged_dir.display())))
+        Ok(())
+    }
+
+    /// Makes every staged file durable (one `syncfs` of the replica's file system).
+    fn sync_staged(&self) -> Result<(), ReplicaError> {
+        let d = fs::File::open(&self.staged_dir)
+            .map_err(io_err(format!("cannot open {}", self.staged_dir.display())))?;
+        // SAFETY: syncfs only reads the descriptor, which `d` owns and keeps open.
+        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)) } != 0 {
+            return Err(io_err("cannot sync the replica's file system")(
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
     }
 
     /// The data object a staged slice becomes (hard-linked into `data/`).
@@ -845,6 +895,8 @@ impl Follower {
         let mut fetched: HashMap<u64, RunId> = HashMap::new();
         let mut listed = Instant::now();
         let mut first_pass = true;
+        // Pages the first pass had to fetch.
+        let mut whole_pages: Option<u64> = None;
         'target: loop {
             // Source runs holding a newest copy, with the indices of those pages in them.
             let mut needed: HashMap<(usize, usize), Vec<u64>> = HashMap::new();
@@ -869,13 +921,66 @@ impl Follower {
                 }
             }
             first_pass = false;
-            // Coldest first: records of older versions, then by address.
-            missing.sort_unstable_by_key(|x| (x.0, chain[x.1].runs[x.2].addr));
-            for (_, member, run_i, mut want) in missing {
+            // Coldest first: records of older versions, then by place in their objects.
+            missing.sort_unstable_by_key(|x| {
+                let r = chain[x.1].runs[x.2];
+                (x.0, r.object, r.offset)
+            });
+            // Runs read whole that lie close together in one object are read at once.
+            let mut batch: Option<(usize, u32, u64, Vec<u8>)> = None;
+            let mut left: u64 = missing.iter().map(|x| x.3.len() as u64).sum();
+            let whole = *whole_pages.get_or_insert(left);
+            for i in 0..missing.len() {
+                let (member, run_i) = (missing[i].1, missing[i].2);
+                let mut want = missing[i].3.clone();
+                left -= want.len() as u64;
                 want.sort_unstable();
                 let m = chain[member].clone();
                 let run = m.runs[run_i];
-                match self.fetch_records(&m, &run, &want) {
+                let covered = |b: &Option<(usize, u32, u64, Vec<u8>)>| {
+                    b.as_ref().is_some_and(|(bm, bo, start, buf)| {
+                        *bm == member
+                            && *bo == run.object
+                            && run.offset >= *start
+                            && run.offset + run.bytes <= *start + buf.len() as u64
+                    })
+                };
+                if read_whole(&run) && !covered(&batch) {
+                    let mut end = run.offset + run.bytes;
+                    for next in &missing[i + 1..] {
+                        let r = chain[next.1].runs[next.2];
+                        if next.1 != member
+                            || r.object != run.object
+                            || !read_whole(&r)
+                            || r.offset > end + READ_THROUGH
+                            || r.offset + r.bytes - run.offset > MAX_BATCH
+                        {
+                            break;
+                        }
+                        end = end.max(r.offset + r.bytes);
+                    }
+                    let name = m.objects[run.object as usize].name();
+                    let got = self
+                        .src
+                        .backend
+                        .get_range(&name, run.offset, end - run.offset);
+                    batch = match got {
+                        Ok(buf) => {
+                            self.metrics.sync_bytes += buf.len() as u64;
+                            Some((member, run.object, run.offset, buf))
+                        }
+                        Err(_) => None,
+                    };
+                }
+                let pre_read = match &batch {
+                    Some((_, _, start, buf)) if covered(&batch) => {
+                        let from = (run.offset - start) as usize;
+                        Some(&buf[from..from + run.bytes as usize])
+                    }
+                    _ => None,
+                };
+                let pre_read = pre_read.map(<[u8]>::to_vec);
+                match self.fetch_records(&m, &run, &want, pre_read.as_deref()) {
                     Ok(()) => {}
                     Err(ReplicaError::Store(e)) if is_gone(&e) => {
                         // Retention dropped or rebased it: on to the newest version.
@@ -900,7 +1005,10 @@ impl Follower {
                     self.metrics.sync_s += started.elapsed().as_secs_f64();
                     return Err(ReplicaError::Interrupted);
                 }
-                if listed.elapsed() >= RELIST_EVERY {
+                // Onto a newer version only while a quarter of the first pass is left:
+                // past that, finishing and copying the versions after is quicker, and a
+                // source that changes as fast as we fetch cannot keep the sync going.
+                if listed.elapsed() >= RELIST_EVERY && left * 4 >= whole {
                     listed = Instant::now();
                     if self.source_target(until)? > Some(chain[0].version) {
                         // Onto the newer version if it builds on the same base (only
@@ -981,6 +1089,7 @@ impl Follower {
             }
         }
         // The links into data/ are durable before the manifest names them.
+        self.sync_staged()?;
         fs::File::open(self.dst_dir().join(layout::DATA_DIR))
             .and_then(|d| d.sync_all())
             .map_err(io_err("cannot sync the replica's data/"))?;

@@ -76,6 +76,13 @@ pub enum Command {
     /// Exits 1 naming the first damaged object and the versions it breaks. Objects left
     /// by an interrupted write (orphans) are listed, not counted as damage.
     Verify(VerifyArgs),
+    /// Keep a replica of a store in DIR: sync its newest version, then copy each new
+    /// version as it is published, until Ctrl-C or --until.
+    ///
+    /// DIR (created 0700; an existing DIR must be a replica of STORE) is a store itself:
+    /// log, read, restore, diff, verify and core read it. The first sync fetches only the
+    /// newest copy of each page; a restarted follower keeps what it has.
+    Follow(FollowArgs),
     /// Write one version of a process or a store as an ELF core file: `gdb PROGRAM FILE`
     /// prints its globals and heap with the program's symbols.
     ///
@@ -296,6 +303,21 @@ pub struct DiffArgs {
     #[arg(value_parser = parse_version)]
     pub v2: u64,
     /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FollowArgs {
+    /// The store to follow: a directory or s3://BUCKET/PREFIX.
+    pub store: String,
+    /// The replica's directory.
+    #[arg(long, value_name = "DIR")]
+    pub into: PathBuf,
+    /// Stop once the replica holds version V (or a newer one).
+    #[arg(long, value_name = "V", value_parser = parse_version)]
+    pub until: Option<u64>,
+    /// Print the metrics as one JSON object on stdout at the end.
     #[arg(long)]
     pub json: bool,
 }

@@ -10,6 +10,7 @@ mod demo;
 mod demo_workload;
 mod elf_check;
 mod error;
+mod follow;
 mod html_report;
 mod launch;
 mod recorder;
@@ -45,6 +46,7 @@ fn main() {
         Some(Command::Restore(args)) => store_cmds::restore(args),
         Some(Command::Diff(args)) => store_cmds::diff(args),
         Some(Command::Verify(args)) => store_cmds::verify(args),
+        Some(Command::Follow(args)) => follow::follow(args),
         Some(Command::Core(args)) => core_file::core(args),
         Some(Command::Top(args)) => top::top(args),
         Some(Command::Report(args)) => html_report::report(args),

@@ -10,6 +10,7 @@ pub mod backend;
 pub mod local;
 mod ranges;
 mod read;
+pub mod replica;
 #[cfg(feature = "aws")]
 pub mod s3;
 mod verify;

@@ -16,17 +16,17 @@ const CHUNK_PAGES: u64 = 256;
 /// Pages `[addr, addr + pages * page size)` are page `skip` on of run `run` of
 /// `chain[member]`.
 #[derive(Debug, Clone, Copy)]
-struct Piece {
-    addr: u64,
-    pages: u64,
-    member: usize,
-    run: usize,
-    skip: u64,
+pub(crate) struct Piece {
+    pub(crate) addr: u64,
+    pub(crate) pages: u64,
+    pub(crate) member: usize,
+    pub(crate) run: usize,
+    pub(crate) skip: u64,
 }
 
 /// Where each page of `[start, end)` lives: for each page the first manifest of the
 /// chain whose runs hold it. Every page of the top version's regions must be found.
-fn locate(
+pub(crate) fn locate(
     chain: &[Arc<Manifest>],
     page_size: u64,
     start: u64,

@@ -6,10 +6,12 @@
 
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 pub struct SpinLock<T> {
     locked: AtomicBool,
+    /// Threads spinning in [`SpinLock::acquire`] for it (see [`SpinLock::has_waiters`]).
+    waiters: AtomicU32,
     value: UnsafeCell<T>,
 }
 
@@ -22,6 +24,7 @@ impl<T> SpinLock<T> {
     pub const fn new(value: T) -> Self {
         SpinLock {
             locked: AtomicBool::new(false),
+            waiters: AtomicU32::new(0),
             value: UnsafeCell::new(value),
         }
     }
@@ -33,12 +36,17 @@ impl<T> SpinLock<T> {
 
     /// Takes the lock without a guard; pair with [`SpinLock::release`]. Used around fork.
     pub fn acquire(&self) {
+        let take = || {
+            self.locked
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        };
+        if take() {
+            return;
+        }
+        self.waiters.fetch_add(1, Ordering::Relaxed);
         let mut spins = 0u32;
-        while self
-            .locked
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
+        while !take() {
             spins += 1;
             if spins < 64 {
                 core::hint::spin_loop();
@@ -47,6 +55,20 @@ impl<T> SpinLock<T> {
                 unsafe { libc::sched_yield() };
             }
         }
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Whether a thread is waiting in [`SpinLock::lock`] for it now: a thread that
+    /// takes it in many short holds back to back (the prefetch thread) lets it go first,
+    /// since this lock is no queue (the thread that just released it, its cache line
+    /// still local, tends to win it again).
+    pub fn has_waiters(&self) -> bool {
+        self.waiters.load(Ordering::Relaxed) > 0
+    }
+
+    /// In a forked child: the threads that were waiting are the parent's.
+    pub fn forget_waiters(&self) {
+        self.waiters.store(0, Ordering::Relaxed);
     }
 
     /// Releases a lock taken with [`SpinLock::acquire`] (or inherited locked across fork).
@@ -94,6 +116,24 @@ impl<T> Drop for SpinGuard<'_, T> {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn a_waiter_is_seen_until_it_has_the_lock() {
+        let l = Arc::new(SpinLock::new(0u64));
+        let held = l.lock();
+        assert!(!l.has_waiters());
+        let waiter = {
+            let l = l.clone();
+            std::thread::spawn(move || *l.lock() += 1)
+        };
+        while !l.has_waiters() {
+            std::thread::yield_now();
+        }
+        drop(held);
+        waiter.join().unwrap();
+        assert!(!l.has_waiters());
+        assert_eq!(*l.lock(), 1);
+    }
 
     #[test]
     fn counts_under_contention() {

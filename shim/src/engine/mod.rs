@@ -655,6 +655,18 @@ pub fn with_patience<R>(patience_ns: u64, f: impl FnOnce(&mut Engine) -> R) -> O
     let t0 = now_ns();
     WAITING.store(true, Ordering::Release);
     loop {
+        // A thread waiting in `with` (the epoch thread's pass, a reader, the fault
+        // thread past its courtesy) goes first: back-to-back holds here would starve it
+        // (measured: the epoch thread waited 170-180 ms behind an audit of 37,000
+        // prefetched pages).
+        if ENGINE.has_waiters() {
+            if now_ns() - t0 > patience_ns {
+                WAITING.store(false, Ordering::Release);
+                return None;
+            }
+            core::hint::spin_loop();
+            continue;
+        }
         if let Some(mut g) = ENGINE.try_lock() {
             WAITING.store(false, Ordering::Release);
             return g.as_mut().map(f);
@@ -941,6 +953,7 @@ pub fn forget_after_fork() {
         crate::base::fds::release(fd);
     }
     ENGINE.release();
+    ENGINE.forget_waiters();
     START.release();
     // The parent's engine memory stays mapped in the child, unused. Its holders are the
     // parent's children: forgotten (their pidfds went with the inherited descriptors).

@@ -3,7 +3,7 @@
 
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use memshadow_store::replica::{Follower, Metrics, ReplicaError};
@@ -20,13 +20,6 @@ use crate::error::{Failure, Result};
 const POLL_EVERY: Duration = Duration::from_millis(100);
 /// Longest wait between two tries when the store is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-
-/// Set by SIGINT and SIGTERM while `memshadow follow` runs.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
 
 fn failure(store: &str, dir: &Path, e: ReplicaError) -> Failure {
     match e {
@@ -120,26 +113,14 @@ fn summary(m: &Metrics, newest: Option<u64>, dir: &Path) -> String {
 pub fn follow(args: FollowArgs) -> Result<i32> {
     let (store, dir) = (args.store.as_str(), args.into.as_path());
     let mut f = Follower::open(store, dir).map_err(|e| failure(store, dir, e))?;
-    let handler = nix::sys::signal::SigAction::new(
-        nix::sys::signal::SigHandler::Handler(on_interrupt),
-        nix::sys::signal::SaFlags::empty(),
-        nix::sys::signal::SigSet::empty(),
-    );
-    for sig in [
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGTERM,
-    ] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { nix::sys::signal::sigaction(sig, &handler) }
-            .map_err(|e| Failure::runtime(format!("cannot handle {sig}: {e}")))?;
-    }
-    f.interrupt = Some(&INTERRUPTED);
+    crate::interrupt::stop_on_interrupt()?;
+    f.interrupt = Some(&crate::interrupt::INTERRUPTED);
     let waiter = Waiter::new(store);
     let mut backoff = Duration::from_millis(250);
     let mut down = false;
     let mut said_empty = false;
     let mut said_sync = false;
-    while !INTERRUPTED.load(Ordering::Relaxed) {
+    while !crate::interrupt::INTERRUPTED.load(Ordering::Relaxed) {
         if args
             .until
             .is_some_and(|u| f.newest().is_some_and(|n| n >= u))

@@ -12,6 +12,7 @@ mod elf_check;
 mod error;
 mod follow;
 mod html_report;
+mod interrupt;
 mod launch;
 mod recorder;
 mod registry;

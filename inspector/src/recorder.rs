@@ -661,13 +661,6 @@ fn plan_of(args: &crate::cli::RecordingArgs, limit: Option<Duration>) -> Plan {
     }
 }
 
-/// Set by SIGINT and SIGTERM while `memshadow record` runs.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
 /// `memshadow record PID --to STORE`.
 pub fn record_command(args: crate::cli::RecordArgs) -> crate::error::Result<i32> {
     use crate::error::Failure;
@@ -675,26 +668,14 @@ pub fn record_command(args: crate::cli::RecordArgs) -> crate::error::Result<i32>
     let page_size = page_size();
     let mut store = open_store(&args.to, args.pid, page_size)
         .map_err(|e| Failure::runtime(format!("{}: {e}", args.to)))?;
-    let handler = nix::sys::signal::SigAction::new(
-        nix::sys::signal::SigHandler::Handler(on_interrupt),
-        nix::sys::signal::SaFlags::empty(),
-        nix::sys::signal::SigSet::empty(),
-    );
-    for sig in [
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGTERM,
-    ] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { nix::sys::signal::sigaction(sig, &handler) }
-            .map_err(|e| Failure::runtime(format!("cannot handle {sig}: {e}")))?;
-    }
+    crate::interrupt::stop_on_interrupt()?;
     let plan = plan_of(&args.recording, args.for_secs);
     let mut said = |took: Duration| behind_line(took, plan.every);
     let done = record(
         &target,
         &mut store,
         &plan,
-        &INTERRUPTED,
+        &crate::interrupt::INTERRUPTED,
         &mut said,
         &mut skipped_line,
     )

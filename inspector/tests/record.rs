@@ -805,12 +805,13 @@ fn a_version_given_up_for_lack_of_budget_is_skipped_and_the_recording_goes_on() 
     let d = dir.path();
     let store_dir = d.join("store");
     // 32 MiB that does not compress, recorded; then rewritten whole in one go (more than
-    // the 8 MiB shadow budget holds: that snapshot is given up); then quiet writes.
+    // the 8 MiB shadow budget holds: that snapshot is given up); then 2 s of quiet writes
+    // (on a loaded machine writing the new 32 MiB base takes most of a second).
     let script = "import os, time\n\
                   b = bytearray(os.urandom(32 << 20))\n\
                   time.sleep(0.6)\n\
                   b[:] = os.urandom(32 << 20)\n\
-                  for i in range(40):\n    \
+                  for i in range(100):\n    \
                       b[i] = i\n    \
                       time.sleep(0.02)\n\
                   print('finished')\n";

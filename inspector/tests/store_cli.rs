@@ -95,9 +95,12 @@ fn log_lists_every_version_with_totals() {
                 "time_ms",
                 "changed_pages",
                 "stored_bytes",
-                "base"
+                "base",
+                "crash"
             ]
         );
+        // No version of this store was taken as the program died (the flight recorder's).
+        assert!(row["crash"].is_null(), "{row}");
         assert_eq!(row["version"], l.version);
         assert_eq!(row["time_ms"], 1_000_000 + l.version * 1000);
         assert_eq!(row["changed_pages"], l.changed_pages);

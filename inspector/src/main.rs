@@ -13,6 +13,7 @@ mod error;
 mod follow;
 mod html_report;
 mod launch;
+mod plan_keeper;
 mod recorder;
 mod registry;
 mod report;

@@ -388,6 +388,11 @@ fn plan_reply(args: &[&str]) -> Vec<u8> {
         reply.why = Some("prediction is off (MEMSHADOW_PREDICT=off)".into());
         return reply.encode().into_bytes();
     }
+    // A holder's epoch has no plan: nothing to wait for.
+    if crate::engine::with(|e| e.newest_held()).unwrap_or(false) {
+        reply.why = Some("the newest version is a holder's: nothing is predicted there".into());
+        return reply.encode().into_bytes();
+    }
     let mut waited = 0;
     let plan = loop {
         match crate::prefetch::plan_for() {

@@ -156,6 +156,9 @@ enum Cmd {
         /// Workloads (bench/workloads/NAME.c).
         #[arg(long, value_delimiter = ',', default_value = "hot_set,zipf_updates")]
         workload: Vec<String>,
+        /// MEMSHADOW_BACKEND of the recorded program (default: the shim's).
+        #[arg(long)]
+        backend: Option<String>,
     },
 }
 
@@ -327,7 +330,8 @@ fn main() {
             seconds,
             join_at,
             workload,
-        }) => replica::run(mib, seconds, join_at, &workload),
+            backend,
+        }) => replica::run(mib, seconds, join_at, &workload, backend.as_deref()),
     };
     if let Err(e) = r {
         eprintln!("memshadow-bench: {e}");

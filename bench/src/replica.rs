@@ -172,6 +172,7 @@ fn one(
     mib: u32,
     seconds: u64,
     join_at: u64,
+    backend: Option<&str>,
 ) -> Result<serde_json::Value, String> {
     let prog = build_workload(workload)?;
     let store = format!("s3://{BUCKET}/{workload}-{mib}");
@@ -185,6 +186,9 @@ fn one(
         .stderr(Stdio::inherit());
     clear_shim_env(&mut rec);
     rec.env("MEMSHADOW_DIR", &shim_dir);
+    if let Some(b) = backend {
+        rec.env("MEMSHADOW_BACKEND", b);
+    }
     let started = Instant::now();
     let mut recorder =
         Owned(Some(rec.spawn().map_err(|e| {
@@ -258,6 +262,7 @@ fn one(
     lags.sort_unstable();
     let pick = |q: f64| lags.get(((lags.len() as f64 - 1.0) * q).round() as usize);
     j["workload"] = workload.into();
+    j["backend"] = backend.unwrap_or("default").into();
     j["mib"] = mib.into();
     j["lag_versions_p50"] = pick(0.5).copied().into();
     j["lag_versions_max"] = lags.last().copied().into();
@@ -268,7 +273,13 @@ fn one(
 }
 
 /// Runs the benchmark and prints one JSON object per workload and a table.
-pub fn run(mib: u32, seconds: u64, join_at: u64, workloads: &[String]) -> Result<(), String> {
+pub fn run(
+    mib: u32,
+    seconds: u64,
+    join_at: u64,
+    workloads: &[String],
+    backend: Option<&str>,
+) -> Result<(), String> {
     let memshadow = memshadow_bin()?;
     let scratch = Scratch::new()?;
     let weed_dir = scratch.0.join("weed");
@@ -277,7 +288,7 @@ pub fn run(mib: u32, seconds: u64, join_at: u64, workloads: &[String]) -> Result
     weed.set_env();
     let mut rows = Vec::new();
     for w in workloads {
-        let j = one(&memshadow, &scratch.0, w, mib, seconds, join_at)?;
+        let j = one(&memshadow, &scratch.0, w, mib, seconds, join_at, backend)?;
         println!("{j}");
         rows.push(j);
     }

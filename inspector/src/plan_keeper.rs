@@ -40,6 +40,10 @@ pub struct PlanKeeper {
     pub threshold: u16,
     /// Whether the process plans at all (false once it said prediction is off).
     pub planning: bool,
+    /// Whether the last reply held a plan: pages are fingerprinted only then (a holder's
+    /// epochs have none, and their versions list every page: fingerprinting them would
+    /// slow the recorder for nothing).
+    planned: bool,
     /// Fingerprint of each page as last recorded.
     prints: HashMap<u64, u32>,
     /// The pages the last plan kept, to audit at the next version.
@@ -51,9 +55,17 @@ impl Default for PlanKeeper {
         PlanKeeper {
             threshold: FIRST_THRESHOLD,
             planning: true,
+            planned: true,
             prints: HashMap::new(),
             pending: Vec::new(),
         }
+    }
+}
+
+impl PlanKeeper {
+    /// Whether to fingerprint the next version's pages.
+    pub fn fingerprinting(&self) -> bool {
+        self.planning && self.planned
     }
 }
 
@@ -96,6 +108,7 @@ impl PlanKeeper {
         let Ok(reply) = control_client::plan(socket, version) else {
             return;
         };
+        self.planned = !reply.runs.is_empty();
         if reply.planned_at == 0 {
             if reply.why.as_deref().is_some_and(|w| w.contains("off")) {
                 self.planning = false;

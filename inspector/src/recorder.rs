@@ -161,7 +161,7 @@ fn record_until_done(
         let mut courtesy = Courtesy::new(target, (plan.every / 2).min(MAX_COURTESY));
         let taken_ms = now_ms();
         prints.clear();
-        let fingerprint = plans.planning.then_some(&mut prints);
+        let fingerprint = plans.fingerprinting().then_some(&mut prints);
         let attempted = attempt(socket, pid, store, since, &mut courtesy, fingerprint);
         done.gave_way += courtesy.waited;
         let (version, outcome, pin) = match attempted {

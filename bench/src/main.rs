@@ -64,12 +64,19 @@
 //!   a second natively) under the shim without snapshots and with
 //!   `MEMSHADOW_INTERVAL_MS=100`, against the program run without the shim.
 //!
+//! `cargo run --release -p memshadow-bench -- replica [--mib M] [--seconds S] [--join-at J]
+//! [--workload NAME,...]` records a workload every 100 ms to SeaweedFS for S seconds
+//! (default 60) while a follower joins at J seconds (default 30): its first sync's time
+//! and bytes against the base plus chain and one image, its order, and its lag while
+//! following (`replica.rs`; needs `weed`).
+//!
 //! Every child process (compiler, workloads) is killed if it outlives its time limit.
 
 mod common;
 mod durable;
 mod harness;
 mod redis;
+mod replica;
 mod snapshot_costs;
 mod svg;
 
@@ -133,6 +140,25 @@ enum Cmd {
         /// The shim to preload (default: target/release/libmemshadow.so).
         #[arg(long)]
         lib: Option<PathBuf>,
+    },
+    /// A workload recorded every 100 ms to SeaweedFS, a follower joining late: its first
+    /// sync against the base plus chain and one image, and its lag (see replica.rs).
+    Replica {
+        /// MiB of the workload's data.
+        #[arg(long, default_value_t = 256)]
+        mib: u32,
+        /// Seconds recorded.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Seconds after the recording's start when the follower joins.
+        #[arg(long, default_value_t = 30)]
+        join_at: u64,
+        /// Workloads (bench/workloads/NAME.c).
+        #[arg(long, value_delimiter = ',', default_value = "hot_set,zipf_updates")]
+        workload: Vec<String>,
+        /// MEMSHADOW_BACKEND of the recorded program (default: the shim's).
+        #[arg(long)]
+        backend: Option<String>,
     },
 }
 
@@ -299,6 +325,13 @@ fn main() {
             workload,
         }) => overhead(runs, threads, steps, lib, &workload),
         Some(Cmd::SnapshotCosts { runs, mib, lib }) => snapshot_costs::run(runs, mib, lib),
+        Some(Cmd::Replica {
+            mib,
+            seconds,
+            join_at,
+            workload,
+            backend,
+        }) => replica::run(mib, seconds, join_at, &workload, backend.as_deref()),
     };
     if let Err(e) = r {
         eprintln!("memshadow-bench: {e}");

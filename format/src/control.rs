@@ -25,6 +25,7 @@
 //! | `pin V` | `version` | then the server keeps the connection open; see below |
 //! | `changes V SINCE` | `version`, `since`, `page_size`, `regions N`, N lines `region ADDR LEN`, `changes M`, M lines `change ADDR LEN` | then the bytes of every change at version `V` in frames; see below |
 //! | `recorded V [MS]` | `let_go` | a recorder has every version up to `V` in its store: their holders go (reads of them are then refused, saying so). With `MS`, when `V` was taken (ms since the Unix epoch): the process keeps `V` and `MS` as the stats `recorded_version` and `recorded_time_ms` (`memshadow top`'s recording lag; the flight recorder waits for a recorder only while one has written a version); `recorded 0 0`: the recorder stopped |
+//! | `plan V` | `version`, `planned_at`, `page_size`, `runs N`, N lines `run ADDR PAGES PERMILLE`, `cut K`, and `why` when there is no plan | the pages the prefetcher's predictor expects written in the epoch after the newest version (at least `V`), best first, with its confidence per mille: the plan it computed at that version's snapshot, every guess, also those under `MEMSHADOW_CONFIDENCE`; at most [`MAX_PLAN_RUNS`] runs, `cut` says how many of the least confident were left out. No plan (`planned_at 0`, `runs 0`, and a `why`): prediction is off, the newest epoch is a holder's, or the prefetcher has not planned `V` yet (it is asked to wait up to [`PLAN_WAIT_MS`]); refused when `V` is not taken yet |
 //! | `flight V` | `version` | the recorder has written (or given up on) version `V`, the flight recorder's last snapshot (stats `flight_version`): the crashing thread that waits for it goes on dying |
 //!
 //! `pin V` keeps version `V` (and so every newer one: retention is oldest first) from
@@ -88,6 +89,12 @@ pub const CMD_CHANGES: &str = "changes";
 pub const CMD_RECORDED: &str = "recorded";
 /// The recorder has written the crash version `V`: `flight V`.
 pub const CMD_FLIGHT: &str = "flight";
+/// The predictor's plan for the epoch after a version: `plan V`.
+pub const CMD_PLAN: &str = "plan";
+/// Most runs in a `plan` reply.
+pub const MAX_PLAN_RUNS: usize = 16384;
+/// How long a `plan V` waits for the prefetcher to plan version `V`, ms.
+pub const PLAN_WAIT_MS: u64 = 100;
 /// Most bytes in one frame of a `changes` body (1 MiB).
 pub const MAX_FRAME: usize = 1 << 20;
 /// The frame length that ends a complete `changes` body.
@@ -363,6 +370,127 @@ impl ChangesReply {
     }
 }
 
+/// The arguments of a `plan` request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanRequest {
+    /// The version the plan must be at least as new as.
+    pub version: u64,
+}
+
+impl PlanRequest {
+    /// The request line, without its newline: `plan V`.
+    pub fn encode(&self) -> String {
+        format!("{CMD_PLAN} {}", self.version)
+    }
+
+    /// Parses the arguments that follow the word `plan` (e.g. `"7"`). The message of an
+    /// error is meant for an `error` reply.
+    pub fn parse(args: &str) -> Result<Self, String> {
+        let words: Vec<&str> = args.split_ascii_whitespace().collect();
+        let [v] = words[..] else {
+            return Err(format!(
+                "usage: {CMD_PLAN} VERSION (decimal), got {} argument(s)",
+                words.len()
+            ));
+        };
+        let version = v
+            .parse::<u64>()
+            .map_err(|_| format!("{CMD_PLAN}: VERSION {v:?} is not a decimal number"))?;
+        Ok(PlanRequest { version })
+    }
+}
+
+/// One run of a `plan` reply: `PAGES` pages from `ADDR`, written with this confidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedRun {
+    pub addr: u64,
+    pub pages: u32,
+    /// Per mille, 0..=1000.
+    pub permille: u16,
+}
+
+/// The reply to `plan V`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PlanReply {
+    /// The version asked for.
+    pub version: u64,
+    /// The version whose epoch the plan is for (0: no plan).
+    pub planned_at: u64,
+    pub page_size: u64,
+    /// Best first, at most [`MAX_PLAN_RUNS`].
+    pub runs: Vec<PlannedRun>,
+    /// Runs left out (the least confident) to keep within [`MAX_PLAN_RUNS`].
+    pub cut: u64,
+    /// Why there is no plan.
+    pub why: Option<String>,
+}
+
+impl PlanReply {
+    /// The whole reply.
+    pub fn encode(&self) -> String {
+        let mut fields = Vec::with_capacity(self.runs.len() + 6);
+        fields.push(("version", self.version.to_string()));
+        fields.push(("planned_at", self.planned_at.to_string()));
+        fields.push(("page_size", self.page_size.to_string()));
+        fields.push(("runs", self.runs.len().to_string()));
+        for r in &self.runs {
+            fields.push(("run", format!("{} {} {}", r.addr, r.pages, r.permille)));
+        }
+        fields.push(("cut", self.cut.to_string()));
+        if let Some(why) = &self.why {
+            fields.push(("why", why.clone()));
+        }
+        encode_ok(&fields)
+    }
+
+    /// Decodes the fields of a reply, checking the runs (counted, not empty, at most
+    /// [`MAX_PLAN_RUNS`], confidence at most 1000).
+    pub fn decode(fields: &[(String, String)]) -> Result<Self, ReplyError> {
+        let bad = |m: String| ReplyError::Malformed(format!("{CMD_PLAN} reply: {m}"));
+        let number = |key: &str| -> Result<u64, ReplyError> {
+            let v = field(fields, key).ok_or_else(|| bad(format!("no {key} field")))?;
+            v.parse()
+                .map_err(|_| bad(format!("{key} {v:?} is not a decimal number")))
+        };
+        let count = number("runs")?;
+        let mut runs = Vec::new();
+        for (k, v) in fields {
+            if k != "run" {
+                continue;
+            }
+            let w: Vec<&str> = v.split(' ').collect();
+            let parsed = match w[..] {
+                [a, p, c] => parse_run(a, p, c),
+                _ => None,
+            };
+            runs.push(parsed.ok_or_else(|| bad(format!("run {v:?} is not ADDR PAGES PERMILLE")))?);
+        }
+        if runs.len() as u64 != count || runs.len() > MAX_PLAN_RUNS {
+            return Err(bad(format!(
+                "{} run field(s), but runs says {count}",
+                runs.len()
+            )));
+        }
+        Ok(PlanReply {
+            version: number("version")?,
+            planned_at: number("planned_at")?,
+            page_size: number("page_size")?,
+            runs,
+            cut: number("cut")?,
+            why: field(fields, "why").map(str::to_string),
+        })
+    }
+}
+
+/// A `run ADDR PAGES PERMILLE` field's value: PAGES at least 1, PERMILLE at most 1000.
+fn parse_run(a: &str, p: &str, c: &str) -> Option<PlannedRun> {
+    Some(PlannedRun {
+        addr: a.parse::<u64>().ok()?,
+        pages: p.parse::<u32>().ok().filter(|&p| p > 0)?,
+        permille: c.parse::<u16>().ok().filter(|&c| c <= 1000)?,
+    })
+}
+
 /// The `key ADDR LEN` fields of a reply, checked: as many as `count_key` says, each
 /// not empty, in address order, none overlapping.
 fn decode_ranges(
@@ -568,6 +696,50 @@ mod tests {
         assert!(matches!(decode_reply(""), Err(ReplyError::Malformed(_))));
         assert!(matches!(
             decode_reply("hello\n"),
+            Err(ReplyError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn plan_requests_and_replies() {
+        assert_eq!(PlanRequest::parse("7"), Ok(PlanRequest { version: 7 }));
+        assert_eq!(PlanRequest { version: 7 }.encode(), "plan 7");
+        for bad in ["", "7 8", "x"] {
+            assert!(PlanRequest::parse(bad).is_err(), "{bad:?}");
+        }
+        let reply = PlanReply {
+            version: 7,
+            planned_at: 8,
+            page_size: 4096,
+            runs: vec![
+                PlannedRun {
+                    addr: 0x5000,
+                    pages: 3,
+                    permille: 900,
+                },
+                PlannedRun {
+                    addr: 0x1000,
+                    pages: 1,
+                    permille: 50,
+                },
+            ],
+            cut: 2,
+            why: None,
+        };
+        let fields = decode_reply(&reply.encode()).unwrap();
+        assert_eq!(PlanReply::decode(&fields), Ok(reply.clone()));
+        let none = PlanReply {
+            version: 7,
+            why: Some("prediction is off".into()),
+            page_size: 4096,
+            ..PlanReply::default()
+        };
+        let fields = decode_reply(&none.encode()).unwrap();
+        assert_eq!(PlanReply::decode(&fields), Ok(none));
+        let broken = reply.encode().replace("run 4096 1 50", "run 4096 1 5000");
+        let fields = decode_reply(&broken).unwrap();
+        assert!(matches!(
+            PlanReply::decode(&fields),
             Err(ReplyError::Malformed(_))
         ));
     }

@@ -12,4 +12,6 @@ pub mod store;
 #[cfg(feature = "store")]
 pub mod store_context;
 #[cfg(feature = "store")]
+pub mod store_plan;
+#[cfg(feature = "store")]
 pub mod version_stats;

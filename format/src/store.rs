@@ -15,6 +15,7 @@
 //! | `manifests/<version, 20 decimal digits>` | one per published version |
 //! | `data/<version, 20 digits>-<nonce, 16 hex digits>` | compressed page records |
 //! | `context/<version, 20 digits>` | what `memshadow core` needs beside the pages (auxiliary vector, mappings, the small file-backed pages read at record time): see [`crate::store_context`]; optional, absent in stores of older versions |
+//! | `plan/<version, 20 digits>` | the pages the predictor expected written next, with confidence, when that version was recorded (a follower orders its first sync by it): see [`crate::store_plan`]; optional |
 //!
 //! A data object's name carries the version it was written for and a random nonce, so
 //! two writers (or a retry, or a retention rebase) never pick the same name. Names that

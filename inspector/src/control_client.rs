@@ -293,6 +293,22 @@ pub fn regions(socket: &Endpoint, version: u64) -> Result<control::RegionsReply,
     Ok(reply)
 }
 
+/// `plan V`: the predictor's plan for the epoch after the newest version (at least `V`).
+pub fn plan(socket: &Endpoint, version: u64) -> Result<control::PlanReply, ControlError> {
+    let req = control::PlanRequest { version };
+    let fields = request(socket, &req.encode())?;
+    let reply = control::PlanReply::decode(&fields).map_err(ControlError::Reply)?;
+    if reply.version != version || (reply.planned_at != 0 && reply.planned_at < version) {
+        return Err(malformed(format!(
+            "the reply to {:?} is about version {} planned at {}",
+            req.encode(),
+            reply.version,
+            reply.planned_at
+        )));
+    }
+    Ok(reply)
+}
+
 /// A pin on a version, held while this lives (the connection that asked for it).
 pub struct Pin {
     _conn: Conn,

@@ -79,6 +79,8 @@ fn metrics_json(m: &Metrics, newest: Option<u64>) -> serde_json::Value {
         "pages_downloaded_twice": m.pages_downloaded_twice,
         "plan_hit_rate": m.plan_hit_rate,
         "plan_pages": m.plan_pages,
+        "order": m.order,
+        "plan_version": m.plan_version,
         "unneeded_bytes": m.unneeded_bytes,
         "reused_pages": m.reused_pages,
         "header_reads": m.header_reads,
@@ -94,8 +96,8 @@ fn summary(m: &Metrics, newest: Option<u64>, dir: &Path) -> String {
     let newest = newest.map_or("none".to_string(), |v| v.to_string());
     let synced = match m.synced_version {
         Some(v) => format!(
-            "synced version {v} in {:.2} s fetching {} bytes (base plus chain: {}, one image: {}; {} page(s) fetched twice, {} page(s) kept from before)",
-            m.sync_s, m.sync_bytes, m.naive_bytes, m.image_bytes, m.pages_downloaded_twice, m.reused_pages
+            "synced version {v} in {:.2} s fetching {} bytes (base plus chain: {}, one image: {}; {} page(s) fetched twice, {} page(s) kept from before; ordered by {})",
+            m.sync_s, m.sync_bytes, m.naive_bytes, m.image_bytes, m.pages_downloaded_twice, m.reused_pages, m.order
         ),
         None => "no sync needed".to_string(),
     };

@@ -14,6 +14,7 @@ mod follow;
 mod html_report;
 mod interrupt;
 mod launch;
+mod plan_keeper;
 mod recorder;
 mod registry;
 mod report;

@@ -144,6 +144,8 @@ fn record_until_done(
     let mut last: Option<(u64, Option<Pin>)> = None;
     let mut said_behind = false;
     let (mut skipped, mut said_skipped) = (0, false);
+    let mut plans = crate::plan_keeper::PlanKeeper::default();
+    let mut prints: Vec<(u64, u32)> = Vec::new();
     loop {
         if stop.load(Ordering::Relaxed) || plan.limit.is_some_and(|l| started.elapsed() >= l) {
             break;
@@ -158,7 +160,9 @@ fn record_until_done(
         let since = last.as_ref().map(|(v, _)| *v);
         let mut courtesy = Courtesy::new(target, (plan.every / 2).min(MAX_COURTESY));
         let taken_ms = now_ms();
-        let attempted = attempt(socket, pid, store, since, &mut courtesy);
+        prints.clear();
+        let fingerprint = plans.fingerprinting().then_some(&mut prints);
+        let attempted = attempt(socket, pid, store, since, &mut courtesy, fingerprint);
         done.gave_way += courtesy.waited;
         let (version, outcome, pin) = match attempted {
             Ok(recorded) => {
@@ -193,6 +197,7 @@ fn record_until_done(
         done.pages += outcome.pages;
         done.last = Some(version);
         keep_version_stats(target, store, version, &[]);
+        plans.after_version(socket, store, version, outcome.base, &prints);
         // The new version is published: the old pin can go, and the holders of the
         // versions up to it (their copies of the program's pages are in the store now;
         // a holder let go stops the program's writes copying pages for it). A shim
@@ -280,6 +285,7 @@ fn attempt(
     store: &mut Store,
     since: Option<u64>,
     courtesy: &mut Courtesy,
+    prints: Option<&mut Vec<(u64, u32)>>,
 ) -> Result<(u64, memshadow_store::Recorded, Option<Pin>), Failed> {
     let version = control_client::snapshot(socket).map_err(Failed::Process)?;
     let pin = control_client::pin(socket, version).map_err(Failed::Process)?;
@@ -289,7 +295,7 @@ fn attempt(
         Ok(ctx) => store.put_context(&ctx).map_err(Failed::Store)?,
         Err(e) => context_failed(&e),
     }
-    let recorded = record_one(socket, pid, store, version, since, courtesy, 0)?;
+    let recorded = record_one(socket, pid, store, version, since, courtesy, 0, prints)?;
     Ok((version, recorded, pin))
 }
 
@@ -343,6 +349,7 @@ fn record_crash(
             since,
             &mut courtesy,
             crash.signal,
+            None,
         )?;
         // Its statistics too, while the process still waits.
         keep_version_stats(target, store, crash.version, &[]);
@@ -490,7 +497,9 @@ enum Failed {
 }
 
 /// Records version `version` as a delta since `since` (or a base when `since` is None
-/// or no longer retained by the process).
+/// or no longer retained by the process); with `prints`, fingerprints every page
+/// recorded into it (see `plan_keeper`).
+#[allow(clippy::too_many_arguments)]
 fn record_one(
     socket: &Endpoint,
     pid: u32,
@@ -499,6 +508,7 @@ fn record_one(
     since: Option<u64>,
     courtesy: &mut Courtesy,
     crash_signal: u32,
+    prints: Option<&mut Vec<(u64, u32)>>,
 ) -> Result<memshadow_store::Recorded, Failed> {
     // The snapshot just taken makes the program trap on its next writes: reading the
     // version meanwhile would take CPU from the fault thread it waits on.
@@ -530,7 +540,13 @@ fn record_one(
     };
     let changed = stream.header.changes.clone();
     let mut source = StreamSource::new(socket, version, stream, courtesy);
-    let result = store.record(&info, since, &changed, &mut source);
+    let page_size = u64::from(store.page_size());
+    let mut printing = crate::plan_keeper::Fingerprinting {
+        inner: &mut source,
+        page_size,
+        prints,
+    };
+    let result = store.record(&info, since, &changed, &mut printing);
     match (result, source.failure.take()) {
         (Ok(r), _) => Ok(r),
         // The process side failed: say that, not the store's wrapping of it.

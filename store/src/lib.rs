@@ -27,6 +27,7 @@ use memshadow_format::store::{
     StoreMeta, MAX_CHAIN_DELTAS, META_NAME,
 };
 use memshadow_format::store_context::{self as context_layout, CoreContext};
+use memshadow_format::store_plan::{self as plan_layout, StorePlan};
 
 pub use backend::{Backend, BackendError};
 pub use read::Diff;
@@ -679,6 +680,42 @@ impl Store {
         }
     }
 
+    /// Stores the plan object of a version (see `memshadow_format::store_plan`), after
+    /// its manifest; replaces one left by an earlier attempt.
+    pub fn put_plan(&self, plan: &StorePlan) -> Result<(), StoreError> {
+        let name = plan_layout::plan_name(plan.version);
+        let bytes = plan.encode();
+        match self.backend.put_new(&name, &bytes) {
+            Err(BackendError::Exists(_)) => Ok(self.backend.put_replace(&name, &bytes)?),
+            r => Ok(r?),
+        }
+    }
+
+    /// The plan of `version`: None when the store has none for it; an error when it is
+    /// damaged.
+    pub fn plan(&self, version: u64) -> Result<Option<StorePlan>, StoreError> {
+        let name = plan_layout::plan_name(version);
+        match self.backend.get(&name) {
+            Ok(b) => StorePlan::decode(&b, version)
+                .map(Some)
+                .map_err(|e| damaged(name, e)),
+            Err(BackendError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The versions that have a plan object, ascending (published or not).
+    pub fn plan_versions(&self) -> Result<Vec<u64>, StoreError> {
+        let mut v: Vec<u64> = self
+            .backend
+            .list(plan_layout::PLAN_DIR)?
+            .into_iter()
+            .filter_map(|(n, _)| plan_layout::parse_plan_name(&n))
+            .collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+
     /// Drops old versions: all but the `keep` newest, and those taken more than
     /// `keep_for` ago (the newest version is always kept). If the oldest version kept
     /// is a delta it is first rewritten as a base (published by replacing its manifest),
@@ -722,6 +759,7 @@ impl Store {
             // Without its manifest a context is garbage; it never holds a version up.
             for &v in &numbers[..first_kept] {
                 self.backend.delete(&context_layout::context_name(v))?;
+                self.backend.delete(&plan_layout::plan_name(v))?;
             }
             out.dropped.reverse();
         }
@@ -799,12 +837,15 @@ impl Store {
             layout::DATA_DIR,
             layout::MANIFEST_DIR,
             context_layout::CONTEXT_DIR,
+            plan_layout::PLAN_DIR,
         ] {
             for (name, _) in self.backend.list(dir)? {
                 let file = name.rsplit('/').next().unwrap_or("");
                 let drop = if let Some(pid) = local::temp_file_pid(file) {
                     !process_alive(pid)
-                } else if let Some(v) = context_layout::parse_context_name(&name) {
+                } else if let Some(v) = context_layout::parse_context_name(&name)
+                    .or_else(|| plan_layout::parse_plan_name(&name))
+                {
                     v < newest && !published.contains(&v)
                 } else if let Some((v, _)) = layout::parse_data_name(&name) {
                     v < newest && !referenced.contains(&name)

@@ -22,6 +22,7 @@ use nix::unistd::{fsync, geteuid, linkat, unlinkat, UnlinkatFlags};
 use crate::backend::{Backend, BackendError};
 use memshadow_format::store::{DATA_DIR, MANIFEST_DIR};
 use memshadow_format::store_context::CONTEXT_DIR;
+use memshadow_format::store_plan::PLAN_DIR;
 
 /// Files the store writes.
 const FILE_MODE: u32 = 0o600;
@@ -37,6 +38,8 @@ pub struct LocalDir {
     data: OwnedFd,
     /// `context/`: absent in a store written by an older memshadow and opened to read.
     context: Option<OwnedFd>,
+    /// `plan/`: the same.
+    plan: Option<OwnedFd>,
 }
 
 /// Whether `name` is a temporary file this backend writes, and the pid that wrote it.
@@ -143,12 +146,18 @@ impl LocalDir {
             Err(BackendError::NotFound(_)) if !create => None,
             Err(e) => return Err(e),
         };
+        let plan = match sub(PLAN_DIR) {
+            Ok(fd) => Some(fd),
+            Err(BackendError::NotFound(_)) if !create => None,
+            Err(e) => return Err(e),
+        };
         Ok(LocalDir {
             path: path.to_path_buf(),
             root,
             manifests,
             data,
             context,
+            plan,
         })
     }
 
@@ -158,6 +167,10 @@ impl LocalDir {
             Some((MANIFEST_DIR, f)) => (&self.manifests, f),
             Some((DATA_DIR, f)) => (&self.data, f),
             Some((CONTEXT_DIR, f)) => match &self.context {
+                Some(d) => (d, f),
+                None => return Err(BackendError::NotFound(name.to_string())),
+            },
+            Some((PLAN_DIR, f)) => match &self.plan {
                 Some(d) => (d, f),
                 None => return Err(BackendError::NotFound(name.to_string())),
             },
@@ -321,6 +334,10 @@ impl Backend for LocalDir {
                 Some(d) => d,
                 None => return Ok(Vec::new()),
             },
+            PLAN_DIR => match &self.plan {
+                Some(d) => d,
+                None => return Ok(Vec::new()),
+            },
             _ => return Err(BackendError::Refused(format!("bad folder {dir}"))),
         };
         let shown = self.path.join(dir);
@@ -356,6 +373,10 @@ impl Backend for LocalDir {
             Some((MANIFEST_DIR, f)) => (&self.manifests, f),
             Some((DATA_DIR, f)) => (&self.data, f),
             Some((CONTEXT_DIR, f)) => match &self.context {
+                Some(d) => (d, f),
+                None => return Ok(()),
+            },
+            Some((PLAN_DIR, f)) => match &self.plan {
                 Some(d) => (d, f),
                 None => return Ok(()),
             },

@@ -132,6 +132,11 @@ pub struct Metrics {
     pub plan_hit_rate: Option<f64>,
     /// Pages the order put last.
     pub plan_pages: u64,
+    /// What ordered the sync: `plan` (the recorder's plan object of `plan_version`) or
+    /// `history` (no plan: pages recent deltas wrote last).
+    pub order: &'static str,
+    /// The source version whose plan ordered the sync.
+    pub plan_version: Option<u64>,
     /// Bytes fetched in runs for records of pages a newer version replaced (a run is
     /// fetched whole: its records' boundaries are not known before it is read).
     pub unneeded_bytes: u64,
@@ -883,14 +888,38 @@ impl Follower {
         let mut chain = self.target_chain(until)?;
         self.metrics.sync_bytes += chain.iter().map(|m| encoded_len(m)).sum::<u64>();
         let first_target = chain[0].version;
-        // Identity of each page's record at the first target, and which are hot.
+        // Identity of each page's record at the first target, and which are hot: those
+        // the newest plan expects written (by confidence), else those recent deltas wrote.
         let first_ids = page_ids(&chain, ps)?;
-        let hot: HashSet<u64> = first_ids
-            .iter()
-            .filter(|(_, (v, _))| *v + HOT_VERSIONS > first_target && chain.len() > 1)
-            .filter(|(_, (v, _))| *v != chain.last().expect("not empty").version)
-            .map(|(a, _)| *a)
-            .collect();
+        let planned = self.newest_plan(first_target)?;
+        let confidence: HashMap<u64, u16> = match &planned {
+            Some(plan) => {
+                let mut c = HashMap::new();
+                for r in &plan.runs {
+                    for i in 0..u64::from(r.pages) {
+                        let e = c.entry(r.addr + i * ps).or_insert(0u16);
+                        *e = (*e).max(r.confidence.max(1));
+                    }
+                }
+                c
+            }
+            None => HashMap::new(),
+        };
+        self.metrics.order = if planned.is_some() { "plan" } else { "history" };
+        self.metrics.plan_version = planned.as_ref().map(|p| p.version);
+        let hot: HashSet<u64> = match &planned {
+            Some(_) => first_ids
+                .keys()
+                .filter(|a| confidence.contains_key(a))
+                .copied()
+                .collect(),
+            None => first_ids
+                .iter()
+                .filter(|(_, (v, _))| *v + HOT_VERSIONS > first_target && chain.len() > 1)
+                .filter(|(_, (v, _))| *v != chain.last().expect("not empty").version)
+                .map(|(a, _)| *a)
+                .collect(),
+        };
         // Page -> identity of the record fetched for it (by this sync).
         let mut fetched: HashMap<u64, RunId> = HashMap::new();
         let mut listed = Instant::now();
@@ -921,10 +950,18 @@ impl Follower {
                 }
             }
             first_pass = false;
-            // Coldest first: records of older versions, then by place in their objects.
+            // Coldest first: by a plan, pages it does not expect written, then by rising
+            // confidence (a run goes as its likeliest page); then records of older
+            // versions, then by place in their objects.
             missing.sort_unstable_by_key(|x| {
                 let r = chain[x.1].runs[x.2];
-                (x.0, r.object, r.offset)
+                let likeliest =
+                    x.3.iter()
+                        .filter_map(|k| confidence.get(&(r.addr + k * ps)))
+                        .max()
+                        .copied()
+                        .unwrap_or(0);
+                (likeliest, x.0, r.object, r.offset)
             });
             // Runs read whole that lie close together in one object are read at once.
             let mut batch: Option<(usize, u32, u64, Vec<u8>)> = None;
@@ -1124,6 +1161,32 @@ impl Follower {
             changed as f64 / hot.len() as f64
         });
         Ok(top.version)
+    }
+
+    /// The newest plan object of the source at or before version `v` (a damaged one is
+    /// passed over, as `verify` reports it); its bytes count in `sync_bytes`.
+    fn newest_plan(
+        &mut self,
+        v: u64,
+    ) -> Result<Option<memshadow_format::store_plan::StorePlan>, ReplicaError> {
+        let versions = match self.src.plan_versions() {
+            Ok(p) => p,
+            Err(e) if e.is_damage() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        for &pv in versions.iter().rev().filter(|&&pv| pv <= v).take(4) {
+            match self.src.plan(pv) {
+                Ok(Some(plan)) if plan.page_size == self.src.page_size => {
+                    self.metrics.sync_bytes += plan.encode().len() as u64;
+                    return Ok(Some(plan));
+                }
+                Ok(_) => {}
+                Err(e) if e.is_damage() => {}
+                Err(StoreError::Backend(BackendError::NotFound(_))) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(None)
     }
 
     /// Deletes the replica's data objects no manifest of it references (runs fetched for

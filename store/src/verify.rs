@@ -8,6 +8,7 @@ use memshadow_format::store::{
 };
 
 use memshadow_format::store_context::{parse_context_name, CoreContext, CONTEXT_DIR};
+use memshadow_format::store_plan::{parse_plan_name, StorePlan, PLAN_DIR};
 use memshadow_format::version_stats;
 
 use crate::backend::BackendError;
@@ -38,6 +39,8 @@ pub struct VerifyReport {
     /// Per-version statistics objects checked (`stats-V`, see
     /// `memshadow_format::version_stats`).
     pub version_stats: usize,
+    /// Plan objects checked (`plan/V`, see `memshadow_format::store_plan`).
+    pub plans: usize,
     /// Damage, `STORE` first, then manifests by version, then data objects by name.
     pub damage: Vec<Damage>,
     /// Objects no readable manifest references (left by an interrupted write or
@@ -94,7 +97,8 @@ impl Store {
         let listed_data: HashMap<String, u64> =
             self.backend.list(layout::DATA_DIR)?.into_iter().collect();
         let contexts = self.backend.list(CONTEXT_DIR)?;
-        for (name, _) in &contexts {
+        let plans = self.backend.list(PLAN_DIR)?;
+        for (name, _) in contexts.iter().chain(&plans) {
             let file = name.rsplit('/').next().unwrap_or("");
             if local::temp_file_pid(file).is_some() {
                 report.orphans.push(name.clone());
@@ -275,6 +279,34 @@ impl Store {
                 );
             }
             report.contexts += 1;
+        }
+        // Plans: checked whole; damage breaks no version, only a follower's order (it
+        // falls back to another plan or to the history's).
+        for (name, _) in &plans {
+            let Some(v) = parse_plan_name(name) else {
+                continue;
+            };
+            if !numbers.contains(&v) {
+                report.orphans.push(name.clone());
+                continue;
+            }
+            let problem = match self.backend.get(name) {
+                Ok(b) => match StorePlan::decode(&b, v) {
+                    Ok(p) if p.page_size == self.page_size => None,
+                    Ok(p) => Some(format!("its page size is {}", p.page_size)),
+                    Err(e) => Some(e.to_string()),
+                },
+                Err(BackendError::NotFound(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(p) = problem {
+                note(
+                    name.clone(),
+                    format!("{p} (a follower cannot order its sync by it; version {v}'s memory still reads)"),
+                    &[],
+                );
+            }
+            report.plans += 1;
         }
         // Per-version statistics: checked whole; damage breaks no version, only what
         // `memshadow report` shows of it. A version has none when the recorder could

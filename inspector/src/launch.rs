@@ -72,8 +72,8 @@ pub struct RunOutcome {
 }
 
 /// Something to do periodically while the program runs: called with its pid and the
-/// time since it started.
-pub type Tick<'a> = (Duration, &'a mut dyn FnMut(u32, Duration));
+/// time since it started; it returns whether it is to be called again.
+pub type Tick<'a> = (Duration, &'a mut dyn FnMut(u32, Duration) -> bool);
 
 /// Finds the shim: `--lib`, else `$MEMSHADOW_LIB`, else beside the running executable.
 pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf> {
@@ -312,8 +312,7 @@ fn wait_passing_signals(
             return Ok(status);
         }
         let timeout = match next_tick {
-            Some(at) => PollTimeout::try_from(at.saturating_duration_since(Instant::now()))
-                .unwrap_or(PollTimeout::MAX),
+            Some(at) => timeout_until(at, Instant::now()),
             None => PollTimeout::NONE,
         };
         match poll(
@@ -335,11 +334,18 @@ fn wait_passing_signals(
         }
         if let (Some(at), Some((every, f))) = (next_tick, tick.as_mut()) {
             if Instant::now() >= at {
-                f(pid, started.elapsed());
-                next_tick = Some(Instant::now() + *every);
+                next_tick = f(pid, started.elapsed()).then(|| Instant::now() + *every);
             }
         }
     }
+}
+
+/// poll(2)'s timeout to wake at `at`, in whole milliseconds rounded up: rounded down, the
+/// last millisecond before `at` would be spent polling with a timeout of 0 in a loop.
+fn timeout_until(at: Instant, now: Instant) -> PollTimeout {
+    let left = at.saturating_duration_since(now);
+    let ms = left.as_micros().div_ceil(1000);
+    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
 }
 
 /// Ends this process the way the program ended: same exit code, or killed by the same
@@ -366,6 +372,18 @@ pub fn exit_like(status: ExitStatus) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn poll_timeout_rounds_up_to_the_next_millisecond() {
+        let now = Instant::now();
+        let ms = |t: PollTimeout| i32::from(t);
+        assert_eq!(ms(timeout_until(now + Duration::from_micros(300), now)), 1);
+        assert_eq!(ms(timeout_until(now + Duration::from_micros(1001), now)), 2);
+        assert_eq!(ms(timeout_until(now + Duration::from_millis(5), now)), 5);
+        // Due or past: poll returns at once and the tick runs.
+        assert_eq!(ms(timeout_until(now, now)), 0);
+        assert_eq!(ms(timeout_until(now, now + Duration::from_millis(3))), 0);
+    }
 
     #[test]
     fn preload_is_prepended() {

@@ -513,6 +513,16 @@ fn a_recording_keeps_plans_that_verify_checks_and_a_follower_orders_its_sync_by(
     assert!(u(&j, "plan_pages") > 0, "{j}");
     assert_eq!(assert_replica_matches(d, target, &d.join("r1")), 1);
 
+    // A replica keeps the plan of the version it holds, so that a follower of the
+    // replica orders its sync by it too.
+    let r0 = d.join("r0");
+    follow_until(d, target, by, &r0);
+    let kept = Store::open(r0.to_str().unwrap()).unwrap().plan(by).unwrap();
+    assert_eq!(kept, s.plan(by).unwrap(), "the replica's plan of {by}");
+    let j = follow_until(d, r0.to_str().unwrap(), by, &d.join("r0b"));
+    assert_eq!(j["order"], "plan", "{j}");
+    assert_eq!(u(&j, "plan_version"), by, "{j}");
+
     // A damaged plan: verify names it and exits 1; a follower passes over it.
     let path = store.join(plan_name(by));
     let mut b = std::fs::read(&path).unwrap();
@@ -526,6 +536,23 @@ fn a_recording_keeps_plans_that_verify_checks_and_a_follower_orders_its_sync_by(
     assert_eq!(j["order"], "plan", "{j}");
     assert!(u(&j, "plan_version") < by, "{j}");
     assert_eq!(assert_replica_matches(d, target, &d.join("r2")), 1);
+
+    // Plans only of versions long before the newest (more than 8 versions: their epochs
+    // are long past) are passed over: history order.
+    let mut old = 0;
+    for &pv in &planned {
+        if pv + 8 >= newest {
+            std::fs::remove_file(store.join(plan_name(pv))).unwrap();
+        } else {
+            old += 1;
+        }
+    }
+    assert!(
+        old > 0,
+        "no plan older than 8 versions in {planned:?} (newest {newest})"
+    );
+    let j = follow_until(d, target, newest, &d.join("r2b"));
+    assert_eq!(j["order"], "history", "{j}");
 
     // A store without plans (written by an older memshadow) still syncs, by history.
     std::fs::remove_dir_all(store.join("plan")).unwrap();
@@ -568,4 +595,30 @@ fn retention_drops_a_versions_plan_with_it() {
     );
     let report = s.verify().unwrap();
     assert!(report.ok() && report.orphans.is_empty(), "{report:?}");
+}
+
+/// An S3 endpoint that takes connections and never answers (a hung server): one line
+/// and a non-zero exit after one request's timeout (30 s), not after the S3 client's
+/// default retries (3 minutes); nothing is made but the replica directory.
+#[test]
+fn a_store_that_never_answers_gets_one_line_in_one_timeout() {
+    let dir = temp_dir("follow-unreachable");
+    let d = dir.path();
+    // Connections complete in the kernel's backlog; nothing reads them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let mut c = Command::new(memshadow_bin());
+    clean_env_in(&mut c, d);
+    c.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ACCESS_KEY_ID", "nobody")
+        .env("AWS_SECRET_ACCESS_KEY", "nothing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ALLOW_HTTP", "true")
+        .args(["follow", "s3://nobody/here", "--into"])
+        .arg(d.join("replica"));
+    let f = finish(&mut c, Duration::from_secs(80));
+    assert!(!f.status.success(), "{f:#?}");
+    let line = f.stderr_line();
+    assert!(line.contains("s3://nobody/here"), "{line}");
+    drop(silent);
 }

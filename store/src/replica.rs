@@ -58,8 +58,10 @@ const HOT_VERSIONS: u64 = 8;
 /// Why a replica could not be made, opened or kept current.
 #[derive(Debug)]
 pub enum ReplicaError {
-    /// The source or the replica failed (see [`StoreError`]).
+    /// The source failed (see [`StoreError`]).
     Store(StoreError),
+    /// The replica itself (DIR) failed: never retried as if the source were away.
+    Replica(StoreError),
     /// DIR cannot be a replica of that source (exists and is something else...).
     Refused(String),
     /// A local file of the replica could not be written or read.
@@ -74,6 +76,7 @@ impl fmt::Display for ReplicaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ReplicaError::Store(e) => write!(f, "{e}"),
+            ReplicaError::Replica(e) => write!(f, "the replica: {e}"),
             ReplicaError::Refused(why) => write!(f, "{why}"),
             ReplicaError::Io { what, source } => write!(f, "{what}: {source}"),
             ReplicaError::Empty => write!(f, "the store has no version yet"),
@@ -98,7 +101,7 @@ impl From<BackendError> for ReplicaError {
 
 impl ReplicaError {
     /// Whether trying again later may succeed (the source unreachable, a version dropped
-    /// under us), as opposed to a refusal or damage.
+    /// under us), as opposed to a refusal, damage or a failure of the replica's own files.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
@@ -107,6 +110,11 @@ impl ReplicaError {
             )) | ReplicaError::Empty
         )
     }
+}
+
+/// An error of the replica's own store (DIR), told apart from the source's.
+fn local(e: impl Into<StoreError>) -> ReplicaError {
+    ReplicaError::Replica(e.into())
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ReplicaError {
@@ -494,7 +502,7 @@ impl Follower {
             Err(StoreError::NoVersion(_)) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let t_mine = self.dst.manifest(mine)?.time_ms;
+        let t_mine = self.dst.manifest(mine).map_err(local)?.time_ms;
         self.metrics.lag_s = t_src.saturating_sub(t_mine) as f64 / 1000.0;
         Ok(())
     }
@@ -569,7 +577,7 @@ impl Follower {
             self.put_data(&name, &b)?;
             bytes += b.len() as u64;
         }
-        self.copy_context(v)?;
+        self.copy_beside(v)?;
         let encoded = m
             .encode()
             .map_err(|e| damaged(layout::manifest_name(v), e))?;
@@ -582,15 +590,24 @@ impl Follower {
     fn put_data(&mut self, name: &str, b: &[u8]) -> Result<(), ReplicaError> {
         match self.dst.backend.put_new(name, b) {
             Ok(()) | Err(BackendError::Exists(_)) => {}
-            Err(e) => return Err(StoreError::from(e).into()),
+            Err(e) => return Err(local(e)),
         }
         self.held.insert(name.to_string(), b.len() as u64);
         Ok(())
     }
 
-    fn copy_context(&mut self, v: u64) -> Result<(), ReplicaError> {
+    /// Copies what the source keeps beside version `v`: its core context and its plan
+    /// (a follower of this replica orders its sync by it), when they exist.
+    fn copy_beside(&mut self, v: u64) -> Result<(), ReplicaError> {
         if let Some(ctx) = self.src.context(v)? {
-            self.dst.put_context(&ctx)?;
+            self.dst.put_context(&ctx).map_err(local)?;
+        }
+        match self.src.plan(v) {
+            Ok(Some(plan)) => self.dst.put_plan(&plan).map_err(local)?,
+            Ok(None) => {}
+            // A damaged plan is not copied (the source's `verify` reports it).
+            Err(e) if e.is_damage() => {}
+            Err(e) => return Err(e.into()),
         }
         Ok(())
     }
@@ -602,7 +619,7 @@ impl Follower {
             .put_new(&layout::manifest_name(v), manifest)
         {
             Ok(()) | Err(BackendError::Exists(_)) => {}
-            Err(e) => return Err(StoreError::from(e).into()),
+            Err(e) => return Err(local(e)),
         }
         self.have.insert(v);
         Ok(())
@@ -1139,7 +1156,7 @@ impl Follower {
         let encoded = base
             .encode()
             .map_err(|e| StoreError::Invalid(format!("the replica's base: {e}")))?;
-        self.copy_context(top.version)?;
+        self.copy_beside(top.version)?;
         self.publish(top.version, &encoded)?;
         self.collect_garbage()?;
 
@@ -1163,8 +1180,9 @@ impl Follower {
         Ok(top.version)
     }
 
-    /// The newest plan object of the source at or before version `v` (a damaged one is
-    /// passed over, as `verify` reports it); its bytes count in `sync_bytes`.
+    /// The newest plan object of the source at or before version `v` and at most
+    /// [`HOT_VERSIONS`] older (an older plan foresaw epochs long past); a damaged one is
+    /// passed over, as `verify` reports it. Its bytes count in `sync_bytes`.
     fn newest_plan(
         &mut self,
         v: u64,
@@ -1174,7 +1192,8 @@ impl Follower {
             Err(e) if e.is_damage() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        for &pv in versions.iter().rev().filter(|&&pv| pv <= v).take(4) {
+        let recent = |pv: u64| pv <= v && v - pv <= HOT_VERSIONS;
+        for &pv in versions.iter().rev().filter(|&&pv| recent(pv)).take(4) {
             match self.src.plan(pv) {
                 Ok(Some(plan)) if plan.page_size == self.src.page_size => {
                     self.metrics.sync_bytes += plan.encode().len() as u64;
@@ -1194,7 +1213,7 @@ impl Follower {
     fn collect_garbage(&mut self) -> Result<(), ReplicaError> {
         let mut referenced = HashSet::new();
         for v in self.have.clone() {
-            let m = self.dst.manifest(v)?;
+            let m = self.dst.manifest(v).map_err(local)?;
             referenced.extend(m.objects.iter().map(ObjectRef::name));
         }
         let gone: Vec<String> = self
@@ -1204,7 +1223,7 @@ impl Follower {
             .cloned()
             .collect();
         for name in gone {
-            self.dst.backend.delete(&name).map_err(StoreError::from)?;
+            self.dst.backend.delete(&name).map_err(local)?;
             self.held.remove(&name);
         }
         // What the published version uses is linked into data/; the rest is garbage.
@@ -1273,4 +1292,31 @@ fn page_ids(chain: &[Arc<Manifest>], ps: u64) -> Result<HashMap<u64, (u64, RunId
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io() -> BackendError {
+        BackendError::Io {
+            what: "a write".into(),
+            source: io::Error::from_raw_os_error(5), // EIO
+        }
+    }
+
+    #[test]
+    fn the_source_away_is_transient_the_replicas_own_failure_is_not() {
+        let source_io = ReplicaError::Store(StoreError::Backend(io()));
+        let source_remote =
+            ReplicaError::Store(StoreError::Backend(BackendError::Remote("timeout".into())));
+        let replica_io = local(io());
+        assert!(source_io.is_transient());
+        assert!(source_remote.is_transient());
+        assert!(!replica_io.is_transient());
+        assert!(
+            replica_io.to_string().starts_with("the replica: "),
+            "{replica_io}"
+        );
+    }
 }

@@ -9,7 +9,8 @@
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
+use std::time::Duration;
 
 use crate::backend::{Backend, BackendError};
 
@@ -30,6 +31,17 @@ fn remote(what: String, e: object_store::Error) -> BackendError {
     }
 }
 
+/// A few quick retries of a failed request (object_store's default tries for up to 3
+/// minutes): a caller that cannot reach the store hears of it within seconds, and the
+/// callers that wait for it (`follow`, the recorder) retry on their own schedule.
+fn retry_config() -> RetryConfig {
+    RetryConfig {
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(20),
+        ..Default::default()
+    }
+}
+
 impl S3 {
     /// `target` is `s3://BUCKET` or `s3://BUCKET/PREFIX`.
     pub fn open(target: &str) -> Result<S3, BackendError> {
@@ -42,6 +54,7 @@ impl S3 {
         }
         let store = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
+            .with_retry(retry_config())
             .build()
             .map_err(|e| BackendError::Remote(format!("{target}: {e}")))?;
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -13,10 +13,17 @@
 //! are put last), between [`MIN_THRESHOLD`] and [`MAX_THRESHOLD`]. The hit rate is kept
 //! in the next plan object (`audited_hit_rate`).
 //!
+//! **Epochs the predictor does not plan** (a holder's: nothing traps there, so nothing
+//! is predicted) get the recorder's own plan, from the exact deltas it records: a page
+//! written in k of the last [`HISTORY_DELTAS`] deltas is planned with confidence
+//! k / [`HISTORY_DELTAS`] (a frequency predictor over what the process measured). Its
+//! audit is the next delta itself: under holders a delta lists exactly the pages written
+//! (the shim's `PAGEMAP_SCAN`), so a planned page in it was written.
+//!
 //! Best effort: a version without a plan is a follower ordering by history, never a
 //! reason to stop recording.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use memshadow_format::store_plan::{PlanRun, StorePlan, MAX_PLAN_RUNS, NO_RATE};
 use memshadow_store::{PageSource, SourceError, Store};
@@ -33,6 +40,28 @@ pub const STEP_UP: u16 = 50;
 pub const STEP_DOWN: u16 = 25;
 /// Most planned pages audited per version.
 const MAX_AUDITED: usize = 1 << 20;
+/// Deltas the recorder's own plan counts writes over.
+pub const HISTORY_DELTAS: usize = 8;
+
+/// What recording one version saw, for the plan keeper.
+#[derive(Default)]
+pub struct Seen {
+    /// Whether to fingerprint the pages recorded.
+    pub fingerprint: bool,
+    /// (page address, CRC-32C of its bytes) of every page recorded, when fingerprinting.
+    pub prints: Vec<(u64, u32)>,
+    /// The ranges the process listed as changed (address, bytes).
+    pub changed: Vec<(u64, u64)>,
+}
+
+impl Seen {
+    /// Ready for the next version.
+    pub fn clear(&mut self, fingerprint: bool) {
+        self.fingerprint = fingerprint;
+        self.prints.clear();
+        self.changed.clear();
+    }
+}
 
 /// What the recorder keeps between versions for plans.
 pub struct PlanKeeper {
@@ -48,6 +77,12 @@ pub struct PlanKeeper {
     prints: HashMap<u64, u32>,
     /// The pages the last plan kept, to audit at the next version.
     pending: Vec<u64>,
+    /// Whether `pending` is the recorder's own plan (audited by the next delta's list).
+    pending_is_own: bool,
+    /// The pages each of the last deltas listed, oldest first.
+    history: VecDeque<Vec<u64>>,
+    /// In how many of `history`'s deltas each page was listed.
+    written_in: HashMap<u64, u8>,
 }
 
 impl Default for PlanKeeper {
@@ -58,6 +93,9 @@ impl Default for PlanKeeper {
             planned: true,
             prints: HashMap::new(),
             pending: Vec::new(),
+            pending_is_own: false,
+            history: VecDeque::new(),
+            written_in: HashMap::new(),
         }
     }
 }
@@ -81,22 +119,33 @@ pub fn adapt(threshold: u16, rate: f64) -> u16 {
 }
 
 impl PlanKeeper {
-    /// A version was recorded: `prints` are the fingerprints of the pages it recorded
-    /// (`base`: every page of the version). Audits the last plan against them, then
-    /// asks the process for the plan at `version` and stores it.
+    /// A version was recorded (`base`: every page of the version); `seen` is what its
+    /// recording saw. Audits the last plan against it, then asks the process for the plan
+    /// at `version` (or, where the process has none, makes one from the deltas) and
+    /// stores it.
     pub fn after_version(
         &mut self,
         socket: &Endpoint,
         store: &Store,
         version: u64,
         base: bool,
-        prints: &[(u64, u32)],
+        seen: &Seen,
     ) {
         if !self.planning {
             return;
         }
-        let fresh: HashMap<u64, u32> = prints.iter().copied().collect();
-        let rate = self.audit(&fresh, base);
+        let ps = u64::from(store.page_size());
+        // A base lists every page: it says nothing of what was written.
+        let listed: Option<Vec<u64>> = (!base).then(|| pages_of(&seen.changed, ps));
+        let fresh: HashMap<u64, u32> = seen.prints.iter().copied().collect();
+        let rate = if self.pending_is_own {
+            self.audit_by_listing(listed.as_deref())
+        } else {
+            self.audit(&fresh, base)
+        };
+        if let Some(pages) = listed {
+            self.remember(pages);
+        }
         if base {
             self.prints = fresh;
         } else {
@@ -112,9 +161,22 @@ impl PlanKeeper {
         if reply.planned_at == 0 {
             if reply.why.as_deref().is_some_and(|w| w.contains("off")) {
                 self.planning = false;
+                return;
+            }
+            let plan = self.own_plan(version, ps, rate);
+            self.pending = plan
+                .runs
+                .iter()
+                .flat_map(|r| (0..u64::from(r.pages)).map(move |i| r.addr + i * ps))
+                .take(MAX_AUDITED)
+                .collect();
+            self.pending_is_own = true;
+            if !plan.runs.is_empty() {
+                let _ = store.put_plan(&plan);
             }
             return;
         }
+        self.pending_is_own = false;
         let ps = reply.page_size;
         let runs: Vec<PlanRun> = reply
             .runs
@@ -144,6 +206,82 @@ impl PlanKeeper {
         let _ = store.put_plan(&plan);
     }
 
+    /// Keeps the pages a delta listed among the last [`HISTORY_DELTAS`].
+    fn remember(&mut self, pages: Vec<u64>) {
+        for &p in &pages {
+            *self.written_in.entry(p).or_insert(0) += 1;
+        }
+        self.history.push_back(pages);
+        while self.history.len() > HISTORY_DELTAS {
+            for p in self
+                .history
+                .pop_front()
+                .expect("longer than HISTORY_DELTAS")
+            {
+                if let Some(n) = self.written_in.get_mut(&p) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.written_in.remove(&p);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The recorder's own plan at `version`: the pages the last deltas listed, with
+    /// confidence the share of [`HISTORY_DELTAS`] deltas that listed them, at or above
+    /// the threshold; runs of neighbouring pages of equal confidence, best first.
+    fn own_plan(&self, version: u64, ps: u64, rate: Option<f64>) -> StorePlan {
+        let mut pages: Vec<(u64, u16)> = self
+            .written_in
+            .iter()
+            .map(|(&p, &n)| (p, (u64::from(n) * 1000 / HISTORY_DELTAS as u64) as u16))
+            .filter(|&(_, c)| c >= self.threshold)
+            .collect();
+        pages.sort_unstable();
+        let mut runs: Vec<PlanRun> = Vec::new();
+        for (addr, confidence) in pages {
+            match runs.last_mut() {
+                Some(r)
+                    if r.confidence == confidence
+                        && r.addr + u64::from(r.pages) * ps == addr
+                        && r.pages < u32::MAX =>
+                {
+                    r.pages += 1
+                }
+                _ => runs.push(PlanRun {
+                    addr,
+                    pages: 1,
+                    confidence,
+                }),
+            }
+        }
+        runs.sort_by(|a, b| b.confidence.cmp(&a.confidence).then(a.addr.cmp(&b.addr)));
+        let cut = runs.len().saturating_sub(MAX_PLAN_RUNS);
+        runs.truncate(MAX_PLAN_RUNS);
+        StorePlan {
+            page_size: u32::try_from(ps).unwrap_or(0),
+            version,
+            planned_at: version,
+            threshold: self.threshold,
+            audited_hit_rate: rate.map_or(NO_RATE, |r| (r * 1000.0).round() as u16),
+            cut: u32::try_from(cut).unwrap_or(u32::MAX),
+            runs,
+        }
+    }
+
+    /// The share of the last (own) plan's pages that this version's delta listed; None
+    /// for a base (it lists every page) or when nothing was planned.
+    fn audit_by_listing(&mut self, listed: Option<&[u64]>) -> Option<f64> {
+        let pending = std::mem::take(&mut self.pending);
+        let listed: std::collections::HashSet<u64> = listed?.iter().copied().collect();
+        if pending.is_empty() {
+            return None;
+        }
+        let hits = pending.iter().filter(|p| listed.contains(p)).count();
+        Some(hits as f64 / pending.len() as f64)
+    }
+
     /// The share of the last plan's pages that `fresh` (this version's fingerprints)
     /// shows written; None when nothing could be judged.
     fn audit(&mut self, fresh: &HashMap<u64, u32>, base: bool) -> Option<f64> {
@@ -169,6 +307,14 @@ impl PlanKeeper {
             Some(hits as f64 / judged as f64)
         }
     }
+}
+
+/// The addresses of the pages of `ranges` (address, bytes).
+fn pages_of(ranges: &[(u64, u64)], ps: u64) -> Vec<u64> {
+    ranges
+        .iter()
+        .flat_map(|&(a, len)| (0..len.div_ceil(ps)).map(move |i| a + i * ps))
+        .collect()
 }
 
 /// A [`PageSource`] that fingerprints every page it gives.
@@ -205,6 +351,62 @@ mod tests {
         assert_eq!(adapt(100, 0.9), 75);
         assert_eq!(adapt(MAX_THRESHOLD, 0.0), MAX_THRESHOLD);
         assert_eq!(adapt(MIN_THRESHOLD, 1.0), MIN_THRESHOLD);
+    }
+
+    #[test]
+    fn the_own_plan_ranks_pages_by_how_many_recent_deltas_wrote_them() {
+        let ps = 0x1000;
+        let mut k = PlanKeeper {
+            threshold: 250,
+            ..PlanKeeper::default()
+        };
+        // 0x10000..0x12000 in every delta, 0x20000 in 2 of 8, 0x30000 in 1 (under the
+        // threshold of 250 per mille), across 10 deltas (the first two fall out).
+        for i in 0..10u64 {
+            let mut pages = vec![0x10000, 0x11000];
+            if i >= 8 {
+                pages.push(0x20000);
+            }
+            if i == 9 {
+                pages.push(0x30000);
+            }
+            if i < 2 {
+                pages.push(0x40000);
+            }
+            k.remember(pages);
+        }
+        let plan = k.own_plan(12, ps, Some(0.5));
+        assert_eq!(
+            plan.runs,
+            vec![
+                PlanRun {
+                    addr: 0x10000,
+                    pages: 2,
+                    confidence: 1000
+                },
+                PlanRun {
+                    addr: 0x20000,
+                    pages: 1,
+                    confidence: 250
+                },
+            ]
+        );
+        assert_eq!(
+            (plan.version, plan.planned_at, plan.audited_hit_rate),
+            (12, 12, 500)
+        );
+        assert!(
+            !k.written_in.contains_key(&0x40000),
+            "fell out of the history"
+        );
+        // Audited by the next delta's listing: one of the three planned pages written.
+        k.pending = vec![0x10000, 0x11000, 0x20000];
+        assert_eq!(
+            k.audit_by_listing(Some(&[0x11000, 0x50000])),
+            Some(1.0 / 3.0)
+        );
+        k.pending = vec![0x10000];
+        assert_eq!(k.audit_by_listing(None), None, "a base lists every page");
     }
 
     #[test]

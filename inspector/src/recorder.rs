@@ -145,7 +145,7 @@ fn record_until_done(
     let mut said_behind = false;
     let (mut skipped, mut said_skipped) = (0, false);
     let mut plans = crate::plan_keeper::PlanKeeper::default();
-    let mut prints: Vec<(u64, u32)> = Vec::new();
+    let mut seen = crate::plan_keeper::Seen::default();
     loop {
         if stop.load(Ordering::Relaxed) || plan.limit.is_some_and(|l| started.elapsed() >= l) {
             break;
@@ -160,9 +160,8 @@ fn record_until_done(
         let since = last.as_ref().map(|(v, _)| *v);
         let mut courtesy = Courtesy::new(target, (plan.every / 2).min(MAX_COURTESY));
         let taken_ms = now_ms();
-        prints.clear();
-        let fingerprint = plans.fingerprinting().then_some(&mut prints);
-        let attempted = attempt(socket, pid, store, since, &mut courtesy, fingerprint);
+        seen.clear(plans.fingerprinting());
+        let attempted = attempt(socket, pid, store, since, &mut courtesy, &mut seen);
         done.gave_way += courtesy.waited;
         let (version, outcome, pin) = match attempted {
             Ok(recorded) => {
@@ -197,7 +196,7 @@ fn record_until_done(
         done.pages += outcome.pages;
         done.last = Some(version);
         keep_version_stats(target, store, version, &[]);
-        plans.after_version(socket, store, version, outcome.base, &prints);
+        plans.after_version(socket, store, version, outcome.base, &seen);
         // The new version is published: the old pin can go, and the holders of the
         // versions up to it (their copies of the program's pages are in the store now;
         // a holder let go stops the program's writes copying pages for it). A shim
@@ -285,7 +284,7 @@ fn attempt(
     store: &mut Store,
     since: Option<u64>,
     courtesy: &mut Courtesy,
-    prints: Option<&mut Vec<(u64, u32)>>,
+    seen: &mut crate::plan_keeper::Seen,
 ) -> Result<(u64, memshadow_store::Recorded, Option<Pin>), Failed> {
     let version = control_client::snapshot(socket).map_err(Failed::Process)?;
     let pin = control_client::pin(socket, version).map_err(Failed::Process)?;
@@ -295,7 +294,7 @@ fn attempt(
         Ok(ctx) => store.put_context(&ctx).map_err(Failed::Store)?,
         Err(e) => context_failed(&e),
     }
-    let recorded = record_one(socket, pid, store, version, since, courtesy, 0, prints)?;
+    let recorded = record_one(socket, pid, store, version, since, courtesy, 0, Some(seen))?;
     Ok((version, recorded, pin))
 }
 
@@ -497,8 +496,8 @@ enum Failed {
 }
 
 /// Records version `version` as a delta since `since` (or a base when `since` is None
-/// or no longer retained by the process); with `prints`, fingerprints every page
-/// recorded into it (see `plan_keeper`).
+/// or no longer retained by the process); with `seen`, notes the ranges it lists as
+/// changed and, if asked, fingerprints every page recorded into it (see `plan_keeper`).
 #[allow(clippy::too_many_arguments)]
 fn record_one(
     socket: &Endpoint,
@@ -508,7 +507,7 @@ fn record_one(
     since: Option<u64>,
     courtesy: &mut Courtesy,
     crash_signal: u32,
-    prints: Option<&mut Vec<(u64, u32)>>,
+    seen: Option<&mut crate::plan_keeper::Seen>,
 ) -> Result<memshadow_store::Recorded, Failed> {
     // The snapshot just taken makes the program trap on its next writes: reading the
     // version meanwhile would take CPU from the fault thread it waits on.
@@ -539,6 +538,13 @@ fn record_one(
         crash_signal,
     };
     let changed = stream.header.changes.clone();
+    let prints = match seen {
+        Some(seen) => {
+            seen.changed.clone_from(&changed);
+            seen.fingerprint.then_some(&mut seen.prints)
+        }
+        None => None,
+    };
     let mut source = StreamSource::new(socket, version, stream, courtesy);
     let page_size = u64::from(store.page_size());
     let mut printing = crate::plan_keeper::Fingerprinting {

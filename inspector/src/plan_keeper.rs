@@ -123,11 +123,13 @@ impl PlanKeeper {
     /// recording saw. Audits the last plan against it, then asks the process for the plan
     /// at `version` (or, where the process has none, makes one from the deltas) and
     /// stores it.
+    /// `version` is the process's number of the version, `stored` the store's.
     pub fn after_version(
         &mut self,
         socket: &Endpoint,
         store: &Store,
         version: u64,
+        stored: u64,
         base: bool,
         seen: &Seen,
     ) {
@@ -163,7 +165,7 @@ impl PlanKeeper {
                 self.planning = false;
                 return;
             }
-            let plan = self.own_plan(version, ps, rate);
+            let plan = self.own_plan(stored, ps, rate);
             self.pending = plan
                 .runs
                 .iter()
@@ -196,8 +198,8 @@ impl PlanKeeper {
             .collect();
         let plan = StorePlan {
             page_size: u32::try_from(ps).unwrap_or(0),
-            version,
-            planned_at: reply.planned_at,
+            version: stored,
+            planned_at: reply.planned_at + (stored - version),
             threshold: self.threshold,
             audited_hit_rate: rate.map_or(NO_RATE, |r| (r * 1000.0).round() as u16),
             cut: u32::try_from(reply.cut).unwrap_or(u32::MAX),

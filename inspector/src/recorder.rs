@@ -107,39 +107,129 @@ pub fn record(
     behind: &mut dyn FnMut(Duration),
     skip: &mut dyn FnMut(&str),
 ) -> Result<Recording, RecordError> {
-    let recorded = record_until_done(target, store, plan, stop, behind, skip);
+    let started = Instant::now();
+    let mut done = Recording::default();
+    let mut newer: Option<Target> = None;
+    let mut offset = 0;
+    let result = loop {
+        let current = newer.as_ref().unwrap_or(target);
+        let image = Image {
+            target: current,
+            offset,
+        };
+        match record_until_done(&image, store, plan, stop, behind, skip, started, &mut done) {
+            // The process ran exec: the new program's versions follow on in the store,
+            // from a base (its shim counts its own versions from 1 again).
+            Ok(Some(next)) => {
+                offset = store
+                    .version_numbers()
+                    .map_err(RecordError::Store)?
+                    .last()
+                    .copied()
+                    .unwrap_or(0);
+                newer = Some(next);
+            }
+            Ok(None) => break Ok(done),
+            Err(e) => break Err(e),
+        }
+    };
     // Nothing records the process any more (a dying thread of it must not wait for a
     // recorder, see the shim's `service::flight`). Best effort: it may be gone.
-    if !target.gone() {
-        let _ = control_client::recorded(&target.socket, 0, Some(0));
+    let current = newer.as_ref().unwrap_or(target);
+    if !current.gone() {
+        let _ = control_client::recorded(&current.socket, 0, Some(0));
     }
-    recorded
+    result
 }
 
+/// One program image of the recorded process (it changes when the process runs exec):
+/// its shim numbers versions from 1, stored as version `offset + V`.
+struct Image<'a> {
+    target: &'a Target,
+    offset: u64,
+}
+
+impl Image<'_> {
+    /// The store's number for this image's version `v`.
+    fn stored(&self, v: u64) -> u64 {
+        self.offset + v
+    }
+}
+
+/// How a failed request to the process turned out.
+enum Outcome {
+    /// The process exited: the recording is complete.
+    Exited,
+    /// The process runs another program now (exec), whose shim answers.
+    NewImage(Target),
+    /// The process is there and does not answer (the message says why).
+    Failed(RecordError),
+}
+
+/// The process's new program image (it ran exec), once its shim answers: waits at most
+/// [`EXIT_PATIENCE`]; the end of the recording if the process exits meanwhile.
+fn new_image(target: &Target) -> Result<Option<Target>, RecordError> {
+    let waited = Instant::now();
+    loop {
+        if target.gone() {
+            return Ok(None);
+        }
+        match Target::find(target.pid) {
+            Ok(t) if !t.same_image(target) => return Ok(Some(t)),
+            Err(f) if waited.elapsed() > EXIT_PATIENCE => {
+                return Err(RecordError::Process(format!(
+                    "process {} ran exec and its new program cannot be recorded: {}",
+                    target.pid, f.message
+                )))
+            }
+            _ if waited.elapsed() > EXIT_PATIENCE => {
+                return Err(RecordError::Process(format!(
+                    "process {} ran exec, and no new shim answers for it",
+                    target.pid
+                )))
+            }
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// After a failed request: waits (at most [`EXIT_PATIENCE`]) for the process to turn
+/// out to have exited or to run a new program whose shim answers (exec replaces the
+/// shim with a new one: new stats page, new socket, versions from 1).
+fn after_failure(target: &Target, e: ControlError) -> Outcome {
+    let waited = Instant::now();
+    loop {
+        if target.gone() {
+            return Outcome::Exited;
+        }
+        if let Ok(t) = Target::find(target.pid) {
+            if !t.same_image(target) {
+                return Outcome::NewImage(t);
+            }
+        }
+        if waited.elapsed() > EXIT_PATIENCE {
+            return Outcome::Failed(RecordError::Process(target.explain(e).message));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Records one program image of the process into `done`; returns the process's next
+/// image when it ran exec, None when the recording is over.
+#[allow(clippy::too_many_arguments)]
 fn record_until_done(
-    target: &Target,
+    image: &Image,
     store: &mut Store,
     plan: &Plan,
     stop: &AtomicBool,
     behind: &mut dyn FnMut(Duration),
     skip: &mut dyn FnMut(&str),
-) -> Result<Recording, RecordError> {
-    let (socket, pid) = (&target.socket, target.pid);
+    started: Instant,
+    done: &mut Recording,
+) -> Result<Option<Target>, RecordError> {
+    let target = image.target;
+    let socket = &target.socket;
     lower_priority();
-    // A failure of the process side: the end of the recording when the process exited
-    // (a process in the middle of exiting closes its socket before it is a zombie).
-    let failed = |e: ControlError| -> Option<RecordError> {
-        let waited = Instant::now();
-        while !target.gone() {
-            if waited.elapsed() > EXIT_PATIENCE {
-                return Some(RecordError::Process(target.explain(e).message));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
-    };
-    let started = Instant::now();
-    let mut done = Recording::default();
     // The last version recorded, pinned: the next delta counts from it.
     let mut last: Option<(u64, Option<Pin>)> = None;
     let mut said_behind = false;
@@ -153,7 +243,7 @@ fn record_until_done(
         // The program is dying and waits for its last snapshot to be written: that
         // version ends the recording.
         if let Some(crash) = crashed(target) {
-            record_crash(target, store, crash, last.as_ref().map(|l| l.0), &mut done)?;
+            record_crash(image, store, crash, last.as_ref().map(|l| l.0), done)?;
             break;
         }
         let period_start = Instant::now();
@@ -161,7 +251,7 @@ fn record_until_done(
         let mut courtesy = Courtesy::new(target, (plan.every / 2).min(MAX_COURTESY));
         let taken_ms = now_ms();
         seen.clear(plans.fingerprinting());
-        let attempted = attempt(socket, pid, store, since, &mut courtesy, &mut seen);
+        let attempted = attempt(image, store, since, &mut courtesy, &mut seen);
         done.gave_way += courtesy.waited;
         let (version, outcome, pin) = match attempted {
             Ok(recorded) => {
@@ -169,6 +259,7 @@ fn record_until_done(
                 recorded
             }
             Err(Failed::Store(e)) => return Err(RecordError::Store(e)),
+            Err(Failed::Exec) => return new_image(target),
             // The process refused this version (its snapshot was given up when the
             // shadow budget ran out, or the version went before it was read): what was
             // recorded stays, the next version is a base, and the recording goes on.
@@ -185,18 +276,28 @@ fn record_until_done(
                 std::thread::sleep(plan.every.min(Duration::from_millis(100)));
                 continue;
             }
-            Err(Failed::Process(e)) => match failed(e) {
-                None => break,
-                Some(e) => return Err(e),
+            // A process in the middle of exiting closes its socket before it is a
+            // zombie; one running exec gets a new shim.
+            Err(Failed::Process(e)) => match after_failure(target, e) {
+                Outcome::Exited => break,
+                Outcome::NewImage(next) => return Ok(Some(next)),
+                Outcome::Failed(e) => return Err(e),
             },
         };
         done.versions += 1;
         done.bases += outcome.base as u64;
         done.stored_bytes += outcome.stored_bytes;
         done.pages += outcome.pages;
-        done.last = Some(version);
-        keep_version_stats(target, store, version, &[]);
-        plans.after_version(socket, store, version, outcome.base, &seen);
+        done.last = Some(image.stored(version));
+        keep_version_stats(target, store, image.stored(version), &[]);
+        plans.after_version(
+            socket,
+            store,
+            version,
+            image.stored(version),
+            outcome.base,
+            &seen,
+        );
         // The new version is published: the old pin can go, and the holders of the
         // versions up to it (their copies of the program's pages are in the store now;
         // a holder let go stops the program's writes copying pages for it). A shim
@@ -228,7 +329,7 @@ fn record_until_done(
             std::thread::sleep((due - Instant::now()).min(Duration::from_millis(20)));
         }
     }
-    Ok(done)
+    Ok(None)
 }
 
 /// Writes the process's statistics as they are now beside `version` (0: none), for
@@ -279,23 +380,39 @@ fn refusal(e: &ControlError) -> bool {
 /// Takes a snapshot, pins it and records it as a delta since `since` (or a base): the
 /// version, what the store wrote, and the pin (held until the next one is recorded).
 fn attempt(
-    socket: &Endpoint,
-    pid: u32,
+    image: &Image,
     store: &mut Store,
     since: Option<u64>,
     courtesy: &mut Courtesy,
     seen: &mut crate::plan_keeper::Seen,
 ) -> Result<(u64, memshadow_store::Recorded, Option<Pin>), Failed> {
+    let socket = &image.target.socket;
     let version = control_client::snapshot(socket).map_err(Failed::Process)?;
     let pin = control_client::pin(socket, version).map_err(Failed::Process)?;
+    // Taken by the shim of a program the process exec'd since: not this image's.
+    if image.target.image_changed() {
+        return Err(Failed::Exec);
+    }
     // What a core file of the version needs beside its pages, read as close to the
     // snapshot as possible and stored before the version is published.
-    match crate::core_context::read(pid, version) {
-        Ok(ctx) => store.put_context(&ctx).map_err(Failed::Store)?,
-        Err(e) => context_failed(&e),
-    }
-    let recorded = record_one(socket, pid, store, version, since, courtesy, 0, Some(seen))?;
+    put_context(image, store, version)?;
+    let recorded = record_one(image, store, version, since, courtesy, 0, Some(seen))?;
     Ok((version, recorded, pin))
+}
+
+/// Stores the context of the image's `version` (what a core file needs beside the
+/// pages); one that cannot be read is said once and the version goes without.
+fn put_context(image: &Image, store: &Store, version: u64) -> Result<(), Failed> {
+    match crate::core_context::read(image.target.pid, version) {
+        Ok(mut ctx) => {
+            ctx.version = image.stored(version);
+            store.put_context(&ctx).map_err(Failed::Store)
+        }
+        Err(e) => {
+            context_failed(&e);
+            Ok(())
+        }
+    }
 }
 
 /// The flight recorder's last snapshot: the fatal signal and the version.
@@ -324,25 +441,23 @@ fn crashed(target: &Target) -> Option<Crash> {
 /// base), then tells the shim (`flight V`) so that the dying thread goes on, also when
 /// the version could not be written (it says so). A store failure ends the recording.
 fn record_crash(
-    target: &Target,
+    image: &Image,
     store: &mut Store,
     crash: Crash,
     since: Option<u64>,
     done: &mut Recording,
 ) -> Result<(), RecordError> {
-    let (socket, pid) = (&target.socket, target.pid);
+    let target = image.target;
+    let socket = &target.socket;
     let mut courtesy = Courtesy::new(target, Duration::ZERO);
+    let stored = image.stored(crash.version);
     let result = (|| -> Result<memshadow_store::Recorded, Failed> {
         let _pin = control_client::pin(socket, crash.version).map_err(Failed::Process)?;
-        match crate::core_context::read(pid, crash.version) {
-            Ok(ctx) => store.put_context(&ctx).map_err(Failed::Store)?,
-            Err(e) => context_failed(&e),
-        }
+        put_context(image, store, crash.version)?;
         // A version recorded after the crash began would come after this one.
         let since = since.filter(|&s| s < crash.version);
         let recorded = record_one(
-            socket,
-            pid,
+            image,
             store,
             crash.version,
             since,
@@ -351,7 +466,7 @@ fn record_crash(
             None,
         )?;
         // Its statistics too, while the process still waits.
-        keep_version_stats(target, store, crash.version, &[]);
+        keep_version_stats(target, store, stored, &[]);
         Ok(recorded)
     })();
     let said = control_client::request(
@@ -368,13 +483,17 @@ fn record_crash(
             done.bases += outcome.base as u64;
             done.stored_bytes += outcome.stored_bytes;
             done.pages += outcome.pages;
-            done.last = Some(crash.version);
-            done.crash = Some((crash.version, crash.signal));
+            done.last = Some(stored);
+            done.crash = Some((stored, crash.signal));
         }
         Err(Failed::Store(e)) => return Err(RecordError::Store(e)),
+        Err(Failed::Exec) => eprintln!(
+            "memshadow: the program's last snapshot (version {stored}, {}) could not be recorded: the process ran exec",
+            signal_name(crash.signal),
+        ),
         Err(Failed::Process(e)) => eprintln!(
             "memshadow: the program's last snapshot (version {}, {}) could not be recorded: {}",
-            crash.version,
+            stored,
             signal_name(crash.signal),
             target.explain(e).message
         ),
@@ -493,6 +612,8 @@ fn calm(traps: u64, over: Duration) -> bool {
 enum Failed {
     Process(ControlError),
     Store(StoreError),
+    /// The process ran exec since the image was found: its new shim took the request.
+    Exec,
 }
 
 /// Records version `version` as a delta since `since` (or a base when `since` is None
@@ -500,8 +621,7 @@ enum Failed {
 /// changed and, if asked, fingerprints every page recorded into it (see `plan_keeper`).
 #[allow(clippy::too_many_arguments)]
 fn record_one(
-    socket: &Endpoint,
-    pid: u32,
+    image: &Image,
     store: &mut Store,
     version: u64,
     since: Option<u64>,
@@ -512,9 +632,11 @@ fn record_one(
     // The snapshot just taken makes the program trap on its next writes: reading the
     // version meanwhile would take CPU from the fault thread it waits on.
     courtesy.wait_for_calm();
+    let (socket, pid) = (&image.target.socket, image.target.pid);
     let base = || control_client::changes(socket, version, 0).map_err(Failed::Process);
     // Only the pages the store will take: every page when it writes a base.
-    let since = match store.delta_of_next(since).map_err(Failed::Store)? {
+    let stored_since = since.map(|s| image.stored(s));
+    let since = match store.delta_of_next(stored_since).map_err(Failed::Store)? {
         Some(_) => since,
         None => None,
     };
@@ -531,7 +653,7 @@ fn record_one(
         None => (base()?, None),
     };
     let info = VersionInfo {
-        version,
+        version: image.stored(version),
         time_ms: now_ms(),
         pid,
         regions: stream.header.regions.clone(),
@@ -552,7 +674,12 @@ fn record_one(
         page_size,
         prints,
     };
-    let result = store.record(&info, since, &changed, &mut printing);
+    let result = store.record(
+        &info,
+        since.map(|s| image.stored(s)),
+        &changed,
+        &mut printing,
+    );
     match (result, source.failure.take()) {
         (Ok(r), _) => Ok(r),
         // The process side failed: say that, not the store's wrapping of it.

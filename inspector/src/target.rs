@@ -16,6 +16,9 @@ pub struct Target {
     pub pid: u32,
     pub comm: String,
     start_time_ticks: u64,
+    /// When its shim made its stats page, and the command it shows: a process that
+    /// runs exec gets a new shim, which makes a new page.
+    image: (u64, String),
     uid: u32,
     pub socket: Endpoint,
     /// The directory of its stats page and socket.
@@ -72,6 +75,7 @@ impl Target {
                         pid,
                         comm,
                         start_time_ticks: info.start_time_ticks,
+                        image: (rec.created_unix_ms, rec.command.clone()),
                         uid: *uid,
                         socket: Endpoint {
                             connect_path: dir.socket_connect_path(pid),
@@ -123,6 +127,22 @@ impl Target {
         Err(Failure::runtime(format!(
             "process {pid} ({comm}) is not running under memshadow"
         )))
+    }
+
+    /// Whether `other` (found later, for the same pid) is the same program image: no
+    /// exec in between.
+    pub fn same_image(&self, other: &Target) -> bool {
+        self.pid == other.pid
+            && self.start_time_ticks == other.start_time_ticks
+            && self.image == other.image
+    }
+
+    /// Whether the process runs another program image than the one found (its stats
+    /// page was made anew by the shim of a program it exec'd); false when the page
+    /// cannot be read just now.
+    pub fn image_changed(&self) -> bool {
+        self.page()
+            .is_some_and(|p| (p.created_unix_ms, p.command) != self.image)
     }
 
     /// The traps the process has taken so far (its stats page's counter), or None when

@@ -989,3 +989,56 @@ fn the_recorder_gives_way_to_a_trapping_program_and_not_to_a_quiet_one() {
         "{line}"
     );
 }
+
+/// `memshadow run --record` of a command that runs exec (a shell's `exec`, `env`, a
+/// wrapper script as pyenv's `python3` is): each program the process becomes is
+/// recorded in turn, its versions numbered on after the last one's, the first of each a
+/// base; the recording does not stop at the exec (it did: "does not answer ...
+/// Connection refused", or "version 1 is not newer than the store's newest").
+#[test]
+fn a_process_that_runs_exec_is_recorded_program_after_program() {
+    let _one = one_at_a_time();
+    let dir = temp_dir("rec-exec");
+    let d = dir.path();
+    let store_dir = d.join("store");
+    let target = store_dir.to_str().unwrap();
+    let writer = c_program("follow_writer");
+    let script = format!(
+        "sleep 0.5; exec env MEMSHADOW_TEST=1 {} 16 64 2",
+        writer.display()
+    );
+    let mut c = memshadow(d);
+    c.args([
+        "run", "--record", target, "--every", "100", "--", "sh", "-c",
+    ])
+    .arg(&script);
+    let f = finish(&mut c, LIMIT);
+    assert!(f.status.success(), "{f:#?}");
+    assert!(!f.stderr.contains("recording stopped"), "{f:#?}");
+    let mut store = Store::open(target).unwrap();
+    let versions = store.versions().unwrap();
+    let numbers: Vec<u64> = versions.iter().map(|v| v.version).collect();
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+    let (first, last) = (&versions[0], versions.last().unwrap());
+    // The shell's memory first, the writer's 16 MiB buffer last.
+    assert!(
+        first.region_bytes < 8 << 20,
+        "version {} (the shell) holds {} bytes",
+        first.version,
+        first.region_bytes
+    );
+    assert!(
+        last.region_bytes >= 16 << 20,
+        "version {} (the writer) holds {} bytes",
+        last.version,
+        last.region_bytes
+    );
+    let report = store.verify().unwrap();
+    assert!(report.ok(), "{report:?}");
+    for v in &numbers {
+        let mut sink = std::io::sink();
+        store
+            .restore(*v, &mut sink)
+            .unwrap_or_else(|e| panic!("version {v} does not restore: {e}"));
+    }
+}

@@ -153,7 +153,7 @@ enum Cmd {
         /// Seconds after the recording's start when the follower joins.
         #[arg(long, default_value_t = 30)]
         join_at: u64,
-        /// Workloads (bench/workloads/NAME.c).
+        /// Workloads: bench/workloads/NAME.c, or redis (redis-server driven by redis-benchmark).
         #[arg(long, value_delimiter = ',', default_value = "hot_set,zipf_updates")]
         workload: Vec<String>,
         /// MEMSHADOW_BACKEND of the recorded program (default: the shim's).

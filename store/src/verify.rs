@@ -14,6 +14,60 @@ use memshadow_format::version_stats;
 use crate::backend::BackendError;
 use crate::{local, Store, StoreError};
 
+/// An object kept beside a version.
+#[derive(Debug, Clone, Copy)]
+enum Beside {
+    /// `context/V`: what `memshadow core` needs beside the pages.
+    Context,
+    /// `plan/V`: the order a follower syncs in.
+    Plan,
+    /// `stats-V`: what `memshadow report` shows of the version.
+    Stats,
+}
+
+impl Beside {
+    /// The version a listed name is of (None: not this kind's name).
+    fn version_of(self, name: &str) -> Option<u64> {
+        match self {
+            Beside::Context => parse_context_name(name),
+            Beside::Plan => parse_plan_name(name),
+            Beside::Stats => None,
+        }
+    }
+
+    /// What is wrong with the object's bytes, if anything.
+    fn problem(self, b: &[u8], v: u64, page_size: u32) -> Option<String> {
+        match self {
+            Beside::Context => CoreContext::decode(b, v).err().map(|e| e.to_string()),
+            Beside::Plan => match StorePlan::decode(b, v) {
+                Ok(p) if p.page_size == page_size => None,
+                Ok(p) => Some(format!("its page size is {}", p.page_size)),
+                Err(e) => Some(e.to_string()),
+            },
+            Beside::Stats => match version_stats::decode(b) {
+                Ok((found, _)) if found == v => None,
+                Ok((found, _)) => Some(format!("it names version {found}")),
+                Err(e) => Some(e.to_string()),
+            },
+        }
+    }
+
+    /// What its damage costs (the version's memory still reads).
+    fn consequence(self, v: u64) -> String {
+        match self {
+            Beside::Context => {
+                format!("`memshadow core` of version {v} cannot use it; its memory still reads")
+            }
+            Beside::Plan => {
+                format!("a follower cannot order its sync by it; version {v}'s memory still reads")
+            }
+            Beside::Stats => format!(
+                "`memshadow report` leaves out version {v}'s statistics; its memory still reads"
+            ),
+        }
+    }
+}
+
 /// A damaged or missing object and the versions it breaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Damage {
@@ -254,82 +308,42 @@ impl Store {
                 }
             }
         }
-        // Contexts: checked whole; damage breaks no version's memory, only its core file.
-        for (name, _) in &contexts {
-            let Some(v) = parse_context_name(name) else {
-                continue;
-            };
-            if !numbers.contains(&v) {
-                report.orphans.push(name.clone());
-                continue;
+        // The objects kept beside versions (contexts, plans, statistics): each checked
+        // whole; damage breaks no version's memory, only what that object serves.
+        let mut beside: Vec<(String, u64, Beside)> = Vec::new();
+        for (listed, kind) in [(&contexts, Beside::Context), (&plans, Beside::Plan)] {
+            for (name, _) in listed {
+                let Some(v) = kind.version_of(name) else {
+                    continue;
+                };
+                if numbers.contains(&v) {
+                    beside.push((name.clone(), v, kind));
+                } else {
+                    report.orphans.push(name.clone());
+                }
             }
-            let problem = match self.backend.get(name) {
-                Ok(b) => match CoreContext::decode(&b, v) {
-                    Ok(_) => None,
-                    Err(e) => Some(e.to_string()),
-                },
-                Err(BackendError::NotFound(_)) => None,
-                Err(e) => return Err(e.into()),
-            };
-            if let Some(p) = problem {
-                note(
-                    name.clone(),
-                    format!("{p} (`memshadow core` of version {v} cannot use it; its memory still reads)"),
-                    &[],
-                );
-            }
-            report.contexts += 1;
         }
-        // Plans: checked whole; damage breaks no version, only a follower's order (it
-        // falls back to another plan or to the history's).
-        for (name, _) in &plans {
-            let Some(v) = parse_plan_name(name) else {
-                continue;
-            };
-            if !numbers.contains(&v) {
-                report.orphans.push(name.clone());
-                continue;
-            }
-            let problem = match self.backend.get(name) {
-                Ok(b) => match StorePlan::decode(&b, v) {
-                    Ok(p) if p.page_size == self.page_size => None,
-                    Ok(p) => Some(format!("its page size is {}", p.page_size)),
-                    Err(e) => Some(e.to_string()),
-                },
-                Err(BackendError::NotFound(_)) => None,
-                Err(e) => return Err(e.into()),
-            };
-            if let Some(p) = problem {
-                note(
-                    name.clone(),
-                    format!("{p} (a follower cannot order its sync by it; version {v}'s memory still reads)"),
-                    &[],
-                );
-            }
-            report.plans += 1;
-        }
-        // Per-version statistics: checked whole; damage breaks no version, only what
-        // `memshadow report` shows of it. A version has none when the recorder could
-        // not read them (or predates them).
-        for &v in &numbers {
-            let name = version_stats::version_stats_name(v);
-            let problem = match self.backend.get(&name) {
-                Ok(b) => match version_stats::decode(&b) {
-                    Ok((found, _)) if found == v => None,
-                    Ok((found, _)) => Some(format!("it names version {found}")),
-                    Err(e) => Some(e.to_string()),
-                },
+        // A version has no statistics when the recorder could not read them (or
+        // predates them).
+        beside.extend(
+            numbers
+                .iter()
+                .map(|&v| (version_stats::version_stats_name(v), v, Beside::Stats)),
+        );
+        for (name, v, kind) in beside {
+            let bytes = match self.backend.get(&name) {
+                Ok(b) => b,
                 Err(BackendError::NotFound(_)) => continue,
                 Err(e) => return Err(e.into()),
             };
-            if let Some(p) = problem {
-                note(
-                    name,
-                    format!("{p} (`memshadow report` leaves out version {v}'s statistics; its memory still reads)"),
-                    &[],
-                );
+            if let Some(p) = kind.problem(&bytes, v, self.page_size) {
+                note(name, format!("{p} ({})", kind.consequence(v)), &[]);
             }
-            report.version_stats += 1;
+            match kind {
+                Beside::Context => report.contexts += 1,
+                Beside::Plan => report.plans += 1,
+                Beside::Stats => report.version_stats += 1,
+            }
         }
         // What each damage breaks: its direct users and every version built on them.
         for (object, (problem, direct)) in found {

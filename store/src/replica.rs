@@ -903,7 +903,16 @@ impl Follower {
         let started = Instant::now();
         let ps = u64::from(self.src.page_size);
         let mut chain = self.target_chain(until)?;
-        self.metrics.sync_bytes += chain.iter().map(|m| encoded_len(m)).sum::<u64>();
+        // Manifests are fetched once (the source keeps them): each counts once.
+        let mut counted: HashSet<u64> = HashSet::new();
+        let mut count_manifests = |chain: &[Arc<Manifest>], sync_bytes: &mut u64| {
+            for m in chain {
+                if counted.insert(m.version) {
+                    *sync_bytes += encoded_len(m);
+                }
+            }
+        };
+        count_manifests(&chain, &mut self.metrics.sync_bytes);
         let first_target = chain[0].version;
         // Identity of each page's record at the first target, and which are hot: those
         // the newest plan expects written (by confidence), else those recent deltas wrote.
@@ -1073,8 +1082,7 @@ impl Follower {
                             newer.last().map(|m| m.version) == chain.last().map(|m| m.version);
                         if same_base {
                             chain = newer;
-                            self.metrics.sync_bytes +=
-                                chain.iter().map(|m| encoded_len(m)).sum::<u64>();
+                            count_manifests(&chain, &mut self.metrics.sync_bytes);
                             self.metrics.retargets += 1;
                             continue 'target;
                         }

@@ -676,10 +676,11 @@ impl Follower {
     /// Fetches the records `want` (page indices, ascending) of the source run `run` of
     /// `m`, checks each and keeps them as staged slices. The run's records are walked up
     /// to the last one wanted: wanted records, and gaps of unwanted ones small enough to
-    /// read through ([`READ_THROUGH`]), are read in windows (a record takes at most a
-    /// header and a page, so a window of that many bytes per record holds them all);
-    /// a longer gap is skipped record by record by reading their headers alone. Small
-    /// runs, and runs of small (compressed) records, are read whole.
+    /// read through ([`READ_THROUGH`], at the run's average record size), are read in
+    /// windows sized by that average (a quarter more, and a record's most besides; a
+    /// window that falls short is read on in one more request); a longer gap is skipped
+    /// record by record by reading their headers alone. Small runs, and runs of small
+    /// (compressed) records, are read whole.
     fn fetch_records(
         &mut self,
         m: &Manifest,
@@ -691,6 +692,10 @@ impl Follower {
         let name = obj.name();
         let ps = u64::from(self.src.page_size);
         let max_record = RECORD_HEADER_SIZE as u64 + ps;
+        let average = run
+            .bytes
+            .div_ceil(run.pages.max(1))
+            .max(RECORD_HEADER_SIZE as u64);
         let last = *want.last().expect("something is wanted");
         let wanted: HashSet<u64> = want.iter().copied().collect();
         let whole = read_whole(run);
@@ -700,7 +705,7 @@ impl Follower {
         if whole {
             windows.push((0, run.pages));
         } else {
-            let gap_pages = (READ_THROUGH / max_record).max(1);
+            let gap_pages = (READ_THROUGH / average).max(1);
             let mut i = 0;
             while i <= last {
                 if !wanted.contains(&i) {
@@ -740,8 +745,9 @@ impl Follower {
                 at += header_length(&h, run.addr + k * ps, &name)?;
                 k += 1;
             }
-            let span = ((end - first) * max_record).min(run.bytes - at);
-            let bytes = match pre_read {
+            let guess = (end - first) * average * 5 / 4 + max_record;
+            let span = guess.min(run.bytes - at);
+            let mut bytes = match pre_read {
                 Some(b) if whole => b.to_vec(),
                 _ => {
                     let b = self.src.backend.get_range(&name, run.offset + at, span)?;
@@ -757,6 +763,20 @@ impl Follower {
             let mut used = 0usize;
             for k in first..end {
                 let addr = run.addr + k * ps;
+                // Records larger than the average guessed: the rest of the window.
+                let more = |bytes: &mut Vec<u8>, need: usize| -> Result<u64, ReplicaError> {
+                    if bytes.len() >= need {
+                        return Ok(0);
+                    }
+                    let from = at + bytes.len() as u64;
+                    let n = ((end - k) * max_record).min(run.bytes - from);
+                    let b = self.src.backend.get_range(&name, run.offset + from, n)?;
+                    bytes.extend_from_slice(&b);
+                    Ok(n)
+                };
+                self.metrics.sync_bytes += more(&mut bytes, used + RECORD_HEADER_SIZE)?;
+                let n = header_length(&bytes[used..used + RECORD_HEADER_SIZE], addr, &name)?;
+                self.metrics.sync_bytes += more(&mut bytes, used + n as usize)?;
                 let n = decoder
                     .decode_record(&bytes[used..], addr, &mut page)
                     .map_err(|e| damaged(name.clone(), e))?;
@@ -772,8 +792,8 @@ impl Follower {
                 w.push_encoded(addr, &encoded);
                 used += n;
             }
-            // Read past the window's last record (records smaller than a page).
-            self.metrics.unneeded_bytes += span - used as u64;
+            // Read past the window's last record (records smaller than guessed).
+            self.metrics.unneeded_bytes += bytes.len() as u64 - used as u64;
             at += used as u64;
             k = end;
             let object = w.finish();

@@ -198,9 +198,11 @@ struct Slice {
 const SMALL_RUN: u64 = 64 << 10;
 /// Runs whose records take fewer bytes than this on average are fetched whole.
 const SMALL_RECORD: u64 = 1024;
-/// Gaps of unwanted records up to this many bytes (at a header and a page each) are read
-/// through rather than skipped header by header: a request costs more than that.
-const READ_THROUGH: u64 = 256 << 10;
+/// Gaps of unwanted records up to this many bytes (at the run's average record) are read
+/// through rather than skipped header by header: a header is one request, and a
+/// request to an object store costs as much time as reading 100-200 KB (SeaweedFS here:
+/// a redis sync that walked 10,812 headers took 30 s for 204 MB).
+const READ_THROUGH: u64 = 4 << 20;
 
 /// Runs read whole that lie within [`READ_THROUGH`] of one another in one object are
 /// read in one request of at most this many bytes.
@@ -727,13 +729,32 @@ impl Follower {
                 windows.push((first, end));
                 i = end;
             }
+            // A short stretch of unwanted records before the first wanted one is read
+            // through too.
+            let uniform = [max_record, RECORD_HEADER_SIZE as u64]
+                .into_iter()
+                .any(|r| run.bytes == run.pages * r);
+            if let Some(w) = windows.first_mut().filter(|_| !uniform) {
+                if w.0 * average <= READ_THROUGH {
+                    w.0 = 0;
+                }
+            }
         }
         let mut decoder =
             PageDecoder::new(ps as u32).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let mut page = vec![0u8; ps as usize];
-        // Offset of record `k` from the run's start, walking forward.
+        // Offset of record `k` from the run's start, walking forward. A run whose
+        // records all take a header and a page (incompressible pages), or a header alone
+        // (zero pages), has them at fixed offsets: no header to read.
+        let uniform = [max_record, RECORD_HEADER_SIZE as u64]
+            .into_iter()
+            .find(|&r| run.bytes == run.pages * r);
         let (mut k, mut at) = (0u64, 0u64);
         for (first, end) in windows {
+            if let Some(r) = uniform {
+                at = first * r;
+                k = first;
+            }
             while k < first {
                 let h = self.src.backend.get_range(
                     &name,

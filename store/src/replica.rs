@@ -204,7 +204,11 @@ const SMALL_RECORD: u64 = 1024;
 /// a redis sync that walked 10,812 headers took 30 s for 204 MB).
 const READ_THROUGH: u64 = 4 << 20;
 
-/// Runs read whole that lie within [`READ_THROUGH`] of one another in one object are
+/// Runs read whole that lie within this many bytes of one another in one object are read
+/// in one request (the bytes between, other runs' records, are read for nothing).
+const BATCH_GAP: u64 = 256 << 10;
+
+/// Runs read whole that lie within [`BATCH_GAP`] of one another in one object are
 /// read in one request of at most this many bytes.
 const MAX_BATCH: u64 = 8 << 20;
 
@@ -1056,7 +1060,7 @@ impl Follower {
                         if next.1 != member
                             || r.object != run.object
                             || !read_whole(&r)
-                            || r.offset > end + READ_THROUGH
+                            || r.offset > end + BATCH_GAP
                             || r.offset + r.bytes - run.offset > MAX_BATCH
                         {
                             break;

@@ -168,6 +168,20 @@ fn late_follower(target: &str) {
     assert_eq!(j["order"], "plan", "the recording keeps plans: {j}");
     let n = assert_replica_matches(d, target, &replica);
     assert!(n as u64 > newest - synced, "{n} versions declared");
+    // What the recorder writes just after each manifest (the plan, the statistics) is
+    // copied too, when it lands after the follower copied the version.
+    let source = Store::open(target).unwrap().verify().unwrap();
+    let copied = Store::open(&rep).unwrap().verify().unwrap();
+    let recorded_after_sync = (source.versions - (synced as usize - 1)).min(source.plans);
+    assert!(
+        copied.plans + 1 >= recorded_after_sync && copied.version_stats + 1 >= n,
+        "{n} versions declared: {} plans and {} statistics copied (the store has {} and {} for {} versions)",
+        copied.plans,
+        copied.version_stats,
+        source.plans,
+        source.version_stats,
+        source.versions
+    );
 }
 
 #[test]

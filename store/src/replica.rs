@@ -26,7 +26,7 @@
 //! source's retention dropped versions the follower had not copied yet) the follower
 //! syncs again as above, reusing every record it holds.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -39,6 +39,7 @@ use memshadow_format::store::{
     self as layout, DataWriter, EncodedPage, FormatError, Kind, Manifest, ObjectRef, PageDecoder,
     Run, DATA_HEADER_SIZE, DATA_TRAILER_SIZE, RECORD_HEADER_SIZE,
 };
+use memshadow_format::version_stats;
 use nix::errno::Errno;
 use nix::fcntl::{renameat2, RenameFlags};
 
@@ -218,6 +219,10 @@ fn read_whole(run: &Run) -> bool {
     run.bytes <= SMALL_RUN || run.bytes / run.pages < SMALL_RECORD
 }
 
+/// Steps of the follower a version's plan and statistics are looked for after the
+/// version was copied (the recorder writes them just after the manifest).
+const LATE_TRIES: u32 = 20;
+
 /// `follow/staged/` in a replica.
 const STAGED_DIR: &str = "staged";
 
@@ -282,6 +287,9 @@ pub struct Follower {
     /// `follow/staged/` and the slices in it, by source run.
     staged_dir: PathBuf,
     staged: HashMap<RunId, Vec<Slice>>,
+    /// Versions copied before the recorder had written their plan or statistics (it
+    /// writes them after the manifest), with the tries left to copy them.
+    late: BTreeMap<u64, u32>,
     pub metrics: Metrics,
     /// Called after each run a sync fetches (tests change the source there).
     #[doc(hidden)]
@@ -483,6 +491,7 @@ impl Follower {
             lengths: HashMap::new(),
             staged_dir,
             staged,
+            late: BTreeMap::new(),
             metrics: Metrics::default(),
             between_fetches: None,
             interrupt: None,
@@ -532,6 +541,7 @@ impl Follower {
             return Err(ReplicaError::Empty);
         };
         let mut published = Vec::new();
+        self.copy_late()?;
         if self.newest().is_none() {
             published.push(self.sync(until)?);
             return Ok(published);
@@ -602,18 +612,54 @@ impl Follower {
         Ok(())
     }
 
-    /// Copies what the source keeps beside version `v`: its core context and its plan
-    /// (a follower of this replica orders its sync by it), when they exist.
+    /// Copies what the source keeps beside version `v`: its core context, its plan (a
+    /// follower of this replica orders its sync by it) and its statistics (`memshadow
+    /// report`), when they exist; the plan and statistics are tried again at the next
+    /// steps when not there yet.
     fn copy_beside(&mut self, v: u64) -> Result<(), ReplicaError> {
         if let Some(ctx) = self.src.context(v)? {
             self.dst.put_context(&ctx).map_err(local)?;
         }
-        match self.src.plan(v) {
-            Ok(Some(plan)) => self.dst.put_plan(&plan).map_err(local)?,
-            Ok(None) => {}
+        if !self.copy_written_after(v)? {
+            self.late.insert(v, LATE_TRIES);
+        }
+        Ok(())
+    }
+
+    /// Copies the plan and statistics of `v` that the source has; true when it has both.
+    fn copy_written_after(&mut self, v: u64) -> Result<bool, ReplicaError> {
+        let plan = match self.src.plan(v) {
+            Ok(Some(plan)) => {
+                self.dst.put_plan(&plan).map_err(local)?;
+                true
+            }
+            Ok(None) => false,
             // A damaged plan is not copied (the source's `verify` reports it).
-            Err(e) if e.is_damage() => {}
+            Err(e) if e.is_damage() => true,
             Err(e) => return Err(e.into()),
+        };
+        let name = version_stats::version_stats_name(v);
+        let stats = match self.src.backend.get(&name) {
+            Ok(b) => {
+                // Copied only whole and of this version (`verify` reports the rest).
+                if version_stats::decode(&b).is_ok_and(|(found, _)| found == v) {
+                    self.dst.backend.put_replace(&name, &b).map_err(local)?;
+                }
+                true
+            }
+            Err(BackendError::NotFound(_)) => false,
+            Err(e) => return Err(StoreError::from(e).into()),
+        };
+        Ok(plan && stats)
+    }
+
+    /// Tries again the plans and statistics that were not there when their versions
+    /// were copied.
+    fn copy_late(&mut self) -> Result<(), ReplicaError> {
+        for (v, tries) in std::mem::take(&mut self.late) {
+            if self.have.contains(&v) && !self.copy_written_after(v)? && tries > 1 {
+                self.late.insert(v, tries - 1);
+            }
         }
         Ok(())
     }

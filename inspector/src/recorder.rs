@@ -193,24 +193,14 @@ fn new_image(target: &Target) -> Result<Option<Target>, RecordError> {
     }
 }
 
-/// After a failed request: waits (at most [`EXIT_PATIENCE`]) for the process to turn
-/// out to have exited or to run a new program whose shim answers (exec replaces the
-/// shim with a new one: new stats page, new socket, versions from 1).
+/// After a failed request: the process turned out to have exited, or to run a new
+/// program whose shim answers (exec replaces the shim with a new one: new stats page,
+/// new socket, versions from 1), or neither within [`EXIT_PATIENCE`]: the failure.
 fn after_failure(target: &Target, e: ControlError) -> Outcome {
-    let waited = Instant::now();
-    loop {
-        if target.gone() {
-            return Outcome::Exited;
-        }
-        if let Ok(t) = Target::find(target.pid) {
-            if !t.same_image(target) {
-                return Outcome::NewImage(t);
-            }
-        }
-        if waited.elapsed() > EXIT_PATIENCE {
-            return Outcome::Failed(RecordError::Process(target.explain(e).message));
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    match new_image(target) {
+        Ok(None) => Outcome::Exited,
+        Ok(Some(t)) => Outcome::NewImage(t),
+        Err(_) => Outcome::Failed(RecordError::Process(target.explain(e).message)),
     }
 }
 

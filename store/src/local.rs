@@ -161,21 +161,28 @@ impl LocalDir {
         })
     }
 
+    /// The directory of the layout's folder `dir`: `Some(None)` for an optional folder
+    /// this store lacks (`context/` or `plan/` of a store written by an older memshadow,
+    /// opened to read), None for a name that is no folder of the layout.
+    fn folder(&self, dir: &str) -> Option<Option<&OwnedFd>> {
+        match dir {
+            MANIFEST_DIR => Some(Some(&self.manifests)),
+            DATA_DIR => Some(Some(&self.data)),
+            CONTEXT_DIR => Some(self.context.as_ref()),
+            PLAN_DIR => Some(self.plan.as_ref()),
+            _ => None,
+        }
+    }
+
     /// The directory and file name of an object name.
     fn locate<'a>(&self, name: &'a str) -> Result<(&OwnedFd, &'a str), BackendError> {
         let (dir, file) = match name.split_once('/') {
-            Some((MANIFEST_DIR, f)) => (&self.manifests, f),
-            Some((DATA_DIR, f)) => (&self.data, f),
-            Some((CONTEXT_DIR, f)) => match &self.context {
-                Some(d) => (d, f),
-                None => return Err(BackendError::NotFound(name.to_string())),
-            },
-            Some((PLAN_DIR, f)) => match &self.plan {
-                Some(d) => (d, f),
-                None => return Err(BackendError::NotFound(name.to_string())),
+            Some((d, f)) => match self.folder(d) {
+                Some(Some(fd)) => (fd, f),
+                Some(None) => return Err(BackendError::NotFound(name.to_string())),
+                None => return Err(BackendError::Refused(format!("bad object name {name}"))),
             },
             None => (&self.root, name),
-            Some(_) => return Err(BackendError::Refused(format!("bad object name {name}"))),
         };
         if file.is_empty() || file.contains('/') || file.starts_with('.') {
             return Err(BackendError::Refused(format!("bad object name {name}")));
@@ -327,18 +334,10 @@ impl Backend for LocalDir {
     }
 
     fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, BackendError> {
-        let fd = match dir {
-            MANIFEST_DIR => &self.manifests,
-            DATA_DIR => &self.data,
-            CONTEXT_DIR => match &self.context {
-                Some(d) => d,
-                None => return Ok(Vec::new()),
-            },
-            PLAN_DIR => match &self.plan {
-                Some(d) => d,
-                None => return Ok(Vec::new()),
-            },
-            _ => return Err(BackendError::Refused(format!("bad folder {dir}"))),
+        let fd = match self.folder(dir) {
+            Some(Some(fd)) => fd,
+            Some(None) => return Ok(Vec::new()),
+            None => return Err(BackendError::Refused(format!("bad folder {dir}"))),
         };
         let shown = self.path.join(dir);
         let mut d = nix::dir::Dir::openat(
@@ -370,15 +369,10 @@ impl Backend for LocalDir {
     fn delete(&self, name: &str) -> Result<(), BackendError> {
         let (dir, file) = match name.split_once('/') {
             // Temporary files (leading dot) may be deleted too.
-            Some((MANIFEST_DIR, f)) => (&self.manifests, f),
-            Some((DATA_DIR, f)) => (&self.data, f),
-            Some((CONTEXT_DIR, f)) => match &self.context {
-                Some(d) => (d, f),
-                None => return Ok(()),
-            },
-            Some((PLAN_DIR, f)) => match &self.plan {
-                Some(d) => (d, f),
-                None => return Ok(()),
+            Some((d, f)) => match self.folder(d) {
+                Some(Some(fd)) => (fd, f),
+                Some(None) => return Ok(()),
+                None => return Err(BackendError::Refused(format!("bad object name {name}"))),
             },
             // A version's statistics, at the top (never `STORE`).
             None if name.starts_with(memshadow_format::version_stats::VERSION_STATS_PREFIX) => {

@@ -657,12 +657,29 @@ impl Store {
     /// Call it before [`record`](Self::record) publishes the version, as for its data: a
     /// context whose version was never published is an orphan retention removes.
     pub fn put_context(&self, ctx: &CoreContext) -> Result<(), StoreError> {
-        let name = context_layout::context_name(ctx.version);
-        let bytes = ctx.encode();
-        match self.backend.put_new(&name, &bytes) {
-            // Left by an attempt at this version that never published it.
-            Err(BackendError::Exists(_)) => Ok(self.backend.put_replace(&name, &bytes)?),
+        self.put_beside(&context_layout::context_name(ctx.version), &ctx.encode())
+    }
+
+    /// Puts an object kept beside a version (context, plan): new, or replacing one left
+    /// by an attempt at this version that never published it.
+    fn put_beside(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        match self.backend.put_new(name, bytes) {
+            Err(BackendError::Exists(_)) => Ok(self.backend.put_replace(name, bytes)?),
             r => Ok(r?),
+        }
+    }
+
+    /// An object kept beside `version`, decoded: None when the store has none; damage
+    /// when `decode` refuses it.
+    fn get_beside<T>(
+        &self,
+        name: String,
+        decode: impl FnOnce(&[u8]) -> Result<T, FormatError>,
+    ) -> Result<Option<T>, StoreError> {
+        match self.backend.get(&name) {
+            Ok(b) => decode(&b).map(Some).map_err(|e| damaged(name, e)),
+            Err(BackendError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -670,38 +687,23 @@ impl Store {
     /// older memshadow, or the process's context could not be read); an error when it is
     /// damaged.
     pub fn context(&self, version: u64) -> Result<Option<CoreContext>, StoreError> {
-        let name = context_layout::context_name(version);
-        match self.backend.get(&name) {
-            Ok(b) => CoreContext::decode(&b, version)
-                .map(Some)
-                .map_err(|e| damaged(name, e)),
-            Err(BackendError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        self.get_beside(context_layout::context_name(version), |b| {
+            CoreContext::decode(b, version)
+        })
     }
 
     /// Stores the plan object of a version (see `memshadow_format::store_plan`), after
     /// its manifest; replaces one left by an earlier attempt.
     pub fn put_plan(&self, plan: &StorePlan) -> Result<(), StoreError> {
-        let name = plan_layout::plan_name(plan.version);
-        let bytes = plan.encode();
-        match self.backend.put_new(&name, &bytes) {
-            Err(BackendError::Exists(_)) => Ok(self.backend.put_replace(&name, &bytes)?),
-            r => Ok(r?),
-        }
+        self.put_beside(&plan_layout::plan_name(plan.version), &plan.encode())
     }
 
     /// The plan of `version`: None when the store has none for it; an error when it is
     /// damaged.
     pub fn plan(&self, version: u64) -> Result<Option<StorePlan>, StoreError> {
-        let name = plan_layout::plan_name(version);
-        match self.backend.get(&name) {
-            Ok(b) => StorePlan::decode(&b, version)
-                .map(Some)
-                .map_err(|e| damaged(name, e)),
-            Err(BackendError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        self.get_beside(plan_layout::plan_name(version), |b| {
+            StorePlan::decode(b, version)
+        })
     }
 
     /// The versions that have a plan object, ascending (published or not).

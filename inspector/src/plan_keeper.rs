@@ -166,12 +166,7 @@ impl PlanKeeper {
                 return;
             }
             let plan = self.own_plan(stored, ps, rate);
-            self.pending = plan
-                .runs
-                .iter()
-                .flat_map(|r| (0..u64::from(r.pages)).map(move |i| r.addr + i * ps))
-                .take(MAX_AUDITED)
-                .collect();
+            self.pending = to_audit(&plan.runs, ps);
             self.pending_is_own = true;
             if !plan.runs.is_empty() {
                 let _ = store.put_plan(&plan);
@@ -191,11 +186,7 @@ impl PlanKeeper {
                 confidence: r.permille,
             })
             .collect();
-        self.pending = runs
-            .iter()
-            .flat_map(|r| (0..u64::from(r.pages)).map(move |i| r.addr + i * ps))
-            .take(MAX_AUDITED)
-            .collect();
+        self.pending = to_audit(&runs, ps);
         let plan = StorePlan {
             page_size: u32::try_from(ps).unwrap_or(0),
             version: stored,
@@ -309,6 +300,14 @@ impl PlanKeeper {
             Some(hits as f64 / judged as f64)
         }
     }
+}
+
+/// The pages of a plan's runs that the next version audits (at most [`MAX_AUDITED`]).
+fn to_audit(runs: &[PlanRun], ps: u64) -> Vec<u64> {
+    runs.iter()
+        .flat_map(|r| (0..u64::from(r.pages)).map(move |i| r.addr + i * ps))
+        .take(MAX_AUDITED)
+        .collect()
 }
 
 /// The addresses of the pages of `ranges` (address, bytes).

@@ -751,6 +751,11 @@ impl Follower {
         let last = *want.last().expect("something is wanted");
         let wanted: HashSet<u64> = want.iter().copied().collect();
         let whole = read_whole(run);
+        // A run whose records all take a header and a page (incompressible pages), or a
+        // header alone (zero pages), has them at fixed offsets: no header to read.
+        let fixed_record = [max_record, RECORD_HEADER_SIZE as u64]
+            .into_iter()
+            .find(|&r| run.bytes == run.pages * r);
         // Windows of records [first, end) to read, in order: wanted stretches merged
         // across small gaps.
         let mut windows: Vec<(u64, u64)> = Vec::new();
@@ -780,11 +785,8 @@ impl Follower {
                 i = end;
             }
             // A short stretch of unwanted records before the first wanted one is read
-            // through too.
-            let uniform = [max_record, RECORD_HEADER_SIZE as u64]
-                .into_iter()
-                .any(|r| run.bytes == run.pages * r);
-            if let Some(w) = windows.first_mut().filter(|_| !uniform) {
+            // through too (skipped unread at fixed offsets).
+            if let Some(w) = windows.first_mut().filter(|_| fixed_record.is_none()) {
                 if w.0 * average <= READ_THROUGH {
                     w.0 = 0;
                 }
@@ -793,15 +795,10 @@ impl Follower {
         let mut decoder =
             PageDecoder::new(ps as u32).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let mut page = vec![0u8; ps as usize];
-        // Offset of record `k` from the run's start, walking forward. A run whose
-        // records all take a header and a page (incompressible pages), or a header alone
-        // (zero pages), has them at fixed offsets: no header to read.
-        let uniform = [max_record, RECORD_HEADER_SIZE as u64]
-            .into_iter()
-            .find(|&r| run.bytes == run.pages * r);
+        // Offset of record `k` from the run's start, walking forward.
         let (mut k, mut at) = (0u64, 0u64);
         for (first, end) in windows {
-            if let Some(r) = uniform {
+            if let Some(r) = fixed_record {
                 at = first * r;
                 k = first;
             }

@@ -139,6 +139,11 @@ impl Guarded {
         }
     }
 
+    /// The process, until it has been waited for.
+    pub fn child(&mut self) -> Option<&mut Child> {
+        self.0.as_mut()
+    }
+
     /// Whether the process has already ended.
     pub fn has_ended(&mut self) -> bool {
         match self.0.as_mut() {

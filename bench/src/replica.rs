@@ -20,8 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    build_workload, clear_shim_env, in_path, kill_tree, make_private_dir, memshadow_bin, Guarded,
-    Scratch,
+    build_workload, clear_shim_env, in_path, make_private_dir, memshadow_bin, Guarded, Scratch,
 };
 use crate::redis;
 
@@ -139,17 +138,6 @@ impl Drop for Weed {
     }
 }
 
-/// A child killed with what it started when dropped.
-struct Owned(Option<Child>);
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            kill_tree(&mut c);
-        }
-    }
-}
-
 /// The newest version of the store (one listing), if any.
 fn source_newest(store: &str) -> Option<u64> {
     memshadow_store::Store::open(store)
@@ -232,11 +220,8 @@ fn one(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     clear_shim_env(&mut fol);
-    let mut follower = Owned(Some(
-        fol.spawn()
-            .map_err(|e| format!("cannot run memshadow follow: {e}"))?,
-    ));
-    let mut stdout = follower.0.as_mut().and_then(|c| c.stdout.take());
+    let mut follower = Guarded::spawn(&mut fol)?;
+    let mut stdout = follower.child().and_then(|c| c.stdout.take());
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
         if let Some(o) = stdout.as_mut() {
@@ -266,7 +251,7 @@ fn one(
         std::thread::sleep(Duration::from_millis(100));
     }
     let catch_up_s = caught_up.elapsed().as_secs_f64();
-    if let Some(c) = follower.0.as_mut() {
+    if let Some(c) = follower.child() {
         // SAFETY: kill(2) of our own child, by its pid.
         unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(20);

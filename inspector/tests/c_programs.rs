@@ -128,6 +128,34 @@ fn shadow_budget_exhaustion_is_counted_and_changes_nothing() {
 }
 
 #[test]
+fn a_budget_too_large_to_index_is_one_line_and_changes_nothing() {
+    // The largest budget the variable takes (1 TiB) needs about 12 GiB of bookkeeping:
+    // the engine does not start (one line) and the program runs as without the shim; it
+    // used to die of the shim's failed allocation.
+    let prog = Prog::new(c_program("big_heap"))
+        .timeout(PERIODIC_LIMIT)
+        .env("MEMSHADOW_INTERVAL_MS", "10")
+        .env("MEMSHADOW_SHADOW_BUDGET_MB", "1048576");
+    let native = prog.run_native();
+    assert_native_ok("big_heap", &native, 0);
+    let shimmed = prog.run_shimmed();
+    assert_eq!(shimmed.status, native.status, "exit status changed");
+    assert_eq!(shimmed.stdout, native.stdout, "stdout changed");
+    let stderr = String::from_utf8_lossy(&shimmed.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one memshadow line on stderr, got:\n{stderr}"
+    );
+    assert!(
+        lines[0].starts_with("memshadow: ")
+            && lines[0].contains("cannot reserve a 1048576 MiB shadow budget"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn kernel_writes_into_protected_buffers() {
     // read, pread, recv and getrandom write into heap buffers right after a snapshot
     // (taken through the C API when the shim is loaded): each completes with the right

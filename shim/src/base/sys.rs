@@ -30,6 +30,13 @@ pub fn map_anon(len: usize, noreserve: bool) -> Option<*mut u8> {
     map(len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | noreserve, -1)
 }
 
+/// Unmaps a range the shim mapped for itself and no longer uses.
+pub fn unmap(r: crate::base::range::Range) {
+    // SAFETY: the caller's own mapping, which nothing refers to any more: unmapping it
+    // touches no memory of the program's.
+    unsafe { libc::syscall(libc::SYS_munmap, r.start, r.len()) };
+}
+
 /// Maps `len` bytes of `fd` shared and read-write.
 pub fn map_shared_fd(fd: i32, len: usize) -> Option<*mut u8> {
     map(len, libc::MAP_SHARED, fd)

@@ -158,7 +158,8 @@ mod tests {
         let newer = crate::base::sys::map_anon(2 * PAGE, false).unwrap() as usize;
         let mem = crate::base::sys::map_anon(64 * PAGE, false).unwrap() as usize;
         let config = crate::config::Config::parse(|_| None).unwrap();
-        let pool = crate::engine::shadow::ShadowPool::new(r(mem, mem + 64 * PAGE), 4);
+        let pool = crate::engine::shadow::ShadowPool::new(r(mem, mem + 64 * PAGE), 4)
+            .expect("a test pool");
         let mut e = Engine::new(pool, &config);
         let at = |i: usize| buf + i * PAGE;
         // Version 1 tracks `buf`; in its epoch pages 2..4 are written and page 6 is

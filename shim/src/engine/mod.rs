@@ -813,7 +813,10 @@ impl core::fmt::Display for StartError {
             ),
             StartError::Uffd(e) => write!(f, "userfaultfd is not available: {e}"),
             StartError::Kick(e) => write!(f, "{e}"),
-            StartError::Budget(mb) => write!(f, "cannot reserve a {mb} MiB shadow budget"),
+            StartError::Budget(mb) => write!(
+                f,
+                "cannot reserve a {mb} MiB shadow budget (MEMSHADOW_SHADOW_BUDGET_MB) or index it (about 48 bytes a page)"
+            ),
             StartError::FaultThread(e) => write!(f, "cannot start the fault thread: {e}"),
         }
     }
@@ -846,9 +849,14 @@ pub fn ensure_started(config: &Config) -> Result<(), StartError> {
         return Err(StartError::Budget(config.shadow_budget_mb));
     };
     let mem = Range::new(mem as usize, mem as usize + budget);
+    let Some(pool) = ShadowPool::new(mem, config.max_versions) else {
+        sys::unmap(mem);
+        crate::engine::preserve::close_kick();
+        return Err(StartError::Budget(config.shadow_budget_mb));
+    };
     crate::base::own::register(mem);
     let fd = uffd.fd();
-    let mut engine = Engine::new(ShadowPool::new(mem, config.max_versions), config);
+    let mut engine = Engine::new(pool, config);
     engine.attach(fd);
     {
         let _s = sys::block_signals();
@@ -1005,7 +1013,7 @@ mod tests {
         let mem = sys::map_anon(slots * PAGE, false).unwrap() as usize;
         let pool_mem = Range::new(mem, mem + slots * PAGE);
         let config = Config::parse(|_| None).unwrap();
-        let mut e = Engine::new(ShadowPool::new(pool_mem, 4), &config);
+        let mut e = Engine::new(ShadowPool::new(pool_mem, 4).expect("a test pool"), &config);
         e.version = 1;
         e.pool.begin_version(1);
         e.tracked = vec![TrackedRange {

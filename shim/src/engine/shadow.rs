@@ -24,14 +24,31 @@ struct PageIndex {
     mask: usize,
 }
 
+/// Room for `n` values, or None when the allocator cannot give that much: the pool's
+/// bookkeeping grows with the budget (about 48 bytes a slot), and a budget the shim's
+/// allocator cannot index must fail the start with a line, not abort the program. Every
+/// vector is reserved before any is filled, so a refusal comes before pages are touched.
+fn room<T>(n: usize) -> Option<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).ok()?;
+    Some(v)
+}
+
+/// `v` (reserved by [`room`]) filled with `n` copies of `value`.
+fn filled<T: Clone>(mut v: Vec<T>, n: usize, value: T) -> Vec<T> {
+    v.resize(n, value);
+    v
+}
+
 impl PageIndex {
-    fn new(min_capacity: usize) -> PageIndex {
+    fn new(min_capacity: usize) -> Option<PageIndex> {
         let cap = (min_capacity * 2).next_power_of_two().max(16);
-        PageIndex {
-            keys: vec![0; cap],
-            vals: vec![NONE; cap],
+        let (keys, vals) = (room(cap)?, room(cap)?);
+        Some(PageIndex {
+            keys: filled(keys, cap, 0),
+            vals: filled(vals, cap, NONE),
             mask: cap - 1,
-        }
+        })
     }
 
     fn home(&self, page: usize) -> usize {
@@ -145,23 +162,28 @@ pub struct ShadowPool {
 
 impl ShadowPool {
     /// A pool of `budget_bytes` of slots backed by `memory` (page aligned, owned by the
-    /// caller for the pool's life), keeping at most `max_versions` versions.
-    pub fn new(memory: Range, max_versions: usize) -> ShadowPool {
+    /// caller for the pool's life), keeping at most `max_versions` versions; None when
+    /// its bookkeeping cannot be allocated (see [`filled`]).
+    pub fn new(memory: Range, max_versions: usize) -> Option<ShadowPool> {
         let capacity = (memory.len() / PAGE).min(NONE as usize - 1) as u32;
         let n = capacity as usize;
-        let older: Vec<u32> = (0..n as u32)
-            .map(|i| if i + 1 < capacity { i + 1 } else { NONE })
-            .collect();
-        ShadowPool {
+        let (page_of, version_of, older, next_same) = (room(n)?, room(n)?, room(n)?, room(n)?);
+        let index = PageIndex::new(n)?;
+        // The free list runs through every slot in order.
+        let mut older = filled(older, n, NONE);
+        for (i, next) in older.iter_mut().enumerate().take(n.saturating_sub(1)) {
+            *next = i as u32 + 1;
+        }
+        Some(ShadowPool {
             base: memory.start,
             capacity,
-            page_of: vec![0; n],
-            version_of: vec![0; n],
+            page_of: filled(page_of, n, 0),
+            version_of: filled(version_of, n, 0),
             older,
-            next_same: vec![NONE; n],
+            next_same: filled(next_same, n, NONE),
             free_head: if n > 0 { 0 } else { NONE },
             free_count: capacity,
-            index: PageIndex::new(n),
+            index,
             versions: vec![
                 VersionEntry {
                     version: 0,
@@ -174,7 +196,7 @@ impl ShadowPool {
             len: 0,
             keep: max_versions.max(1),
             pinned: [0; MAX_PINS],
-        }
+        })
     }
 
     pub fn used(&self) -> u32 {
@@ -443,7 +465,8 @@ mod tests {
         let mem = vec![0u8; pages * PAGE + PAGE];
         let start = crate::base::page::ceil(mem.as_ptr() as usize);
         (
-            ShadowPool::new(Range::new(start, start + pages * PAGE), versions),
+            ShadowPool::new(Range::new(start, start + pages * PAGE), versions)
+                .expect("a test pool"),
             mem,
         )
     }

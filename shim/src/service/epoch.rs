@@ -1099,7 +1099,7 @@ mod tests {
         }
         assert_eq!(
             SnapshotError::Start(engine::StartError::Budget(64)).to_string(),
-            "cannot reserve a 64 MiB shadow budget"
+            "cannot reserve a 64 MiB shadow budget (MEMSHADOW_SHADOW_BUDGET_MB) or index it (about 48 bytes a page)"
         );
     }
 

@@ -16,6 +16,8 @@
 //! Shadow epochs count their first writes exactly (traps plus prefetched pages written);
 //! holder epochs count the program's minor faults (`getrusage`: a copy-on-write fault is
 //! one; so is a first touch of fresh memory, which makes the count a little high). The
+//! The first snapshot is a holder's when the memory tracked is large
+//! ([`HOLDER_FIRST_BYTES`]), shadows' otherwise; after it, the
 //! backend in use is compared with the other's cost predicted for the same first writes
 //! (for shadows, with the hit rate the prefetcher last earned); it changes after
 //! [`SWITCH_AFTER`] epochs in a row in which the other would have cost less than
@@ -40,6 +42,13 @@ pub const CLONE_NS_PER_MIB: u64 = 32_000;
 pub const MARGIN: u64 = 2;
 /// Epochs in a row that must favour the other backend.
 pub const SWITCH_AFTER: u32 = 3;
+/// Tracked memory from which the first snapshot is a holder's: with nothing measured
+/// yet, what decides is the worst first epoch. A scattered writer's first epoch on
+/// shadows traps all through it: at 1 GiB 33-35 thousand traps, a 2.2 s worst batch on
+/// uniform_random and 0.68 s on zipf_updates at fork's cadence (bench/RESULTS.md), where a
+/// holder's worst is its clone and a copy per first write. Below this, a full-miss
+/// shadow epoch costs little and shadows cost nothing until the program writes.
+pub const HOLDER_FIRST_BYTES: u64 = 64 << 20;
 /// How much cheaper a holder must look to switch to one at once: a scattered writer
 /// on shadows loses most of each epoch to traps, and three such epochs before the switch
 /// cost it more than the holders save in many.
@@ -86,7 +95,8 @@ impl Default for Chooser {
 }
 
 impl Chooser {
-    /// Shadows first: they cost nothing until the program writes.
+    /// Shadows until [`Chooser::first_snapshot`] says otherwise: they cost nothing until
+    /// the program writes.
     pub const fn new() -> Chooser {
         Chooser {
             holder: false,
@@ -95,6 +105,12 @@ impl Chooser {
             hits_per_mille: 0,
             trap_ns: TRAP_NS,
         }
+    }
+
+    /// Chooses the first snapshot's backend, before any epoch was measured, from the
+    /// memory it would cover (see [`HOLDER_FIRST_BYTES`]).
+    pub fn first_snapshot(&mut self, tracked_bytes: u64) {
+        self.holder = tracked_bytes >= HOLDER_FIRST_BYTES;
     }
 
     /// Whether the next snapshot should be held by a holder.
@@ -171,6 +187,30 @@ mod tests {
             tracked_bytes: 256 << 20,
             ..Epoch::default()
         }
+    }
+
+    #[test]
+    fn the_first_snapshot_of_much_memory_is_a_holders() {
+        let mut c = Chooser::new();
+        c.first_snapshot(HOLDER_FIRST_BYTES - 4096);
+        assert!(!c.holder_next(), "little memory: shadows first");
+        let mut c = Chooser::new();
+        c.first_snapshot(1 << 30);
+        assert!(c.holder_next(), "1 GiB: a holder first");
+        // A quiet program found on a holder goes to shadows as before: 42 faults of
+        // the shim's own pages against a 30 ms clone, three epochs in a row.
+        assert!(!c.after_epoch(&holder(42, 30)));
+        assert!(!c.after_epoch(&holder(42, 30)));
+        assert!(c.after_epoch(&holder(42, 30)));
+        assert!(!c.holder_next());
+        // A scattered writer stays: 200,000 first writes (0.6 s of copies) against
+        // 3 s of traps.
+        let mut c = Chooser::new();
+        c.first_snapshot(1 << 30);
+        for _ in 0..10 {
+            assert!(!c.after_epoch(&holder(200_000, 30)));
+        }
+        assert!(c.holder_next());
     }
 
     #[test]

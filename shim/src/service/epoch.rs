@@ -588,7 +588,9 @@ fn auto_wants_holder(tracked: &[Range]) -> bool {
     };
     let mut auto = AUTO.lock();
     let (chooser, last) = &mut *auto;
-    if !last.first {
+    if last.first {
+        chooser.first_snapshot(tracked.iter().map(|r| r.len() as u64).sum());
+    } else {
         let epoch = Epoch {
             held: last.held_ns.is_some(),
             traps: now.traps.saturating_sub(last.traps),

@@ -60,9 +60,12 @@ const PERIODIC_LIMIT: Duration = Duration::from_secs(240);
 fn periodic_snapshots_trap_and_keep_versions() {
     // big_heap writes 1 GiB over about a second: with 10 ms snapshots its stats show
     // epochs, traps and copied pages, and nothing incomplete.
+    // Shadows named: under `auto` a program this large starts on holder children,
+    // which take no traps and save no freed pages (holder.rs tests those).
     let prog = Prog::new(c_program("big_heap"))
         .timeout(PERIODIC_LIMIT)
-        .env("MEMSHADOW_INTERVAL_MS", "10");
+        .env("MEMSHADOW_INTERVAL_MS", "10")
+        .env("MEMSHADOW_BACKEND", "shadow");
     let native = prog.run_native();
     assert_native_ok("big_heap", &native, 0);
     let stats = prog.run_memshadow();
@@ -98,10 +101,13 @@ fn periodic_snapshots_trap_and_keep_versions() {
 fn shadow_budget_exhaustion_is_counted_and_changes_nothing() {
     // A 1 MiB shadow budget cannot hold big_heap's writes between 10 ms snapshots: the
     // snapshots are abandoned (counted), the program's output is unchanged, and the shim
-    // says so in one stderr line.
+    // says so in one stderr line. Shadows named: under `auto` this program starts on
+    // holders, which keep within the budget by giving up older versions, silently
+    // (holder.rs: holders_stay_within_the_shadow_budget).
     let prog = Prog::new(c_program("big_heap"))
         .timeout(PERIODIC_LIMIT)
         .env("MEMSHADOW_INTERVAL_MS", "10")
+        .env("MEMSHADOW_BACKEND", "shadow")
         .env("MEMSHADOW_SHADOW_BUDGET_MB", "1");
     let native = prog.run_native();
     assert_native_ok("big_heap", &native, 0);

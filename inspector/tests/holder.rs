@@ -466,8 +466,9 @@ fn holders_stay_within_the_shadow_budget() {
 
 /// `MEMSHADOW_BACKEND=auto` moves a program that writes scattered pages flat out
 /// (scatter_writer: every first write after a snapshot traps, nothing predicts it) to
-/// holders within a few snapshots, and the program's output stays as natively; a program
-/// that writes little after its start (alloc_api) stays on shadows.
+/// holders within a few snapshots, and the program's output stays as natively; the same
+/// program over more memory starts on holders and stays there; a program that writes
+/// little after its start (alloc_api) stays on shadows.
 #[test]
 fn auto_moves_a_scattered_writer_to_holders_and_leaves_a_quiet_program_on_shadows() {
     let auto = [
@@ -475,9 +476,10 @@ fn auto_moves_a_scattered_writer_to_holders_and_leaves_a_quiet_program_on_shadow
         ("MEMSHADOW_INTERVAL_MS", "200"),
         ("MEMSHADOW_MAX_OVERHEAD", "1"),
     ];
-    // 60 million writes over 64 MiB: natively about half a second.
+    // 60 million writes over 16 MiB (and its 16 MiB replay: 32 MiB tracked, under
+    // the 64 MiB from which auto starts on a holder): natively about half a second.
     let scattered = Prog::new(c_program("scatter_writer"))
-        .args(["64", "60"])
+        .args(["16", "60"])
         .timeout(LIMIT)
         .envs(&auto);
     let native = scattered.run_native();
@@ -488,6 +490,24 @@ fn auto_moves_a_scattered_writer_to_holders_and_leaves_a_quiet_program_on_shadow
     assert!(
         run.u64("backend_switches") >= 1 && run.u64("holder_snapshots") >= 1,
         "a scattered writer must move to holders: {:#}",
+        run.json
+    );
+
+    // Over 64 MiB (128 MiB tracked): a holder from the first snapshot, no trap.
+    let large = Prog::new(c_program("scatter_writer"))
+        .args(["64", "60"])
+        .timeout(LIMIT)
+        .envs(&auto);
+    let native = large.run_native();
+    assert_native_ok("scatter_writer", &native, 0);
+    let run = large.run_memshadow();
+    assert_same_behaviour("scatter_writer 64 MiB (auto)", &native, &run.output, false);
+    assert!(
+        run.u64("epochs") >= 1
+            && run.u64("holder_snapshots") == run.u64("epochs")
+            && run.u64("backend_switches") == 0
+            && run.u64("traps") == 0,
+        "every snapshot of a large scattered writer is a holder's: {:#}",
         run.json
     );
 

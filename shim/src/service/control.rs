@@ -88,6 +88,16 @@ pub fn stop_listening() {
 
 extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
     let fd = arg as usize as i32;
+    // Start-up listens before it puts the configuration in force and starts tracking: a
+    // recorder that connected the moment the socket appeared was told "memshadow is not
+    // tracking this process" (flight.rs saw it once). Its request waits in the backlog
+    // until start-up is done (microseconds; bounded).
+    for _ in 0..START_WAIT_MS {
+        if regions::tracking() || LISTEN_FD.load(Ordering::Acquire) != fd {
+            break;
+        }
+        sys::sleep_ms(1);
+    }
     let mut last_activity = u64::MAX;
     let mut cpu = 0;
     // Stop when the descriptor is no longer ours: closed by the shim (after fork, at
@@ -149,6 +159,9 @@ extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
     }
     core::ptr::null_mut()
 }
+
+/// The longest the control thread waits for start-up to finish before it answers (ms).
+const START_WAIT_MS: u64 = 2000;
 
 /// The uid of the process at the other end of `conn`.
 fn peer_uid(conn: i32) -> Option<u32> {

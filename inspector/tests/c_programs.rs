@@ -109,21 +109,10 @@ fn shadow_budget_exhaustion_is_counted_and_changes_nothing() {
         .env("MEMSHADOW_INTERVAL_MS", "10")
         .env("MEMSHADOW_BACKEND", "shadow")
         .env("MEMSHADOW_SHADOW_BUDGET_MB", "1");
-    let native = prog.run_native();
-    assert_native_ok("big_heap", &native, 0);
-    let shimmed = prog.run_shimmed();
-    assert_eq!(shimmed.status, native.status, "exit status changed");
-    assert_eq!(shimmed.stdout, native.stdout, "stdout changed");
-    let stderr = String::from_utf8_lossy(&shimmed.stderr);
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected one memshadow line on stderr, got:\n{stderr}"
-    );
+    let line = big_heap_runs_as_natively_with_one_line(&prog);
     assert!(
-        lines[0].starts_with("memshadow: shadow budget exhausted"),
-        "{stderr}"
+        line.starts_with("memshadow: shadow budget exhausted"),
+        "{line}"
     );
     let stats = prog.run_memshadow();
     assert!(
@@ -142,6 +131,17 @@ fn a_budget_too_large_to_index_is_one_line_and_changes_nothing() {
         .timeout(PERIODIC_LIMIT)
         .env("MEMSHADOW_INTERVAL_MS", "10")
         .env("MEMSHADOW_SHADOW_BUDGET_MB", "1048576");
+    let line = big_heap_runs_as_natively_with_one_line(&prog);
+    assert!(
+        line.starts_with("memshadow: ")
+            && line.contains("cannot reserve a 1048576 MiB shadow budget"),
+        "{line}"
+    );
+}
+
+/// Runs big_heap natively and under the shim as `prog` sets it up: the same exit status
+/// and stdout, and exactly one line on the shimmed run's stderr, returned.
+fn big_heap_runs_as_natively_with_one_line(prog: &Prog) -> String {
     let native = prog.run_native();
     assert_native_ok("big_heap", &native, 0);
     let shimmed = prog.run_shimmed();
@@ -154,11 +154,7 @@ fn a_budget_too_large_to_index_is_one_line_and_changes_nothing() {
         1,
         "expected one memshadow line on stderr, got:\n{stderr}"
     );
-    assert!(
-        lines[0].starts_with("memshadow: ")
-            && lines[0].contains("cannot reserve a 1048576 MiB shadow budget"),
-        "{stderr}"
-    );
+    lines[0].to_string()
 }
 
 #[test]

@@ -822,6 +822,21 @@ impl core::fmt::Display for StartError {
     }
 }
 
+/// The shadow budget's memory (reserved, not yet touched) and the pool that indexes it;
+/// None when either cannot be had (nothing is left mapped then).
+fn reserve_pool(config: &Config) -> Option<(Range, ShadowPool)> {
+    let budget = config.shadow_budget_mb << 20;
+    let start = sys::map_anon(budget, true)? as usize;
+    let mem = Range::new(start, start + budget);
+    match ShadowPool::new(mem, config.max_versions) {
+        Some(pool) => Some((mem, pool)),
+        None => {
+            sys::unmap(mem);
+            None
+        }
+    }
+}
+
 /// Starts the engine: opens userfaultfd, reserves the shadow budget, starts the fault
 /// thread (handing it the descriptor). Idempotent; the error says why snapshots cannot
 /// be taken.
@@ -843,14 +858,7 @@ pub fn ensure_started(config: &Config) -> Result<(), StartError> {
     // (malloc_trim, interposed, still does).
     // SAFETY: mallopt only sets a malloc parameter.
     unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) };
-    let budget = config.shadow_budget_mb << 20;
-    let Some(mem) = sys::map_anon(budget, true) else {
-        crate::engine::preserve::close_kick();
-        return Err(StartError::Budget(config.shadow_budget_mb));
-    };
-    let mem = Range::new(mem as usize, mem as usize + budget);
-    let Some(pool) = ShadowPool::new(mem, config.max_versions) else {
-        sys::unmap(mem);
+    let Some((mem, pool)) = reserve_pool(config) else {
         crate::engine::preserve::close_kick();
         return Err(StartError::Budget(config.shadow_budget_mb));
     };

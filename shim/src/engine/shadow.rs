@@ -163,7 +163,7 @@ pub struct ShadowPool {
 impl ShadowPool {
     /// A pool of `budget_bytes` of slots backed by `memory` (page aligned, owned by the
     /// caller for the pool's life), keeping at most `max_versions` versions; None when
-    /// its bookkeeping cannot be allocated (see [`filled`]).
+    /// its bookkeeping cannot be allocated (see [`room`]).
     pub fn new(memory: Range, max_versions: usize) -> Option<ShadowPool> {
         let capacity = (memory.len() / PAGE).min(NONE as usize - 1) as u32;
         let n = capacity as usize;

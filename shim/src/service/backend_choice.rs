@@ -16,9 +16,8 @@
 //! Shadow epochs count their first writes exactly (traps plus prefetched pages written);
 //! holder epochs count the program's minor faults (`getrusage`: a copy-on-write fault is
 //! one; so is a first touch of fresh memory, which makes the count a little high). The
-//! The first snapshot is a holder's when the memory tracked is large
-//! ([`HOLDER_FIRST_BYTES`]), shadows' otherwise; after it, the
-//! backend in use is compared with the other's cost predicted for the same first writes
+//! first snapshot is a holder's when the memory tracked is large
+//! ([`HOLDER_FIRST_BYTES`]), shadows' otherwise; after it, the backend in use is compared with the other's cost predicted for the same first writes
 //! (for shadows, with the hit rate the prefetcher last earned); it changes after
 //! [`SWITCH_AFTER`] epochs in a row in which the other would have cost less than
 //! 1 / [`MARGIN`] of it, or (from shadows to a holder) at once when it would have cost

@@ -586,10 +586,11 @@ fn auto_wants_holder(tracked: &[Range]) -> bool {
         minor_faults: minor_faults(),
         held_ns: None,
     };
+    let tracked_bytes = tracked.iter().map(|r| r.len() as u64).sum();
     let mut auto = AUTO.lock();
     let (chooser, last) = &mut *auto;
     if last.first {
-        chooser.first_snapshot(tracked.iter().map(|r| r.len() as u64).sum());
+        chooser.first_snapshot(tracked_bytes);
     } else {
         let epoch = Epoch {
             held: last.held_ns.is_some(),
@@ -597,7 +598,7 @@ fn auto_wants_holder(tracked: &[Range]) -> bool {
             prefetch_hits: now.prefetch_hits.saturating_sub(last.prefetch_hits),
             minor_faults: now.minor_faults.saturating_sub(last.minor_faults),
             clone_ns: last.held_ns.unwrap_or(0),
-            tracked_bytes: tracked.iter().map(|r| r.len() as u64).sum(),
+            tracked_bytes,
             cost_ns: crate::engine::governor::program_cost_so_far_ns(),
         };
         crate::base::log::debug!(

@@ -62,10 +62,7 @@ fn periodic_snapshots_trap_and_keep_versions() {
     // epochs, traps and copied pages, and nothing incomplete.
     // Shadows named: under `auto` a program this large starts on holder children,
     // which take no traps and save no freed pages (holder.rs tests those).
-    let prog = Prog::new(c_program("big_heap"))
-        .timeout(PERIODIC_LIMIT)
-        .env("MEMSHADOW_INTERVAL_MS", "10")
-        .env("MEMSHADOW_BACKEND", "shadow");
+    let prog = big_heap_every_10_ms().env("MEMSHADOW_BACKEND", "shadow");
     let native = prog.run_native();
     assert_native_ok("big_heap", &native, 0);
     let stats = prog.run_memshadow();
@@ -104,9 +101,7 @@ fn shadow_budget_exhaustion_is_counted_and_changes_nothing() {
     // says so in one stderr line. Shadows named: under `auto` this program starts on
     // holders, which keep within the budget by giving up older versions, silently
     // (holder.rs: holders_stay_within_the_shadow_budget).
-    let prog = Prog::new(c_program("big_heap"))
-        .timeout(PERIODIC_LIMIT)
-        .env("MEMSHADOW_INTERVAL_MS", "10")
+    let prog = big_heap_every_10_ms()
         .env("MEMSHADOW_BACKEND", "shadow")
         .env("MEMSHADOW_SHADOW_BUDGET_MB", "1");
     let line = big_heap_runs_as_natively_with_one_line(&prog);
@@ -127,16 +122,20 @@ fn a_budget_too_large_to_index_is_one_line_and_changes_nothing() {
     // The largest budget the variable takes (1 TiB) needs about 12 GiB of bookkeeping:
     // the engine does not start (one line) and the program runs as without the shim; it
     // used to die of the shim's failed allocation.
-    let prog = Prog::new(c_program("big_heap"))
-        .timeout(PERIODIC_LIMIT)
-        .env("MEMSHADOW_INTERVAL_MS", "10")
-        .env("MEMSHADOW_SHADOW_BUDGET_MB", "1048576");
+    let prog = big_heap_every_10_ms().env("MEMSHADOW_SHADOW_BUDGET_MB", "1048576");
     let line = big_heap_runs_as_natively_with_one_line(&prog);
     assert!(
         line.starts_with("memshadow: ")
             && line.contains("cannot reserve a 1048576 MiB shadow budget"),
         "{line}"
     );
+}
+
+/// big_heap (1 GiB written over about a second) with a snapshot every 10 ms.
+fn big_heap_every_10_ms() -> Prog {
+    Prog::new(c_program("big_heap"))
+        .timeout(PERIODIC_LIMIT)
+        .env("MEMSHADOW_INTERVAL_MS", "10")
 }
 
 /// Runs big_heap natively and under the shim as `prog` sets it up: the same exit status

@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::shimmed::{fnv1a64, Running};
 use common::{
     assert_native_ok, assert_same_behaviour, c_program, clean_env_in, finish, memshadow_bin,
-    temp_dir, wait_until, Finished, Prog,
+    temp_dir, wait_until, Finished, Prog, StatsRun,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -482,10 +482,7 @@ fn auto_moves_a_scattered_writer_to_holders_and_leaves_a_quiet_program_on_shadow
         .args(["16", "60"])
         .timeout(LIMIT)
         .envs(&auto);
-    let native = scattered.run_native();
-    assert_native_ok("scatter_writer", &native, 0);
-    let run = scattered.run_memshadow();
-    assert_same_behaviour("scatter_writer (auto)", &native, &run.output, false);
+    let run = run_as_natively(&scattered, "scatter_writer (auto)");
     assert!(run.u64("traps") > 0, "it began on shadows: {:#}", run.json);
     assert!(
         run.u64("backend_switches") >= 1 && run.u64("holder_snapshots") >= 1,
@@ -498,10 +495,7 @@ fn auto_moves_a_scattered_writer_to_holders_and_leaves_a_quiet_program_on_shadow
         .args(["64", "60"])
         .timeout(LIMIT)
         .envs(&auto);
-    let native = large.run_native();
-    assert_native_ok("scatter_writer", &native, 0);
-    let run = large.run_memshadow();
-    assert_same_behaviour("scatter_writer 64 MiB (auto)", &native, &run.output, false);
+    let run = run_as_natively(&large, "scatter_writer 64 MiB (auto)");
     assert!(
         run.u64("epochs") >= 1
             && run.u64("holder_snapshots") == run.u64("epochs")
@@ -512,14 +506,21 @@ fn auto_moves_a_scattered_writer_to_holders_and_leaves_a_quiet_program_on_shadow
     );
 
     let quiet = Prog::new(c_program("alloc_api")).timeout(LIMIT).envs(&auto);
-    let native = quiet.run_native();
-    assert_native_ok("alloc_api", &native, 0);
-    let run = quiet.run_memshadow();
-    assert_same_behaviour("alloc_api (auto)", &native, &run.output, false);
+    let run = run_as_natively(&quiet, "alloc_api (auto)");
     assert_eq!(
         (run.u64("backend_switches"), run.u64("holder_snapshots")),
         (0, 0),
         "{:#}",
         run.json
     );
+}
+
+/// `prog` natively (exit 0) and through `memshadow run`: the same stdout and exit
+/// status (the shim's own lines aside); the run's statistics.
+fn run_as_natively(prog: &Prog, what: &str) -> StatsRun {
+    let native = prog.run_native();
+    assert_native_ok(what, &native, 0);
+    let run = prog.run_memshadow();
+    assert_same_behaviour(what, &native, &run.output, false);
+    run
 }

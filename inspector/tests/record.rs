@@ -345,7 +345,8 @@ fn hundreds_of_recorded_versions_of_concurrent_writers_are_never_torn() {
 #[test]
 fn recorded_holder_versions_hold_writes_to_memory_the_program_registered_itself() {
     // 60 versions: each delta is the whole memory here (about 2.5 versions a second
-    // alone on this machine, under 1 loaded: 200 did not fit in 160 s under CI's load).
+    // alone on this machine, under 1 a second loaded: 200 did not fit in 160 s with the
+    // machine busy).
     let (_dir, rest) = record_concurrent_writers(
         &[("MEMSHADOW_BACKEND", "holder"), ("SNAP_OWN_UFFD", "1")],
         60,

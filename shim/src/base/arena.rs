@@ -10,7 +10,6 @@
 //! Locks here are taken only on the shim's own threads or with signals blocked
 //! (constructor, fork handlers, destructor), never on the host's hot path.
 
-use crate::base::range::Range;
 use crate::base::sync::SpinLock;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;
@@ -68,9 +67,8 @@ impl ShimArena {
             return true;
         }
         for len in RESERVE_TRIES {
-            if let Some(p) = crate::base::sys::map_anon(len, true) {
-                let start = p as usize;
-                crate::base::own::register(Range::new(start, start + len));
+            if let Some(r) = crate::base::own::map(len, true) {
+                let start = r.start;
                 self.limit.store(start + len, Ordering::Relaxed);
                 self.bump.store(start, Ordering::Relaxed);
                 self.base.store(start, Ordering::Release);
@@ -82,9 +80,9 @@ impl ShimArena {
 
     /// The reserved range, once made.
     #[cfg(test)]
-    pub fn range(&self) -> Option<Range> {
+    pub fn range(&self) -> Option<crate::base::range::Range> {
         let b = self.base.load(Ordering::Acquire);
-        (b != 0).then(|| Range::new(b, self.limit.load(Ordering::Relaxed)))
+        (b != 0).then(|| crate::base::range::Range::new(b, self.limit.load(Ordering::Relaxed)))
     }
 
     /// Carves `len` bytes (a multiple of `align`, itself a power of two <= 64 KiB).

@@ -3,18 +3,69 @@
 //! and tracking it would make them fault on themselves.
 
 use crate::base::range::{Range, RangeList};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 static OWN: RangeList<64> = RangeList::new();
+
+/// Odd while the shim maps or unmaps memory of its own and has not yet recorded it;
+/// bumped on every change. A reader of `/proc/self/maps` compares it before and after
+/// ([`generation`]): a listing read while it was odd, or across a change, may show the
+/// shim's memory as the program's.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// Records a range as the shim's own. Returns false if the list is full (the caller
 /// must then not use the memory for anything a tracked write could reach).
 pub fn register(r: Range) -> bool {
+    let _change = Change::begin();
     OWN.insert(r)
+}
+
+/// Maps `len` bytes of private anonymous memory for the shim and records them as its
+/// own in one change: no listing of the maps file taken in between counts as current.
+pub fn map(len: usize, noreserve: bool) -> Option<Range> {
+    let _change = Change::begin();
+    let p = crate::base::sys::map_anon(len, noreserve)? as usize;
+    let r = Range::new(p, p + len);
+    if !OWN.insert(r) {
+        crate::base::sys::unmap(r);
+        return None;
+    }
+    Some(r)
+}
+
+/// Unmaps memory [`map`] returned and forgets it, in one change.
+pub fn unmap(r: Range) {
+    let _change = Change::begin();
+    crate::base::sys::unmap(r);
+    OWN.remove_first(|o| *o == r);
 }
 
 /// The shim's own ranges.
 pub fn ranges() -> Vec<Range> {
     OWN.to_vec()
+}
+
+/// The generation of the shim's own memory: read it before [`ranges`] and before
+/// reading the maps file, and again before using what was read; a listing is current
+/// only if both reads return the same even number.
+pub fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
+/// One change to the shim's own memory: the generation is odd while it lasts.
+struct Change;
+
+impl Change {
+    fn begin() -> Change {
+        GENERATION.fetch_add(1, Ordering::AcqRel);
+        Change
+    }
+}
+
+impl Drop for Change {
+    fn drop(&mut self) {
+        GENERATION.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 pub(crate) fn lock_for_fork() {

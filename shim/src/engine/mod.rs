@@ -822,19 +822,18 @@ impl core::fmt::Display for StartError {
     }
 }
 
-/// The shadow budget's memory (reserved, not yet touched) and the pool that indexes it;
+/// The pool over the shadow budget's memory (reserved, not yet touched) and its index;
 /// None when either cannot be had (nothing is left mapped then).
-fn reserve_pool(config: &Config) -> Option<(Range, ShadowPool)> {
+fn reserve_pool(config: &Config) -> Option<ShadowPool> {
     let budget = config.shadow_budget_mb << 20;
-    let start = sys::map_anon(budget, true)? as usize;
-    let mem = Range::new(start, start + budget);
-    match ShadowPool::new(mem, config.max_versions) {
-        Some(pool) => Some((mem, pool)),
-        None => {
-            sys::unmap(mem);
-            None
-        }
+    // Recorded as the shim's own as it is mapped: a rescan of the maps file running
+    // meanwhile (the control thread's) must not take it for the program's memory.
+    let mem = crate::base::own::map(budget, true)?;
+    let pool = ShadowPool::new(mem, config.max_versions);
+    if pool.is_none() {
+        crate::base::own::unmap(mem);
     }
+    pool
 }
 
 /// Starts the engine: opens userfaultfd, reserves the shadow budget, starts the fault
@@ -858,11 +857,10 @@ pub fn ensure_started(config: &Config) -> Result<(), StartError> {
     // (malloc_trim, interposed, still does).
     // SAFETY: mallopt only sets a malloc parameter.
     unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) };
-    let Some((mem, pool)) = reserve_pool(config) else {
+    let Some(pool) = reserve_pool(config) else {
         crate::engine::preserve::close_kick();
         return Err(StartError::Budget(config.shadow_budget_mb));
     };
-    crate::base::own::register(mem);
     let fd = uffd.fd();
     let mut engine = Engine::new(pool, config);
     engine.attach(fd);

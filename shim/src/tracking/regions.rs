@@ -294,25 +294,54 @@ fn read_maps() -> String {
         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-/// Rebuilds the table from `/proc/self/maps`. If an interposed call changed the table
-/// while the file was being read, reads again (up to three times) so that a fresh
-/// munmap is not undone by an older listing.
+/// A listing of the maps file turned into regions, with what it was read against.
+struct Listing {
+    /// The table's change count before the read.
+    seq: u64,
+    /// The shim's own memory's generation before the read.
+    own_generation: u64,
+    regions: Vec<Region>,
+}
+
+/// Reads the maps file into regions, the shim's own memory cut out.
+fn read_listing() -> Listing {
+    let seq = with_table(|t| t.seq);
+    let own_generation = crate::base::own::generation();
+    let own = crate::base::own::ranges();
+    let stacks = crate::tracking::stacks::snapshot();
+    let text = read_maps();
+    let mut regions = Vec::with_capacity(256);
+    crate::tracking::maps::candidates(&text, &own, &stacks, &mut |r| regions.push(r));
+    Listing {
+        seq,
+        own_generation,
+        regions,
+    }
+}
+
+/// Puts `listing` in the table if it is still current: nothing changed the table since
+/// it was read (a fresh munmap is not undone by an older listing), and the shim neither
+/// mapped nor unmapped memory of its own meanwhile (its shadow pool, mapped by the
+/// epoch thread while the control thread rescans, is not taken for the program's).
+fn apply_listing(listing: &Listing) -> bool {
+    with_table(|t| {
+        let own_generation = crate::base::own::generation();
+        if t.seq != listing.seq
+            || own_generation != listing.own_generation
+            || own_generation % 2 == 1
+        {
+            return false;
+        }
+        t.replace(&listing.regions);
+        true
+    })
+}
+
+/// Rebuilds the table from `/proc/self/maps`, reading again (up to three times) while
+/// what was read is no longer current (see [`apply_listing`]).
 pub fn rescan() {
     for _ in 0..3 {
-        let seq = with_table(|t| t.seq);
-        let own = crate::base::own::ranges();
-        let stacks = crate::tracking::stacks::snapshot();
-        let text = read_maps();
-        let mut fresh = Vec::with_capacity(256);
-        crate::tracking::maps::candidates(&text, &own, &stacks, &mut |r| fresh.push(r));
-        let done = with_table(|t| {
-            if t.seq != seq {
-                return false;
-            }
-            t.replace(&fresh);
-            true
-        });
-        if done {
+        if apply_listing(&read_listing()) {
             break;
         }
     }
@@ -411,6 +440,33 @@ mod tests {
         assert_eq!(t.regions().len(), 16);
         assert_eq!(t.overflow, 4);
         assert_eq!(t.totals(), (16, 16 * 0x1000));
+    }
+
+    #[test]
+    fn a_listing_read_before_the_shim_maps_memory_of_its_own_is_not_applied() {
+        // The epoch thread maps the shadow pool while the control thread rescans: a
+        // listing read before the pool was recorded as the shim's must not put it in the
+        // table as the program's memory (the stats then counted the 1 GiB pool as
+        // tracked, and auto chose holders for a small program).
+        let covers = |l: &Listing, r: Range| l.regions.iter().any(|g| g.range.overlaps(&r));
+        let stale = read_listing();
+        let pool = crate::base::own::map(64 * crate::base::page::PAGE, true).unwrap();
+        assert!(
+            !apply_listing(&stale),
+            "a listing older than the pool was applied"
+        );
+        let fresh = read_listing();
+        assert!(
+            !covers(&fresh, pool),
+            "the shim's own memory is listed as the program's"
+        );
+        // Unmapped and forgotten in one change too: a listing from before is refused.
+        crate::base::own::unmap(pool);
+        assert!(
+            !apply_listing(&fresh),
+            "a listing older than the unmap was applied"
+        );
+        assert!(!crate::base::own::ranges().contains(&pool));
     }
 
     #[test]

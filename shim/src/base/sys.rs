@@ -227,3 +227,15 @@ pub fn thread_key() -> u64 {
         unsafe { libc::pthread_self() as u64 }
     }
 }
+
+/// The process's minor faults so far (`getrusage`; a copy-on-write fault is one, so is a
+/// first touch of fresh memory).
+pub fn minor_faults() -> u64 {
+    // SAFETY: an all-zero rusage is valid; getrusage fills it.
+    let mut usage: libc::rusage = unsafe { core::mem::zeroed() };
+    // SAFETY: a valid out-pointer for the calling process's usage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    usage.ru_minflt as u64
+}

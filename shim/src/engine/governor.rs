@@ -13,6 +13,12 @@
 //! - every fault held by a pass: the whole time the pass held writes (from the version's
 //!   opening until the held faults are resolved, the boundary copy included). A held
 //!   thread waited at most that long; counting all of it errs towards stretching;
+//! - while a holder keeps the version (`engine::holder`), every minor fault of the
+//!   process, [`HOLDER_FAULT_NS`] each: the kernel copies each first write for the holder,
+//!   in the writer's own system time, where no trap shows it. Without this the governor
+//!   never stretched for holders, and a program rewriting scattered pages ran 5-36x slower
+//!   under them (a first touch of fresh memory is a minor fault too: counted, it errs
+//!   towards stretching);
 //! - the CPU time of the shim's own threads (fault, prefetch, epoch): on a machine whose
 //!   cores the program keeps busy (xz -T2 on two cores) it is taken from the program. For
 //!   a single-threaded program with a core to spare this counts trap service twice, which
@@ -43,6 +49,13 @@ use memshadow_format::stats::Counter;
 /// handler polling, as the fault thread does in a burst, a write costs its thread
 /// 13.8-16.8 us in all, of which the copy and the unprotect the handler times are 9-12.
 pub const TRAP_UNSEEN_NS: u64 = 5_000;
+
+/// What a first write costs the program while a holder keeps the page: the kernel's
+/// copy-on-write fault, and the TLB work after it. Measured here, natively against under
+/// `MEMSHADOW_BACKEND=holder`: python rewriting random bytes of 256 MiB (snapshots every
+/// 300 ms) spent 3.17 s more system time for 498,000 more minor faults (6.4 us each);
+/// scatter_writer over 128 MiB, 4.7 us each; with two writers 17 us (bench/RESULTS.md).
+pub const HOLDER_FAULT_NS: u64 = 6_000;
 
 /// The longest the governor stretches the automatic interval to (a minute): a program
 /// that writes that much still gets a snapshot every minute.
@@ -132,6 +145,10 @@ static CPU_US: AtomicU64 = AtomicU64::new(0);
 static COPIED_AT_START: AtomicU64 = AtomicU64::new(0);
 /// The shadow budget, in pages (0: unknown, no cap).
 static BUDGET_PAGES: AtomicU64 = AtomicU64::new(0);
+/// The process's minor faults when the window began, if a holder keeps its version
+/// ([`NOT_HELD`]: shadows do).
+static HELD_FAULTS_FROM: AtomicU64 = AtomicU64::new(NOT_HELD);
+const NOT_HELD: u64 = u64::MAX;
 
 /// The shim's threads' CPU time so far, us.
 fn shim_cpu_us() -> u64 {
@@ -152,6 +169,7 @@ pub fn reset(configured_ms: u64, max_overhead: f32, budget_pages: u64) {
     CPU_US.store(shim_cpu_us(), Ordering::Relaxed);
     COPIED_AT_START.store(pages_copied(), Ordering::Relaxed);
     BUDGET_PAGES.store(budget_pages, Ordering::Relaxed);
+    HELD_FAULTS_FROM.store(NOT_HELD, Ordering::Relaxed);
     crate::stats::set(Counter::IntervalMsEffective, configured_ms);
 }
 
@@ -179,9 +197,16 @@ pub fn interval_ms(configured_ms: u64) -> u64 {
 }
 
 /// The epoch thread after a pass, at `now`: ends the window, decides, returns the interval
-/// for the next one.
-pub fn after_pass(configured_ms: u64, now: u64) -> u64 {
+/// for the next one. `held`: the pass's version is a holder's, so the window it opens
+/// counts the kernel's copies.
+pub fn after_pass(configured_ms: u64, now: u64, held: bool) -> u64 {
     let (start, cost, copied) = window(now, true);
+    let faults_from = if held {
+        crate::base::sys::minor_faults()
+    } else {
+        NOT_HELD
+    };
+    HELD_FAULTS_FROM.store(faults_from, Ordering::Relaxed);
     let current = interval_ms(configured_ms);
     if start == 0 || configured_ms == 0 {
         // The first window starts now.
@@ -207,8 +232,9 @@ pub fn program_cost_so_far_ns() -> u64 {
 }
 
 /// The current window at `now`: when it began (0: not yet), what snapshots have cost the
-/// program in it (traps, held faults, the shim's CPU) and the pages copied in it (for the
-/// budget cap). `end` ends it: the next window counts from `now`.
+/// program in it (traps, held faults, the kernel's copies for a holder, the shim's CPU)
+/// and the pages copied in it (for the budget cap). `end` ends it: the next window counts
+/// from `now`.
 fn window(now: u64, end: bool) -> (u64, u64, u64) {
     let take = |counter: &AtomicU64, from_now: u64| {
         if end {
@@ -220,10 +246,19 @@ fn window(now: u64, end: bool) -> (u64, u64, u64) {
     let start = take(&WINDOW_START, now);
     let cpu_us = shim_cpu_us();
     let cpu_ns = cpu_us.saturating_sub(take(&CPU_US, cpu_us)) * 1000;
-    let cost = take(&COST_NS, 0) + cpu_ns;
+    let cost = take(&COST_NS, 0) + cpu_ns + kernel_copies_ns();
     let copied_now = pages_copied();
     let copied = copied_now.saturating_sub(take(&COPIED_AT_START, copied_now));
     (start, cost, copied)
+}
+
+/// What the kernel's copies for the holder keeping this window's version have cost the
+/// program so far (0 under shadows).
+fn kernel_copies_ns() -> u64 {
+    match HELD_FAULTS_FROM.load(Ordering::Relaxed) {
+        NOT_HELD => 0,
+        from => crate::base::sys::minor_faults().saturating_sub(from) * HOLDER_FAULT_NS,
+    }
 }
 
 /// The rule on this window's cost so far, with the limit in force, and no stretch past

@@ -564,17 +564,6 @@ impl AutoMark {
     };
 }
 
-/// The program's minor faults so far (a copy-on-write fault is one).
-fn minor_faults() -> u64 {
-    // SAFETY: an all-zero rusage is valid; getrusage fills it.
-    let mut usage: libc::rusage = unsafe { core::mem::zeroed() };
-    // SAFETY: a valid out-pointer for the calling process's usage.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return 0;
-    }
-    usage.ru_minflt as u64
-}
-
 /// Under `auto`, on the epoch thread before a pass over `tracked`: the epoch since the
 /// last pass goes to the rule, which says whether this snapshot is a holder's.
 fn auto_wants_holder(tracked: &[Range]) -> bool {
@@ -583,7 +572,7 @@ fn auto_wants_holder(tracked: &[Range]) -> bool {
         first: false,
         traps: counter(Counter::Traps),
         prefetch_hits: counter(Counter::PrefetchHits),
-        minor_faults: minor_faults(),
+        minor_faults: sys::minor_faults(),
         held_ns: None,
     };
     let tracked_bytes = tracked.iter().map(|r| r.len() as u64).sum();
@@ -710,7 +699,7 @@ fn publish_pinned(asked: bool) {
         return;
     }
     PINNED_AT.store(now, Ordering::Relaxed);
-    PINNED_FAULTS.store(minor_faults(), Ordering::Relaxed);
+    PINNED_FAULTS.store(sys::minor_faults(), Ordering::Relaxed);
     let mut views = Vec::with_capacity(engine::with(|e| e.holder_count()).unwrap_or(0));
     engine::with(|e| e.holder_views(&mut views));
     // Only this thread releases holders: the views stay valid while they are measured.
@@ -732,7 +721,7 @@ fn pinned_estimate() -> u64 {
     let measured = stats::page()
         .counter(Counter::HolderPinnedBytes)
         .load(Ordering::Relaxed);
-    let since = minor_faults().saturating_sub(PINNED_FAULTS.load(Ordering::Relaxed));
+    let since = sys::minor_faults().saturating_sub(PINNED_FAULTS.load(Ordering::Relaxed));
     measured + since * crate::base::page::PAGE as u64
 }
 
@@ -931,10 +920,12 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
         }
         let started = engine::now_ns();
         last_started = started;
+        let holders_before = holder_snapshots();
         let result = snapshot();
         let ended = engine::now_ns();
         // The governor may stretch the period (or shrink it back) after any pass.
-        let interval = crate::engine::governor::after_pass(configured, ended);
+        let held = holder_snapshots() > holders_before;
+        let interval = crate::engine::governor::after_pass(configured, ended, held);
         due_interval = interval;
         earliest = ended + (ended - started);
         next_due = started
@@ -969,6 +960,13 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
         }
     }
     core::ptr::null_mut()
+}
+
+/// Snapshots held by holders so far.
+fn holder_snapshots() -> u64 {
+    stats::page()
+        .counter(Counter::HolderSnapshots)
+        .load(Ordering::Relaxed)
 }
 
 /// `memshadow_snapshot_v1()`: asks the epoch thread for a snapshot and waits for it. The

@@ -13,12 +13,13 @@
 //! - every fault held by a pass: the whole time the pass held writes (from the version's
 //!   opening until the held faults are resolved, the boundary copy included). A held
 //!   thread waited at most that long; counting all of it errs towards stretching;
-//! - while a holder keeps the version (`engine::holder`), every minor fault of the
-//!   process, [`HOLDER_FAULT_NS`] each: the kernel copies each first write for the holder,
-//!   in the writer's own system time, where no trap shows it. Without this the governor
-//!   never stretched for holders, and a program rewriting scattered pages ran 5-36x slower
-//!   under them (a first touch of fresh memory is a minor fault too: counted, it errs
-//!   towards stretching);
+//! - while a holder keeps the version (`engine::holder`), the process's minor faults,
+//!   [`HOLDER_FAULT_NS`] each, up to as many as it had anonymous pages resident at the
+//!   holder's clone: the kernel copies each first write to such a page for the holder, in
+//!   the writer's own system time, where no trap shows it (a first touch of fresh memory
+//!   is a minor fault too, but copies nothing: hence the cap). Without this the governor
+//!   never stretched for holders, and a program rewriting scattered pages ran 5-36x
+//!   slower under them;
 //! - the CPU time of the shim's own threads (fault, prefetch, epoch): on a machine whose
 //!   cores the program keeps busy (xz -T2 on two cores) it is taken from the program. For
 //!   a single-threaded program with a core to spare this counts trap service twice, which
@@ -149,6 +150,9 @@ static BUDGET_PAGES: AtomicU64 = AtomicU64::new(0);
 /// ([`NOT_HELD`]: shadows do).
 static HELD_FAULTS_FROM: AtomicU64 = AtomicU64::new(NOT_HELD);
 const NOT_HELD: u64 = u64::MAX;
+/// The process's anonymous pages resident when that window began: the most the
+/// kernel can copy for its holder.
+static HELD_PAGES: AtomicU64 = AtomicU64::new(0);
 
 /// The shim's threads' CPU time so far, us.
 fn shim_cpu_us() -> u64 {
@@ -202,6 +206,7 @@ pub fn interval_ms(configured_ms: u64) -> u64 {
 pub fn after_pass(configured_ms: u64, now: u64, held: bool) -> u64 {
     let (start, cost, copied) = window(now, true);
     let faults_from = if held {
+        HELD_PAGES.store(anon_resident_pages(), Ordering::Relaxed);
         crate::base::sys::minor_faults()
     } else {
         NOT_HELD
@@ -257,8 +262,22 @@ fn window(now: u64, end: bool) -> (u64, u64, u64) {
 fn kernel_copies_ns() -> u64 {
     match HELD_FAULTS_FROM.load(Ordering::Relaxed) {
         NOT_HELD => 0,
-        from => crate::base::sys::minor_faults().saturating_sub(from) * HOLDER_FAULT_NS,
+        from => {
+            let faults = crate::base::sys::minor_faults().saturating_sub(from);
+            faults.min(HELD_PAGES.load(Ordering::Relaxed)) * HOLDER_FAULT_NS
+        }
     }
+}
+
+/// The process's anonymous pages resident now (`RssAnon` in /proc/self/status; the
+/// shim's own count too, which errs high); `u64::MAX` when it cannot be read.
+fn anon_resident_pages() -> u64 {
+    let text = crate::base::fds::read_file(c"/proc/self/status", 16 << 10);
+    text.split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"RssAnon:"))
+        .and_then(|v| core::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(u64::MAX, |kib| kib / 4)
 }
 
 /// The rule on this window's cost so far, with the limit in force, and no stretch past

@@ -212,6 +212,7 @@ thread_local! {
 }
 
 fn lock_all() {
+    crate::base::fds::hold_off_creations_for_fork();
     regions::lock_for_fork();
     stacks::lock_for_fork();
     crate::base::own::lock_for_fork();
@@ -244,6 +245,7 @@ fn restore_mask() {
 
 extern "C" fn fork_parent() {
     unlock_all();
+    crate::base::fds::after_fork_in_parent();
     restore_mask();
 }
 
@@ -251,6 +253,7 @@ extern "C" fn fork_parent() {
 /// own (counts carried over from the parent) or, if that fails, run untracked.
 extern "C" fn fork_child() {
     unlock_all();
+    crate::base::fds::after_fork_in_child();
     crate::base::fds::release_all_after_fork();
     crate::engine::pagemap::forget_after_fork();
     crate::base::shim_thread::forget_after_fork();

@@ -24,6 +24,14 @@
 //!
 //! The table is a fixed array of atomics: the interposed `close` reads it without a lock
 //! and without allocating, from any thread and from signal handlers.
+//!
+//! One window is left by 1. alone: a descriptor the shim has just opened sits on a low
+//! number until it is moved. A program closing every number it did not open (daemons,
+//! `stray_close`) could close it there, get the number back from its next `pipe()`, and
+//! the shim would then move and close the program's pipe. So a shim thread opens and
+//! moves a descriptor inside [`create_and_adopt`], and the interposed close family does
+//! not run meanwhile (nor the opening while one runs): two counters, each side raising
+//! its own before reading the other's (a Dekker pair), waited out for microseconds.
 
 use crate::base::forward::real;
 use core::ffi::{c_int, c_uint};
@@ -59,6 +67,8 @@ pub enum FdError {
     Move(i32),
     /// The shim already holds [`SLOTS`] descriptors.
     TableFull,
+    /// Creating it failed (the errno).
+    Create(i32),
 }
 
 impl core::fmt::Display for FdError {
@@ -70,6 +80,7 @@ impl core::fmt::Display for FdError {
                 "cannot move a descriptor out of the program's way (errno {e})"
             ),
             FdError::TableFull => write!(f, "the shim holds {SLOTS} descriptors already"),
+            FdError::Create(e) => write!(f, "cannot create it (errno {e})"),
         }
     }
 }
@@ -117,6 +128,89 @@ fn find(fd: i32) -> Option<&'static Slot> {
         return None;
     }
     TABLE.iter().find(|s| s.fd.load(Ordering::Acquire) == fd)
+}
+
+/// Shim threads between creating a descriptor and moving it out of the program's way.
+static CREATING: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+/// Program threads inside the interposed close family.
+static CLOSING: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// Waits a moment for the other side (see the module doc).
+fn wait_while(counter: &core::sync::atomic::AtomicU32) {
+    let mut spins = 0u32;
+    while counter.load(Ordering::SeqCst) != 0 {
+        spins += 1;
+        if spins.is_multiple_of(64) {
+            // SAFETY: sched_yield has no arguments and no memory effects.
+            unsafe { libc::sched_yield() };
+        } else {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// Creates a descriptor with `create` (a raw system call returning it, or -1 with errno)
+/// and adopts it ([`adopt`]) with no close, dup2 or dup3 of the program's running in
+/// between. `Err(FdError::Create(errno))` when `create` fails.
+pub fn create_and_adopt(create: impl FnOnce() -> i32) -> Result<i32, FdError> {
+    creating(|| {
+        let fd = create();
+        if fd < 0 {
+            Err(FdError::Create(crate::base::sys::errno()))
+        } else {
+            adopt(fd)
+        }
+    })
+}
+
+/// Runs `f`, which creates descriptors and adopts them ([`adopt`]) before it returns,
+/// with no close, dup2 or dup3 of the program's running meanwhile. `f` makes system
+/// calls that return at once: the program's closes wait for it.
+pub fn creating<R>(f: impl FnOnce() -> R) -> R {
+    CREATING.fetch_add(1, Ordering::SeqCst);
+    wait_while(&CLOSING);
+    let r = f();
+    CREATING.fetch_sub(1, Ordering::SeqCst);
+    r
+}
+
+/// Runs `f`, one of the interposed close family, when no shim thread is between creating
+/// a descriptor and moving it (see [`create_and_adopt`]).
+fn closing<R>(f: impl FnOnce() -> R) -> R {
+    hold_off_creations();
+    let r = f();
+    CLOSING.fetch_sub(1, Ordering::SeqCst);
+    r
+}
+
+/// Waits until no shim thread is creating a descriptor and keeps new ones from starting
+/// until [`CLOSING`] is lowered again.
+fn hold_off_creations() {
+    loop {
+        CLOSING.fetch_add(1, Ordering::SeqCst);
+        if CREATING.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        CLOSING.fetch_sub(1, Ordering::SeqCst);
+        wait_while(&CREATING);
+    }
+}
+
+/// Before fork: no descriptor is half created (a child would inherit it on a low
+/// number, unguarded), and none starts until [`after_fork_in_parent`] or
+/// [`after_fork_in_child`].
+pub fn hold_off_creations_for_fork() {
+    hold_off_creations();
+}
+
+pub fn after_fork_in_parent() {
+    CLOSING.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// In the child only the forking thread exists: nobody is creating or closing.
+pub fn after_fork_in_child() {
+    CLOSING.store(0, Ordering::SeqCst);
+    CREATING.store(0, Ordering::SeqCst);
 }
 
 /// Takes `fd`, a descriptor the shim has just opened, out of the program's way: moves it
@@ -246,25 +340,22 @@ fn on_procfs(fd: i32) -> bool {
 /// Reads a whole file of /proc through a descriptor out of the program's way; empty if
 /// it cannot be read, at most `max` bytes.
 pub fn read_file(path: &core::ffi::CStr, max: usize) -> Vec<u8> {
-    // SAFETY: `path` is a valid C string; the flags open it for reading only.
-    let fd = unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-        )
-    };
-    if fd < 0 {
-        return Vec::new();
-    }
-    // Until it is adopted the number is low and unguarded: a program that closes
-    // numbers it did not open may have closed it and reopened the number as its own
-    // (a pipe). Only a file of /proc is taken (and so moved away and closed).
-    if !on_procfs(fd) {
-        return Vec::new();
-    }
-    let Ok(f) = ShimFd::adopt(fd) else {
+    // Opened and moved with the program's closes held off (see `create_and_adopt`).
+    let opened = create_and_adopt(|| {
+        // SAFETY: `path` is a valid C string; the flags open it for reading only.
+        unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            )
+        }
+    });
+    let Ok(f) = opened.map(ShimFd) else {
         return Vec::new();
     };
+    if !on_procfs(f.raw()) {
+        return Vec::new();
+    }
     let mut out = Vec::with_capacity(16 * 1024);
     let mut chunk = [0u8; 16 * 1024];
     while out.len() < max {
@@ -302,15 +393,17 @@ fn missing() -> c_int {
 /// # Safety
 /// As `close(2)`.
 pub unsafe fn close(fd: c_int) -> c_int {
-    if verify(fd) {
-        return not_open();
-    }
-    match real().and_then(|r| r.close) {
-        // SAFETY: the C library's close, as the caller's.
-        Some(close) => unsafe { close(fd) },
-        // SAFETY: as the caller's close.
-        None => unsafe { libc::syscall(libc::SYS_close, fd) as c_int },
-    }
+    closing(|| {
+        if verify(fd) {
+            return not_open();
+        }
+        match real().and_then(|r| r.close) {
+            // SAFETY: the C library's close, as the caller's.
+            Some(close) => unsafe { close(fd) },
+            // SAFETY: as the caller's close.
+            None => unsafe { libc::syscall(libc::SYS_close, fd) as c_int },
+        }
+    })
 }
 
 /// `dup2(2)`: a shim descriptor as either number is EBADF.
@@ -318,14 +411,16 @@ pub unsafe fn close(fd: c_int) -> c_int {
 /// # Safety
 /// As `dup2(2)`.
 pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
-    if verify(old) || verify(new) {
-        return not_open();
-    }
-    match real().and_then(|r| r.dup2) {
-        // SAFETY: the C library's dup2, as the caller's.
-        Some(dup2) => unsafe { dup2(old, new) },
-        None => missing(),
-    }
+    closing(|| {
+        if verify(old) || verify(new) {
+            return not_open();
+        }
+        match real().and_then(|r| r.dup2) {
+            // SAFETY: the C library's dup2, as the caller's.
+            Some(dup2) => unsafe { dup2(old, new) },
+            None => missing(),
+        }
+    })
 }
 
 /// `dup3(2)`: a shim descriptor as either number is EBADF.
@@ -333,14 +428,16 @@ pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
 /// # Safety
 /// As `dup3(2)`.
 pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
-    if verify(old) || verify(new) {
-        return not_open();
-    }
-    match real().and_then(|r| r.dup3) {
-        // SAFETY: the C library's dup3, as the caller's.
-        Some(dup3) => unsafe { dup3(old, new, flags) },
-        None => missing(),
-    }
+    closing(|| {
+        if verify(old) || verify(new) {
+            return not_open();
+        }
+        match real().and_then(|r| r.dup3) {
+            // SAFETY: the C library's dup3, as the caller's.
+            Some(dup3) => unsafe { dup3(old, new, flags) },
+            None => missing(),
+        }
+    })
 }
 
 /// The shim descriptors in `[first, last]`, ascending (at most [`SLOTS`]).
@@ -386,11 +483,13 @@ fn around_guarded(first: u32, last: u32, mut f: impl FnMut(u32, u32) -> c_int) -
 /// As `close_range(2)`.
 pub unsafe fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
     let real = real().and_then(|r| r.close_range);
-    around_guarded(first, last, |a, b| match real {
-        // SAFETY: the C library's close_range, on a part of the caller's range.
-        Some(close_range) => unsafe { close_range(a, b, flags) },
-        // SAFETY: as the caller's close_range, on a part of its range.
-        None => unsafe { libc::syscall(libc::SYS_close_range, a, b, flags) as c_int },
+    closing(|| {
+        around_guarded(first, last, |a, b| match real {
+            // SAFETY: the C library's close_range, on a part of the caller's range.
+            Some(close_range) => unsafe { close_range(a, b, flags) },
+            // SAFETY: as the caller's close_range, on a part of its range.
+            None => unsafe { libc::syscall(libc::SYS_close_range, a, b, flags) as c_int },
+        })
     })
 }
 
@@ -399,6 +498,15 @@ pub unsafe fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
 /// # Safety
 /// As `closefrom(3)`.
 pub unsafe fn closefrom(low: c_int) {
+    // SAFETY: as the caller's closefrom.
+    closing(|| unsafe { closefrom_around_guarded(low) })
+}
+
+/// [`closefrom`] once no shim thread is creating a descriptor.
+///
+/// # Safety
+/// As `closefrom(3)`.
+unsafe fn closefrom_around_guarded(low: c_int) {
     let low = low.max(0) as u32;
     let (ours, n) = guarded_within(low, u32::MAX);
     let tail = if n == 0 { low } else { ours[n - 1] as u32 + 1 };
@@ -434,6 +542,42 @@ mod tests {
         // SAFETY: `p` is two ints.
         assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
         (p[0], p[1])
+    }
+
+    #[test]
+    fn a_close_waits_until_a_descriptor_being_created_is_out_of_the_way() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        // The program's close of a number it did not open, made while the shim has
+        // just opened a descriptor on a low number, must not run until the shim has
+        // moved it: else the program's next pipe() takes the number and the shim
+        // closes the program's pipe.
+        let entered = Arc::new(AtomicBool::new(false));
+        let created = Arc::new(AtomicBool::new(false));
+        let shim = {
+            let (entered, created) = (entered.clone(), created.clone());
+            std::thread::spawn(move || {
+                let fd = create_and_adopt(|| {
+                    entered.store(true, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    created.store(true, Ordering::SeqCst);
+                    // SAFETY: opening /dev/null for reading.
+                    unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) }
+                })
+                .expect("adopted");
+                release(fd);
+            })
+        };
+        while !entered.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        // SAFETY: the interposed close of a number nobody opened (EBADF either way).
+        unsafe { close(1000) };
+        assert!(
+            created.load(Ordering::SeqCst),
+            "the close ran while a shim descriptor was being created"
+        );
+        shim.join().unwrap();
     }
 
     #[test]

@@ -42,12 +42,12 @@ impl Pagemap {
             return Pagemap(Some(fd));
         }
         let flags = libc::O_RDONLY | libc::O_CLOEXEC;
-        // SAFETY: a valid C string; opens for reading only.
-        let raw = unsafe { libc::open(c"/proc/self/pagemap".as_ptr(), flags) };
-        let Some(fd) = (raw >= 0)
-            .then(|| crate::base::fds::adopt(raw).ok())
-            .flatten()
-        else {
+        // Opened and moved with the program's closes held off (see `fds`).
+        let opened = crate::base::fds::create_and_adopt(|| {
+            // SAFETY: a valid C string; opens for reading only.
+            unsafe { libc::open(c"/proc/self/pagemap".as_ptr(), flags) }
+        });
+        let Ok(fd) = opened else {
             return Pagemap(None);
         };
         match FD.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Acquire) {

@@ -74,13 +74,18 @@ impl core::fmt::Display for KickError {
 
 /// Creates the wake-up pipe (when the engine starts); its read end, for the fault thread.
 pub fn init() -> Result<i32, KickError> {
-    let mut ends = [-1; 2];
-    // SAFETY: `ends` is two ints for the kernel to fill.
-    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-        return Err(KickError::Pipe(sys::errno()));
-    }
-    let read = crate::base::fds::adopt(ends[0]);
-    let write = crate::base::fds::adopt(ends[1]);
+    // Made and moved with the program's closes held off (see `fds`).
+    let (read, write) = crate::base::fds::creating(|| {
+        let mut ends = [-1; 2];
+        // SAFETY: `ends` is two ints for the kernel to fill.
+        if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(KickError::Pipe(sys::errno()));
+        }
+        Ok((
+            crate::base::fds::adopt(ends[0]),
+            crate::base::fds::adopt(ends[1]),
+        ))
+    })?;
     let (read, write) = match (read, write) {
         (Ok(r), Ok(w)) => (r, w),
         (r, w) => {

@@ -156,10 +156,8 @@ fn ioctl<T>(fd: i32, req: u64, arg: &mut T) -> bool {
 }
 
 impl Uffd {
-    /// Opens a descriptor (the syscall, else `/dev/userfaultfd`) in non-blocking,
-    /// close-on-exec mode and negotiates `features`. Without `UFFD_USER_MODE_ONLY`: writes
-    /// the kernel makes for the program (read(2) into a protected buffer) must trap too.
-    pub fn open(features: u64) -> Result<Uffd, UffdError> {
+    /// A new userfaultfd descriptor (the syscall, else `/dev/userfaultfd`), adopted.
+    fn open_adopted() -> Result<i32, UffdError> {
         let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
         // SAFETY: userfaultfd takes only flags and returns a new descriptor or -1.
         let mut fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) } as i32;
@@ -184,13 +182,23 @@ impl Uffd {
         }
         // Out of the program's way (see `fds`), and owned from here: an error below
         // closes it.
-        let fd = crate::base::fds::adopt(fd).map_err(|e| UffdError {
+        crate::base::fds::adopt(fd).map_err(|e| UffdError {
             what: "moving the userfaultfd descriptor out of the program's way",
             errno: match e {
-                crate::base::fds::FdError::Stat(e) | crate::base::fds::FdError::Move(e) => e,
+                crate::base::fds::FdError::Stat(e)
+                | crate::base::fds::FdError::Move(e)
+                | crate::base::fds::FdError::Create(e) => e,
                 crate::base::fds::FdError::TableFull => libc::EMFILE,
             },
-        })?;
+        })
+    }
+
+    /// Opens a descriptor (the syscall, else `/dev/userfaultfd`) in non-blocking,
+    /// close-on-exec mode and negotiates `features`. Without `UFFD_USER_MODE_ONLY`: writes
+    /// the kernel makes for the program (read(2) into a protected buffer) must trap too.
+    pub fn open(features: u64) -> Result<Uffd, UffdError> {
+        // Opened and moved with the program's closes held off (see `fds`).
+        let fd = crate::base::fds::creating(Self::open_adopted)?;
         let mut u = Uffd { fd, features: 0 };
         let mut api = UffdioApi {
             api: UFFD_API,

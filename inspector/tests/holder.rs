@@ -519,6 +519,43 @@ fn auto_moves_a_scattered_writer_to_holders_and_leaves_a_quiet_program_on_shadow
     );
 }
 
+#[test]
+fn a_holder_copies_at_once_for_a_program_that_rewrites_its_memory_not_for_a_quiet_one() {
+    let holder = [
+        ("MEMSHADOW_BACKEND", "holder"),
+        ("MEMSHADOW_INTERVAL_MS", "200"),
+        ("MEMSHADOW_MAX_OVERHEAD", "1"),
+    ];
+    // 60 million writes over 64 MiB: each epoch rewrites most of it, so from the second
+    // snapshot on the holders take their copies at once (the first has no epoch to go
+    // by). Its output is checked against a replay of the writes, as natively.
+    let scattered = Prog::new(c_program("scatter_writer"))
+        .args(["64", "60"])
+        .timeout(LIMIT)
+        .envs(&holder);
+    let run = run_as_natively(&scattered, "scatter_writer (holder)");
+    assert!(
+        run.u64("holder_snapshots") >= 2 && run.u64("holder_copied_at_once") >= 1,
+        "a program rewriting its memory: holders copy at once: {:#}",
+        run.json
+    );
+    // `never`: the kernel copies every page the program writes, as before.
+    let never = Prog::new(c_program("scatter_writer"))
+        .args(["64", "60"])
+        .timeout(LIMIT)
+        .envs(&holder)
+        .env("MEMSHADOW_HOLDER_COPY", "never");
+    let run = run_as_natively(&never, "scatter_writer (holder, copy never)");
+    assert!(run.u64("holder_snapshots") >= 2, "{:#}", run.json);
+    assert_eq!(run.u64("holder_copied_at_once"), 0, "{:#}", run.json);
+
+    let quiet = Prog::new(c_program("alloc_api"))
+        .timeout(LIMIT)
+        .envs(&holder);
+    let run = run_as_natively(&quiet, "alloc_api (holder)");
+    assert_eq!(run.u64("holder_copied_at_once"), 0, "{:#}", run.json);
+}
+
 /// `prog` natively (exit 0) and through `memshadow run`: the same stdout and exit
 /// status (the shim's own lines aside); the run's statistics.
 fn run_as_natively(prog: &Prog, what: &str) -> StatsRun {

@@ -12,6 +12,7 @@
 //! | `MEMSHADOW_MAX_VERSIONS` | snapshot versions kept readable, >= 1 | `4` |
 //! | `MEMSHADOW_SHADOW_BUDGET_MB` | memory for shadow copies, MiB, 1 to 1048576 | `1024` |
 //! | `MEMSHADOW_BACKEND` | `shadow`, `holder`, `auto` (see [`Backend`]; a bad value: one line, `auto`) | `auto` |
+//! | `MEMSHADOW_HOLDER_COPY` | `auto`, `always`, `never`: whether a holder copies the program's resident memory into itself at once (see [`HolderCopy`]; a bad value: one line, `auto`) | `auto` |
 //! | `MEMSHADOW_PREDICT` | `auto`, `history`, `stride`, `markov`, `score`, `off` | `auto` |
 //! | `MEMSHADOW_CONFIDENCE` | least predicted write probability prefetched, 0 to 1 | `0.2` |
 //! | `MEMSHADOW_PREFETCH_CPU` | share of one core the prefetch thread may use, (0, 1] | `0.5` |
@@ -64,6 +65,34 @@ impl Backend {
     }
 }
 
+/// Whether a holder takes the kernel's copies of the program's memory at once
+/// (`MEMSHADOW_HOLDER_COPY`, see `engine::holder`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HolderCopy {
+    /// When the last epoch's faults say the program rewrites most of its resident
+    /// memory between snapshots (see `service::epoch`). The default.
+    Auto,
+    Always,
+    /// Holders copy nothing themselves: the kernel copies each page the program writes.
+    Never,
+}
+
+impl HolderCopy {
+    /// `auto`, `always` or `never` (also `auto` when unset).
+    pub fn parse(value: Option<&str>) -> Result<HolderCopy, ConfigError> {
+        match value {
+            None | Some("auto") => Ok(HolderCopy::Auto),
+            Some("always") => Ok(HolderCopy::Always),
+            Some("never") => Ok(HolderCopy::Never),
+            Some(v) => Err(ConfigError {
+                var: "MEMSHADOW_HOLDER_COPY",
+                value: v.to_string(),
+                expected: "auto, always or never",
+            }),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub track: TrackMode,
@@ -80,9 +109,12 @@ pub struct Config {
     pub prefetch_cpu: f32,
     pub predict_params: Params,
     pub backend: Backend,
-    /// A `MEMSHADOW_BACKEND` that did not parse (then `backend` is `Shadow`): unlike
+    /// A `MEMSHADOW_BACKEND` that did not parse (then `backend` is `Auto`): unlike
     /// the other variables it does not stop tracking; start-up says so in one line.
     pub backend_refused: Option<ConfigError>,
+    pub holder_copy: HolderCopy,
+    /// A `MEMSHADOW_HOLDER_COPY` that did not parse (then `holder_copy` is `Auto`).
+    pub holder_copy_refused: Option<ConfigError>,
     /// `MEMSHADOW_FLIGHT=1`: the flight recorder is on (see `service::flight`).
     pub flight: bool,
 }
@@ -260,6 +292,11 @@ impl Config {
             Ok(b) => (b, None),
             Err(e) => (Backend::Auto, Some(e)),
         };
+        let (holder_copy, holder_copy_refused) =
+            match HolderCopy::parse(get("MEMSHADOW_HOLDER_COPY").as_deref()) {
+                Ok(c) => (c, None),
+                Err(e) => (HolderCopy::Auto, Some(e)),
+            };
         let flight = match get("MEMSHADOW_FLIGHT").as_deref().map(str::trim) {
             None | Some("0") | Some("") => false,
             Some("1") => true,
@@ -269,6 +306,8 @@ impl Config {
             flight,
             backend,
             backend_refused,
+            holder_copy,
+            holder_copy_refused,
             track,
             log,
             interval_ms,
@@ -331,6 +370,23 @@ mod tests {
             parse(&[("MEMSHADOW_FLIGHT", "yes")]).unwrap_err().var,
             "MEMSHADOW_FLIGHT"
         );
+    }
+
+    #[test]
+    fn holder_copy() {
+        for (v, want) in [
+            ("auto", HolderCopy::Auto),
+            ("always", HolderCopy::Always),
+            ("never", HolderCopy::Never),
+        ] {
+            let c = parse(&[("MEMSHADOW_HOLDER_COPY", v)]).unwrap();
+            assert_eq!((c.holder_copy, c.holder_copy_refused), (want, None), "{v}");
+        }
+        assert_eq!(parse(&[]).unwrap().holder_copy, HolderCopy::Auto);
+        let c = parse(&[("MEMSHADOW_HOLDER_COPY", "sometimes")]).unwrap();
+        assert_eq!(c.holder_copy, HolderCopy::Auto);
+        let e = c.holder_copy_refused.expect("refused");
+        assert_eq!(e.var, "MEMSHADOW_HOLDER_COPY");
     }
 
     #[test]

@@ -126,7 +126,10 @@ pub extern "C" fn on_load() {
     };
     crate::base::log::set_level(config.log);
     if let Some(e) = &config.backend_refused {
-        error!("{e}; using shadow");
+        error!("{e}; using auto");
+    }
+    if let Some(e) = &config.holder_copy_refused {
+        error!("{e}; using auto");
     }
     // Chosen once: a forked child publishes beside its parent.
     config.dir = Some(run_dir(&config));

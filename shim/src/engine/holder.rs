@@ -105,11 +105,14 @@ impl Holder {
         // that closes numbers it did not open may have closed it, and its next pipe or
         // open may have taken it. Only a live pidfd of a child of ours is adopted (and
         // so moved away and closed); anything else is left alone, as the program's.
-        if !is_childs_pidfd(pidfd) {
-            kill_and_reap_by_pid(pid);
-            return Err(HolderError::PidfdLost);
-        }
-        match crate::base::fds::adopt(pidfd) {
+        // From that check to the move the program's closes are held off (see `fds`).
+        let adopted = crate::base::fds::creating(|| {
+            if !is_childs_pidfd(pidfd) {
+                return Err(HolderError::PidfdLost);
+            }
+            crate::base::fds::adopt(pidfd).map_err(HolderError::Pidfd)
+        });
+        match adopted {
             Ok(fd) => Ok(Holder { pid, pidfd: fd }),
             Err(e) => {
                 // The pidfd is not ours any more (the host closed or replaced that
@@ -117,7 +120,7 @@ impl Holder {
                 // old and not reaped (no SIGCHLD, invisible to wait(-1)): its pid is
                 // still it.
                 kill_and_reap_by_pid(pid);
-                Err(HolderError::Pidfd(e))
+                Err(e)
             }
         }
     }

@@ -515,6 +515,7 @@ pub struct ShimStats {
     pub prefetch_at_pass: Option<f64>,
     pub holder_snapshots: Option<f64>,
     pub holder_pause_us_max: Option<f64>,
+    pub holder_copied_at_once: Option<f64>,
 }
 
 impl ShimStats {
@@ -537,6 +538,7 @@ impl ShimStats {
             prefetch_cpu_us: minus(self.prefetch_cpu_us, Counter::PrefetchCpuUs),
             prefetch_at_pass: minus(self.prefetch_at_pass, Counter::PrefetchAtPass),
             holder_snapshots: minus(self.holder_snapshots, Counter::HolderSnapshots),
+            holder_copied_at_once: minus(self.holder_copied_at_once, Counter::HolderCopiedAtOnce),
             ..self.clone()
         }
     }
@@ -568,6 +570,7 @@ impl ShimStats {
             prefetch_at_pass: k("prefetch_at_pass"),
             holder_snapshots: k("holder_snapshots"),
             holder_pause_us_max: k("holder_pause_us_max"),
+            holder_copied_at_once: k("holder_copied_at_once"),
         })
     }
 }
@@ -708,6 +711,8 @@ pub struct Row {
     /// Snapshots held by holders, and the longest holder clone (its stall).
     pub holder_snapshots: Option<f64>,
     pub holder_pause_us_max: Option<f64>,
+    /// Holder snapshots whose holder copied the memory into itself at once.
+    pub holder_copied_at_once: Option<f64>,
     /// Runs that produced numbers.
     pub runs: usize,
     /// Runs that failed (the error was printed on stderr).
@@ -791,6 +796,7 @@ pub fn aggregate(
         restore_s_per_gib: per(|p| p.restore_s_per_gib),
         holder_snapshots: stat(|s| s.holder_snapshots),
         holder_pause_us_max: stat(|s| s.holder_pause_us_max),
+        holder_copied_at_once: stat(|s| s.holder_copied_at_once),
         runs: ok.len(),
         failed_runs: runs.len() - ok.len(),
     }
@@ -845,6 +851,7 @@ impl Row {
             ("batches", self.batches),
             ("holder_snapshots", self.holder_snapshots),
             ("holder_pause_us_max", self.holder_pause_us_max),
+            ("holder_copied_at_once", self.holder_copied_at_once),
         ] {
             m.insert(k.into(), num(v));
         }
@@ -2247,6 +2254,7 @@ mod tests {
                 "batches",
                 "holder_snapshots",
                 "holder_pause_us_max",
+                "holder_copied_at_once",
                 "runs",
                 "failed_runs"
             ]

@@ -140,6 +140,7 @@ pub extern "C" fn on_load() {
     }
     crate::base::own::register_shim_object();
     crate::base::own::register(crate::base::bootstrap::range());
+    crate::base::fds::note_counters_pid();
     stacks::init();
     let rt = match publish(&config) {
         Ok(rt) => rt,

@@ -135,18 +135,47 @@ static CREATING: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::
 /// Program threads inside the interposed close family.
 static CLOSING: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 
-/// Waits a moment for the other side (see the module doc).
+/// The process whose threads raise the counters (set at start-up and in a forked child;
+/// 0 before): a child forked without the shim's fork handlers (a raw `fork` system call)
+/// inherits them raised by threads it does not have, and must not wait for those.
+static COUNTERS_PID: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
+
+/// The longest either side waits for the other (a thread descheduled in the middle of a
+/// creation): past it the close or the creation goes ahead, so that no program ever hangs
+/// on the shim. Creations take microseconds.
+const WAIT_LIMIT_NS: u64 = 200_000_000;
+
+/// Waits a moment for the other side (see the module doc), at most [`WAIT_LIMIT_NS`];
+/// counters inherited by a forked child that did not reset them are cleared.
 fn wait_while(counter: &core::sync::atomic::AtomicU32) {
     let mut spins = 0u32;
+    let mut since = None;
     while counter.load(Ordering::SeqCst) != 0 {
         spins += 1;
-        if spins.is_multiple_of(64) {
-            // SAFETY: sched_yield has no arguments and no memory effects.
-            unsafe { libc::sched_yield() };
-        } else {
+        if !spins.is_multiple_of(64) {
             core::hint::spin_loop();
+            continue;
         }
+        let owner = COUNTERS_PID.load(Ordering::SeqCst);
+        // SAFETY: getpid has no arguments and no memory effects.
+        if owner != 0 && owner != unsafe { libc::getpid() } {
+            after_fork_in_child();
+            return;
+        }
+        let now = crate::base::sys::monotonic_ns();
+        if now.saturating_sub(*since.get_or_insert(now)) > WAIT_LIMIT_NS {
+            return;
+        }
+        // SAFETY: sched_yield has no arguments and no memory effects.
+        unsafe { libc::sched_yield() };
     }
+}
+
+/// Records this process as the one whose threads raise the counters (start-up, while
+/// it has one thread; and a forked child).
+pub fn note_counters_pid() {
+    // SAFETY: getpid has no arguments and no memory effects.
+    COUNTERS_PID.store(unsafe { libc::getpid() }, Ordering::SeqCst);
 }
 
 /// Creates a descriptor with `create` (a raw system call returning it, or -1 with errno)
@@ -211,6 +240,7 @@ pub fn after_fork_in_parent() {
 pub fn after_fork_in_child() {
     CLOSING.store(0, Ordering::SeqCst);
     CREATING.store(0, Ordering::SeqCst);
+    note_counters_pid();
 }
 
 /// Takes `fd`, a descriptor the shim has just opened, out of the program's way: moves it
@@ -545,6 +575,47 @@ mod tests {
     }
 
     #[test]
+    fn a_child_forked_during_a_creation_does_not_wait_for_it() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        // A raw fork runs none of the shim's fork handlers: the child inherits the
+        // counter a creating thread raised, a thread it does not have. Its close must not
+        // wait for it (a unit test's fork hung here for 20 minutes).
+        note_counters_pid();
+        let entered = Arc::new(AtomicBool::new(false));
+        let shim = {
+            let entered = entered.clone();
+            std::thread::spawn(move || {
+                creating(|| {
+                    entered.store(true, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                })
+            })
+        };
+        while !entered.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        // SAFETY: the child only makes system calls and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let t0 = crate::base::sys::monotonic_ns();
+            // SAFETY: the interposed close of a number nobody opened.
+            unsafe { close(1000) };
+            let waited_ms = (crate::base::sys::monotonic_ns() - t0) / 1_000_000;
+            // SAFETY: ends the child.
+            unsafe { libc::_exit(if waited_ms < 100 { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child's close waited for the parent's creation: {status:#x}"
+        );
+        shim.join().unwrap();
+    }
+
+    #[test]
     fn a_close_waits_until_a_descriptor_being_created_is_out_of_the_way() {
         use std::sync::atomic::AtomicBool;
         use std::sync::Arc;
@@ -559,7 +630,7 @@ mod tests {
             std::thread::spawn(move || {
                 let fd = create_and_adopt(|| {
                     entered.store(true, Ordering::SeqCst);
-                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    std::thread::sleep(std::time::Duration::from_millis(20));
                     created.store(true, Ordering::SeqCst);
                     // SAFETY: opening /dev/null for reading.
                     unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) }

@@ -250,3 +250,12 @@ pub fn anon_resident_pages() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(u64::MAX, |kib| kib / 4)
 }
+
+/// The monotonic clock, nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: all-zero is a valid timespec.
+    let mut t: libc::timespec = unsafe { core::mem::zeroed() };
+    // SAFETY: `t` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}

@@ -244,11 +244,15 @@ pub fn minor_faults() -> u64 {
 /// shim's own memory too); `u64::MAX` when it cannot be read.
 pub fn anon_resident_pages() -> u64 {
     let text = crate::base::fds::read_file(c"/proc/self/status", 16 << 10);
+    kib_field(&text, "RssAnon:").map_or(u64::MAX, |kib| kib / 4)
+}
+
+/// The value of the `KEY: N kB` line of a /proc text (status, smaps_rollup), in KiB.
+pub fn kib_field(text: &[u8], key: &str) -> Option<u64> {
     text.split(|&b| b == b'\n')
-        .find_map(|l| l.strip_prefix(b"RssAnon:"))
+        .find_map(|l| l.strip_prefix(key.as_bytes()))
         .and_then(|v| core::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(u64::MAX, |kib| kib / 4)
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// The monotonic clock, nanoseconds.

@@ -215,13 +215,7 @@ impl HolderView {
             return 0;
         };
         let text = crate::base::fds::read_file(path, 4096);
-        let kib = |key: &str| -> u64 {
-            text.split(|&b| b == b'\n')
-                .find_map(|l| l.strip_prefix(key.as_bytes()))
-                .and_then(|v| core::str::from_utf8(v).ok())
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(0)
-        };
+        let kib = |key: &str| crate::base::sys::kib_field(&text, key).unwrap_or(0);
         if !self.alive() {
             return 0;
         }

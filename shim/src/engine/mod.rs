@@ -941,13 +941,7 @@ pub fn copy_tracked_pages(src: usize, slots: &[*mut u8]) -> usize {
 
 /// Monotonic nanoseconds.
 pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    sys::monotonic_ns()
 }
 
 /// In a forked child: the parent's engine (its descriptor, threads and shadows) is not

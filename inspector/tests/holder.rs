@@ -442,10 +442,10 @@ fn holders_stay_within_the_shadow_budget() {
         ("MEMSHADOW_MAX_OVERHEAD", "1"),
         ("MEMSHADOW_MAX_VERSIONS", "8"),
     ];
-    // 40 million writes over 64 MiB: natively about 0.4 s, every page rewritten in each
-    // 100 ms epoch (under holders the copies make it many times that).
+    // 120 million writes over 64 MiB: natively about 1 s here, every page rewritten in each
+    // 100 ms epoch (and at least 8 epochs however fast the holders make it).
     let writer = Prog::new(c_program("scatter_writer"))
-        .args(["64", "40"])
+        .args(["64", "120"])
         .timeout(LIMIT)
         .envs(&env);
     let native = writer.run_native();
@@ -486,10 +486,11 @@ fn auto_moves_a_scattered_writer_to_holders_and_leaves_a_quiet_program_on_shadow
         ("MEMSHADOW_INTERVAL_MS", "200"),
         ("MEMSHADOW_MAX_OVERHEAD", "1"),
     ];
-    // 60 million writes over 16 MiB (and its 16 MiB replay: 32 MiB tracked, under
-    // the 64 MiB from which auto starts on a holder): natively about half a second.
+    // 200 million writes over 16 MiB (and its 16 MiB replay: 32 MiB tracked, under
+    // the 64 MiB from which auto starts on a holder): natively about 1.1 s here, so several
+    // snapshots at 200 ms however fast the machine.
     let scattered = Prog::new(c_program("scatter_writer"))
-        .args(["16", "60"])
+        .args(["16", "200"])
         .timeout(LIMIT)
         .envs(&auto);
     let run = run_as_natively(&scattered, "scatter_writer (auto)");

@@ -201,15 +201,17 @@ pub fn interval_ms(configured_ms: u64) -> u64 {
 }
 
 /// The epoch thread after a pass, at `now`: ends the window, decides, returns the interval
-/// for the next one. `held`: the pass's version is a holder's, so the window it opens
-/// counts the kernel's copies.
-pub fn after_pass(configured_ms: u64, now: u64, held: bool) -> u64 {
+/// for the next one. `held`: the pass's version is a holder's, made with that many of
+/// the program's anonymous pages resident, so the window it opens counts the kernel's
+/// copies.
+pub fn after_pass(configured_ms: u64, now: u64, held: Option<u64>) -> u64 {
     let (start, cost, copied) = window(now, true);
-    let faults_from = if held {
-        HELD_PAGES.store(crate::base::sys::anon_resident_pages(), Ordering::Relaxed);
-        crate::base::sys::minor_faults()
-    } else {
-        NOT_HELD
+    let faults_from = match held {
+        Some(pages) => {
+            HELD_PAGES.store(pages, Ordering::Relaxed);
+            crate::base::sys::minor_faults()
+        }
+        None => NOT_HELD,
     };
     HELD_FAULTS_FROM.store(faults_from, Ordering::Relaxed);
     let current = interval_ms(configured_ms);

@@ -394,15 +394,18 @@ pub struct HeldVersion {
     pub version: u64,
     pub holder: Option<Holder>,
     pub not_held: Vec<Range>,
+    /// What its holder keeps, as the budget counts it.
+    pub kept: Kept,
 }
 
 impl HeldVersion {
     /// A version the new holder `holder` holds (its number set when the version opens).
-    pub fn new(holder: Holder, not_held: Vec<Range>) -> HeldVersion {
+    pub fn new(holder: Holder, not_held: Vec<Range>, kept: Kept) -> HeldVersion {
         HeldVersion {
             version: 0,
             holder: Some(holder),
             not_held,
+            kept,
         }
     }
 
@@ -434,6 +437,60 @@ impl HeldVersion {
             .iter()
             .any(|r| r.start <= page && page < r.end)
     }
+}
+
+/// The memory a holder alone keeps, as the epoch thread counts it against
+/// `MEMSHADOW_SHADOW_BUDGET_MB` and publishes it (`holder_pinned_bytes`) without walking
+/// the holders' page tables after every pass: that walk (smaps_rollup, tens of ms per GiB
+/// a holder, while the program meets its first copies) stalls the program itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kept {
+    /// It copies the resident memory into itself at once ([`Holder::copy_now`]): the
+    /// program's anonymous memory resident at the clone, in bytes, what it keeps once its
+    /// copy is done (the program's own first writes then copy nothing for it). Never
+    /// walked.
+    Copied(u64),
+    /// It keeps the pages the program writes after it: `bytes` when it was last measured
+    /// (its private memory, from its smaps_rollup), the program's minor faults being
+    /// `faults` then. While it is the newest holder, every fault since may have copied a
+    /// page for it (first touches of new memory copy nothing: this errs high until the
+    /// next measure).
+    Lazy { bytes: u64, faults: u64 },
+}
+
+impl Kept {
+    /// A lazy holder made now, the program's minor faults being `faults`.
+    pub const fn lazy_from(faults: u64) -> Kept {
+        Kept::Lazy { bytes: 0, faults }
+    }
+
+    /// Bytes counted for it, the program's minor faults being `faults_now`; `newest`: it
+    /// is the newest live holder, the only one the program's writes copy pages for (a
+    /// page older holders share too is copied once, for it).
+    pub fn bytes(self, faults_now: u64, newest: bool) -> u64 {
+        match self {
+            Kept::Copied(bytes) => bytes,
+            Kept::Lazy { bytes, faults } if newest => bytes.saturating_add(
+                faults_now
+                    .saturating_sub(faults)
+                    .saturating_mul(PAGE as u64),
+            ),
+            Kept::Lazy { bytes, .. } => bytes,
+        }
+    }
+
+    /// Whether counting it needs a measure now and then (a lazy holder).
+    pub fn measured(self) -> bool {
+        matches!(self, Kept::Lazy { .. })
+    }
+}
+
+/// A live holder as the budget counts it: its version, its ids, what it keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct KeptBy {
+    pub version: u64,
+    pub view: HolderView,
+    pub kept: Kept,
 }
 
 /// Whether this process ever kept a holder (the shadow backend never looks further).
@@ -565,17 +622,31 @@ impl crate::engine::Engine {
         }
     }
 
-    /// The live holders' views (as many as `out` has room for), for the epoch thread to
-    /// measure outside the engine lock.
-    pub fn holder_views(&self, out: &mut Vec<HolderView>) {
+    /// The live holders as the budget counts them, oldest first, into `out` (without
+    /// growing it).
+    pub fn kept_by_holders(&self, out: &mut Vec<KeptBy>) {
+        let from = out.len();
         let room = out.capacity() - out.len();
         out.extend(
             self.holders
                 .iter()
-                .filter_map(|h| h.holder.as_ref())
-                .take(room)
-                .map(|h| h.view()),
+                .filter_map(|h| {
+                    h.holder.as_ref().map(|p| KeptBy {
+                        version: h.version,
+                        view: p.view(),
+                        kept: h.kept,
+                    })
+                })
+                .take(room),
         );
+        out[from..].sort_unstable_by_key(|k| k.version);
+    }
+
+    /// Notes what the holder of `version` was measured to keep.
+    pub fn note_kept(&mut self, version: u64, kept: Kept) {
+        if let Some(h) = self.holders.iter_mut().find(|h| h.version == version) {
+            h.kept = kept;
+        }
     }
 }
 
@@ -625,6 +696,36 @@ pub fn forget_parked_after_fork() {
 mod tests {
     use super::*;
     use crate::base::page::PAGE;
+
+    #[test]
+    fn a_holder_is_counted_for_what_it_alone_keeps() {
+        let page = PAGE as u64;
+        // A holder that copied at once keeps the memory resident at its clone, whatever
+        // the program does after.
+        let copied = Kept::Copied(100 * page);
+        assert_eq!(copied.bytes(1_000_000, true), 100 * page);
+        assert_eq!(copied.bytes(0, false), 100 * page);
+        assert!(!copied.measured());
+        // A lazy one: what was measured, and while it is the newest, a page for each of
+        // the program's faults since.
+        let lazy = Kept::Lazy {
+            bytes: 10 * page,
+            faults: 500,
+        };
+        assert_eq!(lazy.bytes(530, true), 40 * page);
+        assert_eq!(
+            lazy.bytes(530, false),
+            10 * page,
+            "an older one does not grow"
+        );
+        assert_eq!(lazy.bytes(400, true), 10 * page, "faults never go back");
+        assert!(lazy.measured());
+        assert_eq!(
+            Kept::lazy_from(7).bytes(7, true),
+            0,
+            "a new lazy holder keeps nothing"
+        );
+    }
 
     fn buffer(pages: usize, byte: u8) -> Range {
         let p = crate::base::sys::map_anon(pages * PAGE, false).unwrap() as usize;

@@ -1095,7 +1095,11 @@ mod tests {
         };
         let h = HeldVersion {
             version: 1,
-            ..HeldVersion::new(holder, vec![wiped])
+            ..HeldVersion::new(
+                holder,
+                vec![wiped],
+                crate::engine::holder::Kept::lazy_from(0),
+            )
         };
         e.install_holder(h).expect("room for it");
         assert!(e.newest_held() && e.only_holders_retained());

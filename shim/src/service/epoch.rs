@@ -278,8 +278,18 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     let hold_started = engine::now_ns();
     let holding = if wants_holder {
         if engine::with(|e| e.live_holder_count()).unwrap_or(0) < holder::MAX_HOLDERS {
-            let copy = copy_at_once(&config, epoch_faults, &wanted, &not_held);
-            hold(not_held, copy)
+            // The program's anonymous memory resident at the clone (read once: the
+            // rule for copying, the holder's count, the governor's price).
+            let resident = sys::anon_resident_pages();
+            let copy = copy_at_once(&config, epoch_faults, resident, &wanted, &not_held);
+            let kept = if copy.is_empty() {
+                holder::Kept::lazy_from(faults)
+            } else {
+                holder::Kept::Copied(resident.saturating_mul(crate::base::page::PAGE as u64))
+            };
+            hold(not_held, copy, kept).inspect(|_| {
+                HELD_RESIDENT_PAGES.store(resident, Ordering::Relaxed);
+            })
         } else {
             if !HOLDERS_FULL_SAID.swap(true, Ordering::Relaxed) {
                 crate::base::log::error!(
@@ -465,7 +475,6 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
         stats::add(Counter::HolderSnapshots, 1);
         let max = stats::page().counter(Counter::HolderPauseUsMax);
         max.fetch_max(clone_us, Ordering::Relaxed);
-        publish_pinned(false);
         keep_holders_within_budget(config.shadow_budget_mb);
         let us = |from: u64, to: u64| to.saturating_sub(from) / 1000;
         crate::base::log::debug!(
@@ -638,6 +647,7 @@ static AUTO_NOT_HELD_SAID: AtomicBool = AtomicBool::new(false);
 fn hold(
     not_held: Vec<Range>,
     copy: Vec<Range>,
+    kept: holder::Kept,
 ) -> Option<(crate::engine::holder::HeldVersion, u64)> {
     use crate::engine::holder::{HeldVersion, Holder};
     // A program that made itself not dumpable (PR_SET_DUMPABLE 0: ssh-agent, gpg-agent)
@@ -681,7 +691,7 @@ fn hold(
                 stats::add(Counter::HolderCopiedAtOnce, 1);
             }
             // Nothing allocates once the version is open: the version is set there.
-            Some((HeldVersion::new(h, not_held), us))
+            Some((HeldVersion::new(h, not_held, kept), us))
         }
         Err(e) => {
             if !HOLDER_ERROR_SAID.swap(true, Ordering::Relaxed) {
@@ -698,13 +708,14 @@ fn hold(
 /// the tracked memory it holds (`tracked` without `not_held`) when
 /// `MEMSHADOW_HOLDER_COPY` says so: `always`, or under `auto` when the program's minor
 /// faults since the last pass (the epoch ending) number at least half the anonymous
-/// pages it has resident: a program that rewrites most of its memory between snapshots,
+/// pages it has resident (`resident_pages`): a program that rewrites most of its memory between snapshots,
 /// for which a lazy holder costs a kernel copy with the other cores' TLBs flushed on
 /// every first write (17 us with two writers here) and ends up keeping as many pages.
 /// Empty otherwise.
 fn copy_at_once(
     config: &crate::config::Config,
     epoch_faults: u64,
+    resident_pages: u64,
     tracked: &[Range],
     not_held: &[Range],
 ) -> Vec<Range> {
@@ -712,7 +723,7 @@ fn copy_at_once(
     let wanted = match config.holder_copy {
         HolderCopy::Never => false,
         HolderCopy::Always => true,
-        HolderCopy::Auto => epoch_faults.saturating_mul(2) >= sys::anon_resident_pages(),
+        HolderCopy::Auto => epoch_faults.saturating_mul(2) >= resident_pages,
     };
     let mut copy = Vec::new();
     if wanted {
@@ -722,6 +733,11 @@ fn copy_at_once(
     }
     copy
 }
+
+/// The program's anonymous pages resident at the clone of the holder the last pass
+/// made (read by the epoch loop for the governor); [`NOT_HELD`] when it made none.
+static HELD_RESIDENT_PAGES: AtomicU64 = AtomicU64::new(NOT_HELD);
+const NOT_HELD: u64 = u64::MAX;
 
 /// The program's minor faults at the last pass (for [`copy_at_once`]).
 static FAULTS_AT_LAST_PASS: AtomicU64 = AtomicU64::new(NO_PASS_YET);
@@ -736,69 +752,72 @@ const SMAPS_MAX: usize = 64 << 20;
 static HOLDER_ERROR_SAID: AtomicBool = AtomicBool::new(false);
 static HOLDERS_FULL_SAID: AtomicBool = AtomicBool::new(false);
 
-/// `holder_pinned_bytes`: the memory the live holders alone keep, measured here (it
-/// walks their page tables), never on the fault path: when asked (a `stats` request,
-/// see [`measure_pinned_for_control`]) and after a holder pass at most every
-/// [`PINNED_EVERY_NS`].
-/// The walk slows the program itself, not only the epoch thread: reading the
+/// `holder_pinned_bytes`: the memory the live holders alone keep, as counted by
+/// [`holder::Kept`], published here; `measure`: the lazy holders are measured first (it
+/// walks their page tables). Returns the count. Never on the fault path.
+/// A walk slows the program itself, not only the epoch thread: reading the
 /// smaps_rollup of 4 holders of 256 MiB takes 21-23 ms here, and a parent writing
 /// random pages meanwhile (`../shared/probes/holder_rollup.c`, every 100 ms) lost 37% of
-/// its throughput and its worst batch went from 11-13 ms to 35-39 ms; zipf_updates at
-/// fork's cadence under `holder` went from 0.25-0.34 to 0.37-0.39 of its baseline, and
-/// its worst batch from 49-51 ms to 23-27 ms, once the walk was left out.
-fn publish_pinned(asked: bool) {
-    let now = engine::now_ns();
-    let last = PINNED_AT.load(Ordering::Relaxed);
-    if !asked && last != 0 && now.saturating_sub(last) < PINNED_EVERY_NS {
-        return;
+/// its throughput and its worst batch went from 11-13 ms to 35-39 ms. So the lazy
+/// holders are measured only when asked (a `stats` request, see
+/// [`measure_pinned_for_control`]), at most every [`PINNED_EVERY_NS`] after a holder
+/// pass, and when their count would give a version up for the budget; holders that copy
+/// at once never (hash_table, 1 GiB, a snapshot every 2 s: measuring every holder after
+/// every eviction took 420-530 ms a pass, and the program met 5-8 batches of 30-50 ms
+/// after each clone; now 108-167 ms, mostly reaping the holder given up, and one batch,
+/// the clone's).
+fn count_kept(measure: bool) -> u64 {
+    let mut holders = Vec::with_capacity(engine::with(|e| e.holder_count()).unwrap_or(0));
+    engine::with(|e| e.kept_by_holders(&mut holders));
+    let faults = sys::minor_faults();
+    if measure {
+        PINNED_AT.store(engine::now_ns(), Ordering::Relaxed);
+        for h in holders.iter_mut().filter(|h| h.kept.measured()) {
+            // Only this thread releases holders: the views stay valid while measured.
+            h.kept = holder::Kept::Lazy {
+                bytes: h.view.pinned_bytes(),
+                faults,
+            };
+            engine::with(|e| e.note_kept(h.version, h.kept));
+        }
     }
-    PINNED_AT.store(now, Ordering::Relaxed);
-    PINNED_FAULTS.store(sys::minor_faults(), Ordering::Relaxed);
-    let mut views = Vec::with_capacity(engine::with(|e| e.holder_count()).unwrap_or(0));
-    engine::with(|e| e.holder_views(&mut views));
-    // Only this thread releases holders: the views stay valid while they are measured.
-    let bytes: u64 = views.iter().map(|v| v.pinned_bytes()).sum();
+    let newest = holders.last().map(|h| h.version);
+    let bytes = holders
+        .iter()
+        .map(|h| h.kept.bytes(faults, Some(h.version) == newest))
+        .sum();
     stats::set(Counter::HolderPinnedBytes, bytes);
+    bytes
 }
 
-/// When `holder_pinned_bytes` was last measured (0: never), and the program's minor
-/// faults then.
+/// When the lazy holders were last measured (0: never).
 static PINNED_AT: AtomicU64 = AtomicU64::new(0);
-static PINNED_FAULTS: AtomicU64 = AtomicU64::new(0);
 const PINNED_EVERY_NS: u64 = 10_000_000_000;
 static HOLDER_BUDGET_SAID: AtomicBool = AtomicBool::new(false);
 
-/// The holders' copied pages, at most: the last measure, and a page for every minor fault
-/// since (a copy-on-write is one; so are faults on memory no holder shares, so this
-/// errs high).
-fn pinned_estimate() -> u64 {
-    let measured = stats::page()
-        .counter(Counter::HolderPinnedBytes)
-        .load(Ordering::Relaxed);
-    let since = sys::minor_faults().saturating_sub(PINNED_FAULTS.load(Ordering::Relaxed));
-    measured + since * crate::base::page::PAGE as u64
-}
-
 /// Shadows and holders' copied pages together stay within `MEMSHADOW_SHADOW_BUDGET_MB`:
-/// after a holder pass, when the shadows and the holders' estimate ([`pinned_estimate`])
-/// are over it, the holders are measured; while that is over it, the oldest retained
-/// version goes (its holder released, a pin on it giving way as when shadows run out)
-/// and they are measured again; the newest version always stays. A holder only keeps
-/// pages the program wrote after it, so what holders pin is within the written set of
-/// the retained versions.
+/// after a holder pass, while the shadows and the holders' count ([`count_kept`]) are
+/// over it, the oldest retained version goes (its holder released, a pin on it giving
+/// way as when shadows run out); the newest version always stays. The lazy holders are
+/// measured once before anything is given up (their count errs high), and every
+/// [`PINNED_EVERY_NS`] anyway. A lazy holder only keeps pages the program wrote after
+/// it, so what it pins is within the written set of the retained versions; a holder
+/// that copied at once keeps the resident memory, chosen only when the epoch before
+/// rewrote at least half of it.
 fn keep_holders_within_budget(budget_mb: usize) {
     let budget = (budget_mb as u64) << 20;
-    let mut measured = false;
+    let last = PINNED_AT.load(Ordering::Relaxed);
+    let mut measured = last == 0 || engine::now_ns().saturating_sub(last) >= PINNED_EVERY_NS;
+    let mut kept = count_kept(measured);
     for _ in 0..=holder::MAX_HOLDERS {
         let shadows = stats::page()
             .counter(Counter::ShadowBytes)
             .load(Ordering::Relaxed);
-        if shadows + pinned_estimate() <= budget {
+        if shadows.saturating_add(kept) <= budget {
             return;
         }
-        // The estimate errs high: measure before giving anything up.
         if !measured {
-            publish_pinned(true);
+            kept = count_kept(true);
             measured = true;
             continue;
         }
@@ -814,7 +833,7 @@ fn keep_holders_within_budget(budget_mb: usize) {
                 "holders and shadows hold more than MEMSHADOW_SHADOW_BUDGET_MB ({budget_mb} MiB): older versions are given up"
             );
         }
-        publish_pinned(true);
+        kept = count_kept(false);
     }
 }
 
@@ -943,7 +962,7 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
         }
         let request = REQUESTS.pending();
         if let Some(r) = request.filter(|r| r.words[0] == ASK_PINNED) {
-            publish_pinned(true);
+            count_kept(true);
             REQUESTS.answer(r.ticket, 0);
             continue;
         }
@@ -974,11 +993,14 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
         }
         let started = engine::now_ns();
         last_started = started;
-        let holders_before = holder_snapshots();
+        HELD_RESIDENT_PAGES.store(NOT_HELD, Ordering::Relaxed);
         let result = snapshot();
         let ended = engine::now_ns();
         // The governor may stretch the period (or shrink it back) after any pass.
-        let held = holder_snapshots() > holders_before;
+        let held = match HELD_RESIDENT_PAGES.load(Ordering::Relaxed) {
+            NOT_HELD => None,
+            pages => Some(pages),
+        };
         let interval = crate::engine::governor::after_pass(configured, ended, held);
         due_interval = interval;
         earliest = ended + (ended - started);
@@ -1014,13 +1036,6 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
         }
     }
     core::ptr::null_mut()
-}
-
-/// Snapshots held by holders so far.
-fn holder_snapshots() -> u64 {
-    stats::page()
-        .counter(Counter::HolderSnapshots)
-        .load(Ordering::Relaxed)
 }
 
 /// `memshadow_snapshot_v1()`: asks the epoch thread for a snapshot and waits for it. The
@@ -1105,7 +1120,7 @@ fn let_go_recorded(v: u64) -> usize {
         h.release();
     }
     if gone > 0 {
-        publish_pinned(true);
+        count_kept(false);
     }
     gone
 }

@@ -613,6 +613,27 @@ impl crate::engine::Engine {
         }
     }
 
+    /// Before a holder is made for the next version, while the program's memory is
+    /// its own (no copies pending): gives up the oldest retained version for the budget
+    /// (see the epoch thread's `make_room_before_clone`). The newest goes too only when
+    /// `newest_too`, every retained version is a live holder's and none is pinned: the
+    /// holder about to be made replaces it. False when nothing went.
+    pub fn evict_oldest_before_holder(&mut self, newest_too: bool) -> bool {
+        let Some((oldest, newest)) = self.pool.retained() else {
+            return false;
+        };
+        let may = oldest < newest
+            || (newest_too
+                && !self.pool.any_pinned()
+                && (oldest..=newest).all(|v| self.held(v).is_some_and(|h| h.holder.is_some())));
+        if may {
+            self.pool.evict_oldest();
+            self.prune_lost();
+            self.publish();
+        }
+        may
+    }
+
     /// Whether no retained version needs shadows: every one is held by a holder (a save
     /// before a discard, a copy ahead, would then be for no version).
     pub fn only_holders_retained(&self) -> bool {

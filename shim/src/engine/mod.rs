@@ -1083,6 +1083,68 @@ mod tests {
     }
 
     #[test]
+    fn before_a_clone_the_budget_gives_up_the_newest_version_only_for_a_holder_to_replace() {
+        use crate::engine::holder::{HeldVersion, Holder, Kept};
+        let buf = buffer(4);
+        let (mut e, _pool) = engine(16, buf);
+        let held = |v: u64| {
+            let _s = sys::block_signals();
+            HeldVersion {
+                version: v,
+                ..HeldVersion::new(
+                    Holder::hold_now().expect("a holder"),
+                    vec![],
+                    Kept::lazy_from(0),
+                )
+            }
+        };
+        e.install_holder(held(1)).expect("room for it");
+        e.version = 2;
+        e.pool.begin_version(2);
+        e.install_holder(held(2)).expect("room for it");
+        assert_eq!(e.pool.retained(), Some((1, 2)));
+        // The oldest goes; the newest stays unless a holder is to replace it.
+        assert!(e.evict_oldest_before_holder(false));
+        assert_eq!(e.pool.retained(), Some((2, 2)));
+        assert!(!e.evict_oldest_before_holder(false));
+        // A reader's pin keeps it.
+        e.pin(2).expect("retained");
+        assert!(!e.evict_oldest_before_holder(true));
+        e.unpin(2);
+        // A shadow version newest: it stays, whatever comes.
+        e.version = 3;
+        e.pool.begin_version(3);
+        assert!(e.evict_oldest_before_holder(true), "version 2 is older");
+        assert_eq!(e.pool.retained(), Some((3, 3)));
+        assert!(
+            !e.evict_oldest_before_holder(true),
+            "a shadow version stays"
+        );
+        let mut out = Vec::with_capacity(4);
+        e.take_released(&mut out, false);
+        assert_eq!(out.len(), 2, "both holders are given up");
+        for h in out {
+            h.release();
+        }
+        // Every retained version a live holder's and nothing pinned: the newest goes too.
+        e.version = 4;
+        e.pool.begin_version(4);
+        e.install_holder(held(4)).expect("room for it");
+        assert!(e.evict_oldest_before_holder(true), "version 3 is older");
+        assert!(
+            e.evict_oldest_before_holder(true),
+            "the holder's version goes too"
+        );
+        assert_eq!(e.pool.retained(), None);
+        let mut out = Vec::with_capacity(4);
+        e.take_released(&mut out, false);
+        assert_eq!(out.len(), 1);
+        for h in out {
+            h.release();
+        }
+    }
+
+    #[test]
     fn a_holder_version_reads_from_its_holder_and_refuses_what_it_cannot() {
         use crate::engine::holder::{HeldVersion, Holder};
         let buf = buffer(8);

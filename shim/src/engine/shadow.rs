@@ -428,6 +428,11 @@ impl ShadowPool {
         v != 0 && self.pinned.contains(&v)
     }
 
+    /// Whether any version is pinned (a pin keeps every newer version too).
+    pub fn any_pinned(&self) -> bool {
+        self.pinned.iter().any(|&p| p != 0)
+    }
+
     /// Keeps `v` (and so every newer version) from eviction by new versions until
     /// [`unpin`](Self::unpin); running out of shadow slots still evicts it.
     pub fn pin(&mut self, v: u64) -> Result<(), PinError> {

@@ -563,6 +563,46 @@ fn a_holder_copies_at_once_for_a_program_that_rewrites_its_memory_not_for_a_quie
     assert_eq!(run.u64("holder_copied_at_once"), 0, "{:#}", run.json);
 }
 
+/// The first snapshot has no epoch before it to go by, so its holder is lazy; a program
+/// that then rewrites its memory flat out gets that holder asked to copy the memory into
+/// itself (the debug line says so), its output as natively. Under `never`, never.
+#[test]
+fn a_lazy_holder_copies_when_the_program_starts_rewriting_its_memory() {
+    let holder = [
+        ("MEMSHADOW_BACKEND", "holder"),
+        ("MEMSHADOW_INTERVAL_MS", "200"),
+        ("MEMSHADOW_MAX_OVERHEAD", "1"),
+        ("MEMSHADOW_LOG", "debug"),
+    ];
+    // 120 million writes over 64 MiB: natively about 1 s here, writing from its start.
+    let scattered = Prog::new(c_program("scatter_writer"))
+        .args(["64", "120"])
+        .timeout(LIMIT)
+        .envs(&holder);
+    let asked = |run: &StatsRun| {
+        String::from_utf8_lossy(&run.output.stderr)
+            .lines()
+            .any(|l| {
+                l.starts_with("memshadow: holder of version 1:") && l.ends_with("asked to copy")
+            })
+    };
+    let run = run_as_natively(&scattered, "scatter_writer (holder)");
+    assert!(
+        asked(&run) && run.u64("holder_copied_at_once") >= 1,
+        "the first holder was never asked to copy: {}\n{:#}",
+        String::from_utf8_lossy(&run.output.stderr),
+        run.json
+    );
+    let never = scattered.clone().env("MEMSHADOW_HOLDER_COPY", "never");
+    let run = run_as_natively(&never, "scatter_writer (holder, copy never)");
+    assert!(
+        !asked(&run),
+        "{}",
+        String::from_utf8_lossy(&run.output.stderr)
+    );
+    assert_eq!(run.u64("holder_copied_at_once"), 0, "{:#}", run.json);
+}
+
 /// `prog` natively (exit 0) and through `memshadow run`: the same stdout and exit
 /// status (the shim's own lines aside); the run's statistics.
 fn run_as_natively(prog: &Prog, what: &str) -> StatsRun {

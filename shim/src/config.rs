@@ -69,8 +69,9 @@ impl Backend {
 /// (`MEMSHADOW_HOLDER_COPY`, see `engine::holder`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HolderCopy {
-    /// When the last epoch's faults say the program rewrites most of its resident
-    /// memory between snapshots (see `service::epoch`). The default.
+    /// At once when the last epoch's faults say the program rewrites most of its
+    /// resident memory between snapshots, and a lazy holder later when the program's
+    /// faults under it start to (see `service::epoch`). The default.
     Auto,
     Always,
     /// Holders copy nothing themselves: the kernel copies each page the program writes.

@@ -80,22 +80,37 @@ impl Holder {
     /// a shim thread with every signal blocked (the child inherits the mask), which
     /// lives as long as the holders it makes (their `PR_SET_PDEATHSIG`).
     pub fn hold_now() -> Result<Holder, HolderError> {
-        Self::make(&[])
+        Self::make(&[], CopyWhen::Asked)
     }
 
     /// Makes a holder that first copies the resident pages of `ranges` (the tracked
     /// memory, address order) into itself, then holds like any other (see the module
     /// doc); as [`hold_now`](Self::hold_now) otherwise.
     pub fn copy_now(ranges: &[Range]) -> Result<Holder, HolderError> {
-        Self::make(ranges)
+        Self::make(ranges, CopyWhen::Now)
     }
 
-    fn make(copy: &[Range]) -> Result<Holder, HolderError> {
+    /// Makes a holder that holds lazily, as [`hold_now`](Self::hold_now), until
+    /// [`ask_to_copy`](Self::ask_to_copy) makes it copy the resident pages of `ranges`
+    /// into itself, as [`copy_now`](Self::copy_now) does at once.
+    pub fn copy_when_asked(ranges: &[Range]) -> Result<Holder, HolderError> {
+        Self::make(ranges, CopyWhen::Asked)
+    }
+
+    /// Asks a holder made by [`copy_when_asked`](Self::copy_when_asked) to copy its
+    /// ranges into itself now (a signal through its pidfd, which it waits for with every
+    /// signal blocked; a second ask, or one to a holder with nothing to copy, does
+    /// nothing).
+    pub fn ask_to_copy(&self) {
+        send_signal(self.pidfd, COPY_SIGNAL);
+    }
+
+    fn make(copy: &[Range], when: CopyWhen) -> Result<Holder, HolderError> {
         let parent = std::process::id() as libc::pid_t;
         let mut pidfd: libc::c_int = -1;
         let pid = raw_clone(&mut pidfd);
         if pid == 0 {
-            holder_body(parent, copy);
+            holder_body(parent, copy, when);
         }
         if pid < 0 {
             return Err(HolderError::Clone(crate::base::sys::errno()));
@@ -246,7 +261,7 @@ fn raw_clone(pidfd: &mut libc::c_int) -> libc::c_long {
 /// The holder's whole life: only raw system calls and its own memory (no lock, no
 /// allocation, nothing of the host's). It copies the resident pages of `copy` into
 /// itself, then waits until the shim thread that made it ends, or it is killed.
-fn holder_body(parent: libc::pid_t, copy: &[Range]) -> ! {
+fn holder_body(parent: libc::pid_t, copy: &[Range], when: CopyWhen) -> ! {
     // SAFETY: raw system calls with integer arguments; none touches memory.
     unsafe {
         libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -255,12 +270,50 @@ fn holder_body(parent: libc::pid_t, copy: &[Range]) -> ! {
             libc::syscall(libc::SYS_exit_group, 0);
         }
     }
+    if when == CopyWhen::Asked && !copy.is_empty() {
+        wait_for_copy_order();
+    }
     for &r in copy {
         copy_into_holder(r);
     }
     loop {
         // SAFETY: as above.
         unsafe { libc::syscall(libc::SYS_pause) };
+    }
+}
+
+/// When a holder copies its ranges into itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CopyWhen {
+    /// As soon as it is made.
+    Now,
+    /// When the shim asks ([`Holder::ask_to_copy`]).
+    Asked,
+}
+
+/// The signal that asks a holder to copy (sent to the holder alone, through its pidfd;
+/// blocked there like every other, and taken with `rt_sigtimedwait`, so no handler, the
+/// host's or any, ever runs in the holder).
+const COPY_SIGNAL: libc::c_int = libc::SIGUSR1;
+
+/// In a holder: waits until [`COPY_SIGNAL`] is sent to it.
+fn wait_for_copy_order() {
+    let wanted: u64 = 1 << (COPY_SIGNAL - 1);
+    loop {
+        // SAFETY: `wanted` is a kernel signal set (8 bytes) on the holder's own stack; no
+        // siginfo is asked for and there is no timeout.
+        let got = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigtimedwait,
+                &wanted as *const u64,
+                core::ptr::null_mut::<libc::siginfo_t>(),
+                core::ptr::null::<libc::timespec>(),
+                core::mem::size_of::<u64>(),
+            )
+        };
+        if got == COPY_SIGNAL as libc::c_long {
+            return;
+        }
     }
 }
 
@@ -362,13 +415,18 @@ fn kill_and_reap_by_pid(pid: i32) {
 
 /// SIGKILL through the pidfd (never by pid), if it is still the shim's.
 fn send_kill(pidfd: i32) {
+    send_signal(pidfd, libc::SIGKILL);
+}
+
+/// Sends `signal` to the holder of `pidfd` if that descriptor is still the shim's.
+fn send_signal(pidfd: i32, signal: libc::c_int) {
     if crate::base::fds::verify(pidfd) {
         // SAFETY: signalling through our own pidfd; no memory is passed.
         unsafe {
             libc::syscall(
                 libc::SYS_pidfd_send_signal,
                 pidfd,
-                libc::SIGKILL,
+                signal,
                 core::ptr::null::<libc::siginfo_t>(),
                 0,
             )
@@ -661,6 +719,25 @@ impl crate::engine::Engine {
                 .take(room),
         );
         out[from..].sort_unstable_by_key(|k| k.version);
+    }
+
+    /// Asks the holder of `version`, lazy so far, to copy the memory it was given into
+    /// itself now ([`Holder::ask_to_copy`]); it is counted as `kept` from now on. False
+    /// when no such holder lives or it is not lazy.
+    pub fn ask_to_copy(&mut self, version: u64, kept: Kept) -> bool {
+        let Some(h) = self
+            .holders
+            .iter_mut()
+            .find(|h| h.version == version && h.kept.measured())
+        else {
+            return false;
+        };
+        let Some(p) = h.holder.as_ref() else {
+            return false;
+        };
+        p.ask_to_copy();
+        h.kept = kept;
+        true
     }
 
     /// Notes what the holder of `version` was measured to keep.

@@ -276,22 +276,36 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
         written::take(&last.async_ranges, &mut before_clone);
     }
     let hold_started = engine::now_ns();
+    // A new pass: the lazy holder watched so far is not the newest any more.
+    *LAZY_WATCH.lock() = None;
+    let mut watch_resident = None;
     let holding = if wants_holder {
         if engine::with(|e| e.live_holder_count()).unwrap_or(0) < holder::MAX_HOLDERS {
             // The program's anonymous memory resident at the clone (read once: the
             // rule for copying, the holder's count, the governor's price).
             let resident = sys::anon_resident_pages();
-            let copy = copy_at_once(&config, epoch_faults, resident, &wanted, &not_held);
-            let kept = if copy.is_empty() {
-                holder::Kept::lazy_from(faults)
+            let at_once = copy_at_once(&config, epoch_faults, resident);
+            // Under `auto` a lazy holder is given the memory too: it copies when the
+            // program starts rewriting it after all (see `watch_lazy_holder`).
+            let copy = if at_once || config.holder_copy == crate::config::HolderCopy::Auto {
+                held_ranges(&wanted, &not_held)
             } else {
+                Vec::new()
+            };
+            let kept = if at_once {
                 holder::Kept::Copied(resident.saturating_mul(crate::base::page::PAGE as u64))
+            } else {
+                holder::Kept::lazy_from(faults)
             };
             if let holder::Kept::Copied(coming) = kept {
                 make_room_before_clone(config.shadow_budget_mb, coming);
             }
-            hold(not_held, copy, kept).inspect(|_| {
+            let on_demand = !at_once && !copy.is_empty();
+            hold(not_held, copy, at_once, kept).inspect(|_| {
                 HELD_RESIDENT_PAGES.store(resident, Ordering::Relaxed);
+                if on_demand {
+                    watch_resident = Some(resident);
+                }
             })
         } else {
             if !HOLDERS_FULL_SAID.swap(true, Ordering::Relaxed) {
@@ -474,6 +488,14 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     if config.backend == Backend::Auto {
         AUTO.lock().1.held_ns = holder_us.map(|us| us * 1000);
     }
+    if let (Some(resident), false) = (watch_resident, refused) {
+        *LAZY_WATCH.lock() = Some(LazyWatch {
+            version: v,
+            at: engine::now_ns(),
+            faults: sys::minor_faults(),
+            resident,
+        });
+    }
     if let Some(clone_us) = holder_us {
         stats::add(Counter::HolderSnapshots, 1);
         let max = stats::page().counter(Counter::HolderPauseUsMax);
@@ -650,6 +672,7 @@ static AUTO_NOT_HELD_SAID: AtomicBool = AtomicBool::new(false);
 fn hold(
     not_held: Vec<Range>,
     copy: Vec<Range>,
+    at_once: bool,
     kept: holder::Kept,
 ) -> Option<(crate::engine::holder::HeldVersion, u64)> {
     use crate::engine::holder::{HeldVersion, Holder};
@@ -667,10 +690,12 @@ fn hold(
     }
     let mut t0 = engine::now_ns();
     let make = || {
-        if copy.is_empty() {
+        if at_once {
+            Holder::copy_now(&copy)
+        } else if copy.is_empty() {
             Holder::hold_now()
         } else {
-            Holder::copy_now(&copy)
+            Holder::copy_when_asked(&copy)
         }
     };
     let mut made = make();
@@ -690,7 +715,7 @@ fn hold(
     match made {
         Ok(h) => {
             let us = (engine::now_ns() - t0) / 1000;
-            if !copy.is_empty() {
+            if at_once {
                 stats::add(Counter::HolderCopiedAtOnce, 1);
             }
             // Nothing allocates once the version is open: the version is set there.
@@ -707,34 +732,93 @@ fn hold(
     }
 }
 
-/// What the holder about to be made copies into itself at once (see `engine::holder`):
-/// the tracked memory it holds (`tracked` without `not_held`) when
-/// `MEMSHADOW_HOLDER_COPY` says so: `always`, or under `auto` when the program's minor
-/// faults since the last pass (the epoch ending) number at least half the anonymous
-/// pages it has resident (`resident_pages`): a program that rewrites most of its memory between snapshots,
-/// for which a lazy holder costs a kernel copy with the other cores' TLBs flushed on
-/// every first write (17 us with two writers here) and ends up keeping as many pages.
-/// Empty otherwise.
-fn copy_at_once(
-    config: &crate::config::Config,
-    epoch_faults: u64,
-    resident_pages: u64,
-    tracked: &[Range],
-    not_held: &[Range],
-) -> Vec<Range> {
+/// Whether the holder about to be made copies the tracked memory it holds into itself at
+/// once (see `engine::holder`): `MEMSHADOW_HOLDER_COPY=always`, or under `auto` when the
+/// program's minor faults since the last pass (the epoch ending) number at least half
+/// the anonymous pages it has resident (`resident_pages`): a program that rewrites most
+/// of its memory between snapshots, for which a lazy holder costs a kernel copy with the
+/// other cores' TLBs flushed on every first write (17 us with two writers here) and ends
+/// up keeping as many pages.
+fn copy_at_once(config: &crate::config::Config, epoch_faults: u64, resident_pages: u64) -> bool {
     use crate::config::HolderCopy;
-    let wanted = match config.holder_copy {
+    match config.holder_copy {
         HolderCopy::Never => false,
         HolderCopy::Always => true,
         HolderCopy::Auto => epoch_faults.saturating_mul(2) >= resident_pages,
-    };
-    let mut copy = Vec::new();
-    if wanted {
-        for &r in tracked {
-            crate::base::range::subtract(r, not_held, &mut |part| copy.push(part));
-        }
     }
-    copy
+}
+
+/// The tracked memory a holder holds: `tracked` without `not_held`.
+fn held_ranges(tracked: &[Range], not_held: &[Range]) -> Vec<Range> {
+    let mut out = Vec::new();
+    for &r in tracked {
+        crate::base::range::subtract(r, not_held, &mut |part| out.push(part));
+    }
+    out
+}
+
+/// The newest holder while it is lazy and was given the memory to copy when asked: its
+/// version, the last look at the program (when, and its minor faults then), and its
+/// anonymous pages resident at the clone. Only the epoch thread uses it.
+#[derive(Clone, Copy)]
+struct LazyWatch {
+    version: u64,
+    at: u64,
+    faults: u64,
+    resident: u64,
+}
+
+static LAZY_WATCH: SpinLock<Option<LazyWatch>> = SpinLock::new(None);
+
+/// How often the epoch thread looks at the program's faults under a lazy holder.
+const LAZY_WATCH_MS: u64 = 50;
+
+/// On the epoch thread between passes: when the program, under the newest holder still
+/// lazy, faulted over the last look's window (about [`LAZY_WATCH_MS`]) at a rate that
+/// would cover at least half its resident pages within the period (`period_ms`: the rule
+/// [`copy_at_once`] applies to the epoch before a clone), the holder is asked to copy them
+/// into itself now. A holder made after epochs that wrote little stays lazy otherwise,
+/// and a program that starts rewriting its memory then pays a kernel copy with the other
+/// cores' TLBs flushed on every first write (multi_writer, two writers, 1 GiB: 21.7 us a
+/// fault, a first batch of 1.1-1.2 s after an idle start).
+fn watch_lazy_holder(period_ms: u64) {
+    let Some(w) = *LAZY_WATCH.lock() else {
+        return;
+    };
+    let now = engine::now_ns();
+    let window = now.saturating_sub(w.at);
+    let period = period_ms.saturating_mul(1_000_000);
+    if period == 0 {
+        // Snapshots only when asked: no period to project the faults over.
+        *LAZY_WATCH.lock() = None;
+        return;
+    }
+    if window < LAZY_WATCH_MS * 1_000_000 / 2 {
+        return;
+    }
+    let faults_now = sys::minor_faults();
+    let faults = faults_now.saturating_sub(w.faults);
+    // faults / window * period >= resident / 2
+    let on_course =
+        u128::from(faults) * u128::from(period) * 2 >= u128::from(w.resident) * u128::from(window);
+    if !on_course {
+        *LAZY_WATCH.lock() = Some(LazyWatch {
+            at: now,
+            faults: faults_now,
+            ..w
+        });
+        return;
+    }
+    *LAZY_WATCH.lock() = None;
+    let copied = holder::Kept::Copied(w.resident.saturating_mul(crate::base::page::PAGE as u64));
+    if engine::with(|e| e.ask_to_copy(w.version, copied)).unwrap_or(false) {
+        stats::add(Counter::HolderCopiedAtOnce, 1);
+        crate::base::log::debug!(
+            "holder of version {}: {faults} faults in {} ms, asked to copy",
+            w.version,
+            window / 1_000_000
+        );
+    }
 }
 
 /// The program's anonymous pages resident at the clone of the holder the last pass
@@ -938,6 +1022,9 @@ pub fn forget_after_fork() {
     // The child's `auto` starts afresh (its counters are not the parent's epochs).
     AUTO.release();
     *AUTO.lock() = (Chooser::new(), AutoMark::NONE);
+    // The parent's lazy holder is not the child's.
+    LAZY_WATCH.release();
+    *LAZY_WATCH.lock() = None;
     CONTROL_REQUEST.release();
     REQUEST_ERROR.release();
     core::mem::forget(REQUEST_ERROR.lock().take());
@@ -989,12 +1076,24 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
                 .div_ceil(1_000_000)
                 .min(configured.max(1))
         };
+        // Under a lazy holder given the memory, a look at the program's faults now and
+        // then (see `watch_lazy_holder`).
+        let wait_ms = if LAZY_WATCH.lock().is_some() && (interval == 0 || wait_ms > 0) {
+            if wait_ms == 0 {
+                LAZY_WATCH_MS
+            } else {
+                wait_ms.min(LAZY_WATCH_MS)
+            }
+        } else {
+            wait_ms
+        };
         if interval == 0 || wait_ms > 0 {
             sys::futex_wait(REQUESTS.posted_word(), REQUESTS.answered(), wait_ms);
         }
         if !crate::tracking::regions::tracking() {
             break;
         }
+        watch_lazy_holder(interval);
         if crate::service::flight::asked() {
             // A crashing thread waits for its last snapshot (`service::flight`).
             crate::service::flight::taken(snapshot());

@@ -141,6 +141,17 @@ fn children(pid: u32) -> Vec<i32> {
     out
 }
 
+/// Whether process `pid` has exited (a zombie, or gone).
+fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
 #[test]
 fn a_clone_refused_falls_back_to_shadows_unnoticed() {
     falls_back("refused", "memshadow: cannot make a holder");
@@ -272,6 +283,12 @@ fn serve_and_read(refused: bool) {
         // children; no memory is passed.
         unsafe { libc::kill(*k, libc::SIGKILL) };
     }
+    // A killed holder's memory stays readable until its exit has freed it (longer for
+    // one that copied the program's memory into itself): read once they have exited.
+    assert!(
+        wait_until(Duration::from_secs(20), || kids.iter().all(|&k| exited(k))),
+        "the killed holders {kids:?} never exited"
+    );
     let (v, addr, len, _) = &versions[0];
     let f = read(d, pid, *v, addr, *len, &d.join("gone"));
     assert!(!f.status.success(), "{f:#?}");

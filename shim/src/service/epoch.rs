@@ -287,7 +287,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
             let at_once = copy_at_once(&config, epoch_faults, resident);
             // Under `auto` a lazy holder is given the memory too: it copies when the
             // program starts rewriting it after all (see `watch_lazy_holder`).
-            let copy = if at_once || config.holder_copy == crate::config::HolderCopy::Auto {
+            let copy = if config.holder_copy != crate::config::HolderCopy::Never {
                 held_ranges(&wanted, &not_held)
             } else {
                 Vec::new()
@@ -892,15 +892,29 @@ static HOLDER_BUDGET_SAID: AtomicBool = AtomicBool::new(false);
 /// that copied at once keeps the resident memory, chosen only when the epoch before
 /// rewrote at least half of it.
 fn keep_holders_within_budget(budget_mb: usize) {
-    let budget = (budget_mb as u64) << 20;
     let last = PINNED_AT.load(Ordering::Relaxed);
-    let mut measured = last == 0 || engine::now_ns().saturating_sub(last) >= PINNED_EVERY_NS;
+    let due = last == 0 || engine::now_ns().saturating_sub(last) >= PINNED_EVERY_NS;
+    give_up_for_budget(budget_mb, 0, due, &mut |e| e.evict_oldest_for_budget());
+}
+
+/// While the shadows, the live holders' count ([`count_kept`]) and `coming` bytes are
+/// over `MEMSHADOW_SHADOW_BUDGET_MB`, gives up a version with `evict` (false: nothing
+/// went, stop) and reaps the holders that go. The lazy holders are measured first
+/// (their count errs high) unless `measure_now` measures them at once.
+fn give_up_for_budget(
+    budget_mb: usize,
+    coming: u64,
+    measure_now: bool,
+    evict: &mut dyn FnMut(&mut engine::Engine) -> bool,
+) {
+    let budget = (budget_mb as u64) << 20;
+    let mut measured = measure_now;
     let mut kept = count_kept(measured);
     for _ in 0..=holder::MAX_HOLDERS {
         let shadows = stats::page()
             .counter(Counter::ShadowBytes)
             .load(Ordering::Relaxed);
-        if shadows.saturating_add(kept) <= budget {
+        if shadows.saturating_add(kept).saturating_add(coming) <= budget {
             return;
         }
         if !measured {
@@ -908,7 +922,7 @@ fn keep_holders_within_budget(budget_mb: usize) {
             measured = true;
             continue;
         }
-        let evicted = engine::with(|e| e.evict_oldest_for_budget()).unwrap_or(false);
+        let evicted = engine::with(|e| evict(e)).unwrap_or(false);
         engine::release_expired_holders();
         if !evicted {
             return;
@@ -936,29 +950,10 @@ fn keep_holders_within_budget(budget_mb: usize) {
 /// `Engine::evict_oldest_before_holder`); a clone refused after that leaves the next
 /// version a shadow one. The lazy holders are measured once before anything goes.
 fn make_room_before_clone(budget_mb: usize, coming: u64) {
-    let budget = (budget_mb as u64) << 20;
     let newest_too = !written::wanted();
-    let mut kept = count_kept(false);
-    let mut measured = false;
-    for _ in 0..=holder::MAX_HOLDERS {
-        let shadows = stats::page()
-            .counter(Counter::ShadowBytes)
-            .load(Ordering::Relaxed);
-        if shadows.saturating_add(kept).saturating_add(coming) <= budget {
-            return;
-        }
-        if !measured {
-            kept = count_kept(true);
-            measured = true;
-            continue;
-        }
-        let evicted = engine::with(|e| e.evict_oldest_before_holder(newest_too)).unwrap_or(false);
-        if !evicted {
-            return;
-        }
-        engine::release_expired_holders();
-        kept = count_kept(false);
-    }
+    give_up_for_budget(budget_mb, coming, false, &mut |e| {
+        e.evict_oldest_before_holder(newest_too)
+    });
 }
 
 thread_local! {
@@ -1078,12 +1073,8 @@ extern "C" fn epoch_thread(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void 
         };
         // Under a lazy holder given the memory, a look at the program's faults now and
         // then (see `watch_lazy_holder`).
-        let wait_ms = if LAZY_WATCH.lock().is_some() && (interval == 0 || wait_ms > 0) {
-            if wait_ms == 0 {
-                LAZY_WATCH_MS
-            } else {
-                wait_ms.min(LAZY_WATCH_MS)
-            }
+        let wait_ms = if wait_ms > 0 && LAZY_WATCH.lock().is_some() {
+            wait_ms.min(LAZY_WATCH_MS)
         } else {
             wait_ms
         };

@@ -386,7 +386,8 @@ fn attempt(
     // What a core file of the version needs beside its pages, read as close to the
     // snapshot as possible and stored before the version is published.
     put_context(image, store, version)?;
-    let recorded = record_one(image, store, version, since, courtesy, 0, Some(seen))?;
+    let recorded = record_one(image, store, version, since, courtesy, 0, Some(seen))
+        .inspect_err(|_| abandon(store, image.stored(version)))?;
     Ok((version, recorded, pin))
 }
 
@@ -403,6 +404,13 @@ fn put_context(image: &Image, store: &Store, version: u64) -> Result<(), Failed>
             Ok(())
         }
     }
+}
+
+/// Removes the context an attempt at `stored` put before it failed (the process
+/// exited or exec'd meanwhile, or the store refused the version). Best effort: what
+/// is left is an orphan `memshadow verify` lists and a later retention removes.
+fn abandon(store: &mut Store, stored: u64) {
+    let _ = store.abandon(stored);
 }
 
 /// The flight recorder's last snapshot: the fatal signal and the version.
@@ -454,7 +462,8 @@ fn record_crash(
             &mut courtesy,
             crash.signal,
             None,
-        )?;
+        )
+        .inspect_err(|_| abandon(store, stored))?;
         // Its statistics too, while the process still waits.
         keep_version_stats(target, store, stored, &[]);
         Ok(recorded)

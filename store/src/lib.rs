@@ -660,6 +660,20 @@ impl Store {
         self.put_beside(&context_layout::context_name(ctx.version), &ctx.encode())
     }
 
+    /// Removes what an attempt at `version` put beside it (context, plan) when the
+    /// attempt ends without publishing the version; a published version's are left.
+    /// The recorder calls it as an attempt fails: retention only collects such orphans
+    /// below the newest version, since newer ones may be a write in progress.
+    pub fn abandon(&mut self, version: u64) -> Result<(), StoreError> {
+        if self.version_numbers()?.contains(&version) {
+            return Ok(());
+        }
+        self.backend
+            .delete(&context_layout::context_name(version))?;
+        self.backend.delete(&plan_layout::plan_name(version))?;
+        Ok(())
+    }
+
     /// Puts an object kept beside a version (context, plan): new, or replacing one left
     /// by an attempt at this version that never published it.
     fn put_beside(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {

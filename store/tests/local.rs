@@ -239,3 +239,45 @@ fn a_crash_mark_survives_a_rebase_and_verify_checks_version_statistics() {
         "{report:?}"
     );
 }
+
+/// An attempt that stored a version's context and then failed (the process exited
+/// before its pages were read) takes the context back: it is no orphan for `verify`,
+/// which retention could not remove while it is newer than the newest version. A
+/// published version's context stays.
+#[test]
+fn an_abandoned_attempt_leaves_no_orphan_and_a_published_version_keeps_its_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::create_or_open(&target(&dir), 4096).unwrap();
+    let region = (0x100000u64, 4096u64);
+    let context = |version: u64| memshadow_format::store_context::CoreContext {
+        version,
+        pid: 1,
+        ..Default::default()
+    };
+    store.put_context(&context(1)).unwrap();
+    let info = memshadow_store::VersionInfo {
+        version: 1,
+        time_ms: 1,
+        pid: 1,
+        regions: vec![region],
+        crash_signal: 0,
+    };
+    store
+        .record(&info, None, &[(region.0, 4096)], &mut Pages(1, Some(1)))
+        .unwrap();
+    store.put_context(&context(2)).unwrap();
+    let report = store.verify().unwrap();
+    assert_eq!(
+        report.orphans,
+        ["context/00000000000000000002"],
+        "{report:?}"
+    );
+
+    store.abandon(2).unwrap();
+    store.abandon(1).unwrap();
+    let report = store.verify().unwrap();
+    assert!(report.ok() && report.orphans.is_empty(), "{report:?}");
+    assert_eq!(report.contexts, 1, "{report:?}");
+    assert!(store.context(1).unwrap().is_some());
+    assert!(store.context(2).unwrap().is_none());
+}

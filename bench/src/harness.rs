@@ -1578,6 +1578,7 @@ impl Runner {
             p99_stall_us: o.p99_stall_us,
             forks: o.forks,
             fork_pause_us_max: o.fork_pause_us_max,
+            seconds: Some(o.seconds),
             ..Measure::default()
         })
     }
@@ -1647,7 +1648,8 @@ pub fn run(args: Args) -> Result<(), String> {
     if plan.matched {
         println!(
             "\nAt equal snapshot counts: the @fork rows take a snapshot every \
-             (fork's timed seconds / fork's forks) of the same run, so as many in the timed \
+             (fork's timed seconds / fork's forks) of the same run, or the baseline's \
+             seconds where shorter (redis: fixed work), so at least as many in the timed \
              part as fork made; throughput ratios against the baseline, medians; vs fork: \
              the ratio of the medians.\n"
         );
@@ -1761,11 +1763,15 @@ fn measure_all(
                         started.elapsed().as_secs_f64()
                     );
                     let m = if mode.matched() {
-                        let fork = results
-                            .get(&(w, mib, Mode::Fork))
-                            .and_then(|runs| runs.get(run))
-                            .and_then(Option::as_ref);
-                        match fork.and_then(|f| fork_cadence_ms(f, plan.seconds)) {
+                        let of_this_run = |mode: Mode| {
+                            results
+                                .get(&(w, mib, mode))
+                                .and_then(|runs| runs.get(run))
+                                .and_then(Option::as_ref)
+                        };
+                        let base = of_this_run(Mode::Baseline);
+                        let fork = of_this_run(Mode::Fork);
+                        match fork.and_then(|f| fork_cadence_ms(f, base, plan.seconds)) {
                             Some(ms) => runner.at_interval(ms).measure(w, mib, mode, run),
                             None => Err("no fork run of this run to take the cadence of".into()),
                         }
@@ -1790,11 +1796,19 @@ fn measure_all(
     (results, failures, expected)
 }
 
-/// The snapshot period that gives as many snapshots in the timed part as `fork` made:
-/// its timed seconds over its forks, ms (at least 1); None when it never forked.
-fn fork_cadence_ms(fork: &Measure, plan_seconds: u32) -> Option<u32> {
+/// The snapshot period that gives at least as many snapshots in the timed part as
+/// `fork` made: the timed seconds over its forks, ms (at least 1); None when it never
+/// forked. The timed seconds are the shorter of fork's and the baseline's (`base`):
+/// a timed part of fixed work (redis: so many requests) lasts longer under fork than
+/// without it, and a mode that runs faster than fork at fork's period would take fewer
+/// snapshots (redis at 256 MiB: 1 against fork's 4).
+fn fork_cadence_ms(fork: &Measure, base: Option<&Measure>, plan_seconds: u32) -> Option<u32> {
     let forks = fork.forks.filter(|&f| f >= 1.0)?;
-    let seconds = fork.seconds.unwrap_or(plan_seconds as f64);
+    let seconds = [fork.seconds, base.and_then(|b| b.seconds)]
+        .into_iter()
+        .flatten()
+        .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.min(s))))
+        .unwrap_or(plan_seconds as f64);
     Some(((seconds * 1000.0 / forks).round() as u32).max(1))
 }
 
@@ -2386,14 +2400,30 @@ mod tests {
             seconds,
             ..Measure::default()
         };
+        let base = |seconds: f64| Measure {
+            seconds: Some(seconds),
+            ..Measure::default()
+        };
         // 17 forks in a 5 s timed part: a snapshot every 294 ms.
-        assert_eq!(fork_cadence_ms(&fork(17.0, Some(5.0)), 9), Some(294));
-        // No timed length printed (redis): the plan's seconds.
-        assert_eq!(fork_cadence_ms(&fork(4.0, None), 10), Some(2500));
+        assert_eq!(fork_cadence_ms(&fork(17.0, Some(5.0)), None, 9), Some(294));
+        // A baseline of the same length changes nothing.
+        let five = base(5.0);
+        assert_eq!(
+            fork_cadence_ms(&fork(17.0, Some(5.0)), Some(&five), 9),
+            Some(294)
+        );
+        // Fixed work (redis): 4 forks in the 8 s fork took, 3 s without: every 750 ms.
+        let three = base(3.0);
+        assert_eq!(
+            fork_cadence_ms(&fork(4.0, Some(8.0)), Some(&three), 8),
+            Some(750)
+        );
+        // No timed length at all: the plan's seconds.
+        assert_eq!(fork_cadence_ms(&fork(4.0, None), None, 10), Some(2500));
         // Never forked: nothing to match.
-        assert_eq!(fork_cadence_ms(&fork(0.0, Some(5.0)), 5), None);
+        assert_eq!(fork_cadence_ms(&fork(0.0, Some(5.0)), None, 5), None);
         // Never under 1 ms.
-        assert_eq!(fork_cadence_ms(&fork(1e6, Some(1.0)), 1), Some(1));
+        assert_eq!(fork_cadence_ms(&fork(1e6, Some(1.0)), None, 1), Some(1));
     }
 
     #[test]

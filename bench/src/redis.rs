@@ -277,6 +277,9 @@ pub struct Outcome {
     pub forks: Option<f64>,
     pub fork_pause_us_max: Option<f64>,
     pub used_memory: u64,
+    /// The tests' total time, seconds: the timed part's length (its work is fixed, so a
+    /// slower mode's is longer).
+    pub seconds: f64,
 }
 
 /// Requests per second and stalls of the tests, each run with `requests` requests.
@@ -374,7 +377,9 @@ pub fn drive(
     stop.store(true, Ordering::Relaxed);
     let fork_pause = forker.map(|t| t.join().expect("the BGSAVE thread does not panic"));
     let out = out?;
-    let (ops_per_sec, max_stall_us, p99_stall_us) = combine(&parse_csv(&out)?, requests);
+    let tests = parse_csv(&out)?;
+    let (ops_per_sec, max_stall_us, p99_stall_us) = combine(&tests, requests);
+    let seconds = tests.iter().map(|t| requests as f64 / t.rps).sum();
     let (forks, fork_pause_us_max) = match fork_pause {
         Some(pause) => {
             let pause = pause.map_err(|e| format!("BGSAVE: {e}"))?;
@@ -400,6 +405,7 @@ pub fn drive(
         forks,
         fork_pause_us_max,
         used_memory,
+        seconds,
     })
 }
 

@@ -550,11 +550,13 @@ fn auto_moves_a_scattered_writer_to_holders_and_leaves_a_quiet_program_on_shadow
 #[test]
 fn a_holder_copies_at_once_for_a_program_that_rewrites_its_memory_not_for_a_quiet_one() {
     let holder = holders_every("200");
-    // 60 million writes over 64 MiB: each epoch rewrites most of it, so from the second
-    // snapshot on the holders take their copies at once (the first has no epoch to go
-    // by). Its output is checked against a replay of the writes, as natively.
+    // 300 million writes over 64 MiB (natively about 0.8 s before it replays them into
+    // a second buffer): epochs that rewrite all the memory it has resident, so from the
+    // second snapshot on the holders take their copies at once (the first has no epoch
+    // to go by; faults that populated new pages are no rewrites). Its output is checked
+    // against the replay, as natively.
     let scattered = Prog::new(c_program("scatter_writer"))
-        .args(["64", "60"])
+        .args(["64", "300"])
         .timeout(LIMIT)
         .envs(&holder);
     let run = run_as_natively(&scattered, "scatter_writer (holder)");
@@ -565,7 +567,7 @@ fn a_holder_copies_at_once_for_a_program_that_rewrites_its_memory_not_for_a_quie
     );
     // `never`: the kernel copies every page the program writes, as before.
     let never = Prog::new(c_program("scatter_writer"))
-        .args(["64", "60"])
+        .args(["64", "300"])
         .timeout(LIMIT)
         .envs(&holder)
         .env("MEMSHADOW_HOLDER_COPY", "never");
@@ -590,9 +592,10 @@ fn a_lazy_holder_copies_when_the_program_starts_rewriting_its_memory() {
         &[("MEMSHADOW_LOG", "debug")],
     ]
     .concat();
-    // 120 million writes over 64 MiB: natively about 1 s here, writing from its start.
+    // 300 million writes over 64 MiB: natively about 0.8 s of rewriting from its start,
+    // so the first holder's watch sees three windows of rewrites in a row.
     let scattered = Prog::new(c_program("scatter_writer"))
-        .args(["64", "120"])
+        .args(["64", "300"])
         .timeout(LIMIT)
         .envs(&holder);
     let asked = |run: &StatsRun| {

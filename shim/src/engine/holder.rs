@@ -537,6 +537,24 @@ impl Kept {
         }
     }
 
+    /// As counted once a newer holder is made, the program's minor faults being
+    /// `faults_now` (at that holder's clone): a lazy one keeps what it was counted for
+    /// as the newest (the pages the faults since its last measure may have copied for
+    /// it) and gains no more, until it is measured again. Without this, a lazy holder
+    /// that stopped being the newest was counted at its last measure only (none, for
+    /// one never measured), and a budget check counting only such holders never found
+    /// itself over and never measured them: 8 versions of a program rewriting 64 MiB
+    /// stayed under a 16 MiB budget.
+    pub fn superseded(self, faults_now: u64) -> Kept {
+        match self {
+            Kept::Copied(_) => self,
+            Kept::Lazy { .. } => Kept::Lazy {
+                bytes: self.bytes(faults_now, true),
+                faults: faults_now,
+            },
+        }
+    }
+
     /// Whether counting it needs a measure now and then (a lazy holder).
     pub fn measured(self) -> bool {
         matches!(self, Kept::Lazy { .. })
@@ -621,9 +639,18 @@ impl crate::engine::Engine {
     /// after [`take_released`](Self::take_released) made room; nothing allocates. The
     /// pages that lose protection meanwhile are not tracked by the holder version, so
     /// the next shadow pass protects everything. Gives `h` back when there is no room.
-    pub fn install_holder(&mut self, h: HeldVersion) -> Result<(), HeldVersion> {
+    /// `faults_at_clone`: the program's minor faults at its clone, when the holder before
+    /// it stopped gaining pages ([`Kept::superseded`]).
+    pub fn install_holder(
+        &mut self,
+        h: HeldVersion,
+        faults_at_clone: u64,
+    ) -> Result<(), HeldVersion> {
         if h.version != self.version || self.holders.len() == self.holders.capacity() {
             return Err(h);
+        }
+        if let Some(newest) = self.holders.iter_mut().rev().find(|h| h.holder.is_some()) {
+            newest.kept = newest.kept.superseded(faults_at_clone);
         }
         let after_shadows = !self.holders.iter().any(|h| h.version + 1 == self.version);
         self.holders.push(h);
@@ -823,6 +850,13 @@ mod tests {
             0,
             "a new lazy holder keeps nothing"
         );
+        // Once a newer holder is made (its clone at 530 faults), an older lazy one keeps
+        // what it was counted for as the newest, and gains nothing more.
+        let older = lazy.superseded(530);
+        assert_eq!(older.bytes(530, false), 40 * page);
+        assert_eq!(older.bytes(9_000, false), 40 * page);
+        assert!(older.measured());
+        assert_eq!(copied.superseded(530), copied);
     }
 
     fn buffer(pages: usize, byte: u8) -> Range {

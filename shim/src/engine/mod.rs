@@ -1098,10 +1098,10 @@ mod tests {
                 )
             }
         };
-        e.install_holder(held(1)).expect("room for it");
+        e.install_holder(held(1), 0).expect("room for it");
         e.version = 2;
         e.pool.begin_version(2);
-        e.install_holder(held(2)).expect("room for it");
+        e.install_holder(held(2), 0).expect("room for it");
         assert_eq!(e.pool.retained(), Some((1, 2)));
         // The oldest goes; the newest stays unless a holder is to replace it.
         assert!(e.evict_oldest_before_holder(false));
@@ -1129,7 +1129,7 @@ mod tests {
         // Every retained version a live holder's and nothing pinned: the newest goes too.
         e.version = 4;
         e.pool.begin_version(4);
-        e.install_holder(held(4)).expect("room for it");
+        e.install_holder(held(4), 0).expect("room for it");
         assert!(e.evict_oldest_before_holder(true), "version 3 is older");
         assert!(
             e.evict_oldest_before_holder(true),
@@ -1163,7 +1163,7 @@ mod tests {
                 crate::engine::holder::Kept::lazy_from(0),
             )
         };
-        e.install_holder(h).expect("room for it");
+        e.install_holder(h, 0).expect("room for it");
         assert!(e.newest_held() && e.only_holders_retained());
         assert!(
             !e.copying_for(1),
@@ -1190,7 +1190,8 @@ mod tests {
         assert_eq!(out.len(), 1);
         // A holder gone (killed from outside) is refused, never read.
         e.pool.begin_version(1);
-        e.install_holder(out.pop().unwrap()).expect("room for it");
+        e.install_holder(out.pop().unwrap(), 0)
+            .expect("room for it");
         let mut out = Vec::with_capacity(4);
         e.take_released(&mut out, true);
         let h = out.pop().unwrap();
@@ -1209,7 +1210,7 @@ mod tests {
             Err(crate::engine::holder::HolderReadError::Gone),
             "a killed holder still answered, or not as gone"
         );
-        e.install_holder(h).expect("room for it");
+        e.install_holder(h, 0).expect("room for it");
         assert_eq!(
             read_page(&e, 1, buf.start),
             Err(ReadError::HolderGone { version: 1 })

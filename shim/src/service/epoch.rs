@@ -231,6 +231,8 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     // populating its memory, not rewriting it; nor are the faults of later epochs that
     // grew its resident memory (see `rewrites`).
     let faults = sys::minor_faults();
+    // The program's anonymous memory resident now, read once a pass: the rule for
+    // copying, and for a holder its count and the governor's price.
     let resident_now = if config.backend == Backend::Shadow {
         UNREAD
     } else {
@@ -288,9 +290,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     let mut watch_resident = None;
     let holding = if wants_holder {
         if engine::with(|e| e.live_holder_count()).unwrap_or(0) < holder::MAX_HOLDERS {
-            // The program's anonymous memory resident at the clone (read once: the
-            // rule for copying, the holder's count, the governor's price).
-            let resident = sys::anon_resident_pages();
+            let resident = resident_now;
             let at_once = copy_at_once(&config, epoch_rewrites, resident);
             crate::base::log::debug!(
                 "holder: the epoch ending rewrote {epoch_rewrites} of {resident} resident pages: {}",
@@ -817,12 +817,12 @@ const LAZY_WATCH_MS: u64 = 50;
 /// A burst that rewrites most of the memory is asked sooner (see [`LazyCourse::asks`]).
 const LAZY_WINDOWS_ON_COURSE: u32 = 3;
 
-/// On the epoch thread between passes: when the program, under the newest holder still
-/// lazy, rewrote pages over the last [`LAZY_WINDOWS_ON_COURSE`] looks' windows (about
-/// [`LAZY_WATCH_MS`] each) at a rate that would cover at least half its resident pages
-/// within the period (`period_ms`: the rule [`copy_at_once`] applies to the epoch before
-/// a clone), the holder is asked to copy them into itself now. A holder made after epochs that wrote little stays lazy otherwise,
-/// and a program that starts rewriting its memory then pays a kernel copy with the other
+/// On the epoch thread between passes, about every [`LAZY_WATCH_MS`]: when the
+/// program's rewrites under the newest holder, still lazy, show it rewriting its memory
+/// at the rate [`copy_at_once`] applies to the epoch before a clone (over the period,
+/// `period_ms`; see [`LazyCourse::asks`]), the holder is asked to copy that memory into
+/// itself now. A holder made after epochs that wrote little stays lazy otherwise, and a
+/// program that starts rewriting its memory then pays a kernel copy with the other
 /// cores' TLBs flushed on every first write (multi_writer, two writers, 1 GiB: 21.7 us a
 /// fault, a first batch of 1.1-1.2 s after an idle start).
 fn watch_lazy_holder(period_ms: u64) {
@@ -842,12 +842,12 @@ fn watch_lazy_holder(period_ms: u64) {
     }
     let faults_now = sys::minor_faults();
     let resident_now = sys::anon_resident_pages();
-    let faults = rewrites(
+    let rewritten = rewrites(
         faults_now.saturating_sub(w.faults),
         w.resident_seen,
         resident_now,
     );
-    let course = w.course.after(faults, window, period, w.resident);
+    let course = w.course.after(rewritten, window, period, w.resident);
     if !course.asks(w.resident) {
         *LAZY_WATCH.lock() = Some(LazyWatch {
             at: now,
@@ -863,7 +863,7 @@ fn watch_lazy_holder(period_ms: u64) {
     if engine::with(|e| e.ask_to_copy(w.version, copied)).unwrap_or(false) {
         stats::add(Counter::HolderCopiedAtOnce, 1);
         crate::base::log::debug!(
-            "holder of version {}: {faults} rewrites in {} ms, {} since it was made, asked to copy",
+            "holder of version {}: {rewritten} rewrites in {} ms, {} since it was made, asked to copy",
             w.version,
             window / 1_000_000,
             course.rewrites

@@ -1807,7 +1807,7 @@ fn fork_cadence_ms(fork: &Measure, base: Option<&Measure>, plan_seconds: u32) ->
     let seconds = [fork.seconds, base.and_then(|b| b.seconds)]
         .into_iter()
         .flatten()
-        .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.min(s))))
+        .reduce(f64::min)
         .unwrap_or(plan_seconds as f64);
     Some(((seconds * 1000.0 / forks).round() as u32).max(1))
 }

@@ -409,7 +409,7 @@ fn put_context(image: &Image, store: &Store, version: u64) -> Result<(), Failed>
 /// Removes the context an attempt at `stored` put before it failed (the process
 /// exited or exec'd meanwhile, or the store refused the version). Best effort: what
 /// is left is an orphan `memshadow verify` lists and a later retention removes.
-fn abandon(store: &mut Store, stored: u64) {
+fn abandon(store: &Store, stored: u64) {
     let _ = store.abandon(stored);
 }
 

@@ -664,10 +664,15 @@ impl Store {
     /// attempt ends without publishing the version; a published version's are left.
     /// The recorder calls it as an attempt fails: retention only collects such orphans
     /// below the newest version, since newer ones may be a write in progress.
-    pub fn abandon(&mut self, version: u64) -> Result<(), StoreError> {
+    pub fn abandon(&self, version: u64) -> Result<(), StoreError> {
         if self.version_numbers()?.contains(&version) {
             return Ok(());
         }
+        self.delete_beside(version)
+    }
+
+    /// Deletes the objects kept beside `version` (context, plan), if any.
+    fn delete_beside(&self, version: u64) -> Result<(), StoreError> {
         self.backend
             .delete(&context_layout::context_name(version))?;
         self.backend.delete(&plan_layout::plan_name(version))?;
@@ -774,8 +779,7 @@ impl Store {
             }
             // Without its manifest a context is garbage; it never holds a version up.
             for &v in &numbers[..first_kept] {
-                self.backend.delete(&context_layout::context_name(v))?;
-                self.backend.delete(&plan_layout::plan_name(v))?;
+                self.delete_beside(v)?;
             }
             out.dropped.reverse();
         }

@@ -1217,6 +1217,37 @@ fn image_pins_its_version_while_snapshots_go_on() {
     assert!(rest.ends_with("stopped by SIGUSR1\n"), "{rest}");
 }
 
+/// A snapshot taken while a thread is being started: glibc has mapped the thread's stack
+/// and the shim learns that it is a stack only once the thread runs (`late_thread` holds
+/// the thread back on its CPU). That version must not take the stack for plain memory:
+/// then it tracked it, the next snapshot (knowing it for a stack) did not, and the
+/// older version's image was refused, its stack "unmapped or discarded" (one CI run in
+/// four of image_pins_its_version_while_snapshots_go_on, where the four writers may not
+/// have run yet at "ready").
+#[test]
+fn a_snapshot_while_a_thread_is_being_started_keeps_its_version_whole() {
+    let prog = c_program("late_thread");
+    let dir = temp_dir("late");
+    let d = dir.path();
+    let running = start_running(
+        &prog,
+        &[],
+        d,
+        &[],
+        Duration::from_secs(10),
+        Duration::from_secs(60),
+    );
+    let pid = running.pid();
+    let ctl = Control::new(d, pid);
+    let v = ctl.snapshot().expect("a snapshot");
+    let line = running.next_line(LIMIT, "\"started\"");
+    assert_eq!(line, "started", "late_thread did not hold its thread back");
+    ctl.snapshot().expect("a second snapshot");
+    write_image(d, pid, v, &d.join("first.image"));
+    let rest = running.stop(Duration::from_secs(10));
+    assert!(rest.ends_with("stopped by SIGUSR1\n"), "{rest}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Consistency under concurrent writers
 // ---------------------------------------------------------------------------------------

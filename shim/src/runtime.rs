@@ -266,6 +266,7 @@ extern "C" fn fork_child() {
     crate::prefetch::forget_after_fork();
     crate::service::epoch::forget_after_fork();
     crate::service::pins::forget_after_fork();
+    crate::tracking::stacks::forget_after_fork();
     // The parent's recorder records the parent, not this child.
     stats::set(memshadow_format::stats::Counter::RecordedVersion, 0);
     stats::set(memshadow_format::stats::Counter::RecordedTimeMs, 0);

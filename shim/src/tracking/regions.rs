@@ -301,10 +301,19 @@ struct Listing {
     /// The shim's own memory's generation before the read.
     own_generation: u64,
     regions: Vec<Region>,
+    /// Whether every thread stack in the listing was known as one: no thread start was
+    /// pending when it was read, and none began meanwhile (see `stacks`).
+    stacks_known: bool,
 }
 
-/// Reads the maps file into regions, the shim's own memory cut out.
-fn read_listing() -> Listing {
+/// How long a rescan on a shim thread waits, per read, for threads being started to
+/// record their stacks.
+const START_WAIT_MS: u64 = 250;
+
+/// Reads the maps file into regions, the shim's own memory cut out. Waits up to
+/// `start_wait_ms` for threads being started first.
+fn read_listing(start_wait_ms: u64) -> Listing {
+    let begun = crate::tracking::stacks::wait_for_starts(start_wait_ms);
     let seq = with_table(|t| t.seq);
     let own_generation = crate::base::own::generation();
     let own = crate::base::own::ranges();
@@ -316,6 +325,7 @@ fn read_listing() -> Listing {
         seq,
         own_generation,
         regions,
+        stacks_known: begun.is_some_and(crate::tracking::stacks::no_start_since),
     }
 }
 
@@ -323,12 +333,14 @@ fn read_listing() -> Listing {
 /// it was read (a fresh munmap is not undone by an older listing), and the shim neither
 /// mapped nor unmapped memory of its own meanwhile (its shadow pool, mapped by the
 /// epoch thread while the control thread rescans, is not taken for the program's).
-fn apply_listing(listing: &Listing) -> bool {
+/// With `stacks_needed`, also refused when a thread stack in it may not be known as one.
+fn apply_listing(listing: &Listing, stacks_needed: bool) -> bool {
     with_table(|t| {
         let own_generation = crate::base::own::generation();
         if t.seq != listing.seq
             || own_generation != listing.own_generation
             || own_generation % 2 == 1
+            || (stacks_needed && !listing.stacks_known)
         {
             return false;
         }
@@ -338,10 +350,20 @@ fn apply_listing(listing: &Listing) -> bool {
 }
 
 /// Rebuilds the table from `/proc/self/maps`, reading again (up to three times) while
-/// what was read is no longer current (see [`apply_listing`]).
+/// what was read is no longer current (see [`apply_listing`]). On a shim thread it first
+/// waits for threads being started to record their stacks, and reads again if one began
+/// during a read, but the last read is taken without that (a program that starts
+/// threads all the time must not keep its table stale). A host thread (start-up, exit)
+/// never waits.
 pub fn rescan() {
-    for _ in 0..3 {
-        if apply_listing(&read_listing()) {
+    let start_wait_ms = if crate::base::shim_thread::is_current() {
+        START_WAIT_MS
+    } else {
+        0
+    };
+    for attempt in 0..3 {
+        let stacks_needed = start_wait_ms > 0 && attempt < 2;
+        if apply_listing(&read_listing(start_wait_ms), stacks_needed) {
             break;
         }
     }
@@ -449,13 +471,13 @@ mod tests {
         // table as the program's memory (the stats then counted the 1 GiB pool as
         // tracked, and auto chose holders for a small program).
         let covers = |l: &Listing, r: Range| l.regions.iter().any(|g| g.range.overlaps(&r));
-        let stale = read_listing();
+        let stale = read_listing(0);
         let pool = crate::base::own::map(64 * crate::base::page::PAGE, true).unwrap();
         assert!(
-            !apply_listing(&stale),
+            !apply_listing(&stale, false),
             "a listing older than the pool was applied"
         );
-        let fresh = read_listing();
+        let fresh = read_listing(0);
         assert!(
             !covers(&fresh, pool),
             "the shim's own memory is listed as the program's"
@@ -463,10 +485,64 @@ mod tests {
         // Unmapped and forgotten in one change too: a listing from before is refused.
         crate::base::own::unmap(pool);
         assert!(
-            !apply_listing(&fresh),
+            !apply_listing(&fresh, false),
             "a listing older than the unmap was applied"
         );
         assert!(!crate::base::own::ranges().contains(&pool));
+    }
+
+    #[test]
+    fn a_stack_mapped_before_its_thread_records_it_is_listed_as_a_stack() {
+        use crate::tracking::stacks;
+        // As glibc's pthread_create does: the new thread's stack is mapped, and the
+        // thread records it only once it runs. A listing read in between took it for
+        // plain memory (tracked by one snapshot, dropped by the next: the older
+        // version's reads of it were refused as discarded).
+        const LEN: usize = 1 << 20;
+        // SAFETY: a fresh private anonymous mapping, unmapped below.
+        let at = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(at, libc::MAP_FAILED);
+        let stack = Range::new(at as usize, at as usize + LEN);
+        stacks::start_begins();
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            stacks::register(stack);
+            stacks::start_ends();
+        });
+        let listing = read_listing(START_WAIT_MS);
+        thread.join().unwrap();
+        let kinds: Vec<Kind> = listing
+            .regions
+            .iter()
+            .filter(|r| r.range.overlaps(&stack))
+            .map(|r| r.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![Kind::Stack],
+            "the stack of a thread not yet running is listed as plain memory"
+        );
+        assert!(listing.stacks_known);
+
+        // A start still pending at the limit: the listing says so, and a rescan that
+        // needs the stacks does not apply it.
+        stacks::start_begins();
+        let pending = read_listing(5);
+        stacks::start_ends();
+        assert!(!pending.stacks_known);
+        assert!(!apply_listing(&pending, true));
+        stacks::unregister_starting_at(stack.start);
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(at, LEN) };
     }
 
     #[test]

@@ -5,22 +5,74 @@
 //! thread through [`thread_start`], which records the thread's stack range here; a
 //! pthread key destructor forgets it when the thread exits (also through
 //! `pthread_exit`). Rescans classify memory inside a recorded stack as a stack.
+//!
+//! Between glibc mapping a new thread's stack (inside `pthread_create`) and the thread
+//! recording it, the stack is plain anonymous memory in the maps file. A snapshot that
+//! listed it then would track it, and the next one, finding it a stack, would stop
+//! tracking it: the older version would lose it (its reads refused as discarded). So
+//! threads being started are counted ([`STARTING`]), and a rescan on a shim thread waits
+//! for them and reads again if one began meanwhile (see [`wait_for_starts`]).
 
 use crate::base::forward::{self, StartRoutine};
 use crate::base::range::{Range, RangeList};
 use core::ffi::{c_int, c_void};
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use memshadow_format::stats::Counter;
 
 static STACKS: RangeList<4096> = RangeList::new();
 static KEY: AtomicU32 = AtomicU32::new(0);
 static KEY_READY: AtomicBool = AtomicBool::new(false);
+/// Threads the interposed `pthread_create` is starting whose stacks are not recorded yet.
+static STARTING: AtomicUsize = AtomicUsize::new(0);
+/// Threads the interposed `pthread_create` began to start, ever (see [`wait_for_starts`]).
+static BEGUN: AtomicU64 = AtomicU64::new(0);
 
-fn register(r: Range) {
+/// A thread start begins: before glibc maps its stack. `STARTING` first, so a reader
+/// that saw no start pending and the old `BEGUN` sees this start by `BEGUN` afterwards.
+pub(in crate::tracking) fn start_begins() {
+    STARTING.fetch_add(1, Ordering::SeqCst);
+    BEGUN.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A thread start is over: its stack is recorded, or it will never run.
+pub(in crate::tracking) fn start_ends() {
+    STARTING.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Waits, sleeping, up to `limit_ms` for every thread being started to record its stack.
+/// Returns the count of starts begun, to be given to [`no_start_since`] after the maps
+/// file is read, or None when starts were still pending at the limit.
+pub fn wait_for_starts(limit_ms: u64) -> Option<u64> {
+    let mut waited = 0;
+    loop {
+        let begun = BEGUN.load(Ordering::SeqCst);
+        if STARTING.load(Ordering::SeqCst) == 0 {
+            return Some(begun);
+        }
+        if waited >= limit_ms {
+            return None;
+        }
+        crate::base::sys::sleep_ms(1);
+        waited += 1;
+    }
+}
+
+/// Whether no thread start began since [`wait_for_starts`] returned `begun`: then no
+/// stack was mapped but not yet recorded in between.
+pub fn no_start_since(begun: u64) -> bool {
+    BEGUN.load(Ordering::SeqCst) == begun
+}
+
+/// In a forked child the threads the parent was starting do not exist.
+pub fn forget_after_fork() {
+    STARTING.store(0, Ordering::SeqCst);
+}
+
+pub(in crate::tracking) fn register(r: Range) {
     STACKS.insert(r);
 }
 
-fn unregister_starting_at(start: usize) {
+pub(in crate::tracking) fn unregister_starting_at(start: usize) {
     STACKS.remove_first(|r| r.start == start);
 }
 
@@ -85,6 +137,7 @@ extern "C" fn thread_start(p: *mut c_void) -> *mut c_void {
             };
         }
     }
+    start_ends();
     crate::stats::add(Counter::ThreadsStarted, 1);
     start(arg)
 }
@@ -117,9 +170,11 @@ pub unsafe fn create(
     }
     // SAFETY: `p` is a fresh block large and aligned enough for ThreadStart.
     unsafe { p.write(ThreadStart { start, arg }) };
+    start_begins();
     // SAFETY: the caller's arguments are forwarded; only the start routine is wrapped.
     let rc = unsafe { (real.pthread_create)(thread, attr, thread_start, p.cast()) };
     if rc != 0 {
+        start_ends();
         // SAFETY: the thread was not created, so the block is still ours.
         unsafe { (real.free)(p.cast()) };
     }

@@ -6,9 +6,16 @@
 
 mod common;
 
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use common::{assert_native_ok, assert_same_behaviour, c_program, require_tool, tail, Prog};
+use common::shimmed::Running;
+use common::{
+    assert_native_ok, assert_same_behaviour, c_program, require_tool, tail, temp_dir, Prog,
+};
+use memshadow_format::{control, paths};
 
 /// Per-run limit: these programs take 1-2 s natively.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -145,4 +152,63 @@ fn the_reported_bash_pipeline_keeps_its_output() {
         assert!(run.output.stderr.is_empty(), "{}", tail(&run.output.stderr));
         assert!(run.output.status.success());
     }
+}
+
+/// Sends `ping` on a new connection to `socket` and returns the reply's first line.
+fn ping(socket: &Path) -> Result<String, String> {
+    let mut s = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
+    let limit = Some(Duration::from_secs(5));
+    s.set_read_timeout(limit)
+        .and_then(|()| s.set_write_timeout(limit))
+        .and_then(|()| s.write_all(format!("{}\n", control::CMD_PING).as_bytes()))
+        .map_err(|e| format!("send: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| format!("reply: {e}"))?;
+    Ok(line)
+}
+
+/// The shim's accept() of a control connection and the move of it out of the program's
+/// way are one step as far as the program's dup2() and close() are concerned: a dup2()
+/// onto the number accept() had just taken made the shim take the program's file for
+/// the connection and close the program's descriptor. dup_race dup2()s onto the lowest
+/// free number all the time and says when its descriptor was lost; every ping must be
+/// answered.
+#[test]
+fn control_connections_never_take_a_number_the_program_dup2s_onto() {
+    let prog = c_program("dup_race");
+    let dir = temp_dir("dup-race");
+    let running = Running::start(
+        &prog,
+        &[],
+        dir.path(),
+        &[],
+        Duration::from_secs(10),
+        Duration::from_secs(90),
+    );
+    let socket = paths::socket_path(dir.path(), running.pid());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut refused = Vec::new();
+    let mut asked = 0;
+    while asked < 3000 && Instant::now() < deadline {
+        asked += 1;
+        match ping(&socket) {
+            Ok(line) if line.starts_with("ok") => {}
+            other => refused.push(format!("{other:?}")),
+        }
+    }
+    assert!(asked >= 100, "only {asked} pings in 20 s");
+    let rest = running.stop(Duration::from_secs(10));
+    assert!(
+        !rest.contains("FAIL"),
+        "the program lost a descriptor to the shim:\n{rest}"
+    );
+    assert_eq!(rest, "dup2 rounds: many\nstopped by SIGUSR1\n");
+    assert!(
+        refused.is_empty(),
+        "{} of {asked} pings were not answered, e.g. {}",
+        refused.len(),
+        refused[0]
+    );
 }

@@ -333,9 +333,10 @@ pub fn release_all_after_fork() {
 pub struct ShimFd(i32);
 
 impl ShimFd {
-    /// Adopts `fd` (see [`adopt`]).
-    pub fn adopt(fd: i32) -> Result<ShimFd, FdError> {
-        adopt(fd).map(ShimFd)
+    /// Creates a descriptor with `create` and adopts it, with the program's closes held
+    /// off in between (see [`create_and_adopt`]).
+    pub fn create(create: impl FnOnce() -> i32) -> Result<ShimFd, FdError> {
+        create_and_adopt(create).map(ShimFd)
     }
 
     pub fn raw(&self) -> i32 {
@@ -371,7 +372,7 @@ fn on_procfs(fd: i32) -> bool {
 /// it cannot be read, at most `max` bytes.
 pub fn read_file(path: &core::ffi::CStr, max: usize) -> Vec<u8> {
     // Opened and moved with the program's closes held off (see `create_and_adopt`).
-    let opened = create_and_adopt(|| {
+    let opened = ShimFd::create(|| {
         // SAFETY: `path` is a valid C string; the flags open it for reading only.
         unsafe {
             libc::open(
@@ -380,7 +381,7 @@ pub fn read_file(path: &core::ffi::CStr, max: usize) -> Vec<u8> {
             )
         }
     });
-    let Ok(f) = opened.map(ShimFd) else {
+    let Ok(f) = opened else {
         return Vec::new();
     };
     if !on_procfs(f.raw()) {

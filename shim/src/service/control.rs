@@ -65,11 +65,21 @@ pub fn start(dir: &Path) -> Result<PathBuf, ControlError> {
         return Err(ControlError::TooLong(path));
     }
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).map_err(|e| ControlError::Listen(path.clone(), e))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| ControlError::Restrict(path.clone(), e))?;
-    let fd = crate::base::fds::adopt(listener.into_raw_fd()).map_err(ControlError::Adopt)?;
+    // Made and moved out of the program's way with its closes held off (see `fds`).
+    let fd = crate::base::fds::creating(|| {
+        let listener =
+            UnixListener::bind(&path).map_err(|e| ControlError::Listen(path.clone(), e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| ControlError::Listen(path.clone(), e))?;
+        crate::base::fds::adopt(listener.into_raw_fd()).map_err(ControlError::Adopt)
+    })?;
     LISTEN_FD.store(fd, Ordering::Release);
+    if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+        stop_listening();
+        let _ = std::fs::remove_file(&path);
+        return Err(ControlError::Restrict(path, e));
+    }
     if let Err(e) = crate::base::shim_thread::spawn(serve, fd as usize as *mut c_void) {
         stop_listening();
         let _ = std::fs::remove_file(&path);
@@ -138,22 +148,26 @@ extern "C" fn serve(arg: *mut c_void) -> *mut c_void {
         if n < 0 || pfd.revents & libc::POLLIN == 0 {
             continue;
         }
-        // SAFETY: accepting on our listening socket; no address is requested.
-        let conn = unsafe {
-            libc::accept4(
-                fd,
-                core::ptr::null_mut(),
-                core::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
-            )
-        };
-        // Out of the program's way while it is answered; closed when dropped, unless it
-        // is kept for a pin (then `pins` releases it).
-        if conn >= 0 {
-            if let Ok(conn) = crate::base::fds::ShimFd::adopt(conn) {
-                if answer(conn.raw()) {
-                    core::mem::forget(conn);
-                }
+        // Accepted and moved out of the program's way in one step for the program's
+        // close, dup2 and dup3 (a dup2 onto the number accept took would otherwise hand
+        // the shim the program's file, or fail with EBUSY). The listening socket does
+        // not block: a connection gone meanwhile is no wait with the program's closes
+        // held off. Closed when dropped, unless it is kept for a pin (then `pins`
+        // releases it).
+        let accepted = crate::base::fds::ShimFd::create(|| {
+            // SAFETY: accepting on our listening socket; no address is requested.
+            unsafe {
+                libc::accept4(
+                    fd,
+                    core::ptr::null_mut(),
+                    core::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
+            }
+        });
+        if let Ok(conn) = accepted {
+            if answer(conn.raw()) {
+                core::mem::forget(conn);
             }
         }
     }

@@ -1248,6 +1248,43 @@ fn a_snapshot_while_a_thread_is_being_started_keeps_its_version_whole() {
     assert!(rest.ends_with("stopped by SIGUSR1\n"), "{rest}");
 }
 
+/// A thread started on the stack of a thread that exited: glibc kept that stack, plain
+/// memory to the shim meanwhile, so version 1 tracked it; the new thread makes it a
+/// stack again, which version 2 does not track. Version 1 keeps it whole (its pages are
+/// saved as it leaves tracking): its image was refused, the stack "unmapped or
+/// discarded", as for any threaded server that starts threads as it goes.
+#[test]
+fn a_version_keeps_memory_that_becomes_a_thread_stack_after_it() {
+    let prog = c_program("reused_stack");
+    let dir = temp_dir("reused");
+    let d = dir.path();
+    let running = start_running(
+        &prog,
+        &[],
+        d,
+        &[],
+        Duration::from_secs(10),
+        Duration::from_secs(60),
+    );
+    let pid = running.pid();
+    let ctl = Control::new(d, pid);
+    let v = ctl.snapshot().expect("a snapshot");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .expect("send SIGUSR2");
+    let line = running.next_line(LIMIT, "\"started\"");
+    assert_eq!(
+        line, "started on the kept stack",
+        "glibc did not give the new thread the kept stack: the test proves nothing"
+    );
+    ctl.snapshot().expect("a second snapshot");
+    write_image(d, pid, v, &d.join("first.image"));
+    let rest = running.stop(Duration::from_secs(10));
+    assert!(rest.ends_with("stopped by SIGUSR1\n"), "{rest}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Consistency under concurrent writers
 // ---------------------------------------------------------------------------------------

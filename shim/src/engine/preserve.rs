@@ -241,6 +241,15 @@ pub fn serve(between: &mut dyn FnMut()) {
     REQUESTS.answer(request.ticket, answer);
 }
 
+/// On the epoch thread, before a pass opens its version: saves the pages of `r` that
+/// retained versions need, `r` being memory the last pass tracked and the coming one
+/// will not though it is still mapped (a thread stack known as one only now). Once it
+/// is no longer tracked nothing keeps its pages for those versions: as before a
+/// discard, they are saved now. Returns whether they were.
+pub fn save_before_untracking(r: Range) -> bool {
+    save(r, &mut || {}) != NOT_SAVED
+}
+
 /// Saves every page of `r` that the newest version needs, all at one stamp. Returns that
 /// stamp, or NOT_SAVED.
 fn save(r: Range, between: &mut dyn FnMut()) -> u64 {

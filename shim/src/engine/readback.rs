@@ -13,8 +13,9 @@
 //! between the version and its newer shadow, or lost since the version with no shadow,
 //! or in a range the newest snapshot no longer tracks with no shadow, is refused
 //! (`Gone`), never answered with another version's bytes. The interposed discards save
-//! pages first (see `preserve`), so this is left for glibc's internal discards and
-//! races.
+//! pages first (see `preserve`), and so does a pass for memory that leaves tracking
+//! while still mapped (a thread stack known as one only later, see `epoch`), so this is
+//! left for glibc's internal discards and races.
 
 use crate::base::page::PAGE;
 use crate::base::range::{coalesce, Range};

@@ -76,6 +76,28 @@ pub fn retire(old: &[TrackedRange], new: &[Range], v: u64) -> Vec<RetiredRange> 
     out
 }
 
+/// Memory the last pass tracked and this one will not, though it is still mapped: a
+/// thread stack the shim knows as one only now (the thread had not run when the last
+/// pass listed it, or it runs on a stack glibc kept from an exited thread, which was
+/// plain memory in between). The versions that tracked it keep its pages, saved now.
+fn save_what_leaves_tracking(last: &[TrackedRange], wanted: &[Range]) {
+    let leaving: Vec<Range> = retire(last, wanted, 0).iter().map(|r| r.range).collect();
+    if leaving.is_empty() {
+        return;
+    }
+    let mut mapped = Vec::new();
+    regions::with_table(|t| t.untracked_within(&leaving, &mut |r| mapped.push(r)));
+    for r in mapped {
+        if !crate::engine::preserve::save_before_untracking(r) {
+            crate::base::log::debug!(
+                "{:#x}..{:#x} is no longer tracked and its pages could not be kept",
+                r.start,
+                r.end
+            );
+        }
+    }
+}
+
 /// Which parts of `new` were tracked before (keep their `since`) and which are new
 /// (tracked since `v`). Both lists are sorted and free of overlaps.
 pub fn carry_since(old: &[TrackedRange], new: &[Range], v: u64) -> Vec<TrackedRange> {
@@ -247,6 +269,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     regions::rescan();
     let rescanned = engine::now_ns();
     let wanted = regions::with_table(|t| t.tracked_ranges());
+    save_what_leaves_tracking(&last.tracked, &wanted);
     let u = engine::uffd();
     // Under `holder`, a holder child keeps this version: made now, after the scan (its
     // instant is the clone), on this thread (the epoch thread: its PDEATHSIG is tied to

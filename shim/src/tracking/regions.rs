@@ -201,6 +201,23 @@ impl RegionTable {
         out
     }
 
+    /// The parts of `ranges` that the table lists as memory it does not track (thread
+    /// stacks, unless stacks are tracked): still mapped, not the program's heap. Calls
+    /// `out` with each, in address order.
+    pub fn untracked_within(&self, ranges: &[Range], out: &mut dyn FnMut(Range)) {
+        for e in self.entries.iter().filter(|e| !self.tracked(e.kind)) {
+            for r in ranges
+                .iter()
+                .filter(|r| r.start < e.range.end && e.range.start < r.end)
+            {
+                out(Range::new(
+                    r.start.max(e.range.start),
+                    r.end.min(e.range.end),
+                ));
+            }
+        }
+    }
+
     pub fn totals(&self) -> (u64, u64) {
         (self.tracked_regions, self.tracked_bytes)
     }
@@ -434,6 +451,20 @@ mod tests {
         assert_eq!(t.totals(), (1, 0x30000));
         assert_eq!(t.kind_at(0x50800), Some(Kind::Stack));
         assert_eq!(t.kind_at(0x48000), None);
+    }
+
+    #[test]
+    fn untracked_parts_still_mapped_are_the_stacks_within() {
+        let mut t = table();
+        t.insert(Range::new(0x10000, 0x20000), Kind::Anon);
+        t.insert(Range::new(0x20000, 0x30000), Kind::Stack);
+        t.insert(Range::new(0x40000, 0x50000), Kind::Stack);
+        let mut got = Vec::new();
+        t.untracked_within(
+            &[Range::new(0x18000, 0x28000), Range::new(0x60000, 0x70000)],
+            &mut |r| got.push(r),
+        );
+        assert_eq!(got, vec![Range::new(0x20000, 0x28000)]);
     }
 
     #[test]

@@ -1,0 +1,113 @@
+/* reused_stack: a thread started on the stack of a thread that has exited.
+ *
+ * glibc keeps the stacks of exited threads and gives them to new threads. While kept,
+ * such a stack is plain anonymous memory to the shim (the thread that had it is gone),
+ * so a snapshot tracks it; once a new thread runs on it, it is a stack again, which the
+ * next snapshot does not track. The versions that tracked it must keep it whole.
+ *
+ * Starts a thread that writes its stack and exits (joined), prints
+ *     ready
+ * waits for SIGUSR2, starts a thread with the same attributes (glibc gives it the kept
+ * stack), which writes its stack and waits, and prints
+ *     started on the kept stack
+ * ("started on another stack" if glibc gave it another one)
+ * then waits for SIGUSR1 (or 60 s) and prints "stopped by SIGUSR1" (or "stopped by the
+ * time limit"). Runs the same without the shim.
+ *
+ * Usage: reused_stack */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+#define TOUCHED (64 * 1024)
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static int running, done;
+static void *stack_of[2];
+
+/* Where the calling thread's stack starts. */
+static void *my_stack(void)
+{
+    pthread_attr_t attr;
+    void *addr = NULL;
+    size_t size = 0;
+    if (pthread_getattr_np(pthread_self(), &attr) != 0)
+        DIE("pthread_getattr_np");
+    pthread_attr_getstack(&attr, &addr, &size);
+    pthread_attr_destroy(&attr);
+    return addr;
+}
+
+static void touch_stack(char value)
+{
+    volatile char buf[TOUCHED];
+    for (size_t i = 0; i < sizeof buf; i += 512)
+        buf[i] = value;
+}
+
+static void *exits_at_once(void *arg)
+{
+    stack_of[0] = my_stack();
+    touch_stack(1);
+    return arg;
+}
+
+static void *stays(void *arg)
+{
+    stack_of[1] = my_stack();
+    touch_stack(2);
+    pthread_mutex_lock(&lock);
+    running = 1;
+    pthread_cond_broadcast(&cond);
+    while (!done)
+        pthread_cond_wait(&cond, &lock);
+    pthread_mutex_unlock(&lock);
+    return arg;
+}
+
+int main(int argc, char **argv)
+{
+    (void)argv;
+    if (argc > 1)
+        DIE("usage: reused_stack");
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGUSR1);
+    sigaddset(&sigs, SIGUSR2);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    pthread_t t;
+    if (pthread_create(&t, NULL, exits_at_once, NULL) != 0 || pthread_join(t, NULL) != 0)
+        DIE("the first thread");
+    printf("ready\n");
+    fflush(stdout);
+    sigset_t usr2;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    struct timespec limit = {.tv_sec = 60};
+    if (sigtimedwait(&usr2, NULL, &limit) != SIGUSR2)
+        DIE("no SIGUSR2 within 60 s");
+    if (pthread_create(&t, NULL, stays, NULL) != 0)
+        DIE("the second thread");
+    pthread_mutex_lock(&lock);
+    while (!running)
+        pthread_cond_wait(&cond, &lock);
+    pthread_mutex_unlock(&lock);
+    printf("started on %s\n", stack_of[0] == stack_of[1] ? "the kept stack" : "another stack");
+    fflush(stdout);
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    int sig = sigtimedwait(&usr1, NULL, &limit);
+    pthread_mutex_lock(&lock);
+    done = 1;
+    pthread_cond_broadcast(&cond);
+    pthread_mutex_unlock(&lock);
+    pthread_join(t, NULL);
+    printf("%s\n", sig == SIGUSR1 ? "stopped by SIGUSR1" : "stopped by the time limit");
+    return 0;
+}

@@ -12,9 +12,11 @@
  *     started on the kept stack
  * ("started on another stack" if glibc gave it another one)
  * then waits for SIGUSR1 (or 60 s) and prints "stopped by SIGUSR1" (or "stopped by the
- * time limit"). Runs the same without the shim.
+ * time limit"). With `exits`, the second thread exits at once too (glibc discards the
+ * stack it ran on, with its own madvise, before "started ..." is printed), as a
+ * server's thread for one request does. Runs the same without the shim.
  *
- * Usage: reused_stack */
+ * Usage: reused_stack [stays|exits] */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
@@ -27,7 +29,7 @@
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
-static int running, done;
+static int running, done, exits;
 static void *stack_of[2];
 
 /* Where the calling thread's stack starts. */
@@ -64,7 +66,7 @@ static void *stays(void *arg)
     pthread_mutex_lock(&lock);
     running = 1;
     pthread_cond_broadcast(&cond);
-    while (!done)
+    while (!done && !exits)
         pthread_cond_wait(&cond, &lock);
     pthread_mutex_unlock(&lock);
     return arg;
@@ -72,9 +74,9 @@ static void *stays(void *arg)
 
 int main(int argc, char **argv)
 {
-    (void)argv;
-    if (argc > 1)
-        DIE("usage: reused_stack");
+    exits = argc > 1 && strcmp(argv[1], "exits") == 0;
+    if (argc > 2 || (argc > 1 && !exits && strcmp(argv[1], "stays") != 0))
+        DIE("usage: reused_stack [stays|exits]");
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGUSR1);
@@ -97,6 +99,8 @@ int main(int argc, char **argv)
     while (!running)
         pthread_cond_wait(&cond, &lock);
     pthread_mutex_unlock(&lock);
+    if (exits && pthread_join(t, NULL) != 0)
+        DIE("joining the second thread");
     printf("started on %s\n", stack_of[0] == stack_of[1] ? "the kept stack" : "another stack");
     fflush(stdout);
     sigset_t usr1;
@@ -107,7 +111,8 @@ int main(int argc, char **argv)
     done = 1;
     pthread_cond_broadcast(&cond);
     pthread_mutex_unlock(&lock);
-    pthread_join(t, NULL);
+    if (!exits)
+        pthread_join(t, NULL);
     printf("%s\n", sig == SIGUSR1 ? "stopped by SIGUSR1" : "stopped by the time limit");
     return 0;
 }

@@ -67,15 +67,16 @@ impl<const N: usize> RangeList<N> {
         true
     }
 
-    /// Removes the first range that `pred` selects.
-    pub fn remove_first(&self, pred: impl Fn(&Range) -> bool) {
+    /// Removes the first range that `pred` selects, and returns it.
+    pub fn remove_first(&self, pred: impl Fn(&Range) -> bool) -> Option<Range> {
         let _s = crate::base::sys::block_signals();
         let mut l = self.inner.lock();
         let n = l.len;
-        if let Some(i) = l.ranges[..n].iter().position(pred) {
-            l.ranges[i] = l.ranges[n - 1];
-            l.len -= 1;
-        }
+        let i = l.ranges[..n].iter().position(pred)?;
+        let r = l.ranges[i];
+        l.ranges[i] = l.ranges[n - 1];
+        l.len -= 1;
+        Some(r)
     }
 
     /// A copy of the list (allocates from the shim's arena: not for interposed paths).

@@ -218,6 +218,15 @@ impl RegionTable {
         }
     }
 
+    /// Whether the table tracks any part of `r`.
+    pub fn tracks_any(&self, r: Range) -> bool {
+        let i = self.first_ending_after(r.start);
+        self.entries[i..]
+            .iter()
+            .take_while(|e| e.range.start < r.end)
+            .any(|e| self.tracked(e.kind))
+    }
+
     pub fn totals(&self) -> (u64, u64) {
         (self.tracked_regions, self.tracked_bytes)
     }
@@ -465,6 +474,9 @@ mod tests {
             &mut |r| got.push(r),
         );
         assert_eq!(got, vec![Range::new(0x20000, 0x28000)]);
+        assert!(t.tracks_any(Range::new(0x1f000, 0x21000)));
+        assert!(!t.tracks_any(Range::new(0x20000, 0x30000)));
+        assert!(!t.tracks_any(Range::new(0x60000, 0x70000)));
     }
 
     #[test]

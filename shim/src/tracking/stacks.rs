@@ -20,6 +20,10 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering
 use memshadow_format::stats::Counter;
 
 static STACKS: RangeList<4096> = RangeList::new();
+/// Recorded stacks that the region table listed as tracked memory when their thread
+/// started (a stack glibc kept from an exited thread): the engine may track them until
+/// the next pass.
+static STARTED_TRACKED: RangeList<4096> = RangeList::new();
 static KEY: AtomicU32 = AtomicU32::new(0);
 static KEY_READY: AtomicBool = AtomicBool::new(false);
 /// Threads the interposed `pthread_create` is starting whose stacks are not recorded yet.
@@ -70,10 +74,21 @@ pub fn forget_after_fork() {
 
 pub(in crate::tracking) fn register(r: Range) {
     STACKS.insert(r);
+    if crate::tracking::regions::with_table(|t| t.tracks_any(r)) {
+        STARTED_TRACKED.insert(r);
+    }
 }
 
-pub(in crate::tracking) fn unregister_starting_at(start: usize) {
-    STACKS.remove_first(|r| r.start == start);
+/// Forgets the stack starting at `start`; returns it, and whether snapshots may still
+/// track part of it (the table listed it as tracked memory when its thread started, or
+/// does now).
+pub(in crate::tracking) fn unregister_starting_at(start: usize) -> Option<(Range, bool)> {
+    let r = STACKS.remove_first(|r| r.start == start)?;
+    let started_tracked = STARTED_TRACKED.remove_first(|s| *s == r).is_some();
+    Some((
+        r,
+        started_tracked || crate::tracking::regions::with_table(|t| t.tracks_any(r)),
+    ))
 }
 
 /// The recorded stacks (allocates from the shim's arena: not for interposed paths).
@@ -81,9 +96,18 @@ pub fn snapshot() -> Vec<Range> {
     STACKS.to_vec()
 }
 
-/// The pthread key destructor, run as a thread started by the host exits.
+/// The pthread key destructor, run as a thread started by the host exits. glibc then
+/// discards most of the stack with its own `madvise` (which no interposer sees) and keeps
+/// it for a later thread. A stack that snapshots may track (see [`STARTED_TRACKED`])
+/// has the pages retained versions need saved first, as before any discard; a version
+/// opened between this save and glibc's discard learns of the discard from the kernel's
+/// REMOVE event.
 extern "C" fn forget_stack(start: *mut c_void) {
-    unregister_starting_at(start as usize);
+    if let Some((stack, maybe_tracked)) = unregister_starting_at(start as usize) {
+        if maybe_tracked {
+            crate::engine::preserve::before_discard(stack);
+        }
+    }
     crate::stats::release_stripe();
 }
 
@@ -183,8 +207,10 @@ pub unsafe fn create(
 
 pub(crate) fn lock_for_fork() {
     STACKS.lock_for_fork();
+    STARTED_TRACKED.lock_for_fork();
 }
 
 pub(crate) fn unlock_after_fork() {
+    STARTED_TRACKED.unlock_after_fork();
     STACKS.unlock_after_fork();
 }

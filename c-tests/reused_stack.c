@@ -16,7 +16,12 @@
  * stack it ran on, with its own madvise, before "started ..." is printed), as a
  * server's thread for one request does. Runs the same without the shim.
  *
- * Usage: reused_stack [stays|exits] */
+ * With `given`, the second thread runs on a stack the program gives it
+ * (pthread_attr_setstack on a 1 MiB block it allocated and wrote before "ready"): the
+ * program's data until then, tracked, and a stack from then on; it prints
+ * "started on the given stack" and stays.
+ *
+ * Usage: reused_stack [stays|exits|given] */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
@@ -29,7 +34,8 @@
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
-static int running, done, exits;
+static int running, done, exits, given;
+#define GIVEN_BYTES (1 << 20)
 static void *stack_of[2];
 
 /* Where the calling thread's stack starts. */
@@ -75,8 +81,15 @@ static void *stays(void *arg)
 int main(int argc, char **argv)
 {
     exits = argc > 1 && strcmp(argv[1], "exits") == 0;
-    if (argc > 2 || (argc > 1 && !exits && strcmp(argv[1], "stays") != 0))
-        DIE("usage: reused_stack [stays|exits]");
+    given = argc > 1 && strcmp(argv[1], "given") == 0;
+    if (argc > 2 || (argc > 1 && !exits && !given && strcmp(argv[1], "stays") != 0))
+        DIE("usage: reused_stack [stays|exits|given]");
+    void *block = NULL;
+    if (given) {
+        if (posix_memalign(&block, 4096, GIVEN_BYTES) != 0)
+            DIE("posix_memalign");
+        memset(block, 7, GIVEN_BYTES);
+    }
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGUSR1);
@@ -93,7 +106,11 @@ int main(int argc, char **argv)
     struct timespec limit = {.tv_sec = 60};
     if (sigtimedwait(&usr2, NULL, &limit) != SIGUSR2)
         DIE("no SIGUSR2 within 60 s");
-    if (pthread_create(&t, NULL, stays, NULL) != 0)
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    if (given && pthread_attr_setstack(&attr, block, GIVEN_BYTES) != 0)
+        DIE("pthread_attr_setstack");
+    if (pthread_create(&t, &attr, stays, NULL) != 0)
         DIE("the second thread");
     pthread_mutex_lock(&lock);
     while (!running)
@@ -101,7 +118,10 @@ int main(int argc, char **argv)
     pthread_mutex_unlock(&lock);
     if (exits && pthread_join(t, NULL) != 0)
         DIE("joining the second thread");
-    printf("started on %s\n", stack_of[0] == stack_of[1] ? "the kept stack" : "another stack");
+    if (given)
+        printf("started on %s\n", stack_of[1] == block ? "the given stack" : "another stack");
+    else
+        printf("started on %s\n", stack_of[0] == stack_of[1] ? "the kept stack" : "another stack");
     fflush(stdout);
     sigset_t usr1;
     sigemptyset(&usr1);

@@ -400,6 +400,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     };
     let mut work = PassWork::with_capacity(unprotected_cap, changed_cap);
     let tracked = carry_since(&last.tracked, &ranges, v);
+    crate::tracking::stacks::publish_tracked(tracked.iter().map(|t| t.range));
     // Retired ranges stay while a retained version may need them.
     let mut retired: Vec<RetiredRange> = last
         .retired

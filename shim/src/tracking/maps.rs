@@ -26,6 +26,7 @@ pub struct Region {
 #[derive(Debug, PartialEq, Eq)]
 pub struct MapsLine<'a> {
     pub range: Range,
+    pub readable: bool,
     pub writable: bool,
     pub private: bool,
     pub inode: u64,
@@ -50,6 +51,7 @@ pub fn parse_line(line: &str) -> Option<MapsLine<'_>> {
     }
     Some(MapsLine {
         range: Range::new(hex(a)?, hex(b)?),
+        readable: perms[0] == b'r',
         writable: perms[1] == b'w',
         private: perms[3] == b'p',
         inode,
@@ -77,6 +79,40 @@ pub fn not_inherited(smaps: &[u8], out: &mut Vec<Range>) {
         };
         if let Some(m) = parse_line(text) {
             current = Some(m.range);
+        }
+    }
+}
+
+/// The stacks of `kept` (stacks glibc kept from exited threads, sorted, each the part
+/// above its guard page) that `text` still shows as glibc leaves them: an inaccessible
+/// private anonymous mapping ending where the stack starts (the guard), and writable
+/// private anonymous memory over the whole stack. glibc unmaps a kept stack it no
+/// longer wants with its own munmap, which no interposer sees; memory mapped there
+/// after it is taken for a stack only if it has that very shape.
+pub fn kept_stacks_present(text: &str, kept: &[Range], out: &mut dyn FnMut(Range)) {
+    if kept.is_empty() {
+        return;
+    }
+    // The private anonymous lines: (range, inaccessible, writable), in address order.
+    let mut anon: Vec<(Range, bool, bool)> = Vec::new();
+    for l in text.lines().filter_map(parse_line) {
+        if l.inode == 0 && l.private && !l.path.starts_with('/') {
+            anon.push((l.range, !l.readable && !l.writable, l.writable));
+        }
+    }
+    for &k in kept {
+        let i = anon.partition_point(|(r, _, _)| r.end < k.start);
+        let guarded = anon
+            .get(i)
+            .is_some_and(|&(r, none, _)| none && r.end == k.start);
+        let mut covered = k.start;
+        for &(r, _, writable) in anon[i..].iter().take_while(|(r, _, _)| r.start < k.end) {
+            if r.start <= covered && writable && r.end > covered {
+                covered = r.end;
+            }
+        }
+        if guarded && covered >= k.end {
+            out(k);
         }
     }
 }
@@ -176,6 +212,30 @@ garbage line
             v.push((r.range.start, r.range.end, r.kind))
         });
         v
+    }
+
+    #[test]
+    fn a_kept_stack_counts_while_it_has_its_guard_below_and_is_mapped_whole() {
+        let text = "\
+7f0000000000-7f0000001000 ---p 00000000 00:00 0
+7f0000001000-7f0000801000 rw-p 00000000 00:00 0
+7f1000000000-7f1000801000 rw-p 00000000 00:00 0
+7f2000000000-7f2000001000 ---p 00000000 00:00 0
+7f2000001000-7f2000400000 rw-p 00000000 00:00 0
+";
+        let kept = [
+            // As glibc keeps it.
+            Range::new(0x7f0000001000, 0x7f0000801000),
+            // Unmapped, and a 8 MiB malloc block mapped over it: no guard below.
+            Range::new(0x7f1000001000, 0x7f1000801000),
+            // Only partly mapped now.
+            Range::new(0x7f2000001000, 0x7f2000801000),
+            // Gone.
+            Range::new(0x7f3000001000, 0x7f3000801000),
+        ];
+        let mut present = Vec::new();
+        kept_stacks_present(text, &kept, &mut |k| present.push(k));
+        assert_eq!(present, vec![kept[0]]);
     }
 
     #[test]

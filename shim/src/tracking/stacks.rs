@@ -3,8 +3,12 @@
 //! glibc maps thread stacks with its internal `__mmap`, so they look like any other
 //! anonymous memory in `/proc/self/maps`. The interposed `pthread_create` starts each
 //! thread through [`thread_start`], which records the thread's stack range here; a
-//! pthread key destructor forgets it when the thread exits (also through
-//! `pthread_exit`). Rescans classify memory inside a recorded stack as a stack.
+//! pthread key destructor moves it to the kept stacks when the thread exits (also
+//! through `pthread_exit`), since glibc keeps the stacks it mapped for later threads,
+//! while rescans find them still there ([`KEPT`]). Rescans classify memory inside a
+//! recorded or kept stack as a stack. Whatever a snapshot tracked and a later one
+//! finds to be a stack has its pages saved for the older versions as it leaves tracking
+//! (`epoch`), or as its thread exits when the newest pass tracks it ([`forget_stack`]).
 //!
 //! Between glibc mapping a new thread's stack (inside `pthread_create`) and the thread
 //! recording it, the stack is plain anonymous memory in the maps file. A snapshot that
@@ -15,15 +19,61 @@
 
 use crate::base::forward::{self, StartRoutine};
 use crate::base::range::{Range, RangeList};
+use crate::base::sync::SpinLock;
 use core::ffi::{c_int, c_void};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use memshadow_format::stats::Counter;
 
 static STACKS: RangeList<4096> = RangeList::new();
-/// Recorded stacks that the region table listed as tracked memory when their thread
-/// started (a stack glibc kept from an exited thread): the engine may track them until
-/// the next pass.
-static STARTED_TRACKED: RangeList<4096> = RangeList::new();
+/// Stacks of exited threads that glibc keeps for later threads (those it mapped itself,
+/// with a guard page): still stacks, never the program's data, so never tracked; each
+/// rescan checks that one is still there (see `maps::kept_stacks_present`).
+static KEPT: RangeList<4096> = RangeList::new();
+/// Most ranges [`PASS_TRACKED`] holds; past that every stack counts as tracked.
+const PASS_TRACKED_MAX: usize = 4096;
+
+/// The memory the newest protect pass tracks, sorted, as the epoch thread published it
+/// (see [`publish_tracked`]): an exiting thread checks its stack against it.
+struct PassTracked {
+    ranges: [Range; PASS_TRACKED_MAX],
+    len: usize,
+    /// More ranges than room: assume every stack is tracked.
+    overflow: bool,
+}
+
+static PASS_TRACKED: SpinLock<PassTracked> = SpinLock::new(PassTracked {
+    ranges: [Range::EMPTY; PASS_TRACKED_MAX],
+    len: 0,
+    overflow: false,
+});
+
+/// Publishes what the coming protect pass tracks (the epoch thread, before it opens the
+/// version; `tracked` is sorted). A stack glibc kept from an exited thread is plain
+/// memory to a pass that lists it meanwhile, so a later thread may run on memory the
+/// newest version tracks.
+pub fn publish_tracked(tracked: impl ExactSizeIterator<Item = Range>) {
+    let _s = crate::base::sys::block_signals();
+    let mut p = PASS_TRACKED.lock();
+    p.overflow = tracked.len() > PASS_TRACKED_MAX;
+    p.len = 0;
+    for r in tracked.take(PASS_TRACKED_MAX) {
+        let i = p.len;
+        p.ranges[i] = r;
+        p.len += 1;
+    }
+}
+
+/// Whether the newest pass tracks any part of `r`.
+fn pass_tracks_any(r: Range) -> bool {
+    let _s = crate::base::sys::block_signals();
+    let p = PASS_TRACKED.lock();
+    if p.overflow {
+        return true;
+    }
+    let listed = &p.ranges[..p.len];
+    let i = listed.partition_point(|t| t.end <= r.start);
+    listed.get(i).is_some_and(|t| t.start < r.end)
+}
 static KEY: AtomicU32 = AtomicU32::new(0);
 static KEY_READY: AtomicBool = AtomicBool::new(false);
 /// Threads the interposed `pthread_create` is starting whose stacks are not recorded yet.
@@ -67,28 +117,36 @@ pub fn no_start_since(begun: u64) -> bool {
     BEGUN.load(Ordering::SeqCst) == begun
 }
 
-/// In a forked child the threads the parent was starting do not exist.
+/// In a forked child the threads the parent was starting do not exist, nor do the
+/// parent's passes.
 pub fn forget_after_fork() {
     STARTING.store(0, Ordering::SeqCst);
+    let mut p = PASS_TRACKED.lock();
+    p.len = 0;
+    p.overflow = false;
 }
 
 pub(in crate::tracking) fn register(r: Range) {
+    // A thread on a kept stack: the stack is a live thread's again.
+    while KEPT.remove_first(|k| k.overlaps(&r)).is_some() {}
     STACKS.insert(r);
-    if crate::tracking::regions::with_table(|t| t.tracks_any(r)) {
-        STARTED_TRACKED.insert(r);
-    }
 }
 
-/// Forgets the stack starting at `start`; returns it, and whether snapshots may still
-/// track part of it (the table listed it as tracked memory when its thread started, or
-/// does now).
-pub(in crate::tracking) fn unregister_starting_at(start: usize) -> Option<(Range, bool)> {
-    let r = STACKS.remove_first(|r| r.start == start)?;
-    let started_tracked = STARTED_TRACKED.remove_first(|s| *s == r).is_some();
-    Some((
-        r,
-        started_tracked || crate::tracking::regions::with_table(|t| t.tracks_any(r)),
-    ))
+/// The kept stacks of exited threads, sorted (allocates from the shim's arena).
+pub fn kept() -> Vec<Range> {
+    let mut k = KEPT.to_vec();
+    k.sort_unstable_by_key(|r| r.start);
+    k
+}
+
+/// Forgets the kept stack `r`: the maps file no longer shows it as glibc keeps it.
+pub fn forget_kept(r: Range) {
+    KEPT.remove_first(|k| *k == r);
+}
+
+/// Forgets the stack starting at `start`, and returns it.
+pub(in crate::tracking) fn unregister_starting_at(start: usize) -> Option<Range> {
+    STACKS.remove_first(|r| r.start == start)
 }
 
 /// The recorded stacks (allocates from the shim's arena: not for interposed paths).
@@ -98,13 +156,19 @@ pub fn snapshot() -> Vec<Range> {
 
 /// The pthread key destructor, run as a thread started by the host exits. glibc then
 /// discards most of the stack with its own `madvise` (which no interposer sees) and keeps
-/// it for a later thread. A stack that snapshots may track (see [`STARTED_TRACKED`])
-/// has the pages retained versions need saved first, as before any discard; a version
-/// opened between this save and glibc's discard learns of the discard from the kernel's
-/// REMOVE event.
-extern "C" fn forget_stack(start: *mut c_void) {
-    if let Some((stack, maybe_tracked)) = unregister_starting_at(start as usize) {
-        if maybe_tracked {
+/// it for a later thread. A stack the newest pass tracks (a kept stack it listed as
+/// plain memory, see [`publish_tracked`]) has the pages retained versions need saved
+/// first, as before any discard; a version opened between this save and glibc's discard
+/// learns of the discard from the kernel's REMOVE event.
+extern "C" fn forget_stack(key_value: *mut c_void) {
+    let (start, guarded) = (key_value as usize & !1, key_value as usize & 1 == 1);
+    if let Some(stack) = unregister_starting_at(start) {
+        // glibc keeps the stacks it mapped (they have a guard page); a stack the program
+        // gave (pthread_attr_setstack) is the program's memory again.
+        if guarded {
+            KEPT.insert(stack);
+        }
+        if pass_tracks_any(stack) {
             crate::engine::preserve::before_discard(stack);
         }
     }
@@ -121,8 +185,9 @@ pub fn init() {
     }
 }
 
-/// The calling thread's stack as glibc reports it.
-fn current_stack() -> Option<Range> {
+/// The calling thread's stack as glibc reports it, and whether it has a guard page
+/// (glibc mapped it; a stack the program gave has none).
+fn current_stack() -> Option<(Range, bool)> {
     // SAFETY: `attr` is initialised by pthread_getattr_np before use and destroyed after;
     // the out-pointers are valid.
     unsafe {
@@ -132,9 +197,12 @@ fn current_stack() -> Option<Range> {
         }
         let mut addr: *mut c_void = core::ptr::null_mut();
         let mut size: usize = 0;
-        let ok = libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0;
+        let mut guard: usize = 0;
+        let ok = libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0
+            && libc::pthread_attr_getguardsize(&attr, &mut guard) == 0;
         libc::pthread_attr_destroy(&mut attr);
-        (ok && !addr.is_null()).then(|| Range::new(addr as usize, addr as usize + size))
+        (ok && !addr.is_null())
+            .then(|| (Range::new(addr as usize, addr as usize + size), guard > 0))
     }
 }
 
@@ -151,13 +219,15 @@ extern "C" fn thread_start(p: *mut c_void) -> *mut c_void {
         // SAFETY: the block came from the real malloc in `create`.
         unsafe { (r.free)(p) };
     }
-    if let Some(stack) = current_stack() {
+    if let Some((stack, guarded)) = current_stack() {
         register(stack);
         if KEY_READY.load(Ordering::Acquire) {
-            // SAFETY: the key exists; the value is only an address handed back to
+            // The stack's start (page-aligned) with whether it is guarded in bit 0.
+            let value = stack.start | guarded as usize;
+            // SAFETY: the key exists; the value is only a number handed back to
             // forget_stack, never dereferenced.
             unsafe {
-                libc::pthread_setspecific(KEY.load(Ordering::Relaxed), stack.start as *const c_void)
+                libc::pthread_setspecific(KEY.load(Ordering::Relaxed), value as *const c_void)
             };
         }
     }
@@ -207,10 +277,12 @@ pub unsafe fn create(
 
 pub(crate) fn lock_for_fork() {
     STACKS.lock_for_fork();
-    STARTED_TRACKED.lock_for_fork();
+    KEPT.lock_for_fork();
+    PASS_TRACKED.acquire();
 }
 
 pub(crate) fn unlock_after_fork() {
-    STARTED_TRACKED.unlock_after_fork();
+    PASS_TRACKED.release();
+    KEPT.unlock_after_fork();
     STACKS.unlock_after_fork();
 }

@@ -1226,26 +1226,13 @@ fn image_pins_its_version_while_snapshots_go_on() {
 /// have run yet at "ready").
 #[test]
 fn a_snapshot_while_a_thread_is_being_started_keeps_its_version_whole() {
-    let prog = c_program("late_thread");
-    let dir = temp_dir("late");
-    let d = dir.path();
-    let running = start_running(
-        &prog,
+    first_version_stays_whole(
+        "late_thread",
         &[],
-        d,
-        &[],
-        Duration::from_secs(10),
-        Duration::from_secs(60),
+        false,
+        "started",
+        "late_thread did not hold its thread back",
     );
-    let pid = running.pid();
-    let ctl = Control::new(d, pid);
-    let v = ctl.snapshot().expect("a snapshot");
-    let line = running.next_line(LIMIT, "\"started\"");
-    assert_eq!(line, "started", "late_thread did not hold its thread back");
-    ctl.snapshot().expect("a second snapshot");
-    write_image(d, pid, v, &d.join("first.image"));
-    let rest = running.stop(Duration::from_secs(10));
-    assert!(rest.ends_with("stopped by SIGUSR1\n"), "{rest}");
 }
 
 /// A thread started on the stack of a thread that exited: glibc kept that stack, plain
@@ -1276,15 +1263,32 @@ fn a_version_keeps_memory_the_program_then_gives_a_thread_as_its_stack() {
     version_keeps_a_kept_stack("given");
 }
 
-/// Runs reused_stack MODE: version 1 on "ready", SIGUSR2, version 2 once the second
-/// thread started; version 1's image must be written.
+/// Runs reused_stack MODE (see [`first_version_stays_whole`]).
 fn version_keeps_a_kept_stack(mode: &str) {
-    let prog = c_program("reused_stack");
-    let dir = temp_dir("reused");
+    let want = if mode == "given" {
+        "started on the given stack"
+    } else {
+        "started on the kept stack"
+    };
+    first_version_stays_whole(
+        "reused_stack",
+        &[mode],
+        true,
+        want,
+        "the new thread is not on the stack meant: the test proves nothing",
+    );
+}
+
+/// Runs the C program `name` with `args`: version 1 on "ready"; then (with `usr2`)
+/// SIGUSR2; the next line must be `started` (else `why`); version 2; version 1's image
+/// must be written.
+fn first_version_stays_whole(name: &str, args: &[&str], usr2: bool, started: &str, why: &str) {
+    let prog = c_program(name);
+    let dir = temp_dir(name);
     let d = dir.path();
     let running = start_running(
         &prog,
-        &[mode],
+        args,
         d,
         &[],
         Duration::from_secs(10),
@@ -1293,21 +1297,15 @@ fn version_keeps_a_kept_stack(mode: &str) {
     let pid = running.pid();
     let ctl = Control::new(d, pid);
     let v = ctl.snapshot().expect("a snapshot");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGUSR2,
-    )
-    .expect("send SIGUSR2");
-    let line = running.next_line(LIMIT, "\"started\"");
-    let want = if mode == "given" {
-        "started on the given stack"
-    } else {
-        "started on the kept stack"
-    };
-    assert_eq!(
-        line, want,
-        "the new thread is not on the stack meant: the test proves nothing"
-    );
+    if usr2 {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGUSR2,
+        )
+        .expect("send SIGUSR2");
+    }
+    let line = running.next_line(LIMIT, &format!("{started:?}"));
+    assert_eq!(line, started, "{why}");
     ctl.snapshot().expect("a second snapshot");
     write_image(d, pid, v, &d.join("first.image"));
     let rest = running.stop(Duration::from_secs(10));

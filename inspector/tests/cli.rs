@@ -848,3 +848,45 @@ fn demo_without_snapshots_still_shows_statistics() {
     assert!(no_run_files(dir.path()), "files left in the run-time dir");
     assert!(no_demo_files(dir.path()), "the demo left its report file");
 }
+
+/// A client finds a process by its stats page and then connects to its control socket
+/// (`run --record` does so the moment the page appears, every 5 ms): the socket must be
+/// there first. It was made second, and a recorder under CI load once found the page
+/// and no socket ("does not answer on ...sock (No such file or directory)"). The run
+/// directory's inotify events give the order.
+#[test]
+fn the_control_socket_is_made_before_the_stats_page() {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let dir = common::temp_dir("order");
+    let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).expect("inotify");
+    inotify
+        .add_watch(
+            dir.path(),
+            AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO,
+        )
+        .expect("watch the run directory");
+    let running = common::shimmed::Running::start(
+        &common::c_program("stack_threads"),
+        &["1"],
+        dir.path(),
+        &[],
+        Duration::from_secs(10),
+        Duration::from_secs(60),
+    );
+    let pid = running.pid();
+    let mut created = Vec::new();
+    while let Ok(events) = inotify.read_events() {
+        created.extend(
+            events
+                .into_iter()
+                .filter_map(|e| e.name.map(|n| n.to_string_lossy().into_owned())),
+        );
+    }
+    let at = |name: String| created.iter().position(|n| *n == name);
+    let (sock, page) = (at(format!("{pid}.sock")), at(format!("{pid}.stats")));
+    assert!(
+        sock.is_some() && page.is_some() && sock < page,
+        "made in this order: {created:?}"
+    );
+    running.stop(Duration::from_secs(10));
+}

@@ -63,13 +63,15 @@ impl core::fmt::Display for PublishError {
     }
 }
 
-/// Publishes this process: stats page, control socket. On failure nothing is left behind.
+/// Publishes this process: control socket, then stats page (a client finds a process
+/// by its page, and then connects: the socket must be there by then). On failure
+/// nothing is left behind.
 fn publish(config: &Config) -> Result<Runtime, PublishError> {
     let dir = run_dir(config);
     stats::ensure_private_dir(&dir).map_err(PublishError::Stats)?;
-    let stats = stats::create(&dir, config.run_id).map_err(PublishError::Stats)?;
-    match control::start(&dir) {
-        Ok(socket) => {
+    let socket = control::start(&dir).map_err(PublishError::Control)?;
+    match stats::create(&dir, config.run_id) {
+        Ok(stats) => {
             crate::service::exit_files::publish(&stats.path, &socket, config.run_id != 0);
             Ok(Runtime {
                 config: config.clone(),
@@ -78,8 +80,9 @@ fn publish(config: &Config) -> Result<Runtime, PublishError> {
             })
         }
         Err(e) => {
-            stats::remove(&stats);
-            Err(PublishError::Control(e))
+            control::stop_listening();
+            let _ = std::fs::remove_file(&socket);
+            Err(PublishError::Stats(e))
         }
     }
 }

@@ -197,7 +197,7 @@ fn explicit_snapshots_are_taken_while_the_interval_is_stretched() {
     let pid = guard.pid();
     let mut last = Value::Null;
     let stretched = wait_until(Duration::from_secs(60), || {
-        if !memshadow_format::paths::socket_path(dir.path(), pid).exists() {
+        if !common::published(dir.path(), pid) {
             return false;
         }
         last = stats(dir.path(), pid);

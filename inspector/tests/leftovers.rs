@@ -244,8 +244,8 @@ fn a_live_process_whose_command_is_not_utf8_keeps_its_files() {
     let pid = sleeper.pid();
     let sock = d.join(format!("{pid}.sock"));
     assert!(
-        common::wait_until(Duration::from_secs(10), || sock.exists()),
-        "the shim did not publish {}",
+        common::wait_until(Duration::from_secs(10), || common::published(d, pid)),
+        "the shim did not publish {} and its stats page",
         sock.display()
     );
     let truth = require_tool("true", "coreutils");

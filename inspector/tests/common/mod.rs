@@ -446,13 +446,19 @@ pub fn spawn_shimmed(dir: &Path, limit: Duration, program: &[&str]) -> Guard {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     let guard = Guard::spawn(&mut c, limit);
-    let sock = memshadow_format::paths::socket_path(dir, guard.pid());
     assert!(
-        wait_until(Duration::from_secs(10), || sock.exists()),
-        "the shim did not publish {} for {program:?}",
-        sock.display()
+        wait_until(Duration::from_secs(10), || published(dir, guard.pid())),
+        "the shim did not publish {} and its stats page for {program:?}",
+        memshadow_format::paths::socket_path(dir, guard.pid()).display()
     );
     guard
+}
+
+/// Whether the shim of process `pid` has published itself in `dir`: its control socket,
+/// then its stats page (made last: clients find a process by it).
+pub fn published(dir: &Path, pid: u32) -> bool {
+    memshadow_format::paths::socket_path(dir, pid).exists()
+        && memshadow_format::paths::stats_path(dir, pid).exists()
 }
 
 /// What a finished program left, as text (for readable `{:#?}` in assertion messages).

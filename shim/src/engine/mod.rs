@@ -852,6 +852,11 @@ pub fn ensure_started(config: &Config) -> Result<(), StartError> {
     }
     let uffd = Uffd::open(crate::engine::uffd::WANTED).map_err(StartError::Uffd)?;
     crate::engine::preserve::init().map_err(StartError::Kick)?;
+    // An exiting thread whose stack the newest pass tracks saves it before glibc
+    // discards it (see `tracking::stacks`).
+    crate::tracking::stacks::save_before_discard_with(|r| {
+        crate::engine::preserve::before_discard(r);
+    });
     // glibc's free trims the heap with its own __sbrk/__madvise, which no interposer
     // sees and whose pages retained versions may still need: from now on it does not
     // (malloc_trim, interposed, still does).

@@ -168,11 +168,23 @@ extern "C" fn forget_stack(key_value: *mut c_void) {
         if guarded {
             KEPT.insert(stack);
         }
-        if pass_tracks_any(stack) {
-            crate::engine::preserve::before_discard(stack);
+        if let Some(save) = SAVE_BEFORE_DISCARD.get() {
+            if pass_tracks_any(stack) {
+                save(stack);
+            }
         }
     }
     crate::stats::release_stripe();
+}
+
+/// What saves the pages of a range retained versions need before it is discarded (set
+/// by the engine when it starts; tracking sits below the engine and cannot call it).
+static SAVE_BEFORE_DISCARD: std::sync::OnceLock<fn(Range)> = std::sync::OnceLock::new();
+
+/// Sets what an exiting thread calls to save its stack's pages when the newest pass
+/// tracks it (see [`forget_stack`]); the first setting stays.
+pub fn save_before_discard_with(save: fn(Range)) {
+    let _ = SAVE_BEFORE_DISCARD.set(save);
 }
 
 /// Creates the pthread key whose destructor forgets a thread's stack at exit.

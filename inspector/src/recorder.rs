@@ -240,6 +240,9 @@ fn record_until_done(
         let since = last.as_ref().map(|(v, _)| *v);
         let mut courtesy = Courtesy::new(target, (plan.every / 2).min(MAX_COURTESY));
         let taken_ms = now_ms();
+        // The statistics as the snapshot is asked for: what the version's are when the
+        // program has exited (and its page is gone) by the time the version is stored.
+        let page_at_snapshot = target.page();
         seen.clear(plans.fingerprinting());
         let attempted = attempt(image, store, since, &mut courtesy, &mut seen);
         done.gave_way += courtesy.waited;
@@ -279,7 +282,7 @@ fn record_until_done(
         done.stored_bytes += outcome.stored_bytes;
         done.pages += outcome.pages;
         done.last = Some(image.stored(version));
-        keep_version_stats(target, store, image.stored(version), &[]);
+        keep_version_stats(target, store, image.stored(version), page_at_snapshot, &[]);
         plans.after_version(
             socket,
             store,
@@ -298,7 +301,7 @@ fn record_until_done(
             let retained = store
                 .retain(plan.keep, plan.keep_for)
                 .map_err(RecordError::Store)?;
-            keep_version_stats(target, store, 0, &retained.dropped);
+            keep_version_stats(target, store, 0, None, &retained.dropped);
         }
         let took = period_start.elapsed();
         if took > plan.every {
@@ -322,14 +325,21 @@ fn record_until_done(
     Ok(None)
 }
 
-/// Writes the process's statistics as they are now beside `version` (0: none), for
-/// `memshadow report` (`memshadow_format::version_stats`), and removes those of the
-/// versions in `dropped`. Best effort: a version's statistics are an extra the report
-/// says are absent when missing, never a reason to stop recording.
-fn keep_version_stats(target: &Target, store: &Store, version: u64, dropped: &[u64]) {
+/// Writes the process's statistics as they are now (else `earlier`, when its page is
+/// gone) beside `version` (0: none), for `memshadow report`
+/// (`memshadow_format::version_stats`), and removes those of the versions in `dropped`.
+/// Best effort: a version's statistics are an extra the report says are absent when
+/// missing, never a reason to stop recording.
+fn keep_version_stats(
+    target: &Target,
+    store: &Store,
+    version: u64,
+    earlier: Option<memshadow_format::stats::StatsRecord>,
+    dropped: &[u64],
+) {
     use memshadow_format::version_stats;
     if version > 0 {
-        if let Some(page) = target.page() {
+        if let Some(page) = target.page().or(earlier) {
             let bytes = version_stats::encode(version, &page.fields());
             let _ = store
                 .backend()
@@ -465,7 +475,7 @@ fn record_crash(
         )
         .inspect_err(|_| abandon(store, stored))?;
         // Its statistics too, while the process still waits.
-        keep_version_stats(target, store, stored, &[]);
+        keep_version_stats(target, store, stored, None, &[]);
         Ok(recorded)
     })();
     let said = control_client::request(

@@ -455,10 +455,12 @@ pub fn spawn_shimmed(dir: &Path, limit: Duration, program: &[&str]) -> Guard {
 }
 
 /// Whether the shim of process `pid` has published itself in `dir`: its control socket,
-/// then its stats page (made last: clients find a process by it).
+/// then its stats page (made last: clients find a process by it), complete (the page
+/// exists a moment before its header is written, and a reader skips it meanwhile).
 pub fn published(dir: &Path, pid: u32) -> bool {
     memshadow_format::paths::socket_path(dir, pid).exists()
-        && memshadow_format::paths::stats_path(dir, pid).exists()
+        && std::fs::read(memshadow_format::paths::stats_path(dir, pid))
+            .is_ok_and(|b| memshadow_format::stats::StatsRecord::decode(&b).is_ok())
 }
 
 /// What a finished program left, as text (for readable `{:#?}` in assertion messages).

@@ -88,7 +88,8 @@ pub fn not_inherited(smaps: &[u8], out: &mut Vec<Range>) {
 /// private anonymous mapping ending where the stack starts (the guard), and writable
 /// private anonymous memory over the whole stack. glibc unmaps a kept stack it no
 /// longer wants with its own munmap, which no interposer sees; memory mapped there
-/// after it is taken for a stack only if it has that very shape.
+/// after it is taken for a stack only if it has that very shape. They are handed to
+/// `out` in `kept`'s order.
 pub fn kept_stacks_present(text: &str, kept: &[Range], out: &mut dyn FnMut(Range)) {
     if kept.is_empty() {
         return;

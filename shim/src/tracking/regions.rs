@@ -338,11 +338,15 @@ fn read_listing(start_wait_ms: u64) -> Listing {
     let kept = crate::tracking::stacks::kept();
     let text = read_maps();
     // Kept stacks of exited threads count as stacks while the maps file shows them as
-    // glibc keeps them; the others are gone.
+    // glibc keeps them; the others are gone. `present` comes out in `kept`'s order (by
+    // start), so one walk of both tells which are gone.
     let mut present = Vec::with_capacity(kept.len());
     crate::tracking::maps::kept_stacks_present(&text, &kept, &mut |k| present.push(k));
-    for &k in kept.iter().filter(|k| !present.contains(k)) {
-        crate::tracking::stacks::forget_kept(k);
+    let mut still_kept = present.iter().peekable();
+    for &k in &kept {
+        if still_kept.next_if_eq(&&k).is_none() {
+            crate::tracking::stacks::forget_kept(k);
+        }
     }
     stacks.extend_from_slice(&present);
     let mut regions = Vec::with_capacity(256);

@@ -2,7 +2,10 @@
  * by what the child does with the memory (bench/RESULTS.md, the headline's "what bounded
  * the lazy holders"). No shim.
  *
- * Writer threads write random 8-byte words of MIB MiB flat out for 5 s; every PERIOD ms
+ * Writer threads write 8-byte words of MIB MiB flat out for 5 s (PATTERN random: random
+ * words; seq: every 8th word in address order, wrapping, as bench/workloads/seq_sweep.c),
+ * in batches of 65,536 writes whose times give the worst stall (the longest batch less
+ * the median one, as the benchmark reports it); every PERIOD ms
  * a child is made with a raw clone (exit signal 0) and, by MODE:
  *   none     no child (the baseline)
  *   holder   waits (4 kept alive, the oldest killed): every first write is a kernel copy
@@ -12,10 +15,11 @@
  *   fresh    the same into a fresh shared mapping, populated first
  *   memfd    the same with pwrite into a memfd
  *   devnull  reads every page and writes it to /dev/null, then exits (fork's cheapest)
- * Prints the writes per second, the children's mean life, minor faults and system time.
+ * Prints the writes per second, the children's mean life, the worst stall, minor faults
+ * and system time.
  *
  * Build: cc -O2 -pthread -o /tmp/holder_copies bench/probes/holder_copies.c
- * Run:   /tmp/holder_copies MODE MIB PERIOD_MS [THREADS]   (e.g. touch 256 450 2)
+ * Run:   /tmp/holder_copies MODE MIB PERIOD_MS [THREADS [PATTERN]]   (e.g. touch 256 450 2)
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -34,11 +38,27 @@
 #include <sys/mman.h>
 static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+t.tv_nsec/1e9;}
 static char *mem; static size_t n; static volatile int stop; static long counts[8]; static double *life;
+static int seq; /* PATTERN seq */
+#define BATCH 65536
+#define MAX_BATCHES (1 << 20)
+static float *batch_us[8]; static long batches[8];
 static void *writer(void *a){ long id=(long)a; uint64_t x=88172645463325252ull+id; long c=0; size_t words=n/8;
-  while(!stop){ for(int k=0;k<1000;k++){ x^=x<<13;x^=x>>7;x^=x<<17; ((uint64_t*)mem)[x%words]=x; } c+=1000; }
+  size_t pos=(size_t)id*8*4096 % words;
+  while(!stop){ double b0=now();
+    if(seq) for(int k=0;k<BATCH;k++){ ((uint64_t*)mem)[pos]+=c; pos+=8; if(pos>=words) pos=0; }
+    else for(int k=0;k<BATCH;k++){ x^=x<<13;x^=x>>7;x^=x<<17; ((uint64_t*)mem)[x%words]=x; }
+    c+=BATCH; if(batches[id]<MAX_BATCHES) batch_us[id][batches[id]++]=(float)((now()-b0)*1e6); }
   counts[id]=c; return 0; }
+static int by_value(const void *a,const void *b){ float x=*(const float*)a,y=*(const float*)b; return (x>y)-(x<y); }
+/* The longest batch less the median one, over every writer's batches. */
+static double worst_stall_ms(int nthreads){ double worst=0;
+  for(int i=0;i<nthreads;i++){ if(!batches[i]) continue; qsort(batch_us[i],batches[i],sizeof(float),by_value);
+    double s=(batch_us[i][batches[i]-1]-batch_us[i][batches[i]/2])/1e3; if(s>worst) worst=s; }
+  return worst; }
 int main(int argc,char**argv){
-  const char*mode=argv[1]; size_t mib=atoi(argv[2]); int period=atoi(argv[3]); int nthreads=argc>4?atoi(argv[4]):2;
+  const char*mode=argv[1]; size_t mib=atoi(argv[2]); int period=atoi(argv[3]); int nthreads=argc>4?atoi(argv[4]):2; seq=argc>5&&!strcmp(argv[5],"seq");
+  if(nthreads<1||nthreads>8){ fprintf(stderr,"holder_copies: THREADS is 1 to 8\n"); return 2; }
+  for(int i=0;i<nthreads;i++) batch_us[i]=malloc(MAX_BATCHES*sizeof(float));
   n=mib<<20; mem=mmap(0,n,PROT_READ|PROT_WRITE,MAP_PRIVATE|MAP_ANONYMOUS,-1,0); memset(mem,1,n);
   life=mmap(0,4096,PROT_READ|PROT_WRITE,MAP_SHARED|MAP_ANONYMOUS,-1,0); double lsum=0; int lcount=0;
   char *bufs[4]={0}; pid_t kids[4]={0}; int k=0; double clone_max=0; int snaps=0;
@@ -68,7 +88,7 @@ int main(int argc,char**argv){
   }
   stop=1; long total=0; for(int i=0;i<nthreads;i++){pthread_join(t[i],0); total+=counts[i];}
   struct rusage r1; getrusage(RUSAGE_SELF,&r1);
-  printf("life %.1f ms | %-8s %4zu MiB %4d ms %d thr: %.1f M writes/s, %d snaps, clone max %.1f ms, minflt %ld, sys %.2f s\n",lcount?lsum/lcount*1e3:0.0,mode,mib,period,nthreads,total/5e6,snaps,clone_max*1e3,r1.ru_minflt-r0.ru_minflt,
+  printf("life %.1f ms | %-8s %4zu MiB %4d ms %d thr %s: %.1f M writes/s, %d snaps, clone max %.1f ms, worst stall %.1f ms, minflt %ld, sys %.2f s\n",lcount?lsum/lcount*1e3:0.0,mode,mib,period,nthreads,seq?"seq":"random",total/5e6,snaps,clone_max*1e3,worst_stall_ms(nthreads),r1.ru_minflt-r0.ru_minflt,
     (r1.ru_stime.tv_sec-r0.ru_stime.tv_sec)+(r1.ru_stime.tv_usec-r0.ru_stime.tv_usec)/1e6);
   for(int i=0;i<4;i++) if(kids[i]){ kill(kids[i],SIGKILL); waitpid(kids[i],0,__WALL);} 
 }

@@ -218,6 +218,20 @@ fn record_line(rec: &StatsRecord) -> String {
     )
 }
 
+/// The snapshots the program's shim took, for the exit summary: `; 7 snapshots`, with
+/// how many were left incomplete (the shadow budget ran out) when any were; nothing when
+/// none was taken.
+fn snapshots_taken(rec: &StatsRecord) -> String {
+    let taken = rec.counter(Counter::Epochs);
+    let incomplete = rec.counter(Counter::IncompleteSnapshots);
+    let noun = if taken == 1 { "snapshot" } else { "snapshots" };
+    match (taken, incomplete) {
+        (0, _) => String::new(),
+        (n, 0) => format!("; {} {noun}", thousands(n)),
+        (n, i) => format!("; {} {noun} ({} incomplete)", thousands(n), thousands(i)),
+    }
+}
+
 /// How the program ended: `exited 0` or `was killed by SIGTERM`.
 fn how_it_ended(o: &RunOutcome) -> String {
     match (o.status.code(), o.status.signal()) {
@@ -277,7 +291,10 @@ pub fn run_summary(o: &RunOutcome) -> Vec<String> {
         o.wall.as_secs_f64()
     );
     match &o.main {
-        Some(rec) => s.push_str(&record_line(rec)),
+        Some(rec) => {
+            s.push_str(&record_line(rec));
+            s.push_str(&snapshots_taken(rec));
+        }
         None => s.push_str(
             "the shim did not attach, so there are no statistics (if it said why, that is above)",
         ),
@@ -466,6 +483,35 @@ mod tests {
         // A `stats` reply without the counter (an older shim) gets no seconds either.
         let j = stats_json(&[("pid".to_string(), "3".to_string())]);
         assert!(j.get("prefetch_cpu_s").is_none(), "{j}");
+    }
+
+    #[test]
+    fn run_summary_says_how_many_snapshots_were_taken() {
+        let mut rec = record();
+        let line = |rec: &StatsRecord| run_summary(&outcome(Some(rec.clone())))[0].clone();
+        assert!(
+            !line(&rec).contains("snapshot"),
+            "none taken, none said: {}",
+            line(&rec)
+        );
+        rec.counters[Counter::Epochs.index()] = 1;
+        assert!(
+            line(&rec).ends_with(" tracked; 1 snapshot"),
+            "{}",
+            line(&rec)
+        );
+        rec.counters[Counter::Epochs.index()] = 1200;
+        assert!(
+            line(&rec).ends_with(" tracked; 1,200 snapshots"),
+            "{}",
+            line(&rec)
+        );
+        rec.counters[Counter::IncompleteSnapshots.index()] = 3;
+        assert!(
+            line(&rec).ends_with(" tracked; 1,200 snapshots (3 incomplete)"),
+            "{}",
+            line(&rec)
+        );
     }
 
     #[test]

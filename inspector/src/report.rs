@@ -494,24 +494,15 @@ mod tests {
             "none taken, none said: {}",
             line(&rec)
         );
-        rec.counters[Counter::Epochs.index()] = 1;
-        assert!(
-            line(&rec).ends_with(" tracked; 1 snapshot"),
-            "{}",
-            line(&rec)
-        );
-        rec.counters[Counter::Epochs.index()] = 1200;
-        assert!(
-            line(&rec).ends_with(" tracked; 1,200 snapshots"),
-            "{}",
-            line(&rec)
-        );
-        rec.counters[Counter::IncompleteSnapshots.index()] = 3;
-        assert!(
-            line(&rec).ends_with(" tracked; 1,200 snapshots (3 incomplete)"),
-            "{}",
-            line(&rec)
-        );
+        for (taken, incomplete, end) in [
+            (1, 0, " tracked; 1 snapshot"),
+            (1200, 0, " tracked; 1,200 snapshots"),
+            (1200, 3, " tracked; 1,200 snapshots (3 incomplete)"),
+        ] {
+            rec.counters[Counter::Epochs.index()] = taken;
+            rec.counters[Counter::IncompleteSnapshots.index()] = incomplete;
+            assert!(line(&rec).ends_with(end), "{}", line(&rec));
+        }
     }
 
     #[test]

@@ -35,6 +35,11 @@
  *             rounds 1, 3, 5; prints serve's lines (no wipe line), then "ready"
  *   switch wipe  the same with a MADV_WIPEONFORK buffer (its "wipe" line before
  *             "ready"): a holder would not keep it, so auto must stay on shadows
+ *   toggle    a buffer another thread marks MADV_WIPEONFORK and unmarks, flat out,
+ *             while the program takes TOGGLE_SNAPSHOTS snapshots with
+ *             memshadow_snapshot(), printing serve's line for the buffer after each (its
+ *             bytes never change); then "ready". Whether a holder's clone met the
+ *             buffer marked is known only from the holder itself.
  *
  * Output is deterministic except serve's addresses and versions. */
 #include <errno.h>
@@ -434,12 +439,48 @@ static void mode_switch(int with_wipe)
     ready_then_wait();
 }
 
+#define TOGGLE_SNAPSHOTS 30
+
+static volatile int toggling = 1;
+
+static void *toggle_wipe(void *arg)
+{
+    unsigned char *w = arg;
+    while (toggling) {
+        madvise(w, WIPE_BYTES, MADV_WIPEONFORK);
+        madvise(w, WIPE_BYTES, MADV_KEEPONFORK);
+    }
+    return NULL;
+}
+
+static void mode_toggle(void)
+{
+    unsigned char *w = wipe_buffer();
+    uint64_t sum = tu_fnv(TU_FNV_INIT, w, WIPE_BYTES);
+    pthread_t t;
+    if (pthread_create(&t, NULL, toggle_wipe, w) != 0)
+        DIE("pthread_create");
+    for (int i = 0; i < TOGGLE_SNAPSHOTS; i++) {
+        long long v = memshadow_snapshot();
+        if (v < 0)
+            DIE("snapshot failed: %s", errno == ENOSYS ? "ENOSYS" : tu_errno_name(errno));
+        printf("%lld %p %d %016llx\n", v, (void *)w, WIPE_BYTES, (unsigned long long)sum);
+        quiet(3);
+    }
+    toggling = 0;
+    pthread_join(t, NULL);
+    ready_then_wait();
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     const char *mode = argc > 1 ? argv[1] : "";
     /* A hang (a pipe that never reaches EOF, a wait that never returns) ends here. */
-    alarm(strcmp(mode, "serve") == 0 || strcmp(mode, "switch") == 0 ? 0 : 30);
+    alarm(strcmp(mode, "serve") == 0 || strcmp(mode, "switch") == 0 ||
+                  strcmp(mode, "toggle") == 0
+              ? 0
+              : 30);
     if (strcmp(mode, "pipe") == 0)
         mode_pipe();
     else if (strcmp(mode, "wait") == 0)
@@ -455,12 +496,15 @@ int main(int argc, char **argv)
     else if (strcmp(mode, "switch") == 0) {
         mode_switch(argc > 2 && strcmp(argv[2], "wipe") == 0);
         return 0;
+    } else if (strcmp(mode, "toggle") == 0) {
+        mode_toggle();
+        return 0;
     } else if (strcmp(mode, "serve") == 0) {
         if (argc > 2 && strcmp(argv[2], "refused") == 0)
             refuse_holder_clones();
         mode_serve();
         return 0;
     } else
-        DIE("usage: holder_host pipe|wait|forkexec|wipe|refused|undumpable|switch [wipe]|serve [refused]");
+        DIE("usage: holder_host pipe|wait|forkexec|wipe|refused|undumpable|switch [wipe]|toggle|serve [refused]");
     return tu_finish(mode, 0);
 }

@@ -397,6 +397,62 @@ fn versions_of_both_kinds_read_as_written_across_switches() {
     assert_eq!(rest, "", "holder_host printed after ready");
 }
 
+/// A buffer another thread marks `MADV_WIPEONFORK` and unmarks, flat out, while the
+/// program takes snapshots under `holder`: each version of it reads as it was, or is
+/// refused as memory its holder does not keep; never the zeros a wiped mapping shows in
+/// the holder. Whether a clone met the buffer marked is known only from the holder: the
+/// shim used to read /proc/self/smaps before the clone, and the versions whose clone met
+/// the buffer marked where that read had not read back as zeros.
+#[test]
+fn a_buffer_marked_wipeonfork_around_the_clone_is_refused_never_read_as_zeros() {
+    let dir = temp_dir("holder-toggle");
+    let d = dir.path();
+    // Only the program's own snapshots (30, within the holders the shim keeps alive).
+    let env = [
+        holders_every("600000").as_slice(),
+        &[("MEMSHADOW_MAX_VERSIONS", "1024")],
+    ]
+    .concat();
+    let running = Running::start(
+        &c_program("holder_host"),
+        &["toggle"],
+        d,
+        &env,
+        LIMIT,
+        Duration::from_secs(120),
+    );
+    let pid = running.pid();
+    let (versions, _) = served_versions(&running.lines);
+    assert_eq!(versions.len(), 30, "{:?}", running.lines);
+    let (mut exact, mut refused) = (0, 0);
+    for (v, addr, len, sum) in &versions {
+        let out = d.join(format!("v{v}"));
+        let f = read(d, pid, *v, addr, *len, &out);
+        if f.status.success() {
+            let bytes = std::fs::read(&out).unwrap();
+            let zero = bytes.iter().all(|&b| b == 0);
+            assert_eq!(
+                fnv1a64(&bytes),
+                *sum,
+                "version {v} read back other bytes (all zero: {zero})"
+            );
+            exact += 1;
+        } else {
+            assert!(f.stderr_line().contains("MADV_WIPEONFORK"), "{f:#?}");
+            refused += 1;
+        }
+    }
+    let json = finish(
+        memshadow(d).args(["stats", "--json", &pid.to_string()]),
+        LIMIT,
+    );
+    let stats: serde_json::Value = serde_json::from_str(&json.stdout).expect("stats JSON");
+    assert_eq!(stats["holder_snapshots"].as_u64(), Some(30), "{stats:#}");
+    eprintln!("{exact} versions read as written, {refused} refused");
+    let rest = running.stop(LIMIT);
+    assert_eq!(rest, "", "holder_host printed after ready");
+}
+
 /// A holder would not keep a `MADV_WIPEONFORK` buffer (zero in the child), so `auto`
 /// (the default) keeps such a program on shadows, whose versions hold every range: the
 /// scattered phases that move `switch` to holders leave it trapping, and the buffer

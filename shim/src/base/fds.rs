@@ -368,11 +368,11 @@ fn on_procfs(fd: i32) -> bool {
     unsafe { libc::fstatfs(fd, &mut st) == 0 && st.f_type == libc::PROC_SUPER_MAGIC }
 }
 
-/// Reads a whole file of /proc through a descriptor out of the program's way; empty if
-/// it cannot be read, at most `max` bytes.
-pub fn read_file(path: &core::ffi::CStr, max: usize) -> Vec<u8> {
+/// Opens a file of /proc for reading, out of the program's way; `None` if it cannot be
+/// opened or is not on /proc.
+pub fn open_proc(path: &core::ffi::CStr) -> Option<ShimFd> {
     // Opened and moved with the program's closes held off (see `create_and_adopt`).
-    let opened = ShimFd::create(|| {
+    let f = ShimFd::create(|| {
         // SAFETY: `path` is a valid C string; the flags open it for reading only.
         unsafe {
             libc::open(
@@ -380,13 +380,17 @@ pub fn read_file(path: &core::ffi::CStr, max: usize) -> Vec<u8> {
                 libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
             )
         }
-    });
-    let Ok(f) = opened else {
+    })
+    .ok()?;
+    on_procfs(f.raw()).then_some(f)
+}
+
+/// Reads a whole file of /proc through a descriptor out of the program's way; empty if
+/// it cannot be read, at most `max` bytes.
+pub fn read_file(path: &core::ffi::CStr, max: usize) -> Vec<u8> {
+    let Some(f) = open_proc(path) else {
         return Vec::new();
     };
-    if !on_procfs(f.raw()) {
-        return Vec::new();
-    }
     let mut out = Vec::with_capacity(16 * 1024);
     let mut chunk = [0u8; 16 * 1024];
     while out.len() < max {

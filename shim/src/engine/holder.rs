@@ -44,6 +44,9 @@ pub enum HolderError {
     /// Its pidfd was closed (or its number reused) by the program before the shim
     /// could keep it.
     PidfdLost,
+    /// What it holds could not be checked (the named file of its /proc directory could
+    /// not be read, or it ended meanwhile): it is not used.
+    Unchecked(&'static str),
 }
 
 impl core::fmt::Display for HolderError {
@@ -52,6 +55,9 @@ impl core::fmt::Display for HolderError {
             HolderError::Clone(e) => write!(f, "clone failed (errno {e})"),
             HolderError::Pidfd(e) => write!(f, "the holder's pidfd: {e}"),
             HolderError::PidfdLost => write!(f, "the holder's pidfd was closed by the program"),
+            HolderError::Unchecked(what) => {
+                write!(f, "what the holder holds could not be checked ({what})")
+            }
         }
     }
 }
@@ -138,6 +144,81 @@ impl Holder {
                 Err(e)
             }
         }
+    }
+
+    /// The parts of `tracked` (sorted, free of overlaps) this holder does not hold as
+    /// they were at its clone, read from the holder itself once it is made, so that
+    /// nothing the program changes between a check and the clone slips by: memory it
+    /// has no mapping for (`MADV_DONTFORK` is not copied into a child; nor is what was
+    /// unmapped before the clone), and mappings marked `MADV_WIPEONFORK` (empty in a
+    /// child: they read as zero there). A mapping with a page present in the holder is
+    /// not a wiped one, as the kernel copies no page of those, and the holder's own
+    /// copying touches only pages it has; only when a mapping of the tracked memory has
+    /// none (never touched, swapped out, or wiped) are the holder's smaps read, whose
+    /// `VmFlags` say, a walk of its page tables (tens of ms a GiB) where this check
+    /// is one page-table probe a mapping. Before the version is read: a read maps pages.
+    pub fn not_inherited(&self, tracked: &[Range]) -> Result<Vec<Range>, HolderError> {
+        use crate::base::fds;
+        use crate::tracking::maps;
+        let listing = fds::read_file(&self.proc_file("maps"), MAPS_MAX);
+        let mut mapped = Vec::new();
+        maps::mappings(&listing, &mut mapped);
+        drop(listing);
+        if mapped.is_empty() {
+            return Err(HolderError::Unchecked("maps"));
+        }
+        let mut out = Vec::new();
+        maps::not_mapped(&mapped, tracked, &mut |r| out.push(r));
+        let pagemap =
+            fds::open_proc(&self.proc_file("pagemap")).ok_or(HolderError::Unchecked("pagemap"))?;
+        let in_tracked = |m: &Range| {
+            let i = tracked.partition_point(|t| t.end <= m.start);
+            tracked.get(i).is_some_and(|t| t.start < m.end)
+        };
+        let mut unsure = false;
+        for m in mapped.iter().filter(|m| in_tracked(m)) {
+            match crate::engine::pagemap::any_present(pagemap.raw(), *m) {
+                Ok(true) => {}
+                Ok(false) => {
+                    crate::base::log::debug!(
+                        "holder check: nothing present in {:#x}..{:#x}: reading its smaps",
+                        m.start,
+                        m.end
+                    );
+                    unsure = true;
+                    break;
+                }
+                Err(_) => return Err(HolderError::Unchecked("pagemap")),
+            }
+        }
+        drop(pagemap);
+        if unsure {
+            let smaps = fds::read_file(&self.proc_file("smaps"), SMAPS_MAX);
+            if smaps.is_empty() {
+                return Err(HolderError::Unchecked("smaps"));
+            }
+            let mut marked = Vec::new();
+            maps::not_inherited(&smaps, &mut marked);
+            drop(smaps);
+            // Only the wiped are in a child's listing; the others are found above.
+            for &w in &marked {
+                crate::engine::reprotect::within(tracked, w, &mut |part| out.push(part));
+            }
+            out.sort_unstable_by_key(|r| r.start);
+            out.dedup();
+        }
+        // Alive after the reads: the pid was the holder's all along (an unreaped child's
+        // pid is not reused).
+        if !self.alive() {
+            return Err(HolderError::Unchecked("the holder ended"));
+        }
+        Ok(out)
+    }
+
+    /// The path of a file of the holder's /proc directory.
+    fn proc_file(&self, name: &str) -> std::ffi::CString {
+        std::ffi::CString::new(format!("/proc/{}/{name}", self.pid))
+            .expect("a pid and a file name hold no NUL")
     }
 
     /// The holder's pid.
@@ -316,6 +397,12 @@ fn wait_for_copy_order() {
         }
     }
 }
+
+/// Bytes of a holder's maps listing read at most (a line per mapping: the kernel's
+/// default limit of 65,530 mappings fits).
+const MAPS_MAX: usize = 16 << 20;
+/// Bytes of a holder's smaps read at most.
+const SMAPS_MAX: usize = 64 << 20;
 
 /// Pages asked about per `mincore` call (its answer lives on the holder's stack).
 const RESIDENT_BATCH: usize = 4096;

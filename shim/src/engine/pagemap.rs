@@ -105,6 +105,9 @@ const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 /// A page written since it was last protected (its uffd-wp bit is clear).
 const PAGE_IS_WRITTEN: u64 = 1 << 1;
 
+/// A page present in memory (the shared zero page too), for `PAGEMAP_SCAN`.
+const PAGE_IS_PRESENT: u64 = 1 << 3;
+
 /// `struct pm_scan_arg`.
 #[repr(C)]
 struct PmScanArg {
@@ -201,6 +204,49 @@ impl Pagemap {
     }
 }
 
+/// Whether any page of `r` is present in the address space `fd` is the pagemap of
+/// (`PAGEMAP_SCAN`, which stops at the first such page; it reads only page-table bits,
+/// where /proc/PID/smaps looks at every page it finds). A page swapped out does not
+/// count. Not for the fault path.
+pub fn any_present(fd: i32, r: Range) -> Result<bool, ScanError> {
+    let mut found = [PageRegion {
+        start: 0,
+        end: 0,
+        categories: 0,
+    }; 1];
+    let mut start = r.start as u64;
+    while start < r.end as u64 {
+        let mut arg = PmScanArg {
+            size: core::mem::size_of::<PmScanArg>() as u64,
+            flags: 0,
+            start,
+            end: r.end as u64,
+            walk_end: 0,
+            vec: found.as_mut_ptr() as u64,
+            vec_len: found.len() as u64,
+            max_pages: 1,
+            category_inverted: 0,
+            category_mask: PAGE_IS_PRESENT,
+            category_anyof_mask: 0,
+            return_mask: PAGE_IS_PRESENT,
+        };
+        // SAFETY: PAGEMAP_SCAN reads `arg` and writes at most `vec_len` regions into
+        // `found` (which holds them) and `walk_end` into `arg`.
+        let n = unsafe { libc::ioctl(fd, PAGEMAP_SCAN as _, &mut arg as *mut PmScanArg) };
+        if n < 0 {
+            return Err(ScanError::Refused(crate::base::sys::errno()));
+        }
+        if n > 0 {
+            return Ok(true);
+        }
+        if arg.walk_end <= start {
+            break;
+        }
+        start = arg.walk_end;
+    }
+    Ok(false)
+}
+
 /// In a forked child: the parent's descriptor was closed with the others (see `fds`).
 pub fn forget_after_fork() {
     FD.store(-1, Ordering::Release);
@@ -276,6 +322,35 @@ mod tests {
             pm.take_written(r, &mut out, 64),
             Err(ScanError::Refused(libc::EPERM))
         );
+        // SAFETY: our mapping, no longer used.
+        unsafe { libc::syscall(libc::SYS_munmap, base, len) };
+    }
+
+    #[test]
+    fn a_scan_finds_whether_any_page_of_a_range_is_present() {
+        let pm = Pagemap::shared();
+        let fd = pm.0.expect("/proc/self/pagemap opens");
+        let len = 64 * PAGE;
+        let base = crate::base::sys::map_anon(len, false).unwrap() as usize;
+        let r = Range::new(base, base + len);
+        assert_eq!(any_present(fd, r), Ok(false), "a mapping never touched");
+        // SAFETY: page 50 of the fresh mapping; a read maps the shared zero page.
+        let _ = unsafe { ((base + 50 * PAGE) as *const u8).read_volatile() };
+        assert_eq!(any_present(fd, r), Ok(true), "the zero page is present");
+        assert_eq!(
+            any_present(fd, Range::new(base, base + 50 * PAGE)),
+            Ok(false)
+        );
+        // SAFETY: page 3 of the mapping.
+        unsafe { ((base + 3 * PAGE) as *mut u8).write_volatile(1) };
+        assert_eq!(
+            any_present(fd, Range::new(base, base + 50 * PAGE)),
+            Ok(true)
+        );
+        // Discarded: gone again.
+        // SAFETY: our mapping; its contents are not needed.
+        unsafe { libc::madvise(base as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+        assert_eq!(any_present(fd, r), Ok(false));
         // SAFETY: our mapping, no longer used.
         unsafe { libc::syscall(libc::SYS_munmap, base, len) };
     }

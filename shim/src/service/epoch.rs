@@ -281,23 +281,16 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
             Backend::Holder => true,
             Backend::Auto => auto_wants_holder(&wanted),
         };
-    // The ranges a holder would not keep as they are (`MADV_DONTFORK`: absent in it;
-    // `MADV_WIPEONFORK`: zero there), read from /proc/self/smaps now, never on the fault
-    // path. `holder` refuses their reads; `auto` keeps such a program on shadows, which
-    // keep every range.
-    let not_held = if wants_holder {
-        not_held_in(&wanted)
-    } else {
-        Vec::new()
-    };
+    // The ranges a holder does not keep as they are (`MADV_DONTFORK`: absent in it;
+    // `MADV_WIPEONFORK`: zero there) are read from the holder once it is made (see
+    // `hold`): `holder` refuses their reads; `auto` keeps such a program on shadows,
+    // which keep every range. Once `auto` has met such memory it looks in
+    // /proc/self/smaps before each clone, until that shows none, rather than make
+    // holders only to let them go.
     let wants_holder = wants_holder
-        && (config.backend != Backend::Auto || {
-            let keep = not_held.is_empty();
-            if !keep && !AUTO_NOT_HELD_SAID.swap(true, Ordering::Relaxed) {
-                crate::base::log::debug!(
-                    "auto: MADV_DONTFORK or MADV_WIPEONFORK memory a holder would not keep: shadows"
-                );
-            }
+        && (config.backend != Backend::Auto || !AUTO_MET_NOT_HELD.load(Ordering::Relaxed) || {
+            let keep = not_held_in(&wanted).is_empty();
+            AUTO_MET_NOT_HELD.store(!keep, Ordering::Relaxed);
             keep
         });
     // Holder epochs tracked for a recorder (see `written`): the pages written in the
@@ -321,8 +314,10 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
             );
             // Under `auto` a lazy holder is given the memory too: it copies when the
             // program starts rewriting it after all (see `watch_lazy_holder`).
+            // A holder copies only what it has: nothing of memory it has no mapping
+            // for, or of a wiped mapping (nothing there is resident).
             let copy = if config.holder_copy != crate::config::HolderCopy::Never {
-                held_ranges(&wanted, &not_held)
+                wanted.clone()
             } else {
                 Vec::new()
             };
@@ -335,7 +330,8 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
                 make_room_before_clone(config.shadow_budget_mb, coming);
             }
             let on_demand = !at_once && !copy.is_empty();
-            hold(not_held, copy, at_once, kept).inspect(|_| {
+            let refuse_not_held = config.backend == Backend::Auto;
+            hold(&wanted, copy, at_once, kept, refuse_not_held).inspect(|_| {
                 HELD_RESIDENT_PAGES.store(resident, Ordering::Relaxed);
                 if on_demand {
                     watch_resident = Some(resident);
@@ -540,7 +536,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
         keep_holders_within_budget(config.shadow_budget_mb);
         let us = |from: u64, to: u64| to.saturating_sub(from) / 1000;
         crate::base::log::debug!(
-            "holder pass {v}: rescan {} us, smaps and clone {} us; the program stopped {} us (clone {clone_us}, opening {} us, installing {} us, listing {} us, {} held faults resolved in {} us); then {} us, noting written {} us, reap {} us, pinned and budget {} us",
+            "holder pass {v}: rescan {} us, room, clone and checks {} us; the program stopped {} us (clone {clone_us}, opening {} us, installing {} us, listing {} us, {} held faults resolved in {} us); then {} us, noting written {} us, reap {} us, pinned and budget {} us",
             us(started, rescanned),
             us(hold_started, stalled_from + clone_us * 1000),
             us(stalled_from, ended),
@@ -686,8 +682,10 @@ fn auto_wants_holder(tracked: &[Range]) -> bool {
     chooser.holder_next()
 }
 
-/// The parts of `tracked` a holder would not keep as they are (see
-/// `tracking::maps::not_inherited`), from /proc/self/smaps read now.
+/// The parts of `tracked` a holder would not keep as they are now (see
+/// `tracking::maps::not_inherited`), from /proc/self/smaps: under `auto`, before a clone,
+/// once it has met such memory (a walk of the program's page tables; the holder itself
+/// is checked after the clone in any case, see `hold`).
 fn not_held_in(tracked: &[Range]) -> Vec<Range> {
     let smaps = crate::base::fds::read_file(c"/proc/self/smaps", SMAPS_MAX);
     let mut all = Vec::new();
@@ -700,17 +698,24 @@ fn not_held_in(tracked: &[Range]) -> Vec<Range> {
     out
 }
 
+/// Whether `auto` met memory a holder would not keep as it was (see `hold`) and has not
+/// seen it gone since.
+static AUTO_MET_NOT_HELD: AtomicBool = AtomicBool::new(false);
 static AUTO_NOT_HELD_SAID: AtomicBool = AtomicBool::new(false);
 
-/// Makes the holder of the version about to open, with `not_held`, the ranges it would
-/// not hold as they are, and the clone's duration in microseconds (a stall of the
-/// program, like fork's). `None`, said once, when the clone is refused: the caller
-/// takes a shadow snapshot.
+/// Makes the holder of the version about to open, of `tracked`, and the clone's
+/// duration in microseconds (a stall of the program, like fork's). Then the holder is
+/// asked which parts of `tracked` it does not hold as they were (see
+/// `Holder::not_inherited`): with `refuse_not_held` (under `auto`), a holder with any is
+/// let go, and the caller takes a shadow snapshot, which keeps every range; otherwise
+/// their reads are refused. `None`, said once, when the clone is refused or the holder
+/// cannot be checked: a shadow snapshot.
 fn hold(
-    not_held: Vec<Range>,
+    tracked: &[Range],
     copy: Vec<Range>,
     at_once: bool,
     kept: holder::Kept,
+    refuse_not_held: bool,
 ) -> Option<(crate::engine::holder::HeldVersion, u64)> {
     use crate::engine::holder::{HeldVersion, Holder};
     // A program that made itself not dumpable (PR_SET_DUMPABLE 0: ssh-agent, gpg-agent)
@@ -749,9 +754,26 @@ fn hold(
         t0 = engine::now_ns();
         made = make();
     }
-    match made {
-        Ok(h) => {
-            let us = (engine::now_ns() - t0) / 1000;
+    let us = (engine::now_ns() - t0) / 1000;
+    let checked = made.and_then(|h| match h.not_inherited(tracked) {
+        Ok(not_held) => Ok((h, not_held)),
+        Err(e) => {
+            h.release();
+            Err(e)
+        }
+    });
+    match checked {
+        Ok((h, not_held)) if refuse_not_held && !not_held.is_empty() => {
+            h.release();
+            AUTO_MET_NOT_HELD.store(true, Ordering::Relaxed);
+            if !AUTO_NOT_HELD_SAID.swap(true, Ordering::Relaxed) {
+                crate::base::log::debug!(
+                    "auto: MADV_DONTFORK or MADV_WIPEONFORK memory a holder would not keep: shadows"
+                );
+            }
+            None
+        }
+        Ok((h, not_held)) => {
             if at_once {
                 stats::add(Counter::HolderCopiedAtOnce, 1);
             }
@@ -798,15 +820,6 @@ fn rewrites(faults: u64, before: u64, after: u64) -> u64 {
         return faults;
     }
     faults.saturating_sub(after.saturating_sub(before))
-}
-
-/// The tracked memory a holder holds: `tracked` without `not_held`.
-fn held_ranges(tracked: &[Range], not_held: &[Range]) -> Vec<Range> {
-    let mut out = Vec::new();
-    for &r in tracked {
-        crate::base::range::subtract(r, not_held, &mut |part| out.push(part));
-    }
-    out
 }
 
 /// The newest holder while it is lazy and was given the memory to copy when asked: its

@@ -83,6 +83,40 @@ pub fn not_inherited(smaps: &[u8], out: &mut Vec<Range>) {
     }
 }
 
+/// The mappings of a maps listing (`/proc/PID/maps` text), in address order, into
+/// `out`; lines of another shape are left out.
+pub fn mappings(text: &[u8], out: &mut Vec<Range>) {
+    for line in text.split(|&b| b == b'\n') {
+        // A path need not be UTF-8; the fields before it are.
+        let text = match core::str::from_utf8(line) {
+            Ok(t) => t,
+            Err(e) => core::str::from_utf8(&line[..e.valid_up_to()]).unwrap_or(""),
+        };
+        if let Some(m) = parse_line(text) {
+            out.push(m.range);
+        }
+    }
+}
+
+/// Calls `out` with each part of `tracked` (sorted, free of overlaps) that none of
+/// `mappings` (sorted, as a maps listing gives them) covers: in a child's listing, the
+/// memory it did not get (`MADV_DONTFORK`, or unmapped before it was made).
+pub fn not_mapped(mappings: &[Range], tracked: &[Range], out: &mut dyn FnMut(Range)) {
+    for &r in tracked {
+        let mut covered = r.start;
+        let first = mappings.partition_point(|m| m.end <= r.start);
+        for m in mappings[first..].iter().take_while(|m| m.start < r.end) {
+            if m.start > covered {
+                out(Range::new(covered, m.start));
+            }
+            covered = covered.max(m.end);
+        }
+        if covered < r.end {
+            out(Range::new(covered, r.end));
+        }
+    }
+}
+
 /// The stacks of `kept` (stacks glibc kept from exited threads, sorted, each the part
 /// above its guard page) that `text` still shows as glibc leaves them: an inaccessible
 /// private anonymous mapping ending where the stack starts (the guard), and writable
@@ -289,6 +323,39 @@ VmFlags: rd wr mr mw me ac wf sd \n";
             vec![
                 Range::new(0x7f00_0001_0000, 0x7f00_0001_1000),
                 Range::new(0x7f00_0002_0000, 0x7f00_0002_3000)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_tracked_memory_a_child_has_no_mapping_for_is_named() {
+        let listing = b"\
+7f0000000000-7f0000004000 rw-p 00000000 00:00 0 
+7f0000004000-7f0000008000 rw-p 00000000 00:00 0 [anon:x \xff]
+7f0000010000-7f0000020000 rw-p 00000000 00:00 0 
+garbage
+7f0000030000-7f0000031000 r--p 00000000 fd:01 12 /lib/x.so
+";
+        let mut m = Vec::new();
+        mappings(listing, &mut m);
+        assert_eq!(m.len(), 4);
+        let at = |a: usize, b: usize| Range::new(0x7f00_0000_0000 + a, 0x7f00_0000_0000 + b);
+        let tracked = [
+            // Covered by two adjacent mappings.
+            at(0x0, 0x8000),
+            // A hole in the middle and at the end.
+            at(0xc000, 0x24000),
+            // Not mapped at all.
+            at(0x40000, 0x41000),
+        ];
+        let mut gone = Vec::new();
+        not_mapped(&m, &tracked, &mut |r| gone.push(r));
+        assert_eq!(
+            gone,
+            vec![
+                at(0xc000, 0x10000),
+                at(0x20000, 0x24000),
+                at(0x40000, 0x41000)
             ]
         );
     }

@@ -959,6 +959,39 @@ mod tests {
     }
 
     #[test]
+    fn a_holder_names_the_memory_it_does_not_keep_as_it_was() {
+        let advise = |r: Range, advice: libc::c_int| {
+            // SAFETY: a mapping of this test's own.
+            let rc = unsafe { libc::madvise(r.start as *mut libc::c_void, r.len(), advice) };
+            assert_eq!(rc, 0, "madvise({advice})");
+        };
+        let written = buffer(8, 5);
+        let wiped = buffer(4, 6);
+        advise(wiped, libc::MADV_WIPEONFORK);
+        let not_copied = buffer(2, 7);
+        advise(not_copied, libc::MADV_DONTFORK);
+        // Emptied: nothing present in the holder either, as in a wiped one, but not
+        // wiped (it reads zero in the version as in the program). Its own mapping
+        // (MADV_DONTDUMP: no neighbour merges with it), so the holder's smaps are read.
+        let untouched = buffer(3, 0);
+        advise(untouched, libc::MADV_DONTDUMP);
+        advise(untouched, libc::MADV_DONTNEED);
+        let mut tracked = vec![written, wiped, not_copied, untouched];
+        tracked.sort_unstable_by_key(|r| r.start);
+        let h = hold();
+        let mut expected = vec![wiped, not_copied];
+        expected.sort_unstable_by_key(|r| r.start);
+        assert_eq!(h.not_inherited(&tracked), Ok(expected));
+        // Only what is tracked is named.
+        assert_eq!(h.not_inherited(&[written, untouched]), Ok(vec![]));
+        h.release();
+        for r in [written, wiped, not_copied, untouched] {
+            // SAFETY: the test's own mappings, no longer used.
+            unsafe { libc::syscall(libc::SYS_munmap, r.start, r.len()) };
+        }
+    }
+
+    #[test]
     fn a_holder_keeps_the_memory_as_it_was_while_the_program_writes() {
         let buf = buffer(16, 1);
         let h = hold();

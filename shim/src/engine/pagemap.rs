@@ -169,36 +169,24 @@ impl Pagemap {
         }; 256];
         let mut start = r.start as u64;
         while start < r.end as u64 {
-            let mut arg = PmScanArg {
-                size: core::mem::size_of::<PmScanArg>() as u64,
-                flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-                start,
-                end: r.end as u64,
-                walk_end: 0,
-                vec: found.as_mut_ptr() as u64,
-                vec_len: found.len() as u64,
-                max_pages: 0,
-                category_inverted: 0,
-                category_mask: PAGE_IS_WRITTEN,
-                category_anyof_mask: 0,
-                return_mask: PAGE_IS_WRITTEN,
-            };
-            // SAFETY: PAGEMAP_SCAN reads `arg` and writes at most `vec_len` regions into
-            // `found` (which holds them) and `walk_end` into `arg`.
-            let n = unsafe { libc::ioctl(fd, PAGEMAP_SCAN as _, &mut arg as *mut PmScanArg) };
-            if n < 0 {
-                return Err(ScanError::Refused(crate::base::sys::errno()));
-            }
-            for f in &found[..n as usize] {
+            let (n, walk_end) = scan(
+                fd,
+                Range::new(start as usize, r.end),
+                PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+                PAGE_IS_WRITTEN,
+                0,
+                &mut found,
+            )?;
+            for f in &found[..n] {
                 if out.len() >= max {
                     return Err(ScanError::TooMany);
                 }
                 out.push(Range::new(f.start as usize, f.end as usize));
             }
-            if arg.walk_end <= start {
+            if walk_end <= start {
                 break;
             }
-            start = arg.walk_end;
+            start = walk_end;
         }
         Ok(())
     }
@@ -216,35 +204,58 @@ pub fn any_present(fd: i32, r: Range) -> Result<bool, ScanError> {
     }; 1];
     let mut start = r.start as u64;
     while start < r.end as u64 {
-        let mut arg = PmScanArg {
-            size: core::mem::size_of::<PmScanArg>() as u64,
-            flags: 0,
-            start,
-            end: r.end as u64,
-            walk_end: 0,
-            vec: found.as_mut_ptr() as u64,
-            vec_len: found.len() as u64,
-            max_pages: 1,
-            category_inverted: 0,
-            category_mask: PAGE_IS_PRESENT,
-            category_anyof_mask: 0,
-            return_mask: PAGE_IS_PRESENT,
-        };
-        // SAFETY: PAGEMAP_SCAN reads `arg` and writes at most `vec_len` regions into
-        // `found` (which holds them) and `walk_end` into `arg`.
-        let n = unsafe { libc::ioctl(fd, PAGEMAP_SCAN as _, &mut arg as *mut PmScanArg) };
-        if n < 0 {
-            return Err(ScanError::Refused(crate::base::sys::errno()));
-        }
+        let (n, walk_end) = scan(
+            fd,
+            Range::new(start as usize, r.end),
+            0,
+            PAGE_IS_PRESENT,
+            1,
+            &mut found,
+        )?;
         if n > 0 {
             return Ok(true);
         }
-        if arg.walk_end <= start {
+        if walk_end <= start {
             break;
         }
-        start = arg.walk_end;
+        start = walk_end;
     }
     Ok(false)
+}
+
+/// One `PAGEMAP_SCAN` over `r` of the address space `fd` is the pagemap of, with
+/// `flags`, for the pages in every category of `category` (at most `max_pages` of them,
+/// 0: no limit): the runs found go into `found`. Their count, and where the walk ended
+/// (it stops early when `found` is full).
+fn scan(
+    fd: i32,
+    r: Range,
+    flags: u64,
+    category: u64,
+    max_pages: u64,
+    found: &mut [PageRegion],
+) -> Result<(usize, u64), ScanError> {
+    let mut arg = PmScanArg {
+        size: core::mem::size_of::<PmScanArg>() as u64,
+        flags,
+        start: r.start as u64,
+        end: r.end as u64,
+        walk_end: 0,
+        vec: found.as_mut_ptr() as u64,
+        vec_len: found.len() as u64,
+        max_pages,
+        category_inverted: 0,
+        category_mask: category,
+        category_anyof_mask: 0,
+        return_mask: category,
+    };
+    // SAFETY: PAGEMAP_SCAN reads `arg` and writes at most `vec_len` regions into `found`
+    // (which holds them) and `walk_end` into `arg`.
+    let n = unsafe { libc::ioctl(fd, PAGEMAP_SCAN as _, &mut arg as *mut PmScanArg) };
+    if n < 0 {
+        return Err(ScanError::Refused(crate::base::sys::errno()));
+    }
+    Ok((n as usize, arg.walk_end))
 }
 
 /// In a forked child: the parent's descriptor was closed with the others (see `fds`).

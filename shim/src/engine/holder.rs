@@ -193,16 +193,9 @@ impl Holder {
         }
         drop(pagemap);
         if unsure {
-            let smaps = fds::read_file(&self.proc_file("smaps"), SMAPS_MAX);
-            if smaps.is_empty() {
-                return Err(HolderError::Unchecked("smaps"));
-            }
-            let mut marked = Vec::new();
-            maps::not_inherited(&smaps, &mut marked);
-            drop(smaps);
             // Only the wiped are in a child's listing; the others are found above.
-            for &w in &marked {
-                crate::engine::reprotect::within(tracked, w, &mut |part| out.push(part));
+            if !not_inherited_per_smaps(&self.proc_file("smaps"), tracked, &mut out) {
+                return Err(HolderError::Unchecked("smaps"));
             }
             out.sort_unstable_by_key(|r| r.start);
             out.dedup();
@@ -398,10 +391,32 @@ fn wait_for_copy_order() {
     }
 }
 
+/// Appends to `out` the parts of `tracked` (sorted, free of overlaps) that the smaps
+/// file at `path` (the program's own, or a holder's) marks `MADV_DONTFORK` or
+/// `MADV_WIPEONFORK` (see `tracking::maps::not_inherited`). A walk of that process's page
+/// tables: not for the fault path. `false` when the file could not be read.
+pub fn not_inherited_per_smaps(
+    path: &core::ffi::CStr,
+    tracked: &[Range],
+    out: &mut Vec<Range>,
+) -> bool {
+    let smaps = crate::base::fds::read_file(path, SMAPS_MAX);
+    if smaps.is_empty() {
+        return false;
+    }
+    let mut marked = Vec::new();
+    crate::tracking::maps::not_inherited(&smaps, &mut marked);
+    drop(smaps);
+    for &m in &marked {
+        crate::engine::reprotect::within(tracked, m, &mut |part| out.push(part));
+    }
+    true
+}
+
 /// Bytes of a holder's maps listing read at most (a line per mapping: the kernel's
 /// default limit of 65,530 mappings fits).
 const MAPS_MAX: usize = 16 << 20;
-/// Bytes of a holder's smaps read at most.
+/// Bytes of a smaps file read at most (about 1 KiB per mapping).
 const SMAPS_MAX: usize = 64 << 20;
 
 /// Pages asked about per `mincore` call (its answer lives on the holder's stack).

@@ -687,14 +687,9 @@ fn auto_wants_holder(tracked: &[Range]) -> bool {
 /// once it has met such memory (a walk of the program's page tables; the holder itself
 /// is checked after the clone in any case, see `hold`).
 fn not_held_in(tracked: &[Range]) -> Vec<Range> {
-    let smaps = crate::base::fds::read_file(c"/proc/self/smaps", SMAPS_MAX);
-    let mut all = Vec::new();
-    crate::tracking::maps::not_inherited(&smaps, &mut all);
-    drop(smaps);
     let mut out = Vec::new();
-    for &r in &all {
-        reprotect::within(tracked, r, &mut |part| out.push(part));
-    }
+    // Unreadable: none found here; the check of the holder after its clone still holds.
+    holder::not_inherited_per_smaps(c"/proc/self/smaps", tracked, &mut out);
     out
 }
 
@@ -960,9 +955,6 @@ const UNREAD: u64 = u64::MAX;
 
 /// Clones tried again when the pidfd was lost (see [`hold`]).
 const PIDFD_RETRIES: usize = 3;
-
-/// Most of /proc/self/smaps read for the holder's ranges (about 1 KiB per mapping).
-const SMAPS_MAX: usize = 64 << 20;
 
 static HOLDER_ERROR_SAID: AtomicBool = AtomicBool::new(false);
 static HOLDERS_FULL_SAID: AtomicBool = AtomicBool::new(false);

@@ -59,6 +59,16 @@ pub fn parse_line(line: &str) -> Option<MapsLine<'_>> {
     })
 }
 
+/// Parses one line of bytes: a path need not be UTF-8, the fields before it are (the
+/// path is then cut where it stops being UTF-8).
+fn parse_bytes(line: &[u8]) -> Option<MapsLine<'_>> {
+    let text = match core::str::from_utf8(line) {
+        Ok(t) => t,
+        Err(e) => core::str::from_utf8(&line[..e.valid_up_to()]).unwrap_or(""),
+    };
+    parse_line(text)
+}
+
 /// The mappings of /proc/self/smaps text marked `MADV_DONTFORK` (`dc`) or
 /// `MADV_WIPEONFORK` (`wf`) in their `VmFlags`, into `out`: a child made with clone or
 /// fork does not have them as they are (absent, or zero), so a holder does not hold them.
@@ -72,12 +82,7 @@ pub fn not_inherited(smaps: &[u8], out: &mut Vec<Range>) {
             }
             continue;
         }
-        // A path need not be UTF-8; the fields before it are.
-        let text = match core::str::from_utf8(line) {
-            Ok(t) => t,
-            Err(e) => core::str::from_utf8(&line[..e.valid_up_to()]).unwrap_or(""),
-        };
-        if let Some(m) = parse_line(text) {
+        if let Some(m) = parse_bytes(line) {
             current = Some(m.range);
         }
     }
@@ -87,12 +92,7 @@ pub fn not_inherited(smaps: &[u8], out: &mut Vec<Range>) {
 /// `out`; lines of another shape are left out.
 pub fn mappings(text: &[u8], out: &mut Vec<Range>) {
     for line in text.split(|&b| b == b'\n') {
-        // A path need not be UTF-8; the fields before it are.
-        let text = match core::str::from_utf8(line) {
-            Ok(t) => t,
-            Err(e) => core::str::from_utf8(&line[..e.valid_up_to()]).unwrap_or(""),
-        };
-        if let Some(m) = parse_line(text) {
+        if let Some(m) = parse_bytes(line) {
             out.push(m.range);
         }
     }

@@ -167,28 +167,16 @@ impl Pagemap {
             end: 0,
             categories: 0,
         }; 256];
-        let mut start = r.start as u64;
-        while start < r.end as u64 {
-            let (n, walk_end) = scan(
-                fd,
-                Range::new(start as usize, r.end),
-                PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-                PAGE_IS_WRITTEN,
-                0,
-                &mut found,
-            )?;
-            for f in &found[..n] {
+        let flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC;
+        walk(fd, r, flags, PAGE_IS_WRITTEN, 0, &mut found, &mut |runs| {
+            for f in runs {
                 if out.len() >= max {
                     return Err(ScanError::TooMany);
                 }
                 out.push(Range::new(f.start as usize, f.end as usize));
             }
-            if walk_end <= start {
-                break;
-            }
-            start = walk_end;
-        }
-        Ok(())
+            Ok(true)
+        })
     }
 }
 
@@ -202,25 +190,42 @@ pub fn any_present(fd: i32, r: Range) -> Result<bool, ScanError> {
         end: 0,
         categories: 0,
     }; 1];
-    let mut start = r.start as u64;
-    while start < r.end as u64 {
+    let mut any = false;
+    walk(fd, r, 0, PAGE_IS_PRESENT, 1, &mut found, &mut |runs| {
+        any = !runs.is_empty();
+        Ok(!any)
+    })?;
+    Ok(any)
+}
+
+/// Walks `r` with `PAGEMAP_SCAN` calls (see [`scan`]), each resuming where the last
+/// stopped, handing `each` the runs every call found, until the end of `r` or until
+/// `each` says no more (`Ok(false)`).
+fn walk(
+    fd: i32,
+    r: Range,
+    flags: u64,
+    category: u64,
+    max_pages: u64,
+    found: &mut [PageRegion],
+    each: &mut dyn FnMut(&[PageRegion]) -> Result<bool, ScanError>,
+) -> Result<(), ScanError> {
+    let mut start = r.start;
+    while start < r.end {
         let (n, walk_end) = scan(
             fd,
-            Range::new(start as usize, r.end),
-            0,
-            PAGE_IS_PRESENT,
-            1,
-            &mut found,
+            Range::new(start, r.end),
+            flags,
+            category,
+            max_pages,
+            found,
         )?;
-        if n > 0 {
-            return Ok(true);
-        }
-        if walk_end <= start {
+        if !each(&found[..n])? || walk_end as usize <= start {
             break;
         }
-        start = walk_end;
+        start = walk_end as usize;
     }
-    Ok(false)
+    Ok(())
 }
 
 /// One `PAGEMAP_SCAN` over `r` of the address space `fd` is the pagemap of, with

@@ -33,8 +33,13 @@
  *             of 64 MiB (every first write traps: auto moves to holders) before rounds 0, 2, 4,
  *             700 ms of quiet (a holder costs more than nothing: back to shadows) before
  *             rounds 1, 3, 5; prints serve's lines (no wipe line), then "ready"
- *   switch wipe  the same with a MADV_WIPEONFORK buffer (its "wipe" line before
- *             "ready"): a holder would not keep it, so auto must stay on shadows
+ *   switch wipe  the same with a MADV_WIPEONFORK buffer written each round too, and
+ *             its line for each version after the other buffer's: a holder does not
+ *             keep it, so the shim must keep it on shadows beside the holders
+ *   keep      serve's check for memory a holder does not keep: each round writes a
+ *             malloc'd buffer, a MADV_WIPEONFORK one and a MADV_DONTFORK one (after
+ *             keep_busy: background holders in between), takes a snapshot and prints
+ *             serve's line for each of the three; then "ready"
  *   toggle    a buffer another thread marks MADV_WIPEONFORK and unmarks, flat out,
  *             while the program takes TOGGLE_SNAPSHOTS snapshots with
  *             memshadow_snapshot(), printing serve's line for the buffer after each (its
@@ -347,18 +352,42 @@ static void mode_refused(int undumpable)
 
 #define SERVE_BYTES (64 * 4096)
 
-/* One round of serve and switch: a different subset of pages of `b` each round, partly;
- * a snapshot; its line "V 0xADDR LEN CHECKSUM". */
-static void serve_round(unsigned char *b, int round)
+/* Writes round `round`'s pattern into `buf` (`bytes`): a different subset of its pages
+ * each round, partly. */
+static void fill_round(unsigned char *buf, size_t bytes, int round)
 {
-    for (size_t page = 0; page < SERVE_BYTES / 4096; page++)
+    for (size_t page = 0; page < bytes / 4096; page++)
         if ((page + round) % 3 != 0)
-            tu_fill_words(b + page * 4096, 4096 / (1 + round % 2), round * 1000 + page);
+            tu_fill_words(buf + page * 4096, 4096 / (1 + round % 2), round * 1000 + page);
+}
+
+/* Takes a snapshot with memshadow_snapshot(); its version. */
+static long long snapshot_now(void)
+{
     long long v = memshadow_snapshot();
     if (v < 0)
         DIE("snapshot failed: %s", errno == ENOSYS ? "ENOSYS" : tu_errno_name(errno));
-    printf("%lld %p %d %016llx\n", v, (void *)b, SERVE_BYTES,
-           (unsigned long long)tu_fnv(TU_FNV_INIT, b, SERVE_BYTES));
+    return v;
+}
+
+/* Prints serve's line for `buf` at version `v`: "V 0xADDR LEN CHECKSUM". */
+static void print_version(long long v, const unsigned char *buf, size_t bytes)
+{
+    printf("%lld %p %zu %016llx\n", v, (const void *)buf, bytes,
+           (unsigned long long)tu_fnv(TU_FNV_INIT, buf, bytes));
+}
+
+/* One round of serve and switch: round `round`'s pattern into `b`, a snapshot, its
+ * line; the same for `w` (a MADV_WIPEONFORK buffer) at that snapshot when there is one. */
+static void serve_round(unsigned char *b, unsigned char *w, int round)
+{
+    fill_round(b, SERVE_BYTES, round);
+    if (w)
+        fill_round(w, WIPE_BYTES, round);
+    long long v = snapshot_now();
+    print_version(v, b, SERVE_BYTES);
+    if (w)
+        print_version(v, w, WIPE_BYTES);
 }
 
 /* Says "ready" and waits for SIGUSR1, writing nothing. */
@@ -381,7 +410,7 @@ static void mode_serve(void)
     if (!b)
         DIE("malloc");
     for (int round = 0; round < 6; round++)
-        serve_round(b, round);
+        serve_round(b, NULL, round);
     printf("wipe %p %d\n", (void *)w, WIPE_BYTES);
     ready_then_wait();
 }
@@ -432,10 +461,44 @@ static void mode_switch(int with_wipe)
             scatter_busy(scattered, 700);
         else
             quiet(700);
-        serve_round(b, round);
+        serve_round(b, w, round);
     }
-    if (w)
-        printf("wipe %p %d\n", (void *)w, WIPE_BYTES);
+    ready_then_wait();
+}
+
+/* A private anonymous buffer of WIPE_BYTES marked MADV_DONTFORK (a child has no
+ * mapping there), filled. */
+static unsigned char *dontfork_buffer(void)
+{
+    unsigned char *d = mmap(NULL, WIPE_BYTES, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (d == MAP_FAILED)
+        DIE("mmap");
+    if (madvise(d, WIPE_BYTES, MADV_DONTFORK) != 0)
+        DIE("madvise(MADV_DONTFORK): %s", tu_errno_name(errno));
+    tu_fill_words(d, WIPE_BYTES, 91);
+    return d;
+}
+
+#define KEEP_ROUNDS 6
+
+static void mode_keep(void)
+{
+    unsigned char *b = malloc(SERVE_BYTES);
+    unsigned char *w = wipe_buffer();
+    unsigned char *d = dontfork_buffer();
+    if (!b)
+        DIE("malloc");
+    for (int round = 0; round < KEEP_ROUNDS; round++) {
+        keep_busy(25);
+        fill_round(b, SERVE_BYTES, round);
+        fill_round(w, WIPE_BYTES, round + 1);
+        fill_round(d, WIPE_BYTES, round + 2);
+        long long v = snapshot_now();
+        print_version(v, b, SERVE_BYTES);
+        print_version(v, w, WIPE_BYTES);
+        print_version(v, d, WIPE_BYTES);
+    }
     ready_then_wait();
 }
 
@@ -461,9 +524,7 @@ static void mode_toggle(void)
     if (pthread_create(&t, NULL, toggle_wipe, w) != 0)
         DIE("pthread_create");
     for (int i = 0; i < TOGGLE_SNAPSHOTS; i++) {
-        long long v = memshadow_snapshot();
-        if (v < 0)
-            DIE("snapshot failed: %s", errno == ENOSYS ? "ENOSYS" : tu_errno_name(errno));
+        long long v = snapshot_now();
         printf("%lld %p %d %016llx\n", v, (void *)w, WIPE_BYTES, (unsigned long long)sum);
         quiet(3);
     }
@@ -478,7 +539,7 @@ int main(int argc, char **argv)
     const char *mode = argc > 1 ? argv[1] : "";
     /* A hang (a pipe that never reaches EOF, a wait that never returns) ends here. */
     alarm(strcmp(mode, "serve") == 0 || strcmp(mode, "switch") == 0 ||
-                  strcmp(mode, "toggle") == 0
+                  strcmp(mode, "toggle") == 0 || strcmp(mode, "keep") == 0
               ? 0
               : 30);
     if (strcmp(mode, "pipe") == 0)
@@ -496,6 +557,9 @@ int main(int argc, char **argv)
     else if (strcmp(mode, "switch") == 0) {
         mode_switch(argc > 2 && strcmp(argv[2], "wipe") == 0);
         return 0;
+    } else if (strcmp(mode, "keep") == 0) {
+        mode_keep();
+        return 0;
     } else if (strcmp(mode, "toggle") == 0) {
         mode_toggle();
         return 0;
@@ -505,6 +569,6 @@ int main(int argc, char **argv)
         mode_serve();
         return 0;
     } else
-        DIE("usage: holder_host pipe|wait|forkexec|wipe|refused|undumpable|switch [wipe]|toggle|serve [refused]");
+        DIE("usage: holder_host pipe|wait|forkexec|wipe|refused|undumpable|switch [wipe]|keep|toggle|serve [refused]");
     return tu_finish(mode, 0);
 }

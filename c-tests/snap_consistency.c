@@ -40,7 +40,12 @@
  * through its descriptor (which works only while the block is registered with it) and
  * prints
  *     own userfaultfd still registered
- * (or a FAIL line). */
+ * (or a FAIL line).
+ *
+ * With SNAP_MARK_HALF=wipeonfork (or dontfork), the block is an anonymous mapping whose
+ * first half the program marks MADV_WIPEONFORK (MADV_DONTFORK) before printing the
+ * chains: every chain crosses memory a holder child does not keep as it is (zero there,
+ * or not there at all) and memory it does. */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
@@ -132,6 +137,18 @@ int main(int argc, char **argv)
             DIE("cannot map %u bytes", REGION);
         own_uffd = register_own_userfaultfd(region, REGION);
         printf("own userfaultfd registered\n");
+    } else if (getenv("SNAP_MARK_HALF")) {
+        const char *mark = getenv("SNAP_MARK_HALF");
+        int advice = strcmp(mark, "wipeonfork") == 0 ? MADV_WIPEONFORK
+                     : strcmp(mark, "dontfork") == 0 ? MADV_DONTFORK
+                                                      : -1;
+        if (advice < 0)
+            DIE("SNAP_MARK_HALF is wipeonfork or dontfork, not %s", mark);
+        region = mmap(NULL, REGION, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (region == MAP_FAILED)
+            DIE("cannot map %u bytes", REGION);
+        if (madvise(region, REGION / 2, advice) != 0)
+            DIE("madvise(%s): %s", mark, strerror(errno));
     } else {
         region = aligned_alloc(PAGE, REGION);
         if (!region)

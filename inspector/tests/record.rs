@@ -357,6 +357,21 @@ fn recorded_holder_versions_hold_writes_to_memory_the_program_registered_itself(
     );
 }
 
+/// Half the block marked `MADV_WIPEONFORK` (zero in a holder): under holders that half
+/// is kept on shadows beside them, on the synchronous descriptor, so no scan lists its
+/// writes and every delta must count it whole; every chain crosses it and the half the
+/// holders keep. The recorded versions are never torn.
+#[test]
+fn recorded_holder_versions_with_memory_kept_on_shadows_are_never_torn() {
+    record_concurrent_writers(
+        &[
+            ("MEMSHADOW_BACKEND", "holder"),
+            ("SNAP_MARK_HALF", "wipeonfork"),
+        ],
+        60,
+    );
+}
+
 /// Under holders nothing traps: the deltas come from the pages the asynchronous
 /// write-protect scans listed (shim/src/service/written.rs). A page they missed would
 /// restore stale and tear a chain; pages they listed needlessly would make every delta

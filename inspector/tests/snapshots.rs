@@ -1366,6 +1366,82 @@ fn snapshots_are_consistent_under_each_prefetch_setting() {
     under_each_prefetch_setting(|| consistent_under_concurrent_writers(300));
 }
 
+/// Half of snap_consistency's block marked `MADV_DONTFORK` (a holder child has no
+/// mapping of it), under holders: that half is kept on shadows beside them (protected
+/// with the version open, before the clone), the other half held by the holders, and
+/// every chain crosses both. Snapshots taken from outside while the four writers run are
+/// never torn and never go back: the two halves are one instant.
+#[test]
+fn holder_snapshots_keeping_part_on_shadows_are_consistent_under_concurrent_writers() {
+    const SNAPSHOTS: usize = 300;
+    const BUDGET: Duration = Duration::from_secs(95);
+    let dir = temp_dir("snap-half");
+    let running = start_running(
+        &c_program("snap_consistency"),
+        &["110"],
+        dir.path(),
+        &[
+            ("MEMSHADOW_MAX_VERSIONS", "4"),
+            ("MEMSHADOW_BACKEND", "holder"),
+            ("SNAP_MARK_HALF", "dontfork"),
+        ],
+        Duration::from_secs(10),
+        Duration::from_secs(115),
+    );
+    let chains = parse_chains(&running.lines);
+    assert_eq!(chains.len(), 4);
+    let ctl = Control::new(dir.path(), running.pid());
+    let plan = read_plan(&chains);
+    let started = Instant::now();
+    let mut faults: Vec<String> = Vec::new();
+    let mut prev: Option<(u64, Vec<Vec<u64>>)> = None;
+    for n in 0..SNAPSHOTS {
+        assert!(
+            started.elapsed() < BUDGET,
+            "too slow: {n} of {SNAPSHOTS} snapshots in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+        let v = ctl
+            .snapshot()
+            .unwrap_or_else(|e| panic!("snapshot {n}: {e}"));
+        let values = chain_values(&ctl, &plan, &chains, v);
+        for (t, vals) in values.iter().enumerate() {
+            if let Some(why) = chain_fault(vals) {
+                faults.push(format!("version {v}, chain {t}: {why}: {vals:?}"));
+            }
+            if let Some((pv, before)) = &prev {
+                if let Some(i) = vals.iter().zip(&before[t]).position(|(a, b)| a < b) {
+                    faults.push(format!(
+                        "chain {t} page {i}: {} at version {pv}, {} at version {v}",
+                        before[t][i], vals[i]
+                    ));
+                }
+            }
+        }
+        prev = Some((v, values));
+    }
+    let json = finish(
+        memshadow(dir.path()).args(["stats", "--json", &running.pid().to_string()]),
+        LIMIT,
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&json.stdout).unwrap_or_else(|e| panic!("{e}: {json:#?}"));
+    let rest = running.stop(Duration::from_secs(10));
+    assert!(rest.ends_with("stopped by SIGUSR1\n"), "{rest}");
+    assert!(
+        faults.is_empty(),
+        "{} faults: {:?}",
+        faults.len(),
+        &faults[..faults.len().min(5)]
+    );
+    // Holders took the snapshots, and the half kept on shadows trapped.
+    assert!(
+        stats["holder_snapshots"].as_u64() >= Some(SNAPSHOTS as u64)
+            && stats["traps"].as_u64() > Some(0),
+        "{stats}"
+    );
+}
+
 fn consistent_under_concurrent_writers(snapshots_wanted: usize) {
     // The whole test stays under 120 s: the loop's budget, then the program's own
     // limit (it stops by itself) and the guard's.

@@ -146,72 +146,9 @@ impl Holder {
         }
     }
 
-    /// The parts of `tracked` (sorted, free of overlaps) this holder does not hold as
-    /// they were at its clone, read from the holder itself once it is made, so that
-    /// nothing the program changes between a check and the clone slips by: memory it
-    /// has no mapping for (`MADV_DONTFORK` is not copied into a child; nor is what was
-    /// unmapped before the clone), and mappings marked `MADV_WIPEONFORK` (empty in a
-    /// child: they read as zero there). A mapping with a page present in the holder is
-    /// not a wiped one, as the kernel copies no page of those, and the holder's own
-    /// copying touches only pages it has; only when a mapping of the tracked memory has
-    /// none (never touched, swapped out, or wiped) are the holder's smaps read, whose
-    /// `VmFlags` say, a walk of its page tables (tens of ms a GiB) where this check
-    /// is one page-table probe a mapping. Before the version is read: a read maps pages.
+    /// See [`HolderView::not_inherited`].
     pub fn not_inherited(&self, tracked: &[Range]) -> Result<Vec<Range>, HolderError> {
-        use crate::base::fds;
-        use crate::tracking::maps;
-        let listing = fds::read_file(&self.proc_file("maps"), MAPS_MAX);
-        let mut mapped = Vec::new();
-        maps::mappings(&listing, &mut mapped);
-        drop(listing);
-        if mapped.is_empty() {
-            return Err(HolderError::Unchecked("maps"));
-        }
-        let mut out = Vec::new();
-        maps::not_mapped(&mapped, tracked, &mut |r| out.push(r));
-        let pagemap =
-            fds::open_proc(&self.proc_file("pagemap")).ok_or(HolderError::Unchecked("pagemap"))?;
-        let in_tracked = |m: &Range| {
-            let i = tracked.partition_point(|t| t.end <= m.start);
-            tracked.get(i).is_some_and(|t| t.start < m.end)
-        };
-        let mut unsure = false;
-        for m in mapped.iter().filter(|m| in_tracked(m)) {
-            match crate::engine::pagemap::any_present(pagemap.raw(), *m) {
-                Ok(true) => {}
-                Ok(false) => {
-                    crate::base::log::debug!(
-                        "holder check: nothing present in {:#x}..{:#x}: reading its smaps",
-                        m.start,
-                        m.end
-                    );
-                    unsure = true;
-                    break;
-                }
-                Err(_) => return Err(HolderError::Unchecked("pagemap")),
-            }
-        }
-        drop(pagemap);
-        if unsure {
-            // Only the wiped are in a child's listing; the others are found above.
-            if !not_inherited_per_smaps(&self.proc_file("smaps"), tracked, &mut out) {
-                return Err(HolderError::Unchecked("smaps"));
-            }
-            out.sort_unstable_by_key(|r| r.start);
-            out.dedup();
-        }
-        // Alive after the reads: the pid was the holder's all along (an unreaped child's
-        // pid is not reused).
-        if !self.alive() {
-            return Err(HolderError::Unchecked("the holder ended"));
-        }
-        Ok(out)
-    }
-
-    /// The path of a file of the holder's /proc directory.
-    fn proc_file(&self, name: &str) -> std::ffi::CString {
-        std::ffi::CString::new(format!("/proc/{}/{name}", self.pid))
-            .expect("a pid and a file name hold no NUL")
+        self.view().not_inherited(tracked)
     }
 
     /// The holder's pid.
@@ -287,6 +224,74 @@ pub struct HolderView {
 }
 
 impl HolderView {
+    /// The parts of `tracked` (sorted, free of overlaps) this holder does not hold as
+    /// they were at its clone, read from the holder itself once it is made, so that
+    /// nothing the program changes between a check and the clone slips by: memory it
+    /// has no mapping for (`MADV_DONTFORK` is not copied into a child; nor is what was
+    /// unmapped before the clone), and mappings marked `MADV_WIPEONFORK` (empty in a
+    /// child: they read as zero there). A mapping with a page present in the holder is
+    /// not a wiped one, as the kernel copies no page of those, and the holder's own
+    /// copying touches only pages it has; only when a mapping of the tracked memory has
+    /// none (never touched, swapped out, or wiped) are the holder's smaps read, whose
+    /// `VmFlags` say, a walk of its page tables (tens of ms a GiB) where this check
+    /// is one page-table probe a mapping. Before the version is read: a read maps pages.
+    pub fn not_inherited(&self, tracked: &[Range]) -> Result<Vec<Range>, HolderError> {
+        use crate::base::fds;
+        use crate::tracking::maps;
+        let listing = fds::read_file(&self.proc_file("maps"), MAPS_MAX);
+        let mut mapped = Vec::new();
+        maps::mappings(&listing, &mut mapped);
+        drop(listing);
+        if mapped.is_empty() {
+            return Err(HolderError::Unchecked("maps"));
+        }
+        let mut out = Vec::new();
+        maps::not_mapped(&mapped, tracked, &mut |r| out.push(r));
+        let pagemap =
+            fds::open_proc(&self.proc_file("pagemap")).ok_or(HolderError::Unchecked("pagemap"))?;
+        let in_tracked = |m: &Range| {
+            let i = tracked.partition_point(|t| t.end <= m.start);
+            tracked.get(i).is_some_and(|t| t.start < m.end)
+        };
+        let mut unsure = false;
+        for m in mapped.iter().filter(|m| in_tracked(m)) {
+            match crate::engine::pagemap::any_present(pagemap.raw(), *m) {
+                Ok(true) => {}
+                Ok(false) => {
+                    crate::base::log::debug!(
+                        "holder check: nothing present in {:#x}..{:#x}: reading its smaps",
+                        m.start,
+                        m.end
+                    );
+                    unsure = true;
+                    break;
+                }
+                Err(_) => return Err(HolderError::Unchecked("pagemap")),
+            }
+        }
+        drop(pagemap);
+        if unsure {
+            // Only the wiped are in a child's listing; the others are found above.
+            if !not_inherited_per_smaps(&self.proc_file("smaps"), tracked, &mut out) {
+                return Err(HolderError::Unchecked("smaps"));
+            }
+            out.sort_unstable_by_key(|r| r.start);
+            out.dedup();
+        }
+        // Alive after the reads: the pid was the holder's all along (an unreaped child's
+        // pid is not reused).
+        if !self.alive() {
+            return Err(HolderError::Unchecked("the holder ended"));
+        }
+        Ok(out)
+    }
+
+    /// The path of a file of the holder's /proc directory.
+    fn proc_file(&self, name: &str) -> std::ffi::CString {
+        std::ffi::CString::new(format!("/proc/{}/{name}", self.pid))
+            .expect("a pid and a file name hold no NUL")
+    }
+
     /// Whether the holder still runs (its pidfd is not readable: it has not exited).
     pub fn alive(&self) -> bool {
         if !crate::base::fds::verify(self.pidfd) {
@@ -541,9 +546,12 @@ fn zeroed_siginfo() -> libc::siginfo_t {
     unsafe { core::mem::zeroed() }
 }
 
-/// A version held by a holder: the holder, and the ranges it would not hold as they
-/// were (`tracking::maps::not_inherited`, read by the epoch thread), whose reads are
-/// refused. Keeping those ranges on shadows instead is a later step of issue 15.
+/// A version held by a holder: the holder; the ranges it does not hold as they were
+/// (`MADV_DONTFORK`, `MADV_WIPEONFORK`: see [`HolderView::not_inherited`]) that the pass
+/// kept on shadows instead (`shadowed`: protected before the clone, with faults held
+/// until the version opened, so their first writes after it leave shadows stamped with
+/// it, as in a shadow epoch); and those it neither holds nor kept (`not_held`: met only
+/// in the holder, after its clone), whose reads are refused.
 ///
 /// Once a recorder says the version is in its store (`recorded V`), the holder process
 /// is let go (`holder` None: the program's later writes no longer copy pages for it,
@@ -554,17 +562,25 @@ pub struct HeldVersion {
     pub version: u64,
     pub holder: Option<Holder>,
     pub not_held: Vec<Range>,
+    pub shadowed: Vec<Range>,
     /// What its holder keeps, as the budget counts it.
     pub kept: Kept,
 }
 
 impl HeldVersion {
-    /// A version the new holder `holder` holds (its number set when the version opens).
-    pub fn new(holder: Holder, not_held: Vec<Range>, kept: Kept) -> HeldVersion {
+    /// A version the new holder `holder` holds (its number set when the version opens),
+    /// with `shadowed` kept on shadows.
+    pub fn new(
+        holder: Holder,
+        not_held: Vec<Range>,
+        shadowed: Vec<Range>,
+        kept: Kept,
+    ) -> HeldVersion {
         HeldVersion {
             version: 0,
             holder: Some(holder),
             not_held,
+            shadowed,
             kept,
         }
     }
@@ -591,9 +607,18 @@ impl HeldVersion {
         }
     }
 
-    /// Whether `page` lies in a range the holder does not hold as it was.
+    /// Whether `page` lies in a range the holder does not hold as it was and the pass
+    /// did not keep on shadows.
     pub fn not_held_at(&self, page: usize) -> bool {
         self.not_held
+            .iter()
+            .any(|r| r.start <= page && page < r.end)
+    }
+
+    /// Whether `page` lies in a range the pass kept on shadows: it is read as a shadow
+    /// version's is, not from the holder.
+    pub fn shadowed_at(&self, page: usize) -> bool {
+        self.shadowed
             .iter()
             .any(|r| r.start <= page && page < r.end)
     }
@@ -696,13 +721,39 @@ impl crate::engine::Engine {
         self.holders.iter().find(|h| h.version == v)
     }
 
-    /// The holder of the oldest retained version after `v`, if one is held by a holder.
-    pub fn first_held_after(&self, v: u64) -> Option<&HeldVersion> {
+    /// The holder of the oldest retained version after `v` that holds `page` itself
+    /// (did not keep it on shadows), if any: its pass may have dropped the page's
+    /// protection, so records stamped at or after it are not to be trusted for `v`.
+    pub fn first_held_after(&self, v: u64, page: usize) -> Option<&HeldVersion> {
         let oldest = self.pool.retained().map(|r| r.0);
         self.holders
             .iter()
             .filter(|h| h.version > v && oldest.is_some_and(|o| h.version >= o))
+            .filter(|h| !h.shadowed_at(page))
             .min_by_key(|h| h.version)
+    }
+
+    /// After the check of version `v`'s holder (see `HolderView::not_inherited`): the
+    /// ranges it neither holds nor kept on shadows, whose reads are refused. The list it
+    /// replaces comes back, to be dropped outside the engine lock.
+    pub fn set_not_held(&mut self, v: u64, not_held: Vec<Range>) -> Vec<Range> {
+        match self.holders.iter_mut().find(|h| h.version == v) {
+            Some(h) => core::mem::replace(&mut h.not_held, not_held),
+            None => not_held,
+        }
+    }
+
+    /// The first part of `r` some retained holder version keeps on shadows, if any (a
+    /// discard there needs its pages saved, as under shadows).
+    pub fn first_shadowed_within(&self, r: Range) -> Option<Range> {
+        let oldest = self.pool.retained().map(|r| r.0)?;
+        self.holders
+            .iter()
+            .filter(|h| h.version >= oldest)
+            .flat_map(|h| h.shadowed.iter())
+            .filter(|s| s.start < r.end && r.start < s.end)
+            .map(|s| Range::new(s.start.max(r.start), s.end.min(r.end)))
+            .min_by_key(|s| s.start)
     }
 
     /// How many holder versions the engine keeps (retained versions' and evicted ones'
@@ -754,19 +805,43 @@ impl crate::engine::Engine {
         if let Some(newest) = self.holders.iter_mut().rev().find(|h| h.holder.is_some()) {
             newest.kept = newest.kept.superseded(faults_at_clone);
         }
-        let after_shadows = !self.holders.iter().any(|h| h.version + 1 == self.version);
-        self.holders.push(h);
         HOLDERS_MADE.store(true, core::sync::atomic::Ordering::Relaxed);
         self.reprotect.note_all();
-        // After a shadow version, what its pass protected would trap once per page for
-        // nothing: the holder holds those pages now, and reads of older versions take
-        // from it what no record before it covers (see `readback::copy_at`).
-        if after_shadows {
-            for i in 0..self.tracked.len() {
-                let r = self.tracked[i].range;
-                self.unprotect(r);
+        // What the version before kept on shadows would trap once per page for nothing
+        // where this holder holds it: after a shadow version, all the tracked memory;
+        // after a holder version, the ranges that one kept on shadows. Reads of older
+        // versions take from this holder what no record before it covers (see
+        // `readback::copy_at`). What this version keeps on shadows stays protected.
+        // (Lists moved out and back: nothing allocates here.)
+        let before = self
+            .holders
+            .iter_mut()
+            .find(|p| p.version + 1 == self.version);
+        let mut was_shadowed = before.map(|p| core::mem::take(&mut p.shadowed));
+        let unprotect = |e: &mut Self, r: Range| {
+            crate::base::range::subtract(r, &h.shadowed, &mut |part| e.unprotect(part));
+        };
+        match &was_shadowed {
+            None => {
+                for i in 0..self.tracked.len() {
+                    let r = self.tracked[i].range;
+                    unprotect(self, r);
+                }
+            }
+            Some(ranges) => {
+                for &r in ranges {
+                    unprotect(self, r);
+                }
             }
         }
+        if let Some(p) = self
+            .holders
+            .iter_mut()
+            .find(|p| p.version + 1 == self.version)
+        {
+            p.shadowed = was_shadowed.take().unwrap_or_default();
+        }
+        self.holders.push(h);
         Ok(())
     }
 
@@ -821,13 +896,22 @@ impl crate::engine::Engine {
         may
     }
 
-    /// Whether no retained version needs shadows: every one is held by a holder (a save
-    /// before a discard, a copy ahead, would then be for no version).
+    /// Whether every retained version is held by a holder (a copy ahead would then be
+    /// for no version; a save before a discard only for what they keep on shadows).
     pub fn only_holders_retained(&self) -> bool {
         match self.pool.retained() {
             None => false,
             Some((oldest, newest)) => (oldest..=newest).all(|v| self.held(v).is_some()),
         }
+    }
+
+    /// Whether no retained version needs shadows at all: every one is held by a holder
+    /// that kept nothing on shadows.
+    pub fn holders_keep_everything(&self) -> bool {
+        self.only_holders_retained()
+            && self.holders.iter().all(|h| {
+                h.shadowed.is_empty() || self.pool.retained().is_none_or(|(o, _)| h.version < o)
+            })
     }
 
     /// The live holders as the budget counts them, oldest first, into `out` (without

@@ -581,7 +581,7 @@ impl Engine {
             .counter(Counter::ShadowPeakBytes)
             .fetch_max(bytes, Ordering::Relaxed);
         stats::set(Counter::VersionsRetained, self.pool.versions_retained());
-        ONLY_HOLDERS.store(self.only_holders_retained(), Ordering::Release);
+        ONLY_HOLDERS.store(self.holders_keep_everything(), Ordering::Release);
         stats::set(Counter::Version, self.version);
         let (newest, capacity) = self.pool.newest_use();
         NEWEST_OVER_HALF.store(newest * 2 > capacity, Ordering::Relaxed);
@@ -596,12 +596,12 @@ static ENGINE: SpinLock<Option<Engine>> = SpinLock::new(None);
 /// The newest version holds more than half of the shadow budget (see [`budget_pressed`]).
 static NEWEST_OVER_HALF: AtomicBool = AtomicBool::new(false);
 
-/// Every retained version is held by a holder (as of the last `Engine::publish`): a
-/// discard needs no save (see `preserve::before_discard`).
+/// Every retained version is held by a holder that kept nothing on shadows (as of the
+/// last `Engine::publish`): a discard needs no save (see `preserve::before_discard`).
 static ONLY_HOLDERS: AtomicBool = AtomicBool::new(false);
 
 /// See [`ONLY_HOLDERS`]; read by host threads, which never take the engine lock.
-pub fn only_holders_retained() -> bool {
+pub fn holders_keep_everything() -> bool {
     ONLY_HOLDERS.load(Ordering::Acquire)
 }
 
@@ -1099,6 +1099,7 @@ mod tests {
                 ..HeldVersion::new(
                     Holder::hold_now().expect("a holder"),
                     vec![],
+                    vec![],
                     Kept::lazy_from(0),
                 )
             }
@@ -1150,6 +1151,83 @@ mod tests {
     }
 
     #[test]
+    fn a_holder_version_reads_what_its_pass_kept_on_shadows_as_a_shadow_version_does() {
+        use crate::engine::holder::{HeldVersion, Holder, Kept};
+        let buf = buffer(8);
+        fill(buf, 0x11);
+        let (mut e, _pool) = engine(16, buf);
+        let kept = Range::new(buf.start + 6 * PAGE, buf.end);
+        let held = |v: u64| {
+            let _s = sys::block_signals();
+            HeldVersion {
+                version: v,
+                ..HeldVersion::new(
+                    Holder::hold_now().expect("a holder"),
+                    vec![],
+                    vec![kept],
+                    Kept::lazy_from(0),
+                )
+            }
+        };
+        e.install_holder(held(1), 0).expect("room for it");
+        // The holder's copy of the kept range is not the version's (a wiped one reads
+        // zero there): 0x44, written after the clone, stands for the version's bytes.
+        fill(kept, 0x44);
+        fill(Range::new(buf.start, kept.start), 0x22);
+        assert!(e.only_holders_retained() && !e.holders_keep_everything());
+        assert_eq!(e.first_shadowed_within(buf), Some(kept));
+        assert_eq!(
+            e.first_shadowed_within(Range::new(buf.start, kept.start)),
+            None
+        );
+        // A first write to page 6 after the version: its trap saved it, stamped 1.
+        assert_eq!(e.save_run(kept.start, kept.start + PAGE, 1), Some((1, 1)));
+        fill(Range::new(kept.start, kept.start + PAGE), 0x55);
+        assert_eq!(read_page(&e, 1, kept.start).unwrap(), vec![0x44; PAGE]);
+        assert_eq!(
+            read_page(&e, 1, kept.start + PAGE).unwrap(),
+            vec![0x44; PAGE]
+        );
+        assert_eq!(
+            read_page(&e, 1, buf.start + PAGE).unwrap(),
+            vec![0x11; PAGE]
+        );
+        // A span from the holder stops where the kept range starts; from there, shadows.
+        let mut span = vec![0u8; 3 * PAGE];
+        let at = kept.start - PAGE + 10;
+        let n = crate::engine::readback::copy_held(&e, 1, at, &mut span).unwrap();
+        assert_eq!(n, PAGE - 10);
+        assert!(span[..n].iter().all(|&b| b == 0x11));
+        let n = crate::engine::readback::copy_held(&e, 1, kept.start, &mut span).unwrap();
+        assert_eq!(n, PAGE);
+        assert!(span[..n].iter().all(|&b| b == 0x44));
+        // Version 2, a holder keeping the same range on shadows: page 7's first write
+        // after it leaves a record stamped 2, which version 1 reads too (the page kept
+        // its protection through the holder; its holder has other bytes there).
+        e.version = 2;
+        e.pool.begin_version(2);
+        e.install_holder(held(2), 0).expect("room for it");
+        assert!(e.first_held_after(1, kept.start + PAGE).is_none());
+        assert_eq!(e.first_held_after(1, buf.start).map(|h| h.version), Some(2));
+        assert_eq!(e.save_run(kept.start + PAGE, kept.end, 1), Some((1, 1)));
+        fill(Range::new(kept.start + PAGE, kept.end), 0x66);
+        assert_eq!(
+            read_page(&e, 1, kept.start + PAGE).unwrap(),
+            vec![0x44; PAGE]
+        );
+        assert_eq!(
+            read_page(&e, 2, kept.start + PAGE).unwrap(),
+            vec![0x44; PAGE]
+        );
+        let mut out = Vec::with_capacity(4);
+        e.take_released(&mut out, true);
+        assert_eq!(out.len(), 2);
+        for h in out {
+            h.release();
+        }
+    }
+
+    #[test]
     fn a_holder_version_reads_from_its_holder_and_refuses_what_it_cannot() {
         use crate::engine::holder::{HeldVersion, Holder};
         let buf = buffer(8);
@@ -1165,6 +1243,7 @@ mod tests {
             ..HeldVersion::new(
                 holder,
                 vec![wiped],
+                vec![],
                 crate::engine::holder::Kept::lazy_from(0),
             )
         };

@@ -170,11 +170,11 @@ pub fn before_discard(r: Range) -> Option<u64> {
     if r.is_empty() || !active() {
         return None;
     }
-    // Holders keep every retained version whole: nothing to save, and no trip to the
-    // fault thread. Taken at a stamp with no pass running; if a pass opens a version
+    // Holders keep every retained version whole (nothing kept on shadows): nothing to
+    // save, and no trip to the fault thread. Taken at a stamp with no pass running; if a pass opens a version
     // before the discard is done, `after_discard` records the range lost for it.
     let before = engine::stamp();
-    if before & 1 == 0 && engine::only_holders_retained() && engine::stamp() == before {
+    if before & 1 == 0 && engine::holders_keep_everything() && engine::stamp() == before {
         return Some(before);
     }
     let errno = sys::errno();
@@ -271,15 +271,20 @@ fn save(r: Range, between: &mut dyn FnMut()) -> u64 {
                     return Step::Restart;
                 }
                 stamp = Some(now);
-                // Holders keep their versions whole: nothing to save for them.
-                if e.version == 0
-                    || e.incomplete
-                    || e.pool.retained().is_none()
-                    || e.only_holders_retained()
-                {
+                if e.version == 0 || e.incomplete || e.pool.retained().is_none() {
                     return Step::Done;
                 }
-                match e.save_before_discard(Range::new(at, r.end), &pagemap) {
+                // Holders keep their versions whole but for what they kept on shadows
+                // (see `HeldVersion`): only that is saved for them.
+                let part = if e.only_holders_retained() {
+                    match e.first_shadowed_within(Range::new(at, r.end)) {
+                        Some(part) => part,
+                        None => return Step::Done,
+                    }
+                } else {
+                    Range::new(at, r.end)
+                };
+                match e.save_before_discard(part, &pagemap) {
                     Some(next) if next < r.end => Step::Continue(next),
                     Some(_) => Step::Done,
                     None => Step::Full,

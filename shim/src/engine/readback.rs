@@ -3,7 +3,9 @@
 //! A version a holder child holds (`MEMSHADOW_BACKEND=holder`) is read from that
 //! holder, by `process_vm_readv`, under the engine lock (so the epoch thread cannot
 //! release it meanwhile); a holder gone, or a range it does not hold as it was, is
-//! refused. Otherwise, per page, under the engine lock: the slot [`ShadowPool::find`]
+//! refused, but for the ranges its pass kept on shadows (`MADV_DONTFORK`,
+//! `MADV_WIPEONFORK` memory met before the clone, see `HeldVersion`), which are read as
+//! below. Otherwise, per page, under the engine lock: the slot [`ShadowPool::find`]
 //! names, else the live page. A page with no shadow at or after the version has not been unprotected since
 //! the newest snapshot (every unprotect follows a copy), so no write can land while the
 //! engine lock keeps the fault thread from unprotecting it: the live copy is exact.
@@ -199,15 +201,17 @@ pub fn copy_at(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<(), Read
     let Some(holding) = e.holding(page, v) else {
         return Err(ReadError::NotTracked { page, version: v });
     };
-    // A version a holder holds is read from it, and only from it.
-    if let Some(h) = e.held(v) {
+    // A version a holder holds is read from it, and only from it, but for the ranges
+    // its pass kept on shadows: those are read as a shadow version's are.
+    if let Some(h) = e.held(v).filter(|h| !h.shadowed_at(page)) {
         return read_held(h, at, dst, v);
     }
-    // The first holder after `v`, if one is retained: it holds every page not written
-    // since `v` (a write before it trapped and left a record stamped before it), and
-    // records stamped at or after it are not to be trusted for `v` (protection may have
-    // been dropped at it: later writes leave none).
-    let next_holder = e.first_held_after(v);
+    // The first holder after `v` that holds this page itself, if one is retained: it
+    // holds every page not written since `v` (a write before it trapped and left a
+    // record stamped before it), and records stamped at or after it are not to be
+    // trusted for `v` (protection may have been dropped at it: later writes leave none).
+    // A holder whose pass kept the page on shadows kept it protected: its records go on.
+    let next_holder = e.first_held_after(v, page);
     let before_holder = |stamp: u64| next_holder.is_none_or(|h| stamp < h.version);
     // The oldest record at or after `v` (and before that holder): a shadow, or a zero
     // record (the page was discarded unpopulated, see `Engine::zeros`), whichever is
@@ -271,8 +275,17 @@ pub fn copy_held(e: &Engine, v: u64, at: usize, dst: &mut [u8]) -> Result<usize,
     };
     let want = dst.len().min(HELD_BYTES_PER_LOCK);
     let mut page = crate::base::page::floor(at);
+    // A page the pass kept on shadows: read as a shadow version's, alone.
+    if h.shadowed_at(page) {
+        let n = (page + PAGE - at).min(dst.len());
+        copy_at(e, v, at, &mut dst[..n])?;
+        return Ok(n);
+    }
     let mut n = 0;
     while n < want {
+        if h.shadowed_at(page) {
+            break;
+        }
         let refused = if e.holding(page, v).is_none() {
             Some(ReadError::NotTracked { page, version: v })
         } else if h.not_held_at(page) {

@@ -282,17 +282,20 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
             Backend::Auto => auto_wants_holder(&wanted),
         };
     // The ranges a holder does not keep as they are (`MADV_DONTFORK`: absent in it;
-    // `MADV_WIPEONFORK`: zero there) are read from the holder once it is made (see
-    // `hold`): `holder` refuses their reads; `auto` keeps such a program on shadows,
-    // which keep every range. Once `auto` has met such memory it looks in
-    // /proc/self/smaps before each clone, until that shows none, rather than make
-    // holders only to let them go.
-    let wants_holder = wants_holder
-        && (config.backend != Backend::Auto || !AUTO_MET_NOT_HELD.load(Ordering::Relaxed) || {
-            let keep = not_held_in(&wanted).is_empty();
-            AUTO_MET_NOT_HELD.store(!keep, Ordering::Relaxed);
-            keep
-        });
+    // `MADV_WIPEONFORK`: zero there). At the first holder pass, and from then on while
+    // the program has any, they are looked for in /proc/self/smaps before the clone and
+    // kept on shadows in the holder's version: protected once the version is open, with
+    // faults held, and the holder made then (see `make_holder_in_pass`). What the
+    // holder's own check after the clone finds beyond them (marked in between) is
+    // refused: under `holder` always; under `auto` a holder made before the version
+    // opened with any is let go and the pass takes shadows (see `hold`).
+    let mut kept_on_shadows = if wants_holder && NOT_HELD_MET.load(Ordering::Relaxed) {
+        let found = not_held_in(&wanted);
+        NOT_HELD_MET.store(!found.is_empty(), Ordering::Relaxed);
+        found
+    } else {
+        Vec::new()
+    };
     // Holder epochs tracked for a recorder (see `written`): the pages written in the
     // epoch ending, scanned just before the clone.
     let track_writes = wants_holder && written::wanted() && written::prepare();
@@ -300,11 +303,35 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     if track_writes {
         written::take(&last.async_ranges, &mut before_clone);
     }
+    // What is kept on shadows is registered with the synchronous descriptor (out of the
+    // asynchronous one first, where a recorder's tracking put it). A part that will not
+    // register (the program's own userfaultfd holds it): a shadow snapshot, which does
+    // not track it either.
+    let wants_holder = wants_holder && {
+        written::move_back(&kept_on_shadows);
+        let all = kept_on_shadows.iter().all(|&r| u.register(r).is_ok());
+        if !all {
+            crate::base::log::debug!("memory a holder would not keep will not register: shadows");
+        }
+        all
+    };
+    if !wants_holder {
+        kept_on_shadows.clear();
+    }
+    let in_pass = !kept_on_shadows.is_empty();
+    // The tracked memory the asynchronous descriptor takes under a tracked holder.
+    let mut to_async = Vec::new();
+    if track_writes {
+        for &r in &wanted {
+            crate::base::range::subtract(r, &kept_on_shadows, &mut |part| to_async.push(part));
+        }
+    }
     let hold_started = engine::now_ns();
     // A new pass: the lazy holder watched so far is not the newest any more.
     *LAZY_WATCH.lock() = None;
     let mut watch_resident = None;
-    let holding = if wants_holder {
+    let mut pending = None;
+    let mut holding = if wants_holder {
         if engine::with(|e| e.live_holder_count()).unwrap_or(0) < holder::MAX_HOLDERS {
             let resident = resident_now;
             let at_once = copy_at_once(&config, epoch_rewrites, resident);
@@ -331,12 +358,24 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
             }
             let on_demand = !at_once && !copy.is_empty();
             let refuse_not_held = config.backend == Backend::Auto;
-            hold(&wanted, copy, at_once, kept, refuse_not_held).inspect(|_| {
+            let made = if in_pass {
+                // Made once the version is open (see `make_holder_in_pass`).
+                pending = Some(PendingHolder {
+                    copy,
+                    at_once,
+                    kept,
+                });
+                None
+            } else {
+                hold(&wanted, copy, at_once, kept, refuse_not_held)
+            };
+            if made.is_some() || pending.is_some() {
                 HELD_RESIDENT_PAGES.store(resident, Ordering::Relaxed);
                 if on_demand {
                     watch_resident = Some(resident);
                 }
-            })
+            }
+            made
         } else {
             if !HOLDERS_FULL_SAID.swap(true, Ordering::Relaxed) {
                 crate::base::log::error!(
@@ -349,8 +388,11 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     } else {
         None
     };
-    // ... and just after it (pages written around the clone count in both epochs).
-    let tracking = track_writes && holding.is_some();
+    let holder_coming = holding.is_some() || pending.is_some();
+    // ... and just after it (pages written around the clone count in both epochs; a
+    // holder made in the pass is made after this: what it writes before, it writes in
+    // both too).
+    let tracking = track_writes && holder_coming;
     let mut after_clone = Vec::new();
     if tracking {
         written::take(&last.async_ranges, &mut after_clone);
@@ -358,12 +400,14 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     let mut moves = tracking.then(|| written::Moves::with_room(&wanted, &last.async_ranges));
     // Shadows after tracked holder epochs: the memory goes back to the synchronous
     // descriptor (below), written whole in the epoch ending.
-    let moved_back = (!tracking && !last.async_ranges.is_empty()).then(|| {
+    let mut moved_back = (!tracking && !last.async_ranges.is_empty()).then(|| {
         written::move_back(&last.async_ranges);
         core::mem::take(&mut last.async_ranges)
     });
+    // Checked once the pass is over: the holder made in it, and what it keeps on shadows.
+    let shadowed_check = kept_on_shadows.clone();
     let mut ranges = Vec::with_capacity(wanted.len());
-    if holding.is_some() {
+    if holder_coming {
         ranges = wanted;
     } else {
         for r in wanted {
@@ -377,7 +421,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
         }
     }
     // Room for every holder there is, and this one.
-    let mut released = Vec::with_capacity(if holding.is_some() {
+    let mut released = Vec::with_capacity(if holder_coming {
         engine::with(|e| e.holder_count()).unwrap_or(0) + 1
     } else {
         0
@@ -432,9 +476,38 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     let mut refused = false;
     let mut holder_us = None;
     let (mut install_started, mut installed) = (0, 0);
+    let mut made_in_pass = None;
+    if let Some(p) = pending.take() {
+        for &r in &kept_on_shadows {
+            pages += protect_within(&u, &kept_on_shadows, r, deadline, &mut refused);
+        }
+        match make_holder_in_pass(p, core::mem::take(&mut kept_on_shadows), refused) {
+            Ok((h, view)) => {
+                holding = Some(h);
+                made_in_pass = Some(Ok(view));
+            }
+            Err(e) => {
+                // A shadow snapshot after all: the memory goes back to the synchronous
+                // descriptor, and everything is protected below. A range that will
+                // not register now was counted as tracked: the snapshot is given up
+                // rather than read it live.
+                moves = None;
+                if !last.async_ranges.is_empty() {
+                    written::move_back(&last.async_ranges);
+                    moved_back = Some(core::mem::take(&mut last.async_ranges));
+                }
+                for &r in &ranges {
+                    if u.register(r).is_err() {
+                        refused = true;
+                    }
+                }
+                made_in_pass = Some(Err(e));
+            }
+        }
+    }
     if let Some((mut h, us)) = holding {
         if let Some(m) = moves.as_mut() {
-            written::move_to_async(&u, &ranges, &last.async_ranges, m);
+            written::move_to_async(&u, &to_async, &last.async_ranges, m);
         }
         h.version = v;
         // The holder is the version; the holders of evicted versions go once the pass
@@ -500,15 +573,28 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     let ended = engine::now_ns();
     let held_count = held.len();
     // A holder's clone stalled the program too (the page-table copy), before the version
-    // opened: the governor counts it with the pass.
-    let stalled_from = holder_us.map_or(opened_at, |us| opened_at.saturating_sub(us * 1000));
+    // opened (or in the pass, counted there): the governor counts it with the pass.
+    let stalled_from = match (holder_us, &made_in_pass) {
+        (Some(us), None) => opened_at.saturating_sub(us * 1000),
+        _ => opened_at,
+    };
     crate::engine::governor::note_pass(engine::now_ns() - stalled_from, held.len());
     crate::prefetch::epoch_opened();
     drop(tracked); // the previous lists
     drop(retired);
     drop(held);
     drop(work);
+    match made_in_pass {
+        Some(Ok(view)) if !refused => check_holder_made_in_pass(v, view, &ranges, &shadowed_check),
+        Some(Err(e)) => say_no_holder(e),
+        _ => {}
+    }
     let noting = engine::now_ns();
+    if moves.is_some() {
+        // Kept on shadows: no scan lists its writes; written whole in both epochs.
+        before_clone.extend_from_slice(&shadowed_check);
+        after_clone.extend_from_slice(&shadowed_check);
+    }
     note_written(v, before_clone, after_clone, moves, moved_back, &mut last);
     let reap_started = engine::now_ns();
     // Killed and reaped here, on the epoch thread, outside the engine lock.
@@ -693,46 +779,64 @@ fn not_held_in(tracked: &[Range]) -> Vec<Range> {
     out
 }
 
-/// Whether `auto` met memory a holder would not keep as it was (see `hold`) and has not
-/// seen it gone since.
-static AUTO_MET_NOT_HELD: AtomicBool = AtomicBool::new(false);
-static AUTO_NOT_HELD_SAID: AtomicBool = AtomicBool::new(false);
+/// Whether the program had memory a holder would not keep as it was when last looked
+/// (see `snapshot`): set at start, so the first holder pass looks too.
+static NOT_HELD_MET: AtomicBool = AtomicBool::new(true);
+static NOT_HELD_SAID: AtomicBool = AtomicBool::new(false);
 
-/// Makes the holder of the version about to open, of `tracked`, and the clone's
-/// duration in microseconds (a stall of the program, like fork's). Then the holder is
-/// asked which parts of `tracked` it does not hold as they were (see
-/// `Holder::not_inherited`): with `refuse_not_held` (under `auto`), a holder with any is
-/// let go, and the caller takes a shadow snapshot, which keeps every range; otherwise
-/// their reads are refused. `None`, said once, when the clone is refused or the holder
-/// cannot be checked: a shadow snapshot.
-fn hold(
-    tracked: &[Range],
-    copy: Vec<Range>,
-    at_once: bool,
-    kept: holder::Kept,
-    refuse_not_held: bool,
-) -> Option<(crate::engine::holder::HeldVersion, u64)> {
-    use crate::engine::holder::{HeldVersion, Holder};
+/// Why no holder was made for a pass that wanted one.
+#[derive(Debug, Clone, Copy)]
+enum NoHolder {
+    /// The program is not dumpable: a holder of its memory could not be read.
+    NotDumpable,
+    /// The kept-on-shadows memory could not be protected (the pass is given up).
+    NotProtected,
+    Holder(holder::HolderError),
+}
+
+/// Says once (each kind) why a pass that wanted a holder took shadows.
+fn say_no_holder(why: NoHolder) {
+    match why {
+        NoHolder::NotDumpable => {
+            if !NOT_DUMPABLE_SAID.swap(true, Ordering::Relaxed) {
+                crate::base::log::error!(
+                    "the program is not dumpable (PR_SET_DUMPABLE), so a holder of its memory could not be read; its snapshots use shadows"
+                );
+            }
+        }
+        NoHolder::NotProtected => {}
+        NoHolder::Holder(e) => {
+            if !HOLDER_ERROR_SAID.swap(true, Ordering::Relaxed) {
+                crate::base::log::error!(
+                    "cannot make a holder ({e}); this snapshot and others like it use shadows"
+                );
+            }
+        }
+    }
+}
+
+static NOT_DUMPABLE_SAID: AtomicBool = AtomicBool::new(false);
+
+/// Makes a holder of this process's memory now (see `Holder`), `at_once` copying
+/// `copy` into itself; with the clone's duration in microseconds (a stall of the
+/// program, like fork's). No allocation: it may run with faults held.
+fn clone_holder(copy: &[Range], at_once: bool) -> Result<(holder::Holder, u64), NoHolder> {
+    use crate::engine::holder::Holder;
     // A program that made itself not dumpable (PR_SET_DUMPABLE 0: ssh-agent, gpg-agent)
     // makes its children so too: a holder then could not be read (process_vm_readv of
     // another process needs ptrace access), so its versions stay on shadows.
     // SAFETY: PR_GET_DUMPABLE takes no pointer.
     if unsafe { libc::prctl(libc::PR_GET_DUMPABLE) } != 1 {
-        if !HOLDER_ERROR_SAID.swap(true, Ordering::Relaxed) {
-            crate::base::log::error!(
-                "the program is not dumpable (PR_SET_DUMPABLE), so a holder of its memory could not be read; its snapshots use shadows"
-            );
-        }
-        return None;
+        return Err(NoHolder::NotDumpable);
     }
     let mut t0 = engine::now_ns();
     let make = || {
         if at_once {
-            Holder::copy_now(&copy)
+            Holder::copy_now(copy)
         } else if copy.is_empty() {
             Holder::hold_now()
         } else {
-            Holder::copy_when_asked(&copy)
+            Holder::copy_when_asked(copy)
         }
     };
     let mut made = make();
@@ -750,40 +854,128 @@ fn hold(
         made = make();
     }
     let us = (engine::now_ns() - t0) / 1000;
-    let checked = made.and_then(|h| match h.not_inherited(tracked) {
-        Ok(not_held) => Ok((h, not_held)),
+    made.map(|h| (h, us)).map_err(NoHolder::Holder)
+}
+
+/// Makes the holder of the version about to open, of `tracked`, and the clone's
+/// duration in microseconds. Then the holder is asked which parts of `tracked` it does
+/// not hold as they were (see `HolderView::not_inherited`): with `refuse_not_held`
+/// (under `auto`), a holder with any is let go, and the caller takes a shadow snapshot,
+/// which keeps every range; otherwise their reads are refused. Either way the next pass
+/// looks for such memory before its clone and keeps it on shadows. `None`, said once,
+/// when the clone is refused or the holder cannot be checked: a shadow snapshot.
+fn hold(
+    tracked: &[Range],
+    copy: Vec<Range>,
+    at_once: bool,
+    kept: holder::Kept,
+    refuse_not_held: bool,
+) -> Option<(crate::engine::holder::HeldVersion, u64)> {
+    use crate::engine::holder::HeldVersion;
+    let checked = clone_holder(&copy, at_once).and_then(|(h, us)| match h.not_inherited(tracked) {
+        Ok(not_held) => Ok((h, not_held, us)),
         Err(e) => {
             h.release();
-            Err(e)
+            Err(NoHolder::Holder(e))
         }
     });
     match checked {
-        Ok((h, not_held)) if refuse_not_held && !not_held.is_empty() => {
+        Ok((h, not_held, _)) if !not_held.is_empty() && refuse_not_held => {
             h.release();
-            AUTO_MET_NOT_HELD.store(true, Ordering::Relaxed);
-            if !AUTO_NOT_HELD_SAID.swap(true, Ordering::Relaxed) {
+            NOT_HELD_MET.store(true, Ordering::Relaxed);
+            if !NOT_HELD_SAID.swap(true, Ordering::Relaxed) {
                 crate::base::log::debug!(
-                    "auto: MADV_DONTFORK or MADV_WIPEONFORK memory a holder would not keep: shadows"
+                    "auto: MADV_DONTFORK or MADV_WIPEONFORK memory met after the clone: shadows this pass"
                 );
             }
             None
         }
-        Ok((h, not_held)) => {
+        Ok((h, not_held, us)) => {
+            if !not_held.is_empty() {
+                NOT_HELD_MET.store(true, Ordering::Relaxed);
+            }
             if at_once {
                 stats::add(Counter::HolderCopiedAtOnce, 1);
             }
             // Nothing allocates once the version is open: the version is set there.
-            Some((HeldVersion::new(h, not_held, kept), us))
+            Some((HeldVersion::new(h, not_held, Vec::new(), kept), us))
         }
         Err(e) => {
-            if !HOLDER_ERROR_SAID.swap(true, Ordering::Relaxed) {
-                crate::base::log::error!(
-                    "cannot make a holder ({e}); this snapshot and others like it use shadows"
-                );
-            }
+            say_no_holder(e);
             None
         }
     }
+}
+
+/// A holder a pass makes once its version is open (it keeps memory on shadows).
+struct PendingHolder {
+    copy: Vec<Range>,
+    at_once: bool,
+    kept: holder::Kept,
+}
+
+/// With the version open (faults held) and the memory kept on shadows (`shadowed`)
+/// protected: makes the holder, whose clone is the version's instant, so that memory's
+/// first writes after it leave shadows stamped with the version, as in a shadow epoch.
+/// No allocation (faults are held). Not when the protection was refused (`refused`).
+fn make_holder_in_pass(
+    p: PendingHolder,
+    shadowed: Vec<Range>,
+    refused: bool,
+) -> Result<((holder::HeldVersion, u64), holder::HolderView), NoHolder> {
+    if refused {
+        return Err(NoHolder::NotProtected);
+    }
+    let (h, us) = clone_holder(&p.copy, p.at_once)?;
+    if p.at_once {
+        stats::add(Counter::HolderCopiedAtOnce, 1);
+    }
+    let view = h.view();
+    Ok((
+        (
+            holder::HeldVersion::new(h, Vec::new(), shadowed, p.kept),
+            us,
+        ),
+        view,
+    ))
+}
+
+/// Once a pass that made its holder with the version open is over: what that holder
+/// does not hold as it was (see `HolderView::not_inherited`) beyond what the pass kept
+/// on shadows (`shadowed`), marked by the program between its look in smaps and the
+/// clone, is refused in version `v`; so is everything it holds if it cannot be checked.
+fn check_holder_made_in_pass(
+    v: u64,
+    view: holder::HolderView,
+    tracked: &[Range],
+    shadowed: &[Range],
+) {
+    let mut beyond = Vec::new();
+    match view.not_inherited(tracked) {
+        Ok(found) => {
+            for r in found {
+                crate::base::range::subtract(r, shadowed, &mut |part| beyond.push(part));
+            }
+        }
+        Err(e) => {
+            crate::base::log::error!(
+                "cannot check version {v}'s holder ({e}): its reads are refused but for what it keeps on shadows"
+            );
+            for &r in tracked {
+                crate::base::range::subtract(r, shadowed, &mut |part| beyond.push(part));
+            }
+        }
+    }
+    if beyond.is_empty() {
+        return;
+    }
+    NOT_HELD_MET.store(true, Ordering::Relaxed);
+    crate::base::log::debug!(
+        "holder of version {v}: {} ranges marked MADV_DONTFORK or MADV_WIPEONFORK since the look before its clone: refused",
+        beyond.len()
+    );
+    let old = engine::with(|e| e.set_not_held(v, beyond));
+    drop(old);
 }
 
 /// Whether the holder about to be made copies the tracked memory it holds into itself at

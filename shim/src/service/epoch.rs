@@ -343,11 +343,14 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
             // program starts rewriting it after all (see `watch_lazy_holder`).
             // A holder copies only what it has: nothing of memory it has no mapping
             // for, or of a wiped mapping (nothing there is resident).
-            let copy = if config.holder_copy != crate::config::HolderCopy::Never {
-                wanted.clone()
-            } else {
-                Vec::new()
-            };
+            // Not what the version keeps on shadows: a holder has none of it (and its
+            // copy of a range stops where part of it is not mapped there).
+            let mut copy = Vec::new();
+            if config.holder_copy != crate::config::HolderCopy::Never {
+                for &r in &wanted {
+                    crate::base::range::subtract(r, &kept_on_shadows, &mut |part| copy.push(part));
+                }
+            }
             let kept = if at_once {
                 holder::Kept::Copied(resident.saturating_mul(crate::base::page::PAGE as u64))
             } else {

@@ -254,16 +254,24 @@ static void mode_forkexec(void)
 
 #define WIPE_BYTES (16 * 4096)
 
-static unsigned char *wipe_buffer(void)
+/* A private anonymous buffer of WIPE_BYTES marked with `advice` (named `name`), filled
+ * with the words of `seed`. */
+static unsigned char *marked_buffer(int advice, const char *name, int seed)
 {
     unsigned char *w = mmap(NULL, WIPE_BYTES, PROT_READ | PROT_WRITE,
                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (w == MAP_FAILED)
         DIE("mmap");
-    if (madvise(w, WIPE_BYTES, MADV_WIPEONFORK) != 0)
-        DIE("madvise(MADV_WIPEONFORK): %s", tu_errno_name(errno));
-    tu_fill_words(w, WIPE_BYTES, 77);
+    if (madvise(w, WIPE_BYTES, advice) != 0)
+        DIE("madvise(%s): %s", name, tu_errno_name(errno));
+    tu_fill_words(w, WIPE_BYTES, seed);
     return w;
+}
+
+/* A MADV_WIPEONFORK buffer (zero in a child). */
+static unsigned char *wipe_buffer(void)
+{
+    return marked_buffer(MADV_WIPEONFORK, "MADV_WIPEONFORK", 77);
 }
 
 static void mode_wipe(void)
@@ -466,19 +474,6 @@ static void mode_switch(int with_wipe)
     ready_then_wait();
 }
 
-/* A private anonymous buffer of WIPE_BYTES marked MADV_DONTFORK (a child has no
- * mapping there), filled. */
-static unsigned char *dontfork_buffer(void)
-{
-    unsigned char *d = mmap(NULL, WIPE_BYTES, PROT_READ | PROT_WRITE,
-                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (d == MAP_FAILED)
-        DIE("mmap");
-    if (madvise(d, WIPE_BYTES, MADV_DONTFORK) != 0)
-        DIE("madvise(MADV_DONTFORK): %s", tu_errno_name(errno));
-    tu_fill_words(d, WIPE_BYTES, 91);
-    return d;
-}
 
 #define KEEP_ROUNDS 6
 
@@ -486,7 +481,8 @@ static void mode_keep(void)
 {
     unsigned char *b = malloc(SERVE_BYTES);
     unsigned char *w = wipe_buffer();
-    unsigned char *d = dontfork_buffer();
+    /* A child has no mapping of it. */
+    unsigned char *d = marked_buffer(MADV_DONTFORK, "MADV_DONTFORK", 91);
     if (!b)
         DIE("malloc");
     for (int round = 0; round < KEEP_ROUNDS; round++) {

@@ -1366,6 +1366,39 @@ fn snapshots_are_consistent_under_each_prefetch_setting() {
     under_each_prefetch_setting(|| consistent_under_concurrent_writers(300));
 }
 
+/// snap_consistency running under the shim: the program, its 4 chains, a control
+/// connection to it and the plan that reads the chains back.
+struct Writers {
+    running: Running,
+    chains: Vec<Vec<u64>>,
+    ctl: Control,
+    plan: Vec<(u64, usize)>,
+}
+
+/// snap_consistency under the shim (4 versions kept, and `env`) for at most 110 s,
+/// killed after 115.
+fn writers_under_control(dir: &Path, env: &[(&str, &str)]) -> Writers {
+    let all = [&[("MEMSHADOW_MAX_VERSIONS", "4")], env].concat();
+    let running = start_running(
+        &c_program("snap_consistency"),
+        &["110"],
+        dir,
+        &all,
+        Duration::from_secs(10),
+        Duration::from_secs(115),
+    );
+    let chains = parse_chains(&running.lines);
+    assert_eq!(chains.len(), 4);
+    let ctl = Control::new(dir, running.pid());
+    let plan = read_plan(&chains);
+    Writers {
+        running,
+        chains,
+        ctl,
+        plan,
+    }
+}
+
 /// Half of snap_consistency's block marked `MADV_DONTFORK` (a holder child has no
 /// mapping of it), under holders: that half is kept on shadows beside them (protected
 /// with the version open, before the clone), the other half held by the holders, and
@@ -1376,22 +1409,18 @@ fn holder_snapshots_keeping_part_on_shadows_are_consistent_under_concurrent_writ
     const SNAPSHOTS: usize = 300;
     const BUDGET: Duration = Duration::from_secs(95);
     let dir = temp_dir("snap-half");
-    let running = start_running(
-        &c_program("snap_consistency"),
-        &["110"],
+    let Writers {
+        running,
+        chains,
+        ctl,
+        plan,
+    } = writers_under_control(
         dir.path(),
         &[
-            ("MEMSHADOW_MAX_VERSIONS", "4"),
             ("MEMSHADOW_BACKEND", "holder"),
             ("SNAP_MARK_HALF", "dontfork"),
         ],
-        Duration::from_secs(10),
-        Duration::from_secs(115),
     );
-    let chains = parse_chains(&running.lines);
-    assert_eq!(chains.len(), 4);
-    let ctl = Control::new(dir.path(), running.pid());
-    let plan = read_plan(&chains);
     let started = Instant::now();
     let mut faults: Vec<String> = Vec::new();
     let mut prev: Option<(u64, Vec<Vec<u64>>)> = None;
@@ -1446,20 +1475,13 @@ fn consistent_under_concurrent_writers(snapshots_wanted: usize) {
     // The whole test stays under 120 s: the loop's budget, then the program's own
     // limit (it stops by itself) and the guard's.
     const BUDGET: Duration = Duration::from_secs(95);
-    let prog = c_program("snap_consistency");
     let dir = temp_dir("snap");
-    let running = start_running(
-        &prog,
-        &["110"],
-        dir.path(),
-        &[("MEMSHADOW_MAX_VERSIONS", "4")],
-        Duration::from_secs(10),
-        Duration::from_secs(115),
-    );
-    let chains = parse_chains(&running.lines);
-    assert_eq!(chains.len(), 4);
-    let ctl = Control::new(dir.path(), running.pid());
-    let plan = read_plan(&chains);
+    let Writers {
+        running,
+        chains,
+        ctl,
+        plan,
+    } = writers_under_control(dir.path(), &[]);
 
     let started = Instant::now();
     let mut torn: Vec<String> = Vec::new();

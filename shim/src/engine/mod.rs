@@ -1045,6 +1045,26 @@ mod tests {
         Ok(out)
     }
 
+    /// Version `v` held by a new holder of this process, not holding `not_held`, its
+    /// pass having kept `shadowed` on shadows.
+    fn held_version(
+        v: u64,
+        not_held: Vec<Range>,
+        shadowed: Vec<Range>,
+    ) -> crate::engine::holder::HeldVersion {
+        use crate::engine::holder::{HeldVersion, Holder, Kept};
+        let _s = sys::block_signals();
+        HeldVersion {
+            version: v,
+            ..HeldVersion::new(
+                Holder::hold_now().expect("a holder"),
+                not_held,
+                shadowed,
+                Kept::lazy_from(0),
+            )
+        }
+    }
+
     #[test]
     fn a_saved_run_reads_back_as_it_was_after_the_page_changes() {
         let buf = buffer(8);
@@ -1089,21 +1109,9 @@ mod tests {
 
     #[test]
     fn before_a_clone_the_budget_gives_up_the_newest_version_only_for_a_holder_to_replace() {
-        use crate::engine::holder::{HeldVersion, Holder, Kept};
         let buf = buffer(4);
         let (mut e, _pool) = engine(16, buf);
-        let held = |v: u64| {
-            let _s = sys::block_signals();
-            HeldVersion {
-                version: v,
-                ..HeldVersion::new(
-                    Holder::hold_now().expect("a holder"),
-                    vec![],
-                    vec![],
-                    Kept::lazy_from(0),
-                )
-            }
-        };
+        let held = |v: u64| held_version(v, vec![], vec![]);
         e.install_holder(held(1), 0).expect("room for it");
         e.version = 2;
         e.pool.begin_version(2);
@@ -1152,23 +1160,11 @@ mod tests {
 
     #[test]
     fn a_holder_version_reads_what_its_pass_kept_on_shadows_as_a_shadow_version_does() {
-        use crate::engine::holder::{HeldVersion, Holder, Kept};
         let buf = buffer(8);
         fill(buf, 0x11);
         let (mut e, _pool) = engine(16, buf);
         let kept = Range::new(buf.start + 6 * PAGE, buf.end);
-        let held = |v: u64| {
-            let _s = sys::block_signals();
-            HeldVersion {
-                version: v,
-                ..HeldVersion::new(
-                    Holder::hold_now().expect("a holder"),
-                    vec![],
-                    vec![kept],
-                    Kept::lazy_from(0),
-                )
-            }
-        };
+        let held = |v: u64| held_version(v, vec![], vec![kept]);
         e.install_holder(held(1), 0).expect("room for it");
         // The holder's copy of the kept range is not the version's (a wiped one reads
         // zero there): 0x44, written after the clone, stands for the version's bytes.
@@ -1229,25 +1225,12 @@ mod tests {
 
     #[test]
     fn a_holder_version_reads_from_its_holder_and_refuses_what_it_cannot() {
-        use crate::engine::holder::{HeldVersion, Holder};
         let buf = buffer(8);
         fill(buf, 0x11);
         let (mut e, _pool) = engine(16, buf);
         let wiped = Range::new(buf.start + 6 * PAGE, buf.end);
-        let holder = {
-            let _s = sys::block_signals();
-            Holder::hold_now().expect("a holder")
-        };
-        let h = HeldVersion {
-            version: 1,
-            ..HeldVersion::new(
-                holder,
-                vec![wiped],
-                vec![],
-                crate::engine::holder::Kept::lazy_from(0),
-            )
-        };
-        e.install_holder(h, 0).expect("room for it");
+        e.install_holder(held_version(1, vec![wiped], vec![]), 0)
+            .expect("room for it");
         assert!(e.newest_held() && e.only_holders_retained());
         assert!(
             !e.copying_for(1),

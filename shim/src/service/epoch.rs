@@ -392,12 +392,13 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
         None
     };
     let holder_coming = holding.is_some() || pending.is_some();
-    // ... and just after it (pages written around the clone count in both epochs; a
-    // holder made in the pass is made after this: what it writes before, it writes in
-    // both too).
+    // ... and just after it (pages written around the clone count in both epochs). A
+    // holder made in the pass is cloned with faults held, when nothing may allocate:
+    // that scan comes once the pass is over (later than just after: more pages in both
+    // lists, none missing).
     let tracking = track_writes && holder_coming;
     let mut after_clone = Vec::new();
-    if tracking {
+    if tracking && !in_pass {
         written::take(&last.async_ranges, &mut after_clone);
     }
     let mut moves = tracking.then(|| written::Moves::with_room(&wanted, &last.async_ranges));
@@ -591,6 +592,9 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
         Some(Ok(view)) if !refused => check_holder_made_in_pass(v, view, &ranges, &shadowed_check),
         Some(Err(e)) => say_no_holder(e),
         _ => {}
+    }
+    if in_pass && moves.is_some() {
+        written::take(&last.async_ranges, &mut after_clone);
     }
     let noting = engine::now_ns();
     if moves.is_some() {

@@ -9,7 +9,10 @@
 //! page's uffd-wp bit in the same fault as the copy-on-write, and `PAGEMAP_SCAN` lists
 //! and protects again the pages written. A scan cannot be at the clone's instant, so the
 //! pass scans just before the clone (pages written in the epoch ending) and just after
-//! (pages written around the clone: counted in both epochs). Memory newly registered
+//! (pages written around the clone: counted in both epochs); a pass that keeps memory on
+//! shadows beside its holder clones it with faults held, when nothing may allocate, so
+//! its second scan comes once the pass is over. Memory kept on shadows stays on the
+//! synchronous descriptor and counts as written whole in both epochs. Memory newly registered
 //! with the descriptor counts as written whole in the new epoch (writes between the clone
 //! and its protection are not seen one by one), and memory going back to shadows counts
 //! as written whole in the epoch ending. So each list holds every page written in its

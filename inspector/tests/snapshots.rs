@@ -1399,6 +1399,12 @@ fn writers_under_control(dir: &Path, env: &[(&str, &str)]) -> Writers {
     }
 }
 
+/// Holders, and half of snap_consistency's block marked `MADV_DONTFORK`.
+const HOLDERS_HALF_DONTFORK: &[(&str, &str)] = &[
+    ("MEMSHADOW_BACKEND", "holder"),
+    ("SNAP_MARK_HALF", "dontfork"),
+];
+
 /// Half of snap_consistency's block marked `MADV_DONTFORK` (a holder child has no
 /// mapping of it), under holders: that half is kept on shadows beside them (protected
 /// with the version open, before the clone), the other half held by the holders, and
@@ -1414,13 +1420,7 @@ fn holder_snapshots_keeping_part_on_shadows_are_consistent_under_concurrent_writ
         chains,
         ctl,
         plan,
-    } = writers_under_control(
-        dir.path(),
-        &[
-            ("MEMSHADOW_BACKEND", "holder"),
-            ("SNAP_MARK_HALF", "dontfork"),
-        ],
-    );
+    } = writers_under_control(dir.path(), HOLDERS_HALF_DONTFORK);
     let started = Instant::now();
     let mut faults: Vec<String> = Vec::new();
     let mut prev: Option<(u64, Vec<Vec<u64>>)> = None;
@@ -1486,13 +1486,7 @@ fn changes_between_holder_versions_keeping_part_on_shadows_miss_no_page() {
         chains,
         ctl,
         plan,
-    } = writers_under_control(
-        dir.path(),
-        &[
-            ("MEMSHADOW_BACKEND", "holder"),
-            ("SNAP_MARK_HALF", "dontfork"),
-        ],
-    );
+    } = writers_under_control(dir.path(), HOLDERS_HALF_DONTFORK);
     let changes = |v: u64, since: u64| -> Vec<(u64, u64)> {
         let req = control::ChangesRequest { version: v, since };
         let (fields, _) = ctl

@@ -319,11 +319,16 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
         kept_on_shadows.clear();
     }
     let in_pass = !kept_on_shadows.is_empty();
-    // The tracked memory the asynchronous descriptor takes under a tracked holder.
-    let mut to_async = Vec::new();
-    if track_writes {
+    // What the holder itself keeps: the tracked memory but what is kept on shadows. The
+    // asynchronous descriptor takes it under a tracked holder, and a holder that copies
+    // copies it (a holder has none of the rest, and its copy of a range stops where part
+    // of it is not mapped there).
+    let mut held_by_holder = Vec::new();
+    if wants_holder {
         for &r in &wanted {
-            crate::base::range::subtract(r, &kept_on_shadows, &mut |part| to_async.push(part));
+            crate::base::range::subtract(r, &kept_on_shadows, &mut |part| {
+                held_by_holder.push(part)
+            });
         }
     }
     let hold_started = engine::now_ns();
@@ -343,14 +348,11 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
             // program starts rewriting it after all (see `watch_lazy_holder`).
             // A holder copies only what it has: nothing of memory it has no mapping
             // for, or of a wiped mapping (nothing there is resident).
-            // Not what the version keeps on shadows: a holder has none of it (and its
-            // copy of a range stops where part of it is not mapped there).
-            let mut copy = Vec::new();
-            if config.holder_copy != crate::config::HolderCopy::Never {
-                for &r in &wanted {
-                    crate::base::range::subtract(r, &kept_on_shadows, &mut |part| copy.push(part));
-                }
-            }
+            let copy = if config.holder_copy != crate::config::HolderCopy::Never {
+                held_by_holder.clone()
+            } else {
+                Vec::new()
+            };
             let kept = if at_once {
                 holder::Kept::Copied(resident.saturating_mul(crate::base::page::PAGE as u64))
             } else {
@@ -511,7 +513,7 @@ pub fn snapshot() -> Result<u64, SnapshotError> {
     }
     if let Some((mut h, us)) = holding {
         if let Some(m) = moves.as_mut() {
-            written::move_to_async(&u, &to_async, &last.async_ranges, m);
+            written::move_to_async(&u, &held_by_holder, &last.async_ranges, m);
         }
         h.version = v;
         // The holder is the version; the holders of evicted versions go once the pass

@@ -19,7 +19,7 @@ use std::time::Duration;
 use common::shimmed::{fnv1a64, Running};
 use common::{
     assert_native_ok, assert_same_behaviour, c_program, clean_env_in, finish, memshadow_bin,
-    temp_dir, wait_until, Finished, Prog, StatsRun,
+    stats_json, temp_dir, wait_until, Finished, Prog, StatsRun,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -236,11 +236,7 @@ fn serve_and_read(refused: bool) {
 
     if refused {
         // Every version came from shadows, and was read back exact above.
-        let json = finish(
-            memshadow(d).args(["stats", "--json", &pid.to_string()]),
-            LIMIT,
-        );
-        let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("stats JSON");
+        let v = stats_json(d, pid, LIMIT);
         assert_eq!(v["holder_snapshots"].as_u64(), Some(0), "{v}");
         assert!(v["pages_protected"].as_u64() > Some(0), "{v}");
         let rest = running.stop(LIMIT);
@@ -273,11 +269,7 @@ fn serve_and_read(refused: bool) {
         "{text:#?}"
     );
     // The figures from --json (the text shows durations in ms or us as they come).
-    let json = finish(
-        memshadow(d).args(["stats", "--json", &pid.to_string()]),
-        LIMIT,
-    );
-    let stats: serde_json::Value = serde_json::from_str(&json.stdout).expect("stats JSON");
+    let stats = stats_json(d, pid, LIMIT);
     let value = |key: &str| -> u64 {
         stats[key]
             .as_u64()
@@ -286,11 +278,7 @@ fn serve_and_read(refused: bool) {
     assert!(value("holder_snapshots") >= 6, "{text:#?}");
     // The holders of the first versions kept the pages the program rewrote after them.
     let pinned = |d: &Path| -> u64 {
-        let json = finish(
-            memshadow(d).args(["stats", "--json", &pid.to_string()]),
-            LIMIT,
-        );
-        let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("stats JSON");
+        let v = stats_json(d, pid, LIMIT);
         v["holder_pinned_bytes"]
             .as_u64()
             .expect("holder_pinned_bytes")
@@ -402,11 +390,7 @@ fn versions_of_both_kinds_read_as_written_across_switches() {
     let pid = running.pid();
     let (versions, _) = served_versions(&running.lines);
     assert_eq!(versions.len(), 6, "{:?}", running.lines);
-    let json = finish(
-        memshadow(d).args(["stats", "--json", &pid.to_string()]),
-        LIMIT,
-    );
-    let stats: serde_json::Value = serde_json::from_str(&json.stdout).expect("stats JSON");
+    let stats = stats_json(d, pid, LIMIT);
     let value = |key: &str| {
         stats[key]
             .as_u64()
@@ -466,11 +450,7 @@ fn a_buffer_marked_wipeonfork_around_the_clone_is_refused_never_read_as_zeros() 
             refused += 1;
         }
     }
-    let json = finish(
-        memshadow(d).args(["stats", "--json", &pid.to_string()]),
-        LIMIT,
-    );
-    let stats: serde_json::Value = serde_json::from_str(&json.stdout).expect("stats JSON");
+    let stats = stats_json(d, pid, LIMIT);
     assert_eq!(stats["holder_snapshots"].as_u64(), Some(30), "{stats:#}");
     eprintln!("{exact} versions read as written, {refused} refused");
     let rest = running.stop(LIMIT);
@@ -500,11 +480,7 @@ fn memory_a_holder_does_not_keep_reads_as_written_beside_it() {
     let (versions, _) = served_versions(&running.lines);
     assert_eq!(versions.len(), 18, "{:?}", running.lines);
     assert_versions_read_as_written(d, pid, &versions);
-    let json = finish(
-        memshadow(d).args(["stats", "--json", &pid.to_string()]),
-        LIMIT,
-    );
-    let stats: serde_json::Value = serde_json::from_str(&json.stdout).expect("stats JSON");
+    let stats = stats_json(d, pid, LIMIT);
     let value = |key: &str| stats[key].as_u64().unwrap_or(0);
     let rounds = 6;
     assert!(
@@ -543,11 +519,7 @@ fn auto_moves_a_program_with_memory_a_holder_does_not_keep_to_holders_all_the_sa
     let pid = running.pid();
     let (versions, _) = served_versions(&running.lines);
     assert_eq!(versions.len(), 12, "{:?}", running.lines);
-    let json = finish(
-        memshadow(d).args(["stats", "--json", &pid.to_string()]),
-        LIMIT,
-    );
-    let stats: serde_json::Value = serde_json::from_str(&json.stdout).expect("stats JSON");
+    let stats = stats_json(d, pid, LIMIT);
     assert!(
         stats["holder_snapshots"].as_u64() > Some(0)
             && stats["backend_switches"].as_u64() >= Some(2),

@@ -28,7 +28,7 @@ use memshadow_format::paths;
 use common::shimmed::{chain_fault, fnv1a64, parse_chains, send_sigusr1, Running};
 use common::{
     c_program, clean_env, clean_env_in, finish, is_root, memshadow_bin, run_with_timeout,
-    spawn_shimmed, temp_dir, Finished, Guard,
+    spawn_shimmed, stats_json, temp_dir, Finished, Guard,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -1449,12 +1449,7 @@ fn holder_snapshots_keeping_part_on_shadows_are_consistent_under_concurrent_writ
         }
         prev = Some((v, values));
     }
-    let json = finish(
-        memshadow(dir.path()).args(["stats", "--json", &running.pid().to_string()]),
-        LIMIT,
-    );
-    let stats: serde_json::Value =
-        serde_json::from_str(&json.stdout).unwrap_or_else(|e| panic!("{e}: {json:#?}"));
+    let stats = stats_json(dir.path(), running.pid(), LIMIT);
     let rest = running.stop(Duration::from_secs(10));
     assert!(rest.ends_with("stopped by SIGUSR1\n"), "{rest}");
     assert!(
@@ -1599,12 +1594,7 @@ fn consistent_under_concurrent_writers(snapshots_wanted: usize) {
         prev = Some((v, values));
     }
     let elapsed = started.elapsed();
-    let json = finish(
-        memshadow(dir.path()).args(["stats", "--json", &running.pid().to_string()]),
-        LIMIT,
-    );
-    let stats: serde_json::Value =
-        serde_json::from_str(&json.stdout).unwrap_or_else(|e| panic!("{e}: {json:#?}"));
+    let stats = stats_json(dir.path(), running.pid(), LIMIT);
     let rest = running.stop(Duration::from_secs(10));
     assert!(rest.ends_with("stopped by SIGUSR1\n"), "{rest}");
     eprintln!(
@@ -1748,12 +1738,7 @@ fn snapshots_from_inside_a_busy_program() {
         }
         prev = Some(values);
     }
-    let json = finish(
-        memshadow(dir.path()).args(["stats", "--json", &running.pid().to_string()]),
-        LIMIT,
-    );
-    let stats: serde_json::Value =
-        serde_json::from_str(&json.stdout).unwrap_or_else(|e| panic!("{e}: {json:#?}"));
+    let stats = stats_json(dir.path(), running.pid(), LIMIT);
     assert!(stats["epochs"].as_u64().unwrap_or(0) >= SELF, "{stats}");
     let rest = running.stop(Duration::from_secs(10));
     assert!(rest.ends_with("stopped by SIGUSR1\n"), "{rest}");

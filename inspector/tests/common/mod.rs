@@ -495,6 +495,15 @@ impl From<Output> for Finished {
     }
 }
 
+/// `memshadow stats --json PID` for the process `pid` whose run-time directory is `dir`,
+/// within `limit`: its statistics, parsed (a reply that is not JSON fails the test).
+pub fn stats_json(dir: &Path, pid: u32, limit: Duration) -> Value {
+    let mut c = Command::new(memshadow_bin());
+    clean_env_in(&mut c, dir);
+    let f = finish(c.args(["stats", "--json", &pid.to_string()]), limit);
+    serde_json::from_str(&f.stdout).unwrap_or_else(|e| panic!("stats JSON: {e}: {f:#?}"))
+}
+
 /// [`run_with_timeout`] with the output as text.
 pub fn finish(cmd: &mut Command, limit: Duration) -> Finished {
     run_with_timeout(cmd, limit).into()
